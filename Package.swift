@@ -1,0 +1,71 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Release builds use -O (not -Ounchecked) with whole-module optimisation, the
+// SwiftPM default for `-c release`; the hot loop relies on specialisation of
+// the generic session logic over the concrete IO.
+let package = Package(
+    name: "swift-duplicator",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "duplicator", targets: ["duplicator"]),
+        .executable(name: "duplicator-testserver", targets: ["duplicator-testserver"]),
+        .executable(name: "duplicator-testclient", targets: ["duplicator-testclient"]),
+        .library(name: "Duplicator", targets: ["Duplicator"]),
+        .library(name: "Ring", targets: ["Ring"]),
+        .library(name: "LoadTools", targets: ["LoadTools"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CLiburing",
+            pkgConfig: "liburing",
+            providers: [.apt(["liburing-dev"])]
+        ),
+        .target(name: "Ring", dependencies: ["CLiburing"]),
+        .target(
+            name: "Duplicator",
+            dependencies: [
+                "Ring",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "LoadTools",
+            dependencies: [
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
+        .executableTarget(
+            name: "duplicator",
+            dependencies: [
+                "Duplicator",
+                "LoadTools",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "duplicator-testserver",
+            dependencies: [
+                "LoadTools",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "duplicator-testclient",
+            dependencies: [
+                "LoadTools",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "RingTests", dependencies: ["Ring"]),
+        .testTarget(name: "DuplicatorTests", dependencies: ["Duplicator", "Ring", "LoadTools"]),
+        .testTarget(name: "LoadToolsTests", dependencies: ["LoadTools"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,190 @@
+import Glibc
+import Logging
+import Ring
+import Synchronization
+
+/// An error that stops the proxy from starting, worded for the person who
+/// ran it: one line, what failed and what to do about it.
+public struct ProxyError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+
+    /// Explains a failure to set up io_uring or its memory.
+    static func setup(_ error: RingError, config: Config) -> ProxyError {
+        switch error.errno {
+        case ENOSYS:
+            return ProxyError("io_uring is not available: this kernel has no io_uring (\(error)); Linux 6.1 or newer is needed")
+        case EPERM where error.operation == "io_uring_setup":
+            return ProxyError("io_uring is forbidden here (\(error)): check sysctl kernel.io_uring_disabled, "
+                + "or the container's seccomp profile (Docker: --security-opt seccomp=<profile allowing io_uring_*>)")
+        case ENOMEM:
+            let needed = config.poolSlots * config.slotSize
+            var limit = rlimit()
+            getrlimit(__rlimit_resource_t(8) /* RLIMIT_MEMLOCK */, &limit)
+            let limitText = limit.rlim_cur == ~0 ? "unlimited" : "\(limit.rlim_cur) bytes"
+            return ProxyError("not enough locked memory: \(error.operation) needs \(needed) bytes of buffers "
+                + "per worker, RLIMIT_MEMLOCK is \(limitText); raise it (ulimit -l, LimitMEMLOCK= in systemd) "
+                + "or lower --pool-slots / --slot-size")
+        default:
+            return ProxyError("cannot start a worker: \(error)")
+        }
+    }
+}
+
+/// The running proxy: resolves the endpoints, binds one `SO_REUSEPORT`
+/// listener per worker, starts the workers, and stops them.
+public final class Proxy: Sendable {
+    public let config: Config
+    public let stats: [WorkerStats]
+    /// Where clients connect (the real port when `-l` said port 0).
+    public let listenAddress: SocketAddress
+    private let targets: [SocketAddress]
+    private let listenerFDs: Mutex<[Int32]>
+    private let control = WorkerControl()
+    private let threads = Mutex<[pthread_t]>([])
+    private let logger: Logger
+
+    /// Validates, resolves and binds; nothing runs yet.
+    public init(config: Config, logger: Logger = Logger(label: "duplicator")) throws {
+        do {
+            try config.validate()
+        } catch {
+            throw ProxyError(error.message)
+        }
+        self.config = config
+        self.logger = logger
+        let listenAddress: SocketAddress
+        do {
+            listenAddress = try config.listen.resolve(role: .listen)
+            targets = try [config.main.resolve(role: .connect)] + config.mirrors.map { try $0.resolve(role: .connect) }
+        } catch let error as ConfigError {
+            throw ProxyError(error.message)
+        }
+        var fds: [Int32] = []
+        var bound = listenAddress
+        do {
+            for _ in 0..<config.threads {
+                let fd = try Sockets.listen(on: bound, backlog: Int32(config.listenBacklog))
+                fds.append(fd)
+                // With port 0 the first listener picks a port; the others share it.
+                if let local = Sockets.localAddress(fd) { bound = local }
+            }
+        } catch {
+            fds.forEach { _ = close($0) }
+            throw ProxyError("cannot listen on \(config.listen.text): \(RingError.describe(errno: error.errno))")
+        }
+        self.listenAddress = bound
+        listenerFDs = Mutex(fds)
+        stats = (0..<config.threads).map { _ in WorkerStats(mirrorCount: config.mirrors.count) }
+    }
+
+    deinit {
+        listenerFDs.withLock { $0.forEach { _ = close($0) } }
+    }
+
+    /// Starts the workers and returns once each has its ring and buffers, or
+    /// throws the first setup failure (and stops the others).
+    public func start() throws {
+        let fds = listenerFDs.withLock { fds -> [Int32] in
+            defer { fds = [] }
+            return fds
+        }
+        precondition(!fds.isEmpty, "start() called twice")
+        for (index, fd) in fds.enumerated() {
+            let job = WorkerJob(config: config, targets: targets, listenerFD: fd, stats: stats[index],
+                                control: control, logger: logger)
+            let thread = try spawnThread { job.run() }
+            threads.withLock { $0.append(thread) }
+        }
+        while control.ready.load(ordering: .acquiring) + control.exited.load(ordering: .acquiring) < fds.count {
+            usleep(1000)
+        }
+        let errors = control.startErrors.withLock { $0 }
+        if let first = errors.first {
+            stop(immediately: true)
+            wait()
+            throw ProxyError(first)
+        }
+    }
+
+    /// Graceful: stop accepting, let live sessions finish for
+    /// `drainTimeoutMs`, then close the rest. Immediate: close all now.
+    public func stop(immediately: Bool = false) {
+        let mode = immediately ? WorkerControl.StopMode.immediate : .graceful
+        control.stopMode.store(mode.rawValue, ordering: .relaxed)
+    }
+
+    /// Blocks until every worker has exited.
+    public func wait() {
+        let all = threads.withLock { threads -> [pthread_t] in
+            defer { threads = [] }
+            return threads
+        }
+        for thread in all { pthread_join(thread, nil) }
+    }
+
+    /// Every worker has exited (after a stop, or a worker's fatal error).
+    public var hasExited: Bool {
+        control.exited.load(ordering: .acquiring) >= config.threads
+    }
+
+    /// Sessions live now, over all workers.
+    public var activeSessions: Int {
+        stats.reduce(0) { $0 + Int($1.sessionsActive.value) }
+    }
+}
+
+/// What a worker thread needs, handed over as one Sendable value.
+private struct WorkerJob: Sendable {
+    let config: Config
+    let targets: [SocketAddress]
+    let listenerFD: Int32
+    let stats: WorkerStats
+    let control: WorkerControl
+    let logger: Logger
+
+    func run() {
+        defer { control.exited.add(1, ordering: .releasing) }
+        let worker: Worker
+        do {
+            worker = try Worker(config: config, targets: targets, listenerFD: listenerFD, stats: stats,
+                                control: control, logger: logger)
+        } catch let error as RingError {
+            close(listenerFD)
+            control.startErrors.withLock { $0.append(ProxyError.setup(error, config: config).message) }
+            return
+        } catch {
+            close(listenerFD)
+            control.startErrors.withLock { $0.append("cannot start a worker: \(error)") }
+            return
+        }
+        control.ready.add(1, ordering: .releasing)
+        do {
+            try worker.run()
+        } catch {
+            logger.critical("worker stopped: \(error)")
+        }
+    }
+}
+
+/// Runs `body` on a new POSIX thread (the worker's ring must be created and
+/// used on one thread, which Swift's task executors do not promise).
+func spawnThread(_ body: @escaping @Sendable () -> Void) throws -> pthread_t {
+    final class Box: Sendable {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+    let box = Unmanaged.passRetained(Box(body)).toOpaque()
+    var thread = pthread_t()
+    let result = pthread_create(&thread, nil, { raw in
+        let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+        box.body()
+        return nil
+    }, box)
+    guard result == 0 else {
+        Unmanaged<Box>.fromOpaque(box).release()
+        throw ProxyError("cannot start a thread: \(RingError.describe(errno: result))")
+    }
+    return thread
+}

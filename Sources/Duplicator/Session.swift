@@ -1,0 +1,507 @@
+import Glibc
+import Ring
+
+/// One client connection and its legs: the client, main, and each mirror.
+///
+/// A sans-IO state machine: `start`, `handle`, `tick`, `resumeReceiving` and
+/// `abort` take events and ask for operations through a `SessionIO`; it
+/// never touches a socket itself. Sessions live in a fixed table and are
+/// reused; `generation` tells a reused slot's completions from its
+/// predecessor's.
+///
+/// Where a byte goes: client recv -> one slot -> main's queue (the slot's
+/// first reference) and each live mirror's backlog (one more reference
+/// each) -> each completed send releases its reference -> the last one
+/// recycles the slot. Main's bytes go to the client's queue the same way.
+public final class Session {
+    public enum EndCause: Sendable {
+        case completed, clientError, mainConnectFailure, mainError, aborted
+    }
+
+    struct Leg {
+        enum Phase: UInt8 { case idle, connecting, open, closing, closed }
+        var phase = Phase.idle
+        var fd: Int32 = -1
+        /// Operations on `fd` whose completion has not arrived; the fd is
+        /// closed only at zero.
+        var inFlight: Int32 = 0
+        var receiving = false
+        var sending = false
+        /// The peer sent EOF (or reading from it is over).
+        var readDone = false
+        /// The other side finished: shut our write side once `queue` is sent.
+        var shutdownWanted = false
+        var shutdownIssued = false
+        var shutdownDone = false
+        var cancelIssued = false
+        /// A mirror that lost bytes of this session (cut, failed): later client bytes count as missed.
+        var missing = false
+        var queue: SendQueue
+    }
+
+    static let client = 0
+    static let main = 1
+    static let firstMirror = 2
+
+    public let index: UInt32
+    public private(set) var generation: UInt16 = 0
+    public private(set) var isActive = false
+    /// The client's session is over (both directions done, or failed); mirrors may still be flushing.
+    public private(set) var isEnding = false
+    public private(set) var endCause: EndCause?
+    /// The session asked to be resumed when slots are back.
+    public private(set) var waitingForBuffers = false
+    private var clientToMainDone = false
+    private var mainToClientDone = false
+    private var lingerDeadlineMs: UInt64 = 0
+    var legs: UnsafeMutablePointer<Leg>
+    let legCount: Int
+    private let context: SessionContext
+
+    /// Chunk entries one session's queues need (see `SessionTable`).
+    static func chunkCapacity(_ limits: SessionLimits) -> Int {
+        2 * limits.readAheadChunks + limits.mirrorCount * limits.backlogChunksMax
+    }
+
+    /// - Parameter chunkStorage: `chunkCapacity(limits)` entries, owned by the caller.
+    init(index: UInt32, context: SessionContext, chunkStorage: UnsafeMutablePointer<SendQueue.Chunk>) {
+        self.index = index
+        self.context = context
+        let limits = context.limits
+        legCount = Self.firstMirror + limits.mirrorCount
+        legs = .allocate(capacity: legCount)
+        var storage = chunkStorage
+        for leg in 0..<legCount {
+            let capacity = leg >= Self.firstMirror ? limits.backlogChunksMax : limits.readAheadChunks
+            legs.advanced(by: leg).initialize(to: Leg(queue: SendQueue(storage: storage, capacity: capacity)))
+            storage += capacity
+        }
+    }
+
+    deinit {
+        legs.deinitialize(count: legCount)
+        legs.deallocate()
+    }
+
+    @inline(__always)
+    func tag(_ kind: OperationKind, _ leg: Int) -> CompletionTag {
+        CompletionTag(kind: kind.rawValue, endpoint: UInt8(leg), generation: generation, slot: index)
+    }
+
+    // MARK: - Events
+
+    /// A client was accepted on `clientFD`: connect main and the mirrors, start reading.
+    public func start<IO: SessionIO>(clientFD: Int32, io: IO) {
+        precondition(!isActive)
+        generation &+= 1
+        isActive = true
+        isEnding = false
+        endCause = nil
+        waitingForBuffers = false
+        clientToMainDone = false
+        mainToClientDone = false
+        lingerDeadlineMs = 0
+        for leg in 0..<legCount {
+            let queue = legs[leg].queue
+            precondition(queue.isEmpty)
+            legs[leg] = Leg(queue: queue)
+        }
+        let stats = context.stats
+        stats.sessionsAccepted.bump()
+        stats.sessionsActive.bump()
+        legs[Self.client].fd = clientFD
+        legs[Self.client].phase = .open
+
+        let mainFD = io.openSocket(target: 0)
+        guard mainFD >= 0 else {
+            fail(.mainConnectFailure, io: io)
+            return
+        }
+        connect(leg: Self.main, fd: mainFD, timeoutMs: context.limits.mainConnectTimeoutMs, io: io)
+
+        for mirror in 0..<context.limits.mirrorCount {
+            let leg = Self.firstMirror + mirror
+            let mirrorStats = stats.mirrors[mirror]
+            guard context.mirrorIsTried(mirror) else {
+                mirrorStats.sessionsSkipped.bump()
+                legs[leg].phase = .closed
+                legs[leg].missing = true
+                continue
+            }
+            let fd = io.openSocket(target: mirror + 1)
+            guard fd >= 0 else {
+                mirrorStats.connectFailures.bump()
+                legs[leg].phase = .closed
+                legs[leg].missing = true
+                continue
+            }
+            connect(leg: leg, fd: fd, timeoutMs: context.limits.mirrorConnectTimeoutMs, io: io)
+        }
+        armReceive(Self.client, io: io)
+    }
+
+    /// A completion for this session (generation already checked by the caller).
+    public func handle<IO: SessionIO>(kind: OperationKind, leg: Int, result: Int32, selectedBuffer: UInt32?, io: IO) {
+        guard leg < legCount else { return }
+        switch kind {
+        case .recv:
+            legs[leg].inFlight &-= 1
+            received(leg, result: result, slot: selectedBuffer, io: io)
+        case .drain:
+            legs[leg].inFlight &-= 1
+            drained(leg, result: result, io: io)
+        case .send:
+            legs[leg].inFlight &-= 1
+            sent(leg, result: result, io: io)
+        case .connect:
+            legs[leg].inFlight &-= 1
+            connected(leg, result: result, io: io)
+        case .shutdown:
+            legs[leg].inFlight &-= 1
+            shutDown(leg, result: result, io: io)
+        case .accept, .connectTimeout, .cancel, .close:
+            return
+        }
+        settle(leg, io: io)
+    }
+
+    /// Slots are back after the session found none.
+    public func resumeReceiving<IO: SessionIO>(io: IO) {
+        guard isActive, waitingForBuffers else { return }
+        waitingForBuffers = false
+        armReceive(Self.client, io: io)
+        armReceive(Self.main, io: io)
+    }
+
+    /// Time passed: mirrors still flushing after the session ended get
+    /// `mirrorLingerMs`, then are closed.
+    public func tick<IO: SessionIO>(io: IO) {
+        guard isActive, isEnding, context.nowMs >= lingerDeadlineMs else { return }
+        for leg in Self.firstMirror..<legCount where legs[leg].phase != .closed {
+            cutMirror(leg, forLag: !legs[leg].queue.isEmpty, io: io)
+        }
+    }
+
+    /// Ends the session now (shutdown past its drain time): every leg is closed.
+    public func abort<IO: SessionIO>(io: IO) {
+        guard isActive else { return }
+        fail(.aborted, io: io)
+        for leg in Self.firstMirror..<legCount { closeLeg(leg, io: io) }
+    }
+
+    // MARK: - Receiving
+
+    private func armReceive<IO: SessionIO>(_ leg: Int, io: IO) {
+        guard legs[leg].phase == .open, !legs[leg].receiving, !legs[leg].readDone else { return }
+        if leg >= Self.firstMirror {
+            legs[leg].receiving = true
+            legs[leg].inFlight &+= 1
+            io.drain(fd: legs[leg].fd, tag: tag(.drain, leg))
+            return
+        }
+        guard !isEnding, !waitingForBuffers else { return }
+        // Back-pressure: read from one side only while the other side's queue has room.
+        let peer = leg == Self.client ? Self.main : Self.client
+        let peerPhase = legs[peer].phase
+        guard peerPhase == .open || peerPhase == .connecting,
+              legs[peer].queue.count < context.limits.readAheadChunks else { return }
+        legs[leg].receiving = true
+        legs[leg].inFlight &+= 1
+        io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
+    }
+
+    private func received<IO: SessionIO>(_ leg: Int, result: Int32, slot: UInt32?, io: IO) {
+        legs[leg].receiving = false
+        if let slot { context.pool.adopt(slot) }
+        guard result > 0, let slot else {
+            if let slot { releaseSlot(slot, from: leg, io: io) }
+            if result == 0 {
+                endOfStream(from: leg, io: io)
+            } else if result == -ENOBUFS {
+                waitingForBuffers = true
+                context.stats.poolExhausted.bump()
+                io.waitForBuffers(session: index)
+            } else if legs[leg].phase == .open {
+                fail(leg == Self.client ? .clientError : .mainError, io: io)
+            }
+            return
+        }
+        guard legs[leg].phase == .open, !isEnding else {
+            releaseSlot(slot, from: leg, io: io)
+            return
+        }
+        let length = Int(result)
+        if leg == Self.client {
+            context.stats.bytesClientToMain.bump(length)
+            copyToMirrors(slot: slot, length: length, io: io)
+            legs[Self.main].queue.append(slot: slot, length: length)
+            kickSend(Self.main, io: io)
+        } else {
+            context.stats.bytesMainToClient.bump(length)
+            legs[Self.client].queue.append(slot: slot, length: length)
+            kickSend(Self.client, io: io)
+        }
+        armReceive(leg, io: io)
+    }
+
+    /// The same slot goes into each live mirror's backlog: no copy.
+    @inline(__always)
+    private func copyToMirrors<IO: SessionIO>(slot: UInt32, length: Int, io: IO) {
+        let limits = context.limits
+        for leg in Self.firstMirror..<legCount {
+            if legs[leg].missing {
+                context.stats.mirrors[leg - Self.firstMirror].bytesMissed.bump(length)
+                continue
+            }
+            let phase = legs[leg].phase
+            guard phase == .open || phase == .connecting else { continue }
+            if legs[leg].queue.isFull || legs[leg].queue.bytes + length > limits.backlogBytesMax {
+                cutMirror(leg, forLag: true, io: io)
+                context.stats.mirrors[leg - Self.firstMirror].bytesMissed.bump(length)
+                continue
+            }
+            context.pool.retain(slot)
+            legs[leg].queue.append(slot: slot, length: length)
+            kickSend(leg, io: io)
+        }
+    }
+
+    private func endOfStream<IO: SessionIO>(from leg: Int, io: IO) {
+        legs[leg].readDone = true
+        if leg == Self.client {
+            legs[Self.main].shutdownWanted = true
+            kickSend(Self.main, io: io)
+            for mirror in Self.firstMirror..<legCount {
+                legs[mirror].shutdownWanted = true
+                kickSend(mirror, io: io)
+            }
+        } else {
+            legs[Self.client].shutdownWanted = true
+            kickSend(Self.client, io: io)
+        }
+    }
+
+    private func drained<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
+        legs[leg].receiving = false
+        if result > 0 {
+            armReceive(leg, io: io)
+        } else if result == 0 {
+            // The mirror finished writing. Once ours is shut too, it is done;
+            // before that it may still read, so keep sending.
+            legs[leg].readDone = true
+            if legs[leg].shutdownDone { closeLeg(leg, io: io) }
+        } else if legs[leg].phase == .open {
+            context.stats.mirrors[leg - Self.firstMirror].errors.bump()
+            cutMirror(leg, forLag: false, io: io)
+        }
+    }
+
+    // MARK: - Sending
+
+    private func kickSend<IO: SessionIO>(_ leg: Int, io: IO) {
+        guard legs[leg].phase == .open, !legs[leg].sending else { return }
+        if let chunk = legs[leg].queue.first {
+            legs[leg].sending = true
+            legs[leg].inFlight &+= 1
+            io.send(fd: legs[leg].fd, slot: chunk.slot, offset: Int(chunk.offset), length: Int(chunk.length),
+                    tag: tag(.send, leg))
+        } else if legs[leg].shutdownWanted, !legs[leg].shutdownIssued {
+            legs[leg].shutdownIssued = true
+            legs[leg].inFlight &+= 1
+            io.shutdownWrite(fd: legs[leg].fd, tag: tag(.shutdown, leg))
+        }
+    }
+
+    private func sent<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
+        legs[leg].sending = false
+        guard legs[leg].phase == .open else {
+            dropQueue(leg, io: io)
+            return
+        }
+        guard result > 0 else {
+            switch leg {
+            case Self.client: fail(.clientError, io: io)
+            case Self.main: fail(.mainError, io: io)
+            default:
+                context.stats.mirrors[leg - Self.firstMirror].errors.bump()
+                cutMirror(leg, forLag: false, io: io)
+            }
+            return
+        }
+        let length = Int(result)
+        if leg >= Self.firstMirror { context.stats.mirrors[leg - Self.firstMirror].bytesSent.bump(length) }
+        if let slot = legs[leg].queue.consume(length) { releaseSlot(slot, from: leg, io: io) }
+        kickSend(leg, io: io)
+        // The queue has room again: the other side may be read.
+        if leg == Self.main { armReceive(Self.client, io: io) }
+        else if leg == Self.client { armReceive(Self.main, io: io) }
+    }
+
+    private func releaseSlot<IO: SessionIO>(_ slot: UInt32, from leg: Int, io: IO) {
+        if context.pool.release(slot) {
+            context.slotFreed(slot)
+            io.recycle(slot: slot)
+        } else if leg == Self.main {
+            // Only mirrors hold it now. If mirrors hold more than their share
+            // of the pool, this session's lagging mirrors give theirs back.
+            if !context.markMirrorOnly(slot) {
+                for mirror in Self.firstMirror..<legCount where !legs[mirror].queue.isEmpty {
+                    cutMirror(mirror, forLag: true, io: io)
+                }
+            }
+        }
+    }
+
+    /// Releases the queued chunks of a closing leg, but not one that a send
+    /// in flight is still reading (that one goes when the send completes).
+    private func dropQueue<IO: SessionIO>(_ leg: Int, io: IO) {
+        let keep = legs[leg].sending ? 1 : 0
+        while legs[leg].queue.count > keep, let chunk = legs[leg].queue.removeLast() {
+            releaseSlot(chunk.slot, from: leg, io: io)
+        }
+        if keep == 0, let chunk = legs[leg].queue.removeFirst() {
+            releaseSlot(chunk.slot, from: leg, io: io)
+        }
+    }
+
+    private func shutDown<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
+        legs[leg].shutdownDone = true
+        switch leg {
+        case Self.main: clientToMainDone = true
+        case Self.client: mainToClientDone = true
+        default:
+            // The mirror has the whole stream; wait for its EOF (or the linger time) so
+            // closing does not reset a connection whose last bytes it has not read.
+            if legs[leg].readDone || result < 0 { closeLeg(leg, io: io) }
+            return
+        }
+        if clientToMainDone && mainToClientDone && !isEnding {
+            end(.completed, io: io)
+        }
+    }
+
+    // MARK: - Connecting
+
+    private func connect<IO: SessionIO>(leg: Int, fd: Int32, timeoutMs: Int, io: IO) {
+        legs[leg].fd = fd
+        legs[leg].phase = .connecting
+        legs[leg].inFlight &+= 1
+        io.connect(fd: fd, target: leg - 1, timeoutMs: timeoutMs, tag: tag(.connect, leg),
+                   timeoutTag: tag(.connectTimeout, leg))
+    }
+
+    private func connected<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
+        guard legs[leg].phase == .connecting else { return }
+        if result == 0 {
+            legs[leg].phase = .open
+            if leg >= Self.firstMirror {
+                context.stats.mirrors[leg - Self.firstMirror].sessionsMirrored.bump()
+                context.mirrorConnected(leg - Self.firstMirror)
+            }
+            kickSend(leg, io: io)
+            armReceive(leg, io: io)
+            return
+        }
+        if leg == Self.main {
+            fail(.mainConnectFailure, io: io)
+            return
+        }
+        let mirror = leg - Self.firstMirror
+        if result == -ECANCELED || result == -ETIME {
+            context.stats.mirrors[mirror].connectTimeouts.bump()
+        } else {
+            context.stats.mirrors[mirror].connectFailures.bump()
+        }
+        context.mirrorConnectFailed(mirror)
+        context.stats.mirrors[mirror].bytesMissed.bump(legs[leg].queue.bytes)
+        legs[leg].missing = true
+        closeLeg(leg, io: io)
+    }
+
+    // MARK: - Ending
+
+    /// Disconnects a mirror for the rest of this session; what it had not
+    /// been sent counts as missed, and so will what the client sends later.
+    private func cutMirror<IO: SessionIO>(_ leg: Int, forLag: Bool, io: IO) {
+        guard legs[leg].phase != .closed, legs[leg].phase != .closing else { return }
+        let stats = context.stats.mirrors[leg - Self.firstMirror]
+        if forLag { stats.sessionsCutForLag.bump() }
+        stats.bytesMissed.bump(legs[leg].queue.bytes)
+        legs[leg].missing = true
+        closeLeg(leg, io: io)
+    }
+
+    /// The client's session failed: close the client and main at once; the
+    /// mirrors flush what they have, shut down and linger.
+    private func fail<IO: SessionIO>(_ cause: EndCause, io: IO) {
+        guard !isEnding else { return }
+        end(cause, io: io)
+    }
+
+    private func end<IO: SessionIO>(_ cause: EndCause, io: IO) {
+        isEnding = true
+        endCause = cause
+        let stats = context.stats
+        switch cause {
+        case .completed: stats.sessionsCompleted.bump()
+        case .clientError: stats.sessionsEndedByClientError.bump()
+        case .mainConnectFailure: stats.sessionsEndedByMainConnectFailure.bump()
+        case .mainError: stats.sessionsEndedByMainError.bump()
+        case .aborted: stats.sessionsAborted.bump()
+        }
+        lingerDeadlineMs = context.nowMs + UInt64(context.limits.mirrorLingerMs)
+        closeLeg(Self.client, io: io)
+        closeLeg(Self.main, io: io)
+        // Mirrors, connected or still connecting, get the rest of what they
+        // are owed, then shut down; `tick` closes them after the linger time.
+        for leg in Self.firstMirror..<legCount {
+            legs[leg].shutdownWanted = true
+            kickSend(leg, io: io)
+        }
+        settleSession()
+    }
+
+    private func closeLeg<IO: SessionIO>(_ leg: Int, io: IO) {
+        switch legs[leg].phase {
+        case .closing, .closed: return
+        case .idle:
+            legs[leg].phase = .closed
+            return
+        case .connecting, .open:
+            legs[leg].phase = .closing
+        }
+        dropQueue(leg, io: io)
+        if legs[leg].inFlight > 0 {
+            if !legs[leg].cancelIssued {
+                legs[leg].cancelIssued = true
+                io.cancel(fd: legs[leg].fd, tag: tag(.cancel, leg))
+            }
+        } else {
+            finishClose(leg, io: io)
+        }
+    }
+
+    /// After each completion: a closing leg with nothing in flight is closed.
+    private func settle<IO: SessionIO>(_ leg: Int, io: IO) {
+        if legs[leg].phase == .closing && legs[leg].inFlight == 0 {
+            finishClose(leg, io: io)
+        }
+    }
+
+    private func finishClose<IO: SessionIO>(_ leg: Int, io: IO) {
+        dropQueue(leg, io: io)
+        io.close(fd: legs[leg].fd, tag: tag(.close, leg))
+        legs[leg].fd = -1
+        legs[leg].phase = .closed
+        settleSession()
+    }
+
+    /// The session is over when every leg is closed.
+    private func settleSession() {
+        guard isActive, isEnding else { return }
+        for leg in 0..<legCount where legs[leg].phase != .closed { return }
+        isActive = false
+        waitingForBuffers = false
+        context.stats.sessionsActive.drop()
+    }
+}

@@ -1,0 +1,114 @@
+import Ring
+
+/// The settings a session follows, fixed at start.
+public struct SessionLimits: Sendable {
+    public var mirrorCount: Int
+    /// 0: the kernel's own connect timeout.
+    public var mainConnectTimeoutMs: Int
+    public var mirrorConnectTimeoutMs: Int
+    /// A mirror whose unsent backlog would pass this many bytes is cut for the session.
+    public var backlogBytesMax: Int
+    /// ... or this many pending receives (each holds a slot).
+    public var backlogChunksMax: Int
+    /// Receives from one side allowed ahead of the other side's sends: the
+    /// window of end-to-end back-pressure.
+    public var readAheadChunks: Int
+    /// How long mirrors may go on flushing and draining after the client's
+    /// session ended, before they are closed.
+    public var mirrorLingerMs: Int
+    /// Consecutive connect failures after which a mirror is not tried for a while.
+    public var mirrorFailuresBeforeBackoff: Int
+    public var mirrorBackoffInitialMs: Int
+    public var mirrorBackoffMaxMs: Int
+
+    public init(mirrorCount: Int, mainConnectTimeoutMs: Int = 10_000, mirrorConnectTimeoutMs: Int = 500,
+                backlogBytesMax: Int = 4 << 20, backlogChunksMax: Int = 256, readAheadChunks: Int = 2,
+                mirrorLingerMs: Int = 2_000, mirrorFailuresBeforeBackoff: Int = 3,
+                mirrorBackoffInitialMs: Int = 250, mirrorBackoffMaxMs: Int = 30_000) {
+        self.mirrorCount = mirrorCount
+        self.mainConnectTimeoutMs = mainConnectTimeoutMs
+        self.mirrorConnectTimeoutMs = mirrorConnectTimeoutMs
+        self.backlogBytesMax = backlogBytesMax
+        self.backlogChunksMax = backlogChunksMax
+        self.readAheadChunks = readAheadChunks
+        self.mirrorLingerMs = mirrorLingerMs
+        self.mirrorFailuresBeforeBackoff = mirrorFailuresBeforeBackoff
+        self.mirrorBackoffInitialMs = mirrorBackoffInitialMs
+        self.mirrorBackoffMaxMs = mirrorBackoffMaxMs
+    }
+}
+
+/// What all sessions of one worker share: the limits, the pool, the clock,
+/// the counters, the health of each mirror, and the accounting that keeps
+/// mirrors from taking the slots main's path needs.
+public final class SessionContext {
+    public let limits: SessionLimits
+    public let pool: BufferPool
+    public let stats: WorkerStats
+    /// Milliseconds on a monotonic clock; the owner advances it.
+    public var nowMs: UInt64 = 0
+
+    /// Slots that main has finished with but a mirror backlog still holds.
+    public private(set) var mirrorOnlySlots = 0
+    /// At most this many: half the pool, so main's path always has the rest.
+    public let mirrorOnlySlotsMax: Int
+    private let mirrorOnly: UnsafeMutablePointer<Bool>
+
+    private var mirrorFailures: [Int]
+    private var mirrorSkipUntilMs: [UInt64]
+
+    public init(limits: SessionLimits, pool: BufferPool, stats: WorkerStats) {
+        self.limits = limits
+        self.pool = pool
+        self.stats = stats
+        mirrorOnlySlotsMax = max(1, pool.slotCount / 2)
+        mirrorOnly = .allocate(capacity: pool.slotCount)
+        mirrorOnly.initialize(repeating: false, count: pool.slotCount)
+        mirrorFailures = Array(repeating: 0, count: limits.mirrorCount)
+        mirrorSkipUntilMs = Array(repeating: 0, count: limits.mirrorCount)
+    }
+
+    deinit { mirrorOnly.deallocate() }
+
+    /// Main let go of `slot` while mirrors still hold it. Returns false when
+    /// mirrors now hold more than their share of the pool.
+    @inline(__always)
+    func markMirrorOnly(_ slot: UInt32) -> Bool {
+        mirrorOnly[Int(slot)] = true
+        mirrorOnlySlots &+= 1
+        return mirrorOnlySlots <= mirrorOnlySlotsMax
+    }
+
+    /// `slot` went back to the pool.
+    @inline(__always)
+    func slotFreed(_ slot: UInt32) {
+        if mirrorOnly[Int(slot)] {
+            mirrorOnly[Int(slot)] = false
+            mirrorOnlySlots &-= 1
+        }
+    }
+
+    // MARK: Mirror back-off
+
+    /// Whether new sessions should try mirror `index` now.
+    public func mirrorIsTried(_ index: Int) -> Bool { nowMs >= mirrorSkipUntilMs[index] }
+
+    public func mirrorIsBackingOff(_ index: Int) -> Bool { nowMs < mirrorSkipUntilMs[index] }
+
+    func mirrorConnected(_ index: Int) {
+        mirrorFailures[index] = 0
+        mirrorSkipUntilMs[index] = 0
+    }
+
+    /// After `mirrorFailuresBeforeBackoff` failures in a row the mirror rests
+    /// for an exponentially growing, capped time; the first session after
+    /// that probes it again.
+    func mirrorConnectFailed(_ index: Int) {
+        mirrorFailures[index] += 1
+        let beyond = mirrorFailures[index] - limits.mirrorFailuresBeforeBackoff
+        guard beyond >= 0 else { return }
+        let shift = min(beyond, 20)
+        let restMs = min(limits.mirrorBackoffInitialMs << shift, limits.mirrorBackoffMaxMs)
+        mirrorSkipUntilMs[index] = nowMs + UInt64(restMs)
+    }
+}

@@ -1,0 +1,45 @@
+import Ring
+
+/// What the operations of the proxy are tagged with (`CompletionTag.kind`).
+public enum OperationKind: UInt8, Sendable {
+    case accept = 1
+    case recv
+    case drain
+    case send
+    case connect
+    case connectTimeout
+    case shutdown
+    case cancel
+    case close
+}
+
+/// The IO a `Session` asks for. The session is sans-IO: it never calls the
+/// kernel itself, it asks through this interface and is told of outcomes as
+/// completions. The `Worker` implements it over a real `Ring`; tests
+/// implement it with a scripted fake that decides every outcome.
+///
+/// Every request except `openSocket` and `recycle` completes later with
+/// exactly one completion carrying `tag` (`cancel` and `close` completions
+/// are ignored by the session).
+public protocol SessionIO: AnyObject {
+    var pool: BufferPool { get }
+    /// A new non-blocking TCP socket for `target` (0: main, 1...: mirror
+    /// `target - 1`), or a negated errno.
+    func openSocket(target: Int) -> Int32
+    /// Connect to `target`, cancelled after `timeoutMs` (0: none).
+    func connect(fd: Int32, target: Int, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag)
+    /// Receive into a pool slot chosen when data arrives (`selectedBuffer`).
+    func recv(fd: Int32, tag: CompletionTag)
+    /// Receive into scratch memory; the bytes are thrown away.
+    func drain(fd: Int32, tag: CompletionTag)
+    func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag)
+    func shutdownWrite(fd: Int32, tag: CompletionTag)
+    /// Cancel every operation in flight on `fd`.
+    func cancel(fd: Int32, tag: CompletionTag)
+    func close(fd: Int32, tag: CompletionTag)
+    /// `slot`'s last holder let go: lend it out again.
+    func recycle(slot: UInt32)
+    /// The session at `index` found no free slot: call `resumeReceiving` on
+    /// it once slots are back.
+    func waitForBuffers(session index: UInt32)
+}

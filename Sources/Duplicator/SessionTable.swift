@@ -1,0 +1,58 @@
+import Glibc
+import Ring
+
+/// The fixed-size table of one worker's sessions and the free list of its
+/// slots. All queue storage is one anonymous mapping: pages of a backlog
+/// become resident only when a backlog grows into them, so idle sessions
+/// cost little memory however deep a backlog may get.
+public final class SessionTable {
+    public let sessions: [Session]
+    private var freeSlots: [UInt32]
+    private let storage: UnsafeMutableRawPointer
+    private let storageBytes: Int
+
+    public init(capacity: Int, context: SessionContext) throws {
+        precondition(capacity > 0 && capacity < Int(UInt32.max))
+        let perSession = Session.chunkCapacity(context.limits)
+        storageBytes = max(1, capacity * perSession * MemoryLayout<SendQueue.Chunk>.stride)
+        guard let memory = mmap(nil, storageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+              memory != MAP_FAILED else {
+            throw RingError("mmap of \(storageBytes) bytes for \(capacity) sessions", errno: errno)
+        }
+        storage = memory
+        let chunks = memory.bindMemory(to: SendQueue.Chunk.self, capacity: capacity * perSession)
+        sessions = (0..<capacity).map {
+            Session(index: UInt32($0), context: context, chunkStorage: chunks + $0 * perSession)
+        }
+        freeSlots = (0..<UInt32(capacity)).reversed()
+    }
+
+    deinit { munmap(storage, storageBytes) }
+
+    public var capacity: Int { sessions.count }
+    public var freeCount: Int { freeSlots.count }
+    public var activeCount: Int { sessions.count - freeSlots.count }
+
+    /// A free session, or nil when the table is full.
+    @inline(__always)
+    public func take() -> Session? {
+        guard let index = freeSlots.popLast() else { return nil }
+        return sessions[Int(index)]
+    }
+
+    /// Gives back a session that is no longer active.
+    @inline(__always)
+    public func free(_ session: Session) {
+        precondition(!session.isActive)
+        freeSlots.append(session.index)
+    }
+
+    /// The session a completion belongs to, or nil when it is stale (its
+    /// session ended and the slot may have a new occupant).
+    @inline(__always)
+    public func session(for tag: CompletionTag) -> Session? {
+        guard Int(tag.slot) < sessions.count else { return nil }
+        let session = sessions[Int(tag.slot)]
+        return session.isActive && session.generation == tag.generation ? session : nil
+    }
+}

@@ -1,0 +1,55 @@
+import Glibc
+import Ring
+
+/// The few socket calls made outside the ring: creating sockets and
+/// listeners, and their options. Errors carry errno and what was attempted.
+enum Sockets {
+    /// A non-blocking, close-on-exec TCP socket with TCP_NODELAY (a proxy
+    /// must not add Nagle's delay to small replies), or a negated errno.
+    static func openStream(family: Int32) -> Int32 {
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return -errno }
+        setNoDelay(fd)
+        return fd
+    }
+
+    static func setNoDelay(_ fd: Int32) {
+        var on: Int32 = 1
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &on, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// A listening socket bound to `address` with SO_REUSEPORT, so that each
+    /// worker can have its own and the kernel spreads connections over them.
+    static func listen(on address: SocketAddress, backlog: Int32) throws(RingError) -> Int32 {
+        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw RingError("socket for \(address)", errno: errno) }
+        var on: Int32 = 1
+        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
+        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, socklen_t(MemoryLayout<Int32>.size))
+        let bound = address.withSockaddr { bind(fd, $0, $1) }
+        guard bound == 0 else {
+            let error = errno
+            close(fd)
+            throw RingError("bind to \(address)", errno: error)
+        }
+        guard Glibc.listen(fd, backlog) == 0 else {
+            let error = errno
+            close(fd)
+            throw RingError("listen on \(address)", errno: error)
+        }
+        return fd
+    }
+
+    /// The address a socket is bound to (to learn the port chosen for port 0).
+    static func localAddress(_ fd: Int32) -> SocketAddress? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard result == 0 else { return nil }
+        return withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { SocketAddress($0, length: length) }
+        }
+    }
+}

@@ -1,0 +1,63 @@
+import Synchronization
+
+/// Counters of one worker. The worker thread is the only writer (a relaxed
+/// load and store, no locked instruction on the data path); anyone may read
+/// them at any time through the atomics.
+public final class WorkerStats: Sendable {
+    public let sessionsAccepted = Atomic<UInt64>(0)
+    public let sessionsActive = Atomic<UInt64>(0)
+    /// Clients closed at once because the session table was full.
+    public let sessionsRejected = Atomic<UInt64>(0)
+    public let sessionsCompleted = Atomic<UInt64>(0)
+    public let sessionsEndedByClientError = Atomic<UInt64>(0)
+    public let sessionsEndedByMainConnectFailure = Atomic<UInt64>(0)
+    public let sessionsEndedByMainError = Atomic<UInt64>(0)
+    public let sessionsAborted = Atomic<UInt64>(0)
+    public let acceptErrors = Atomic<UInt64>(0)
+    public let bytesClientToMain = Atomic<UInt64>(0)
+    public let bytesMainToClient = Atomic<UInt64>(0)
+    public let poolSlotsInUse = Atomic<UInt64>(0)
+    /// Times a receive found no free slot and waited (back-pressure).
+    public let poolExhausted = Atomic<UInt64>(0)
+    public let mirrors: [MirrorStats]
+
+    public init(mirrorCount: Int) {
+        mirrors = (0..<mirrorCount).map { _ in MirrorStats() }
+    }
+}
+
+/// Counters of one mirror, in one worker.
+public final class MirrorStats: Sendable {
+    /// Sessions whose connect to this mirror succeeded.
+    public let sessionsMirrored = Atomic<UInt64>(0)
+    public let bytesSent = Atomic<UInt64>(0)
+    /// Sessions in which this mirror fell more than its backlog behind and was cut.
+    public let sessionsCutForLag = Atomic<UInt64>(0)
+    /// Client bytes this mirror did not get: left in a cut backlog, or sent by
+    /// the client after the cut.
+    public let bytesMissed = Atomic<UInt64>(0)
+    public let connectFailures = Atomic<UInt64>(0)
+    public let connectTimeouts = Atomic<UInt64>(0)
+    /// Resets and other errors on an established mirror connection.
+    public let errors = Atomic<UInt64>(0)
+    /// Sessions not mirrored because this mirror was backing off after failures.
+    public let sessionsSkipped = Atomic<UInt64>(0)
+
+    public init() {}
+}
+
+extension Atomic where Value == UInt64 {
+    /// Single-writer increment: a relaxed load and store, no locked RMW.
+    @inline(__always)
+    func bump(_ amount: Int = 1) {
+        store(load(ordering: .relaxed) &+ UInt64(truncatingIfNeeded: amount), ordering: .relaxed)
+    }
+
+    @inline(__always)
+    func drop(_ amount: Int = 1) {
+        store(load(ordering: .relaxed) &- UInt64(truncatingIfNeeded: amount), ordering: .relaxed)
+    }
+
+    @inline(__always)
+    public var value: UInt64 { load(ordering: .relaxed) }
+}

@@ -1,0 +1,272 @@
+import Glibc
+import Logging
+import Ring
+import Synchronization
+
+/// Asks the workers to stop; shared by the `Proxy` and its workers.
+final class WorkerControl: Sendable {
+    enum StopMode: Int { case running = 0, graceful = 1, immediate = 2 }
+    let stopMode = Atomic<Int>(0)
+    let ready = Atomic<Int>(0)
+    let exited = Atomic<Int>(0)
+    let startErrors = Mutex<[String]>([])
+}
+
+/// One thread, one ring, one listener, one session table: the completion
+/// loop. It implements `SessionIO` over the ring, so the sessions it drives
+/// ask for real operations. Nothing here is shared with other threads but
+/// the counters (`WorkerStats`) and the stop request (`WorkerControl`).
+final class Worker: SessionIO {
+    static let tickMs: UInt64 = 100
+    static let drainBufferBytes = 64 * 1024
+    static let acceptPauseMs: UInt64 = 100
+
+    let ring: Ring
+    let pool: BufferPool
+    let provided: ProvidedBuffers
+    let context: SessionContext
+    let table: SessionTable
+    let stats: WorkerStats
+    private let control: WorkerControl
+    private let logger: Logger
+    private let config: Config
+    private let targets: [SocketAddress]
+    private var listenerFD: Int32
+    private let drainBuffer: UnsafeMutableRawPointer
+    private let mainTimeout: RingTimeout
+    private let mirrorTimeout: RingTimeout
+    /// Sessions waiting for free slots, in arrival order (a ring of table indices).
+    private var waiters: [UInt32]
+    private var waitersHead = 0
+    private var waitersCount = 0
+
+    private var acceptArmed = false
+    private var acceptPausedUntilMs: UInt64 = 0
+    private var stopping = false
+    private var aborted = false
+    private var drainDeadlineMs: UInt64 = 0
+    private var nextTickMs: UInt64 = 0
+    private var acceptErrorLog = RateLimitedLog(intervalMs: 5_000)
+    private static let acceptTag = CompletionTag(kind: OperationKind.accept.rawValue, endpoint: 0, generation: 0, slot: 0)
+
+    /// Creates the ring and the memory of a worker; runs on the worker's own thread.
+    init(config: Config, targets: [SocketAddress], listenerFD: Int32, stats: WorkerStats,
+         control: WorkerControl, logger: Logger) throws {
+        self.config = config
+        self.targets = targets
+        self.listenerFD = listenerFD
+        self.stats = stats
+        self.control = control
+        self.logger = logger
+        ring = try Ring(entries: UInt32(config.ringEntries), completionEntries: UInt32(max(16384, config.ringEntries * 4)))
+        pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlots)
+        try ring.registerBuffers(pool)
+        provided = try ProvidedBuffers(ring: ring, pool: pool)
+        context = SessionContext(limits: config.limits, pool: pool, stats: stats)
+        table = try SessionTable(capacity: config.sessionsMax, context: context)
+        waiters = Array(repeating: 0, count: config.sessionsMax)
+        drainBuffer = .allocate(byteCount: Self.drainBufferBytes, alignment: 4096)
+        mainTimeout = RingTimeout(milliseconds: config.mainConnectTimeoutMs)
+        mirrorTimeout = RingTimeout(milliseconds: config.mirrorConnectTimeoutMs)
+    }
+
+    deinit {
+        drainBuffer.deallocate()
+        if listenerFD >= 0 { Glibc.close(listenerFD) }
+    }
+
+    static func monotonicMs() -> UInt64 {
+        var now = Glibc.timespec()
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &now)
+        return UInt64(now.tv_sec) * 1000 + UInt64(now.tv_nsec) / 1_000_000
+    }
+
+    // MARK: - The loop
+
+    func run() throws {
+        context.nowMs = Self.monotonicMs()
+        nextTickMs = context.nowMs + Self.tickMs
+        armAccept()
+        while true {
+            provided.commit()
+            try ring.submitAndWait(count: 1, timeoutNanoseconds: Int64(Self.tickMs) * 1_000_000)
+            context.nowMs = Self.monotonicMs()
+            var count = ring.reap()
+            while count > 0 {
+                for index in 0..<count { dispatch(ring.completion(at: index)) }
+                provided.commit()
+                count = ring.reap()
+            }
+            resumeWaiters()
+            if context.nowMs >= nextTickMs { tick() }
+            if stopping && table.activeCount == 0 && !acceptArmed { break }
+        }
+        if listenerFD >= 0 {
+            Glibc.close(listenerFD)
+            listenerFD = -1
+        }
+        ring.submit()
+    }
+
+    @inline(__always)
+    private func dispatch(_ completion: Completion) {
+        let tag = completion.tag
+        guard let kind = OperationKind(rawValue: tag.kind) else { return }
+        if kind == .accept {
+            accepted(completion)
+            return
+        }
+        if let slot = completion.selectedBuffer { provided.taken(slot) }
+        guard let session = table.session(for: tag) else {
+            // A late completion of a session that has ended: its buffer, if
+            // the kernel picked one, goes straight back.
+            if let slot = completion.selectedBuffer { provided.provide(slot) }
+            return
+        }
+        session.handle(kind: kind, leg: Int(tag.endpoint), result: completion.result,
+                       selectedBuffer: completion.selectedBuffer, io: self)
+        if !session.isActive { table.free(session) }
+    }
+
+    private func tick() {
+        nextTickMs = context.nowMs + Self.tickMs
+        stats.poolSlotsInUse.store(UInt64(pool.inUse), ordering: .relaxed)
+        let mode = WorkerControl.StopMode(rawValue: control.stopMode.load(ordering: .relaxed)) ?? .running
+        if mode != .running && !stopping {
+            stopping = true
+            drainDeadlineMs = context.nowMs + UInt64(config.drainTimeoutMs)
+            if acceptArmed { ring.prepareCancel(target: Self.acceptTag, tag: CompletionTag(rawValue: 0)) }
+        }
+        if stopping && !aborted && (mode == .immediate || context.nowMs >= drainDeadlineMs) {
+            aborted = true
+            for session in table.sessions where session.isActive {
+                session.abort(io: self)
+                if !session.isActive { table.free(session) }
+            }
+        }
+        if !stopping && !acceptArmed && context.nowMs >= acceptPausedUntilMs { armAccept() }
+        for session in table.sessions where session.isActive && session.isEnding {
+            session.tick(io: self)
+            if !session.isActive { table.free(session) }
+        }
+    }
+
+    // MARK: - Accepting
+
+    private func armAccept() {
+        guard listenerFD >= 0 else { return }
+        ring.prepareAcceptMultishot(fd: listenerFD, tag: Self.acceptTag)
+        acceptArmed = true
+    }
+
+    private func accepted(_ completion: Completion) {
+        if completion.result >= 0 {
+            let fd = completion.result
+            guard !stopping, let session = table.take() else {
+                stats.sessionsRejected.bump()
+                Glibc.close(fd)
+                return rearmAcceptIfEnded(completion)
+            }
+            Sockets.setNoDelay(fd)
+            session.start(clientFD: fd, io: self)
+            if !session.isActive { table.free(session) }
+            return rearmAcceptIfEnded(completion)
+        }
+        let error = -completion.result
+        if !(stopping && error == ECANCELED) {
+            stats.acceptErrors.bump()
+            if acceptErrorLog.allow(nowMs: context.nowMs) {
+                logger.warning("accept failed: \(RingError.describe(errno: error))\(acceptErrorLog.suppressedNote)")
+            }
+        }
+        if !completion.hasMore {
+            acceptArmed = false
+            if stopping {
+                Glibc.close(listenerFD)
+                listenerFD = -1
+            } else {
+                // Out of descriptors or memory: retrying at once would spin a
+                // core. Clients wait in the listen backlog meanwhile.
+                acceptPausedUntilMs = context.nowMs + Self.acceptPauseMs
+            }
+        }
+    }
+
+    @inline(__always)
+    private func rearmAcceptIfEnded(_ completion: Completion) {
+        guard !completion.hasMore else { return }
+        acceptArmed = false
+        if stopping {
+            Glibc.close(listenerFD)
+            listenerFD = -1
+        } else {
+            armAccept()
+        }
+    }
+
+    // MARK: - Waiting for slots
+
+    private func resumeWaiters() {
+        while waitersCount > 0 && provided.lent > 0 {
+            let index = waiters[waitersHead]
+            waitersHead = (waitersHead + 1) % waiters.count
+            waitersCount -= 1
+            let session = table.sessions[Int(index)]
+            session.resumeReceiving(io: self)
+        }
+    }
+
+    func waitForBuffers(session index: UInt32) {
+        guard waitersCount < waiters.count else { return }
+        waiters[(waitersHead + waitersCount) % waiters.count] = index
+        waitersCount += 1
+    }
+
+    // MARK: - SessionIO
+
+    func openSocket(target: Int) -> Int32 {
+        Sockets.openStream(family: targets[target].family)
+    }
+
+    func connect(fd: Int32, target: Int, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {
+        let timeout = timeoutMs == 0 ? nil : (target == 0 ? mainTimeout : mirrorTimeout)
+        targets[target].withSockaddr { address, length in
+            ring.prepareConnect(fd: fd, address: address, length: length, tag: tag, timeout: timeout, timeoutTag: timeoutTag)
+        }
+        // The kernel reads the address when the SQE is submitted; `targets`
+        // outlives that, but the closure's pointer does not, so submit now.
+        ring.submit()
+    }
+
+    @inline(__always)
+    func recv(fd: Int32, tag: CompletionTag) {
+        ring.prepareRecv(fd: fd, group: provided.group, length: pool.slotSize, tag: tag)
+    }
+
+    @inline(__always)
+    func drain(fd: Int32, tag: CompletionTag) {
+        ring.prepareRecv(fd: fd, into: drainBuffer, length: Self.drainBufferBytes, tag: tag)
+    }
+
+    @inline(__always)
+    func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag) {
+        ring.prepareSend(fd: fd, from: pool.pointer(slot) + offset, length: length, tag: tag)
+    }
+
+    func shutdownWrite(fd: Int32, tag: CompletionTag) {
+        ring.prepareShutdown(fd: fd, how: Int32(SHUT_WR), tag: tag)
+    }
+
+    func cancel(fd: Int32, tag: CompletionTag) {
+        ring.prepareCancel(fd: fd, tag: tag)
+    }
+
+    func close(fd: Int32, tag: CompletionTag) {
+        ring.prepareClose(fd: fd, tag: tag)
+    }
+
+    @inline(__always)
+    func recycle(slot: UInt32) {
+        provided.provide(slot)
+    }
+}

@@ -1,0 +1,51 @@
+/// The 64-bit `user_data` of every SQE: which operation, on which session
+/// slot, of which generation of that slot, on which endpoint (leg) of it.
+///
+/// Layout (high to low): kind 8 bits | endpoint 8 bits | generation 16 bits |
+/// slot 32 bits. A session slot is reused after its session ends; its
+/// generation is bumped, so a late completion for the previous occupant
+/// carries an old generation and is recognised as stale.
+public struct CompletionTag: Equatable, Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt64
+
+    @inlinable public init(rawValue: UInt64) { self.rawValue = rawValue }
+
+    @inlinable
+    public init(kind: UInt8, endpoint: UInt8, generation: UInt16, slot: UInt32) {
+        rawValue = UInt64(kind) << 56 | UInt64(endpoint) << 48 | UInt64(generation) << 32 | UInt64(slot)
+    }
+
+    @inlinable public var kind: UInt8 { UInt8(truncatingIfNeeded: rawValue >> 56) }
+    @inlinable public var endpoint: UInt8 { UInt8(truncatingIfNeeded: rawValue >> 48) }
+    @inlinable public var generation: UInt16 { UInt16(truncatingIfNeeded: rawValue >> 32) }
+    @inlinable public var slot: UInt32 { UInt32(truncatingIfNeeded: rawValue) }
+
+    public var description: String {
+        "tag(kind: \(kind), endpoint: \(endpoint), generation: \(generation), slot: \(slot))"
+    }
+}
+
+/// One reaped completion, copied out of the CQ so the CQ can be advanced in one step.
+public struct Completion: Sendable {
+    public var tag: CompletionTag
+    /// The operation's result: a byte count or descriptor when >= 0, a negated errno when < 0.
+    public var result: Int32
+    /// The CQE flags (`IORING_CQE_F_MORE`, `IORING_CQE_F_NOTIF`, ...).
+    public var flags: UInt32
+
+    @inlinable
+    public init(tag: CompletionTag, result: Int32, flags: UInt32) {
+        self.tag = tag
+        self.result = result
+        self.flags = flags
+    }
+
+    /// More completions will follow for this multishot operation.
+    @inlinable public var hasMore: Bool { flags & Ring.completionFlagMore != 0 }
+    /// This is a zero-copy send's notification: its buffer is free again.
+    /// The provided buffer (slot) the kernel chose for a buffer-select recv.
+    @inlinable public var selectedBuffer: UInt32? {
+        flags & Ring.completionFlagBuffer != 0 ? flags >> Ring.completionBufferShift : nil
+    }
+    @inlinable public var isNotification: Bool { flags & Ring.completionFlagNotification != 0 }
+}

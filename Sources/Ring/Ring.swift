@@ -1,0 +1,266 @@
+import CLiburing
+import Glibc
+
+/// One io_uring, used by the one thread that created it (`SINGLE_ISSUER`).
+///
+/// Knows io_uring and nothing of proxies: it hands out SQEs (submitting when
+/// the SQ is full), prepares the socket operations the callers need with a
+/// `CompletionTag` as user data, submits and waits in batches, and reaps
+/// completions in batches with one CQ-head advance per batch.
+public final class Ring {
+    /// How the ring was set up: the best that this kernel accepted.
+    public enum SetupMode: String, Sendable {
+        /// `SINGLE_ISSUER | DEFER_TASKRUN` (6.1+): completions are produced
+        /// only when this thread waits, so no IPI or task-work interrupts.
+        case deferTaskrun = "single-issuer+defer-taskrun"
+        /// `COOP_TASKRUN | TASKRUN_FLAG` (5.19+).
+        case coopTaskrun = "coop-taskrun"
+        case plain
+    }
+
+    public static let completionFlagMore = shim_IORING_CQE_F_MORE
+    public static let completionFlagNotification = shim_IORING_CQE_F_NOTIF
+    public static let completionFlagBuffer = shim_IORING_CQE_F_BUFFER
+    public static let completionBufferShift = shim_IORING_CQE_BUFFER_SHIFT
+    public static let sqeFlagLink = shim_IOSQE_IO_LINK
+    public static let sqeFlagSkipSuccess = shim_IOSQE_CQE_SKIP_SUCCESS
+
+    @usableFromInline var ring = io_uring()
+    public let setupMode: SetupMode
+    public let submissionEntries: UInt32
+    public let completionEntriesGranted: UInt32
+    private let reaped: UnsafeMutablePointer<shim_completion>
+    public let reapBatchMax: Int
+    private var registeredBufferCount = 0
+
+    /// - Parameters:
+    ///   - entries: SQ size (rounded up to a power of two by the kernel).
+    ///   - completionEntries: CQ size; large, so bursts never overflow it.
+    ///   - preferred: the best mode to try; lower ones are tried when the
+    ///     kernel rejects it with EINVAL (an older kernel).
+    /// - Throws: `RingError` with the errno of `io_uring_setup`: ENOSYS (no
+    ///   io_uring in this kernel), EPERM (`kernel.io_uring_disabled` or a
+    ///   seccomp profile), ENOMEM (locked-memory limit).
+    public init(entries: UInt32 = 1024, completionEntries: UInt32 = 8192,
+                preferred: SetupMode = .deferTaskrun, reapBatchMax: Int = 512) throws {
+        var modes: [SetupMode] = [.deferTaskrun, .coopTaskrun, .plain]
+        if let first = modes.firstIndex(of: preferred) { modes.removeFirst(first) }
+        var lastError: Int32 = EINVAL
+        var chosen: SetupMode?
+        for mode in modes {
+            var params = io_uring_params()
+            params.flags = shim_IORING_SETUP_CQSIZE | shim_IORING_SETUP_SUBMIT_ALL
+            switch mode {
+            case .deferTaskrun: params.flags |= shim_IORING_SETUP_SINGLE_ISSUER | shim_IORING_SETUP_DEFER_TASKRUN
+            case .coopTaskrun: params.flags |= shim_IORING_SETUP_COOP_TASKRUN | shim_IORING_SETUP_TASKRUN_FLAG
+            case .plain: break
+            }
+            params.cq_entries = completionEntries
+            let result = io_uring_queue_init_params(entries, &ring, &params)
+            if result == 0 {
+                chosen = mode
+                break
+            }
+            lastError = -result
+            // Only EINVAL means "this kernel does not know a flag": try less.
+            // Anything else (ENOSYS, EPERM, ENOMEM) is the answer.
+            if lastError != EINVAL { break }
+        }
+        guard let chosen else { throw RingError("io_uring_setup", errno: lastError) }
+        setupMode = chosen
+        submissionEntries = ring.sq.ring_entries
+        completionEntriesGranted = ring.cq.ring_entries
+        self.reapBatchMax = reapBatchMax
+        reaped = .allocate(capacity: reapBatchMax)
+    }
+
+    deinit {
+        if registeredBufferCount > 0 { io_uring_unregister_buffers(&ring) }
+        io_uring_queue_exit(&ring)
+        reaped.deallocate()
+    }
+
+    // MARK: - Buffers
+
+    /// Registers every slot of `pool` as a fixed buffer (slot index = buffer
+    /// index). The pool's pages are pinned and charged to RLIMIT_MEMLOCK
+    /// unless the process has CAP_IPC_LOCK.
+    public func registerBuffers(_ pool: BufferPool) throws {
+        var vectors = [iovec]()
+        vectors.reserveCapacity(pool.slotCount)
+        for slot in 0..<pool.slotCount {
+            vectors.append(iovec(iov_base: pool.pointer(UInt32(slot)), iov_len: pool.slotSize))
+        }
+        let result = vectors.withUnsafeBufferPointer {
+            io_uring_register_buffers(&ring, $0.baseAddress, UInt32($0.count))
+        }
+        guard result == 0 else {
+            throw RingError("io_uring_register_buffers of \(pool.byteCount) bytes", errno: -result)
+        }
+        registeredBufferCount = pool.slotCount
+    }
+
+    // MARK: - Submission
+
+    /// A cleared SQE, submitting what is queued first when the SQ is full.
+    @inlinable @inline(__always)
+    public func nextSQE() -> UnsafeMutablePointer<io_uring_sqe> {
+        if let sqe = io_uring_get_sqe(&ring) { return sqe }
+        return nextSQEAfterFlush()
+    }
+
+    @usableFromInline
+    func nextSQEAfterFlush() -> UnsafeMutablePointer<io_uring_sqe> {
+        while true {
+            _ = io_uring_submit(&ring)
+            if let sqe = io_uring_get_sqe(&ring) { return sqe }
+            // The kernel could not take any (CQ overflow back-pressure): wait a little.
+            _ = io_uring_submit_and_wait(&ring, 1)
+        }
+    }
+
+    /// Submits queued SQEs without waiting. Returns how many were taken.
+    @discardableResult
+    public func submit() -> Int32 {
+        io_uring_submit(&ring)
+    }
+
+    /// Submits queued SQEs and waits until at least `count` completions are
+    /// ready or `timeoutNanoseconds` has passed (when > 0). One syscall.
+    /// EINTR, ETIME and EBUSY are normal outcomes and not errors here.
+    public func submitAndWait(count: UInt32 = 1, timeoutNanoseconds: Int64 = 0) throws {
+        let result: Int32
+        if timeoutNanoseconds > 0 {
+            var timeout = __kernel_timespec(tv_sec: timeoutNanoseconds / 1_000_000_000,
+                                            tv_nsec: timeoutNanoseconds % 1_000_000_000)
+            var cqe: UnsafeMutablePointer<io_uring_cqe>?
+            result = io_uring_submit_and_wait_timeout(&ring, &cqe, count, &timeout, nil)
+        } else {
+            result = io_uring_submit_and_wait(&ring, count)
+        }
+        if result < 0 {
+            switch -result {
+            case EINTR, ETIME, EAGAIN, EBUSY: return
+            default: throw RingError("io_uring_enter", errno: -result)
+            }
+        }
+    }
+
+    // MARK: - Completion
+
+    /// Copies up to `reapBatchMax` ready completions out of the CQ and
+    /// advances its head once. Read them with `completion(at:)`.
+    @inline(__always)
+    public func reap() -> Int {
+        Int(shim_reap_batch(&ring, reaped, UInt32(reapBatchMax)))
+    }
+
+    @inline(__always)
+    public func completion(at index: Int) -> Completion {
+        let raw = reaped[index]
+        return Completion(tag: CompletionTag(rawValue: raw.user_data), result: raw.res, flags: raw.flags)
+    }
+
+    // MARK: - Operations
+
+    @inline(__always)
+    private func finish(_ sqe: UnsafeMutablePointer<io_uring_sqe>, _ tag: CompletionTag, flags: UInt8 = 0) {
+        io_uring_sqe_set_data64(sqe, tag.rawValue)
+        if flags != 0 { shim_sqe_set_flags(sqe, flags) }
+    }
+
+    @inline(__always)
+    public func prepareRecv(fd: Int32, into buffer: UnsafeMutableRawPointer, length: Int, tag: CompletionTag) {
+        let sqe = nextSQE()
+        io_uring_prep_recv(sqe, fd, buffer, length, 0)
+        finish(sqe, tag)
+    }
+
+    /// Recv into a slot the kernel picks from buffer group `group` when data
+    /// arrives (`Completion.selectedBuffer`); -ENOBUFS when none is lent.
+    @inline(__always)
+    public func prepareRecv(fd: Int32, group: UInt16, length: Int, tag: CompletionTag) {
+        let sqe = nextSQE()
+        io_uring_prep_recv(sqe, fd, nil, length, 0)
+        sqe.pointee.buf_group = group
+        finish(sqe, tag, flags: shim_IOSQE_BUFFER_SELECT)
+    }
+
+    @inline(__always)
+    public func prepareSend(fd: Int32, from buffer: UnsafeRawPointer, length: Int, tag: CompletionTag) {
+        let sqe = nextSQE()
+        io_uring_prep_send(sqe, fd, buffer, length, shim_MSG_NOSIGNAL)
+        finish(sqe, tag)
+    }
+
+    /// Zero-copy send from a registered buffer. Completes twice: the send
+    /// (with `hasMore` set) and later a notification once the kernel no
+    /// longer reads the buffer; only then may the buffer be reused.
+    @inline(__always)
+    public func prepareSendZeroCopy(fd: Int32, from buffer: UnsafeRawPointer, length: Int,
+                                    bufferIndex: UInt32, tag: CompletionTag) {
+        let sqe = nextSQE()
+        io_uring_prep_send_zc_fixed(sqe, fd, buffer, length, shim_MSG_NOSIGNAL, 0, bufferIndex)
+        finish(sqe, tag)
+    }
+
+    /// Multishot accept: one SQE, one completion per accepted connection
+    /// while `hasMore` is set.
+    public func prepareAcceptMultishot(fd: Int32, tag: CompletionTag) {
+        let sqe = nextSQE()
+        io_uring_prep_multishot_accept(sqe, fd, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
+        finish(sqe, tag)
+    }
+
+    /// Connect, optionally linked to a timeout that cancels it (the connect
+    /// then completes with -ECANCELED; the timeout completes too, with
+    /// `timeoutTag`). `address` must stay valid until the next submit.
+    public func prepareConnect(fd: Int32, address: UnsafePointer<sockaddr>, length: socklen_t,
+                               tag: CompletionTag, timeout: RingTimeout?,
+                               timeoutTag: CompletionTag) {
+        let sqe = nextSQE()
+        io_uring_prep_connect(sqe, fd, address, length)
+        if let timeout {
+            finish(sqe, tag, flags: shim_IOSQE_IO_LINK)
+            let timeoutSQE = nextSQE()
+            io_uring_prep_link_timeout(timeoutSQE, timeout.pointer, 0)
+            finish(timeoutSQE, timeoutTag)
+        } else {
+            finish(sqe, tag)
+        }
+    }
+
+    public func prepareShutdown(fd: Int32, how: Int32, tag: CompletionTag) {
+        let sqe = nextSQE()
+        io_uring_prep_shutdown(sqe, fd, how)
+        finish(sqe, tag)
+    }
+
+    /// Close through the ring; no completion unless it fails.
+    public func prepareClose(fd: Int32, tag: CompletionTag) {
+        let sqe = nextSQE()
+        io_uring_prep_close(sqe, fd)
+        finish(sqe, tag, flags: shim_IOSQE_CQE_SKIP_SUCCESS)
+    }
+
+    /// Cancels every operation in flight on `fd`; each completes with -ECANCELED
+    /// (or its own result if it raced to completion).
+    public func prepareCancel(fd: Int32, tag: CompletionTag) {
+        let sqe = nextSQE()
+        io_uring_prep_cancel_fd(sqe, fd, shim_IORING_ASYNC_CANCEL_ALL)
+        finish(sqe, tag)
+    }
+
+    /// Cancels the operation whose user data is `target`.
+    public func prepareCancel(target: CompletionTag, tag: CompletionTag) {
+        let sqe = nextSQE()
+        io_uring_prep_cancel64(sqe, target.rawValue, 0)
+        finish(sqe, tag)
+    }
+
+    public func prepareNop(tag: CompletionTag) {
+        let sqe = nextSQE()
+        io_uring_prep_nop(sqe)
+        finish(sqe, tag)
+    }
+}

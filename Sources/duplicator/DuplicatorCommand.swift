@@ -1,0 +1,34 @@
+import ArgumentParser
+import Glibc
+
+@main
+struct DuplicatorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "duplicator",
+        abstract: "A TCP traffic-mirroring proxy on io_uring: a drop-in for goduplicator.",
+        subcommands: [RunCommand.self, DemoCommand.self],
+        defaultSubcommand: RunCommand.self
+    )
+
+    /// Errors are one line on stderr and a non-zero exit; help and version print as usual.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success || error is CleanExit {
+                exit(withError: error)
+            }
+            let message = message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            printError(message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message)
+            Glibc.exit(code.rawValue == 0 ? 1 : code.rawValue)
+        }
+    }
+}
+
+/// One line on stderr, prefixed with the program's name.
+func printError(_ message: String) {
+    let line = Array("duplicator: \(message)\n".utf8)
+    line.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
+}

@@ -1,0 +1,130 @@
+import ArgumentParser
+import Duplicator
+import Glibc
+import Logging
+
+/// `duplicator -l :8080 -f :8081 -m :8082 -m :8083`: goduplicator's flags plus our own.
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Proxy clients to a main server and copy their bytes to mirrors (the default command).",
+        discussion: """
+        Every client connection is forwarded to the main server (-f), whose reply goes back to
+        the client, and every client byte is also sent to each mirror (-m), whose replies are
+        read and dropped. A slow, dead or black-holed mirror never slows the client.
+
+        Examples:
+          duplicator -l :8080 -f :8081 -m :8082 -m :8083
+          duplicator -l 127.0.0.1:6380 -f 127.0.0.1:6379 -m 10.0.0.7:6379,10.0.0.8:6379 -t 2s
+          duplicator -l [::1]:8080 -f [::1]:9000 -m [::1]:9001 --backlog 16MiB --log-level debug
+        """
+    )
+
+    @Option(name: [.customShort("l"), .customLong("listen")], help: "Address to listen on: host:port, :port (all interfaces) or [ipv6]:port.")
+    var listen: String
+
+    @Option(name: [.customShort("f"), .customLong("forward")], help: "The main server: its replies go back to the client. :port means localhost.")
+    var forward: String
+
+    @Option(name: [.customShort("m"), .customLong("mirror")], help: "A mirror server; repeat or separate with commas for several.")
+    var mirror: [String] = []
+
+    @Option(name: [.customShort("t"), .customLong("timeout")], help: "Mirror connect timeout, Go-style (500ms, 2s).")
+    var timeout: String = "500ms"
+
+    @Option(name: .customLong("main-connect-timeout"), help: "Main connect timeout; 0 for the kernel's.")
+    var mainConnectTimeout: String = "10s"
+
+    @Option(name: .customLong("backlog"), help: "Bytes a mirror may fall behind before it is cut for the session (4MiB).")
+    var backlog: String = "4MiB"
+
+    @Option(name: .customLong("backlog-chunks"), help: "Receives a mirror may fall behind before it is cut (each holds a slot).")
+    var backlogChunks: Int = 256
+
+    @Option(name: .customLong("slot-size"), help: "Bytes per buffer slot: the most one receive takes (16KiB).")
+    var slotSize: String = "16KiB"
+
+    @Option(name: .customLong("pool-slots"), help: "Buffer slots per thread, a power of two; registered and locked memory.")
+    var poolSlots: Int = 1024
+
+    @Option(name: .customLong("max-sessions"), help: "Concurrent client sessions per thread; more are closed at once.")
+    var maxSessions: Int = 16384
+
+    @Option(name: .customLong("threads"), help: "Worker threads, each with its own ring and SO_REUSEPORT listener.")
+    var threads: Int = 1
+
+    @Option(name: .customLong("mirror-linger"), help: "How long mirrors may flush after their client's session ended.")
+    var mirrorLinger: String = "2s"
+
+    @Option(name: .customLong("drain-timeout"), help: "On SIGINT/SIGTERM, how long live sessions may finish.")
+    var drainTimeout: String = "5s"
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    func makeConfig() throws(ConfigError) -> Config {
+        var mirrors: [Endpoint] = []
+        for part in mirror.flatMap({ $0.split(separator: ",", omittingEmptySubsequences: false) }) {
+            let text = String(part.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
+            guard !text.isEmpty else { throw ConfigError("-m: empty mirror address in '\(mirror.joined(separator: ","))'") }
+            mirrors.append(try Endpoint(parsing: text, role: .connect))
+        }
+        var config = Config(listen: try Endpoint(parsing: listen, role: .listen),
+                            main: try Endpoint(parsing: forward, role: .connect),
+                            mirrors: mirrors)
+        config.mirrorConnectTimeoutMs = try DurationParser.milliseconds(timeout)
+        config.mainConnectTimeoutMs = try DurationParser.milliseconds(mainConnectTimeout)
+        config.backlogBytesMax = try SizeParser.bytes(backlog)
+        config.backlogChunksMax = backlogChunks
+        config.slotSize = try SizeParser.bytes(slotSize)
+        config.poolSlots = poolSlots
+        config.sessionsMax = maxSessions
+        config.threads = threads
+        config.mirrorLingerMs = try DurationParser.milliseconds(mirrorLinger)
+        config.drainTimeoutMs = try DurationParser.milliseconds(drainTimeout)
+        try config.validate()
+        return config
+    }
+
+    func run() throws {
+        guard let level = Logger.Level(rawValue: logLevel) else {
+            throw ValidationError("--log-level '\(logLevel)': expected trace, debug, info, notice, warning, error or critical")
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let config: Config
+        do { config = try makeConfig() } catch { throw ValidationError(error.message) }
+        var logger = Logger(label: "duplicator")
+        logger.logLevel = level
+
+        Signals.blockTermination()
+        let proxy = try Proxy(config: config, logger: logger)
+        try proxy.start()
+        logger.info("listening on \(proxy.listenAddress), main \(config.main), mirrors \(config.mirrors.map(\.text))")
+        try serve(proxy, logger: logger)
+    }
+
+    /// Waits for SIGINT/SIGTERM: the first stops gracefully, a second at once.
+    private func serve(_ proxy: Proxy, logger: Logger) throws {
+        var signals = 0
+        while true {
+            if let signal = Signals.wait(timeoutMs: 200) {
+                signals += 1
+                if signals == 1 {
+                    logger.notice("signal \(signal): draining \(proxy.activeSessions) sessions for up to \(drainTimeout)")
+                    proxy.stop()
+                } else {
+                    logger.notice("signal \(signal) again: closing every session now")
+                    proxy.stop(immediately: true)
+                }
+            }
+            if proxy.hasExited { break }
+        }
+        proxy.wait()
+        logger.info("stopped")
+    }
+}
+
