@@ -1,9 +1,7 @@
-import Duplicator
-
 /// Byte sizes as flags take them: `4194304`, `64k`, `64KiB`, `4M`, `4MiB`, `1G`
 /// (binary multiples; the `iB` and `B` suffixes are optional).
-enum SizeParser {
-    static func bytes(_ text: String) throws(ConfigError) -> Int {
+public enum SizeParser {
+    public static func bytes(_ text: String) throws(ConfigError) -> Int {
         let digits = text.prefix { $0.isASCII && $0.isNumber }
         var unit = text.dropFirst(digits.count).lowercased()
         if unit.hasSuffix("ib") { unit.removeLast(2) } else if unit.hasSuffix("b") { unit.removeLast() }
