@@ -1,0 +1,163 @@
+import Foundation
+import Glibc
+import Testing
+@testable import Duplicator
+import Ring
+
+/// The built `duplicator` binary, next to the test bundle.
+func builtBinary(_ name: String) throws -> String {
+    var directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+    if !exe.isEmpty { directory = URL(fileURLWithPath: exe).deletingLastPathComponent() }
+    for candidate in [directory, directory.deletingLastPathComponent()] {
+        let path = candidate.appendingPathComponent(name).path
+        if FileManager.default.isExecutableFile(atPath: path) { return path }
+    }
+    throw TestFailure("\(name) not built next to \(directory.path); run `swift build` first")
+}
+
+struct ProcessResult {
+    let status: Int32
+    let standardError: String
+    let standardOutput: String
+    var errorLines: [Substring] { standardError.split(separator: "\n") }
+}
+
+/// Runs a program to completion (bounded by `timeoutSeconds`), capturing its output.
+func runProgram(_ path: String, _ arguments: [String], timeoutSeconds: Double = 20) throws -> ProcessResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: path)
+    process.arguments = arguments
+    let errorPipe = Pipe()
+    let outputPipe = Pipe()
+    process.standardError = errorPipe
+    process.standardOutput = outputPipe
+    try process.run()
+    let deadline = monotonicSeconds() + timeoutSeconds
+    while process.isRunning && monotonicSeconds() < deadline { usleep(10_000) }
+    if process.isRunning {
+        process.terminate()
+        process.waitUntilExit()
+        throw TestFailure("\(path) \(arguments) did not exit in \(timeoutSeconds)s")
+    }
+    process.waitUntilExit()
+    let error = String(decoding: errorPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    let output = String(decoding: outputPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    return ProcessResult(status: process.terminationStatus, standardError: error, standardOutput: output)
+}
+
+/// Promise 8: bad input gets one clear line and a non-zero exit, never a trap.
+@Suite("CLI: bad input", .timeLimit(.minutes(2)))
+struct CLITests {
+    static let badInputs: [(arguments: [String], expected: String)] = [
+        (["--bogus", "-l", ":1", "-f", ":2"], "Unknown option"),
+        (["-l", "nowhere", "-f", ":2"], "address 'nowhere'"),
+        (["-l", ":70000", "-f", ":2"], "port must be a number"),
+        (["-l", ":0", "-f", ":0"], "port must be a number"),
+        (["-l", "::1:80", "-f", ":2"], "brackets"),
+        (["-l", ":1"], "Missing expected argument"),
+        (["-l", ":1", "-f", ":2", "-m", ":3,,:4"], "empty mirror address"),
+        (["-l", ":1", "-f", ":2", "-t", "5"], "duration '5'"),
+        (["-l", ":1", "-f", ":2", "-t", "soon"], "duration 'soon'"),
+        (["-l", ":1", "-f", ":2", "--pool-slots", "1000"], "power of two"),
+        (["-l", ":1", "-f", ":2", "--slot-size", "12q"], "size '12q'"),
+        (["-l", ":1", "-f", ":2", "--threads", "0"], "--threads"),
+        (["-l", ":1", "-f", ":2", "--log-level", "loud"], "--log-level"),
+        (["-l", "127.0.0.1:0", "-f", "no-such-host.invalid:80"], "cannot resolve"),
+        (["-l", "127.0.0.1:0", "-f", ":80", "-m", "[::1"], "missing ']'"),
+    ]
+
+    @Test("bad flags, addresses, durations and sizes", arguments: 0..<badInputs.count)
+    func badInput(index: Int) throws {
+        let (arguments, expected) = Self.badInputs[index]
+        let result = try runProgram(try builtBinary("duplicator"), arguments)
+        #expect(result.status != 0)
+        #expect(result.errorLines.count == 1, "stderr: \(result.standardError)")
+        #expect(result.standardError.contains(expected), "stderr: \(result.standardError)")
+        #expect(!result.standardError.contains("Fatal error"))
+    }
+
+    @Test("a port in use")
+    func portInUse() throws {
+        let taken = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(taken) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
+                _ = bind(taken, pointer, length)
+                return getsockname(taken, pointer, &length)
+            }
+        }
+        #expect(listen(taken, 1) == 0)
+        let port = UInt16(bigEndian: address.sin_port)
+        let result = try runProgram(try builtBinary("duplicator"), ["-l", "127.0.0.1:\(port)", "-f", ":9"])
+        #expect(result.status != 0)
+        #expect(result.errorLines.count == 1, "stderr: \(result.standardError)")
+        #expect(result.standardError.contains("cannot listen on 127.0.0.1:\(port): Address already in use (EADDRINUSE)"),
+                "stderr: \(result.standardError)")
+    }
+
+    @Test("--help shows examples and exits 0")
+    func help() throws {
+        let result = try runProgram(try builtBinary("duplicator"), ["run", "--help"])
+        #expect(result.status == 0)
+        #expect(result.standardOutput.contains("duplicator -l :8080 -f :8081 -m :8082 -m :8083"))
+    }
+
+    @Test("setup errors are explained")
+    func setupErrorMessages() {
+        var config = Config(listen: try! Endpoint(parsing: ":1", role: .listen), main: endpoint(2), mirrors: [])
+        config.poolSlots = 1024
+        config.slotSize = 16384
+        let noRing = ProxyError.setup(RingError("io_uring_setup", errno: ENOSYS), config: config)
+        #expect(noRing.message.contains("no io_uring"))
+        let forbidden = ProxyError.setup(RingError("io_uring_setup", errno: EPERM), config: config)
+        #expect(forbidden.message.contains("kernel.io_uring_disabled"))
+        #expect(forbidden.message.contains("seccomp"))
+        let memory = ProxyError.setup(RingError("io_uring_register_buffers of 16777216 bytes", errno: ENOMEM), config: config)
+        #expect(memory.message.contains("16777216 bytes"))
+        #expect(memory.message.contains("RLIMIT_MEMLOCK"))
+    }
+}
+
+/// Promise 8 under real conditions: these need root to arrange (a user to
+/// drop to, the sysctl to flip), and are skipped without it.
+@Suite("CLI: io_uring forbidden and locked memory, for real", .serialized, .timeLimit(.minutes(1)))
+struct CLIPrivilegedTests {
+    static var isRoot: Bool { geteuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") }
+
+    /// Runs the binary as `nobody`, without capabilities, with `prefix` before it (e.g. prlimit).
+    func runAsNobody(_ prefix: [String], _ arguments: [String]) throws -> ProcessResult {
+        let binary = try builtBinary("duplicator")
+        return try runProgram("/usr/bin/setpriv",
+                              ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]
+                                + prefix + [binary] + arguments)
+    }
+
+    @Test("too little locked memory for the buffers names the bytes needed", .enabled(if: isRoot))
+    func lockedMemoryTooLow() throws {
+        let result = try runAsNobody(["/usr/bin/prlimit", "--memlock=65536:65536"],
+                                     ["-l", "127.0.0.1:0", "-f", ":9", "--pool-slots", "256"])
+        #expect(result.status != 0)
+        #expect(result.errorLines.count == 1, "stderr: \(result.standardError)")
+        #expect(result.standardError.contains("not enough locked memory"), "stderr: \(result.standardError)")
+        #expect(result.standardError.contains("\(256 * 16384) bytes"), "stderr: \(result.standardError)")
+    }
+
+    @Test("kernel.io_uring_disabled gives a clear line", .enabled(if: isRoot && FileManager.default.isWritableFile(atPath: "/proc/sys/kernel/io_uring_disabled")))
+    func ioUringDisabled() throws {
+        let path = "/proc/sys/kernel/io_uring_disabled"
+        let original = try String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        // 1: only privileged processes may create rings; root tests running
+        // beside this one are unaffected, the unprivileged run is refused.
+        try "1".write(toFile: path, atomically: false, encoding: .utf8)
+        defer { try? original.write(toFile: path, atomically: false, encoding: .utf8) }
+        let result = try runAsNobody([], ["-l", "127.0.0.1:0", "-f", ":9"])
+        #expect(result.status != 0)
+        #expect(result.errorLines.count == 1, "stderr: \(result.standardError)")
+        #expect(result.standardError.contains("io_uring is forbidden"), "stderr: \(result.standardError)")
+    }
+}

@@ -1,0 +1,353 @@
+import Glibc
+import Synchronization
+import Testing
+@testable import Duplicator
+import LoadTools
+
+// Shared helpers of the integration tests: real loopback sockets, a real
+// proxy with real io_uring, and peers that misbehave on purpose.
+
+/// A deterministic byte source (SplitMix64), so a failure can be replayed.
+struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    mutating func bytes(_ count: Int) -> [UInt8] {
+        var result = [UInt8](repeating: 0, count: count)
+        result.withUnsafeMutableBytes { raw in
+            var offset = 0
+            while offset < count {
+                var word = next()
+                let take = min(8, count - offset)
+                withUnsafeBytes(of: &word) { raw.baseAddress!.advanced(by: offset).copyMemory(from: $0.baseAddress!, byteCount: take) }
+                offset += take
+            }
+        }
+        return result
+    }
+}
+
+func monotonicSeconds() -> Double {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// How a client's exchange ended.
+enum StreamEnd: Equatable { case eof, reset, timeout }
+
+/// A non-blocking loopback client socket driven with poll(2).
+final class TestConnection {
+    let fd: Int32
+
+    init(port: UInt16, timeoutSeconds: Double = 5) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw TestFailure("socket: errno \(errno)") }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        if result != 0 && errno != EINPROGRESS {
+            let error = errno
+            Glibc.close(fd)
+            throw TestFailure("connect to \(port): errno \(error)")
+        }
+        guard poll(events: Int16(POLLOUT), timeoutSeconds: timeoutSeconds) else {
+            Glibc.close(fd)
+            throw TestFailure("connect to \(port) timed out")
+        }
+        var error: Int32 = 0
+        var length = socklen_t(4)
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length)
+        guard error == 0 else {
+            Glibc.close(fd)
+            throw TestFailure("connect to \(port): errno \(error)")
+        }
+    }
+
+    deinit { Glibc.close(fd) }
+
+    func poll(events: Int16, timeoutSeconds: Double) -> Bool {
+        var entry = pollfd(fd: fd, events: events, revents: 0)
+        return Glibc.poll(&entry, 1, Int32(timeoutSeconds * 1000)) > 0
+    }
+
+    func shutdownWrite() { Glibc.shutdown(fd, Int32(SHUT_WR)) }
+
+    /// Resets the connection on close (SO_LINGER 0).
+    func reset() {
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        Glibc.shutdown(fd, Int32(SHUT_RDWR))
+    }
+
+    /// Sends `payload` in pieces of random size (up to `pieceMax`) while
+    /// reading whatever comes back, then shuts down its write side if asked
+    /// and reads until EOF, reset, or the deadline. Full duplex, so an echo
+    /// peer's back-pressure cannot deadlock it.
+    func exchange(_ payload: [UInt8], pieceMax: Int = 65536, seed: UInt64 = 1, shutdownAfterSending: Bool = true,
+                  timeoutSeconds: Double = 30, expectBytes: Int? = nil) -> (received: [UInt8], end: StreamEnd) {
+        var generator = SeededGenerator(seed: seed)
+        var received: [UInt8] = []
+        received.reserveCapacity(expectBytes ?? payload.count)
+        var offset = 0
+        var shutDown = false
+        let deadline = monotonicSeconds() + timeoutSeconds
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while monotonicSeconds() < deadline {
+            if offset == payload.count && shutdownAfterSending && !shutDown {
+                shutdownWrite()
+                shutDown = true
+            }
+            if let expectBytes, received.count >= expectBytes, offset == payload.count { return (received, .eof) }
+            var entry = pollfd(fd: fd, events: Int16(POLLIN) | (offset < payload.count ? Int16(POLLOUT) : 0), revents: 0)
+            guard Glibc.poll(&entry, 1, 50) >= 0 else { continue }
+            if entry.revents & Int16(POLLOUT) != 0 && offset < payload.count {
+                let piece = min(payload.count - offset, Int.random(in: 1...pieceMax, using: &generator))
+                let sent = payload.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, piece, Int32(MSG_NOSIGNAL)) }
+                if sent > 0 { offset += sent } else if sent < 0 && errno != EAGAIN { return (received, .reset) }
+            }
+            if entry.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
+                let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if count > 0 {
+                    received.append(contentsOf: buffer[0..<count])
+                } else if count == 0 {
+                    return (received, .eof)
+                } else if errno != EAGAIN {
+                    return (received, .reset)
+                }
+            }
+        }
+        return (received, .timeout)
+    }
+}
+
+/// A server that misbehaves in one chosen way, on its own thread.
+final class FaultServer: Sendable {
+    enum Behavior: Sendable {
+        /// Accepts and closes at once.
+        case closeAtOnce
+        /// Reads this many bytes, then resets (SO_LINGER 0).
+        case resetAfterReading(Int)
+        /// Reads `readBytes`, writes `reply`, then closes (or resets).
+        case replyThenClose(readBytes: Int, reply: [UInt8], reset: Bool)
+    }
+
+    let port: UInt16
+    private let listener: Int32
+    private let behavior: Behavior
+    private let stopping = Atomic<Bool>(false)
+    private let finished = Atomic<Bool>(false)
+    let connections = Atomic<Int>(0)
+
+    private init(_ behavior: Behavior) throws {
+        self.behavior = behavior
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        self.listener = listener
+        var on: Int32 = 1
+        setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &on, 4)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
+                guard bind(listener, pointer, length) == 0 else { return -1 }
+                return getsockname(listener, pointer, &length)
+            }
+        }
+        guard bound == 0, listen(listener, 128) == 0 else { throw TestFailure("fault server: errno \(errno)") }
+        port = UInt16(bigEndian: address.sin_port)
+    }
+
+    /// A fault server already serving on its own thread.
+    static func start(_ behavior: Behavior) throws -> FaultServer {
+        let server = try FaultServer(behavior)
+        pthread_detach(try spawnThread { server.serve() })
+        return server
+    }
+
+    func stop() {
+        stopping.store(true, ordering: .relaxed)
+        while !finished.load(ordering: .acquiring) { usleep(1000) }
+        Glibc.close(listener)
+    }
+
+    func serve() {
+        defer { finished.store(true, ordering: .releasing) }
+        while !stopping.load(ordering: .relaxed) {
+            var entry = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+            guard poll(&entry, 1, 20) > 0 else { continue }
+            let fd = accept(listener, nil, nil)
+            guard fd >= 0 else { continue }
+            connections.add(1, ordering: .relaxed)
+            handle(fd)
+        }
+    }
+
+    private func handle(_ fd: Int32) {
+        var timeout = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        switch behavior {
+        case .closeAtOnce:
+            close(fd)
+        case .resetAfterReading(let count):
+            readAtLeast(fd, count)
+            resetAndClose(fd)
+        case .replyThenClose(let readBytes, let reply, let reset):
+            readAtLeast(fd, readBytes)
+            reply.withUnsafeBytes { raw in
+                var offset = 0
+                while offset < raw.count {
+                    let sent = send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
+                    if sent <= 0 { break }
+                    offset += sent
+                }
+            }
+            if reset { resetAndClose(fd) } else { close(fd) }
+        }
+    }
+
+    private func readAtLeast(_ fd: Int32, _ count: Int) {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var total = 0
+        while total < count {
+            let read = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, min($0.count, count - total), 0) }
+            if read <= 0 { break }
+            total += read
+        }
+    }
+
+    private func resetAndClose(_ fd: Int32) {
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        close(fd)
+    }
+}
+
+/// A loopback port where connects are refused: bound, never listening.
+final class RefusingPort {
+    let port: UInt16
+    let fd: Int32
+
+    init() {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        self.fd = fd
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
+                _ = bind(fd, pointer, length)
+                return getsockname(fd, pointer, &length)
+            }
+        }
+        port = UInt16(bigEndian: address.sin_port)
+    }
+
+    deinit { close(fd) }
+}
+
+/// A LoadTools test server on a free loopback port.
+func startServer(_ mode: TestServerMode) throws -> TestServer {
+    let server = TestServer(address: LoadAddress(host: "127.0.0.1", port: 0), mode: mode)
+    try server.start()
+    return server
+}
+
+func endpoint(_ port: UInt16) -> Endpoint {
+    try! Endpoint(parsing: "127.0.0.1:\(port)", role: .connect)
+}
+
+/// A proxy on a free loopback port in front of `main` with `mirrors`.
+func startProxy(main: UInt16, mirrors: [UInt16], configure: (inout Config) -> Void = { _ in }) throws -> Proxy {
+    var config = Config(listen: try Endpoint(parsing: "127.0.0.1:0", role: .listen),
+                        main: endpoint(main), mirrors: mirrors.map(endpoint))
+    config.sessionsMax = 2048
+    config.mirrorLingerMs = 500
+    configure(&config)
+    let proxy = try Proxy(config: config)
+    try proxy.start()
+    return proxy
+}
+
+extension Proxy {
+    var port: UInt16 { listenAddress.port }
+
+    /// Stops at once and waits for the workers.
+    func shutdown() {
+        stop(immediately: true)
+        wait()
+    }
+
+    func total(_ counter: (WorkerStats) -> UInt64) -> UInt64 { stats.reduce(0) { $0 + counter($1) } }
+
+    func mirrorTotal(_ index: Int, _ counter: (MirrorStats) -> UInt64) -> UInt64 {
+        stats.reduce(0) { $0 + counter($1.mirrors[index]) }
+    }
+}
+
+/// Polls `condition` until it holds or `timeoutSeconds` pass.
+@discardableResult
+func eventually(timeoutSeconds: Double = 10, _ condition: () -> Bool) -> Bool {
+    let deadline = monotonicSeconds() + timeoutSeconds
+    while monotonicSeconds() < deadline {
+        if condition() { return true }
+        usleep(10_000)
+    }
+    return condition()
+}
+
+/// Runs `body(i)` for i in 0..<count, each on its own thread, and waits for all.
+func concurrently(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) throws {
+    let done = Atomic<Int>(0)
+    for index in 0..<count {
+        pthread_detach(try spawnThread {
+            body(index)
+            done.add(1, ordering: .releasing)
+        })
+    }
+    while done.load(ordering: .acquiring) < count { usleep(1000) }
+}
+
+/// (bytes, FNV-1a) of a payload, comparable with a server's ConnectionRecord.
+struct StreamSignature: Hashable, CustomStringConvertible {
+    let bytes: UInt64
+    let digest: UInt64
+    init(_ payload: [UInt8]) {
+        bytes = UInt64(payload.count)
+        digest = FNV1a64.digest(of: payload)
+    }
+    init(_ record: ConnectionRecord) {
+        bytes = record.bytesReceived
+        digest = record.receivedDigest
+    }
+    var description: String { "\(bytes)B/\(String(digest, radix: 16))" }
+}
+
+/// The multiset of streams a server received, once every connection has closed.
+func receivedStreams(_ server: TestServer, count: Int, timeoutSeconds: Double = 20) -> [StreamSignature: Int] {
+    eventually(timeoutSeconds: timeoutSeconds) {
+        let records = server.connectionRecords()
+        return records.count >= count && records.allSatisfy { $0.peerClosed }
+    }
+    var result: [StreamSignature: Int] = [:]
+    for record in server.connectionRecords() { result[StreamSignature(record), default: 0] += 1 }
+    return result
+}

@@ -1,0 +1,276 @@
+import Glibc
+import Synchronization
+import Testing
+@testable import Duplicator
+import LoadTools
+
+/// The promises of DESIGN.md over real loopback sockets and real io_uring.
+@Suite("Integration: the proxy's promises", .timeLimit(.minutes(2)))
+struct IntegrationTests {
+    /// Promises 1 and 2 (and 3 for healthy mirrors): 50 concurrent sessions,
+    /// random payloads up to several MiB written in random pieces; the client
+    /// gets exactly main's echo, main and every mirror exactly the client's bytes.
+    @Test("exact streams to main, client and every mirror", arguments: [1, 3])
+    func exactStreams(mirrorCount: Int) throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let mirrors = try (0..<mirrorCount).map { _ in try startServer(.sink) }
+        defer { mirrors.forEach { $0.stop() } }
+        let proxy = try startProxy(main: main.boundPort, mirrors: mirrors.map(\.boundPort))
+        defer { proxy.shutdown() }
+
+        let sessions = 50
+        let payloads = (0..<sessions).map { index -> [UInt8] in
+            var generator = SeededGenerator(seed: UInt64(1000 * mirrorCount + index))
+            // Mostly small, some several MiB: the cube skews towards small sizes.
+            let fraction = Double.random(in: 0...1, using: &generator)
+            return generator.bytes(Int(fraction * fraction * fraction * 5_000_000))
+        }
+        let failures = Mutex<[String]>([])
+        let port = proxy.port
+        try concurrently(sessions) { index in
+            do {
+                let connection = try TestConnection(port: port)
+                let (received, end) = connection.exchange(payloads[index], seed: UInt64(index))
+                if end != .eof || received != payloads[index] {
+                    failures.withLock { $0.append("session \(index): \(end), \(received.count)/\(payloads[index].count) bytes back, equal: \(received == payloads[index])") }
+                }
+            } catch {
+                failures.withLock { $0.append("session \(index): \(error)") }
+            }
+        }
+        #expect(failures.withLock { $0 } == [])
+
+        var expected: [StreamSignature: Int] = [:]
+        for payload in payloads { expected[StreamSignature(payload), default: 0] += 1 }
+        #expect(receivedStreams(main, count: sessions) == expected)
+        for (index, mirror) in mirrors.enumerated() {
+            #expect(receivedStreams(mirror, count: sessions) == expected, "mirror \(index)")
+            #expect(proxy.mirrorTotal(index, { $0.sessionsCutForLag.value }) == 0)
+            #expect(proxy.mirrorTotal(index, { $0.bytesMissed.value }) == 0)
+        }
+        #expect(eventually { proxy.activeSessions == 0 })
+        #expect(proxy.total { $0.sessionsCompleted.value } == UInt64(sessions))
+        #expect(proxy.total { $0.poolSlotsInUse.value } == 0 || eventually { proxy.total { $0.poolSlotsInUse.value } == 0 })
+    }
+
+    /// Promise 4: each kind of broken mirror leaves the client's session whole.
+    @Test("a broken mirror never hurts the client", arguments: ["refuses", "closes at once", "resets mid-stream", "never reads", "black-holes its connect"])
+    func brokenMirror(kind: String) throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let healthy = try startServer(.sink)
+        defer { healthy.stop() }
+        var cleanup: [() -> Void] = []
+        defer { cleanup.forEach { $0() } }
+        let brokenPort: UInt16
+        switch kind {
+        case "refuses":
+            let refusing = RefusingPort()
+            cleanup.append { _ = refusing }
+            brokenPort = refusing.port
+        case "closes at once":
+            let server = try FaultServer.start(.closeAtOnce)
+            cleanup.append { server.stop() }
+            brokenPort = server.port
+        case "resets mid-stream":
+            let server = try FaultServer.start(.resetAfterReading(100_000))
+            cleanup.append { server.stop() }
+            brokenPort = server.port
+        case "never reads":
+            let server = try startServer(.stall)
+            cleanup.append { server.stop() }
+            brokenPort = server.boundPort
+        default:
+            let server = try startServer(.blackhole)
+            cleanup.append { server.stop() }
+            brokenPort = server.boundPort
+        }
+        let proxy = try startProxy(main: main.boundPort, mirrors: [brokenPort, healthy.boundPort]) {
+            $0.mirrorConnectTimeoutMs = 1500
+            $0.backlogBytesMax = 1 << 20
+        }
+        defer { proxy.shutdown() }
+
+        // The first reply must not wait for the broken mirror (not even its connect timeout).
+        let connection = try TestConnection(port: proxy.port)
+        let start = monotonicSeconds()
+        let ping = connection.exchange(Array("ping\n".utf8), shutdownAfterSending: false, timeoutSeconds: 5, expectBytes: 5)
+        let firstReplySeconds = monotonicSeconds() - start
+        #expect(ping.received == Array("ping\n".utf8))
+        #expect(firstReplySeconds < 0.5, "first reply took \(firstReplySeconds)s")
+
+        var generator = SeededGenerator(seed: 7)
+        let payload = generator.bytes(4 << 20)
+        let (received, end) = connection.exchange(payload, timeoutSeconds: 30)
+        #expect(end == .eof)
+        #expect(received == payload)
+        let whole = Array("ping\n".utf8) + payload
+        #expect(receivedStreams(healthy, count: 1) == [StreamSignature(whole): 1])
+        #expect(eventually { proxy.activeSessions == 0 })
+        #expect(proxy.total { $0.sessionsCompleted.value } == 1)
+        let failures = proxy.mirrorTotal(0) { $0.connectFailures.value + $0.connectTimeouts.value + $0.errors.value + $0.sessionsCutForLag.value }
+        #expect(failures >= 1, "the broken mirror's failure was counted")
+        #expect(proxy.mirrorTotal(0) { $0.bytesMissed.value } > 0)
+    }
+
+    /// Promise 4 and 3: a mirror that never reads cannot slow a 64 MiB stream,
+    /// and is cut for the session once its backlog limit is passed.
+    @Test("a stalled mirror does not slow a 64 MiB stream and is cut")
+    func stalledMirrorDoesNotSlow() throws {
+        let main = try startServer(.sink)
+        defer { main.stop() }
+        let stalled = try startServer(.stall)
+        defer { stalled.stop() }
+        var generator = SeededGenerator(seed: 64)
+        let payload = generator.bytes(64 << 20)
+
+        func timedUpload(mirrors: [UInt16]) throws -> (seconds: Double, proxy: Proxy) {
+            let proxy = try startProxy(main: main.boundPort, mirrors: mirrors)
+            let connection = try TestConnection(port: proxy.port)
+            let start = monotonicSeconds()
+            let (_, end) = connection.exchange(payload, timeoutSeconds: 60)
+            let seconds = monotonicSeconds() - start
+            #expect(end == .eof)
+            return (seconds, proxy)
+        }
+        let baseline = try timedUpload(mirrors: [])
+        baseline.proxy.shutdown()
+        let mirrored = try timedUpload(mirrors: [stalled.boundPort])
+        defer { mirrored.proxy.shutdown() }
+        // Measured, not a benchmark: a loose bound that a mirror able to slow
+        // the client (it would stall it for good) cannot meet.
+        #expect(mirrored.seconds < baseline.seconds * 3 + 2,
+                "with a stalled mirror \(mirrored.seconds)s, without \(baseline.seconds)s")
+        let streams = receivedStreams(main, count: 2)
+        #expect(streams == [StreamSignature(payload): 2])
+        #expect(mirrored.proxy.mirrorTotal(0) { $0.sessionsCutForLag.value } == 1)
+        #expect(mirrored.proxy.mirrorTotal(0) { $0.bytesMissed.value } > 0)
+        let stalledRecords = stalled.connectionRecords()
+        #expect(stalledRecords.count == 1)
+    }
+
+    /// Promise 5: client EOF travels to main as SHUT_WR and main's reply still comes back.
+    @Test("half-close: the client's EOF reaches main and main's whole reply comes back")
+    func clientHalfClose() throws {
+        var generator = SeededGenerator(seed: 5)
+        let reply = generator.bytes(3 << 20)
+        // Main reads until the client's EOF (readBytes beyond what is sent), then replies and closes.
+        let main = try FaultServer.start(.replyThenClose(readBytes: Int.max, reply: reply, reset: false))
+        defer { main.stop() }
+        let mirror = try startServer(.sink)
+        defer { mirror.stop() }
+        let proxy = try startProxy(main: main.port, mirrors: [mirror.boundPort])
+        defer { proxy.shutdown() }
+        let connection = try TestConnection(port: proxy.port)
+        let request = Array("GET / HTTP/1.0\r\n\r\n".utf8)
+        let (received, end) = connection.exchange(request, shutdownAfterSending: true, timeoutSeconds: 20)
+        #expect(end == .eof)
+        #expect(received == reply)
+        #expect(receivedStreams(mirror, count: 1) == [StreamSignature(request): 1])
+    }
+
+    @Test("half-close: main's EOF reaches the client after its whole reply")
+    func mainHalfClose() throws {
+        var generator = SeededGenerator(seed: 6)
+        let reply = generator.bytes(1 << 20)
+        let main = try FaultServer.start(.replyThenClose(readBytes: 4, reply: reply, reset: false))
+        defer { main.stop() }
+        let proxy = try startProxy(main: main.port, mirrors: [])
+        defer { proxy.shutdown() }
+        let connection = try TestConnection(port: proxy.port)
+        // The client does not shut down its side: main's close alone ends the reply.
+        let (received, end) = connection.exchange(Array("ping".utf8), shutdownAfterSending: false, timeoutSeconds: 20)
+        #expect(end == .eof)
+        #expect(received == reply)
+    }
+
+    /// Promise 5: main refused or reset closes the client at once; others are still served.
+    @Test("main refuses: the client is closed at once and the proxy serves the next client")
+    func mainRefuses() throws {
+        let refusing = RefusingPort()
+        let proxy = try startProxy(main: refusing.port, mirrors: [])
+        defer { proxy.shutdown() }
+        let start = monotonicSeconds()
+        let connection = try TestConnection(port: proxy.port)
+        let (received, end) = connection.exchange(Array("hello".utf8), shutdownAfterSending: false, timeoutSeconds: 5)
+        #expect(received.isEmpty)
+        #expect(end != .timeout)
+        #expect(monotonicSeconds() - start < 1)
+        #expect(eventually { proxy.total { $0.sessionsEndedByMainConnectFailure.value } == 1 })
+
+        // Main comes up on the same port: the next client is served.
+        #expect(listen(refusing.fd, 16) == 0)
+        let echo = try spawnEchoOnce(listener: refusing.fd)
+        let next = try TestConnection(port: proxy.port)
+        let (echoed, nextEnd) = next.exchange(Array("again".utf8), timeoutSeconds: 5)
+        #expect(echoed == Array("again".utf8))
+        #expect(nextEnd == .eof)
+        echo.wait()
+    }
+
+    @Test("main resets mid-reply: the client gets what was sent, then the end, at once")
+    func mainResets() throws {
+        let main = try FaultServer.start(.replyThenClose(readBytes: 4, reply: Array(repeating: 0x61, count: 1000), reset: true))
+        defer { main.stop() }
+        let mirror = try startServer(.sink)
+        defer { mirror.stop() }
+        let proxy = try startProxy(main: main.port, mirrors: [mirror.boundPort])
+        defer { proxy.shutdown() }
+        let connection = try TestConnection(port: proxy.port)
+        let start = monotonicSeconds()
+        let (received, end) = connection.exchange(Array("ping".utf8), shutdownAfterSending: false, timeoutSeconds: 5)
+        #expect(end != .timeout)
+        #expect(monotonicSeconds() - start < 1)
+        #expect(received.count <= 1000)
+        #expect(received.allSatisfy { $0 == 0x61 })
+        #expect(eventually { proxy.total { $0.sessionsEndedByMainError.value } == 1 })
+        #expect(eventually { proxy.activeSessions == 0 })
+    }
+
+    @Test("a client that resets mid-send ends its session; main and mirror see a prefix")
+    func clientResets() throws {
+        let main = try startServer(.sink)
+        defer { main.stop() }
+        let mirror = try startServer(.sink)
+        defer { mirror.stop() }
+        let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.boundPort])
+        defer { proxy.shutdown() }
+        var generator = SeededGenerator(seed: 9)
+        let payload = generator.bytes(1 << 20)
+        let connection = try TestConnection(port: proxy.port)
+        _ = connection.exchange(payload, shutdownAfterSending: false, timeoutSeconds: 0.3)
+        connection.reset()
+        #expect(eventually { proxy.activeSessions == 0 })
+        #expect(proxy.total { $0.sessionsEndedByClientError.value + $0.sessionsCompleted.value } == 1)
+        for server in [main, mirror] {
+            #expect(eventually { server.connectionRecords().first?.peerClosed == true })
+            let record = try #require(server.connectionRecords().first)
+            #expect(record.bytesReceived <= UInt64(payload.count))
+            #expect(record.receivedDigest == FNV1a64.digest(of: payload.prefix(Int(record.bytesReceived))))
+        }
+    }
+}
+
+/// Accepts one connection on `listener` and echoes it until EOF, on a thread.
+final class EchoOnce: Sendable {
+    let done = Atomic<Bool>(false)
+    func wait() { _ = eventually(timeoutSeconds: 5) { done.load(ordering: .acquiring) } }
+}
+
+func spawnEchoOnce(listener: Int32) throws -> EchoOnce {
+    let echo = EchoOnce()
+    pthread_detach(try spawnThread {
+        defer { echo.done.store(true, ordering: .releasing) }
+        let fd = accept(listener, nil, nil)
+        guard fd >= 0 else { return }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if count <= 0 { break }
+            _ = buffer.withUnsafeBytes { send(fd, $0.baseAddress, count, Int32(MSG_NOSIGNAL)) }
+        }
+        close(fd)
+    })
+    return echo
+}
