@@ -1,6 +1,105 @@
 import ArgumentParser
+import Duplicator
+import Glibc
+import LoadTools
+import Logging
 
+/// `duplicator demo`: the whole product in one process, on loopback, with
+/// nothing else running: an echo main, echo mirrors, the proxy, and the
+/// seed's closed-loop client; then a summary, and whether each mirror got
+/// exactly what main got.
 struct DemoCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "demo", abstract: "Built-in demo (pending).")
-    func run() throws {}
+    static let configuration = CommandConfiguration(
+        commandName: "demo",
+        abstract: "Run an echo main, mirrors, the proxy and a load client on loopback, then summarise."
+    )
+
+    @Option(name: [.customShort("d"), .customLong("duration")], help: "How long the load runs, Go-style (3s).")
+    var duration: String = "3s"
+
+    @Option(name: [.customShort("p"), .customLong("connections")], help: "Client connections.")
+    var connections: Int = 10
+
+    @Option(name: [.customShort("s"), .customLong("size")], help: "Bytes per message (the last is a newline).")
+    var size: Int = 1024
+
+    @Option(name: .customLong("mirrors"), help: "Echo mirrors to copy the traffic to.")
+    var mirrors: Int = 1
+
+    func run() throws {
+        let seconds = Double(try milliseconds(duration)) / 1000
+        guard seconds > 0 else { throw ValidationError("--duration must be more than 0") }
+        guard (0...8).contains(mirrors) else { throw ValidationError("--mirrors must be from 0 to 8") }
+        guard connections >= 1, size >= 1 else { throw ValidationError("--connections and --size must be at least 1") }
+
+        let loopback = LoadAddress(host: "127.0.0.1", port: 0)
+        let main = TestServer(address: loopback, mode: .echo)
+        let mirrorServers = (0..<mirrors).map { _ in TestServer(address: loopback, mode: .echo) }
+        try main.start()
+        defer { main.stop() }
+        for server in mirrorServers { try server.start() }
+        defer { mirrorServers.forEach { $0.stop() } }
+
+        let config = Config(listen: try endpoint("127.0.0.1:0", .listen),
+                            main: try endpoint("127.0.0.1:\(main.boundPort)", .connect),
+                            mirrors: try mirrorServers.map { try endpoint("127.0.0.1:\($0.boundPort)", .connect) })
+        var logger = Logger(label: "duplicator")
+        logger.logLevel = .warning
+        let proxy = try Proxy(config: config, logger: logger)
+        try proxy.start()
+        let proxyPort = proxy.listenAddress.port
+        print("demo: echo main on :\(main.boundPort), \(mirrors) echo mirror(s) on "
+            + mirrorServers.map { ":\($0.boundPort)" }.joined(separator: " ")
+            + ", proxy on :\(proxyPort); \(connections) connections x \(size) bytes for \(duration)")
+
+        let client = try LoadClient(address: LoadAddress(host: "127.0.0.1", port: proxyPort), connections: connections,
+                                    messageSizeBytes: size, durationSeconds: seconds)
+        let result = try client.run { progress in
+            print("\(Int(progress.requestsPerSecond.rounded())) req/sec")
+        }
+        // Let every session end (client EOF travels to main and mirrors) before comparing.
+        proxy.stop()
+        proxy.wait()
+
+        print("")
+        print(result.summary)
+        let mainStreams = settledStreams(main)
+        let mainBytes = mainStreams.reduce(0) { $0 + $1.bytes }
+        print("main: \(mainBytes) bytes in \(mainStreams.count) sessions")
+        var allExact = result.errors == 0 && result.requests > 0
+        for (index, server) in mirrorServers.enumerated() {
+            let streams = settledStreams(server)
+            let exact = streams == mainStreams
+            allExact = allExact && exact
+            let bytes = streams.reduce(0) { $0 + $1.bytes }
+            let stats = proxy.stats.map { $0.mirrors[index] }
+            let cut = stats.reduce(0) { $0 + $1.sessionsCutForLag.value }
+            print("mirror \(index + 1): \(bytes) bytes in \(streams.count) sessions, "
+                + (exact ? "exactly what main got" : "DIFFERS from main") + (cut > 0 ? " (\(cut) sessions cut for lag)" : ""))
+        }
+        guard allExact else { throw ExitCode(1) }
+    }
+
+    private func milliseconds(_ text: String) throws -> Int {
+        do { return try DurationParser.milliseconds(text) } catch { throw ValidationError(error.message) }
+    }
+
+    private func endpoint(_ text: String, _ role: Endpoint.Role) throws -> Endpoint {
+        do { return try Endpoint(parsing: text, role: role) } catch { throw ValidationError(error.message) }
+    }
+
+    /// Each connection's (bytes, digest), sorted, once the server saw every connection close.
+    private func settledStreams(_ server: TestServer) -> [Stream] {
+        for _ in 0..<500 {
+            if server.connectionRecords().allSatisfy({ $0.peerClosed }) { break }
+            usleep(10_000)
+        }
+        return server.connectionRecords().map { Stream(bytes: $0.bytesReceived, digest: $0.receivedDigest) }.sorted()
+    }
+
+    private struct Stream: Comparable {
+        let bytes: UInt64
+        let digest: UInt64
+        static func < (lhs: Stream, rhs: Stream) -> Bool { (lhs.bytes, lhs.digest) < (rhs.bytes, rhs.digest) }
+    }
 }

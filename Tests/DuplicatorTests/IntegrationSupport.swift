@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import Synchronization
 import Testing
@@ -350,4 +351,64 @@ func receivedStreams(_ server: TestServer, count: Int, timeoutSeconds: Double = 
     var result: [StreamSignature: Int] = [:]
     for record in server.connectionRecords() { result[StreamSignature(record), default: 0] += 1 }
     return result
+}
+
+/// A free loopback port (bound and released; another process could take it
+/// in between, which on a test machine it does not).
+func freePort() -> UInt16 {
+    let port = RefusingPort().port
+    return port
+}
+
+/// The `duplicator` binary running as a child process.
+final class ProxyProcess {
+    let process: Process
+    let port: UInt16
+    let errorPipe = Pipe()
+
+    init(_ arguments: [String], port: UInt16) throws {
+        self.port = port
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: try builtBinary("duplicator"))
+        process.arguments = ["-l", "127.0.0.1:\(port)"] + arguments
+        process.standardError = errorPipe
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let up = eventually(timeoutSeconds: 10) { (try? TestConnection(port: port, timeoutSeconds: 1)) != nil }
+        guard up else {
+            process.terminate()
+            throw TestFailure("duplicator did not start listening on \(port)")
+        }
+    }
+
+    deinit {
+        if process.isRunning {
+            process.interrupt()
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+
+    var descriptorCount: Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(process.processIdentifier)/fd").count) ?? -1
+    }
+
+    var residentBytes: Int {
+        guard let status = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+              let kilobytes = Int(line.split(separator: " ").dropFirst().first ?? "") else { return -1 }
+        return kilobytes * 1024
+    }
+
+    /// Sends `signal` and waits for the exit status (nil on timeout).
+    func signalAndWait(_ signal: Int32, timeoutSeconds: Double = 15) -> Int32? {
+        kill(process.processIdentifier, signal)
+        guard eventually(timeoutSeconds: timeoutSeconds, { !process.isRunning }) else { return nil }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    var standardError: String {
+        String(decoding: errorPipe.fileHandleForReading.availableData, as: UTF8.self)
+    }
 }
