@@ -9,14 +9,14 @@ struct RunCommand: ParsableCommand {
         commandName: "run",
         abstract: "Proxy clients to a main server and copy their bytes to mirrors (the default command).",
         discussion: """
-        Every client connection is forwarded to the main server (-f), whose reply goes back to
-        the client, and every client byte is also sent to each mirror (-m), whose replies are
-        read and dropped. A slow, dead or black-holed mirror never slows the client.
+        Every client connection is forwarded to the main server (-f), whose reply goes back to the client, \
+        and every client byte is also sent to each mirror (-m), whose replies are read and dropped. \
+        A slow, dead or black-holed mirror never slows the client.
 
         Examples:
           duplicator -l :8080 -f :8081 -m :8082 -m :8083
-          duplicator -l 127.0.0.1:6380 -f 127.0.0.1:6379 -m 10.0.0.7:6379,10.0.0.8:6379 -t 2s
-          duplicator -l [::1]:8080 -f [::1]:9000 -m [::1]:9001 --backlog 16MiB --log-level debug
+          duplicator -l 127.0.0.1:6380 -f :6379 -m :6479,:6579 -t 2s
+          duplicator -l [::1]:8080 -f [::1]:9000 -m [::1]:9001 --backlog 16MiB
         """
     )
 
@@ -35,13 +35,13 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("main-connect-timeout"), help: "Main connect timeout; 0 for the kernel's.")
     var mainConnectTimeout: String = "10s"
 
-    @Option(name: .customLong("backlog"), help: "Bytes a mirror may fall behind before it is cut for the session (4MiB).")
+    @Option(name: .customLong("backlog"), help: "Bytes a mirror may fall behind before it is cut for the session.")
     var backlog: String = "4MiB"
 
     @Option(name: .customLong("backlog-chunks"), help: "Receives a mirror may fall behind before it is cut (each holds a slot).")
     var backlogChunks: Int = 256
 
-    @Option(name: .customLong("slot-size"), help: "Bytes per buffer slot: the most one receive takes (16KiB).")
+    @Option(name: .customLong("slot-size"), help: "Bytes per buffer slot: the most one receive takes.")
     var slotSize: String = "16KiB"
 
     @Option(name: .customLong("pool-slots"), help: "Buffer slots per thread, a power of two; registered and locked memory.")
