@@ -412,7 +412,7 @@ public final class Session {
         } else {
             context.stats.mirrors[mirror].connectFailures.bump()
         }
-        context.mirrorConnectFailed(mirror)
+        context.mirrorConnectFailed(mirror, errno: -result)
         context.stats.mirrors[mirror].bytesMissed.bump(legs[leg].queue.bytes)
         legs[leg].missing = true
         closeLeg(leg, io: io)

@@ -56,6 +56,8 @@ public final class SessionContext {
 
     private var mirrorFailures: [Int]
     private var mirrorSkipUntilMs: [UInt64]
+    /// The errno of each mirror's latest connect failure, for the log.
+    public private(set) var mirrorLastConnectErrno: [Int32]
 
     public init(limits: SessionLimits, pool: BufferPool, stats: WorkerStats) {
         self.limits = limits
@@ -66,6 +68,7 @@ public final class SessionContext {
         mirrorOnly.initialize(repeating: false, count: pool.slotCount)
         mirrorFailures = Array(repeating: 0, count: limits.mirrorCount)
         mirrorSkipUntilMs = Array(repeating: 0, count: limits.mirrorCount)
+        mirrorLastConnectErrno = Array(repeating: 0, count: limits.mirrorCount)
     }
 
     deinit { mirrorOnly.deallocate() }
@@ -103,7 +106,8 @@ public final class SessionContext {
     /// After `mirrorFailuresBeforeBackoff` failures in a row the mirror rests
     /// for an exponentially growing, capped time; the first session after
     /// that probes it again.
-    func mirrorConnectFailed(_ index: Int) {
+    func mirrorConnectFailed(_ index: Int, errno: Int32) {
+        mirrorLastConnectErrno[index] = errno
         mirrorFailures[index] += 1
         let beyond = mirrorFailures[index] - limits.mirrorFailuresBeforeBackoff
         guard beyond >= 0 else { return }

@@ -42,6 +42,8 @@ public final class MirrorStats: Sendable {
     public let errors = Atomic<UInt64>(0)
     /// Sessions not mirrored because this mirror was backing off after failures.
     public let sessionsSkipped = Atomic<UInt64>(0)
+    /// 1 while this worker rests this mirror after repeated connect failures.
+    public let backingOff = Atomic<UInt64>(0)
 
     public init() {}
 }

@@ -47,6 +47,7 @@ final class Worker: SessionIO {
     private var drainDeadlineMs: UInt64 = 0
     private var nextTickMs: UInt64 = 0
     private var acceptErrorLog = RateLimitedLog(intervalMs: 5_000)
+    private var mirrorHealthLog: MirrorHealthLog
     private static let acceptTag = CompletionTag(kind: OperationKind.accept.rawValue, endpoint: 0, generation: 0, slot: 0)
 
     /// Creates the ring and the memory of a worker; runs on the worker's own thread.
@@ -58,6 +59,7 @@ final class Worker: SessionIO {
         self.stats = stats
         self.control = control
         self.logger = logger
+        mirrorHealthLog = MirrorHealthLog(names: config.mirrors.map(\.text))
         ring = try Ring(entries: UInt32(config.ringEntries), completionEntries: UInt32(max(16384, config.ringEntries * 4)))
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlots)
         try ring.registerBuffers(pool)
@@ -131,6 +133,10 @@ final class Worker: SessionIO {
     private func tick() {
         nextTickMs = context.nowMs + Self.tickMs
         stats.poolSlotsInUse.store(UInt64(pool.inUse), ordering: .relaxed)
+        for (index, mirror) in stats.mirrors.enumerated() {
+            mirror.backingOff.store(context.mirrorIsBackingOff(index) ? 1 : 0, ordering: .relaxed)
+        }
+        mirrorHealthLog.check(stats: stats, context: context, logger: logger)
         let mode = WorkerControl.StopMode(rawValue: control.stopMode.load(ordering: .relaxed)) ?? .running
         if mode != .running && !stopping {
             stopping = true

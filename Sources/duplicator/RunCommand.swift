@@ -59,6 +59,12 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("drain-timeout"), help: "On SIGINT/SIGTERM, how long live sessions may finish.")
     var drainTimeout: String = "5s"
 
+    @Option(name: .customLong("stats-interval"), help: "Log one line of rates and mirror health this often (e.g. 10s); 0: never.")
+    var statsInterval: String = "0"
+
+    @Option(name: .customLong("metrics"), help: "Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100).")
+    var metrics: String?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -100,18 +106,42 @@ struct RunCommand: ParsableCommand {
         var logger = Logger(label: "duplicator")
         logger.logLevel = level
 
+        let statsIntervalMs: Int
+        var metricsEndpoint: Endpoint?
+        do {
+            statsIntervalMs = try DurationParser.milliseconds(statsInterval)
+            if let metrics { metricsEndpoint = try Endpoint(parsing: metrics, role: .listen) }
+        } catch {
+            throw ValidationError(error.message)
+        }
+
         Signals.blockTermination()
         let proxy = try Proxy(config: config, logger: logger)
+        let metricsServer = try metricsEndpoint.map { endpoint in
+            try MetricsServer(endpoint: endpoint) { PrometheusText.render(proxy.snapshot()) }
+        }
+        defer { metricsServer?.stop() }
         try proxy.start()
-        logger.info("listening on \(proxy.listenAddress), main \(config.main), mirrors \(config.mirrors.map(\.text))")
-        try serve(proxy, logger: logger)
+        let metricsNote = metricsServer.map { ", metrics on http://\($0.address)/metrics" } ?? ""
+        logger.info("listening on \(proxy.listenAddress), main \(config.main), mirrors \(config.mirrors.map(\.text))\(metricsNote)")
+        serve(proxy, statsIntervalMs: statsIntervalMs, logger: logger)
     }
 
-    /// Waits for SIGINT/SIGTERM: the first stops gracefully, a second at once.
-    private func serve(_ proxy: Proxy, logger: Logger) throws {
+    /// Waits for SIGINT/SIGTERM: the first stops gracefully, a second at
+    /// once. Logs the stats line every `statsIntervalMs` meanwhile.
+    private func serve(_ proxy: Proxy, statsIntervalMs: Int, logger: Logger) {
         var signals = 0
+        var previous = proxy.snapshot()
+        var previousSeconds = Self.monotonicSeconds()
         while true {
-            if let signal = Signals.wait(timeoutMs: 200) {
+            let now = Self.monotonicSeconds()
+            if statsIntervalMs > 0 && now - previousSeconds >= Double(statsIntervalMs) / 1000 {
+                let current = proxy.snapshot()
+                logger.info("\(StatsLine.render(from: previous, to: current, seconds: now - previousSeconds))")
+                previous = current
+                previousSeconds = now
+            }
+            if let signal = Signals.wait(timeoutMs: 100) {
                 signals += 1
                 if signals == 1 {
                     logger.notice("signal \(signal): draining \(proxy.activeSessions) sessions for up to \(drainTimeout)")
@@ -125,6 +155,12 @@ struct RunCommand: ParsableCommand {
         }
         proxy.wait()
         logger.info("stopped")
+    }
+
+    private static func monotonicSeconds() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
 }
 

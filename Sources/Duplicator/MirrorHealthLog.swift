@@ -1,0 +1,59 @@
+import Logging
+import Ring
+
+/// Turns a worker's mirror counters into log lines: at most one warning per
+/// mirror per interval, saying what went wrong since the last one, so a dead
+/// mirror under heavy traffic costs a line every few seconds, not one per
+/// session. Back-off starting and ending is logged as it happens.
+struct MirrorHealthLog {
+    private struct Seen {
+        var connectFailures: UInt64 = 0
+        var connectTimeouts: UInt64 = 0
+        var errors: UInt64 = 0
+        var cuts: UInt64 = 0
+        var backingOff = false
+        var limiter: RateLimitedLog
+    }
+
+    private var seen: [Seen]
+    private let names: [String]
+
+    init(names: [String], intervalMs: UInt64 = 10_000) {
+        self.names = names
+        seen = names.map { _ in Seen(limiter: RateLimitedLog(intervalMs: intervalMs)) }
+    }
+
+    mutating func check(stats: WorkerStats, context: SessionContext, logger: Logger) {
+        for index in seen.indices {
+            let mirror = stats.mirrors[index]
+            let name = names[index]
+            let backingOff = context.mirrorIsBackingOff(index)
+            if backingOff != seen[index].backingOff {
+                seen[index].backingOff = backingOff
+                if backingOff {
+                    logger.warning("mirror \(name): not tried for a while after repeated connect failures")
+                } else {
+                    logger.info("mirror \(name): trying again")
+                }
+            }
+            let failures = mirror.connectFailures.value &- seen[index].connectFailures
+            let timeouts = mirror.connectTimeouts.value &- seen[index].connectTimeouts
+            let errors = mirror.errors.value &- seen[index].errors
+            let cuts = mirror.sessionsCutForLag.value &- seen[index].cuts
+            guard failures + timeouts + errors + cuts > 0, seen[index].limiter.allow(nowMs: context.nowMs) else { continue }
+            var parts: [String] = []
+            if failures > 0 {
+                let reason = context.mirrorLastConnectErrno[index]
+                parts.append("\(failures) connect failures" + (reason > 0 ? " (last: \(RingError.describe(errno: reason)))" : ""))
+            }
+            if timeouts > 0 { parts.append("\(timeouts) connect timeouts") }
+            if errors > 0 { parts.append("\(errors) connection errors") }
+            if cuts > 0 { parts.append("\(cuts) sessions cut for lagging behind") }
+            logger.warning("mirror \(name): \(parts.joined(separator: ", "))")
+            seen[index].connectFailures = mirror.connectFailures.value
+            seen[index].connectTimeouts = mirror.connectTimeouts.value
+            seen[index].errors = mirror.errors.value
+            seen[index].cuts = mirror.sessionsCutForLag.value
+        }
+    }
+}

@@ -1,0 +1,67 @@
+/// Renders a `StatsSnapshot` in the Prometheus text exposition format
+/// (version 0.0.4): `# HELP` and `# TYPE` before each family, counters
+/// ending in `_total`, label values escaped.
+public enum PrometheusText {
+    public static let contentType = "text/plain; version=0.0.4; charset=utf-8"
+
+    public static func render(_ snapshot: StatsSnapshot) -> String {
+        var out = ""
+        func family(_ name: String, _ type: String, _ help: String, _ samples: [(labels: String, value: UInt64)]) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            for sample in samples {
+                out += sample.labels.isEmpty ? "\(name) \(sample.value)\n" : "\(name){\(sample.labels)} \(sample.value)\n"
+            }
+        }
+        family("duplicator_sessions_accepted_total", "counter", "Client connections accepted.",
+               [("", snapshot.sessionsAccepted)])
+        family("duplicator_sessions_active", "gauge", "Sessions open now, including mirrors still flushing.",
+               [("", snapshot.sessionsActive)])
+        family("duplicator_sessions_rejected_total", "counter", "Clients closed at once because the session table was full.",
+               [("", snapshot.sessionsRejected)])
+        family("duplicator_sessions_ended_total", "counter", "Sessions ended, by cause.", [
+            ("cause=\"completed\"", snapshot.sessionsCompleted),
+            ("cause=\"client_error\"", snapshot.sessionsEndedByClientError),
+            ("cause=\"main_connect_failure\"", snapshot.sessionsEndedByMainConnectFailure),
+            ("cause=\"main_error\"", snapshot.sessionsEndedByMainError),
+            ("cause=\"aborted\"", snapshot.sessionsAborted),
+        ])
+        family("duplicator_accept_errors_total", "counter", "Failed accepts (descriptor or memory shortage).",
+               [("", snapshot.acceptErrors)])
+        family("duplicator_bytes_total", "counter", "Bytes proxied between client and main, by direction.", [
+            ("direction=\"client_to_main\"", snapshot.bytesClientToMain),
+            ("direction=\"main_to_client\"", snapshot.bytesMainToClient),
+        ])
+        family("duplicator_pool_slots", "gauge", "Buffer pool slots, all workers.", [("", snapshot.poolSlots)])
+        family("duplicator_pool_slots_in_use", "gauge", "Buffer pool slots held now.", [("", snapshot.poolSlotsInUse)])
+        family("duplicator_pool_exhausted_total", "counter", "Receives that found no free slot and waited.",
+               [("", snapshot.poolExhausted)])
+        let mirrors = snapshot.mirrors
+        func perMirror(_ name: String, _ type: String, _ help: String, _ value: (StatsSnapshot.Mirror) -> UInt64) {
+            family(name, type, help, mirrors.map { ("mirror=\"\(escape($0.name))\"", value($0)) })
+        }
+        perMirror("duplicator_mirror_sessions_total", "counter", "Sessions whose connect to the mirror succeeded.") { $0.sessionsMirrored }
+        perMirror("duplicator_mirror_bytes_total", "counter", "Client bytes sent to the mirror.") { $0.bytesSent }
+        perMirror("duplicator_mirror_lag_cuts_total", "counter", "Sessions in which the mirror fell too far behind and was cut.") { $0.sessionsCutForLag }
+        perMirror("duplicator_mirror_missed_bytes_total", "counter", "Client bytes the mirror did not get (cut, failed or skipped).") { $0.bytesMissed }
+        perMirror("duplicator_mirror_connect_failures_total", "counter", "Mirror connects that failed.") { $0.connectFailures }
+        perMirror("duplicator_mirror_connect_timeouts_total", "counter", "Mirror connects that timed out.") { $0.connectTimeouts }
+        perMirror("duplicator_mirror_errors_total", "counter", "Resets and other errors on established mirror connections.") { $0.errors }
+        perMirror("duplicator_mirror_skipped_sessions_total", "counter", "Sessions not mirrored while the mirror was backing off.") { $0.sessionsSkipped }
+        perMirror("duplicator_mirror_backing_off", "gauge", "Workers resting the mirror after repeated connect failures.") { $0.workersBackingOff }
+        return out
+    }
+
+    /// Label values escape backslash, double quote and newline.
+    static func escape(_ value: String) -> String {
+        var escaped = ""
+        for character in value {
+            switch character {
+            case "\\": escaped += "\\\\"
+            case "\"": escaped += "\\\""
+            case "\n": escaped += "\\n"
+            default: escaped.append(character)
+            }
+        }
+        return escaped
+    }
+}

@@ -1,0 +1,59 @@
+/// The one compact line `--stats-interval` logs: rates over the interval and
+/// each mirror's health, so a glance says whether the mirrors keep up.
+public enum StatsLine {
+    public static func render(from previous: StatsSnapshot, to current: StatsSnapshot, seconds: Double) -> String {
+        let seconds = max(seconds, 0.001)
+        func rate(_ now: UInt64, _ before: UInt64) -> String { bytes(Double(now &- before) / seconds) + "/s" }
+        var parts = [
+            "sessions \(current.sessionsActive) active, +\(current.sessionsAccepted &- previous.sessionsAccepted) new,"
+                + " \(current.sessionsEnded &- previous.sessionsEnded) ended"
+                + failures(current, previous),
+            "client->main \(rate(current.bytesClientToMain, previous.bytesClientToMain)),"
+                + " main->client \(rate(current.bytesMainToClient, previous.bytesMainToClient))",
+            "pool \(current.poolSlotsInUse)/\(current.poolSlots)",
+        ]
+        for (index, mirror) in current.mirrors.enumerated() {
+            let before = index < previous.mirrors.count ? previous.mirrors[index] : StatsSnapshot.Mirror(name: mirror.name)
+            var text = "mirror \(mirror.name) \(rate(mirror.bytesSent, before.bytesSent))"
+            let cut = mirror.sessionsCutForLag &- before.sessionsCutForLag
+            let missed = mirror.bytesMissed &- before.bytesMissed
+            let connectFailures = (mirror.connectFailures + mirror.connectTimeouts) &- (before.connectFailures + before.connectTimeouts)
+            let errors = mirror.errors &- before.errors
+            let skipped = mirror.sessionsSkipped &- before.sessionsSkipped
+            var problems: [String] = []
+            if mirror.workersBackingOff > 0 { problems.append("BACKING OFF") }
+            if cut > 0 { problems.append("\(cut) cut for lag") }
+            if missed > 0 { problems.append("\(bytes(Double(missed))) missed") }
+            if connectFailures > 0 { problems.append("\(connectFailures) connect failures") }
+            if errors > 0 { problems.append("\(errors) errors") }
+            if skipped > 0 { problems.append("\(skipped) sessions skipped") }
+            text += problems.isEmpty ? " ok" : " " + problems.joined(separator: ", ")
+            parts.append(text)
+        }
+        return parts.joined(separator: "; ")
+    }
+
+    private static func failures(_ current: StatsSnapshot, _ previous: StatsSnapshot) -> String {
+        var notes: [String] = []
+        let mainFailures = (current.sessionsEndedByMainConnectFailure + current.sessionsEndedByMainError)
+            &- (previous.sessionsEndedByMainConnectFailure + previous.sessionsEndedByMainError)
+        if mainFailures > 0 { notes.append("\(mainFailures) main failures") }
+        let rejected = current.sessionsRejected &- previous.sessionsRejected
+        if rejected > 0 { notes.append("\(rejected) rejected") }
+        return notes.isEmpty ? "" : " (" + notes.joined(separator: ", ") + ")"
+    }
+
+    /// 1234567 -> "1.2 MB" (decimal units, as rates are usually read).
+    static func bytes(_ value: Double) -> String {
+        let units = ["B", "kB", "MB", "GB", "TB"]
+        var scaled = value
+        var unit = 0
+        while scaled >= 1000 && unit < units.count - 1 {
+            scaled /= 1000
+            unit += 1
+        }
+        if unit == 0 { return "\(Int(scaled.rounded())) B" }
+        let tenths = Int((scaled * 10).rounded())
+        return "\(tenths / 10).\(tenths % 10) \(units[unit])"
+    }
+}

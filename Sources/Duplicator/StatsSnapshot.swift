@@ -1,0 +1,76 @@
+/// The counters of every worker added up, at one moment.
+public struct StatsSnapshot: Sendable, Equatable {
+    public struct Mirror: Sendable, Equatable {
+        public var name: String
+        public var sessionsMirrored: UInt64 = 0
+        public var bytesSent: UInt64 = 0
+        public var sessionsCutForLag: UInt64 = 0
+        public var bytesMissed: UInt64 = 0
+        public var connectFailures: UInt64 = 0
+        public var connectTimeouts: UInt64 = 0
+        public var errors: UInt64 = 0
+        public var sessionsSkipped: UInt64 = 0
+        /// Workers that are not trying this mirror now (back-off after failures).
+        public var workersBackingOff: UInt64 = 0
+    }
+
+    public var sessionsAccepted: UInt64 = 0
+    public var sessionsActive: UInt64 = 0
+    public var sessionsRejected: UInt64 = 0
+    public var sessionsCompleted: UInt64 = 0
+    public var sessionsEndedByClientError: UInt64 = 0
+    public var sessionsEndedByMainConnectFailure: UInt64 = 0
+    public var sessionsEndedByMainError: UInt64 = 0
+    public var sessionsAborted: UInt64 = 0
+    public var acceptErrors: UInt64 = 0
+    public var bytesClientToMain: UInt64 = 0
+    public var bytesMainToClient: UInt64 = 0
+    public var poolSlotsInUse: UInt64 = 0
+    public var poolSlots: UInt64 = 0
+    public var poolExhausted: UInt64 = 0
+    public var workers = 0
+    public var mirrors: [Mirror]
+
+    public init(workers: [WorkerStats], mirrorNames: [String], poolSlotsPerWorker: Int) {
+        mirrors = mirrorNames.map { Mirror(name: $0) }
+        self.workers = workers.count
+        poolSlots = UInt64(poolSlotsPerWorker * workers.count)
+        for worker in workers {
+            sessionsAccepted += worker.sessionsAccepted.value
+            sessionsActive += worker.sessionsActive.value
+            sessionsRejected += worker.sessionsRejected.value
+            sessionsCompleted += worker.sessionsCompleted.value
+            sessionsEndedByClientError += worker.sessionsEndedByClientError.value
+            sessionsEndedByMainConnectFailure += worker.sessionsEndedByMainConnectFailure.value
+            sessionsEndedByMainError += worker.sessionsEndedByMainError.value
+            sessionsAborted += worker.sessionsAborted.value
+            acceptErrors += worker.acceptErrors.value
+            bytesClientToMain += worker.bytesClientToMain.value
+            bytesMainToClient += worker.bytesMainToClient.value
+            poolSlotsInUse += worker.poolSlotsInUse.value
+            poolExhausted += worker.poolExhausted.value
+            for (index, mirror) in worker.mirrors.enumerated() where index < mirrors.count {
+                mirrors[index].sessionsMirrored += mirror.sessionsMirrored.value
+                mirrors[index].bytesSent += mirror.bytesSent.value
+                mirrors[index].sessionsCutForLag += mirror.sessionsCutForLag.value
+                mirrors[index].bytesMissed += mirror.bytesMissed.value
+                mirrors[index].connectFailures += mirror.connectFailures.value
+                mirrors[index].connectTimeouts += mirror.connectTimeouts.value
+                mirrors[index].errors += mirror.errors.value
+                mirrors[index].sessionsSkipped += mirror.sessionsSkipped.value
+                mirrors[index].workersBackingOff += mirror.backingOff.value
+            }
+        }
+    }
+
+    public var sessionsEnded: UInt64 {
+        sessionsCompleted + sessionsEndedByClientError + sessionsEndedByMainConnectFailure
+            + sessionsEndedByMainError + sessionsAborted
+    }
+}
+
+extension Proxy {
+    public func snapshot() -> StatsSnapshot {
+        StatsSnapshot(workers: stats, mirrorNames: config.mirrors.map(\.text), poolSlotsPerWorker: config.poolSlots)
+    }
+}
