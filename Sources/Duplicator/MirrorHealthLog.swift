@@ -4,14 +4,14 @@ import Ring
 /// Turns a worker's mirror counters into log lines: at most one warning per
 /// mirror per interval, saying what went wrong since the last one, so a dead
 /// mirror under heavy traffic costs a line every few seconds, not one per
-/// session. Back-off starting and ending is logged as it happens.
+/// session. A mirror starting to back off, and coming back, is logged once each.
 struct MirrorHealthLog {
     private struct Seen {
         var connectFailures: UInt64 = 0
         var connectTimeouts: UInt64 = 0
         var errors: UInt64 = 0
         var cuts: UInt64 = 0
-        var backingOff = false
+        var failing = false
         var limiter: RateLimitedLog
     }
 
@@ -27,13 +27,13 @@ struct MirrorHealthLog {
         for index in seen.indices {
             let mirror = stats.mirrors[index]
             let name = names[index]
-            let backingOff = context.mirrorIsBackingOff(index)
-            if backingOff != seen[index].backingOff {
-                seen[index].backingOff = backingOff
-                if backingOff {
-                    logger.warning("mirror \(name): not tried for a while after repeated connect failures")
+            let failing = context.mirrorIsFailing(index)
+            if failing != seen[index].failing {
+                seen[index].failing = failing
+                if failing {
+                    logger.warning("mirror \(name): backing off after repeated connect failures; probing it now and then")
                 } else {
-                    logger.info("mirror \(name): trying again")
+                    logger.notice("mirror \(name): connected again, mirroring new sessions")
                 }
             }
             let failures = mirror.connectFailures.value &- seen[index].connectFailures

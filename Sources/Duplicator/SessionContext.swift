@@ -98,6 +98,11 @@ public final class SessionContext {
 
     public func mirrorIsBackingOff(_ index: Int) -> Bool { nowMs < mirrorSkipUntilMs[index] }
 
+    /// Failed enough times in a row to be backed off (resting or being probed).
+    public func mirrorIsFailing(_ index: Int) -> Bool {
+        mirrorFailures[index] >= limits.mirrorFailuresBeforeBackoff
+    }
+
     func mirrorConnected(_ index: Int) {
         mirrorFailures[index] = 0
         mirrorSkipUntilMs[index] = 0
