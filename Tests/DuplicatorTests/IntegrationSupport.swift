@@ -9,7 +9,7 @@ import LoadTools
 // proxy with real io_uring, and peers that misbehave on purpose.
 
 /// A deterministic byte source (SplitMix64), so a failure can be replayed.
-struct SeededGenerator: RandomNumberGenerator {
+struct PayloadGenerator: RandomNumberGenerator {
     var state: UInt64
     init(seed: UInt64) { state = seed }
     mutating func next() -> UInt64 {
@@ -103,7 +103,7 @@ final class TestConnection {
     /// peer's back-pressure cannot deadlock it.
     func exchange(_ payload: [UInt8], pieceMax: Int = 65536, seed: UInt64 = 1, shutdownAfterSending: Bool = true,
                   timeoutSeconds: Double = 30, expectBytes: Int? = nil) -> (received: [UInt8], end: StreamEnd) {
-        var generator = SeededGenerator(seed: seed)
+        var generator = PayloadGenerator(seed: seed)
         var received: [UInt8] = []
         received.reserveCapacity(expectBytes ?? payload.count)
         var offset = 0

@@ -1,0 +1,116 @@
+import Foundation
+import Glibc
+import Testing
+@testable import Duplicator
+import LoadTools
+
+@Suite("Operability: metrics, back-off, stats line", .timeLimit(.minutes(2)))
+struct OperabilityTests {
+    /// A real HTTP client (curl) scrapes /metrics from the running binary;
+    /// every line follows the Prometheus text format.
+    @Test("GET /metrics with curl", .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/curl")))
+    func metricsWithCurl() throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let mirror = try startServer(.sink)
+        defer { mirror.stop() }
+        let refusing = RefusingPort()
+        let metricsPort = freePort()
+        let proxy = try ProxyProcess(["-f", "127.0.0.1:\(main.boundPort)", "-m", "127.0.0.1:\(mirror.boundPort)",
+                                      "-m", "127.0.0.1:\(refusing.port)", "--metrics", "127.0.0.1:\(metricsPort)"],
+                                     port: freePort())
+        for index in 0..<5 {
+            let connection = try TestConnection(port: proxy.port)
+            let message = Array("request \(index)\n".utf8)
+            #expect(connection.exchange(message, timeoutSeconds: 5).received == message)
+        }
+        // 6: the startup probe of ProxyProcess is a session too.
+        #expect(eventually { mirror.connectionRecords().filter(\.peerClosed).count == 6 })
+        let result = try runProgram("/usr/bin/curl", ["-sS", "-i", "http://127.0.0.1:\(metricsPort)/metrics"])
+        #expect(result.status == 0, "curl: \(result.standardError)")
+        let response = result.standardOutput
+        #expect(response.hasPrefix("HTTP/1.1 200 OK"))
+        #expect(response.contains("Content-Type: text/plain; version=0.0.4"))
+        let body = try #require(response.components(separatedBy: "\r\n\r\n").last)
+        #expect(body.contains("duplicator_sessions_accepted_total 6"))
+        #expect(body.contains("duplicator_mirror_bytes_total{mirror=\"127.0.0.1:\(mirror.boundPort)\"} \(mirror.totalBytesReceived)"))
+        #expect(body.contains("duplicator_mirror_connect_failures_total{mirror=\"127.0.0.1:\(refusing.port)\"}"))
+        let sample = try Regex(#"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? [0-9]+$"#)
+        let comment = try Regex(#"^# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]* .+$"#)
+        var families = Set<String>()
+        for line in body.split(separator: "\n") {
+            #expect(line.wholeMatch(of: sample) != nil || line.wholeMatch(of: comment) != nil, "bad line: \(line)")
+            if line.hasPrefix("# TYPE ") {
+                let name = String(line.split(separator: " ")[2])
+                #expect(!families.contains(name), "family \(name) twice")
+                families.insert(name)
+                if line.hasSuffix(" counter") { #expect(name.hasSuffix("_total")) }
+            }
+        }
+        #expect(families.count >= 15)
+        let notFound = try runProgram("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(metricsPort)/"])
+        #expect(notFound.standardOutput == "404")
+        #expect(proxy.signalAndWait(SIGTERM) == 0)
+    }
+
+    /// After repeated connect failures a mirror rests; once it is back, new
+    /// sessions use it again without a restart.
+    @Test("mirror back-off, then recovery without a restart")
+    func mirrorBackoffAndRecovery() throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        var refusing: RefusingPort? = RefusingPort()
+        let mirrorPort = refusing!.port
+        let proxy = try startProxy(main: main.boundPort, mirrors: [mirrorPort]) {
+            $0.mirrorBackoffInitialMs = 200
+            $0.mirrorBackoffMaxMs = 400
+        }
+        defer { proxy.shutdown() }
+        func session(_ index: Int) throws {
+            let connection = try TestConnection(port: proxy.port)
+            let message = Array("session \(index)\n".utf8)
+            let (received, end) = connection.exchange(message, timeoutSeconds: 5)
+            #expect(received == message && end == .eof)
+        }
+        for index in 0..<10 { try session(index) }
+        #expect(proxy.mirrorTotal(0) { $0.connectFailures.value } >= 3)
+        #expect(proxy.mirrorTotal(0) { $0.sessionsSkipped.value } >= 1, "sessions skipped while backing off")
+        #expect(proxy.snapshot().mirrors[0].sessionsSkipped >= 1)
+
+        // The mirror comes up on its port.
+        refusing = nil
+        let mirror = TestServer(address: LoadAddress(host: "127.0.0.1", port: mirrorPort), mode: .sink)
+        try mirror.start()
+        defer { mirror.stop() }
+        #expect(eventually(timeoutSeconds: 5) {
+            (try? session(99)) != nil && mirror.connectionRecords().contains { $0.bytesReceived > 0 }
+        })
+        let mirroredBefore = proxy.mirrorTotal(0) { $0.sessionsMirrored.value }
+        for index in 100..<105 { try session(index) }
+        #expect(proxy.mirrorTotal(0) { $0.sessionsMirrored.value } == mirroredBefore + 5)
+    }
+
+    @Test("the stats line reports rates and mirror trouble")
+    func statsLine() {
+        let workers = [WorkerStats(mirrorCount: 2)]
+        let before = StatsSnapshot(workers: workers, mirrorNames: [":8082", ":8083"], poolSlotsPerWorker: 1024)
+        workers[0].sessionsAccepted.bump(20)
+        workers[0].sessionsActive.bump(3)
+        workers[0].sessionsCompleted.bump(17)
+        workers[0].bytesClientToMain.bump(2_000_000)
+        workers[0].bytesMainToClient.bump(500)
+        workers[0].mirrors[0].bytesSent.bump(2_000_000)
+        workers[0].mirrors[1].connectFailures.bump(4)
+        workers[0].mirrors[1].sessionsSkipped.bump(16)
+        workers[0].mirrors[1].bytesMissed.bump(1_500_000)
+        let after = StatsSnapshot(workers: workers, mirrorNames: [":8082", ":8083"], poolSlotsPerWorker: 1024)
+        let line = StatsLine.render(from: before, to: after, seconds: 2)
+        #expect(line == "sessions 3 active, +20 new, 17 ended; client->main 1.0 MB/s, main->client 250 B/s; pool 0/1024; "
+            + "mirror :8082 1.0 MB/s ok; mirror :8083 0 B/s 1.5 MB missed, 4 connect failures, 16 sessions skipped")
+    }
+
+    @Test("Prometheus label values are escaped")
+    func labelEscaping() {
+        #expect(PrometheusText.escape(#"a"b\c"# + "\n") == #"a\"b\\c\n"#)
+    }
+}

@@ -1,0 +1,152 @@
+import Foundation
+import Glibc
+import Testing
+@testable import Duplicator
+
+/// Clients and servers nobody here wrote, through the proxy: what users put
+/// behind it. Each server runs on a free loopback port, in a temporary
+/// folder, and is stopped at the end. Skipped when the programs are missing
+/// (`.ci/run` installs them).
+@Suite("Real peers: redis and nginx through the proxy", .serialized, .timeLimit(.minutes(3)))
+struct RealPeerTests {
+    static func installed(_ path: String) -> Bool { FileManager.default.isExecutableFile(atPath: path) }
+
+    /// A server process that is killed (and reaped) when this goes away.
+    final class ServerProcess {
+        let process = Process()
+        let port: UInt16
+        let directory: String
+
+        init(_ path: String, _ arguments: [String], port: UInt16, directory: String) throws {
+            self.port = port
+            self.directory = directory
+            process.executableURL = URL(fileURLWithPath: path)
+            process.arguments = arguments
+            process.currentDirectoryURL = URL(fileURLWithPath: directory)
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            guard eventually(timeoutSeconds: 10, { (try? TestConnection(port: port, timeoutSeconds: 1)) != nil }) else {
+                throw TestFailure("\(path) did not listen on \(port)")
+            }
+        }
+
+        deinit {
+            process.terminate()
+            if !eventually(timeoutSeconds: 5, { !process.isRunning }) { kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
+        }
+    }
+
+    static func temporaryDirectory() throws -> String {
+        var template = Array("/tmp/duplicator-test-XXXXXX".utf8CString)
+        guard let path = mkdtemp(&template) else { throw TestFailure("mkdtemp: errno \(errno)") }
+        return String(cString: path)
+    }
+
+    func redis(_ directory: String) throws -> ServerProcess {
+        let port = freePort()
+        return try ServerProcess("/usr/bin/redis-server",
+                                 ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                  "--dir", directory, "--enable-debug-command", "yes", "--protected-mode", "no"],
+                                 port: port, directory: directory)
+    }
+
+    func redisCLI(_ port: UInt16, _ arguments: [String]) throws -> String {
+        let result = try runProgram("/usr/bin/redis-cli", ["-h", "127.0.0.1", "-p", "\(port)"] + arguments)
+        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    @Test("redis-benchmark through the proxy: no errors, and the mirror ends with main's dataset",
+          .enabled(if: installed("/usr/bin/redis-server") && installed("/usr/bin/redis-benchmark")))
+    func redisShadow() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.createDirectory(atPath: directory + "/main", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: directory + "/mirror", withIntermediateDirectories: true)
+        let main = try redis(directory + "/main")
+        let mirror = try redis(directory + "/mirror")
+        let proxy = try startProxy(main: main.port, mirrors: [mirror.port])
+        defer { proxy.shutdown() }
+
+        let benchmark = try runProgram("/usr/bin/redis-benchmark",
+                                       ["-h", "127.0.0.1", "-p", "\(proxy.port)", "-c", "50", "-n", "20000", "-P", "16",
+                                        "-r", "1000", "-t", "set,incr,lpush", "-q"], timeoutSeconds: 60)
+        #expect(benchmark.status == 0, "redis-benchmark: \(benchmark.standardError)")
+        let output = benchmark.standardOutput + benchmark.standardError
+        #expect(output.contains("SET:") && output.contains("INCR:") && output.contains("LPUSH:"), "\(output)")
+        #expect(!output.lowercased().contains("error"), "\(output)")
+
+        let mainSize = try redisCLI(main.port, ["DBSIZE"])
+        #expect(Int(mainSize) ?? 0 > 1000, "main DBSIZE \(mainSize)")
+        // The mirror may still be working through its last commands.
+        #expect(eventually(timeoutSeconds: 10) {
+            (try? redisCLI(mirror.port, ["DEBUG", "DIGEST"])) == (try? redisCLI(main.port, ["DEBUG", "DIGEST"]))
+        })
+        #expect(try redisCLI(mirror.port, ["DBSIZE"]) == mainSize)
+        #expect(try redisCLI(mirror.port, ["DEBUG", "DIGEST"]) == redisCLI(main.port, ["DEBUG", "DIGEST"]))
+        #expect(proxy.mirrorTotal(0) { $0.sessionsCutForLag.value + $0.bytesMissed.value } == 0)
+    }
+
+    func nginx(_ directory: String) throws -> ServerProcess {
+        let port = freePort()
+        let config = """
+        worker_processes 1;
+        daemon off;
+        error_log \(directory)/error.log;
+        pid \(directory)/nginx.pid;
+        events { worker_connections 1024; }
+        http {
+            access_log \(directory)/access.log;
+            client_body_temp_path \(directory)/body;
+            proxy_temp_path \(directory)/proxy;
+            fastcgi_temp_path \(directory)/fastcgi;
+            uwsgi_temp_path \(directory)/uwsgi;
+            scgi_temp_path \(directory)/scgi;
+            keepalive_requests 1000000;
+            server {
+                listen 127.0.0.1:\(port);
+                location / { return 200 "hello from \(port)\\n"; }
+            }
+        }
+        """
+        try config.write(toFile: directory + "/nginx.conf", atomically: true, encoding: .utf8)
+        return try ServerProcess("/usr/sbin/nginx", ["-p", directory, "-c", directory + "/nginx.conf"],
+                                 port: port, directory: directory)
+    }
+
+    @Test("wrk through the proxy to nginx, mirrored to nginx: no errors, as many requests logged on both",
+          .enabled(if: installed("/usr/sbin/nginx") && installed("/usr/bin/wrk")))
+    func nginxShadow() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        for name in ["main", "mirror"] {
+            try FileManager.default.createDirectory(atPath: directory + "/" + name, withIntermediateDirectories: true)
+        }
+        let main = try nginx(directory + "/main")
+        let mirror = try nginx(directory + "/mirror")
+        func logged(_ server: ServerProcess) -> Int {
+            let text = (try? String(contentsOfFile: server.directory + "/access.log", encoding: .utf8)) ?? ""
+            return text.split(separator: "\n").count
+        }
+        // The readiness probes of ServerProcess are not requests; start counting from here.
+        let mainBefore = logged(main)
+        let mirrorBefore = logged(mirror)
+        let proxy = try startProxy(main: main.port, mirrors: [mirror.port])
+        defer { proxy.shutdown() }
+
+        let result = try runProgram("/usr/bin/wrk", ["-t1", "-c10", "-d2s", "http://127.0.0.1:\(proxy.port)/"], timeoutSeconds: 30)
+        #expect(result.status == 0, "wrk: \(result.standardError)")
+        #expect(!result.standardOutput.contains("Socket errors"), "\(result.standardOutput)")
+        #expect(!result.standardOutput.contains("Non-2xx"), "\(result.standardOutput)")
+        let requests = result.standardOutput.split(separator: "\n")
+            .first { $0.contains("requests in") }
+            .flatMap { Int($0.trimmingCharacters(in: .whitespaces).split(separator: " ")[0]) } ?? 0
+        #expect(requests > 100, "\(result.standardOutput)")
+        #expect(eventually { proxy.activeSessions == 0 })
+        #expect(eventually(timeoutSeconds: 10) { logged(main) - mainBefore >= requests })
+        #expect(eventually(timeoutSeconds: 10) { logged(mirror) - mirrorBefore == logged(main) - mainBefore },
+                "main logged \(logged(main) - mainBefore), mirror \(logged(mirror) - mirrorBefore)")
+        #expect(proxy.mirrorTotal(0) { $0.sessionsCutForLag.value } == 0)
+    }
+}
