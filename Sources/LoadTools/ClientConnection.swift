@@ -1,0 +1,23 @@
+/// One LoadClient connection: a request in flight and how far it got.
+final class ClientConnection {
+    enum State {
+        case connecting
+        case active
+        case closed
+    }
+
+    let index: Int
+    var fd: Int32 = -1
+    var state = State.connecting
+    var sequence: UInt64 = 0
+    var sendOffset = 0
+    var receiveOffset = 0
+    var requestStartNanos: UInt64 = 0
+    /// EPOLLOUT is in the interest set: only while a connect or a send is blocked, so the
+    /// steady state needs no epoll_ctl per request.
+    var wantsWritable = false
+
+    init(index: Int) {
+        self.index = index
+    }
+}
