@@ -124,6 +124,11 @@ public final class Proxy: Sendable {
         for thread in all { pthread_join(thread, nil) }
     }
 
+    /// How the first worker's ring was set up (the best mode the kernel took).
+    public var ringSetupMode: String {
+        control.setupMode.withLock { $0 }
+    }
+
     /// Every worker has exited (after a stop, or a worker's fatal error).
     public var hasExited: Bool {
         control.exited.load(ordering: .acquiring) >= config.threads
@@ -159,6 +164,7 @@ private struct WorkerJob: Sendable {
             control.startErrors.withLock { $0.append("cannot start a worker: \(error)") }
             return
         }
+        control.setupMode.withLock { $0 = worker.ring.setupMode.rawValue }
         control.ready.add(1, ordering: .releasing)
         do {
             try worker.run()

@@ -10,6 +10,7 @@ final class WorkerControl: Sendable {
     let ready = Atomic<Int>(0)
     let exited = Atomic<Int>(0)
     let startErrors = Mutex<[String]>([])
+    let setupMode = Mutex<String>("")
 }
 
 /// One thread, one ring, one listener, one session table: the completion

@@ -65,6 +65,9 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("metrics"), help: "Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100).")
     var metrics: String?
 
+    @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, io_uring, locked memory), then exit.")
+    var check = false
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -116,12 +119,20 @@ struct RunCommand: ParsableCommand {
         }
 
         Signals.blockTermination()
+        raiseDescriptorLimit()
         let proxy = try Proxy(config: config, logger: logger)
         let metricsServer = try metricsEndpoint.map { endpoint in
             try MetricsServer(endpoint: endpoint) { PrometheusText.render(proxy.snapshot()) }
         }
         defer { metricsServer?.stop() }
         try proxy.start()
+        if check {
+            proxy.stop(immediately: true)
+            proxy.wait()
+            print("configuration ok: listening on \(proxy.listenAddress) would work, main \(config.main), "
+                + "\(config.mirrors.count) mirrors, \(config.threads) workers with io_uring (\(proxy.ringSetupMode))")
+            return
+        }
         let metricsNote = metricsServer.map { ", metrics on http://\($0.address)/metrics" } ?? ""
         logger.info("listening on \(proxy.listenAddress), main \(config.main), mirrors \(config.mirrors.map(\.text))\(metricsNote)")
         serve(proxy, statsIntervalMs: statsIntervalMs, logger: logger)
@@ -155,6 +166,16 @@ struct RunCommand: ParsableCommand {
         }
         proxy.wait()
         logger.info("stopped")
+    }
+
+    /// A proxy holds two or more descriptors per session: take the hard
+    /// limit of open files, not the soft one (often 1024), as Go and nginx do.
+    private func raiseDescriptorLimit() {
+        var limit = rlimit()
+        let resource = __rlimit_resource_t(7)  // RLIMIT_NOFILE
+        guard getrlimit(resource, &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+        limit.rlim_cur = limit.rlim_max
+        _ = setrlimit(resource, &limit)
     }
 
     private static func monotonicSeconds() -> Double {

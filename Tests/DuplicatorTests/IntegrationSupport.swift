@@ -366,11 +366,13 @@ final class ProxyProcess {
     let port: UInt16
     let errorPipe = Pipe()
 
-    init(_ arguments: [String], port: UInt16) throws {
+    /// - Parameter launcher: a program and its arguments to run the binary with (e.g. prlimit).
+    init(_ arguments: [String], port: UInt16, launcher: [String] = []) throws {
         self.port = port
         process = Process()
-        process.executableURL = URL(fileURLWithPath: try builtBinary("duplicator"))
-        process.arguments = ["-l", "127.0.0.1:\(port)"] + arguments
+        let command = launcher + [try builtBinary("duplicator"), "-l", "127.0.0.1:\(port)"] + arguments
+        process.executableURL = URL(fileURLWithPath: command[0])
+        process.arguments = Array(command.dropFirst())
         process.standardError = errorPipe
         process.standardOutput = FileHandle.nullDevice
         try process.run()
@@ -391,6 +393,16 @@ final class ProxyProcess {
 
     var descriptorCount: Int {
         (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(process.processIdentifier)/fd").count) ?? -1
+    }
+
+    /// User plus system CPU seconds the process has used.
+    var cpuSeconds: Double {
+        guard let stat = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return -1 }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // After the command: state is field 3; utime and stime are fields 14 and 15.
+        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return -1 }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
     var residentBytes: Int {

@@ -55,44 +55,25 @@ struct IntegrationTests {
     }
 
     /// Promise 4: each kind of broken mirror leaves the client's session whole.
-    @Test("a broken mirror never hurts the client", arguments: ["refuses", "closes at once", "resets mid-stream", "never reads", "black-holes its connect"])
-    func brokenMirror(kind: String) throws {
+    @Test("a broken mirror never hurts the client",
+          arguments: ["refuses", "closes at once", "resets mid-stream", "never reads", "black-holes its connect"], [false, true])
+    func brokenMirror(kind: String, allBroken: Bool) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let healthy = try startServer(.sink)
         defer { healthy.stop() }
         var cleanup: [() -> Void] = []
         defer { cleanup.forEach { $0() } }
-        let brokenPort: UInt16
-        switch kind {
-        case "refuses":
-            let refusing = RefusingPort()
-            cleanup.append { _ = refusing }
-            brokenPort = refusing.port
-        case "closes at once":
-            let server = try FaultServer.start(.closeAtOnce)
-            cleanup.append { server.stop() }
-            brokenPort = server.port
-        case "resets mid-stream":
-            let server = try FaultServer.start(.resetAfterReading(100_000))
-            cleanup.append { server.stop() }
-            brokenPort = server.port
-        case "never reads":
-            let server = try startServer(.stall)
-            cleanup.append { server.stop() }
-            brokenPort = server.boundPort
-        default:
-            let server = try startServer(.blackhole)
-            cleanup.append { server.stop() }
-            brokenPort = server.boundPort
-        }
-        let proxy = try startProxy(main: main.boundPort, mirrors: [brokenPort, healthy.boundPort]) {
+        // One broken mirror of three (the others healthy), or all three broken.
+        let brokenPorts = try (0..<(allBroken ? 3 : 1)).map { _ in try brokenMirrorPort(kind, cleanup: &cleanup) }
+        let healthyPorts = allBroken ? [] : [healthy.boundPort, healthy.boundPort]
+        let proxy = try startProxy(main: main.boundPort, mirrors: brokenPorts + healthyPorts) {
             $0.mirrorConnectTimeoutMs = 1500
             $0.backlogBytesMax = 1 << 20
         }
         defer { proxy.shutdown() }
 
-        // The first reply must not wait for the broken mirror (not even its connect timeout).
+        // The first reply must not wait for a broken mirror (not even its connect timeout).
         let connection = try TestConnection(port: proxy.port)
         let start = monotonicSeconds()
         let ping = connection.exchange(Array("ping\n".utf8), shutdownAfterSending: false, timeoutSeconds: 5, expectBytes: 5)
@@ -106,12 +87,41 @@ struct IntegrationTests {
         #expect(end == .eof)
         #expect(received == payload)
         let whole = Array("ping\n".utf8) + payload
-        #expect(receivedStreams(healthy, count: 1) == [StreamSignature(whole): 1])
+        if !allBroken {
+            #expect(receivedStreams(healthy, count: 2) == [StreamSignature(whole): 2])
+        }
         #expect(eventually { proxy.activeSessions == 0 })
         #expect(proxy.total { $0.sessionsCompleted.value } == 1)
-        let failures = proxy.mirrorTotal(0) { $0.connectFailures.value + $0.connectTimeouts.value + $0.errors.value + $0.sessionsCutForLag.value }
-        #expect(failures >= 1, "the broken mirror's failure was counted")
-        #expect(proxy.mirrorTotal(0) { $0.bytesMissed.value } > 0)
+        for index in brokenPorts.indices {
+            let failures = proxy.mirrorTotal(index) { $0.connectFailures.value + $0.connectTimeouts.value + $0.errors.value + $0.sessionsCutForLag.value }
+            #expect(failures >= 1, "broken mirror \(index)'s failure was counted")
+            #expect(proxy.mirrorTotal(index) { $0.bytesMissed.value } > 0)
+        }
+    }
+
+    private func brokenMirrorPort(_ kind: String, cleanup: inout [() -> Void]) throws -> UInt16 {
+        switch kind {
+        case "refuses":
+            let refusing = RefusingPort()
+            cleanup.append { _ = refusing }
+            return refusing.port
+        case "closes at once":
+            let server = try FaultServer.start(.closeAtOnce)
+            cleanup.append { server.stop() }
+            return server.port
+        case "resets mid-stream":
+            let server = try FaultServer.start(.resetAfterReading(100_000))
+            cleanup.append { server.stop() }
+            return server.port
+        case "never reads":
+            let server = try startServer(.stall)
+            cleanup.append { server.stop() }
+            return server.boundPort
+        default:
+            let server = try startServer(.blackhole)
+            cleanup.append { server.stop() }
+            return server.boundPort
+        }
     }
 
     /// Promise 4 and 3: a mirror that never reads cannot slow a 64 MiB stream,
@@ -148,6 +158,34 @@ struct IntegrationTests {
         #expect(mirrored.proxy.mirrorTotal(0) { $0.bytesMissed.value } > 0)
         let stalledRecords = stalled.connectionRecords()
         #expect(stalledRecords.count == 1)
+    }
+
+    /// 64 MiB each way, checked by digest on the client, main and two mirrors.
+    /// The test's sink servers are slower than its echo path (a debug build
+    /// hashing every byte), so the mirrors get room to lag the whole stream:
+    /// a 128 MiB pool, 64 MiB of backlog each.
+    @Test("64 MiB through main and two mirrors, exact by digest")
+    func largeStream() throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let mirrors = try (0..<2).map { _ in try startServer(.sink) }
+        defer { mirrors.forEach { $0.stop() } }
+        let proxy = try startProxy(main: main.boundPort, mirrors: mirrors.map(\.boundPort)) {
+            $0.backlogBytesMax = 64 << 20
+            $0.backlogChunksMax = 4096
+            $0.poolSlots = 16384
+        }
+        defer { proxy.shutdown() }
+        var generator = PayloadGenerator(seed: 6464)
+        let payload = generator.bytes(64 << 20)
+        let connection = try TestConnection(port: proxy.port)
+        let (received, end) = connection.exchange(payload, timeoutSeconds: 90)
+        #expect(end == .eof)
+        #expect(received.count == payload.count)
+        #expect(FNV1a64.digest(of: received) == FNV1a64.digest(of: payload))
+        let expected = [StreamSignature(payload): 1]
+        #expect(receivedStreams(main, count: 1) == expected)
+        for mirror in mirrors { #expect(receivedStreams(mirror, count: 1) == expected) }
     }
 
     /// Promise 5: client EOF travels to main as SHUT_WR and main's reply still comes back.

@@ -1,0 +1,142 @@
+import Foundation
+import Glibc
+import Synchronization
+import Testing
+@testable import Duplicator
+import LoadTools
+
+/// Exhaustion, scale and churn: the proxy degrades cleanly and comes back.
+@Suite("Resilience: exhaustion, scale and churn", .timeLimit(.minutes(3)))
+struct ResilienceTests {
+    /// Out of descriptors: accept failing with EMFILE neither spins a core nor
+    /// crashes; clients are refused cleanly and served again once descriptors free up.
+    @Test("EMFILE: no spinning, clean refusal, service again after", .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/prlimit")))
+    func outOfDescriptors() throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let proxy = try ProxyProcess(["-f", "127.0.0.1:\(main.boundPort)", "--log-level", "error"], port: freePort(),
+                                     launcher: ["/usr/bin/prlimit", "--nofile=40:40"])
+        var held: [TestConnection] = []
+        var served = 0
+        for index in 0..<30 {
+            guard let connection = try? TestConnection(port: proxy.port, timeoutSeconds: 1) else { continue }
+            let message = Array("hold \(index)\n".utf8)
+            let (received, _) = connection.exchange(message, shutdownAfterSending: false, timeoutSeconds: 0.5,
+                                                    expectBytes: message.count)
+            if received == message { served += 1 }
+            held.append(connection)
+        }
+        #expect(served > 5, "some sessions fit in 40 descriptors")
+        #expect(served < 30, "not all of them do")
+        #expect(proxy.process.isRunning)
+        // At the limit, with clients waiting: the process must be idle, not spinning.
+        let before = proxy.cpuSeconds
+        usleep(1_000_000)
+        let used = proxy.cpuSeconds - before
+        #expect(used < 0.3, "CPU seconds used in 1 s at the descriptor limit: \(used)")
+
+        held.removeAll()
+        let message = Array("after\n".utf8)
+        #expect(eventually(timeoutSeconds: 5) {
+            guard let connection = try? TestConnection(port: proxy.port, timeoutSeconds: 1) else { return false }
+            return connection.exchange(message, timeoutSeconds: 2).received == message
+        }, "served again once descriptors are free")
+        #expect(proxy.signalAndWait(SIGTERM) == 0)
+    }
+
+    /// A pool far too small for the load: reads pause (back-pressure), nothing
+    /// deadlocks, and main's path loses no byte.
+    @Test("a dry buffer pool pauses reads without deadlock or loss")
+    func dryPool() throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let mirror = try startServer(.sink)
+        defer { mirror.stop() }
+        let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.boundPort]) {
+            $0.poolSlots = 4
+        }
+        defer { proxy.shutdown() }
+        let sessions = 20
+        let failures = Mutex<[String]>([])
+        let port = proxy.port
+        try concurrently(sessions) { index in
+            var generator = PayloadGenerator(seed: UInt64(500 + index))
+            let payload = generator.bytes(512 * 1024)
+            do {
+                let connection = try TestConnection(port: port)
+                let (received, end) = connection.exchange(payload, seed: UInt64(index), timeoutSeconds: 60)
+                if received != payload || end != .eof {
+                    failures.withLock { $0.append("session \(index): \(end), \(received.count) bytes") }
+                }
+            } catch {
+                failures.withLock { $0.append("session \(index): \(error)") }
+            }
+        }
+        #expect(failures.withLock { $0 } == [])
+        #expect(proxy.total { $0.poolExhausted.value } > 0, "the pool did run dry")
+        #expect(eventually { proxy.activeSessions == 0 })
+    }
+
+    /// 1000 concurrent sessions, each a closed loop of 1 KiB messages, with a mirror.
+    @Test("1000 concurrent sessions")
+    func thousandSessions() throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let mirror = try startServer(.sink)
+        defer { mirror.stop() }
+        let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.boundPort])
+        defer { proxy.shutdown() }
+        let client = try LoadClient(address: LoadAddress(host: "127.0.0.1", port: proxy.port), connections: 1000,
+                                    messageSizeBytes: 1024, durationSeconds: 3)
+        let result = try client.run()
+        #expect(result.errors == 0, "\(result.firstErrorDescription ?? "")")
+        #expect(result.connectionsEstablished == 1000)
+        #expect(result.requests >= 1000)
+        #expect(eventually { proxy.activeSessions == 0 })
+        #expect(main.connectionsAccepted == 1000)
+        #expect(mirror.connectionsAccepted == 1000)
+        // Every session's mirror stream equals its main stream.
+        let mainStreams = receivedStreams(main, count: 1000)
+        #expect(receivedStreams(mirror, count: 1000) == mainStreams)
+    }
+
+    /// 20 000 short sessions in churn, with a failing mirror: descriptors and
+    /// memory go back to where they were.
+    @Test("20000 short sessions: descriptors and RSS back to baseline")
+    func churn() throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let mirror = try startServer(.sink)
+        defer { mirror.stop() }
+        let refusing = RefusingPort()
+        let proxy = try ProxyProcess(["-f", "127.0.0.1:\(main.boundPort)",
+                                      "-m", "127.0.0.1:\(mirror.boundPort),127.0.0.1:\(refusing.port)",
+                                      "--mirror-linger", "100ms", "--log-level", "error"], port: freePort())
+        let port = proxy.port
+        func run(_ count: Int, threads: Int) throws -> Int {
+            let failures = Atomic<Int>(0)
+            try concurrently(threads) { thread in
+                for index in 0..<(count / threads) {
+                    let message = Array("churn \(thread) \(index)\n".utf8)
+                    guard let connection = try? TestConnection(port: port),
+                          connection.exchange(message, timeoutSeconds: 5).received == message else {
+                        failures.add(1, ordering: .relaxed)
+                        continue
+                    }
+                }
+            }
+            return failures.load(ordering: .relaxed)
+        }
+        #expect(try run(1000, threads: 8) == 0)
+        #expect(eventually { proxy.descriptorCount == proxy.descriptorCount && mirror.connectionsOpen == 0 })
+        usleep(300_000)
+        let descriptors = proxy.descriptorCount
+        let resident = proxy.residentBytes
+        #expect(try run(20_000, threads: 8) == 0)
+        #expect(eventually(timeoutSeconds: 10) { proxy.descriptorCount == descriptors },
+                "descriptors \(proxy.descriptorCount), baseline \(descriptors)")
+        let grown = proxy.residentBytes - resident
+        #expect(grown < 4 << 20, "RSS grew by \(grown) bytes over 20000 sessions")
+        #expect(proxy.signalAndWait(SIGTERM) == 0)
+    }
+}
