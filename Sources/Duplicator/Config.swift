@@ -9,7 +9,7 @@ public struct Config: Sendable {
     public var mainConnectTimeoutMs = 10_000
     /// Bytes per pool slot: the most one receive takes.
     public var slotSize = 16 * 1024
-    /// Pool slots per worker (a power of two, at most 32768).
+    /// Pool slots per worker (a power of two, at most 16384).
     public var poolSlots = 1024
     /// A mirror more than this many bytes behind is cut for the session.
     public var backlogBytesMax = 4 << 20
@@ -39,8 +39,9 @@ public struct Config: Sendable {
         guard (4096...(1 << 20)).contains(slotSize) else {
             throw ConfigError("--slot-size must be from 4KiB to 1MiB, got \(slotSize)")
         }
-        guard (2...32768).contains(poolSlots), poolSlots & (poolSlots - 1) == 0 else {
-            throw ConfigError("--pool-slots must be a power of two from 2 to 32768, got \(poolSlots)")
+        // 16384: the kernel registers at most that many fixed buffers.
+        guard (2...16384).contains(poolSlots), poolSlots & (poolSlots - 1) == 0 else {
+            throw ConfigError("--pool-slots must be a power of two from 2 to 16384, got \(poolSlots)")
         }
         guard backlogBytesMax >= 1 else { throw ConfigError("--backlog must be positive") }
         guard (1...4096).contains(backlogChunksMax) else {

@@ -186,7 +186,7 @@ public final class Session {
     public func abort<IO: SessionIO>(io: IO) {
         guard isActive else { return }
         fail(.aborted, io: io)
-        for leg in Self.firstMirror..<legCount { closeLeg(leg, io: io) }
+        for leg in Self.firstMirror..<legCount { cutMirror(leg, forLag: false, io: io) }
     }
 
     // MARK: - Receiving
@@ -218,9 +218,12 @@ public final class Session {
             if result == 0 {
                 endOfStream(from: leg, io: io)
             } else if result == -ENOBUFS {
-                waitingForBuffers = true
+                // Client and main may both find the pool dry; ask to be resumed once.
                 context.stats.poolExhausted.bump()
-                io.waitForBuffers(session: index)
+                if !waitingForBuffers {
+                    waitingForBuffers = true
+                    io.waitForBuffers(session: index)
+                }
             } else if legs[leg].phase == .open {
                 fail(leg == Self.client ? .clientError : .mainError, io: io)
             }
@@ -455,6 +458,11 @@ public final class Session {
         // Mirrors, connected or still connecting, get the rest of what they
         // are owed, then shut down; `tick` closes them after the linger time.
         for leg in Self.firstMirror..<legCount {
+            if legs[leg].phase == .idle {
+                // Never started (main failed first): nothing to flush.
+                closeLeg(leg, io: io)
+                continue
+            }
             legs[leg].shutdownWanted = true
             kickSend(leg, io: io)
         }
@@ -466,6 +474,7 @@ public final class Session {
         case .closing, .closed: return
         case .idle:
             legs[leg].phase = .closed
+            settleSession()
             return
         case .connecting, .open:
             legs[leg].phase = .closing

@@ -3,15 +3,10 @@
 public enum SizeParser {
     public static func bytes(_ text: String) throws(ConfigError) -> Int {
         let digits = text.prefix { $0.isASCII && $0.isNumber }
-        var unit = text.dropFirst(digits.count).lowercased()
-        if unit.hasSuffix("ib") { unit.removeLast(2) } else if unit.hasSuffix("b") { unit.removeLast() }
-        let scale: Int
-        switch unit {
-        case "": scale = 1
-        case "k": scale = 1 << 10
-        case "m": scale = 1 << 20
-        case "g": scale = 1 << 30
-        default: throw ConfigError("size '\(text)': expected bytes, like 65536, 64KiB or 4MiB")
+        let units = ["": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
+                     "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30]
+        guard let scale = units[text.dropFirst(digits.count).lowercased()] else {
+            throw ConfigError("size '\(text)': expected bytes, like 65536, 64KiB or 4MiB")
         }
         guard !digits.isEmpty, let value = Int(digits), value <= Int.max / scale else {
             throw ConfigError("size '\(text)': expected bytes, like 65536, 64KiB or 4MiB")

@@ -49,10 +49,14 @@ public final class Ring {
         var chosen: SetupMode?
         for mode in modes {
             var params = io_uring_params()
-            params.flags = shim_IORING_SETUP_CQSIZE | shim_IORING_SETUP_SUBMIT_ALL
+            // SUBMIT_ALL (5.18) keeps submitting past a failed SQE; the plain
+            // fallback is for kernels older than that, so it goes without.
+            params.flags = shim_IORING_SETUP_CQSIZE
             switch mode {
-            case .deferTaskrun: params.flags |= shim_IORING_SETUP_SINGLE_ISSUER | shim_IORING_SETUP_DEFER_TASKRUN
-            case .coopTaskrun: params.flags |= shim_IORING_SETUP_COOP_TASKRUN | shim_IORING_SETUP_TASKRUN_FLAG
+            case .deferTaskrun:
+                params.flags |= shim_IORING_SETUP_SUBMIT_ALL | shim_IORING_SETUP_SINGLE_ISSUER | shim_IORING_SETUP_DEFER_TASKRUN
+            case .coopTaskrun:
+                params.flags |= shim_IORING_SETUP_SUBMIT_ALL | shim_IORING_SETUP_COOP_TASKRUN | shim_IORING_SETUP_TASKRUN_FLAG
             case .plain: break
             }
             params.cq_entries = completionEntries

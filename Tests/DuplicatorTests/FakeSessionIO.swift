@@ -1,0 +1,901 @@
+import Glibc
+import Ring
+import Testing
+@testable import Duplicator
+
+// A scripted, deterministic stand-in for the kernel under `Session`: it
+// records every operation a session asks for, lends pool slots the way a
+// provided buffer ring would, and lets a test (or `Simulation`) decide when
+// and how each operation completes. It checks the session's promises about
+// descriptors and slots as it goes and records a test issue for each breach.
+
+// MARK: - Small helpers
+
+/// SplitMix64: small, fast and seedable, so a randomized script replays exactly.
+struct SeededGenerator: RandomNumberGenerator {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+extension RandomNumberGenerator {
+    mutating func chance(_ numerator: Int, in denominator: Int) -> Bool {
+        Int.random(in: 0..<denominator, using: &self) < numerator
+    }
+}
+
+enum TestBytes {
+    /// `count` bytes that differ from any other call's with another `seed`.
+    static func random(_ count: Int, seed: UInt64) -> [UInt8] {
+        var generator = SeededGenerator(seed: seed &* 0x2545_F491_4F6C_DD1D &+ 7)
+        return random(count, using: &generator)
+    }
+
+    static func random(_ count: Int, using generator: inout some RandomNumberGenerator) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var word: UInt64 = 0
+        for index in bytes.indices {
+            if index % 8 == 0 { word = generator.next() }
+            bytes[index] = UInt8(truncatingIfNeeded: word >> (8 * UInt64(index % 8)))
+        }
+        return bytes
+    }
+
+    static func text(_ string: String) -> [UInt8] { Array(string.utf8) }
+}
+
+extension Array where Element == UInt8 {
+    func isPrefix(of other: [UInt8]) -> Bool { count <= other.count && self[...] == other[..<count] }
+}
+
+/// A leg of a session as the tests name it (leg 0: client, 1: main, 2...: mirrors).
+enum Peer: Hashable, CustomStringConvertible, Sendable {
+    case client, main, mirror(Int)
+
+    init(leg: Int) {
+        switch leg {
+        case 0: self = .client
+        case 1: self = .main
+        default: self = .mirror(leg - 2)
+        }
+    }
+
+    var leg: Int {
+        switch self {
+        case .client: 0
+        case .main: 1
+        case .mirror(let index): 2 + index
+        }
+    }
+
+    var description: String {
+        switch self {
+        case .client: "client"
+        case .main: "main"
+        case .mirror(let index): "mirror\(index)"
+        }
+    }
+}
+
+/// A session slot and its generation: one client connection.
+struct SessionKey: Hashable, CustomStringConvertible, Sendable {
+    let index: UInt32
+    let generation: UInt16
+    init(index: UInt32, generation: UInt16) {
+        self.index = index
+        self.generation = generation
+    }
+    init(_ session: Session) { self.init(index: session.index, generation: session.generation) }
+    init(_ tag: CompletionTag) { self.init(index: tag.slot, generation: tag.generation) }
+    var description: String { "session(\(index)#\(generation))" }
+}
+
+/// One operation a session asked for.
+struct FakeOp: CustomStringConvertible {
+    let id: Int
+    let kind: OperationKind
+    let fd: Int32
+    let tag: CompletionTag
+    var slot: UInt32 = 0
+    var offset = 0
+    var length = 0
+    /// For a send: the bytes the slot held when the send was asked for.
+    var bytes: [UInt8] = []
+    var target = -1
+    var timeoutMs = 0
+    var timeoutTag = CompletionTag(rawValue: 0)
+
+    var peer: Peer { Peer(leg: Int(tag.endpoint)) }
+    var key: SessionKey { SessionKey(tag) }
+
+    var description: String {
+        var text = "#\(id) \(kind) fd \(fd) \(peer) \(key)"
+        if kind == .send { text += " slot \(slot) offset \(offset) length \(length)" }
+        return text
+    }
+}
+
+/// What the fake knows about one descriptor.
+struct FDRecord {
+    let fd: Int32
+    /// -1: a client; 0: main; 1...: mirror `target - 1`.
+    let target: Int
+    let key: SessionKey
+    var leg: Int { target + 1 }
+    var connectRequested = false
+    var connected = false
+    var cancelRequested = false
+    var closeCount = 0
+    var shutdownRequested = 0
+    var shutdownCompleted = false
+    /// Every byte this descriptor's peer accepted, in order.
+    var sent: [UInt8] = []
+    var sendCompletions = 0
+    var drainCompletions = 0
+    var earlyEOFDelivered = false
+}
+
+/// The state of a session when it became inactive (before its slot is reused).
+struct EndedSession {
+    let key: SessionKey
+    let cause: Session.EndCause?
+    /// Per mirror: whether it lost bytes of this session (cut, failed, skipped).
+    let mirrorMissing: [Bool]
+}
+
+// MARK: - The fake
+
+final class FakeSessionIO: SessionIO {
+    let pool: BufferPool
+    let stats: WorkerStats
+    let context: SessionContext
+    let table: SessionTable
+    var limits: SessionLimits { context.limits }
+
+    /// Slots lent out to "the kernel": a recv completion takes one (LIFO, so a
+    /// slot recycled too early is overwritten at once and caught).
+    private(set) var freeSlots: [UInt32]
+    /// Every request in order, including cancels and closes.
+    private(set) var requests: [FakeOp] = []
+    /// Requests whose completion has not been delivered (recv, drain, send, connect, shutdown).
+    private(set) var pending: [FakeOp] = []
+    /// Cancel requests whose own completion has not been delivered.
+    private(set) var pendingCancels: [FakeOp] = []
+    private(set) var fds: [Int32: FDRecord] = [:]
+    private(set) var fdOrder: [Int32] = []
+    private(set) var waiters: [UInt32] = []
+    private(set) var waitForBuffersCalls = 0
+    private(set) var recycleCount = 0
+    private(set) var violations: [String] = []
+    private(set) var ended: [SessionKey: EndedSession] = [:]
+    private(set) var startedKeys: [SessionKey] = []
+    private(set) var staleCompletions = 0
+    private(set) var lastKey: SessionKey?
+    /// `openSocket(target:)` fails with this errno for a target while set.
+    var openFailures: [Int: Int32] = [:]
+    /// What the simulated peers of each session will do (see `Simulation`).
+    var scripts: [SessionKey: PeerScript] = [:]
+
+    private var starting: (session: Session, key: SessionKey)?
+    private var nextFD: Int32 = 100
+    private var nextOpID = 1
+
+    init(limits: SessionLimits, slotCount: Int = 16, slotSize: Int = 4096, sessions: Int = 4) throws {
+        pool = try BufferPool(slotSize: slotSize, slotCount: slotCount)
+        stats = WorkerStats(mirrorCount: limits.mirrorCount)
+        context = SessionContext(limits: limits, pool: pool, stats: stats)
+        table = try SessionTable(capacity: sessions, context: context)
+        freeSlots = (0..<UInt32(slotCount)).reversed()
+    }
+
+    // MARK: Violations
+
+    func violation(_ text: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        violations.append(text)
+        Issue.record(Comment(rawValue: "fake IO: " + text), sourceLocation: sourceLocation)
+    }
+
+    // MARK: Sessions
+
+    /// Takes a session from the table and starts it on a new client descriptor.
+    @discardableResult
+    func start(clientFD: Int32? = nil) -> Session? {
+        guard let session = table.take() else { return nil }
+        let fd = clientFD ?? allocateFD()
+        // `start` bumps the generation first; the key is the bumped one.
+        let key = SessionKey(index: session.index, generation: session.generation &+ 1)
+        fds[fd] = FDRecord(fd: fd, target: -1, key: key)
+        fdOrder.append(fd)
+        starting = (session, key)
+        lastKey = key
+        startedKeys.append(key)
+        session.start(clientFD: fd, io: self)
+        starting = nil
+        if SessionKey(session) != key { violation("start did not bump the generation to \(key)") }
+        if !session.isActive { sessionEnded(session) }
+        return session
+    }
+
+    /// How the last started session ended (nil while it is active).
+    var lastEnded: EndedSession? { lastKey.flatMap { ended[$0] } }
+
+    func session(_ key: SessionKey? = nil) -> Session? {
+        guard let key = key ?? lastKey else { return nil }
+        let session = table.sessions[Int(key.index)]
+        return SessionKey(session) == key && session.isActive ? session : nil
+    }
+
+    func tickAll() {
+        for session in table.sessions where session.isActive {
+            session.tick(io: self)
+            if !session.isActive { sessionEnded(session) }
+        }
+    }
+
+    func abort(_ key: SessionKey? = nil) {
+        guard let session = session(key) else {
+            violation("abort of a session that is not active")
+            return
+        }
+        session.abort(io: self)
+        if !session.isActive { sessionEnded(session) }
+    }
+
+    /// Gives slots back to sessions that waited for them, as the worker does.
+    func resumeWaiters() {
+        while !waiters.isEmpty && !freeSlots.isEmpty {
+            let index = waiters.removeFirst()
+            let session = table.sessions[Int(index)]
+            session.resumeReceiving(io: self)
+        }
+    }
+
+    private func sessionEnded(_ session: Session) {
+        let key = SessionKey(session)
+        let mirrors = (0..<limits.mirrorCount).map { session.legs[Session.firstMirror + $0].missing }
+        ended[key] = EndedSession(key: key, cause: session.endCause, mirrorMissing: mirrors)
+        table.free(session)
+        for op in pending where op.key == key {
+            violation("\(key) ended with \(op) still in flight")
+        }
+        for fd in fdOrder where fds[fd]!.key == key && fds[fd]!.closeCount != 1 {
+            violation("\(key) ended but fd \(fd) (target \(fds[fd]!.target)) was closed \(fds[fd]!.closeCount) times")
+        }
+        if table.activeCount == 0 { checkPoolIsBack() }
+    }
+
+    private func checkPoolIsBack() {
+        if pool.inUse != 0 { violation("no session is active but \(pool.inUse) slots are held") }
+        if freeSlots.count != pool.slotCount || Set(freeSlots).count != pool.slotCount {
+            violation("no session is active but only \(Set(freeSlots).count) of \(pool.slotCount) slots were recycled")
+        }
+        if context.mirrorOnlySlots != 0 {
+            violation("no session is active but mirrorOnlySlots is \(context.mirrorOnlySlots)")
+        }
+    }
+
+    // MARK: Lookups
+
+    func fd(_ peer: Peer, _ key: SessionKey? = nil) -> Int32? {
+        guard let key = key ?? lastKey else { return nil }
+        return fdOrder.first { fds[$0]!.key == key && fds[$0]!.leg == peer.leg }
+    }
+
+    /// Every byte the peer accepted from the session, in order.
+    func sent(to peer: Peer, _ key: SessionKey? = nil) -> [UInt8] {
+        guard let fd = fd(peer, key) else { return [] }
+        return fds[fd]!.sent
+    }
+
+    func record(_ peer: Peer, _ key: SessionKey? = nil) -> FDRecord? {
+        fd(peer, key).flatMap { fds[$0] }
+    }
+
+    func pendingOp(_ kind: OperationKind, _ peer: Peer, _ key: SessionKey? = nil) -> FakeOp? {
+        let key = key ?? lastKey
+        return pending.first { $0.kind == kind && $0.peer == peer && $0.key == key }
+    }
+
+    func hasPending(_ kind: OperationKind, _ peer: Peer, _ key: SessionKey? = nil) -> Bool {
+        pendingOp(kind, peer, key) != nil
+    }
+
+    func requests(_ kind: OperationKind, _ peer: Peer? = nil, _ key: SessionKey? = nil) -> [FakeOp] {
+        let key = key ?? lastKey
+        return requests.filter { $0.kind == kind && (peer == nil || $0.peer == peer) && $0.key == key }
+    }
+
+    private func require(_ kind: OperationKind, _ peer: Peer, _ key: SessionKey?,
+                         _ sourceLocation: SourceLocation) -> FakeOp? {
+        if let op = pendingOp(kind, peer, key) { return op }
+        Issue.record(Comment(rawValue: "no \(kind) in flight for \(peer); pending: \(pending)"),
+                     sourceLocation: sourceLocation)
+        return nil
+    }
+
+    // MARK: Completing operations (tests)
+
+    /// `bytes` arrive for the recv in flight on `peer`: a free slot is
+    /// chosen, filled and handed to the session. Returns the result delivered
+    /// (-ENOBUFS when no slot is free; the bytes then stay unread).
+    @discardableResult
+    func completeRecv(_ peer: Peer, _ bytes: [UInt8], _ key: SessionKey? = nil,
+                      sourceLocation: SourceLocation = #_sourceLocation) -> Int32? {
+        guard let op = require(.recv, peer, key, sourceLocation) else { return nil }
+        return deliverRecv(op, bytes)
+    }
+
+    /// The peer sent EOF; `withBuffer`: the completion also names a slot (with 0 bytes).
+    func completeEOF(_ peer: Peer, _ key: SessionKey? = nil, withBuffer: Bool = false,
+                     sourceLocation: SourceLocation = #_sourceLocation) {
+        guard let op = require(.recv, peer, key, sourceLocation) else { return }
+        deliverEOF(op, withBuffer: withBuffer)
+    }
+
+    /// The operation of `kind` in flight on `peer` completes with `-errno`.
+    func fail(_ kind: OperationKind, _ peer: Peer, errno code: Int32, _ key: SessionKey? = nil,
+              sourceLocation: SourceLocation = #_sourceLocation) {
+        guard let op = require(kind, peer, key, sourceLocation) else { return }
+        deliver(op, result: -code)
+    }
+
+    /// The send in flight on `peer` completes with `count` bytes (all when nil).
+    @discardableResult
+    func completeSend(_ peer: Peer, count: Int? = nil, _ key: SessionKey? = nil,
+                      sourceLocation: SourceLocation = #_sourceLocation) -> Int {
+        guard let op = require(.send, peer, key, sourceLocation) else { return 0 }
+        let count = count ?? op.length
+        deliver(op, result: Int32(count))
+        return count
+    }
+
+    /// Completes sends on `peer` (all of them) until none is in flight.
+    func flushSends(_ peer: Peer, _ key: SessionKey? = nil) {
+        while let op = pendingOp(.send, peer, key) { deliver(op, result: Int32(op.length)) }
+    }
+
+    /// Completes sends on every leg until none is in flight.
+    func flushAllSends(_ key: SessionKey? = nil) {
+        let key = key ?? lastKey
+        while let op = pending.first(where: { $0.kind == .send && $0.key == key }) {
+            deliver(op, result: Int32(op.length))
+        }
+    }
+
+    /// The connect of `peer` completes with `result` (0 or -errno); the
+    /// linked timeout's completion follows, as the kernel sends it.
+    func completeConnect(_ peer: Peer, result: Int32 = 0, _ key: SessionKey? = nil,
+                         sourceLocation: SourceLocation = #_sourceLocation) {
+        guard let op = require(.connect, peer, key, sourceLocation) else { return }
+        deliver(op, result: result)
+        if op.timeoutMs > 0 {
+            // The timeout is cancelled when the connect wins (-ECANCELED), or it fired (-ETIME).
+            dispatch(tag: op.timeoutTag, result: result == -ECANCELED ? -ETIME : -ECANCELED, selectedBuffer: nil)
+        }
+    }
+
+    /// Connects main and every mirror that asked.
+    func connectAll(_ key: SessionKey? = nil) {
+        let key = key ?? lastKey
+        while let op = pending.first(where: { $0.kind == .connect && $0.key == key }) {
+            completeConnect(op.peer, key)
+        }
+    }
+
+    func completeShutdown(_ peer: Peer, result: Int32 = 0, _ key: SessionKey? = nil,
+                          sourceLocation: SourceLocation = #_sourceLocation) {
+        guard let op = require(.shutdown, peer, key, sourceLocation) else { return }
+        deliver(op, result: result)
+    }
+
+    /// A mirror's reply (`result` > 0: bytes thrown away; 0: its EOF; < 0: an error).
+    func completeDrain(_ peer: Peer, result: Int32, _ key: SessionKey? = nil,
+                       sourceLocation: SourceLocation = #_sourceLocation) {
+        guard let op = require(.drain, peer, key, sourceLocation) else { return }
+        deliver(op, result: result)
+    }
+
+    /// Every operation on a descriptor with a cancel requested completes with
+    /// -ECANCELED, then the cancels complete themselves.
+    func completeCancelled() {
+        while let op = pending.first(where: { fds[$0.fd]!.cancelRequested }) {
+            deliver(op, result: -ECANCELED)
+        }
+        while !pendingCancels.isEmpty {
+            let cancel = pendingCancels.removeFirst()
+            dispatch(tag: cancel.tag, result: 1, selectedBuffer: nil)
+        }
+    }
+
+    // MARK: Delivering completions
+
+    func deliverRecv(_ op: FakeOp, _ bytes: [UInt8]) -> Int32 {
+        precondition(!bytes.isEmpty && bytes.count <= pool.slotSize, "a recv takes 1...slotSize bytes")
+        guard let slot = freeSlots.popLast() else {
+            deliver(op, result: -ENOBUFS)
+            return -ENOBUFS
+        }
+        guard pool.referenceCount(slot) == 0 else {
+            violation("slot \(slot) was recycled while still referenced \(pool.referenceCount(slot)) times")
+            return -ENOBUFS
+        }
+        bytes.withUnsafeBytes { pool.pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+        deliver(op, result: Int32(bytes.count), selectedBuffer: slot)
+        return Int32(bytes.count)
+    }
+
+    func deliverEOF(_ op: FakeOp, withBuffer: Bool) {
+        if withBuffer, let slot = freeSlots.popLast() {
+            deliver(op, result: 0, selectedBuffer: slot)
+        } else {
+            deliver(op, result: 0)
+        }
+    }
+
+    /// Removes `op` from the in-flight set, checks it, and hands its
+    /// completion to the session it belongs to (if that session still lives).
+    func deliver(_ op: FakeOp, result: Int32, selectedBuffer: UInt32? = nil) {
+        guard let position = pending.firstIndex(where: { $0.id == op.id }) else {
+            violation("completion of \(op), which is not in flight")
+            return
+        }
+        pending.remove(at: position)
+        switch op.kind {
+        case .send where result > 0:
+            if Int(result) > op.length { violation("test bug: \(op) completed with \(result) bytes") }
+            if pool.referenceCount(op.slot) == 0 {
+                violation("\(op) completed but its slot had been let go while the send was in flight")
+            }
+            let now = [UInt8](UnsafeRawBufferPointer(start: pool.pointer(op.slot) + op.offset, count: op.length))
+            if now != op.bytes { violation("\(op): the slot was overwritten while the send was in flight") }
+            fds[op.fd]!.sent += op.bytes[..<Int(result)]
+            fds[op.fd]!.sendCompletions += 1
+        case .shutdown where result == 0:
+            fds[op.fd]!.shutdownCompleted = true
+        case .connect where result == 0:
+            fds[op.fd]!.connected = true
+        case .drain:
+            fds[op.fd]!.drainCompletions += 1
+        default:
+            break
+        }
+        dispatch(tag: op.tag, result: result, selectedBuffer: selectedBuffer)
+    }
+
+    /// What the worker does with one completion.
+    func dispatch(tag: CompletionTag, result: Int32, selectedBuffer: UInt32?) {
+        guard let kind = OperationKind(rawValue: tag.kind) else { return }
+        guard let session = table.session(for: tag) else {
+            staleCompletions += 1
+            if let slot = selectedBuffer { freeSlots.append(slot) }
+            return
+        }
+        session.handle(kind: kind, leg: Int(tag.endpoint), result: result, selectedBuffer: selectedBuffer, io: self)
+        if !session.isActive { sessionEnded(session) }
+    }
+
+    // MARK: - SessionIO
+
+    private func allocateFD() -> Int32 {
+        defer { nextFD += 1 }
+        return nextFD
+    }
+
+    func openSocket(target: Int) -> Int32 {
+        guard let starting else {
+            violation("openSocket(target: \(target)) outside a session's start")
+            return -EINVAL
+        }
+        if target < 0 || target > limits.mirrorCount { violation("openSocket for unknown target \(target)") }
+        if let code = openFailures[target] { return -code }
+        let fd = allocateFD()
+        fds[fd] = FDRecord(fd: fd, target: target, key: starting.key)
+        fdOrder.append(fd)
+        return fd
+    }
+
+    /// Checks a request on `fd` and records it; nil when it is refused as a breach.
+    private func request(_ kind: OperationKind, fd: Int32, tag: CompletionTag,
+                         _ fill: (inout FakeOp) -> Void = { _ in }) -> FakeOp? {
+        var op = FakeOp(id: nextOpID, kind: kind, fd: fd, tag: tag)
+        nextOpID += 1
+        fill(&op)
+        requests.append(op)
+        guard var record = fds[fd] else {
+            violation("\(op) on a descriptor the session was never given")
+            return nil
+        }
+        if tag.kind != kind.rawValue { violation("\(op) carries a tag of kind \(tag.kind)") }
+        if SessionKey(tag) != record.key || Int(tag.endpoint) != record.leg {
+            violation("\(op): tag \(tag) does not belong to fd \(fd) (\(record.key) leg \(record.leg))")
+        }
+        if record.closeCount > 0 { violation("\(op) after fd \(fd) was closed") }
+        let inFlight = pending.filter { $0.fd == fd }
+        switch kind {
+        case .cancel:
+            record.cancelRequested = true
+        case .close:
+            if record.closeCount > 0 { violation("second close of fd \(fd)") }
+            if !inFlight.isEmpty { violation("close of fd \(fd) with operations in flight: \(inFlight)") }
+            record.closeCount += 1
+        default:
+            if record.cancelRequested { violation("\(op) after a cancel of fd \(fd) was asked for") }
+            if kind != .connect && record.target >= 0 && !record.connected {
+                violation("\(op) before fd \(fd) connected")
+            }
+        }
+        switch kind {
+        case .connect:
+            if record.target < 0 { violation("connect of a client descriptor") }
+            if record.connectRequested { violation("second connect of fd \(fd)") }
+            if op.target != record.target { violation("\(op) connects to target \(op.target), the socket was opened for \(record.target)") }
+            record.connectRequested = true
+        case .recv, .drain:
+            let isMirror = record.leg >= Session.firstMirror
+            if isMirror != (kind == .drain) { violation("\(op) on leg \(record.leg)") }
+            if inFlight.contains(where: { $0.kind == .recv || $0.kind == .drain }) {
+                violation("\(op): a second receive in flight on fd \(fd)")
+            }
+        case .send:
+            if inFlight.contains(where: { $0.kind == .send }) { violation("\(op): a second send in flight on fd \(fd)") }
+            if record.shutdownRequested > 0 { violation("\(op) after the write side of fd \(fd) was shut") }
+            if op.length <= 0 || op.offset < 0 || op.offset + op.length > pool.slotSize || Int(op.slot) >= pool.slotCount {
+                violation("\(op) is out of its slot's bounds")
+                return nil
+            }
+            if pool.referenceCount(op.slot) == 0 { violation("\(op) from a slot no one holds") }
+        case .shutdown:
+            if record.shutdownRequested > 0 { violation("second shutdown of fd \(fd)") }
+            if inFlight.contains(where: { $0.kind == .send }) {
+                violation("shutdown of fd \(fd) while a send is in flight: its bytes could be cut off")
+            }
+            record.shutdownRequested += 1
+        default:
+            break
+        }
+        fds[fd] = record
+        return op
+    }
+
+    func connect(fd: Int32, target: Int, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {
+        guard let op = request(.connect, fd: fd, tag: tag, {
+            $0.target = target
+            $0.timeoutMs = timeoutMs
+            $0.timeoutTag = timeoutTag
+        }) else { return }
+        if timeoutTag.kind != OperationKind.connectTimeout.rawValue || SessionKey(timeoutTag) != SessionKey(tag)
+            || timeoutTag.endpoint != tag.endpoint {
+            violation("\(op): its timeout tag \(timeoutTag) does not match")
+        }
+        pending.append(op)
+    }
+
+    func recv(fd: Int32, tag: CompletionTag) {
+        if let op = request(.recv, fd: fd, tag: tag) { pending.append(op) }
+    }
+
+    func drain(fd: Int32, tag: CompletionTag) {
+        if let op = request(.drain, fd: fd, tag: tag) { pending.append(op) }
+    }
+
+    func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag) {
+        let pool = pool
+        guard let op = request(.send, fd: fd, tag: tag, {
+            $0.slot = slot
+            $0.offset = offset
+            $0.length = length
+            if length > 0, offset >= 0, offset + length <= pool.slotSize, Int(slot) < pool.slotCount {
+                $0.bytes = [UInt8](UnsafeRawBufferPointer(start: pool.pointer(slot) + offset, count: length))
+            }
+        }) else { return }
+        pending.append(op)
+    }
+
+    func shutdownWrite(fd: Int32, tag: CompletionTag) {
+        if let op = request(.shutdown, fd: fd, tag: tag) { pending.append(op) }
+    }
+
+    func cancel(fd: Int32, tag: CompletionTag) {
+        if let op = request(.cancel, fd: fd, tag: tag) { pendingCancels.append(op) }
+    }
+
+    func close(fd: Int32, tag: CompletionTag) {
+        _ = request(.close, fd: fd, tag: tag)
+    }
+
+    func recycle(slot: UInt32) {
+        recycleCount += 1
+        guard Int(slot) < pool.slotCount else {
+            violation("recycle of slot \(slot), beyond the pool")
+            return
+        }
+        if pool.referenceCount(slot) != 0 {
+            violation("recycle of slot \(slot) still held \(pool.referenceCount(slot)) times")
+        }
+        if freeSlots.contains(slot) {
+            violation("slot \(slot) recycled twice")
+            return
+        }
+        freeSlots.append(slot)
+    }
+
+    func waitForBuffers(session index: UInt32) {
+        waitForBuffersCalls += 1
+        waiters.append(index)
+    }
+
+    // MARK: - End of a test
+
+    /// Nothing in flight, every session over, every descriptor closed exactly
+    /// once, every slot back: what must hold when a script has played out.
+    func expectQuiescent(sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(violations.isEmpty, "violations: \(violations)", sourceLocation: sourceLocation)
+        #expect(pending.isEmpty, "still in flight: \(pending)", sourceLocation: sourceLocation)
+        #expect(table.activeCount == 0, "sessions still active", sourceLocation: sourceLocation)
+        #expect(stats.sessionsActive.value == 0, sourceLocation: sourceLocation)
+        #expect(pool.inUse == 0, "slots still held: \(pool.inUse)", sourceLocation: sourceLocation)
+        #expect(Set(freeSlots).count == pool.slotCount, "slots not recycled", sourceLocation: sourceLocation)
+        #expect(context.mirrorOnlySlots == 0, sourceLocation: sourceLocation)
+        let badCloses = fdOrder.filter { fds[$0]!.closeCount != 1 }
+        #expect(badCloses.isEmpty, "fds not closed exactly once: \(badCloses.map { ($0, fds[$0]!.closeCount) })",
+                sourceLocation: sourceLocation)
+    }
+}
+
+// MARK: - Scripted peers and a random scheduler
+
+/// What a mirror does in a simulated session.
+enum MirrorBehavior: Equatable, Sendable {
+    /// Accepts everything; replies nothing until our write side is shut, then EOF.
+    case healthy
+    /// Connect refused.
+    case refuse
+    /// Connect never answers: the linked timeout cancels it.
+    case timeout
+    /// Resets after accepting this many sends.
+    case resetAfterSends(Int)
+    /// Its reply stream fails with a reset.
+    case drainReset
+    /// Closes its write side at once (EOF) but keeps reading.
+    case earlyEOF
+    /// Never completes a send or a receive.
+    case stall
+    /// Replies a few times, then behaves as `healthy`.
+    case chatty
+
+    /// Whether a mirror behaving so is expected to get the whole stream.
+    var isHealthy: Bool { self == .healthy || self == .earlyEOF || self == .chatty }
+
+    static let all: [MirrorBehavior] = [.healthy, .refuse, .timeout, .resetAfterSends(0), .resetAfterSends(2),
+                                        .drainReset, .earlyEOF, .stall, .chatty]
+}
+
+/// The bytes the client and main will send in one session, and what each mirror does.
+struct PeerScript {
+    var client: [UInt8] = []
+    var main: [UInt8] = []
+    /// The most bytes one recv completion carries.
+    var chunkMax = 4096
+    var mirrors: [MirrorBehavior] = []
+    var clientOffset = 0
+    var mainOffset = 0
+
+    func behavior(ofMirror index: Int) -> MirrorBehavior {
+        index < mirrors.count ? mirrors[index] : .healthy
+    }
+}
+
+/// Inject `result` instead of the natural outcome of the `nth` (0-based)
+/// completion of `kind` on `peer`.
+struct FaultPlan: CustomStringConvertible {
+    var kind: OperationKind
+    var peer: Peer
+    var nth: Int
+    var result: Int32
+    var seen = 0
+    var fired = false
+
+    init(kind: OperationKind, peer: Peer, nth: Int, result: Int32) {
+        self.kind = kind
+        self.peer = peer
+        self.nth = nth
+        self.result = result
+    }
+
+    var description: String { "fault(\(kind) on \(peer) #\(nth) -> \(result))" }
+}
+
+/// Completes the operations of a `FakeSessionIO` in a random (seeded) order
+/// with outcomes taken from each session's `PeerScript`: random chunk sizes,
+/// partial sends, cancellations that race with natural results, mirror
+/// faults, and time passing when only lingering mirrors are left.
+final class Simulation {
+    let io: FakeSessionIO
+    var rng: SeededGenerator
+    var plan: FaultPlan?
+    var partialSends = true
+    /// A cancelled operation sometimes completes with its own result first.
+    var raceCancels = true
+    /// EOF completions sometimes carry an (empty) selected slot.
+    var eofWithBuffer = true
+    var sessionsToStart = 0
+    /// When > 0: each step aborts a random active session with chance 1 in this.
+    var abortOneIn = 0
+    private(set) var aborted: Set<SessionKey> = []
+    var makeScript: (inout SeededGenerator) -> PeerScript = { _ in PeerScript() }
+    private(set) var steps = 0
+    private(set) var timeAdvances = 0
+    private(set) var enobufs = 0
+
+    init(io: FakeSessionIO, seed: UInt64) {
+        self.io = io
+        rng = SeededGenerator(seed: seed)
+    }
+
+    /// Starts a session with `script`.
+    @discardableResult
+    func start(_ script: PeerScript) -> SessionKey? {
+        // The script is read only when operations complete, after `start`.
+        guard io.start() != nil, let key = io.lastKey else { return nil }
+        io.scripts[key] = script
+        return key
+    }
+
+    /// Runs until nothing is left to do. Returns false when sessions are
+    /// still active but nothing can move (a stuck session) or `maxSteps` passed.
+    @discardableResult
+    func run(maxSteps: Int = 200_000) -> Bool {
+        var idleRounds = 0
+        while steps < maxSteps {
+            steps += 1
+            if sessionsToStart > 0, io.table.freeCount > 0,
+               io.table.activeCount == 0 || rng.chance(1, in: 16) {
+                sessionsToStart -= 1
+                start(makeScript(&rng))
+                continue
+            }
+            if abortOneIn > 0, rng.chance(1, in: abortOneIn),
+               let victim = io.table.sessions.filter(\.isActive).randomElement(using: &rng) {
+                let key = SessionKey(victim)
+                aborted.insert(key)
+                io.abort(key)
+                continue
+            }
+            let candidates = io.pending.filter(isEligible)
+            if let op = candidates.randomElement(using: &rng) {
+                idleRounds = 0
+                complete(op)
+                if rng.chance(1, in: 4) { io.completeCancelledCancels() }
+                io.resumeWaiters()
+                continue
+            }
+            if !io.waiters.isEmpty && !io.freeSlots.isEmpty {
+                io.resumeWaiters()
+                continue
+            }
+            io.completeCancelledCancels()
+            if sessionsToStart > 0 && io.table.freeCount > 0 {
+                sessionsToStart -= 1
+                start(makeScript(&rng))
+                continue
+            }
+            guard io.table.activeCount > 0 else { return true }
+            // Only lingering mirrors (or nothing) can move: let time pass.
+            idleRounds += 1
+            if idleRounds > 3 { return false }
+            timeAdvances += 1
+            io.context.nowMs += UInt64(io.limits.mirrorLingerMs) + 1
+            io.tickAll()
+        }
+        return false
+    }
+
+    private func behavior(_ op: FakeOp) -> MirrorBehavior? {
+        guard case .mirror(let index) = op.peer else { return nil }
+        return io.scripts[op.key]?.behavior(ofMirror: index) ?? .healthy
+    }
+
+    func isEligible(_ op: FakeOp) -> Bool {
+        let record = io.fds[op.fd]!
+        if record.cancelRequested { return true }
+        guard let behavior = behavior(op) else { return true }
+        switch op.kind {
+        case .send:
+            return behavior != .stall
+        case .drain:
+            switch behavior {
+            case .stall: return false
+            case .drainReset: return true
+            case .earlyEOF: return !record.earlyEOFDelivered || record.shutdownCompleted
+            case .chatty: return record.drainCompletions < 3 || record.shutdownCompleted
+            default: return record.shutdownCompleted
+            }
+        default:
+            return true
+        }
+    }
+
+    private func complete(_ op: FakeOp) {
+        let record = io.fds[op.fd]!
+        if record.cancelRequested && !(raceCancels && rng.chance(1, in: 4)) {
+            io.deliver(op, result: -ECANCELED)
+            return
+        }
+        if var plan = plan, !plan.fired, plan.kind == op.kind, plan.peer == op.peer, !record.cancelRequested {
+            defer { self.plan = plan }
+            if plan.seen == plan.nth {
+                plan.fired = true
+                io.deliver(op, result: plan.result)
+                return
+            }
+            plan.seen += 1
+        }
+        switch op.kind {
+        case .connect:
+            switch behavior(op) {
+            case .refuse?: io.deliver(op, result: -ECONNREFUSED)
+            case .timeout?: io.deliver(op, result: -ECANCELED)
+            default: io.deliver(op, result: 0)
+            }
+        case .recv:
+            var script = io.scripts[op.key] ?? PeerScript()
+            let isClient = op.peer == .client
+            let stream = isClient ? script.client : script.main
+            let offset = isClient ? script.clientOffset : script.mainOffset
+            if offset < stream.count {
+                let most = min(stream.count - offset, script.chunkMax, io.pool.slotSize)
+                let size = Int.random(in: 1...most, using: &rng)
+                let result = io.deliverRecv(op, Array(stream[offset..<offset + size]))
+                if result == -ENOBUFS { enobufs += 1; return }
+                if isClient { script.clientOffset += size } else { script.mainOffset += size }
+                io.scripts[op.key] = script
+            } else {
+                io.deliverEOF(op, withBuffer: eofWithBuffer && rng.chance(1, in: 2))
+            }
+        case .send:
+            if case .resetAfterSends(let count)? = behavior(op), record.sendCompletions >= count {
+                io.deliver(op, result: rng.chance(1, in: 2) ? -ECONNRESET : -EPIPE)
+                return
+            }
+            let count = partialSends && rng.chance(1, in: 2) ? Int.random(in: 1...op.length, using: &rng) : op.length
+            io.deliver(op, result: Int32(count))
+        case .drain:
+            switch behavior(op) {
+            case .drainReset?:
+                io.deliver(op, result: -ECONNRESET)
+            case .earlyEOF? where !record.earlyEOFDelivered:
+                io.markEarlyEOF(op.fd)
+                io.deliver(op, result: 0)
+            case .chatty? where record.drainCompletions < 3 && !record.shutdownCompleted:
+                io.deliver(op, result: Int32.random(in: 1...65536, using: &rng))
+            default:
+                io.deliver(op, result: 0)
+            }
+        case .shutdown:
+            io.deliver(op, result: 0)
+        default:
+            io.deliver(op, result: 0)
+        }
+    }
+}
+
+extension FakeSessionIO {
+    fileprivate func markEarlyEOF(_ fd: Int32) { fds[fd]!.earlyEOFDelivered = true }
+
+    /// Takes `slot` out of the free list, as the kernel does when it picks it for a recv.
+    func takeFreeSlotForTest(_ slot: UInt32) { freeSlots.removeAll { $0 == slot } }
+
+    /// Delivers the completions of the cancels themselves (the session ignores them).
+    func completeCancelledCancels() {
+        while !pendingCancels.isEmpty {
+            let cancel = pendingCancels.removeFirst()
+            dispatch(tag: cancel.tag, result: 0, selectedBuffer: nil)
+        }
+    }
+}

@@ -1,0 +1,368 @@
+import Glibc
+import Testing
+@testable import Ring
+
+// Tests against the real kernel. They need io_uring (enabled on the test
+// hosts); where a sysctl or seccomp profile forbids it they are skipped, not passed.
+@Suite("RingTests.IOUring", .enabled(if: IOUringProbe.available, "io_uring is not available here"))
+struct IOUringTests {
+    @Test("a ring is set up in the best mode this kernel takes, or the one asked for")
+    func setupModes() throws {
+        let ring = try Ring(entries: 64, completionEntries: 256)
+        #expect(ring.submissionEntries >= 64)
+        #expect(ring.completionEntriesGranted >= 256)
+        #expect([Ring.SetupMode.deferTaskrun, .coopTaskrun, .plain].contains(ring.setupMode))
+        let plain = try Ring(entries: 8, completionEntries: 16, preferred: .plain)
+        #expect(plain.setupMode == .plain)
+        let coop = try Ring(entries: 8, completionEntries: 16, preferred: .coopTaskrun)
+        #expect(coop.setupMode == .coopTaskrun || coop.setupMode == .plain)
+    }
+
+    @Test("nops come back with their tags, reaped in batches of reapBatchMax")
+    func nopTags() throws {
+        let ring = try Ring(entries: 32, completionEntries: 64, reapBatchMax: 4)
+        var rng = SplitMix64(seed: 5)
+        let tags = (0..<10).map { _ in CompletionTag(rawValue: rng.next()) }
+        for tag in tags { ring.prepareNop(tag: tag) }
+        try ring.submitAndWait(count: 10)
+        var batches: [Int] = []
+        var seen: [CompletionTag] = []
+        while true {
+            let count = ring.reap()
+            if count == 0 { break }
+            batches.append(count)
+            for index in 0..<count {
+                let completion = ring.completion(at: index)
+                #expect(completion.result == 0)
+                seen.append(completion.tag)
+            }
+        }
+        #expect(batches == [4, 4, 2])
+        #expect(seen == tags, "nops complete in order, each with its own tag")
+    }
+
+    @Test("preparing more SQEs than the SQ holds flushes instead of failing")
+    func fullSubmissionQueue() throws {
+        let ring = try Ring(entries: 4, completionEntries: 64)
+        #expect(ring.submissionEntries == 4)
+        for index in 0..<UInt64(25) { ring.prepareNop(tag: CompletionTag(rawValue: 1_000 + index)) }
+        let completions = try reap(ring, count: 25)
+        #expect(completions.map(\.tag.rawValue).sorted() == (0..<UInt64(25)).map { 1_000 + $0 })
+    }
+
+    @Test("submitAndWait with a timeout returns without completions when nothing happens")
+    func waitTimesOut() throws {
+        let ring = try Ring(entries: 8, completionEntries: 16)
+        let started = monotonicMs()
+        try ring.submitAndWait(count: 1, timeoutNanoseconds: 30_000_000)
+        let elapsed = monotonicMs() - started
+        #expect(ring.reap() == 0)
+        #expect(elapsed >= 20 && elapsed < 1_000, "waited \(elapsed) ms")
+    }
+
+    @Test("send and recv through the ring on a socket pair, into plain buffers")
+    func sendRecv() throws {
+        let (a, b) = try unixStreamPair()
+        defer { close(a); close(b) }
+        let ring = try Ring(entries: 8, completionEntries: 16)
+        let message = Array("through the ring".utf8)
+        let inbox = UnsafeMutableRawPointer.allocate(byteCount: 256, alignment: 8)
+        defer { inbox.deallocate() }
+        let sendTag = CompletionTag(kind: 4, endpoint: 1, generation: 9, slot: 3)
+        let recvTag = CompletionTag(kind: 2, endpoint: 0, generation: 9, slot: 3)
+        ring.prepareRecv(fd: b, into: inbox, length: 256, tag: recvTag)
+        message.withUnsafeBytes { ring.prepareSend(fd: a, from: $0.baseAddress!, length: $0.count, tag: sendTag) }
+        let completions = try reap(ring, count: 2)
+        let send = try #require(completions.first { $0.tag == sendTag })
+        let recv = try #require(completions.first { $0.tag == recvTag })
+        #expect(send.result == Int32(message.count))
+        #expect(recv.result == Int32(message.count))
+        #expect(recv.selectedBuffer == nil)
+        #expect(Array(UnsafeRawBufferPointer(start: inbox, count: Int(recv.result))) == message)
+    }
+
+    @Test("a buffer-select recv picks a provided slot that holds the bytes; a slot is lent again after provide")
+    func providedBuffers() throws {
+        let (a, b) = try unixStreamPair()
+        defer { close(a); close(b) }
+        let ring = try Ring(entries: 8, completionEntries: 16)
+        let pool = try BufferPool(slotSize: 4_096, slotCount: 4)
+        let provided = try ProvidedBuffers(ring: ring, pool: pool, group: 3)
+        #expect(provided.lent == 4 && provided.group == 3 && provided.entries == 4)
+        var slots: Set<UInt32> = []
+        for round in 0..<6 {
+            let message = Array("round \(round) of the provided buffers".utf8)
+            writeAll(a, message)
+            let tag = CompletionTag(kind: 2, endpoint: 0, generation: 1, slot: UInt32(round))
+            ring.prepareRecv(fd: b, group: 3, length: pool.slotSize, tag: tag)
+            let completion = try #require(try reap(ring, count: 1).first)
+            #expect(completion.tag == tag)
+            #expect(completion.result == Int32(message.count))
+            let slot = try #require(completion.selectedBuffer)
+            #expect(slot < 4)
+            slots.insert(slot)
+            provided.taken(slot)
+            #expect(provided.lent == 3)
+            #expect(Array(UnsafeRawBufferPointer(start: pool.pointer(slot), count: message.count)) == message)
+            provided.provide(slot)
+            provided.commit()
+            #expect(provided.lent == 4)
+        }
+        #expect(!slots.isEmpty)
+    }
+
+    @Test("when every slot is taken a buffer-select recv gets -ENOBUFS; the bytes wait for a slot")
+    func providedBuffersRunDry() throws {
+        let (a, b) = try unixStreamPair()
+        defer { close(a); close(b) }
+        let ring = try Ring(entries: 8, completionEntries: 16)
+        let pool = try BufferPool(slotSize: 4_096, slotCount: 2)
+        let provided = try ProvidedBuffers(ring: ring, pool: pool, group: 0)
+        var taken: [UInt32] = []
+        for round in 0..<2 {
+            writeAll(a, [UInt8(round)])
+            ring.prepareRecv(fd: b, group: 0, length: pool.slotSize, tag: CompletionTag(rawValue: UInt64(round)))
+            let completion = try #require(try reap(ring, count: 1).first)
+            #expect(completion.result == 1)
+            let slot = try #require(completion.selectedBuffer)
+            provided.taken(slot)
+            taken.append(slot)
+        }
+        #expect(Set(taken) == [0, 1])
+        #expect(provided.lent == 0)
+        let last = Array("waiting for a slot".utf8)
+        writeAll(a, last)
+        ring.prepareRecv(fd: b, group: 0, length: pool.slotSize, tag: CompletionTag(rawValue: 7))
+        let dry = try #require(try reap(ring, count: 1).first)
+        #expect(dry.tag.rawValue == 7)
+        #expect(dry.result == -ENOBUFS)
+        #expect(dry.selectedBuffer == nil)
+        provided.provide(taken[1])
+        provided.commit()
+        ring.prepareRecv(fd: b, group: 0, length: pool.slotSize, tag: CompletionTag(rawValue: 8))
+        let again = try #require(try reap(ring, count: 1).first)
+        #expect(again.result == Int32(last.count))
+        #expect(again.selectedBuffer == taken[1])
+        #expect(Array(UnsafeRawBufferPointer(start: pool.pointer(taken[1]), count: last.count)) == last)
+    }
+
+    @Test("registerBuffers pins the pool (as root); a zero-copy send from a slot completes twice",
+          .enabled(if: getuid() == 0, "registering 512 KiB needs CAP_IPC_LOCK or a larger RLIMIT_MEMLOCK"))
+    func registeredBuffersAndZeroCopy() throws {
+        let ring = try Ring(entries: 8, completionEntries: 16)
+        let pool = try BufferPool(slotSize: 64 * 1_024, slotCount: 8)
+        try ring.registerBuffers(pool)
+        let (client, server) = try tcpPair()
+        defer { close(client); close(server) }
+        let message = Array("zero copy from slot 5".utf8)
+        message.withUnsafeBytes { pool.pointer(5).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        let tag = CompletionTag(kind: 4, endpoint: 1, generation: 2, slot: 5)
+        ring.prepareSendZeroCopy(fd: client, from: pool.pointer(5), length: message.count, bufferIndex: 5, tag: tag)
+        let completions = try reap(ring, count: 2)
+        #expect(completions.count == 2)
+        #expect(completions.allSatisfy { $0.tag == tag })
+        let send = try #require(completions.first { !$0.isNotification })
+        #expect(send.result == Int32(message.count))
+        #expect(send.hasMore, "a notification follows")
+        #expect(completions.contains { $0.isNotification && !$0.hasMore })
+        #expect(readSome(server, count: 256) == message)
+    }
+
+    @Test("cancel by fd and by tag end recvs in flight with -ECANCELED")
+    func cancel() throws {
+        let (a, b) = try unixStreamPair()
+        defer { close(a); close(b) }
+        let ring = try Ring(entries: 8, completionEntries: 16)
+        let inbox = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
+        defer { inbox.deallocate() }
+        let recvTag = CompletionTag(rawValue: 11)
+        let cancelTag = CompletionTag(rawValue: 12)
+        ring.prepareRecv(fd: b, into: inbox, length: 64, tag: recvTag)
+        ring.submit()
+        ring.prepareCancel(fd: b, tag: cancelTag)
+        let byFD = try reap(ring, count: 2)
+        #expect(byFD.first { $0.tag == recvTag }?.result == -ECANCELED)
+        #expect(byFD.first { $0.tag == cancelTag }?.result == 1, "one operation was cancelled")
+
+        let second = CompletionTag(rawValue: 21)
+        ring.prepareRecv(fd: a, into: inbox, length: 64, tag: second)
+        ring.submit()
+        ring.prepareCancel(target: second, tag: CompletionTag(rawValue: 22))
+        let byTag = try reap(ring, count: 2)
+        #expect(byTag.first { $0.tag == second }?.result == -ECANCELED)
+        #expect(byTag.first { $0.tag.rawValue == 22 }?.result == 0)
+    }
+
+    @Test("shutdown through the ring makes the peer read EOF; close through the ring posts no completion")
+    func shutdownAndClose() throws {
+        let ring = try Ring(entries: 8, completionEntries: 16)
+        let (a, b) = try unixStreamPair()
+        defer { close(a); close(b) }
+        ring.prepareShutdown(fd: a, how: Int32(SHUT_WR), tag: CompletionTag(rawValue: 31))
+        let shutdown = try #require(try reap(ring, count: 1).first)
+        #expect(shutdown.tag.rawValue == 31 && shutdown.result == 0)
+        var byte: UInt8 = 0
+        #expect(read(b, &byte, 1) == 0, "EOF after the peer's shutdown")
+        writeAll(b, [42])
+        #expect(read(a, &byte, 1) == 1 && byte == 42, "the other direction still works")
+
+        // Closing through the ring: seen from the peer, which reads EOF. (Tests run
+        // in parallel, so the fd number itself may be reused at once: never probe it.)
+        let (c, d) = try unixStreamPair()
+        defer { close(d) }
+        ring.prepareClose(fd: c, tag: CompletionTag(rawValue: 32))
+        try ring.submitAndWait(count: 1, timeoutNanoseconds: 30_000_000)
+        #expect(ring.reap() == 0, "a successful close is skipped")
+        #expect(readSome(d, count: 8).isEmpty)
+        #expect(read(d, &byte, 1) == 0, "the peer of a closed socket reads EOF")
+        // A failing close does post a completion (a number no process can have open).
+        ring.prepareClose(fd: 0x7FFF_FFF0, tag: CompletionTag(rawValue: 33))
+        let failed = try #require(try reap(ring, count: 1).first)
+        #expect(failed.tag.rawValue == 33 && failed.result == -EBADF)
+    }
+
+    @Test("connect with a linked timeout: success cancels the timeout, a refusal is reported")
+    func connectOutcomes() throws {
+        let ring = try Ring(entries: 8, completionEntries: 16)
+        let timeout = RingTimeout(milliseconds: 2_000)
+        let listener = try loopbackListener()
+        defer { close(listener.fd) }
+        let fd = try tcpSocket()
+        defer { close(fd) }
+        var address = loopbackAddress(port: listener.port)
+        withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                ring.prepareConnect(fd: fd, address: $0, length: socklen_t(MemoryLayout<sockaddr_in>.size),
+                                    tag: CompletionTag(rawValue: 41), timeout: timeout,
+                                    timeoutTag: CompletionTag(rawValue: 42))
+            }
+            ring.submit()
+        }
+        let connected = try reap(ring, count: 2)
+        #expect(connected.first { $0.tag.rawValue == 41 }?.result == 0)
+        #expect(connected.first { $0.tag.rawValue == 42 }?.result == -ECANCELED)
+
+        // A port nobody listens on: bind one, read its number, close it.
+        let unused = try loopbackListener()
+        close(unused.fd)
+        let refusedFD = try tcpSocket()
+        defer { close(refusedFD) }
+        var refusedAddress = loopbackAddress(port: unused.port)
+        withUnsafePointer(to: &refusedAddress) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                ring.prepareConnect(fd: refusedFD, address: $0, length: socklen_t(MemoryLayout<sockaddr_in>.size),
+                                    tag: CompletionTag(rawValue: 43), timeout: nil,
+                                    timeoutTag: CompletionTag(rawValue: 44))
+            }
+            ring.submit()
+        }
+        let refused = try reap(ring, count: 1)
+        #expect(refused.map(\.tag.rawValue) == [43])
+        #expect(refused.first?.result == -ECONNREFUSED)
+    }
+
+    @Test("a connect that gets no answer is cancelled by its linked timeout")
+    func connectTimesOut() throws {
+        // A listener with a full accept queue drops SYNs: the connect hangs.
+        let listener = try loopbackListener(backlog: 0)
+        defer { close(listener.fd) }
+        let filler = try tcpSocket(nonBlocking: true)
+        defer { close(filler) }
+        plainConnect(filler, port: listener.port)
+        var poller = pollfd(fd: filler, events: Int16(POLLOUT), revents: 0)
+        #expect(poll(&poller, 1, 1_000) == 1, "the first connection fills the queue")
+
+        let ring = try Ring(entries: 8, completionEntries: 16)
+        let timeout = RingTimeout(milliseconds: 50)
+        let fd = try tcpSocket()
+        defer { close(fd) }
+        var address = loopbackAddress(port: listener.port)
+        let started = monotonicMs()
+        withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                ring.prepareConnect(fd: fd, address: $0, length: socklen_t(MemoryLayout<sockaddr_in>.size),
+                                    tag: CompletionTag(rawValue: 51), timeout: timeout,
+                                    timeoutTag: CompletionTag(rawValue: 52))
+            }
+            ring.submit()
+        }
+        let completions = try reap(ring, count: 2)
+        let elapsed = monotonicMs() - started
+        #expect(completions.first { $0.tag.rawValue == 51 }?.result == -ECANCELED)
+        #expect(completions.first { $0.tag.rawValue == 52 }?.result == -ETIME)
+        #expect(elapsed >= 40 && elapsed < 1_500, "took \(elapsed) ms")
+    }
+
+    /// The worker's main and mirror sockets are non-blocking (`Sockets.openStream`)
+    /// and the session treats any negative result as fatal: the ring must wait
+    /// for data and for the handshake, never surface -EAGAIN or -EINPROGRESS.
+    @Test("on non-blocking sockets a recv waits for data and a connect completes with 0")
+    func nonBlockingSockets() throws {
+        let ring = try Ring(entries: 8, completionEntries: 16)
+        var fds: [Int32] = [-1, -1]
+        let flags = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        #expect(socketpair(AF_UNIX, flags, 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        let inbox = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
+        defer { inbox.deallocate() }
+        ring.prepareRecv(fd: fds[0], into: inbox, length: 64, tag: CompletionTag(rawValue: 71))
+        try ring.submitAndWait(count: 1, timeoutNanoseconds: 30_000_000)
+        #expect(ring.reap() == 0, "no data yet: the recv waits instead of failing with -EAGAIN")
+        writeAll(fds[1], [1, 2, 3])
+        let received = try #require(try reap(ring, count: 1).first)
+        #expect(received.tag.rawValue == 71 && received.result == 3)
+
+        let listener = try loopbackListener()
+        defer { close(listener.fd) }
+        let fd = try tcpSocket(nonBlocking: true)
+        defer { close(fd) }
+        var address = loopbackAddress(port: listener.port)
+        withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                ring.prepareConnect(fd: fd, address: $0, length: socklen_t(MemoryLayout<sockaddr_in>.size),
+                                    tag: CompletionTag(rawValue: 72), timeout: nil,
+                                    timeoutTag: CompletionTag(rawValue: 73))
+            }
+            ring.submit()
+        }
+        let connected = try reap(ring, count: 1)
+        #expect(connected.map(\.tag.rawValue) == [72])
+        #expect(connected.first?.result == 0)
+    }
+
+    @Test("multishot accept: one SQE, a completion per connection while hasMore")
+    func multishotAccept() throws {
+        let listener = try loopbackListener()
+        defer { close(listener.fd) }
+        let ring = try Ring(entries: 8, completionEntries: 16)
+        let acceptTag = CompletionTag(kind: 1, endpoint: 0, generation: 0, slot: 0)
+        ring.prepareAcceptMultishot(fd: listener.fd, tag: acceptTag)
+        ring.submit()
+        let clients = try (0..<3).map { _ in try tcpSocket() }
+        defer { clients.forEach { close($0) } }
+        for client in clients { #expect(plainConnect(client, port: listener.port) == 0) }
+        let accepted = try reap(ring, count: 3)
+        defer { accepted.filter { $0.result >= 0 }.forEach { close($0.result) } }
+        #expect(accepted.count == 3)
+        #expect(accepted.allSatisfy { $0.tag == acceptTag && $0.result >= 0 && $0.hasMore })
+        #expect(Set(accepted.map(\.result)).count == 3)
+        ring.prepareCancel(target: acceptTag, tag: CompletionTag(rawValue: 61))
+        let ended = try reap(ring, count: 2)
+        #expect(ended.contains { $0.tag == acceptTag && $0.result == -ECANCELED && !$0.hasMore })
+    }
+}
+
+@Suite("RingTests.RegisteredBufferLimit", .enabled(if: IOUringProbe.available, "io_uring is not available here"))
+struct RegisteredBufferLimitTests {
+    /// The kernel's IORING_MAX_REG_BUFFERS (1 << 14): a pool of more slots
+    /// cannot be registered (see ParserTests' pool-slots test). The check
+    /// happens before any page is pinned, so this costs no locked memory.
+    @Test("registerBuffers of more than 16384 slots fails with EINVAL, as a RingError")
+    func tooManySlots() throws {
+        let ring = try Ring(entries: 8, completionEntries: 16)
+        let pool = try BufferPool(slotSize: 4_096, slotCount: 16_385)
+        let error = #expect(throws: RingError.self) { try ring.registerBuffers(pool) }
+        #expect(error?.errno == EINVAL)
+        #expect(error?.description.contains("io_uring_register_buffers") == true)
+    }
+}
