@@ -26,6 +26,8 @@ let package = Package(
             pkgConfig: "liburing",
             providers: [.apt(["liburing-dev"])]
         ),
+        // epoll, eventfd and accept4 for the load tools (not in Swift's Glibc module).
+        .systemLibrary(name: "CLinuxSystem"),
         .target(name: "Ring", dependencies: ["CLiburing"]),
         .target(
             name: "Duplicator",
@@ -37,6 +39,7 @@ let package = Package(
         .target(
             name: "LoadTools",
             dependencies: [
+                "CLinuxSystem",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),

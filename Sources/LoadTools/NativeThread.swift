@@ -1,3 +1,4 @@
+import CLinuxSystem
 import Glibc
 
 /// A joinable POSIX thread that runs one closure.
@@ -32,9 +33,7 @@ struct NativeThread: Sendable {
             Unmanaged<Body>.fromOpaque(context).release()
             throw SystemCallError(operation: "pthread_create \(name)", errorNumber: result)
         }
-        if let setName = LinuxCalls.shared?.threadSetName {
-            _ = String(name.utf8.prefix(15))?.withCString { setName(handle, $0) }
-        }
+        _ = String(name.utf8.prefix(15))?.withCString { pthread_setname_np(handle, $0) }
         return NativeThread(handle: handle)
     }
 

@@ -1,3 +1,4 @@
+import CLinuxSystem
 import Glibc
 import Synchronization
 
@@ -19,7 +20,6 @@ final class TestServerLoop {
     private let mode: TestServerMode
     private let shared: TestServerShared
     private let computesDigests: Bool
-    private let calls: LinuxCalls
     private let poller: EpollPoller
     private let listenerFd: Int32
     private let blackholeFillerFds: [Int32]
@@ -41,7 +41,6 @@ final class TestServerLoop {
             if mode == .blackhole {
                 fillers = try BlackholeQueueFiller.fill(listenerFd: listenerFd, connectingTo: boundAddress.replacingWildcardWithLoopback)
             }
-            calls = try LinuxCalls.required()
             poller = try EpollPoller()
             wakeup = try WakeupEvent()
         } catch {
@@ -87,7 +86,7 @@ final class TestServerLoop {
 
     private func acceptConnections() {
         for _ in 0..<Self.acceptsPerEventMax {
-            let fd = calls.accept4(listenerFd, nil, nil, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
+            let fd = accept4(listenerFd, nil, nil, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
             if fd >= 0 {
                 adopt(fd)
                 continue

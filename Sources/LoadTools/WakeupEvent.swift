@@ -1,3 +1,4 @@
+import CLinuxSystem
 import Glibc
 
 /// An eventfd that another thread signals to wake an epoll loop (to stop it).
@@ -5,8 +6,7 @@ struct WakeupEvent: Sendable {
     let fd: Int32
 
     init() throws(SystemCallError) {
-        let calls = try LinuxCalls.required()
-        fd = calls.eventFD(0, O_NONBLOCK | O_CLOEXEC)
+        fd = shim_eventfd()
         guard fd >= 0 else { throw .lastError("eventfd") }
     }
 

@@ -1,0 +1,46 @@
+// Linux calls that Swift's Glibc module leaves out (<sys/epoll.h>,
+// <sys/eventfd.h>) or hides behind _GNU_SOURCE (accept4,
+// pthread_setname_np), for LoadTools' epoll loops. struct epoll_event is
+// packed on x86_64, so events cross into Swift through a plain struct.
+#ifndef SWIFT_DUPLICATOR_CLINUXSYSTEM_SHIM_H
+#define SWIFT_DUPLICATOR_CLINUXSYSTEM_SHIM_H
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+
+extern int accept4(int fd, struct sockaddr *address, socklen_t *length, int flags);
+extern int pthread_setname_np(pthread_t thread, const char *name);
+
+typedef struct {
+    uint32_t events;
+    uint64_t token;
+} shim_epoll_ready;
+
+static inline int shim_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+
+static inline int shim_epoll_control(int epoll, int operation, int fd, uint32_t events, uint64_t token) {
+    struct epoll_event event;
+    event.events = events;
+    event.data.u64 = token;
+    return epoll_ctl(epoll, operation, fd, &event);
+}
+
+/// epoll_wait into `ready` (at most 256 at a time; the loops are level-triggered).
+static inline int shim_epoll_wait(int epoll, shim_epoll_ready *ready, int capacity, int timeout_ms) {
+    struct epoll_event events[256];
+    if (capacity > 256) capacity = 256;
+    int count = epoll_wait(epoll, events, capacity, timeout_ms);
+    for (int index = 0; index < count; index++) {
+        ready[index].events = events[index].events;
+        ready[index].token = events[index].data.u64;
+    }
+    return count;
+}
+
+static inline int shim_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
+
+#endif
