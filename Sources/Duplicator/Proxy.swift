@@ -19,13 +19,15 @@ public struct ProxyError: Error, CustomStringConvertible, Sendable {
             return ProxyError("io_uring is forbidden here (\(error)): check sysctl kernel.io_uring_disabled, "
                 + "or the container's seccomp profile (Docker: --security-opt seccomp=<profile allowing io_uring_*>)")
         case ENOMEM:
-            let needed = config.poolSlots * config.slotSize
+            // The rings (64-byte SQEs, 16-byte CQEs) and the registered pool are locked memory.
+            let ringBytes = config.ringEntries * 64 + max(16384, config.ringEntries * 4) * 16
+            let needed = ringBytes + config.poolSlots * config.slotSize
             var limit = rlimit()
             getrlimit(__rlimit_resource_t(8) /* RLIMIT_MEMLOCK */, &limit)
             let limitText = limit.rlim_cur == ~0 ? "unlimited" : "\(limit.rlim_cur) bytes"
-            return ProxyError("not enough locked memory: \(error.operation) needs \(needed) bytes of buffers "
-                + "per worker, RLIMIT_MEMLOCK is \(limitText); raise it (ulimit -l, LimitMEMLOCK= in systemd) "
-                + "or lower --pool-slots / --slot-size")
+            return ProxyError("not enough locked memory (\(error.operation) failed): each worker needs about \(needed) bytes "
+                + "(its rings and a \(config.poolSlots * config.slotSize)-byte buffer pool), RLIMIT_MEMLOCK is \(limitText); "
+                + "raise it (ulimit -l, LimitMEMLOCK= in systemd) or lower --pool-slots / --slot-size")
         default:
             return ProxyError("cannot start a worker: \(error)")
         }

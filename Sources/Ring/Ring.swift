@@ -99,7 +99,7 @@ public final class Ring {
             io_uring_register_buffers(&ring, $0.baseAddress, UInt32($0.count))
         }
         guard result == 0 else {
-            throw RingError("io_uring_register_buffers of \(pool.byteCount) bytes", errno: -result)
+            throw RingError("io_uring_register_buffers", errno: -result)
         }
         registeredBufferCount = pool.slotCount
     }

@@ -117,8 +117,8 @@ struct CLITests {
         let forbidden = ProxyError.setup(RingError("io_uring_setup", errno: EPERM), config: config)
         #expect(forbidden.message.contains("kernel.io_uring_disabled"))
         #expect(forbidden.message.contains("seccomp"))
-        let memory = ProxyError.setup(RingError("io_uring_register_buffers of 16777216 bytes", errno: ENOMEM), config: config)
-        #expect(memory.message.contains("16777216 bytes"))
+        let memory = ProxyError.setup(RingError("io_uring_register_buffers", errno: ENOMEM), config: config)
+        #expect(memory.message.contains("16777216-byte buffer pool"))
         #expect(memory.message.contains("RLIMIT_MEMLOCK"))
     }
 }
@@ -144,7 +144,7 @@ struct CLIPrivilegedTests {
         #expect(result.status != 0)
         #expect(result.errorLines.count == 1, "stderr: \(result.standardError)")
         #expect(result.standardError.contains("not enough locked memory"), "stderr: \(result.standardError)")
-        #expect(result.standardError.contains("\(256 * 16384) bytes"), "stderr: \(result.standardError)")
+        #expect(result.standardError.contains("\(256 * 16384)-byte buffer pool"), "stderr: \(result.standardError)")
     }
 
     @Test("kernel.io_uring_disabled gives a clear line", .enabled(if: isRoot && FileManager.default.isWritableFile(atPath: "/proc/sys/kernel/io_uring_disabled")))
