@@ -161,3 +161,37 @@ struct CLIPrivilegedTests {
         #expect(result.standardError.contains("io_uring is forbidden"), "stderr: \(result.standardError)")
     }
 }
+
+/// Fuzzing the command line: random flag and value sequences (seeded) never
+/// trap. Every run has `--check`, so a valid one exits at once; addresses are
+/// loopback or malformed, so nothing is resolved beyond this host.
+@Suite("CLI: random command lines", .timeLimit(.minutes(2)))
+struct CLIFuzzTests {
+    static let flags = ["-l", "-f", "-m", "-t", "--listen", "--forward", "--mirror", "--timeout", "--backlog",
+                        "--backlog-chunks", "--slot-size", "--pool-slots", "--threads", "--max-sessions",
+                        "--mirror-linger", "--drain-timeout", "--main-connect-timeout", "--stats-interval",
+                        "--metrics", "--log-level", "--check", "-h", "--bogus", "-", "--", "demo"]
+    static let values = ["127.0.0.1:0", "[::1]:0", "127.0.0.1:9", ":9", ":0", "[::1", "1.2.3.4.5:6", "host", "::1:80",
+                         "127.0.0.1:65536", "127.0.0.1:-1", "", " ", "500ms", "2s", "0", "-1", "1m30s", "1.5.5s", "5",
+                         "99999999999999999999", "4MiB", "16k", "12q", "1024", "4096", "3", "debug", "LOUD",
+                         "127.0.0.1:9,127.0.0.1:10", ",", "\u{1F600}", "%n%n%n", String(repeating: "9", count: 300)]
+
+    @Test("random command lines exit cleanly with at most one error line", arguments: 0..<4)
+    func randomCommandLines(shard: Int) throws {
+        let binary = try builtBinary("duplicator")
+        var generator = PayloadGenerator(seed: UInt64(4242 + shard))
+        for _ in 0..<15 {
+            var arguments: [String] = []
+            for _ in 0..<Int.random(in: 0...8, using: &generator) {
+                arguments.append(Self.flags.randomElement(using: &generator)!)
+                if Bool.random(using: &generator) { arguments.append(Self.values.randomElement(using: &generator)!) }
+            }
+            if !arguments.contains("-h") { arguments.append("--check") }
+            let result = try runProgram(binary, arguments, timeoutSeconds: 10)
+            let description = "duplicator \(arguments): status \(result.status), stderr \(result.standardError)"
+            #expect([0, 1, 64].contains(result.status), "\(description)")
+            #expect(result.errorLines.count <= 1, "\(description)")
+            #expect(!result.standardError.contains("Fatal error") && !result.standardError.contains("Backtrac"), "\(description)")
+        }
+    }
+}
