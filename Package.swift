@@ -46,6 +46,7 @@ let package = Package(
         .executableTarget(
             name: "duplicator",
             dependencies: [
+                "CLinuxSystem",
                 "Duplicator",
                 "LoadTools",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

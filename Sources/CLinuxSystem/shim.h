@@ -1,13 +1,16 @@
 // Linux calls that Swift's Glibc module leaves out (<sys/epoll.h>,
 // <sys/eventfd.h>) or hides behind _GNU_SOURCE (accept4,
-// pthread_setname_np), for LoadTools' epoll loops. struct epoll_event is
+// pthread_setname_np, sched_getaffinity), for LoadTools' epoll loops and
+// the CLI's default thread count. struct epoll_event is
 // packed on x86_64, so events cross into Swift through a plain struct.
 #ifndef SWIFT_DUPLICATOR_CLINUXSYSTEM_SHIM_H
 #define SWIFT_DUPLICATOR_CLINUXSYSTEM_SHIM_H
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -37,6 +40,19 @@ static inline int shim_epoll_wait(int epoll, shim_epoll_ready *ready, int capaci
     for (int index = 0; index < count; index++) {
         ready[index].events = events[index].events;
         ready[index].token = events[index].data.u64;
+    }
+    return count;
+}
+
+/// CPUs this process may run on (its affinity mask), or 0 if unknown.
+extern int sched_getaffinity(pid_t pid, size_t size, cpu_set_t *mask);
+static inline int shim_cpus_allowed(void) {
+    cpu_set_t set;
+    memset(&set, 0, sizeof(set));
+    if (sched_getaffinity(0, sizeof(set), &set) != 0) return 0;
+    int count = 0;
+    for (size_t word = 0; word < sizeof(set.__bits) / sizeof(set.__bits[0]); word++) {
+        count += __builtin_popcountl(set.__bits[word]);
     }
     return count;
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CLinuxSystem
 import Duplicator
 import Glibc
 import Logging
@@ -50,8 +51,8 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("max-sessions"), help: "Concurrent client sessions per thread; more are closed at once.")
     var maxSessions: Int = 16384
 
-    @Option(name: .customLong("threads"), help: "Worker threads, each with its own ring and SO_REUSEPORT listener.")
-    var threads: Int = 1
+    @Option(name: .customLong("threads"), help: "Worker threads, each with its own ring and SO_REUSEPORT listener (default: the CPUs this process may run on).")
+    var threads: Int?
 
     @Option(name: .customLong("mirror-linger"), help: "How long mirrors may flush after their client's session ended.")
     var mirrorLinger: String = "2s"
@@ -88,7 +89,7 @@ struct RunCommand: ParsableCommand {
         config.slotSize = try SizeParser.bytes(slotSize)
         config.poolSlots = poolSlots
         config.sessionsMax = maxSessions
-        config.threads = threads
+        config.threads = threads ?? max(1, Int(shim_cpus_allowed()))
         config.mirrorLingerMs = try DurationParser.milliseconds(mirrorLinger)
         config.drainTimeoutMs = try DurationParser.milliseconds(drainTimeout)
         try config.validate()
