@@ -24,6 +24,12 @@ public struct Config: Sendable {
     public var drainTimeoutMs = 5_000
     public var ringEntries = 1024
     public var listenBacklog = 4096
+    /// Tuning (measured in BENCHMARKS.md): the ring setup to try first.
+    public var ringMode = RingMode.deferTaskrun
+    /// Tuning: wait for this many completions per wakeup, but no longer than
+    /// `waitBatchTimeoutUs` before settling for one. 1: wake on every completion.
+    public var waitBatch = 1
+    public var waitBatchTimeoutUs = 50
     public var mirrorFailuresBeforeBackoff = 3
     public var mirrorBackoffInitialMs = 250
     public var mirrorBackoffMaxMs = 30_000
@@ -34,7 +40,15 @@ public struct Config: Sendable {
         self.mirrors = mirrors
     }
 
+    public enum RingMode: String, Sendable, CaseIterable {
+        case deferTaskrun = "defer", coopTaskrun = "coop", plain
+    }
+
     public func validate() throws(ConfigError) {
+        guard (1...64).contains(waitBatch) else { throw ConfigError("--wait-batch must be from 1 to 64, got \(waitBatch)") }
+        guard (1...100_000).contains(waitBatchTimeoutUs) else {
+            throw ConfigError("--wait-batch-timeout must be from 1us to 100ms")
+        }
         guard mirrors.count <= 64 else { throw ConfigError("at most 64 mirrors, got \(mirrors.count)") }
         guard (4096...(1 << 20)).contains(slotSize) else {
             throw ConfigError("--slot-size must be from 4KiB to 1MiB, got \(slotSize)")

@@ -177,6 +177,9 @@ public final class Session {
     /// `mirrorLingerMs`, then are closed.
     public func tick<IO: SessionIO>(io: IO) {
         guard isActive, isEnding, context.nowMs >= lingerDeadlineMs else { return }
+        // What is still in our backlog is lost; what the kernel already took
+        // it goes on delivering after the close (replies are drained, so the
+        // close is a FIN, not a reset).
         for leg in Self.firstMirror..<legCount where legs[leg].phase != .closed {
             cutMirror(leg, forLag: !legs[leg].queue.isEmpty, io: io)
         }
@@ -346,13 +349,24 @@ public final class Session {
             io.recycle(slot: slot)
         } else if leg == Self.main {
             // Only mirrors hold it now. If mirrors hold more than their share
-            // of the pool, this session's lagging mirrors give theirs back.
-            if !context.markMirrorOnly(slot) {
-                for mirror in Self.firstMirror..<legCount where !legs[mirror].queue.isEmpty {
-                    cutMirror(mirror, forLag: true, io: io)
-                }
+            // of the pool, this session's laggiest mirror gives its slots back.
+            if !context.markMirrorOnly(slot), let laggiest = laggiestMirror() {
+                cutMirror(laggiest, forLag: true, io: io)
             }
         }
+    }
+
+    /// The live mirror leg with the most bytes queued, if any has some.
+    private func laggiestMirror() -> Int? {
+        var laggiest: Int?
+        var most = 0
+        for leg in Self.firstMirror..<legCount where legs[leg].phase != .closed && legs[leg].phase != .closing {
+            if legs[leg].queue.bytes > most {
+                most = legs[leg].queue.bytes
+                laggiest = leg
+            }
+        }
+        return laggiest
     }
 
     /// Releases the queued chunks of a closing leg, but not one that a send

@@ -19,7 +19,8 @@ final class WorkerControl: Sendable {
 /// the counters (`WorkerStats`) and the stop request (`WorkerControl`).
 final class Worker: SessionIO {
     static let tickMs: UInt64 = 100
-    static let drainBufferBytes = 64 * 1024
+    static let drainBufferBytes = 4096
+    static let drainBytesMax = 1 << 20
     static let acceptPauseMs: UInt64 = 100
 
     let ring: Ring
@@ -61,7 +62,13 @@ final class Worker: SessionIO {
         self.control = control
         self.logger = logger
         mirrorHealthLog = MirrorHealthLog(names: config.mirrors.map(\.text))
-        ring = try Ring(entries: UInt32(config.ringEntries), completionEntries: UInt32(max(16384, config.ringEntries * 4)))
+        let preferred: Ring.SetupMode = switch config.ringMode {
+        case .deferTaskrun: .deferTaskrun
+        case .coopTaskrun: .coopTaskrun
+        case .plain: .plain
+        }
+        ring = try Ring(entries: UInt32(config.ringEntries), completionEntries: UInt32(max(16384, config.ringEntries * 4)),
+                        preferred: preferred)
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlots)
         try ring.registerBuffers(pool)
         provided = try ProvidedBuffers(ring: ring, pool: pool)
@@ -92,9 +99,8 @@ final class Worker: SessionIO {
         armAccept()
         while true {
             provided.commit()
-            try ring.submitAndWait(count: 1, timeoutNanoseconds: Int64(Self.tickMs) * 1_000_000)
+            var count = try waitForCompletions()
             context.nowMs = Self.monotonicMs()
-            var count = ring.reap()
             while count > 0 {
                 for index in 0..<count { dispatch(ring.completion(at: index)) }
                 provided.commit()
@@ -109,6 +115,19 @@ final class Worker: SessionIO {
             listenerFD = -1
         }
         ring.submit()
+    }
+
+    /// Submits and sleeps until completions are ready, then reaps a batch.
+    /// With `waitBatch` > 1 it first waits briefly for several (fewer
+    /// wakeups and context switches under load), then for one, up to the tick.
+    private func waitForCompletions() throws -> Int {
+        if config.waitBatch > 1 {
+            try ring.submitAndWait(count: UInt32(config.waitBatch), timeoutNanoseconds: Int64(config.waitBatchTimeoutUs) * 1000)
+            let count = ring.reap()
+            if count > 0 { return count }
+        }
+        try ring.submitAndWait(count: 1, timeoutNanoseconds: Int64(Self.tickMs) * 1_000_000)
+        return ring.reap()
     }
 
     @inline(__always)
@@ -250,9 +269,13 @@ final class Worker: SessionIO {
         ring.prepareRecv(fd: fd, group: provided.group, length: pool.slotSize, tag: tag)
     }
 
+    /// TCP discards received bytes for a recv with MSG_TRUNC instead of
+    /// copying them (tcp(7)), so one drain takes up to a MiB of a mirror's
+    /// replies without touching memory; the buffer is only there for the
+    /// address check and is never written.
     @inline(__always)
     func drain(fd: Int32, tag: CompletionTag) {
-        ring.prepareRecv(fd: fd, into: drainBuffer, length: Self.drainBufferBytes, tag: tag)
+        ring.prepareRecv(fd: fd, into: drainBuffer, length: Self.drainBytesMax, tag: tag, flags: Ring.messageTruncate)
     }
 
     @inline(__always)

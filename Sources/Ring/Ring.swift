@@ -22,6 +22,8 @@ public final class Ring {
     public static let completionFlagNotification = shim_IORING_CQE_F_NOTIF
     public static let completionFlagBuffer = shim_IORING_CQE_F_BUFFER
     public static let completionBufferShift = shim_IORING_CQE_BUFFER_SHIFT
+    /// recv flag: on TCP, discard the bytes instead of copying them out.
+    public static let messageTruncate = Int32(MSG_TRUNC)
     public static let sqeFlagLink = shim_IOSQE_IO_LINK
     public static let sqeFlagSkipSuccess = shim_IOSQE_CQE_SKIP_SUCCESS
 
@@ -174,9 +176,10 @@ public final class Ring {
     }
 
     @inline(__always)
-    public func prepareRecv(fd: Int32, into buffer: UnsafeMutableRawPointer, length: Int, tag: CompletionTag) {
+    public func prepareRecv(fd: Int32, into buffer: UnsafeMutableRawPointer, length: Int, tag: CompletionTag,
+                            flags: Int32 = 0) {
         let sqe = nextSQE()
-        io_uring_prep_recv(sqe, fd, buffer, length, 0)
+        io_uring_prep_recv(sqe, fd, buffer, length, flags)
         finish(sqe, tag)
     }
 

@@ -66,6 +66,15 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("metrics"), help: "Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100).")
     var metrics: String?
 
+    @Option(name: .customLong("ring-mode"), help: "Tuning: io_uring setup to try first: defer, coop or plain (falls back when refused).")
+    var ringMode: String = Config.RingMode.deferTaskrun.rawValue
+
+    @Option(name: .customLong("wait-batch"), help: "Tuning: completions to wait for per wakeup under load (1: every one).")
+    var waitBatch: Int = 1
+
+    @Option(name: .customLong("wait-batch-timeout"), help: "Tuning: the longest --wait-batch waits before taking fewer.")
+    var waitBatchTimeout: String = "50us"
+
     @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, io_uring, locked memory), then exit.")
     var check = false
 
@@ -92,6 +101,12 @@ struct RunCommand: ParsableCommand {
         config.threads = threads ?? max(1, Int(shim_cpus_allowed()))
         config.mirrorLingerMs = try DurationParser.milliseconds(mirrorLinger)
         config.drainTimeoutMs = try DurationParser.milliseconds(drainTimeout)
+        guard let mode = Config.RingMode(rawValue: ringMode) else {
+            throw ConfigError("--ring-mode '\(ringMode)': expected defer, coop or plain")
+        }
+        config.ringMode = mode
+        config.waitBatch = waitBatch
+        config.waitBatchTimeoutUs = Int((try DurationParser.nanoseconds(waitBatchTimeout) + 999) / 1000)
         try config.validate()
         return config
     }

@@ -354,6 +354,33 @@ struct SessionTests {
         io.expectQuiescent()
     }
 
+    /// Regression: past the budget, only the mirror with the deepest backlog
+    /// is cut; a healthy mirror that happens to have a send in flight is not.
+    @Test("past the mirror-only budget, only the laggiest mirror is cut")
+    func mirrorOnlySlotBudgetCutsTheLaggiest() throws {
+        let io = try FakeSessionIO(limits: testLimits(mirrors: 2, backlogChunksMax: 64), slotCount: 8)
+        try #require(io.start() != nil)
+        io.connectAll()
+        var fromClient: [UInt8] = []
+        for index in 0..<5 {
+            let bytes = TestBytes.random(100, seed: UInt64(10 + index))
+            io.completeRecv(.client, bytes)
+            fromClient += bytes
+            io.flushSends(.main)
+            // mirror1 keeps up, but always has its latest chunk in flight.
+            if index < 4 { io.flushSends(.mirror(1)) }
+        }
+        #expect(io.stats.mirrors[0].sessionsCutForLag.value == 1, "mirror0 took nothing")
+        #expect(io.stats.mirrors[1].sessionsCutForLag.value == 0, "mirror1 is only one chunk behind")
+        #expect(io.record(.mirror(1))?.cancelRequested == false)
+        io.completeCancelled()
+        io.flushSends(.mirror(1))
+        finish(io)
+        #expect(io.sent(to: .main) == fromClient)
+        #expect(io.sent(to: .mirror(1)) == fromClient)
+        io.expectQuiescent()
+    }
+
     // MARK: - Mirror failures never touch the client
 
     @Test("a refused mirror is counted and dropped; the session goes on and completes")
