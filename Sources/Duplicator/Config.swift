@@ -20,6 +20,8 @@ public struct Config: Sendable {
     public var threads = 1
     /// How long mirrors may flush after their client's session ended.
     public var mirrorLingerMs = 2_000
+    /// Put off draining mirror replies for this long after a small drain (0: drain at once).
+    public var mirrorDrainIntervalMs = 0
     /// How long a graceful stop waits for live sessions.
     public var drainTimeoutMs = 5_000
     public var ringEntries = 1024
@@ -74,6 +76,7 @@ public struct Config: Sendable {
         SessionLimits(mirrorCount: mirrors.count, mainConnectTimeoutMs: mainConnectTimeoutMs,
                       mirrorConnectTimeoutMs: mirrorConnectTimeoutMs, backlogBytesMax: backlogBytesMax,
                       backlogChunksMax: backlogChunksMax, readAheadChunks: 2, mirrorLingerMs: mirrorLingerMs,
+                      mirrorDrainIntervalMs: mirrorDrainIntervalMs,
                       mirrorFailuresBeforeBackoff: mirrorFailuresBeforeBackoff,
                       mirrorBackoffInitialMs: mirrorBackoffInitialMs, mirrorBackoffMaxMs: mirrorBackoffMaxMs)
     }

@@ -36,8 +36,13 @@ public final class Session {
         var cancelIssued = false
         /// A mirror that lost bytes of this session (cut, failed): later client bytes count as missed.
         var missing = false
+        /// A mirror whose next drain waits for `resumeDrains`.
+        var drainDeferred = false
         var queue: SendQueue
     }
+
+    /// A drain this large means a chatty mirror: drain again at once.
+    static let drainEagerBytes = 256 * 1024
 
     static let client = 0
     static let main = 1
@@ -51,6 +56,8 @@ public final class Session {
     public private(set) var endCause: EndCause?
     /// The session asked to be resumed when slots are back.
     public private(set) var waitingForBuffers = false
+    /// The session asked for `resumeDrains`.
+    private var drainsDeferred = false
     private var clientToMainDone = false
     private var mainToClientDone = false
     private var lingerDeadlineMs: UInt64 = 0
@@ -98,6 +105,7 @@ public final class Session {
         isEnding = false
         endCause = nil
         waitingForBuffers = false
+        drainsDeferred = false
         clientToMainDone = false
         mainToClientDone = false
         lingerDeadlineMs = 0
@@ -171,6 +179,16 @@ public final class Session {
         waitingForBuffers = false
         armReceive(Self.client, io: io)
         armReceive(Self.main, io: io)
+    }
+
+    /// The drain interval passed: drain the mirrors that put it off.
+    public func resumeDrains<IO: SessionIO>(io: IO) {
+        guard isActive, drainsDeferred else { return }
+        drainsDeferred = false
+        for leg in Self.firstMirror..<legCount where legs[leg].drainDeferred {
+            legs[leg].drainDeferred = false
+            armReceive(leg, io: io)
+        }
     }
 
     /// Time passed: mirrors still flushing after the session ended get
@@ -290,7 +308,18 @@ public final class Session {
     private func drained<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
         legs[leg].receiving = false
         if result > 0 {
-            armReceive(leg, io: io)
+            // A little came: let more pile up before the next drain, unless
+            // the session is ending (its mirrors' EOF should be seen soon).
+            let interval = context.limits.mirrorDrainIntervalMs
+            if interval > 0 && !isEnding && Int(result) < Self.drainEagerBytes && legs[leg].phase == .open {
+                legs[leg].drainDeferred = true
+                if !drainsDeferred {
+                    drainsDeferred = true
+                    io.deferDrain(session: index, generation: generation)
+                }
+            } else {
+                armReceive(leg, io: io)
+            }
         } else if result == 0 {
             // The mirror finished writing. Once ours is shut too, it is done;
             // before that it may still read, so keep sending.
@@ -471,6 +500,10 @@ public final class Session {
         closeLeg(Self.main, io: io)
         // Mirrors, connected or still connecting, get the rest of what they
         // are owed, then shut down; `tick` closes them after the linger time.
+        for leg in Self.firstMirror..<legCount where legs[leg].drainDeferred {
+            legs[leg].drainDeferred = false
+            armReceive(leg, io: io)
+        }
         for leg in Self.firstMirror..<legCount {
             if legs[leg].phase == .idle {
                 // Never started (main failed first): nothing to flush.

@@ -75,6 +75,9 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("wait-batch-timeout"), help: "Tuning: the longest --wait-batch waits before taking fewer.")
     var waitBatchTimeout: String = "50us"
 
+    @Option(name: .customLong("mirror-drain-interval"), help: "Tuning: after a small drain of a mirror's replies, wait this long before the next (0: drain at once).")
+    var mirrorDrainInterval: String = "0"
+
     @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, io_uring, locked memory), then exit.")
     var check = false
 
@@ -105,6 +108,7 @@ struct RunCommand: ParsableCommand {
             throw ConfigError("--ring-mode '\(ringMode)': expected defer, coop or plain")
         }
         config.ringMode = mode
+        config.mirrorDrainIntervalMs = try DurationParser.milliseconds(mirrorDrainInterval)
         config.waitBatch = waitBatch
         config.waitBatchTimeoutUs = Int((try DurationParser.nanoseconds(waitBatchTimeout) + 999) / 1000)
         try config.validate()
