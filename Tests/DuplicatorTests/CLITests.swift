@@ -179,7 +179,7 @@ struct CLIFuzzTests {
     @Test("random command lines exit cleanly with at most one error line", arguments: 0..<4)
     func randomCommandLines(shard: Int) throws {
         let binary = try builtBinary("duplicator")
-        var generator = PayloadGenerator(seed: UInt64(4242 + shard))
+        var generator = SeededGenerator(seed: UInt64(4242 + shard))
         for _ in 0..<15 {
             var arguments: [String] = []
             for _ in 0..<Int.random(in: 0...8, using: &generator) {

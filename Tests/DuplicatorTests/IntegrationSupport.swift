@@ -8,18 +8,8 @@ import LoadTools
 // Shared helpers of the integration tests: real loopback sockets, a real
 // proxy with real io_uring, and peers that misbehave on purpose.
 
-/// A deterministic byte source (SplitMix64), so a failure can be replayed.
-struct PayloadGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
+extension SeededGenerator {
+    /// `count` pseudo-random bytes: a payload a failure can replay.
     mutating func bytes(_ count: Int) -> [UInt8] {
         var result = [UInt8](repeating: 0, count: count)
         result.withUnsafeMutableBytes { raw in
@@ -103,7 +93,7 @@ final class TestConnection {
     /// peer's back-pressure cannot deadlock it.
     func exchange(_ payload: [UInt8], pieceMax: Int = 65536, seed: UInt64 = 1, shutdownAfterSending: Bool = true,
                   timeoutSeconds: Double = 30, expectBytes: Int? = nil) -> (received: [UInt8], end: StreamEnd) {
-        var generator = PayloadGenerator(seed: seed)
+        var generator = SeededGenerator(seed: seed)
         var received: [UInt8] = []
         received.reserveCapacity(expectBytes ?? payload.count)
         var offset = 0

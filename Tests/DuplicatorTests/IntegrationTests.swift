@@ -21,7 +21,7 @@ struct IntegrationTests {
 
         let sessions = 50
         let payloads = (0..<sessions).map { index -> [UInt8] in
-            var generator = PayloadGenerator(seed: UInt64(1000 * mirrorCount + index))
+            var generator = SeededGenerator(seed: UInt64(1000 * mirrorCount + index))
             // Mostly small, some several MiB: the cube skews towards small sizes.
             let fraction = Double.random(in: 0...1, using: &generator)
             return generator.bytes(Int(fraction * fraction * fraction * 5_000_000))
@@ -87,7 +87,7 @@ struct IntegrationTests {
         #expect(ping.received == Array("ping\n".utf8))
         #expect(firstReplySeconds < 0.5, "first reply took \(firstReplySeconds)s")
 
-        var generator = PayloadGenerator(seed: 7)
+        var generator = SeededGenerator(seed: 7)
         // A mirror that never reads first fills the kernel's buffers (a few
         // MiB of send queue and receive window) before our backlog grows:
         // send enough to pass both.
@@ -141,7 +141,7 @@ struct IntegrationTests {
         defer { main.stop() }
         let stalled = try startServer(.stall)
         defer { stalled.stop() }
-        var generator = PayloadGenerator(seed: 64)
+        var generator = SeededGenerator(seed: 64)
         let payload = generator.bytes(64 << 20)
 
         func timedUpload(mirrors: [UInt16]) throws -> (seconds: Double, proxy: Proxy) {
@@ -186,7 +186,7 @@ struct IntegrationTests {
             $0.mirrorLingerMs = 30_000
         }
         defer { proxy.shutdown() }
-        var generator = PayloadGenerator(seed: 6464)
+        var generator = SeededGenerator(seed: 6464)
         let payload = generator.bytes(64 << 20)
         let connection = try TestConnection(port: proxy.port)
         let (received, end) = connection.exchange(payload, timeoutSeconds: 90)
@@ -201,7 +201,7 @@ struct IntegrationTests {
     /// Promise 5: client EOF travels to main as SHUT_WR and main's reply still comes back.
     @Test("half-close: the client's EOF reaches main and main's whole reply comes back")
     func clientHalfClose() throws {
-        var generator = PayloadGenerator(seed: 5)
+        var generator = SeededGenerator(seed: 5)
         let reply = generator.bytes(3 << 20)
         // Main reads until the client's EOF (readBytes beyond what is sent), then replies and closes.
         let main = try FaultServer.start(.replyThenClose(readBytes: Int.max, reply: reply, reset: false))
@@ -220,7 +220,7 @@ struct IntegrationTests {
 
     @Test("half-close: main's EOF reaches the client after its whole reply")
     func mainHalfClose() throws {
-        var generator = PayloadGenerator(seed: 6)
+        var generator = SeededGenerator(seed: 6)
         let reply = generator.bytes(1 << 20)
         let main = try FaultServer.start(.replyThenClose(readBytes: 4, reply: reply, reset: false))
         defer { main.stop() }
@@ -284,7 +284,7 @@ struct IntegrationTests {
         defer { mirror.stop() }
         let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.boundPort])
         defer { proxy.shutdown() }
-        var generator = PayloadGenerator(seed: 9)
+        var generator = SeededGenerator(seed: 9)
         let payload = generator.bytes(1 << 20)
         let connection = try TestConnection(port: proxy.port)
         _ = connection.exchange(payload, shutdownAfterSending: false, timeoutSeconds: 0.3)

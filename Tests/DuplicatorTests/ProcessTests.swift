@@ -45,7 +45,7 @@ struct ProcessTests {
         let main = try startServer(.echo)
         defer { main.stop() }
         let proxy = try ProxyProcess(["-f", "127.0.0.1:\(main.boundPort)", "--drain-timeout", "20s"], port: freePort())
-        var generator = PayloadGenerator(seed: 11)
+        var generator = SeededGenerator(seed: 11)
         let payload = generator.bytes(8 << 20)
         let connection = try TestConnection(port: proxy.port)
         // Half of it now, the signal, then the rest.

@@ -60,7 +60,7 @@ struct ResilienceTests {
         let failures = Mutex<[String]>([])
         let port = proxy.port
         try concurrently(sessions) { index in
-            var generator = PayloadGenerator(seed: UInt64(500 + index))
+            var generator = SeededGenerator(seed: UInt64(500 + index))
             let payload = generator.bytes(512 * 1024)
             do {
                 let connection = try TestConnection(port: port)
