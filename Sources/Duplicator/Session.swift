@@ -486,6 +486,7 @@ public final class Session {
 
     private func end<IO: SessionIO>(_ cause: EndCause, io: IO) {
         isEnding = true
+        context.sessionsEnding += 1
         endCause = cause
         let stats = context.stats
         switch cause {
@@ -558,6 +559,7 @@ public final class Session {
         for leg in 0..<legCount where legs[leg].phase != .closed { return }
         isActive = false
         waitingForBuffers = false
+        context.sessionsEnding -= 1
         context.stats.sessionsActive.drop()
     }
 }

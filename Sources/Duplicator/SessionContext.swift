@@ -52,6 +52,9 @@ public final class SessionContext {
     public let stats: WorkerStats
     /// Milliseconds on a monotonic clock; the owner advances it.
     public var nowMs: UInt64 = 0
+    /// Sessions whose client side is over but whose mirrors still flush:
+    /// the only ones a tick has work for.
+    public internal(set) var sessionsEnding = 0
 
     /// Slots that main has finished with but a mirror backlog still holds.
     public private(set) var mirrorOnlySlots = 0

@@ -182,6 +182,7 @@ final class Worker: SessionIO {
             }
         }
         if !stopping && !acceptArmed && context.nowMs >= acceptPausedUntilMs { armAccept() }
+        guard context.sessionsEnding > 0 else { return }
         for session in table.sessions where session.isActive && session.isEnding {
             session.tick(io: self)
             if !session.isActive { table.free(session) }

@@ -659,6 +659,7 @@ final class FakeSessionIO: SessionIO {
         #expect(pool.inUse == 0, "slots still held: \(pool.inUse)", sourceLocation: sourceLocation)
         #expect(Set(freeSlots).count == pool.slotCount, "slots not recycled", sourceLocation: sourceLocation)
         #expect(context.mirrorOnlySlots == 0, sourceLocation: sourceLocation)
+        #expect(context.sessionsEnding == 0, "sessions counted as ending: \(context.sessionsEnding)", sourceLocation: sourceLocation)
         let badCloses = fdOrder.filter { fds[$0]!.closeCount != 1 }
         #expect(badCloses.isEmpty, "fds not closed exactly once: \(badCloses.map { ($0, fds[$0]!.closeCount) })",
                 sourceLocation: sourceLocation)

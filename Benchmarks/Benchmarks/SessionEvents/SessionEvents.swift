@@ -1,0 +1,183 @@
+import Benchmark
+import Duplicator
+import Ring
+
+// The session state machine without sockets: one `Session` driven through a
+// scripted `SessionIO` for the seed's traffic, one 1 KiB client message and
+// its 1 KiB echo per step, with M mirrors. Per client message the session
+// takes 4 + 2M completions, each looked up through `SessionTable` by its tag
+// as the worker does:
+//
+//   client recv (a slot lent by the fake) -> sends to main and each mirror
+//   main send done, each mirror send done (the last one recycles the slot)
+//   main recv (the echo, another slot) -> send to the client
+//   client send done (recycles that slot), each mirror drain done
+//
+// Each iteration runs 1,000 messages (scaling factor kilo): figures shown
+// with `*` are per client message. `mallocCountTotal` is per 1,000 messages
+// and should be 0: the completion path does not allocate.
+//
+// `Session.handle` is generic over the IO and not inlinable, so from this
+// module it runs through the protocol's witness table; inside the proxy it
+// is specialised for the worker's IO. The figures here are an upper bound.
+
+/// Stands in for the kernel: remembers the one operation of each kind asked
+/// for on each leg, and lends pool slots from a stack as a provided buffer
+/// ring would. Fixed storage; nothing is allocated after init.
+final class ScriptedIO: SessionIO {
+    let pool: BufferPool
+    let legCapacity = 8
+    /// Pending tags by leg (0: none; a real tag's kind is never 0).
+    let pendingRecv: UnsafeMutablePointer<UInt64>
+    let pendingSend: UnsafeMutablePointer<UInt64>
+    let pendingSendLength: UnsafeMutablePointer<Int32>
+    let pendingDrain: UnsafeMutablePointer<UInt64>
+    let pendingConnect: UnsafeMutablePointer<UInt64>
+    private let freeSlots: UnsafeMutablePointer<UInt32>
+    private var freeCount: Int
+    private var nextFD: Int32 = 100
+
+    init(pool: BufferPool) {
+        self.pool = pool
+        pendingRecv = .allocate(capacity: legCapacity)
+        pendingSend = .allocate(capacity: legCapacity)
+        pendingSendLength = .allocate(capacity: legCapacity)
+        pendingDrain = .allocate(capacity: legCapacity)
+        pendingConnect = .allocate(capacity: legCapacity)
+        for pointer in [pendingRecv, pendingSend, pendingDrain, pendingConnect] {
+            pointer.initialize(repeating: 0, count: legCapacity)
+        }
+        pendingSendLength.initialize(repeating: 0, count: legCapacity)
+        freeSlots = .allocate(capacity: pool.slotCount)
+        for slot in 0..<pool.slotCount { freeSlots[slot] = UInt32(pool.slotCount - 1 - slot) }
+        freeCount = pool.slotCount
+    }
+
+    deinit {
+        for pointer in [pendingRecv, pendingSend, pendingDrain, pendingConnect] { pointer.deallocate() }
+        pendingSendLength.deallocate()
+        freeSlots.deallocate()
+    }
+
+    /// A free slot, as the kernel would pick one when data arrives.
+    func lendSlot() -> UInt32 {
+        precondition(freeCount > 0, "pool dry")
+        freeCount -= 1
+        return freeSlots[freeCount]
+    }
+
+    func openSocket(target: Int) -> Int32 {
+        nextFD += 1
+        return nextFD
+    }
+
+    func connect(fd: Int32, target: Int, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {
+        pendingConnect[Int(tag.endpoint)] = tag.rawValue
+    }
+
+    func recv(fd: Int32, tag: CompletionTag) { pendingRecv[Int(tag.endpoint)] = tag.rawValue }
+
+    func drain(fd: Int32, tag: CompletionTag) { pendingDrain[Int(tag.endpoint)] = tag.rawValue }
+
+    func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag) {
+        pendingSend[Int(tag.endpoint)] = tag.rawValue
+        pendingSendLength[Int(tag.endpoint)] = Int32(length)
+    }
+
+    func shutdownWrite(fd: Int32, tag: CompletionTag) {}
+    func cancel(fd: Int32, tag: CompletionTag) {}
+    func close(fd: Int32, tag: CompletionTag) {}
+
+    func recycle(slot: UInt32) {
+        freeSlots[freeCount] = slot
+        freeCount += 1
+    }
+
+    func deferDrain(session index: UInt32, generation: UInt16) {}
+
+    func waitForBuffers(session index: UInt32) {
+        fatalError("the pool ran dry in a benchmark that never holds more than a few slots")
+    }
+}
+
+/// One session and the fake kernel under it.
+final class SessionDriver {
+    static let client = 0
+    static let main = 1
+    static let firstMirror = 2
+    let io: ScriptedIO
+    let table: SessionTable
+    let mirrors: Int
+    let messageBytes: Int32
+
+    init(mirrors: Int, messageBytes: Int32) throws {
+        self.mirrors = mirrors
+        self.messageBytes = messageBytes
+        let pool = try BufferPool(slotSize: 16 << 10, slotCount: 64)
+        let context = SessionContext(limits: SessionLimits(mirrorCount: mirrors), pool: pool,
+                                     stats: WorkerStats(mirrorCount: mirrors))
+        io = ScriptedIO(pool: pool)
+        table = try SessionTable(capacity: 4, context: context)
+        guard let session = table.take() else { fatalError("empty session table") }
+        session.start(clientFD: 50, io: io)
+        complete(io.pendingConnect, leg: Self.main, result: 0)
+        for leg in Self.firstMirror..<(Self.firstMirror + mirrors) {
+            complete(io.pendingConnect, leg: leg, result: 0)
+        }
+    }
+
+    /// Delivers the completion of the operation pending on `leg` in `pending`.
+    @inline(__always)
+    func complete(_ pending: UnsafeMutablePointer<UInt64>, leg: Int, result: Int32, slot: UInt32? = nil) {
+        let raw = pending[leg]
+        precondition(raw != 0, "no operation pending on leg \(leg)")
+        pending[leg] = 0
+        let tag = CompletionTag(rawValue: raw)
+        guard let session = table.session(for: tag), let kind = OperationKind(rawValue: tag.kind) else {
+            fatalError("stale completion")
+        }
+        session.handle(kind: kind, leg: Int(tag.endpoint), result: result, selectedBuffer: slot, io: io)
+    }
+
+    /// One client message through the proxy and its echo back.
+    @inline(__always)
+    func message() {
+        complete(io.pendingRecv, leg: Self.client, result: messageBytes, slot: io.lendSlot())
+        complete(io.pendingSend, leg: Self.main, result: io.pendingSendLength[Self.main])
+        for leg in Self.firstMirror..<(Self.firstMirror + mirrors) {
+            complete(io.pendingSend, leg: leg, result: io.pendingSendLength[leg])
+        }
+        complete(io.pendingRecv, leg: Self.main, result: messageBytes, slot: io.lendSlot())
+        complete(io.pendingSend, leg: Self.client, result: io.pendingSendLength[Self.client])
+        for leg in Self.firstMirror..<(Self.firstMirror + mirrors) {
+            complete(io.pendingDrain, leg: leg, result: messageBytes)
+        }
+    }
+}
+
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(
+        metrics: [.wallClock, .throughput, .mallocCountTotal],
+        timeUnits: .nanoseconds,
+        warmupIterations: 2,
+        scalingFactor: .kilo,
+        maxDuration: .seconds(2),
+        maxIterations: 10_000
+    )
+
+    for mirrors in [0, 1, 4] {
+        Benchmark("Session 1 KiB message+echo", configuration: .init(tags: ["mirrors": "\(mirrors)"])) { benchmark in
+            let driver: SessionDriver
+            do {
+                driver = try SessionDriver(mirrors: mirrors, messageBytes: 1024)
+            } catch {
+                fatalError("setup failed: \(error)")
+            }
+            driver.message() // warm: every queue and pending slot touched once
+            benchmark.startMeasurement()
+            for _ in benchmark.scaledIterations { driver.message() }
+            benchmark.stopMeasurement()
+            blackHole(driver)
+        }
+    }
+}
