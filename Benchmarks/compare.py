@@ -67,6 +67,9 @@ CONFIG_TITLES = {
     "socat": "socat (fork)",
 }
 
+# Tuning variants (--variant NAME='ARGS'): the duplicator with 1 mirror and extra flags.
+VARIANT_ARGS = {}
+
 PEER_PACKAGES = {"haproxy": ["haproxy"], "nginx": ["nginx", "libnginx-mod-stream"], "socat": ["socat"]}
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
@@ -247,15 +250,17 @@ def start_with_free_port(processes, name, make_argv, attempts=5):
 
 def start_proxy(kind, processes, bins, workdir, main_port, mirror_ports):
     """Starts one proxy in front of the echo server on `main_port`; returns (process, port)."""
-    if kind.startswith("dup"):
-        mirrors = int(kind[3:])
+    if kind.startswith("dup") or kind in VARIANT_ARGS:
+        mirrors = int(kind[3:]) if kind.startswith("dup") else 1
+        extra = shlex.split(VARIANT_ARGS.get(kind, ""))
 
         def argv(port):
             command = [bins["duplicator"], "run", "-l", f"{LOOPBACK}:{port}", "-f", f"{LOOPBACK}:{main_port}",
                        "--threads", "1", "--log-level", "warning"]
             for mirror_port in mirror_ports[:mirrors]:
                 command += ["-m", f"{LOOPBACK}:{mirror_port}"]
-            return command
+            # A variant's own flags come last, so they win (e.g. its own --threads).
+            return command + extra
         return start_with_free_port(processes, kind, argv)
 
     if kind == "haproxy":
@@ -548,6 +553,9 @@ def parse_arguments(argv):
     parser.add_argument("--report", default=os.path.join(ROOT, "BENCHMARKS.md"),
                         help="the file --write updates (default: BENCHMARKS.md at the repository root)")
     parser.add_argument("--json", metavar="FILE", help="also write every run's figures to FILE")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                        help="also measure the duplicator with 1 mirror and these extra flags, "
+                             "e.g. --variant batch4='--wait-batch 4' (repeatable; added to every workload)")
     parser.add_argument("--install", action="store_true",
                         help="apt-get install the missing peers (haproxy, nginx, libnginx-mod-stream, socat) first")
     arguments = parser.parse_args(argv)
@@ -559,7 +567,17 @@ def parse_arguments(argv):
     for name in arguments.workloads:
         if name not in WORKLOADS:
             parser.error(f"unknown workload '{name}' (seed, bulk, many)")
+    for variant in arguments.variant:
+        name, separator, flags = variant.partition("=")
+        if not separator or not name.strip():
+            parser.error(f"--variant '{variant}': expected NAME=ARGS")
+        kind = "v-" + name.strip()
+        VARIANT_ARGS[kind] = flags
+        CONFIG_TITLES[kind] = f"duplicator, 1 mirror, {flags}"
+        for workload in WORKLOADS.values():
+            workload[2].append(kind)
     arguments.configs = [name.strip() for name in arguments.configs.split(",") if name.strip()]
+    arguments.configs += [kind for kind in VARIANT_ARGS if arguments.configs]
     for name in arguments.configs:
         if name not in CONFIG_TITLES:
             parser.error(f"unknown configuration '{name}' ({', '.join(CONFIG_TITLES)})")
