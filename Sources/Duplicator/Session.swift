@@ -70,8 +70,11 @@ public final class Session {
         2 * limits.readAheadChunks + limits.mirrorCount * limits.backlogChunksMax
     }
 
-    /// - Parameter chunkStorage: `chunkCapacity(limits)` entries, owned by the caller.
-    init(index: UInt32, context: SessionContext, chunkStorage: UnsafeMutablePointer<SendQueue.Chunk>) {
+    /// - Parameters:
+    ///   - chunkStorage: where position 0 of this session's first queue is;
+    ///     `chunkCapacity(limits)` positions, owned by the caller.
+    ///   - stride: entries from one position to the next (the table's size).
+    init(index: UInt32, context: SessionContext, chunkStorage: UnsafeMutablePointer<SendQueue.Chunk>, stride: Int = 1) {
         self.index = index
         self.context = context
         let limits = context.limits
@@ -80,8 +83,8 @@ public final class Session {
         var storage = chunkStorage
         for leg in 0..<legCount {
             let capacity = leg >= Self.firstMirror ? limits.backlogChunksMax : limits.readAheadChunks
-            legs.advanced(by: leg).initialize(to: Leg(queue: SendQueue(storage: storage, capacity: capacity)))
-            storage += capacity
+            legs.advanced(by: leg).initialize(to: Leg(queue: SendQueue(storage: storage, stride: stride, capacity: capacity)))
+            storage += capacity * stride
         }
     }
 

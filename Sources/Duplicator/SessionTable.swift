@@ -2,9 +2,12 @@ import Glibc
 import Ring
 
 /// The fixed-size table of one worker's sessions and the free list of its
-/// slots. All queue storage is one anonymous mapping: pages of a backlog
-/// become resident only when a backlog grows into them, so idle sessions
-/// cost little memory however deep a backlog may get.
+/// slots. All queue storage is one anonymous mapping, laid out by position:
+/// row `p` holds position `p` of every session's queue of one leg, side by
+/// side. Queues restart at position 0 when empty, so shallow queues share a
+/// few resident rows, and pages of deep rows become resident only when some
+/// backlog grows into them: idle sessions cost little memory, however deep a
+/// backlog may get.
 public final class SessionTable {
     public let sessions: [Session]
     private var freeSlots: [UInt32]
@@ -22,7 +25,7 @@ public final class SessionTable {
         storage = memory
         let chunks = memory.bindMemory(to: SendQueue.Chunk.self, capacity: capacity * perSession)
         sessions = (0..<capacity).map {
-            Session(index: UInt32($0), context: context, chunkStorage: chunks + $0 * perSession)
+            Session(index: UInt32($0), context: context, chunkStorage: chunks + $0, stride: capacity)
         }
         freeSlots = (0..<UInt32(capacity)).reversed()
     }

@@ -1276,6 +1276,27 @@ struct SendQueueTests {
         #expect(queue.removeLast() == nil && queue.removeFirst() == nil)
     }
 
+    @Test("queues interleaved with a stride keep to their own entries and restart at position 0 when empty")
+    func stridedQueues() {
+        let storage = UnsafeMutablePointer<SendQueue.Chunk>.allocate(capacity: 8)
+        storage.initialize(repeating: SendQueue.Chunk(slot: 99, offset: 0, length: 0), count: 8)
+        defer { storage.deallocate() }
+        var even = SendQueue(storage: storage, stride: 2, capacity: 4)
+        var odd = SendQueue(storage: storage + 1, stride: 2, capacity: 4)
+        for slot in UInt32(0)..<4 {
+            even.append(slot: slot, length: 1)
+            odd.append(slot: 10 + slot, length: 1)
+        }
+        #expect((0..<8).map { storage[$0].slot } == [0, 10, 1, 11, 2, 12, 3, 13])
+        #expect(even.consume(1) == 0 && odd.consume(1) == 10)
+        #expect(even.consume(1) == 1 && even.consume(1) == 2 && even.consume(1) == 3)
+        #expect(even.isEmpty)
+        // Emptied, it starts over at position 0 (entry 0), not where its head was.
+        even.append(slot: 20, length: 1)
+        #expect(storage[0].slot == 20)
+        #expect(odd.first?.slot == 11 && odd.count == 3)
+    }
+
     @Test("chunk capacity covers the client, main and every mirror's backlog")
     func chunkCapacity() {
         let limits = SessionLimits(mirrorCount: 3, backlogChunksMax: 10, readAheadChunks: 2)
