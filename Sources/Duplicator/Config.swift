@@ -26,8 +26,10 @@ public struct Config: Sendable {
     public var drainTimeoutMs = 5_000
     public var ringEntries = 1024
     public var listenBacklog = 4096
-    /// Tuning (measured in BENCHMARKS.md): the ring setup to try first.
-    public var ringMode = RingMode.deferTaskrun
+    /// Tuning: the ring setup to try first. COOP_TASKRUN measured ahead of
+    /// SINGLE_ISSUER|DEFER_TASKRUN on the seed workload in every run here
+    /// (BENCHMARKS.md, "Tuning"), so it is the default.
+    public var ringMode = RingMode.coopTaskrun
     /// Tuning: wait for this many completions per wakeup, but no longer than
     /// `waitBatchTimeoutUs` before settling for one. 1: wake on every completion.
     public var waitBatch = 1
