@@ -38,6 +38,9 @@ public final class Session {
         var missing = false
         /// A mirror whose next drain waits for `resumeDrains`.
         var drainDeferred = false
+        /// Main after the client failed: like a mirror, it gets what the
+        /// client sent before the failure, then SHUT_WR, its replies drained.
+        var flushing = false
         var queue: SendQueue
     }
 
@@ -204,12 +207,14 @@ public final class Session {
         for leg in Self.firstMirror..<legCount where legs[leg].phase != .closed {
             cutMirror(leg, forLag: !legs[leg].queue.isEmpty, io: io)
         }
+        if legs[Self.main].flushing { closeLeg(Self.main, io: io) }
     }
 
     /// Ends the session now (shutdown past its drain time): every leg is closed.
     public func abort<IO: SessionIO>(io: IO) {
         guard isActive else { return }
         fail(.aborted, io: io)
+        closeLeg(Self.main, io: io)
         for leg in Self.firstMirror..<legCount { cutMirror(leg, forLag: false, io: io) }
     }
 
@@ -217,7 +222,7 @@ public final class Session {
 
     private func armReceive<IO: SessionIO>(_ leg: Int, io: IO) {
         guard legs[leg].phase == .open, !legs[leg].receiving, !legs[leg].readDone else { return }
-        if leg >= Self.firstMirror {
+        if leg >= Self.firstMirror || legs[leg].flushing {
             legs[leg].receiving = true
             legs[leg].inFlight &+= 1
             io.drain(fd: legs[leg].fd, tag: tag(.drain, leg))
@@ -239,7 +244,9 @@ public final class Session {
         if let slot { context.pool.adopt(slot) }
         guard result > 0, let slot else {
             if let slot { releaseSlot(slot, from: leg, io: io) }
-            if result == 0 {
+            if legs[leg].flushing {
+                flushed(leg, result: result, io: io)
+            } else if result == 0 {
                 endOfStream(from: leg, io: io)
             } else if result == -ENOBUFS {
                 // Client and main may both find the pool dry; ask to be resumed once.
@@ -255,6 +262,7 @@ public final class Session {
         }
         guard legs[leg].phase == .open, !isEnding else {
             releaseSlot(slot, from: leg, io: io)
+            if legs[leg].flushing { armReceive(leg, io: io) }  // now as a drain
             return
         }
         let length = Int(result)
@@ -310,6 +318,10 @@ public final class Session {
 
     private func drained<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
         legs[leg].receiving = false
+        if legs[leg].flushing {
+            flushed(leg, result: result, io: io)
+            return
+        }
         if result > 0 {
             // A little came: let more pile up before the next drain, unless
             // the session is ending (its mirrors' EOF should be seen soon).
@@ -331,6 +343,21 @@ public final class Session {
         } else if legs[leg].phase == .open {
             context.stats.mirrors[leg - Self.firstMirror].errors.bump()
             cutMirror(leg, forLag: false, io: io)
+        }
+    }
+
+    /// A drain or receive completed on main while it flushes: more replies
+    /// are drained; its EOF (after our SHUT_WR) or an error closes it.
+    private func flushed<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
+        if result > 0 {
+            armReceive(leg, io: io)
+        } else if result == 0 {
+            legs[leg].readDone = true
+            if legs[leg].shutdownDone { closeLeg(leg, io: io) }
+        } else if result != -ENOBUFS || legs[leg].phase != .open {
+            closeLeg(leg, io: io)
+        } else {
+            armReceive(leg, io: io)
         }
     }
 
@@ -357,6 +384,10 @@ public final class Session {
             return
         }
         guard result > 0 else {
+            if legs[leg].flushing {
+                closeLeg(leg, io: io)
+                return
+            }
             switch leg {
             case Self.client: fail(.clientError, io: io)
             case Self.main: fail(.mainError, io: io)
@@ -415,6 +446,10 @@ public final class Session {
 
     private func shutDown<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
         legs[leg].shutdownDone = true
+        if legs[leg].flushing {
+            if legs[leg].readDone || result < 0 { closeLeg(leg, io: io) }
+            return
+        }
         switch leg {
         case Self.main: clientToMainDone = true
         case Self.client: mainToClientDone = true
@@ -452,7 +487,11 @@ public final class Session {
             return
         }
         if leg == Self.main {
-            fail(.mainConnectFailure, io: io)
+            if legs[leg].flushing {
+                closeLeg(leg, io: io)
+            } else {
+                fail(.mainConnectFailure, io: io)
+            }
             return
         }
         let mirror = leg - Self.firstMirror
@@ -501,7 +540,18 @@ public final class Session {
         }
         lingerDeadlineMs = context.nowMs + UInt64(context.limits.mirrorLingerMs)
         closeLeg(Self.client, io: io)
-        closeLeg(Self.main, io: io)
+        let mainPhase = legs[Self.main].phase
+        if cause == .clientError && (mainPhase == .open || mainPhase == .connecting) && !legs[Self.main].shutdownIssued {
+            // The client is gone, but main still gets every byte the client
+            // sent before it failed (as the mirrors do), then our FIN; its
+            // replies are drained, and the linger bounds all of it.
+            legs[Self.main].flushing = true
+            legs[Self.main].shutdownWanted = true
+            kickSend(Self.main, io: io)
+            armReceive(Self.main, io: io)
+        } else {
+            closeLeg(Self.main, io: io)
+        }
         // Mirrors, connected or still connecting, get the rest of what they
         // are owed, then shut down; `tick` closes them after the linger time.
         for leg in Self.firstMirror..<legCount where legs[leg].drainDeferred {

@@ -4,10 +4,15 @@ import Ring
 /// The few socket calls made outside the ring: creating sockets and
 /// listeners, and their options. Errors carry errno and what was attempted.
 enum Sockets {
-    /// A non-blocking, close-on-exec TCP socket with TCP_NODELAY (a proxy
-    /// must not add Nagle's delay to small replies), or a negated errno.
+    /// A close-on-exec TCP socket with TCP_NODELAY (a proxy must not add
+    /// Nagle's delay to small replies), or a negated errno.
+    ///
+    /// Blocking, like the accepted ones: io_uring polls for readiness by
+    /// itself, but it honours O_NONBLOCK, and a connect that io_uring runs
+    /// from its worker threads (as it may with a linked timeout) would then
+    /// complete with -EINPROGRESS instead of the outcome (seen under load).
     static func openStream(family: Int32) -> Int32 {
-        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return -errno }
         setNoDelay(fd)
         return fd

@@ -33,6 +33,9 @@ final class Worker: SessionIO {
     private let logger: Logger
     private let config: Config
     private let targets: [SocketAddress]
+    /// The targets' addresses in memory that stays put: the kernel reads a
+    /// connect's address when its SQE is submitted, which may be later.
+    private let targetAddresses: UnsafeMutablePointer<sockaddr_storage>
     private var listenerFD: Int32
     private let drainBuffer: UnsafeMutableRawPointer
     private let mainTimeout: RingTimeout
@@ -61,6 +64,8 @@ final class Worker: SessionIO {
          control: WorkerControl, logger: Logger) throws {
         self.config = config
         self.targets = targets
+        targetAddresses = .allocate(capacity: targets.count)
+        targetAddresses.initialize(from: targets.map(\.storage), count: targets.count)
         self.listenerFD = listenerFD
         self.stats = stats
         self.control = control
@@ -88,6 +93,7 @@ final class Worker: SessionIO {
 
     deinit {
         drainBuffer.deallocate()
+        targetAddresses.deallocate()
         if listenerFD >= 0 { Glibc.close(listenerFD) }
     }
 
@@ -284,12 +290,9 @@ final class Worker: SessionIO {
 
     func connect(fd: Int32, target: Int, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {
         let timeout = timeoutMs == 0 ? nil : (target == 0 ? mainTimeout : mirrorTimeout)
-        targets[target].withSockaddr { address, length in
-            ring.prepareConnect(fd: fd, address: address, length: length, tag: tag, timeout: timeout, timeoutTag: timeoutTag)
-        }
-        // The kernel reads the address when the SQE is submitted; `targets`
-        // outlives that, but the closure's pointer does not, so submit now.
-        ring.submit()
+        let address = UnsafeRawPointer(targetAddresses + target).assumingMemoryBound(to: sockaddr.self)
+        ring.prepareConnect(fd: fd, address: address, length: targets[target].length, tag: tag, timeout: timeout,
+                            timeoutTag: timeoutTag)
     }
 
     @inline(__always)

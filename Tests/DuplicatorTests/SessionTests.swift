@@ -807,11 +807,15 @@ struct SessionTests {
         io.expectQuiescent()
     }
 
-    @Test("client resets: clientError, main and the client are closed", arguments: [OperationKind.recv, .send])
+    @Test("client resets: clientError, the client is closed, main gets what the client sent, then FIN, and is closed",
+          arguments: [OperationKind.recv, .send])
     func clientReset(kind: OperationKind) throws {
         let io = try FakeSessionIO(limits: testLimits(mirrors: 1))
         let session = try #require(io.start())
         io.connectAll()
+        // Main has not taken the client's bytes yet when the client fails.
+        let request = TestBytes.random(300, seed: 3)
+        io.completeRecv(.client, request)
         if kind == .recv {
             io.fail(.recv, .client, errno: ECONNRESET)
         } else {
@@ -822,8 +826,15 @@ struct SessionTests {
         #expect(io.stats.sessionsEndedByClientError.value == 1)
         io.completeCancelled()
         #expect(io.record(.client)?.closeCount == 1)
+        #expect(io.record(.main)?.closeCount == 0, "main flushes first")
+        io.flushSends(.main)
+        #expect(io.sent(to: .main) == request, "main got every byte the client sent")
+        io.completeShutdown(.main)
+        // Main's reply to it is drained, then its EOF closes it.
+        if io.hasPending(.recv, .main) { io.completeEOF(.main) } else { io.completeDrain(.main, result: 0) }
         #expect(io.record(.main)?.closeCount == 1)
         finish(io)
+        #expect(io.sent(to: .mirror(0)) == request)
         io.expectQuiescent()
     }
 
