@@ -25,6 +25,8 @@ public struct Config: Sendable {
     /// How long a graceful stop waits for live sessions.
     public var drainTimeoutMs = 5_000
     public var ringEntries = 1024
+    /// A CQ large enough that bursts never overflow it.
+    var completionEntries: Int { max(16384, ringEntries * 4) }
     public var listenBacklog = 4096
     /// Tuning: the ring setup to try first. COOP_TASKRUN measured ahead of
     /// SINGLE_ISSUER|DEFER_TASKRUN on the seed workload in every run here

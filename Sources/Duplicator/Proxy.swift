@@ -20,7 +20,7 @@ public struct ProxyError: Error, CustomStringConvertible, Sendable {
                 + "or the container's seccomp profile (Docker: --security-opt seccomp=<profile allowing io_uring_*>)")
         case ENOMEM:
             // The rings (64-byte SQEs, 16-byte CQEs) and the registered pool are locked memory.
-            let ringBytes = config.ringEntries * 64 + max(16384, config.ringEntries * 4) * 16
+            let ringBytes = config.ringEntries * 64 + config.completionEntries * 16
             let needed = ringBytes + config.poolSlots * config.slotSize
             var limit = rlimit()
             getrlimit(__rlimit_resource_t(8) /* RLIMIT_MEMLOCK */, &limit)

@@ -76,7 +76,7 @@ final class Worker: SessionIO {
         case .coopTaskrun: .coopTaskrun
         case .plain: .plain
         }
-        ring = try Ring(entries: UInt32(config.ringEntries), completionEntries: UInt32(max(16384, config.ringEntries * 4)),
+        ring = try Ring(entries: UInt32(config.ringEntries), completionEntries: UInt32(config.completionEntries),
                         preferred: preferred)
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlots)
         try ring.registerBuffers(pool)
@@ -94,7 +94,7 @@ final class Worker: SessionIO {
     deinit {
         drainBuffer.deallocate()
         targetAddresses.deallocate()
-        if listenerFD >= 0 { Glibc.close(listenerFD) }
+        closeListener()
     }
 
     static func monotonicMs() -> UInt64 {
@@ -123,10 +123,7 @@ final class Worker: SessionIO {
             if context.nowMs >= nextTickMs { tick() }
             if stopping && table.activeCount == 0 && !acceptArmed { break }
         }
-        if listenerFD >= 0 {
-            Glibc.close(listenerFD)
-            listenerFD = -1
-        }
+        closeListener()
         ring.submit()
     }
 
@@ -206,46 +203,38 @@ final class Worker: SessionIO {
     private func accepted(_ completion: Completion) {
         if completion.result >= 0 {
             let fd = completion.result
-            guard !stopping, let session = table.take() else {
+            if !stopping, let session = table.take() {
+                Sockets.setNoDelay(fd)
+                session.start(clientFD: fd, io: self)
+                if !session.isActive { table.free(session) }
+            } else {
                 stats.sessionsRejected.bump()
                 Glibc.close(fd)
-                return rearmAcceptIfEnded(completion)
             }
-            Sockets.setNoDelay(fd)
-            session.start(clientFD: fd, io: self)
-            if !session.isActive { table.free(session) }
-            return rearmAcceptIfEnded(completion)
-        }
-        let error = -completion.result
-        if !(stopping && error == ECANCELED) {
+        } else if !(stopping && completion.result == -ECANCELED) {
             stats.acceptErrors.bump()
             if acceptErrorLog.allow(nowMs: context.nowMs) {
-                logger.warning("accept failed: \(RingError.describe(errno: error))\(acceptErrorLog.suppressedNote)")
+                logger.warning("accept failed: \(RingError.describe(errno: -completion.result))\(acceptErrorLog.suppressedNote)")
             }
         }
-        if !completion.hasMore {
-            acceptArmed = false
-            if stopping {
-                Glibc.close(listenerFD)
-                listenerFD = -1
-            } else {
-                // Out of descriptors or memory: retrying at once would spin a
-                // core. Clients wait in the listen backlog meanwhile.
-                acceptPausedUntilMs = context.nowMs + Self.acceptPauseMs
-            }
-        }
-    }
-
-    @inline(__always)
-    private func rearmAcceptIfEnded(_ completion: Completion) {
         guard !completion.hasMore else { return }
+        // The multishot accept ended.
         acceptArmed = false
         if stopping {
-            Glibc.close(listenerFD)
-            listenerFD = -1
+            closeListener()
+        } else if completion.result < 0 {
+            // Out of descriptors or memory: retrying at once would spin a
+            // core. Clients wait in the listen backlog meanwhile.
+            acceptPausedUntilMs = context.nowMs + Self.acceptPauseMs
         } else {
             armAccept()
         }
+    }
+
+    private func closeListener() {
+        guard listenerFD >= 0 else { return }
+        Glibc.close(listenerFD)
+        listenerFD = -1
     }
 
     // MARK: - Waiting for slots
