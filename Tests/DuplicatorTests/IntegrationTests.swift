@@ -19,7 +19,9 @@ struct IntegrationTests {
         // These debug-build sinks hash every byte and share 2 cores with 50
         // sessions: give healthy mirrors room to lag (pool, linger) without a cut.
         let proxy = try startProxy(main: main.boundPort, mirrors: mirrors.map(\.boundPort)) {
-            $0.poolSlots = 8192
+            $0.poolSlots = 16384
+            $0.backlogBytesMax = 64 << 20
+            $0.backlogChunksMax = 4096
             $0.mirrorLingerMs = 10_000
         }
         defer { proxy.shutdown() }
@@ -77,10 +79,10 @@ struct IntegrationTests {
         // byte, on a busy machine) to lag without being cut.
         let proxy = try startProxy(main: main.boundPort, mirrors: brokenPorts + healthyPorts) {
             $0.mirrorConnectTimeoutMs = 1500
-            $0.backlogBytesMax = 8 << 20
-            $0.backlogChunksMax = 1024
-            $0.poolSlots = 4096
-            $0.mirrorLingerMs = 5_000
+            $0.backlogBytesMax = 32 << 20
+            $0.backlogChunksMax = 4096
+            $0.poolSlots = 16384
+            $0.mirrorLingerMs = 10_000
         }
         defer { proxy.shutdown() }
 
@@ -96,7 +98,7 @@ struct IntegrationTests {
         // A mirror that never reads first fills the kernel's buffers (a few
         // MiB of send queue and receive window) before our backlog grows:
         // send enough to pass both.
-        let payload = generator.bytes(kind == "never reads" ? 32 << 20 : 4 << 20)
+        let payload = generator.bytes(kind == "never reads" ? 64 << 20 : 4 << 20)
         let (received, end) = connection.exchange(payload, timeoutSeconds: 30)
         #expect(end == .eof)
         #expect(received == payload)
