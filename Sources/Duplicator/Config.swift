@@ -28,10 +28,11 @@ public struct Config: Sendable {
     /// A CQ large enough that bursts never overflow it.
     var completionEntries: Int { max(16384, ringEntries * 4) }
     public var listenBacklog = 4096
-    /// Tuning: the ring setup to try first. COOP_TASKRUN measured ahead of
-    /// SINGLE_ISSUER|DEFER_TASKRUN on the seed workload in every run here
-    /// (BENCHMARKS.md, "Tuning"), so it is the default.
-    public var ringMode = RingMode.coopTaskrun
+    /// Tuning: the ring setup to try first. SINGLE_ISSUER|DEFER_TASKRUN runs
+    /// completions' task work in order and only when the worker waits; with
+    /// COOP_TASKRUN, 1000 busy connections saw a p99 ten times higher
+    /// (BENCHMARKS.md, "Tuning").
+    public var ringMode = RingMode.deferTaskrun
     /// Tuning: wait for this many completions per wakeup, but no longer than
     /// `waitBatchTimeoutUs` before settling for one. 1: wake on every completion.
     public var waitBatch = 1

@@ -67,7 +67,7 @@ struct RunCommand: ParsableCommand {
     var metrics: String?
 
     @Option(name: .customLong("ring-mode"), help: "Tuning: io_uring setup to try first: defer, coop or plain (falls back when refused).")
-    var ringMode: String = Config.RingMode.coopTaskrun.rawValue
+    var ringMode: String = Config.RingMode.deferTaskrun.rawValue
 
     @Option(name: .customLong("wait-batch"), help: "Tuning: completions to wait for per wakeup under load (1: every one).")
     var waitBatch: Int = 1
