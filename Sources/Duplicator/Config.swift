@@ -20,8 +20,10 @@ public struct Config: Sendable {
     public var threads = 1
     /// How long mirrors may flush after their client's session ended.
     public var mirrorLingerMs = 2_000
-    /// Put off draining mirror replies for this long after a small drain (0: drain at once).
-    public var mirrorDrainIntervalMs = 0
+    /// A mirror's replies wake the worker only once this many bytes wait
+    /// (SO_RCVLOWAT on the mirror's socket); its EOF and errors wake it at
+    /// once. 0: every reply wakes it.
+    public var mirrorDrainBatchBytes = 64 * 1024
     /// How long a graceful stop waits for live sessions.
     public var drainTimeoutMs = 5_000
     public var ringEntries = 1024
@@ -64,6 +66,9 @@ public struct Config: Sendable {
         guard (2...16384).contains(poolSlots), poolSlots & (poolSlots - 1) == 0 else {
             throw ConfigError("--pool-slots must be a power of two from 2 to 16384, got \(poolSlots)")
         }
+        guard (0...(1 << 20)).contains(mirrorDrainBatchBytes) else {
+            throw ConfigError("--mirror-drain-batch must be from 0 to 1MiB, got \(mirrorDrainBatchBytes)")
+        }
         guard backlogBytesMax >= 1 else { throw ConfigError("--backlog must be positive") }
         guard (1...4096).contains(backlogChunksMax) else {
             throw ConfigError("--backlog-chunks must be from 1 to 4096, got \(backlogChunksMax)")
@@ -81,7 +86,6 @@ public struct Config: Sendable {
         SessionLimits(mirrorCount: mirrors.count, mainConnectTimeoutMs: mainConnectTimeoutMs,
                       mirrorConnectTimeoutMs: mirrorConnectTimeoutMs, backlogBytesMax: backlogBytesMax,
                       backlogChunksMax: backlogChunksMax, readAheadChunks: 2, mirrorLingerMs: mirrorLingerMs,
-                      mirrorDrainIntervalMs: mirrorDrainIntervalMs,
                       mirrorFailuresBeforeBackoff: mirrorFailuresBeforeBackoff,
                       mirrorBackoffInitialMs: mirrorBackoffInitialMs, mirrorBackoffMaxMs: mirrorBackoffMaxMs)
     }

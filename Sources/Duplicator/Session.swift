@@ -36,16 +36,11 @@ public final class Session {
         var cancelIssued = false
         /// A mirror that lost bytes of this session (cut, failed): later client bytes count as missed.
         var missing = false
-        /// A mirror whose next drain waits for `resumeDrains`.
-        var drainDeferred = false
         /// Main after the client failed: like a mirror, it gets what the
         /// client sent before the failure, then SHUT_WR, its replies drained.
         var flushing = false
         var queue: SendQueue
     }
-
-    /// A drain this large means a chatty mirror: drain again at once.
-    static let drainEagerBytes = 256 * 1024
 
     static let client = 0
     static let main = 1
@@ -59,8 +54,6 @@ public final class Session {
     public private(set) var endCause: EndCause?
     /// The session asked to be resumed when slots are back.
     public private(set) var waitingForBuffers = false
-    /// The session asked for `resumeDrains`.
-    private var drainsDeferred = false
     private var clientToMainDone = false
     private var mainToClientDone = false
     private var lingerDeadlineMs: UInt64 = 0
@@ -111,7 +104,6 @@ public final class Session {
         isEnding = false
         endCause = nil
         waitingForBuffers = false
-        drainsDeferred = false
         clientToMainDone = false
         mainToClientDone = false
         lingerDeadlineMs = 0
@@ -185,16 +177,6 @@ public final class Session {
         waitingForBuffers = false
         armReceive(Self.client, io: io)
         armReceive(Self.main, io: io)
-    }
-
-    /// The drain interval passed: drain the mirrors that put it off.
-    public func resumeDrains<IO: SessionIO>(io: IO) {
-        guard isActive, drainsDeferred else { return }
-        drainsDeferred = false
-        for leg in Self.firstMirror..<legCount where legs[leg].drainDeferred {
-            legs[leg].drainDeferred = false
-            armReceive(leg, io: io)
-        }
     }
 
     /// Time passed: mirrors still flushing after the session ended get
@@ -323,18 +305,10 @@ public final class Session {
             return
         }
         if result > 0 {
-            // A little came: let more pile up before the next drain, unless
-            // the session is ending (its mirrors' EOF should be seen soon).
-            let interval = context.limits.mirrorDrainIntervalMs
-            if interval > 0 && !isEnding && Int(result) < Self.drainEagerBytes && legs[leg].phase == .open {
-                legs[leg].drainDeferred = true
-                if !drainsDeferred {
-                    drainsDeferred = true
-                    io.deferDrain(session: index, generation: generation)
-                }
-            } else {
-                armReceive(leg, io: io)
-            }
+            let stats = context.stats.mirrors[leg - Self.firstMirror]
+            stats.replyBytes.bump(Int(result))
+            stats.drains.bump()
+            armReceive(leg, io: io)
         } else if result == 0 {
             // The mirror finished writing. Once ours is shut too, it is done;
             // before that it may still read, so keep sending.
@@ -554,10 +528,6 @@ public final class Session {
         }
         // Mirrors, connected or still connecting, get the rest of what they
         // are owed, then shut down; `tick` closes them after the linger time.
-        for leg in Self.firstMirror..<legCount where legs[leg].drainDeferred {
-            legs[leg].drainDeferred = false
-            armReceive(leg, io: io)
-        }
         for leg in Self.firstMirror..<legCount {
             if legs[leg].phase == .idle {
                 // Never started (main failed first): nothing to flush.

@@ -16,10 +16,6 @@ public struct SessionLimits: Sendable {
     /// How long mirrors may go on flushing and draining after the client's
     /// session ended, before they are closed.
     public var mirrorLingerMs: Int
-    /// 0: drain a mirror's replies as they come. Otherwise a drain that found
-    /// little waits this long before the next, so one recv takes many
-    /// replies and a mirror's chatter costs few wakeups.
-    public var mirrorDrainIntervalMs: Int
     /// Consecutive connect failures after which a mirror is not tried for a while.
     public var mirrorFailuresBeforeBackoff: Int
     public var mirrorBackoffInitialMs: Int
@@ -27,7 +23,7 @@ public struct SessionLimits: Sendable {
 
     public init(mirrorCount: Int, mainConnectTimeoutMs: Int = 10_000, mirrorConnectTimeoutMs: Int = 500,
                 backlogBytesMax: Int = 4 << 20, backlogChunksMax: Int = 256, readAheadChunks: Int = 2,
-                mirrorLingerMs: Int = 2_000, mirrorDrainIntervalMs: Int = 0, mirrorFailuresBeforeBackoff: Int = 3,
+                mirrorLingerMs: Int = 2_000, mirrorFailuresBeforeBackoff: Int = 3,
                 mirrorBackoffInitialMs: Int = 250, mirrorBackoffMaxMs: Int = 30_000) {
         self.mirrorCount = mirrorCount
         self.mainConnectTimeoutMs = mainConnectTimeoutMs
@@ -36,7 +32,6 @@ public struct SessionLimits: Sendable {
         self.backlogChunksMax = backlogChunksMax
         self.readAheadChunks = readAheadChunks
         self.mirrorLingerMs = mirrorLingerMs
-        self.mirrorDrainIntervalMs = mirrorDrainIntervalMs
         self.mirrorFailuresBeforeBackoff = mirrorFailuresBeforeBackoff
         self.mirrorBackoffInitialMs = mirrorBackoffInitialMs
         self.mirrorBackoffMaxMs = mirrorBackoffMaxMs

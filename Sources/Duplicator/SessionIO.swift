@@ -42,7 +42,4 @@ public protocol SessionIO: AnyObject {
     /// The session at `index` found no free slot: call `resumeReceiving` on
     /// it once slots are back.
     func waitForBuffers(session index: UInt32)
-    /// The session at `index` put off draining a mirror's replies: call
-    /// `resumeDrains` on it after the drain interval.
-    func deferDrain(session index: UInt32, generation: UInt16)
 }

@@ -23,6 +23,15 @@ enum Sockets {
         _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &on, socklen_t(MemoryLayout<Int32>.size))
     }
 
+    /// TCP wakes a reader only once `bytes` are queued, or at EOF or an
+    /// error (tcp_data_ready checks SO_RCVLOWAT before it wakes anyone): for
+    /// the replies of a mirror, which are thrown away, one wakeup and one
+    /// drain per batch instead of one per reply.
+    static func setReceiveLowWater(_ fd: Int32, bytes: Int) {
+        var value = Int32(clamping: bytes)
+        _ = setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &value, socklen_t(MemoryLayout<Int32>.size))
+    }
+
     /// A listening socket bound to `address` with SO_REUSEPORT, so that each
     /// worker can have its own and the kernel spreads connections over them.
     static func listen(on address: SocketAddress, backlog: Int32) throws(RingError) -> Int32 {

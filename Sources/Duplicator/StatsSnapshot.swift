@@ -10,6 +10,8 @@ public struct StatsSnapshot: Sendable, Equatable {
         public var connectTimeouts: UInt64 = 0
         public var errors: UInt64 = 0
         public var sessionsSkipped: UInt64 = 0
+        public var replyBytes: UInt64 = 0
+        public var drains: UInt64 = 0
         /// Workers that are not trying this mirror now (back-off after failures).
         public var workersBackingOff: UInt64 = 0
     }
@@ -58,6 +60,8 @@ public struct StatsSnapshot: Sendable, Equatable {
                 mirrors[index].connectTimeouts += mirror.connectTimeouts.value
                 mirrors[index].errors += mirror.errors.value
                 mirrors[index].sessionsSkipped += mirror.sessionsSkipped.value
+                mirrors[index].replyBytes += mirror.replyBytes.value
+                mirrors[index].drains += mirror.drains.value
                 mirrors[index].workersBackingOff += mirror.backingOff.value
             }
         }

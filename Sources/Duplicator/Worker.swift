@@ -44,10 +44,6 @@ final class Worker: SessionIO {
     private var waiters: [UInt32]
     private var waitersHead = 0
     private var waitersCount = 0
-    /// Sessions whose mirror drains wait for the next drain time.
-    private var deferredDrains: [(index: UInt32, generation: UInt16)] = []
-    private var drainsDue: [(index: UInt32, generation: UInt16)] = []
-    private var nextDrainMs: UInt64 = 0
 
     private var acceptArmed = false
     private var acceptPausedUntilMs: UInt64 = 0
@@ -84,8 +80,6 @@ final class Worker: SessionIO {
         context = SessionContext(limits: config.limits, pool: pool, stats: stats)
         table = try SessionTable(capacity: config.sessionsMax, context: context)
         waiters = Array(repeating: 0, count: config.sessionsMax)
-        deferredDrains.reserveCapacity(config.sessionsMax)
-        drainsDue.reserveCapacity(config.sessionsMax)
         drainBuffer = .allocate(byteCount: Self.drainBufferBytes, alignment: 4096)
         mainTimeout = RingTimeout(milliseconds: config.mainConnectTimeoutMs)
         mirrorTimeout = RingTimeout(milliseconds: config.mirrorConnectTimeoutMs)
@@ -119,7 +113,6 @@ final class Worker: SessionIO {
                 count = ring.reap()
             }
             resumeWaiters()
-            if !deferredDrains.isEmpty && context.nowMs >= nextDrainMs { resumeDrains() }
             if context.nowMs >= nextTickMs { tick() }
             if stopping && table.activeCount == 0 && !acceptArmed { break }
         }
@@ -136,11 +129,7 @@ final class Worker: SessionIO {
             let count = ring.reap()
             if count > 0 { return count }
         }
-        var timeoutMs = Self.tickMs
-        if !deferredDrains.isEmpty {
-            timeoutMs = nextDrainMs > context.nowMs ? min(timeoutMs, nextDrainMs - context.nowMs) : 1
-        }
-        try ring.submitAndWait(count: 1, timeoutNanoseconds: Int64(timeoutMs) * 1_000_000)
+        try ring.submitAndWait(count: 1, timeoutNanoseconds: Int64(Self.tickMs) * 1_000_000)
         return ring.reap()
     }
 
@@ -249,22 +238,6 @@ final class Worker: SessionIO {
         }
     }
 
-    func deferDrain(session index: UInt32, generation: UInt16) {
-        if deferredDrains.isEmpty { nextDrainMs = context.nowMs + UInt64(config.mirrorDrainIntervalMs) }
-        deferredDrains.append((index, generation))
-    }
-
-    private func resumeDrains() {
-        // Two preallocated lists swap roles: no allocation here.
-        swap(&deferredDrains, &drainsDue)
-        for entry in drainsDue {
-            let session = table.sessions[Int(entry.index)]
-            guard session.isActive, session.generation == entry.generation else { continue }
-            session.resumeDrains(io: self)
-        }
-        drainsDue.removeAll(keepingCapacity: true)
-    }
-
     func waitForBuffers(session index: UInt32) {
         guard waitersCount < waiters.count else { return }
         waiters[(waitersHead + waitersCount) % waiters.count] = index
@@ -274,7 +247,11 @@ final class Worker: SessionIO {
     // MARK: - SessionIO
 
     func openSocket(target: Int) -> Int32 {
-        Sockets.openStream(family: targets[target].family)
+        let fd = Sockets.openStream(family: targets[target].family)
+        if target > 0 && fd >= 0 && config.mirrorDrainBatchBytes > 0 {
+            Sockets.setReceiveLowWater(fd, bytes: config.mirrorDrainBatchBytes)
+        }
+        return fd
     }
 
     func connect(fd: Int32, target: Int, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {

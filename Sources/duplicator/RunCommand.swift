@@ -75,8 +75,8 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("wait-batch-timeout"), help: "Tuning: the longest --wait-batch waits before taking fewer.")
     var waitBatchTimeout: String = "50us"
 
-    @Option(name: .customLong("mirror-drain-interval"), help: "Tuning: after a small drain of a mirror's replies, wait this long before the next (0: drain at once).")
-    var mirrorDrainInterval: String = "0"
+    @Option(name: .customLong("mirror-drain-batch"), help: "Drain a mirror's replies once this many bytes wait (its EOF and errors at once); 0: every reply.")
+    var mirrorDrainBatch: String = "64KiB"
 
     @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, io_uring, locked memory), then exit.")
     var check = false
@@ -108,7 +108,7 @@ struct RunCommand: ParsableCommand {
             throw ConfigError("--ring-mode '\(ringMode)': expected defer, coop or plain")
         }
         config.ringMode = mode
-        config.mirrorDrainIntervalMs = try DurationParser.milliseconds(mirrorDrainInterval)
+        config.mirrorDrainBatchBytes = try SizeParser.bytes(mirrorDrainBatch)
         config.waitBatch = waitBatch
         config.waitBatchTimeoutUs = Int((try DurationParser.nanoseconds(waitBatchTimeout) + 999) / 1000)
         try config.validate()

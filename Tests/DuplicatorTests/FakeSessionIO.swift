@@ -632,23 +632,6 @@ final class FakeSessionIO: SessionIO {
         waiters.append(index)
     }
 
-    /// Sessions (index, generation) that asked for `resumeDrains`, in order.
-    private(set) var deferredDrains: [(index: UInt32, generation: UInt16)] = []
-
-    func deferDrain(session index: UInt32, generation: UInt16) {
-        deferredDrains.append((index, generation))
-    }
-
-    /// Calls `resumeDrains` on every session that asked, as the worker does when the interval passes.
-    func resumeDeferredDrains() {
-        let due = deferredDrains
-        deferredDrains.removeAll()
-        for entry in due {
-            let session = table.sessions[Int(entry.index)]
-            if session.isActive && session.generation == entry.generation { session.resumeDrains(io: self) }
-        }
-    }
-
     // MARK: - End of a test
 
     /// Nothing in flight, every session over, every descriptor closed exactly
@@ -787,10 +770,6 @@ final class Simulation {
                 io.abort(key)
                 continue
             }
-            if !io.deferredDrains.isEmpty && rng.chance(1, in: 8) {
-                io.resumeDeferredDrains()
-                continue
-            }
             let candidates = io.pending.filter(isEligible)
             if let op = candidates.randomElement(using: &rng) {
                 idleRounds = 0
@@ -801,10 +780,6 @@ final class Simulation {
             }
             if !io.waiters.isEmpty && !io.freeSlots.isEmpty {
                 io.resumeWaiters()
-                continue
-            }
-            if !io.deferredDrains.isEmpty {
-                io.resumeDeferredDrains()
                 continue
             }
             io.completeCancelledCancels()

@@ -240,6 +240,45 @@ struct IntegrationTests {
         #expect(received == reply)
     }
 
+    /// A mirror's replies wake the worker once per `mirrorDrainBatchBytes`
+    /// (SO_RCVLOWAT on its socket), not once per reply; the replies still
+    /// waiting when the session ends, and the mirror's EOF, are drained at once.
+    @Test("mirror replies are drained in batches, every byte of them", arguments: [0, 64 * 1024])
+    func mirrorDrainBatch(batchBytes: Int) throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let mirror = try startServer(.echo)
+        defer { mirror.stop() }
+        let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.boundPort]) {
+            $0.mirrorDrainBatchBytes = batchBytes
+            $0.mirrorLingerMs = 20_000
+        }
+        defer { proxy.shutdown() }
+        let connection = try TestConnection(port: proxy.port)
+        // 400 round trips of 100 bytes: 40 000 bytes of mirror replies, less than one batch.
+        let rounds = 400
+        let message = [UInt8](repeating: 0x61, count: 99) + Array("\n".utf8)
+        for round in 0..<rounds {
+            let (received, _) = connection.exchange(message, shutdownAfterSending: false, timeoutSeconds: 5,
+                                                    expectBytes: message.count)
+            try #require(received == message, "round \(round)")
+        }
+        let ended = connection.exchange([], shutdownAfterSending: true, timeoutSeconds: 10)
+        #expect(ended.end == .eof)
+        // The mirror's EOF after ours ends the session, long before the 20 s linger.
+        let start = monotonicSeconds()
+        #expect(eventually(timeoutSeconds: 10) { proxy.activeSessions == 0 })
+        #expect(monotonicSeconds() - start < 10)
+        #expect(proxy.mirrorTotal(0) { $0.replyBytes.value } == UInt64(rounds * message.count))
+        #expect(proxy.mirrorTotal(0) { $0.sessionsCutForLag.value + $0.bytesMissed.value + $0.errors.value } == 0)
+        let drains = proxy.mirrorTotal(0) { $0.drains.value }
+        if batchBytes == 0 {
+            #expect(drains >= UInt64(rounds / 4), "one drain per reply or so: \(drains)")
+        } else {
+            #expect(drains <= 3, "replies drained once, at the end: \(drains)")
+        }
+    }
+
     /// Promise 5: main refused or reset closes the client at once; others are still served.
     @Test("main refuses: the client is closed at once and the proxy serves the next client")
     func mainRefuses() throws {

@@ -381,40 +381,6 @@ struct SessionTests {
         io.expectQuiescent()
     }
 
-    /// With a drain interval, a small drain of a mirror's replies puts off
-    /// the next one until resumeDrains; a large one, or an ending session,
-    /// drains again at once.
-    @Test("mirror drains wait for the drain interval after a small drain")
-    func deferredDrains() throws {
-        var limits = testLimits(mirrors: 1)
-        limits.mirrorDrainIntervalMs = 10
-        let io = try FakeSessionIO(limits: limits)
-        let session = try #require(io.start())
-        io.connectAll()
-        #expect(io.pendingOp(.drain, .mirror(0)) != nil)
-        io.completeDrain(.mirror(0), result: 100)
-        #expect(io.pendingOp(.drain, .mirror(0)) == nil, "put off")
-        #expect(io.deferredDrains.count == 1)
-        io.resumeDeferredDrains()
-        #expect(io.pendingOp(.drain, .mirror(0)) != nil, "resumed")
-        io.completeDrain(.mirror(0), result: Int32(Session.drainEagerBytes))
-        #expect(io.pendingOp(.drain, .mirror(0)) != nil, "a large drain drains again at once")
-        io.completeDrain(.mirror(0), result: 10)
-        #expect(io.pendingOp(.drain, .mirror(0)) == nil)
-        // The session ends: the put-off drain is armed at once, to see the mirror's EOF.
-        io.completeEOF(.client)
-        io.completeShutdown(.main)
-        io.completeEOF(.main)
-        io.completeShutdown(.client)
-        #expect(session.isEnding)
-        #expect(io.pendingOp(.drain, .mirror(0)) != nil)
-        io.completeShutdown(.mirror(0))
-        io.completeDrain(.mirror(0), result: 0)
-        io.resumeDeferredDrains()
-        #expect(!session.isActive)
-        io.expectQuiescent()
-    }
-
     // MARK: - Mirror failures never touch the client
 
     @Test("a refused mirror is counted and dropped; the session goes on and completes")
@@ -1195,7 +1161,7 @@ struct SessionTests {
             backlogBytesMax: [6_000, 65_536, 1 << 20].randomElement(using: &setup)!,
             backlogChunksMax: [2, 4, 16, 64].randomElement(using: &setup)!,
             readAheadChunks: Int.random(in: 1...3, using: &setup), mirrorLingerMs: 1_000,
-            mirrorDrainIntervalMs: [0, 10].randomElement(using: &setup)!, mirrorFailuresBeforeBackoff: 1_000)
+            mirrorFailuresBeforeBackoff: 1_000)
         let io = try FakeSessionIO(limits: limits, slotCount: [4, 8, 16, 32].randomElement(using: &setup)!,
                                    sessions: Int.random(in: 1...3, using: &setup))
         let simulation = Simulation(io: io, seed: seed)

@@ -93,7 +93,6 @@ final class ScriptedIO: SessionIO {
         freeCount += 1
     }
 
-    func deferDrain(session index: UInt32, generation: UInt16) {}
 
     func waitForBuffers(session index: UInt32) {
         fatalError("the pool ran dry in a benchmark that never holds more than a few slots")
