@@ -10,6 +10,10 @@ import Ring
 /// backlog may get.
 public final class SessionTable {
     public let sessions: [Session]
+    /// The same sessions, unretained: `sessions` keeps them alive as long as
+    /// the table. A lookup through the array retains and releases the
+    /// session, once per completion; through these it costs neither.
+    private let unretained: UnsafeMutablePointer<Unmanaged<Session>>
     private var freeSlots: [UInt32]
     private let storage: UnsafeMutableRawPointer
     private let storageBytes: Int
@@ -27,10 +31,15 @@ public final class SessionTable {
         sessions = (0..<capacity).map {
             Session(index: UInt32($0), context: context, chunkStorage: chunks + $0, stride: capacity)
         }
+        unretained = .allocate(capacity: capacity)
+        unretained.initialize(from: sessions.map { Unmanaged.passUnretained($0) }, count: capacity)
         freeSlots = (0..<UInt32(capacity)).reversed()
     }
 
-    deinit { munmap(storage, storageBytes) }
+    deinit {
+        unretained.deallocate()
+        munmap(storage, storageBytes)
+    }
 
     public var capacity: Int { sessions.count }
     public var freeCount: Int { freeSlots.count }
@@ -52,10 +61,17 @@ public final class SessionTable {
 
     /// The session a completion belongs to, or nil when it is stale (its
     /// session ended and the slot may have a new occupant).
-    @inline(__always)
     public func session(for tag: CompletionTag) -> Session? {
+        withSession(for: tag) { $0 }
+    }
+
+    /// Runs `body` with the session a completion belongs to, without
+    /// retaining it; nil, and `body` not run, when the completion is stale.
+    @inline(__always)
+    public func withSession<Result>(for tag: CompletionTag, _ body: (Session) -> Result) -> Result? {
         guard Int(tag.slot) < sessions.count else { return nil }
-        let session = sessions[Int(tag.slot)]
-        return session.isActive && session.generation == tag.generation ? session : nil
+        return unretained[Int(tag.slot)]._withUnsafeGuaranteedRef { session in
+            session.isActive && session.generation == tag.generation ? body(session) : nil
+        }
     }
 }

@@ -142,15 +142,16 @@ final class Worker: SessionIO {
             return
         }
         if let slot = completion.selectedBuffer { provided.taken(slot) }
-        guard let session = table.session(for: tag) else {
+        let handled: Void? = table.withSession(for: tag) { session in
+            session.handle(kind: kind, leg: Int(tag.endpoint), result: completion.result,
+                           selectedBuffer: completion.selectedBuffer, io: self)
+            if !session.isActive { table.free(session) }
+        }
+        if handled == nil, let slot = completion.selectedBuffer {
             // A late completion of a session that has ended: its buffer, if
             // the kernel picked one, goes straight back.
-            if let slot = completion.selectedBuffer { provided.provide(slot) }
-            return
+            provided.provide(slot)
         }
-        session.handle(kind: kind, leg: Int(tag.endpoint), result: completion.result,
-                       selectedBuffer: completion.selectedBuffer, io: self)
-        if !session.isActive { table.free(session) }
     }
 
     private func tick() {

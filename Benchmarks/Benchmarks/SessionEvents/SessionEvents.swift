@@ -132,10 +132,12 @@ final class SessionDriver {
         precondition(raw != 0, "no operation pending on leg \(leg)")
         pending[leg] = 0
         let tag = CompletionTag(rawValue: raw)
-        guard let session = table.session(for: tag), let kind = OperationKind(rawValue: tag.kind) else {
+        guard let kind = OperationKind(rawValue: tag.kind),
+              table.withSession(for: tag, {
+                  $0.handle(kind: kind, leg: Int(tag.endpoint), result: result, selectedBuffer: slot, io: io)
+              }) != nil else {
             fatalError("stale completion")
         }
-        session.handle(kind: kind, leg: Int(tag.endpoint), result: result, selectedBuffer: slot, io: io)
     }
 
     /// One client message through the proxy and its echo back.
