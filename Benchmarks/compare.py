@@ -365,9 +365,11 @@ def run_client(bins, port, connections, size, duration_s):
     return json.loads(lines[-1])
 
 
-def measure(bins, kind, process, port, connections, size, duration_s):
-    """One client run against `port`; the proxy tree's CPU over it."""
+def measure(bins, kind, process, port, connections, size, duration_s, server_pids=()):
+    """One client run against `port`; the proxy tree's CPU over it, and the
+    echo servers' (main and mirrors), which share the cores with the proxy."""
     before = tree_cpu_ticks(process.pid) if process else 0
+    servers_before = sum(tree_cpu_ticks(pid) for pid in server_pids)
     started = time.monotonic()
     result = run_client(bins, port, connections, size, duration_s)
     proxy_ticks = None
@@ -379,6 +381,9 @@ def measure(bins, kind, process, port, connections, size, duration_s):
             time.sleep(0.05)
         time.sleep(0.2)
         proxy_ticks = tree_cpu_ticks(process.pid) - before
+    else:
+        time.sleep(0.2)
+    server_ticks = sum(tree_cpu_ticks(pid) for pid in server_pids) - servers_before
     requests = result.get("requests", 0)
     return {
         "config": kind,
@@ -392,6 +397,8 @@ def measure(bins, kind, process, port, connections, size, duration_s):
         "proxy_cpu_s": None if proxy_ticks is None else proxy_ticks / CLOCK_TICKS,
         "proxy_cpu_us_per_req": (None if proxy_ticks is None or requests == 0
                                  else proxy_ticks / CLOCK_TICKS * 1e6 / requests),
+        "servers_cpu_us_per_req": (None if not server_pids or requests == 0
+                                   else server_ticks / CLOCK_TICKS * 1e6 / requests),
         "wall_s": time.monotonic() - started,
     }
 
@@ -428,6 +435,7 @@ def summarize(workload, runs, configs):
             "p50_us": median([run["p50_us"] for run in mine]),
             "p99_us": median([run["p99_us"] for run in mine]),
             "client_cpu_us_per_req": median([run["client_cpu_us_per_req"] for run in mine]),
+            "servers_cpu_us_per_req": median([run.get("servers_cpu_us_per_req") for run in mine]),
             "errors": sum(run["errors"] for run in mine),
             "short_connections": sum(1 for run in mine
                                      if run["connections_established"] < WORKLOADS[workload][0]),
@@ -445,8 +453,8 @@ def number(value, digits=0, thousands=True):
 
 def markdown_table(rows):
     lines = ["| configuration | requests/s | vs direct | vs haproxy | proxy CPU us/req | p50 us | p99 us "
-             "| client CPU us/req | requests/s per round |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| client CPU us/req | servers CPU us/req | requests/s per round |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         title = CONFIG_TITLES[row["config"]]
         notes = []
@@ -466,6 +474,7 @@ def markdown_table(rows):
             number(row["p50_us"]),
             number(row["p99_us"]),
             number(row["client_cpu_us_per_req"], 1),
+            number(row.get("servers_cpu_us_per_req"), 1),
             " / ".join(number(value) for value in row["rps_rounds"]),
         ]) + " |")
     return "\n".join(lines)
@@ -644,11 +653,12 @@ def main(argv):
     all_runs, sections = [], []
     try:
         # The echo servers: main, and four mirrors (echo too; the proxy drains their replies).
-        servers = []
+        servers, server_pids = [], []
         for name in ["echo-main", "echo-mirror1", "echo-mirror2", "echo-mirror3", "echo-mirror4"]:
             process, port = start_with_free_port(
                 processes, name, lambda port: [bins["duplicator-testserver"], "-l", f"{LOOPBACK}:{port}", "-q"])
             servers.append(port)
+            server_pids.append(process.pid)
         main_port, mirror_ports = servers[0], servers[1:]
 
         proxies = {}  # kind -> (process, port); started once, used by every workload
@@ -686,7 +696,7 @@ def main(argv):
                         log(f"  {kind} exited (status {process.returncode}); no more runs of it")
                         continue
                     try:
-                        run = measure(bins, kind, process, port, connections, size, arguments.duration)
+                        run = measure(bins, kind, process, port, connections, size, arguments.duration, server_pids)
                     except (RuntimeError, subprocess.TimeoutExpired) as error:
                         log(f"  round {round_index + 1} {kind}: failed: {error}")
                         continue
