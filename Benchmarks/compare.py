@@ -67,8 +67,10 @@ CONFIG_TITLES = {
     "socat": "socat (fork)",
 }
 
-# Tuning variants (--variant NAME='ARGS'): the duplicator with 1 mirror and extra flags.
+# Tuning variants (--variant NAME[@MIRRORS]='ARGS'): the duplicator with 1
+# mirror (or MIRRORS) and extra flags.
 VARIANT_ARGS = {}
+VARIANT_MIRRORS = {}
 
 PEER_PACKAGES = {"haproxy": ["haproxy"], "nginx": ["nginx", "libnginx-mod-stream"], "socat": ["socat"]}
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -251,7 +253,7 @@ def start_with_free_port(processes, name, make_argv, attempts=5):
 def start_proxy(kind, processes, bins, workdir, main_port, mirror_ports):
     """Starts one proxy in front of the echo server on `main_port`; returns (process, port)."""
     if kind.startswith("dup") or kind in VARIANT_ARGS:
-        mirrors = int(kind[3:]) if kind.startswith("dup") else 1
+        mirrors = int(kind[3:]) if kind.startswith("dup") else VARIANT_MIRRORS[kind]
         extra = shlex.split(VARIANT_ARGS.get(kind, ""))
 
         def argv(port):
@@ -562,9 +564,10 @@ def parse_arguments(argv):
     parser.add_argument("--report", default=os.path.join(ROOT, "BENCHMARKS.md"),
                         help="the file --write updates (default: BENCHMARKS.md at the repository root)")
     parser.add_argument("--json", metavar="FILE", help="also write every run's figures to FILE")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
-                        help="also measure the duplicator with 1 mirror and these extra flags, "
-                             "e.g. --variant batch4='--wait-batch 4' (repeatable; added to every workload)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME[@MIRRORS]=ARGS",
+                        help="also measure the duplicator with 1 mirror (or MIRRORS, 0 to 4) and these extra "
+                             "flags, e.g. --variant batch4='--wait-batch 4' or --variant "
+                             "'nobatch@4=--mirror-drain-batch 0' (repeatable; added to every workload)")
     parser.add_argument("--install", action="store_true",
                         help="apt-get install the missing peers (haproxy, nginx, libnginx-mod-stream, socat) first")
     arguments = parser.parse_args(argv)
@@ -580,9 +583,17 @@ def parse_arguments(argv):
         name, separator, flags = variant.partition("=")
         if not separator or not name.strip():
             parser.error(f"--variant '{variant}': expected NAME=ARGS")
-        kind = "v-" + name.strip()
+        name = name.strip()
+        _, at, mirrors = name.partition("@")
+        if at and mirrors not in ("0", "1", "2", "3", "4"):
+            parser.error(f"--variant '{variant}': MIRRORS must be 0 to 4")
+        kind = "v-" + name
+        if kind in VARIANT_ARGS:
+            parser.error(f"--variant '{variant}': {name} is given twice")
         VARIANT_ARGS[kind] = flags
-        CONFIG_TITLES[kind] = f"duplicator, 1 mirror, {flags}"
+        VARIANT_MIRRORS[kind] = int(mirrors) if at else 1
+        count = VARIANT_MIRRORS[kind]
+        CONFIG_TITLES[kind] = f"duplicator, {count} mirror{'' if count == 1 else 's'}, {flags}"
         for workload in WORKLOADS.values():
             workload[2].append(kind)
     arguments.configs = [name.strip() for name in arguments.configs.split(",") if name.strip()]
