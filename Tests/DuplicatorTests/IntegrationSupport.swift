@@ -43,8 +43,18 @@ enum StreamEnd: Equatable { case eof, reset, timeout }
 final class TestConnection {
     let fd: Int32
 
+    /// The descriptor is assigned last: when connecting fails, `connect`
+    /// has closed it and this object never existed. (A class whose init
+    /// throws after every property is set still runs its deinit: closing on
+    /// failure there as well closed the descriptor twice, and the second
+    /// close hit whatever another test had opened under that number in the
+    /// meantime.)
     init(port: UInt16, timeoutSeconds: Double = 5) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        fd = try Self.connect(port: port, timeoutSeconds: timeoutSeconds)
+    }
+
+    private static func connect(port: UInt16, timeoutSeconds: Double) throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw TestFailure("socket: errno \(errno)") }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
@@ -58,7 +68,8 @@ final class TestConnection {
             Glibc.close(fd)
             throw TestFailure("connect to \(port): errno \(error)")
         }
-        guard poll(events: Int16(POLLOUT), timeoutSeconds: timeoutSeconds) else {
+        var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+        guard Glibc.poll(&entry, 1, Int32(timeoutSeconds * 1000)) > 0 else {
             Glibc.close(fd)
             throw TestFailure("connect to \(port) timed out")
         }
@@ -69,6 +80,7 @@ final class TestConnection {
             Glibc.close(fd)
             throw TestFailure("connect to \(port): errno \(error)")
         }
+        return fd
     }
 
     deinit { Glibc.close(fd) }

@@ -72,7 +72,8 @@ struct ResilienceTests {
                 failures.withLock { $0.append("session \(index): \(error)") }
             }
         }
-        #expect(failures.withLock { $0 } == [])
+        #expect(failures.withLock { $0 } == [],
+                "ended: completed \(proxy.total { $0.sessionsCompleted.value }), client error \(proxy.total { $0.sessionsEndedByClientError.value }), main error \(proxy.total { $0.sessionsEndedByMainError.value }), main connect failure \(proxy.total { $0.sessionsEndedByMainConnectFailure.value }); mirror \(proxy.snapshot().mirrors[0]); main server \(main.connectionRecords().filter { $0.wasReset }.count) resets")
         #expect(proxy.total { $0.poolExhausted.value } > 0, "the pool did run dry")
         #expect(eventually { proxy.activeSessions == 0 })
     }
