@@ -250,9 +250,12 @@ public final class Session {
         let length = Int(result)
         if leg == Self.client {
             context.stats.bytesClientToMain.bump(length)
-            copyToMirrors(slot: slot, length: length, io: io)
+            // Main first: its send goes into the ring ahead of the mirrors',
+            // so the client's request never waits behind a mirror's send (each
+            // loopback send also wakes its reader).
             legs[Self.main].queue.append(slot: slot, length: length)
             kickSend(Self.main, io: io)
+            copyToMirrors(slot: slot, length: length, io: io)
         } else {
             context.stats.bytesMainToClient.bump(length)
             legs[Self.client].queue.append(slot: slot, length: length)

@@ -53,6 +53,18 @@ struct SessionTests {
         io.expectQuiescent()
     }
 
+    @Test("a client receive is sent to main before any mirror")
+    func mainIsSentFirst() throws {
+        let io = try FakeSessionIO(limits: testLimits(mirrors: 3))
+        try #require(io.start() != nil)
+        io.connectAll()
+        io.completeRecv(.client, Array("GET /\n".utf8))
+        let sends = io.requests(.send)
+        #expect(sends.map(\.peer) == [.main, .mirror(0), .mirror(1), .mirror(2)])
+        finish(io)
+        io.expectQuiescent()
+    }
+
     @Test("client bytes reach main and every mirror in order; main's reach the client; mirrors' never do")
     func bytesFlowBothWays() throws {
         let io = try FakeSessionIO(limits: testLimits(mirrors: 2))
