@@ -115,10 +115,70 @@ func openDescriptors() -> [Int32: String] {
     return descriptors
 }
 
-/// Descriptors of the kinds LoadTools opens: sockets, epoll sets and eventfds.
-func loadToolsKindDescriptorCount() -> Int {
-    openDescriptors().values.count {
-        $0.hasPrefix("socket:") || $0 == "anon_inode:[eventpoll]" || $0 == "anon_inode:[eventfd]"
+/// The text of /proc/self/fdinfo/`fd`, or nil when `fd` is not open.
+func descriptorInfo(_ fd: Int32) -> String? {
+    guard let file = fopen("/proc/self/fdinfo/\(fd)", "r") else { return nil }
+    defer { fclose(file) }
+    var text = ""
+    var line = [CChar](repeating: 0, count: 512)
+    while fgets(&line, Int32(line.count), file) != nil {
+        text += String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+    return text
+}
+
+/// An epoll set of this process and the eventfd it watches, told apart from
+/// every other one by what they are: the epoll set by the socket inodes it
+/// watches, the eventfd by its `eventfd-id`. Descriptor numbers alone would
+/// not do: tests of other targets run alongside, in this process, and reuse
+/// the numbers at once.
+struct PollSetIdentity: Equatable {
+    var epollFd: Int32
+    var watchedInodes: Set<String>
+    var eventFd: Int32
+    var eventFdID: String
+
+    /// The epoll set that watches one of `socketTargets` ("socket:[inode]"), and its eventfd.
+    static func find(watchingAnyOf socketTargets: Set<String>) -> PollSetIdentity? {
+        let inodes = Set(socketTargets.compactMap { target -> String? in
+            guard let number = UInt64(target.dropFirst("socket:[".count).dropLast()) else { return nil }
+            return String(number, radix: 16)
+        })
+        let descriptors = openDescriptors()
+        for (fd, target) in descriptors where target == "anon_inode:[eventpoll]" {
+            guard let info = descriptorInfo(fd) else { continue }
+            let watched = watchedEntries(info)
+            guard !inodes.isDisjoint(with: watched.map(\.inode)) else { continue }
+            for entry in watched where descriptors[entry.fd] == "anon_inode:[eventfd]" {
+                guard let id = eventFdID(entry.fd) else { continue }
+                return PollSetIdentity(epollFd: fd, watchedInodes: Set(watched.map(\.inode)), eventFd: entry.fd,
+                                       eventFdID: id)
+            }
+        }
+        return nil
+    }
+
+    /// Neither the epoll set nor the eventfd is open any more (their numbers
+    /// may be, for something else).
+    var isClosed: Bool {
+        let epollStillOpen = descriptorInfo(epollFd).map {
+            !Set(Self.watchedEntries($0).map(\.inode)).isDisjoint(with: watchedInodes)
+        } ?? false
+        return !epollStillOpen && Self.eventFdID(eventFd) != eventFdID
+    }
+
+    private static func watchedEntries(_ info: String) -> [(fd: Int32, inode: String)] {
+        info.split(separator: "\n").compactMap { line in
+            guard line.hasPrefix("tfd:") else { return nil }
+            let fields = line.split(separator: " ")
+            guard fields.count > 1, let fd = Int32(fields[1]),
+                  let inode = fields.first(where: { $0.hasPrefix("ino:") })?.dropFirst(4) else { return nil }
+            return (fd, String(inode))
+        }
+    }
+
+    private static func eventFdID(_ fd: Int32) -> String? {
+        descriptorInfo(fd)?.split(separator: "\n").first { $0.hasPrefix("eventfd-id:") }.map(String.init)
     }
 }
 
