@@ -183,11 +183,16 @@ public final class Session {
     /// `mirrorLingerMs`, then are closed.
     public func tick<IO: SessionIO>(io: IO) {
         guard isActive, isEnding, context.nowMs >= lingerDeadlineMs else { return }
-        // What is still in our backlog is lost; what the kernel already took
-        // it goes on delivering after the close (replies are drained, so the
-        // close is a FIN, not a reset).
-        for leg in Self.firstMirror..<legCount where legs[leg].phase != .closed {
-            cutMirror(leg, forLag: !legs[leg].queue.isEmpty, io: io)
+        // A mirror still open now has not taken the whole stream in time:
+        // what is in our backlog is lost, and so may be what the kernel
+        // holds that the mirror has not acknowledged. The close is a FIN, and
+        // the kernel goes on delivering; but a mirror that replies after it
+        // gets a reset (TCP aborts a closed socket that is sent data) and
+        // loses the rest. Either way it did not keep up: it is cut for lag
+        // and those bytes count as missed.
+        for leg in Self.firstMirror..<legCount where legs[leg].phase != .closed && legs[leg].phase != .closing {
+            let unacknowledged = legs[leg].phase == .open ? io.unsentBytes(fd: legs[leg].fd) : 0
+            cutMirror(leg, forLag: !legs[leg].queue.isEmpty || unacknowledged > 0, alsoMissed: unacknowledged, io: io)
         }
         if legs[Self.main].flushing { closeLeg(Self.main, io: io) }
     }
@@ -487,11 +492,11 @@ public final class Session {
 
     /// Disconnects a mirror for the rest of this session; what it had not
     /// been sent counts as missed, and so will what the client sends later.
-    private func cutMirror<IO: SessionIO>(_ leg: Int, forLag: Bool, io: IO) {
+    private func cutMirror<IO: SessionIO>(_ leg: Int, forLag: Bool, alsoMissed: Int = 0, io: IO) {
         guard legs[leg].phase != .closed, legs[leg].phase != .closing else { return }
         let stats = context.stats.mirrors[leg - Self.firstMirror]
         if forLag { stats.sessionsCutForLag.bump() }
-        stats.bytesMissed.bump(legs[leg].queue.bytes)
+        stats.bytesMissed.bump(legs[leg].queue.bytes + alsoMissed)
         legs[leg].missing = true
         closeLeg(leg, io: io)
     }

@@ -37,6 +37,9 @@ public protocol SessionIO: AnyObject {
     /// Cancel every operation in flight on `fd`.
     func cancel(fd: Int32, tag: CompletionTag)
     func close(fd: Int32, tag: CompletionTag)
+    /// Bytes the kernel still holds for `fd` that its peer has not
+    /// acknowledged (SIOCOUTQ). Asked once per mirror, when its linger ends.
+    func unsentBytes(fd: Int32) -> Int
     /// `slot`'s last holder let go: lend it out again.
     func recycle(slot: UInt32)
     /// The session at `index` found no free slot: call `resumeReceiving` on

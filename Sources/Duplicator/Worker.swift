@@ -282,6 +282,14 @@ final class Worker: SessionIO {
     }
 
     func shutdownWrite(fd: Int32, tag: CompletionTag) {
+        if Int(tag.endpoint) >= Session.firstMirror && config.mirrorDrainBatchBytes > 0 {
+            // The mirror has the whole stream: from now on drain its replies
+            // as they come (lowering SO_RCVLOWAT wakes the drain for what
+            // waits), so that closing it at the end of its linger finds no
+            // reply unread, which would turn the FIN into a reset and drop
+            // what the kernel has yet to deliver.
+            Sockets.setReceiveLowWater(fd, bytes: 1)
+        }
         ring.prepareShutdown(fd: fd, how: Int32(SHUT_WR), tag: tag)
     }
 
@@ -291,6 +299,14 @@ final class Worker: SessionIO {
 
     func close(fd: Int32, tag: CompletionTag) {
         ring.prepareClose(fd: fd, tag: tag)
+    }
+
+    /// SIOCOUTQ (linux/sockios.h, equal to TIOCOUTQ), which Glibc's module does not export.
+    private static let socketOutputQueueRequest: UInt = 0x5411
+
+    func unsentBytes(fd: Int32) -> Int {
+        var count: Int32 = 0
+        return ioctl(fd, Self.socketOutputQueueRequest, &count) == 0 ? Int(count) : 0
     }
 
     @inline(__always)

@@ -181,6 +181,9 @@ final class FakeSessionIO: SessionIO {
     var openFailures: [Int: Int32] = [:]
     /// What the simulated peers of each session will do (see `Simulation`).
     var scripts: [SessionKey: PeerScript] = [:]
+    /// Bytes "the kernel" holds for a descriptor that its peer has not
+    /// acknowledged (`unsentBytes`); 0 unless set.
+    var unacknowledgedBytes: [Int32: Int] = [:]
 
     private var starting: (session: Session, key: SessionKey)?
     private var nextFD: Int32 = 100
@@ -609,6 +612,14 @@ final class FakeSessionIO: SessionIO {
 
     func close(fd: Int32, tag: CompletionTag) {
         _ = request(.close, fd: fd, tag: tag)
+    }
+
+    func unsentBytes(fd: Int32) -> Int {
+        guard let record = fds[fd], record.closeCount == 0 else {
+            violation("unsentBytes(fd: \(fd)) of a descriptor that is not open")
+            return 0
+        }
+        return unacknowledgedBytes[fd] ?? 0
     }
 
     func recycle(slot: UInt32) {

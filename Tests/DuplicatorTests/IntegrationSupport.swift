@@ -149,6 +149,9 @@ final class FaultServer: Sendable {
         case resetAfterReading(Int)
         /// Reads `readBytes`, writes `reply`, then closes (or resets).
         case replyThenClose(readBytes: Int, reply: [UInt8], reset: Bool)
+        /// Reads at most `bytesPerRead` every `intervalMs` and replies one byte
+        /// to each read, until EOF or an error; `received` and `endedByReset` tell.
+        case slowReader(bytesPerRead: Int, intervalMs: Int)
     }
 
     let port: UInt16
@@ -157,6 +160,10 @@ final class FaultServer: Sendable {
     private let stopping = Atomic<Bool>(false)
     private let finished = Atomic<Bool>(false)
     let connections = Atomic<Int>(0)
+    /// `slowReader`: bytes read so far, and whether the stream ended in an error.
+    let received = Atomic<Int>(0)
+    let endedByReset = Atomic<Bool>(false)
+    let ended = Atomic<Bool>(false)
 
     private init(_ behavior: Behavior) throws {
         self.behavior = behavior
@@ -223,6 +230,22 @@ final class FaultServer: Sendable {
                 }
             }
             if reset { resetAndClose(fd) } else { close(fd) }
+        case .slowReader(let bytesPerRead, let intervalMs):
+            var buffer = [UInt8](repeating: 0, count: bytesPerRead)
+            var reply: UInt8 = 0x21
+            while true {
+                let read = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if read < 0 && errno == EAGAIN { continue }  // SO_RCVTIMEO: nothing yet
+                guard read > 0 else {
+                    endedByReset.store(read < 0, ordering: .relaxed)
+                    break
+                }
+                received.add(read, ordering: .relaxed)
+                _ = send(fd, &reply, 1, Int32(MSG_NOSIGNAL))
+                usleep(useconds_t(intervalMs * 1000))
+            }
+            close(fd)
+            ended.store(true, ordering: .releasing)
         }
     }
 

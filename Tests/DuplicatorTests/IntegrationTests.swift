@@ -279,6 +279,42 @@ struct IntegrationTests {
         }
     }
 
+    /// A mirror still reading when its linger ends did not keep up, even
+    /// with our backlog empty: the kernel still holds bytes it has not
+    /// acknowledged, and as it replies after our close, TCP resets it and
+    /// drops them. It is cut for lag and those bytes count as missed; the
+    /// client never notices.
+    @Test("a mirror still reading when its linger ends is cut, and what it missed is counted")
+    func slowMirrorAfterLinger() throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        // 128 KiB, which the kernel takes at once (into the mirror's receive
+        // buffer), read 2 KiB every 10 ms with a byte of reply each: about
+        // 0.6 s, three lingers.
+        let mirror = try FaultServer.start(.slowReader(bytesPerRead: 2048, intervalMs: 10))
+        defer { mirror.stop() }
+        let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.port]) {
+            $0.mirrorLingerMs = 200
+        }
+        defer { proxy.shutdown() }
+        var generator = SeededGenerator(seed: 11)
+        let payload = generator.bytes(128 << 10)
+        let connection = try TestConnection(port: proxy.port)
+        let (received, end) = connection.exchange(payload, timeoutSeconds: 30)
+        #expect(end == .eof)
+        #expect(received == payload)
+        #expect(eventually(timeoutSeconds: 10) { proxy.activeSessions == 0 })
+        #expect(mirror.received.load(ordering: .relaxed) < payload.count, "the mirror was still reading")
+        #expect(eventually(timeoutSeconds: 20) { mirror.ended.load(ordering: .acquiring) })
+        let readInAll = mirror.received.load(ordering: .relaxed)
+        let missed = proxy.mirrorTotal(0) { $0.bytesMissed.value }
+        #expect(proxy.mirrorTotal(0) { $0.sessionsCutForLag.value } == 1)
+        #expect(missed > 0)
+        #expect(UInt64(readInAll) + missed >= UInt64(payload.count),
+                "the mirror read \(readInAll) of \(payload.count) bytes; \(missed) counted as missed")
+        #expect(proxy.total { $0.sessionsCompleted.value } == 1)
+    }
+
     /// Promise 5: main refused or reset closes the client at once; others are still served.
     @Test("main refuses: the client is closed at once and the proxy serves the next client")
     func mainRefuses() throws {

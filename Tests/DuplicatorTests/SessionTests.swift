@@ -891,6 +891,39 @@ struct SessionTests {
         io.expectQuiescent()
     }
 
+    /// Our backlog was empty, but the kernel still held bytes the mirror had
+    /// not acknowledged when the linger ended: it did not keep up either.
+    @Test("a mirror whose kernel still holds unacknowledged bytes when its linger ends is cut for lag")
+    func lingerEndsWithUnacknowledgedBytes() throws {
+        let io = try FakeSessionIO(limits: testLimits(mirrors: 2, lingerMs: 2_000))
+        io.context.nowMs = 1_000
+        let session = try #require(io.start())
+        io.connectAll()
+        io.completeRecv(.client, TestBytes.random(800, seed: 2))
+        io.flushSends(.main)
+        io.flushSends(.mirror(0))
+        io.flushSends(.mirror(1))
+        io.completeEOF(.client)
+        io.completeShutdown(.main)
+        io.completeShutdown(.mirror(0))
+        io.completeShutdown(.mirror(1))
+        io.completeEOF(.main)
+        io.completeShutdown(.client)
+        #expect(session.isEnding && session.isActive, "both mirrors are yet to send their EOF")
+        // Mirror 0 has acknowledged everything; 300 bytes wait in mirror 1's kernel send queue.
+        io.unacknowledgedBytes[try #require(io.record(.mirror(1))).fd] = 300
+        io.context.nowMs = 3_000
+        io.tickAll()
+        #expect(io.stats.mirrors[0].sessionsCutForLag.value == 0)
+        #expect(io.stats.mirrors[0].bytesMissed.value == 0)
+        #expect(io.stats.mirrors[1].sessionsCutForLag.value == 1)
+        #expect(io.stats.mirrors[1].bytesMissed.value == 300)
+        io.completeCancelled()
+        #expect(!session.isActive)
+        #expect(io.lastEnded?.mirrorMissing[1] == true)
+        io.expectQuiescent()
+    }
+
     @Test("a completion for an ended session's tag is recognised as stale, even after the slot is reused")
     func staleCompletions() throws {
         let io = try FakeSessionIO(limits: testLimits(mirrors: 1), sessions: 2)

@@ -87,6 +87,7 @@ final class ScriptedIO: SessionIO {
     func shutdownWrite(fd: Int32, tag: CompletionTag) {}
     func cancel(fd: Int32, tag: CompletionTag) {}
     func close(fd: Int32, tag: CompletionTag) {}
+    func unsentBytes(fd: Int32) -> Int { 0 }
 
     func recycle(slot: UInt32) {
         freeSlots[freeCount] = slot
