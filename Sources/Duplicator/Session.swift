@@ -192,7 +192,11 @@ public final class Session {
         // and those bytes count as missed.
         for leg in Self.firstMirror..<legCount where legs[leg].phase != .closed && legs[leg].phase != .closing {
             let unacknowledged = legs[leg].phase == .open ? io.unsentBytes(fd: legs[leg].fd) : 0
-            cutMirror(leg, forLag: !legs[leg].queue.isEmpty || unacknowledged > 0, alsoMissed: unacknowledged, io: io)
+            if legs[leg].queue.isEmpty && unacknowledged == 0 {
+                closeLeg(leg, io: io)  // it has the whole stream; only its EOF is still to come
+            } else {
+                cutMirror(leg, forLag: true, alsoMissed: unacknowledged, io: io)
+            }
         }
         if legs[Self.main].flushing { closeLeg(Self.main, io: io) }
     }
