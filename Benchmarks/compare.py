@@ -114,15 +114,16 @@ def process_tree(root, table):
     return tree
 
 
-def tree_cpu_ticks(root):
-    """CPU ticks of `root` and all its descendants, alive or exited and reaped.
+def tree_cpu_ticks(*roots):
+    """CPU ticks of `roots` and all their descendants, alive or exited and
+    reaped, from one read of the process table.
 
     A descendant alive at both samples counts through its own times; one that
     exited and was reaped in between moves into its parent's cutime/cstime
     with its whole lifetime, which the difference of two samples turns into
     exactly its time inside the window."""
     table = read_process_table()
-    return sum(table[pid][1] for pid in process_tree(root, table))
+    return sum(table[pid][1] for root in roots for pid in process_tree(root, table))
 
 
 def tree_size(root):
@@ -371,7 +372,7 @@ def measure(bins, kind, process, port, connections, size, duration_s, server_pid
     """One client run against `port`; the proxy tree's CPU over it, and the
     echo servers' (main and mirrors), which share the cores with the proxy."""
     before = tree_cpu_ticks(process.pid) if process else 0
-    servers_before = sum(tree_cpu_ticks(pid) for pid in server_pids)
+    servers_before = tree_cpu_ticks(*server_pids)
     started = time.monotonic()
     result = run_client(bins, port, connections, size, duration_s)
     proxy_ticks = None
@@ -385,7 +386,7 @@ def measure(bins, kind, process, port, connections, size, duration_s, server_pid
         proxy_ticks = tree_cpu_ticks(process.pid) - before
     else:
         time.sleep(0.2)
-    server_ticks = sum(tree_cpu_ticks(pid) for pid in server_pids) - servers_before
+    server_ticks = tree_cpu_ticks(*server_pids) - servers_before
     requests = result.get("requests", 0)
     return {
         "config": kind,

@@ -150,7 +150,7 @@ final class FaultServer: Sendable {
         /// Reads `readBytes`, writes `reply`, then closes (or resets).
         case replyThenClose(readBytes: Int, reply: [UInt8], reset: Bool)
         /// Reads at most `bytesPerRead` every `intervalMs` and replies one byte
-        /// to each read, until EOF or an error; `received` and `endedByReset` tell.
+        /// to each read, until EOF or an error; `received` and `ended` tell.
         case slowReader(bytesPerRead: Int, intervalMs: Int)
     }
 
@@ -160,9 +160,8 @@ final class FaultServer: Sendable {
     private let stopping = Atomic<Bool>(false)
     private let finished = Atomic<Bool>(false)
     let connections = Atomic<Int>(0)
-    /// `slowReader`: bytes read so far, and whether the stream ended in an error.
+    /// `slowReader`: bytes read so far, and whether the stream has ended.
     let received = Atomic<Int>(0)
-    let endedByReset = Atomic<Bool>(false)
     let ended = Atomic<Bool>(false)
 
     private init(_ behavior: Behavior) throws {
@@ -236,10 +235,7 @@ final class FaultServer: Sendable {
             while true {
                 let read = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
                 if read < 0 && errno == EAGAIN { continue }  // SO_RCVTIMEO: nothing yet
-                guard read > 0 else {
-                    endedByReset.store(read < 0, ordering: .relaxed)
-                    break
-                }
+                guard read > 0 else { break }
                 received.add(read, ordering: .relaxed)
                 _ = send(fd, &reply, 1, Int32(MSG_NOSIGNAL))
                 usleep(useconds_t(intervalMs * 1000))
