@@ -9,14 +9,21 @@ public struct Config: Sendable {
     public var mainConnectTimeoutMs = 10_000
     /// Bytes per pool slot: the most one receive takes.
     public var slotSize = 16 * 1024
-    /// Pool slots per worker (a power of two, at most 16384).
-    public var poolSlots = 1024
+    /// The buffer memory of all workers together: the bound on what the
+    /// pools may grow to (they start small and grow with the load).
+    public var maxMemoryBytes = 1 << 30
+    /// Pool slots per worker; nil: as many as `maxMemoryBytes` allows.
+    public var poolSlots: Int?
     /// A mirror more than this many bytes behind is cut for the session.
     public var backlogBytesMax = 4 << 20
     /// ... or more than this many receives behind.
     public var backlogChunksMax = 256
-    /// Session table size per worker; clients beyond it are closed at once.
+    /// Session table size per worker, at most; `sessionsPerWorker` may admit
+    /// fewer. Clients beyond it are closed at once.
     public var sessionsMax = 16384
+    /// A session in which no byte moved between client and main for this
+    /// long is closed; 0: never. nginx's `proxy_timeout` is 10 minutes too.
+    public var idleTimeoutMs = 600_000
     public var threads = 1
     /// How long mirrors may flush after their client's session ended.
     public var mirrorLingerMs = 2_000
@@ -42,6 +49,34 @@ public struct Config: Sendable {
     public var mirrorFailuresBeforeBackoff = 3
     public var mirrorBackoffInitialMs = 250
     public var mirrorBackoffMaxMs = 30_000
+    /// Free slots lent to the kernel at a time (see `ProvidedBuffers`).
+    public var providedWindowSlots = 512
+
+    /// The most slots a worker's pool has: a provided buffer's id is 16 bits,
+    /// and a buffer ring has at most 32768 entries.
+    public static let poolSlotsMax = 32768
+    /// Slots one session can hold on main's path: a full read-ahead window
+    /// each way (a client that stops reading pins its queue, and so does a
+    /// main that stops reading). Admission reserves this much per session.
+    static let sessionSlotsMax = 2 * readAheadChunks
+    static let readAheadChunks = 2
+
+    /// Slots in each worker's pool.
+    public var poolSlotsPerWorker: Int {
+        poolSlots ?? min(Self.poolSlotsMax, maxMemoryBytes / max(1, threads) / max(1, slotSize))
+    }
+
+    /// Slots of a pool that mirrors may hold once main is done with them:
+    /// half, so main's path always has the rest (none without mirrors).
+    public var mirrorShareSlots: Int { mirrors.isEmpty ? 0 : max(1, poolSlotsPerWorker / 2) }
+
+    /// Sessions a worker admits: as many as can each hold their
+    /// `sessionSlotsMax` at once beside the mirrors' share, so that no set of
+    /// sessions, however stalled their peers, can take the slots another
+    /// session needs. Clients beyond are refused (closed at once, counted).
+    public var sessionsPerWorker: Int {
+        max(1, min(sessionsMax, (poolSlotsPerWorker - mirrorShareSlots) / Self.sessionSlotsMax))
+    }
 
     public init(listen: Endpoint, main: Endpoint, mirrors: [Endpoint]) {
         self.listen = listen
@@ -62,10 +97,19 @@ public struct Config: Sendable {
         guard (4096...(1 << 20)).contains(slotSize) else {
             throw ConfigError("--slot-size must be from 4KiB to 1MiB, got \(slotSize)")
         }
-        // 16384: the kernel registers at most that many fixed buffers.
-        guard (2...16384).contains(poolSlots), poolSlots & (poolSlots - 1) == 0 else {
-            throw ConfigError("--pool-slots must be a power of two from 2 to 16384, got \(poolSlots)")
+        guard maxMemoryBytes >= 1 << 20 else {
+            throw ConfigError("--max-memory must be at least 1MiB, got \(maxMemoryBytes) bytes")
         }
+        guard (Self.sessionSlotsMax...Self.poolSlotsMax).contains(poolSlotsPerWorker) else {
+            if let poolSlots {
+                throw ConfigError("pool slots must be from \(Self.sessionSlotsMax) to \(Self.poolSlotsMax), got \(poolSlots)")
+            }
+            throw ConfigError("--max-memory \(maxMemoryBytes) bytes gives each of \(threads) threads "
+                + "\(poolSlotsPerWorker) slots of \(slotSize) bytes; each needs at least \(Self.sessionSlotsMax): "
+                + "raise --max-memory or lower --threads or --slot-size")
+        }
+        guard idleTimeoutMs >= 0 else { throw ConfigError("durations must not be negative") }
+        guard providedWindowSlots >= 1 else { throw ConfigError("the provided window needs a slot") }
         guard (0...(1 << 20)).contains(mirrorDrainBatchBytes) else {
             throw ConfigError("--mirror-drain-batch must be from 0 to 1MiB, got \(mirrorDrainBatchBytes)")
         }
@@ -85,7 +129,8 @@ public struct Config: Sendable {
     var limits: SessionLimits {
         SessionLimits(mirrorCount: mirrors.count, mainConnectTimeoutMs: mainConnectTimeoutMs,
                       mirrorConnectTimeoutMs: mirrorConnectTimeoutMs, backlogBytesMax: backlogBytesMax,
-                      backlogChunksMax: backlogChunksMax, readAheadChunks: 2, mirrorLingerMs: mirrorLingerMs,
+                      backlogChunksMax: backlogChunksMax, readAheadChunks: Self.readAheadChunks,
+                      mirrorLingerMs: mirrorLingerMs, idleTimeoutMs: idleTimeoutMs,
                       mirrorFailuresBeforeBackoff: mirrorFailuresBeforeBackoff,
                       mirrorBackoffInitialMs: mirrorBackoffInitialMs, mirrorBackoffMaxMs: mirrorBackoffMaxMs)
     }

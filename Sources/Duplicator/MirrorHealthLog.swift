@@ -11,6 +11,7 @@ struct MirrorHealthLog {
         var connectTimeouts: UInt64 = 0
         var errors: UInt64 = 0
         var cuts: UInt64 = 0
+        var poolShareCuts: UInt64 = 0
         var failing = false
         var limiter: RateLimitedLog
     }
@@ -40,7 +41,8 @@ struct MirrorHealthLog {
             let timeouts = mirror.connectTimeouts.value &- seen[index].connectTimeouts
             let errors = mirror.errors.value &- seen[index].errors
             let cuts = mirror.sessionsCutForLag.value &- seen[index].cuts
-            guard failures + timeouts + errors + cuts > 0, seen[index].limiter.allow(nowMs: context.nowMs) else { continue }
+            let poolShareCuts = mirror.sessionsCutForPoolShare.value &- seen[index].poolShareCuts
+            guard failures + timeouts + errors + cuts + poolShareCuts > 0, seen[index].limiter.allow(nowMs: context.nowMs) else { continue }
             var parts: [String] = []
             if failures > 0 {
                 let reason = context.mirrorLastConnectErrno[index]
@@ -48,12 +50,16 @@ struct MirrorHealthLog {
             }
             if timeouts > 0 { parts.append("\(timeouts) connect timeouts") }
             if errors > 0 { parts.append("\(errors) connection errors") }
-            if cuts > 0 { parts.append("\(cuts) sessions cut for lagging behind") }
+            if cuts > 0 { parts.append("\(cuts) sessions cut for lagging more than their backlog behind") }
+            if poolShareCuts > 0 {
+                parts.append("\(poolShareCuts) sessions cut because mirrors held their share of the buffer pool (raise --max-memory)")
+            }
             logger.warning("mirror \(name): \(parts.joined(separator: ", "))")
             seen[index].connectFailures = mirror.connectFailures.value
             seen[index].connectTimeouts = mirror.connectTimeouts.value
             seen[index].errors = mirror.errors.value
             seen[index].cuts = mirror.sessionsCutForLag.value
+            seen[index].poolShareCuts = mirror.sessionsCutForPoolShare.value
         }
     }
 }

@@ -16,13 +16,14 @@ public enum PrometheusText {
                [("", snapshot.sessionsAccepted)])
         family("duplicator_sessions_active", "gauge", "Sessions open now, including mirrors still flushing.",
                [("", snapshot.sessionsActive)])
-        family("duplicator_sessions_rejected_total", "counter", "Clients closed at once because the session table was full.",
+        family("duplicator_sessions_rejected_total", "counter", "Clients closed at once because the proxy had admitted all the sessions its memory bound holds.",
                [("", snapshot.sessionsRejected)])
         family("duplicator_sessions_ended_total", "counter", "Sessions ended, by cause.", [
             ("cause=\"completed\"", snapshot.sessionsCompleted),
             ("cause=\"client_error\"", snapshot.sessionsEndedByClientError),
             ("cause=\"main_connect_failure\"", snapshot.sessionsEndedByMainConnectFailure),
             ("cause=\"main_error\"", snapshot.sessionsEndedByMainError),
+            ("cause=\"idle_timeout\"", snapshot.sessionsEndedByIdleTimeout),
             ("cause=\"aborted\"", snapshot.sessionsAborted),
         ])
         family("duplicator_accept_errors_total", "counter", "Failed accepts (descriptor or memory shortage).",
@@ -31,7 +32,10 @@ public enum PrometheusText {
             ("direction=\"client_to_main\"", snapshot.bytesClientToMain),
             ("direction=\"main_to_client\"", snapshot.bytesMainToClient),
         ])
-        family("duplicator_pool_slots", "gauge", "Buffer pool slots, all workers.", [("", snapshot.poolSlots)])
+        family("duplicator_pool_slots", "gauge", "Buffer pool slots the pools may grow to (--max-memory), all workers.",
+               [("", snapshot.poolSlots)])
+        family("duplicator_pool_slots_grown", "gauge", "Buffer pool slots taken into use so far: the resident part.",
+               [("", snapshot.poolSlotsGrown)])
         family("duplicator_pool_slots_in_use", "gauge", "Buffer pool slots held now.", [("", snapshot.poolSlotsInUse)])
         family("duplicator_pool_exhausted_total", "counter", "Receives that found no free slot and waited.",
                [("", snapshot.poolExhausted)])
@@ -41,7 +45,8 @@ public enum PrometheusText {
         }
         perMirror("duplicator_mirror_sessions_total", "counter", "Sessions whose connect to the mirror succeeded.") { $0.sessionsMirrored }
         perMirror("duplicator_mirror_bytes_total", "counter", "Client bytes sent to the mirror.") { $0.bytesSent }
-        perMirror("duplicator_mirror_lag_cuts_total", "counter", "Sessions in which the mirror fell too far behind and was cut.") { $0.sessionsCutForLag }
+        perMirror("duplicator_mirror_lag_cuts_total", "counter", "Sessions in which the mirror fell more than its backlog behind (or was still behind when its linger ended) and was cut.") { $0.sessionsCutForLag }
+        perMirror("duplicator_mirror_pool_share_cuts_total", "counter", "Sessions in which the mirror was cut because mirrors held their share of the pool and it lagged most.") { $0.sessionsCutForPoolShare }
         perMirror("duplicator_mirror_missed_bytes_total", "counter", "Client bytes the mirror did not get (cut, failed or skipped).") { $0.bytesMissed }
         perMirror("duplicator_mirror_connect_failures_total", "counter", "Mirror connects that failed.") { $0.connectFailures }
         perMirror("duplicator_mirror_connect_timeouts_total", "counter", "Mirror connects that timed out.") { $0.connectTimeouts }

@@ -20,14 +20,13 @@ public struct ProxyError: Error, CustomStringConvertible, Sendable {
                 + "or the container's seccomp profile (Docker: --security-opt seccomp=<profile allowing io_uring_*>)")
         case ENOMEM:
             // The rings (64-byte SQEs, 16-byte CQEs) and the registered pool are locked memory.
-            let ringBytes = config.ringEntries * 64 + config.completionEntries * 16
-            let needed = ringBytes + config.poolSlots * config.slotSize
             var limit = rlimit()
             getrlimit(__rlimit_resource_t(8) /* RLIMIT_MEMLOCK */, &limit)
-            let limitText = limit.rlim_cur == ~0 ? "unlimited" : "\(limit.rlim_cur) bytes"
-            return ProxyError("not enough locked memory (\(error.operation) failed): each worker needs about \(needed) bytes "
-                + "(its rings and a \(config.poolSlots * config.slotSize)-byte buffer pool), RLIMIT_MEMLOCK is \(limitText); "
-                + "raise it (ulimit -l, LimitMEMLOCK= in systemd) or lower --pool-slots / --slot-size")
+            let limitText = limit.rlim_cur == rlim_t.max ? "unlimited" : "\(limit.rlim_cur) bytes"
+            return ProxyError("not enough locked memory (\(error.operation) failed): each worker needs up to "
+                + "\(LockedMemory.perWorkerBytes(config)) bytes (its rings and a "
+                + "\(config.poolSlotsPerWorker * config.slotSize)-byte buffer pool), RLIMIT_MEMLOCK is \(limitText); "
+                + "raise it (ulimit -l, LimitMEMLOCK= in systemd) or lower --max-memory")
         default:
             return ProxyError("cannot start a worker: \(error)")
         }
@@ -93,6 +92,10 @@ public final class Proxy: Sendable {
             return fds
         }
         precondition(!fds.isEmpty, "start() called twice")
+        if let error = LockedMemory.check(config, limitBytes: LockedMemory.limitBytes()) {
+            fds.forEach { _ = close($0) }
+            throw error
+        }
         for (index, fd) in fds.enumerated() {
             let job = WorkerJob(config: config, targets: targets, listenerFD: fd, stats: stats[index],
                                 control: control, logger: logger)

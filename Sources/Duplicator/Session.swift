@@ -15,7 +15,19 @@ import Ring
 /// recycles the slot. Main's bytes go to the client's queue the same way.
 public final class Session {
     public enum EndCause: Sendable {
-        case completed, clientError, mainConnectFailure, mainError, aborted
+        case completed, clientError, mainConnectFailure, mainError, idleTimeout, aborted
+    }
+
+    /// Why a mirror is disconnected for the rest of a session.
+    enum MirrorCut {
+        /// It fell more than its backlog limit behind, or had not taken the
+        /// whole stream when its linger ended.
+        case lag
+        /// Mirrors together held their share of the pool; this session's
+        /// laggiest mirror gave its slots back.
+        case poolShare
+        /// An error on its connection, or the session was aborted.
+        case failure
     }
 
     struct Leg {
@@ -57,6 +69,8 @@ public final class Session {
     private var clientToMainDone = false
     private var mainToClientDone = false
     private var lingerDeadlineMs: UInt64 = 0
+    /// When a byte last moved between client and main (the idle timeout's clock).
+    private var lastActivityMs: UInt64 = 0
     var legs: UnsafeMutablePointer<Leg>
     let legCount: Int
     private let context: SessionContext
@@ -107,6 +121,7 @@ public final class Session {
         clientToMainDone = false
         mainToClientDone = false
         lingerDeadlineMs = 0
+        lastActivityMs = context.nowMs
         for leg in 0..<legCount {
             let queue = legs[leg].queue
             precondition(queue.isEmpty)
@@ -195,10 +210,19 @@ public final class Session {
             if legs[leg].queue.isEmpty && unacknowledged == 0 {
                 closeLeg(leg, io: io)  // it has the whole stream; only its EOF is still to come
             } else {
-                cutMirror(leg, forLag: true, alsoMissed: unacknowledged, io: io)
+                cutMirror(leg, .lag, alsoMissed: unacknowledged, io: io)
             }
         }
         if legs[Self.main].flushing { closeLeg(Self.main, io: io) }
+    }
+
+    /// Ends the session when nothing moved between client and main for the
+    /// idle timeout: a stalled or vanished peer must not hold a session (and
+    /// its slots) forever. Mirrors flush and linger as after any end.
+    public func checkIdle<IO: SessionIO>(io: IO) {
+        let timeoutMs = context.limits.idleTimeoutMs
+        guard isActive, !isEnding, timeoutMs > 0, context.nowMs &- lastActivityMs >= UInt64(timeoutMs) else { return }
+        fail(.idleTimeout, io: io)
     }
 
     /// Ends the session now (shutdown past its drain time): every leg is closed.
@@ -206,7 +230,7 @@ public final class Session {
         guard isActive else { return }
         fail(.aborted, io: io)
         closeLeg(Self.main, io: io)
-        for leg in Self.firstMirror..<legCount { cutMirror(leg, forLag: false, io: io) }
+        for leg in Self.firstMirror..<legCount { cutMirror(leg, .failure, io: io) }
     }
 
     // MARK: - Receiving
@@ -257,6 +281,7 @@ public final class Session {
             return
         }
         let length = Int(result)
+        lastActivityMs = context.nowMs
         if leg == Self.client {
             context.stats.bytesClientToMain.bump(length)
             // Main first: its send goes into the ring ahead of the mirrors',
@@ -285,7 +310,7 @@ public final class Session {
             let phase = legs[leg].phase
             guard phase == .open || phase == .connecting else { continue }
             if legs[leg].queue.isFull || legs[leg].queue.bytes + length > limits.backlogBytesMax {
-                cutMirror(leg, forLag: true, io: io)
+                cutMirror(leg, .lag, io: io)
                 context.stats.mirrors[leg - Self.firstMirror].bytesMissed.bump(length)
                 continue
             }
@@ -328,7 +353,7 @@ public final class Session {
             if legs[leg].shutdownDone { closeLeg(leg, io: io) }
         } else if legs[leg].phase == .open {
             context.stats.mirrors[leg - Self.firstMirror].errors.bump()
-            cutMirror(leg, forLag: false, io: io)
+            cutMirror(leg, .failure, io: io)
         }
     }
 
@@ -379,12 +404,16 @@ public final class Session {
             case Self.main: fail(.mainError, io: io)
             default:
                 context.stats.mirrors[leg - Self.firstMirror].errors.bump()
-                cutMirror(leg, forLag: false, io: io)
+                cutMirror(leg, .failure, io: io)
             }
             return
         }
         let length = Int(result)
-        if leg >= Self.firstMirror { context.stats.mirrors[leg - Self.firstMirror].bytesSent.bump(length) }
+        if leg >= Self.firstMirror {
+            context.stats.mirrors[leg - Self.firstMirror].bytesSent.bump(length)
+        } else {
+            lastActivityMs = context.nowMs
+        }
         if let slot = legs[leg].queue.consume(length) { releaseSlot(slot, from: leg, io: io) }
         kickSend(leg, io: io)
         // The queue has room again: the other side may be read.
@@ -400,7 +429,7 @@ public final class Session {
             // Only mirrors hold it now. If mirrors hold more than their share
             // of the pool, this session's laggiest mirror gives its slots back.
             if !context.markMirrorOnly(slot), let laggiest = laggiestMirror() {
-                cutMirror(laggiest, forLag: true, io: io)
+                cutMirror(laggiest, .poolShare, io: io)
             }
         }
     }
@@ -496,10 +525,14 @@ public final class Session {
 
     /// Disconnects a mirror for the rest of this session; what it had not
     /// been sent counts as missed, and so will what the client sends later.
-    private func cutMirror<IO: SessionIO>(_ leg: Int, forLag: Bool, alsoMissed: Int = 0, io: IO) {
+    private func cutMirror<IO: SessionIO>(_ leg: Int, _ cause: MirrorCut, alsoMissed: Int = 0, io: IO) {
         guard legs[leg].phase != .closed, legs[leg].phase != .closing else { return }
         let stats = context.stats.mirrors[leg - Self.firstMirror]
-        if forLag { stats.sessionsCutForLag.bump() }
+        switch cause {
+        case .lag: stats.sessionsCutForLag.bump()
+        case .poolShare: stats.sessionsCutForPoolShare.bump()
+        case .failure: break
+        }
         stats.bytesMissed.bump(legs[leg].queue.bytes + alsoMissed)
         legs[leg].missing = true
         closeLeg(leg, io: io)
@@ -522,6 +555,7 @@ public final class Session {
         case .clientError: stats.sessionsEndedByClientError.bump()
         case .mainConnectFailure: stats.sessionsEndedByMainConnectFailure.bump()
         case .mainError: stats.sessionsEndedByMainError.bump()
+        case .idleTimeout: stats.sessionsEndedByIdleTimeout.bump()
         case .aborted: stats.sessionsAborted.bump()
         }
         lingerDeadlineMs = context.nowMs + UInt64(context.limits.mirrorLingerMs)

@@ -16,6 +16,8 @@ public struct SessionLimits: Sendable {
     /// How long mirrors may go on flushing and draining after the client's
     /// session ended, before they are closed.
     public var mirrorLingerMs: Int
+    /// A session in which nothing moved between client and main for this long ends; 0: never.
+    public var idleTimeoutMs: Int
     /// Consecutive connect failures after which a mirror is not tried for a while.
     public var mirrorFailuresBeforeBackoff: Int
     public var mirrorBackoffInitialMs: Int
@@ -23,7 +25,7 @@ public struct SessionLimits: Sendable {
 
     public init(mirrorCount: Int, mainConnectTimeoutMs: Int = 10_000, mirrorConnectTimeoutMs: Int = 500,
                 backlogBytesMax: Int = 4 << 20, backlogChunksMax: Int = 256, readAheadChunks: Int = 2,
-                mirrorLingerMs: Int = 2_000, mirrorFailuresBeforeBackoff: Int = 3,
+                mirrorLingerMs: Int = 2_000, idleTimeoutMs: Int = 0, mirrorFailuresBeforeBackoff: Int = 3,
                 mirrorBackoffInitialMs: Int = 250, mirrorBackoffMaxMs: Int = 30_000) {
         self.mirrorCount = mirrorCount
         self.mainConnectTimeoutMs = mainConnectTimeoutMs
@@ -32,6 +34,7 @@ public struct SessionLimits: Sendable {
         self.backlogChunksMax = backlogChunksMax
         self.readAheadChunks = readAheadChunks
         self.mirrorLingerMs = mirrorLingerMs
+        self.idleTimeoutMs = idleTimeoutMs
         self.mirrorFailuresBeforeBackoff = mirrorFailuresBeforeBackoff
         self.mirrorBackoffInitialMs = mirrorBackoffInitialMs
         self.mirrorBackoffMaxMs = mirrorBackoffMaxMs

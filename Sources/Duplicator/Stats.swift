@@ -6,17 +6,21 @@ import Synchronization
 public final class WorkerStats: Sendable {
     public let sessionsAccepted = Atomic<UInt64>(0)
     public let sessionsActive = Atomic<UInt64>(0)
-    /// Clients closed at once because the session table was full.
+    /// Clients closed at once because the worker had admitted all the
+    /// sessions its memory can hold (or `--max-sessions`).
     public let sessionsRejected = Atomic<UInt64>(0)
     public let sessionsCompleted = Atomic<UInt64>(0)
     public let sessionsEndedByClientError = Atomic<UInt64>(0)
     public let sessionsEndedByMainConnectFailure = Atomic<UInt64>(0)
     public let sessionsEndedByMainError = Atomic<UInt64>(0)
+    public let sessionsEndedByIdleTimeout = Atomic<UInt64>(0)
     public let sessionsAborted = Atomic<UInt64>(0)
     public let acceptErrors = Atomic<UInt64>(0)
     public let bytesClientToMain = Atomic<UInt64>(0)
     public let bytesMainToClient = Atomic<UInt64>(0)
     public let poolSlotsInUse = Atomic<UInt64>(0)
+    /// Slots of the pool's segments taken into use so far: its resident part.
+    public let poolSlotsGrown = Atomic<UInt64>(0)
     /// Times a receive found no free slot and waited (back-pressure).
     public let poolExhausted = Atomic<UInt64>(0)
     public let mirrors: [MirrorStats]
@@ -33,6 +37,9 @@ public final class MirrorStats: Sendable {
     public let bytesSent = Atomic<UInt64>(0)
     /// Sessions in which this mirror fell more than its backlog behind and was cut.
     public let sessionsCutForLag = Atomic<UInt64>(0)
+    /// Sessions in which this mirror was cut because mirrors together held
+    /// their share of the pool and it was the session's laggiest.
+    public let sessionsCutForPoolShare = Atomic<UInt64>(0)
     /// Client bytes this mirror did not get: left in a cut backlog, or sent by
     /// the client after the cut.
     public let bytesMissed = Atomic<UInt64>(0)

@@ -10,12 +10,13 @@ public enum StatsLine {
                 + failures(current, previous),
             "client->main \(rate(current.bytesClientToMain, previous.bytesClientToMain)),"
                 + " main->client \(rate(current.bytesMainToClient, previous.bytesMainToClient))",
-            "pool \(current.poolSlotsInUse)/\(current.poolSlots)",
+            "pool \(current.poolSlotsInUse)/\(current.poolSlotsGrown) used/grown of \(current.poolSlots)",
         ]
         for (index, mirror) in current.mirrors.enumerated() {
             let before = index < previous.mirrors.count ? previous.mirrors[index] : StatsSnapshot.Mirror(name: mirror.name)
             var text = "mirror \(mirror.name) \(rate(mirror.bytesSent, before.bytesSent))"
             let cut = mirror.sessionsCutForLag &- before.sessionsCutForLag
+            let poolShareCut = mirror.sessionsCutForPoolShare &- before.sessionsCutForPoolShare
             let missed = mirror.bytesMissed &- before.bytesMissed
             let connectFailures = (mirror.connectFailures + mirror.connectTimeouts) &- (before.connectFailures + before.connectTimeouts)
             let errors = mirror.errors &- before.errors
@@ -23,6 +24,7 @@ public enum StatsLine {
             var problems: [String] = []
             if mirror.workersBackingOff > 0 { problems.append("BACKING OFF") }
             if cut > 0 { problems.append("\(cut) cut for lag") }
+            if poolShareCut > 0 { problems.append("\(poolShareCut) cut for the pool share") }
             if missed > 0 { problems.append("\(bytes(Double(missed))) missed") }
             if connectFailures > 0 { problems.append("\(connectFailures) connect failures") }
             if errors > 0 { problems.append("\(errors) errors") }
@@ -38,6 +40,8 @@ public enum StatsLine {
         let mainFailures = (current.sessionsEndedByMainConnectFailure + current.sessionsEndedByMainError)
             &- (previous.sessionsEndedByMainConnectFailure + previous.sessionsEndedByMainError)
         if mainFailures > 0 { notes.append("\(mainFailures) main failures") }
+        let idle = current.sessionsEndedByIdleTimeout &- previous.sessionsEndedByIdleTimeout
+        if idle > 0 { notes.append("\(idle) idle timeouts") }
         let rejected = current.sessionsRejected &- previous.sessionsRejected
         if rejected > 0 { notes.append("\(rejected) rejected") }
         return notes.isEmpty ? "" : " (" + notes.joined(separator: ", ") + ")"

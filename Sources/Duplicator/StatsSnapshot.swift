@@ -5,6 +5,7 @@ public struct StatsSnapshot: Sendable, Equatable {
         public var sessionsMirrored: UInt64 = 0
         public var bytesSent: UInt64 = 0
         public var sessionsCutForLag: UInt64 = 0
+        public var sessionsCutForPoolShare: UInt64 = 0
         public var bytesMissed: UInt64 = 0
         public var connectFailures: UInt64 = 0
         public var connectTimeouts: UInt64 = 0
@@ -23,11 +24,13 @@ public struct StatsSnapshot: Sendable, Equatable {
     public var sessionsEndedByClientError: UInt64 = 0
     public var sessionsEndedByMainConnectFailure: UInt64 = 0
     public var sessionsEndedByMainError: UInt64 = 0
+    public var sessionsEndedByIdleTimeout: UInt64 = 0
     public var sessionsAborted: UInt64 = 0
     public var acceptErrors: UInt64 = 0
     public var bytesClientToMain: UInt64 = 0
     public var bytesMainToClient: UInt64 = 0
     public var poolSlotsInUse: UInt64 = 0
+    public var poolSlotsGrown: UInt64 = 0
     public var poolSlots: UInt64 = 0
     public var poolExhausted: UInt64 = 0
     public var workers = 0
@@ -45,16 +48,19 @@ public struct StatsSnapshot: Sendable, Equatable {
             sessionsEndedByClientError += worker.sessionsEndedByClientError.value
             sessionsEndedByMainConnectFailure += worker.sessionsEndedByMainConnectFailure.value
             sessionsEndedByMainError += worker.sessionsEndedByMainError.value
+            sessionsEndedByIdleTimeout += worker.sessionsEndedByIdleTimeout.value
             sessionsAborted += worker.sessionsAborted.value
             acceptErrors += worker.acceptErrors.value
             bytesClientToMain += worker.bytesClientToMain.value
             bytesMainToClient += worker.bytesMainToClient.value
             poolSlotsInUse += worker.poolSlotsInUse.value
+            poolSlotsGrown += worker.poolSlotsGrown.value
             poolExhausted += worker.poolExhausted.value
             for (index, mirror) in worker.mirrors.enumerated() where index < mirrors.count {
                 mirrors[index].sessionsMirrored += mirror.sessionsMirrored.value
                 mirrors[index].bytesSent += mirror.bytesSent.value
                 mirrors[index].sessionsCutForLag += mirror.sessionsCutForLag.value
+                mirrors[index].sessionsCutForPoolShare += mirror.sessionsCutForPoolShare.value
                 mirrors[index].bytesMissed += mirror.bytesMissed.value
                 mirrors[index].connectFailures += mirror.connectFailures.value
                 mirrors[index].connectTimeouts += mirror.connectTimeouts.value
@@ -69,12 +75,12 @@ public struct StatsSnapshot: Sendable, Equatable {
 
     public var sessionsEnded: UInt64 {
         sessionsCompleted + sessionsEndedByClientError + sessionsEndedByMainConnectFailure
-            + sessionsEndedByMainError + sessionsAborted
+            + sessionsEndedByMainError + sessionsEndedByIdleTimeout + sessionsAborted
     }
 }
 
 extension Proxy {
     public func snapshot() -> StatsSnapshot {
-        StatsSnapshot(workers: stats, mirrorNames: config.mirrors.map(\.text), poolSlotsPerWorker: config.poolSlots)
+        StatsSnapshot(workers: stats, mirrorNames: config.mirrors.map(\.text), poolSlotsPerWorker: config.poolSlotsPerWorker)
     }
 }

@@ -22,6 +22,8 @@ final class Worker: SessionIO {
     static let drainBufferBytes = 4096
     static let drainBytesMax = 1 << 20
     static let acceptPauseMs: UInt64 = 100
+    /// How often sessions are checked against the idle timeout.
+    static let idleCheckMs: UInt64 = 1_000
 
     let ring: Ring
     let pool: BufferPool
@@ -51,6 +53,9 @@ final class Worker: SessionIO {
     private var aborted = false
     private var drainDeadlineMs: UInt64 = 0
     private var nextTickMs: UInt64 = 0
+    private var nextIdleCheckMs: UInt64 = 0
+    private var growthErrorLogged = false
+    private var rejectLog = RateLimitedLog(intervalMs: 10_000)
     private var acceptErrorLog = RateLimitedLog(intervalMs: 5_000)
     private var mirrorHealthLog: MirrorHealthLog
     private static let acceptTag = CompletionTag(kind: OperationKind.accept.rawValue, endpoint: 0, generation: 0, slot: 0)
@@ -74,12 +79,14 @@ final class Worker: SessionIO {
         }
         ring = try Ring(entries: UInt32(config.ringEntries), completionEntries: UInt32(config.completionEntries),
                         preferred: preferred)
-        pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlots)
-        try ring.registerBuffers(pool)
-        provided = try ProvidedBuffers(ring: ring, pool: pool)
+        pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
+        provided = try ProvidedBuffers(ring: ring, pool: pool, windowSlots: config.providedWindowSlots,
+                                       registerSegments: true)
         context = SessionContext(limits: config.limits, pool: pool, stats: stats)
-        table = try SessionTable(capacity: config.sessionsMax, context: context)
-        waiters = Array(repeating: 0, count: config.sessionsMax)
+        // Admission control: the table holds only as many sessions as the
+        // pool can serve at once, whatever their peers do.
+        table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
+        waiters = Array(repeating: 0, count: config.sessionsPerWorker)
         drainBuffer = .allocate(byteCount: Self.drainBufferBytes, alignment: 4096)
         mainTimeout = RingTimeout(milliseconds: config.mainConnectTimeoutMs)
         mirrorTimeout = RingTimeout(milliseconds: config.mirrorConnectTimeoutMs)
@@ -157,6 +164,13 @@ final class Worker: SessionIO {
     private func tick() {
         nextTickMs = context.nowMs + Self.tickMs
         stats.poolSlotsInUse.store(UInt64(pool.inUse), ordering: .relaxed)
+        stats.poolSlotsGrown.store(UInt64(provided.grownSlots), ordering: .relaxed)
+        if let error = provided.growthError, !growthErrorLogged {
+            growthErrorLogged = true
+            let note = "the buffer pool stopped growing at \(provided.grownSlots) of \(pool.slotCount) slots: \(error); "
+                + "raise RLIMIT_MEMLOCK (LimitMEMLOCK= in systemd) or lower --max-memory"
+            logger.error("\(note)")
+        }
         for (index, mirror) in stats.mirrors.enumerated() {
             mirror.backingOff.store(context.mirrorIsBackingOff(index) ? 1 : 0, ordering: .relaxed)
         }
@@ -175,6 +189,13 @@ final class Worker: SessionIO {
             }
         }
         if !stopping && !acceptArmed && context.nowMs >= acceptPausedUntilMs { armAccept() }
+        if config.idleTimeoutMs > 0 && context.nowMs >= nextIdleCheckMs {
+            nextIdleCheckMs = context.nowMs + min(Self.idleCheckMs, UInt64(max(1, config.idleTimeoutMs / 4)))
+            for session in table.sessions where session.isActive && !session.isEnding {
+                session.checkIdle(io: self)
+                if !session.isActive { table.free(session) }
+            }
+        }
         guard context.sessionsEnding > 0 else { return }
         for session in table.sessions where session.isActive && session.isEnding {
             session.tick(io: self)
@@ -200,6 +221,11 @@ final class Worker: SessionIO {
             } else {
                 stats.sessionsRejected.bump()
                 Glibc.close(fd)
+                if !stopping && rejectLog.allow(nowMs: context.nowMs) {
+                    let note = "refusing clients: all \(table.capacity) sessions this worker's memory bound admits are live "
+                        + "(--max-memory, --max-sessions)\(rejectLog.suppressedNote)"
+                    logger.warning("\(note)")
+                }
             }
         } else if !(stopping && completion.result == -ECANCELED) {
             stats.acceptErrors.bump()

@@ -1,7 +1,14 @@
 import Glibc
 
-/// A fixed pool of equally sized, page-aligned slots in one allocation, with a
-/// reference count per slot. One allocation at start, none after.
+/// A pool of equally sized, page-aligned slots in one reservation of address
+/// space, with a reference count per slot. One allocation at start, none
+/// after; the reservation is `MAP_NORESERVE`, so a slot's pages cost memory
+/// only once they are used: the pool's resident size is the high-water mark of
+/// what was used, up to `byteCount`, the operator's bound.
+///
+/// Slots are grouped in segments of `segmentSlots` (about 1 MiB): the unit in
+/// which a lender grows the part of the pool it uses and registers it with a
+/// ring as one fixed buffer (`ProvidedBuffers`).
 ///
 /// The pool counts holders; it does not decide who gets a free slot. That is
 /// the job of whoever lends the free slots out: the kernel through a provided
@@ -9,14 +16,14 @@ import Glibc
 /// with count 1 when it is handed out, `retain`ed by each further holder, and
 /// `release` says when the last holder let go so the slot can be lent again.
 ///
-/// The memory can be registered with a ring as fixed buffers
-/// (`Ring.registerBuffers(_:)`), one iovec per slot, so a slot's index is its
-/// fixed-buffer index. Owned by one thread; not thread-safe by design.
+/// Owned by one thread; not thread-safe by design.
 public final class BufferPool {
     public let slotSize: Int
     public let slotCount: Int
     public let base: UnsafeMutableRawPointer
     public let byteCount: Int
+    /// Slots per segment; the last segment may be shorter.
+    public let segmentSlots: Int
     private let references: UnsafeMutablePointer<UInt32>
     /// Slots with at least one holder.
     public private(set) var inUse = 0
@@ -24,6 +31,7 @@ public final class BufferPool {
     /// - Parameters:
     ///   - slotSize: rounded up to whole pages.
     /// - Throws: `RingError` when the memory cannot be had.
+    ///   - slotCount: at most 65535 (a provided buffer's id is 16 bits).
     public init(slotSize: Int, slotCount: Int) throws {
         precondition(slotSize > 0 && slotCount > 0 && slotCount < Int(UInt16.max))
         let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
@@ -31,7 +39,8 @@ public final class BufferPool {
         self.slotSize = alignedSlot
         self.slotCount = slotCount
         byteCount = alignedSlot * slotCount
-        let memory = mmap(nil, byteCount, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        segmentSlots = max(1, Self.segmentBytes / alignedSlot)
+        let memory = mmap(nil, byteCount, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         guard let memory, memory != MAP_FAILED else {
             throw RingError("mmap of a \(alignedSlot * slotCount)-byte buffer pool", errno: errno)
         }
@@ -47,6 +56,16 @@ public final class BufferPool {
 
     /// Slots no one holds.
     public var available: Int { slotCount - inUse }
+
+    /// The unit of growth and registration: 1 MiB, or one slot if larger.
+    public static let segmentBytes = 1 << 20
+
+    public var segmentCount: Int { (slotCount + segmentSlots - 1) / segmentSlots }
+
+    /// The slots of segment `index`.
+    public func segment(_ index: Int) -> Range<Int> {
+        index * segmentSlots..<min(slotCount, (index + 1) * segmentSlots)
+    }
 
     /// Takes a free slot that was just handed out: its count becomes 1.
     @inline(__always)

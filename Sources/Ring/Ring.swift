@@ -106,6 +106,27 @@ public final class Ring {
         registeredBufferCount = pool.slotCount
     }
 
+    /// Reserves `count` empty fixed-buffer entries (a sparse table), to be
+    /// filled one at a time by `registerBuffer(at:base:length:)` as a pool grows.
+    public func registerBufferTable(count: Int) throws {
+        let result = io_uring_register_buffers_sparse(&ring, UInt32(count))
+        guard result == 0 else {
+            throw RingError("io_uring_register_buffers_sparse of \(count) entries", errno: -result)
+        }
+        registeredBufferCount = count
+    }
+
+    /// Registers `length` bytes at `base` as fixed buffer `index` of the
+    /// sparse table. Its pages are pinned and charged to RLIMIT_MEMLOCK
+    /// unless the process has CAP_IPC_LOCK.
+    public func registerBuffer(at index: Int, base: UnsafeMutableRawPointer, length: Int) throws {
+        var vector = iovec(iov_base: base, iov_len: length)
+        let result = io_uring_register_buffers_update_tag(&ring, UInt32(index), &vector, nil, 1)
+        guard result >= 0 else {
+            throw RingError("io_uring_register_buffers_update_tag of \(length) bytes", errno: -result)
+        }
+    }
+
     // MARK: - Submission
 
     /// A cleared SQE, submitting what is queued first when the SQ is full.

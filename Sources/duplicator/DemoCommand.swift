@@ -73,7 +73,7 @@ struct DemoCommand: ParsableCommand {
             allExact = allExact && exact
             let bytes = streams.reduce(0) { $0 + $1.bytes }
             let stats = proxy.stats.map { $0.mirrors[index] }
-            let cut = stats.reduce(0) { $0 + $1.sessionsCutForLag.value }
+            let cut = stats.reduce(0) { $0 + $1.sessionsCutForLag.value + $1.sessionsCutForPoolShare.value }
             print("mirror \(index + 1): \(bytes) bytes in \(streams.count) sessions, "
                 + (exact ? "exactly what main got" : "DIFFERS from main") + (cut > 0 ? " (\(cut) sessions cut for lag)" : ""))
         }

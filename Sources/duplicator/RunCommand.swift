@@ -45,11 +45,14 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("slot-size"), help: "Bytes per buffer slot: the most one receive takes.")
     var slotSize: String = "16KiB"
 
-    @Option(name: .customLong("pool-slots"), help: "Buffer slots per thread, a power of two; registered and locked memory.")
-    var poolSlots: Int = 1024
+    @Option(name: .customLong("max-memory"), help: "Buffer memory of all threads together: the pools grow with the load up to this (registered, locked memory), and each thread admits only the sessions its share can serve at once (64KiB each at the default slot size); more clients are refused.")
+    var maxMemory: String = "1GiB"
 
-    @Option(name: .customLong("max-sessions"), help: "Concurrent client sessions per thread; more are closed at once.")
+    @Option(name: .customLong("max-sessions"), help: "Concurrent client sessions per thread at most (--max-memory may admit fewer); more are closed at once.")
     var maxSessions: Int = 16384
+
+    @Option(name: .customLong("idle-timeout"), help: "Close a session in which no byte moved between client and main for this long; 0: never.")
+    var idleTimeout: String = "10m"
 
     @Option(name: .customLong("threads"), help: "Worker threads, each with its own ring and SO_REUSEPORT listener (default: the CPUs this process may run on).")
     var threads: Int?
@@ -99,7 +102,8 @@ struct RunCommand: ParsableCommand {
         config.backlogBytesMax = try SizeParser.bytes(backlog)
         config.backlogChunksMax = backlogChunks
         config.slotSize = try SizeParser.bytes(slotSize)
-        config.poolSlots = poolSlots
+        config.maxMemoryBytes = try SizeParser.bytes(maxMemory)
+        config.idleTimeoutMs = try DurationParser.milliseconds(idleTimeout)
         config.sessionsMax = maxSessions
         config.threads = threads ?? max(1, Int(shim_cpus_allowed()))
         config.mirrorLingerMs = try DurationParser.milliseconds(mirrorLinger)

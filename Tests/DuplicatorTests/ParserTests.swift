@@ -173,7 +173,7 @@ struct ParserTests {
     }
 
     @Test("Config.validate refuses each bad setting with its flag's name", arguments: [
-        "poolSlots=1000", "poolSlots=1", "poolSlots=65536", "poolSlots=0", "slotSize=1024", "slotSize=2097152",
+        "poolSlots=3", "poolSlots=65536", "poolSlots=0", "maxMemoryBytes=1048575", "slotSize=1024", "slotSize=2097152",
         "backlogBytesMax=0", "backlogChunksMax=0", "backlogChunksMax=4097", "sessionsMax=0",
         "sessionsMax=1000001", "threads=0", "threads=257", "mirrorConnectTimeoutMs=-1",
         "mainConnectTimeoutMs=-1", "mirrorLingerMs=-1", "drainTimeoutMs=-5", "mirrors=65",
@@ -185,6 +185,7 @@ struct ParserTests {
         var config = try config(mirrors: name == "mirrors" ? value : 1)
         switch name {
         case "poolSlots": config.poolSlots = value
+        case "maxMemoryBytes": config.maxMemoryBytes = value
         case "slotSize": config.slotSize = value
         case "backlogBytesMax": config.backlogBytesMax = value
         case "backlogChunksMax": config.backlogChunksMax = value
@@ -199,12 +200,12 @@ struct ParserTests {
         let error = #expect(throws: ConfigError.self, "\(setting)") { try config.validate() }
         guard let error else { return }
         #expect(!error.message.isEmpty && !error.message.contains("\n"))
-        if name == "poolSlots" { #expect(error.message.contains("--pool-slots")) }
+        if name == "maxMemoryBytes" { #expect(error.message.contains("--max-memory")) }
         if name == "threads" { #expect(error.message.contains("--threads")) }
     }
 
     @Test("Config.validate accepts the edges of each range", arguments: [
-        "poolSlots=2", "poolSlots=16384", "slotSize=4096", "slotSize=1048576", "backlogChunksMax=1",
+        "poolSlots=4", "poolSlots=32768", "slotSize=4096", "slotSize=1048576", "backlogChunksMax=1",
         "backlogChunksMax=4096", "threads=256", "mirrors=64", "mirrors=0", "mirrorConnectTimeoutMs=0",
     ])
     func validateAccepts(setting: String) throws {
@@ -222,19 +223,43 @@ struct ParserTests {
         try config.validate()
     }
 
-    /// Regression: every worker registers each slot as an io_uring fixed
-    /// buffer and the kernel refuses more than 16384 (IORING_MAX_REG_BUFFERS);
-    /// validation must say so rather than let startup fail with EINVAL.
-    /// (RingTests shows the kernel's limit.)
-    @Test("Config.validate refuses more pool slots than io_uring can register (16384)")
-    func poolSlotsWithinTheKernelLimit() throws {
-        var config = try config()
-        config.poolSlots = 16_384
+    /// The memory model: each worker's pool is its share of --max-memory, at
+    /// most 32768 slots (a buffer ring's size); half of it is the mirrors'
+    /// share when there are mirrors; each session is admitted with room for
+    /// a full read-ahead window each way (4 slots), within --max-sessions.
+    @Test("--max-memory sets the pool of each worker and the sessions it admits")
+    func memoryModel() throws {
+        var config = try config(mirrors: 1)
+        #expect(config.maxMemoryBytes == 1 << 30, "default 1GiB")
+        #expect(config.idleTimeoutMs == 600_000, "default 10m")
+        config.threads = 2
+        #expect(config.poolSlotsPerWorker == 32_768)
+        #expect(config.mirrorShareSlots == 16_384)
+        #expect(config.sessionsPerWorker == 4_096)
+        config.mirrors = []
+        #expect(config.mirrorShareSlots == 0)
+        #expect(config.sessionsPerWorker == 8_192)
+        config.threads = 8
+        #expect(config.poolSlotsPerWorker == 8_192)
+        #expect(config.sessionsPerWorker == 2_048)
+        config.maxMemoryBytes = 4 << 20
+        config.threads = 1
+        #expect(config.poolSlotsPerWorker == 256)
+        #expect(config.sessionsPerWorker == 64)
+        config.sessionsMax = 10
+        #expect(config.sessionsPerWorker == 10)
+        config.poolSlots = 1_024
+        config.sessionsMax = 16_384
+        #expect(config.sessionsPerWorker == 256, "an explicit pool size wins over --max-memory")
+        // 256 threads sharing 1GiB get 256 slots each, and admit 32 sessions each with a mirror.
+        config = try self.config(mirrors: 1)
+        config.threads = 256
+        #expect(config.poolSlotsPerWorker == 256)
+        #expect(config.sessionsPerWorker == 32)
         try config.validate()
-        config.poolSlots = 32_768
-        #expect(throws: ConfigError.self, "32768 slots must not pass validation") {
-            try config.validate()
-        }
+        config.maxMemoryBytes = 1 << 20
+        let error = #expect(throws: ConfigError.self) { try config.validate() }
+        #expect(error?.message.contains("--max-memory") == true)
     }
 
     // MARK: - Properties and fuzzing

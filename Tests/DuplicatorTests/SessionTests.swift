@@ -7,11 +7,11 @@ import Testing
 // `FakeSessionIO` (see that file). Every byte stream is compared exactly.
 
 private func testLimits(mirrors: Int = 2, backlogBytesMax: Int = 1 << 20, backlogChunksMax: Int = 16,
-                        readAheadChunks: Int = 2, lingerMs: Int = 2_000,
+                        readAheadChunks: Int = 2, lingerMs: Int = 2_000, idleTimeoutMs: Int = 0,
                         failuresBeforeBackoff: Int = 3) -> SessionLimits {
     SessionLimits(mirrorCount: mirrors, mainConnectTimeoutMs: 1_000, mirrorConnectTimeoutMs: 500,
                   backlogBytesMax: backlogBytesMax, backlogChunksMax: backlogChunksMax,
-                  readAheadChunks: readAheadChunks, mirrorLingerMs: lingerMs,
+                  readAheadChunks: readAheadChunks, mirrorLingerMs: lingerMs, idleTimeoutMs: idleTimeoutMs,
                   mirrorFailuresBeforeBackoff: failuresBeforeBackoff,
                   mirrorBackoffInitialMs: 250, mirrorBackoffMaxMs: 30_000)
 }
@@ -341,13 +341,15 @@ struct SessionTests {
             io.flushSends(.main)
             #expect(io.context.mirrorOnlySlots == index + 1)
         }
-        #expect(io.stats.mirrors[0].sessionsCutForLag.value == 0)
+        #expect(io.stats.mirrors[0].sessionsCutForPoolShare.value == 0)
         #expect(io.pool.inUse == 4)
         let fifth = TestBytes.random(100, seed: 4)
         io.completeRecv(.client, fifth)
         fromClient += fifth
         io.flushSends(.main)
-        #expect(io.stats.mirrors[0].sessionsCutForLag.value == 1)
+        // Cut for the pool share, not for its own backlog (which had room).
+        #expect(io.stats.mirrors[0].sessionsCutForPoolShare.value == 1)
+        #expect(io.stats.mirrors[0].sessionsCutForLag.value == 0)
         #expect(io.record(.mirror(0))?.cancelRequested == true)
         // Only the chunk its cancelled send still reads is held.
         #expect(io.pool.inUse == 1)
@@ -382,8 +384,8 @@ struct SessionTests {
             // mirror1 keeps up, but always has its latest chunk in flight.
             if index < 4 { io.flushSends(.mirror(1)) }
         }
-        #expect(io.stats.mirrors[0].sessionsCutForLag.value == 1, "mirror0 took nothing")
-        #expect(io.stats.mirrors[1].sessionsCutForLag.value == 0, "mirror1 is only one chunk behind")
+        #expect(io.stats.mirrors[0].sessionsCutForPoolShare.value == 1, "mirror0 took nothing")
+        #expect(io.stats.mirrors[1].sessionsCutForPoolShare.value == 0, "mirror1 is only one chunk behind")
         #expect(io.record(.mirror(1))?.cancelRequested == false)
         io.completeCancelled()
         io.flushSends(.mirror(1))
@@ -888,6 +890,53 @@ struct SessionTests {
         #expect(io.lastEnded?.mirrorMissing == [false, true])
         #expect(io.stats.mirrors[0].bytesMissed.value == 0)
         #expect(io.stats.mirrors[0].bytesSent.value == 800)
+        io.expectQuiescent()
+    }
+
+    /// No session lives forever: when no byte moved between client and main
+    /// for the idle timeout, the session ends (counted); a mirror's traffic
+    /// does not keep it alive, and mirrors still get their bytes and linger.
+    @Test("a session idle between client and main for idleTimeoutMs ends; mirror traffic does not count")
+    func idleTimeout() throws {
+        let io = try FakeSessionIO(limits: testLimits(mirrors: 1, idleTimeoutMs: 5_000))
+        io.context.nowMs = 1_000
+        let session = try #require(io.start())
+        io.connectAll()
+        let request = TestBytes.random(300, seed: 7)
+        io.completeRecv(.client, request)
+        io.flushSends(.main)
+        io.context.nowMs = 5_000
+        io.completeRecv(.main, TestBytes.text("reply"))
+        io.flushSends(.client)
+        io.context.nowMs = 9_000
+        io.completeDrain(.mirror(0), result: 100)
+        io.context.nowMs = 9_999
+        io.checkIdleAll()
+        #expect(!session.isEnding, "4999 ms since the reply")
+        io.context.nowMs = 10_000
+        io.checkIdleAll()
+        #expect(session.isEnding)
+        #expect(session.endCause == .idleTimeout)
+        #expect(io.stats.sessionsEndedByIdleTimeout.value == 1)
+        // The mirror, its send still queued, flushes and shuts down as after any end.
+        io.flushSends(.mirror(0))
+        #expect(io.hasPending(.shutdown, .mirror(0)))
+        finish(io)
+        #expect(!session.isActive)
+        #expect(io.sent(to: .mirror(0)) == request)
+        #expect(io.stats.mirrors[0].bytesMissed.value == 0)
+        io.expectQuiescent()
+    }
+
+    @Test("idleTimeoutMs 0 never ends a session")
+    func idleTimeoutOff() throws {
+        let io = try FakeSessionIO(limits: testLimits(mirrors: 0, idleTimeoutMs: 0))
+        let session = try #require(io.start())
+        io.connectAll()
+        io.context.nowMs = 1 << 40
+        io.checkIdleAll()
+        #expect(!session.isEnding)
+        finish(io)
         io.expectQuiescent()
     }
 

@@ -111,6 +111,45 @@ struct IOUringTests {
         #expect(!slots.isEmpty)
     }
 
+    /// The pool grows segment by segment, only when no freed slot is left,
+    /// and each new segment is registered as one fixed buffer; the kernel is
+    /// lent only a window of slots, the most recently freed first.
+    @Test("provided buffers lend a window, reuse freed slots first and grow the pool a segment at a time")
+    func providedBuffersGrow() throws {
+        let (a, b) = try unixStreamPair()
+        defer { close(a); close(b) }
+        let ring = try Ring(entries: 8, completionEntries: 16)
+        // 512 KiB slots: two to a 1 MiB segment; four segments.
+        let pool = try BufferPool(slotSize: 512 * 1024, slotCount: 8)
+        #expect(pool.segmentSlots == 2 && pool.segmentCount == 4)
+        let provided = try ProvidedBuffers(ring: ring, pool: pool, windowSlots: 2, registerSegments: true)
+        #expect(provided.lent == 2 && provided.grownSlots == 2 && provided.available == 8)
+        func receive(_ round: Int) throws -> UInt32 {
+            writeAll(a, [UInt8(round)])
+            ring.prepareRecv(fd: b, group: 0, length: pool.slotSize, tag: CompletionTag(rawValue: UInt64(round)))
+            let completion = try #require(try reap(ring, count: 1).first)
+            #expect(completion.result == 1)
+            let slot = try #require(completion.selectedBuffer)
+            provided.taken(slot)
+            return slot
+        }
+        #expect(try receive(0) == 0)
+        provided.commit()
+        #expect(provided.grownSlots == 4, "no freed slot: the next segment")
+        #expect(try receive(1) == 1)
+        provided.commit()
+        #expect(try receive(2) == 2)
+        provided.provide(0)
+        provided.commit()
+        #expect(provided.grownSlots == 4, "slot 0 was freed: no growth")
+        #expect(try receive(3) == 3)
+        #expect(try receive(4) == 0, "the freed slot, lent again")
+        #expect(provided.lent == 0 && provided.available == 8 - 4)
+        provided.commit()
+        #expect(provided.grownSlots == 6 && provided.lent == 2)
+        #expect(provided.growthError == nil)
+    }
+
     @Test("when every slot is taken a buffer-select recv gets -ENOBUFS; the bytes wait for a slot")
     func providedBuffersRunDry() throws {
         let (a, b) = try unixStreamPair()
