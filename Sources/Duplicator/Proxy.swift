@@ -92,10 +92,6 @@ public final class Proxy: Sendable {
             return fds
         }
         precondition(!fds.isEmpty, "start() called twice")
-        if let error = LockedMemory.check(config, limitBytes: LockedMemory.limitBytes()) {
-            fds.forEach { _ = close($0) }
-            throw error
-        }
         for (index, fd) in fds.enumerated() {
             let job = WorkerJob(config: config, targets: targets, listenerFD: fd, stats: stats[index],
                                 control: control, logger: logger)
@@ -105,11 +101,13 @@ public final class Proxy: Sendable {
         while control.ready.load(ordering: .acquiring) + control.exited.load(ordering: .acquiring) < fds.count {
             usleep(1000)
         }
+        // After the rings are set up, so that io_uring being forbidden is
+        // what a user hears first.
         let errors = control.startErrors.withLock { $0 }
-        if let first = errors.first {
+        if let first = errors.first.map(ProxyError.init) ?? LockedMemory.check(config, limitBytes: LockedMemory.limitBytes()) {
             stop(immediately: true)
             wait()
-            throw ProxyError(first)
+            throw first
         }
     }
 

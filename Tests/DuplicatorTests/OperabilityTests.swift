@@ -103,10 +103,16 @@ struct OperabilityTests {
         workers[0].mirrors[1].connectFailures.bump(4)
         workers[0].mirrors[1].sessionsSkipped.bump(16)
         workers[0].mirrors[1].bytesMissed.bump(1_500_000)
+        workers[0].mirrors[0].sessionsCutForPoolShare.bump(2)
+        workers[0].sessionsEndedByIdleTimeout.bump(5)
+        workers[0].sessionsRejected.bump(7)
+        workers[0].poolSlotsInUse.store(12, ordering: .relaxed)
+        workers[0].poolSlotsGrown.store(64, ordering: .relaxed)
         let after = StatsSnapshot(workers: workers, mirrorNames: [":8082", ":8083"], poolSlotsPerWorker: 1024)
         let line = StatsLine.render(from: before, to: after, seconds: 2)
-        #expect(line == "sessions 3 active, +20 new, 17 ended; client->main 1.0 MB/s, main->client 250 B/s; pool 0/1024; "
-            + "mirror :8082 1.0 MB/s ok; mirror :8083 0 B/s 1.5 MB missed, 4 connect failures, 16 sessions skipped")
+        #expect(line == "sessions 3 active, +20 new, 22 ended (5 idle timeouts, 7 rejected); client->main 1.0 MB/s, "
+            + "main->client 250 B/s; pool 12/64 used/grown of 1024; "
+            + "mirror :8082 1.0 MB/s 2 cut for the pool share; mirror :8083 0 B/s 1.5 MB missed, 4 connect failures, 16 sessions skipped")
     }
 
     @Test("Prometheus label values are escaped")

@@ -44,19 +44,22 @@ struct ResilienceTests {
         #expect(proxy.signalAndWait(SIGTERM) == 0)
     }
 
-    /// A pool far too small for the load: reads pause (back-pressure), nothing
-    /// deadlocks, and main's path loses no byte.
-    @Test("a dry buffer pool pauses reads without deadlock or loss")
+    /// Admission keeps the pool from running dry, but the kernel is lent only
+    /// a window of it: with a window of one slot, receives keep finding none
+    /// lent, wait, and resume; nothing deadlocks and main's path loses no byte.
+    @Test("a dry window of lent slots pauses reads without deadlock or loss")
     func dryPool() throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let mirror = try startServer(.sink)
         defer { mirror.stop() }
         let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.boundPort]) {
-            $0.poolSlots = 4
+            $0.poolSlots = 128
+            $0.providedWindowSlots = 1
         }
         defer { proxy.shutdown() }
-        let sessions = 20
+        let sessions = 16
+        #expect(proxy.config.sessionsPerWorker == sessions)
         let failures = Mutex<[String]>([])
         let port = proxy.port
         try concurrently(sessions) { index in

@@ -1,0 +1,260 @@
+import Glibc
+import Synchronization
+import Testing
+@testable import Duplicator
+import LoadTools
+
+/// A main that echoes, except to a client whose first byte is "S": that
+/// client asked for an endless download, written as fast as it is taken. The
+/// downloads are written by a thread of their own, so that hundreds of
+/// stalled ones do not slow the echo (poll(2) is linear in its descriptors).
+final class EchoOrSourceServer: @unchecked Sendable {  // state is the serving threads'
+    let port: UInt16
+    private let listener: Int32
+    private let stopping = Atomic<Bool>(false)
+    private let finished = Atomic<Int>(0)
+    private let newSources = Mutex<[Int32]>([])
+
+    init() throws {
+        FileDescriptorLimit.raiseToHardLimit()
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        self.listener = listener
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
+                guard bind(listener, pointer, length) == 0 else { return -1 }
+                return getsockname(listener, pointer, &length)
+            }
+        }
+        guard bound == 0, listen(listener, 4096) == 0 else { throw TestFailure("source server: errno \(errno)") }
+        port = UInt16(bigEndian: address.sin_port)
+        pthread_detach(try spawnThread { [self] in serveEcho() })
+        pthread_detach(try spawnThread { [self] in serveSources() })
+    }
+
+    func stop() {
+        stopping.store(true, ordering: .relaxed)
+        while finished.load(ordering: .acquiring) < 2 { usleep(1000) }
+        close(listener)
+    }
+
+    private func serveEcho() {
+        var connections: [Int32: [UInt8]] = [:]  // pending echo bytes
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        defer {
+            connections.keys.forEach { _ = close($0) }
+            finished.add(1, ordering: .releasing)
+        }
+        while !stopping.load(ordering: .relaxed) {
+            var entries = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
+            for (fd, pending) in connections {
+                entries.append(pollfd(fd: fd, events: Int16(POLLIN) | (pending.isEmpty ? 0 : Int16(POLLOUT)), revents: 0))
+            }
+            guard poll(&entries, nfds_t(entries.count), 20) > 0 else { continue }
+            if entries[0].revents != 0 {
+                while true {
+                    let fd = accept(listener, nil, nil)
+                    guard fd >= 0 else { break }
+                    _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+                    connections[fd] = []
+                }
+            }
+            for entry in entries.dropFirst() where entry.revents != 0 {
+                let fd = entry.fd
+                guard var pending = connections[fd] else { continue }
+                var open = true
+                if entry.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
+                    let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                    if count > 0 && buffer[0] == UInt8(ascii: "S") && pending.isEmpty {
+                        connections[fd] = nil
+                        newSources.withLock { $0.append(fd) }
+                        continue
+                    }
+                    if count > 0 { pending += buffer[..<count] } else if count == 0 || errno != EAGAIN { open = false }
+                }
+                if open && !pending.isEmpty {
+                    let sent = pending.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                    if sent > 0 { pending.removeFirst(sent) } else if errno != EAGAIN { open = false }
+                }
+                if open {
+                    connections[fd] = pending
+                } else {
+                    close(fd)
+                    connections[fd] = nil
+                }
+            }
+        }
+    }
+
+    private func serveSources() {
+        var sources: [Int32] = []
+        let download = [UInt8](repeating: 0x62, count: 65536)
+        defer {
+            (sources + newSources.withLock { $0 }).forEach { _ = close($0) }
+            finished.add(1, ordering: .releasing)
+        }
+        while !stopping.load(ordering: .relaxed) {
+            sources += newSources.withLock { fds in
+                defer { fds = [] }
+                return fds
+            }
+            var entries = sources.map { pollfd(fd: $0, events: Int16(POLLOUT), revents: 0) }
+            guard poll(&entries, nfds_t(entries.count), 20) > 0 else { continue }
+            var closed: Set<Int32> = []
+            for entry in entries where entry.revents != 0 {
+                let sent = download.withUnsafeBytes { send(entry.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if sent <= 0 && errno != EAGAIN {
+                    close(entry.fd)
+                    closed.insert(entry.fd)
+                }
+            }
+            if !closed.isEmpty { sources.removeAll { closed.contains($0) } }
+        }
+    }
+}
+
+/// Clients that ask main for an endless download (or send a large request to
+/// an echo main) and never read: each pins its session's queue toward it.
+final class StalledClients: @unchecked Sendable {  // fds are set in init only
+    private(set) var fds: [Int32] = []
+
+    /// Connects `count` clients, each with a tiny receive buffer, and keeps
+    /// writing until each has sent `requestBytes` or is blocked for good.
+    init(port: UInt16, count: Int, requestBytes: Int, secondsMax: Double = 10) throws {
+        FileDescriptorLimit.raiseToHardLimit()
+        var sent: [Int] = []
+        for _ in 0..<count {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { throw TestFailure("socket: errno \(errno)") }
+            var small: Int32 = 4096
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(4))
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = port.bigEndian
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            _ = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            fds.append(fd)
+            sent.append(0)
+        }
+        let chunk = [UInt8](repeating: UInt8(ascii: "S"), count: 65536)
+        let deadline = monotonicSeconds() + secondsMax
+        var idleRounds = 0
+        // Write while anything moves; stop after a quiet half second.
+        while monotonicSeconds() < deadline && idleRounds < 50 {
+            var progressed = false
+            for index in fds.indices where sent[index] < requestBytes {
+                let count = chunk.withUnsafeBytes {
+                    send(fds[index], $0.baseAddress, min($0.count, requestBytes - sent[index]), Int32(MSG_NOSIGNAL))
+                }
+                if count > 0 {
+                    sent[index] += count
+                    progressed = true
+                }
+            }
+            idleRounds = progressed ? 0 : idleRounds + 1
+            usleep(10_000)
+        }
+    }
+
+    deinit { fds.forEach { _ = close($0) } }
+}
+
+/// Promise 7: no session can take what other sessions need.
+@Suite("Integration: fairness between sessions", .serialized, .timeLimit(.minutes(3)))
+struct FairnessTests {
+    /// A closed-loop client's requests/s over `seconds`.
+    func measure(port: UInt16, seconds: Double = 1.5) throws -> Double {
+        let client = try LoadClient(address: LoadAddress(host: "127.0.0.1", port: port), connections: 4,
+                                    messageSizeBytes: 1024, durationSeconds: seconds)
+        let result = try client.run()
+        #expect(result.errors == 0 && result.connectionsEstablished == 4,
+                "\(result.connectionsEstablished) connections, \(result.firstErrorDescription ?? "")")
+        return result.requestsPerSecond
+    }
+
+    /// Before admission control, 700 stalled clients (each pinning 2 to 4
+    /// slots) took all 1024 slots of the pool and stopped everyone else.
+    @Test("a well-behaved client keeps at least half its throughput beside 700 clients that stopped reading")
+    func stalledReadersDoNotStarveOthers() throws {
+        let main = try EchoOrSourceServer()
+        defer { main.stop() }
+        let proxy = try startProxy(main: main.port, mirrors: [])
+        defer { proxy.shutdown() }
+        let alone = try measure(port: proxy.port)
+        #expect(alone > 0)
+        let stalled = try StalledClients(port: proxy.port, count: 700, requestBytes: 1)
+        #expect(eventually { proxy.activeSessions >= 700 })
+        // Each download fills what the kernel buffers, then pins its session's queue.
+        #expect(eventually { proxy.total { $0.poolSlotsInUse.value } >= 1024 }, "more than the whole old pool held")
+        let inUse = proxy.total { $0.poolSlotsInUse.value }
+        // The best of two tries: the machine is shared.
+        let beside = max(try measure(port: proxy.port), try measure(port: proxy.port))
+        let waits = proxy.total { $0.poolExhausted.value }
+        #expect(beside >= alone / 2, "alone \(Int(alone)) requests/s, beside 700 stalled readers \(Int(beside)); \(inUse) slots held, \(waits) waits for a slot, \(proxy.activeSessions) sessions")
+        withExtendedLifetime(stalled) {}
+    }
+
+    /// With a small memory bound the worker admits 64 sessions (256 slots of
+    /// 16 KiB, 4 each); the clients beyond are refused at once and counted,
+    /// and the sessions admitted before them keep their throughput.
+    @Test("when the memory bound admits no more sessions, new clients are refused and live ones keep their throughput")
+    func admissionRefusesBeyondTheMemoryBound() throws {
+        let main = try EchoOrSourceServer()
+        defer { main.stop() }
+        let proxy = try startProxy(main: main.port, mirrors: []) { $0.maxMemoryBytes = 4 << 20 }
+        defer { proxy.shutdown() }
+        #expect(proxy.config.sessionsPerWorker == 64)
+        let client = try LoadClient(address: LoadAddress(host: "127.0.0.1", port: proxy.port), connections: 4,
+                                    messageSizeBytes: 1024, durationSeconds: 6)
+        // The stalled clients arrive 2.5 s into the good client's run, on a thread of their own.
+        let stalled = Mutex<StalledClients?>(nil)
+        let port = proxy.port
+        let arrival = try spawnThread {
+            usleep(2_500_000)
+            let clients = try? StalledClients(port: port, count: 100, requestBytes: 1, secondsMax: 2)
+            stalled.withLock { $0 = clients }
+        }
+        var perSecond: [UInt64] = []
+        let total = try client.run { perSecond.append($0.requests) }
+        pthread_join(arrival, nil)
+        #expect(stalled.withLock { $0 } != nil)
+        #expect(total.errors == 0, "\(total.firstErrorDescription ?? "")")
+        #expect(perSecond.count >= 5, "\(perSecond)")
+        let rates = zip(perSecond.dropFirst(), perSecond).map { Double($0 &- $1) }
+        let before = rates.prefix(1).max() ?? 0
+        let after = rates.suffix(2).max() ?? 0
+        #expect(after >= before / 2, "requests per second: \(rates)")
+        #expect(proxy.total { $0.sessionsRejected.value } >= 100 - 60, "64 admitted, 4 of them the good client's")
+        #expect(proxy.total { $0.poolExhausted.value } == 0, "no receive ever waited for a slot")
+    }
+
+    @Test("a session with no byte moving for --idle-timeout is closed and counted; a busy one is not")
+    func idleTimeout() throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let proxy = try startProxy(main: main.boundPort, mirrors: []) { $0.idleTimeoutMs = 600 }
+        defer { proxy.shutdown() }
+        let idle = try TestConnection(port: proxy.port)
+        let busy = try TestConnection(port: proxy.port)
+        let started = monotonicSeconds()
+        let message = Array("ping\n".utf8)
+        for _ in 0..<12 {
+            let (received, _) = busy.exchange(message, shutdownAfterSending: false, timeoutSeconds: 2,
+                                              expectBytes: message.count)
+            #expect(received == message)
+            usleep(150_000)
+        }
+        // The busy one outlived the timeout three times over; the idle one was closed.
+        #expect(monotonicSeconds() - started >= 1.8)
+        let (received, end) = idle.exchange([], shutdownAfterSending: false, timeoutSeconds: 1)
+        #expect(received.isEmpty && end == .eof)
+        #expect(proxy.total { $0.sessionsEndedByIdleTimeout.value } == 1)
+        let (last, lastEnd) = busy.exchange(message, timeoutSeconds: 2)
+        #expect(last == message && lastEnd == .eof)
+    }
+}
