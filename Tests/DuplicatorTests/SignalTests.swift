@@ -80,6 +80,26 @@ struct SignalTests {
         #expect(proxy.signalAndWait(SIGTERM) == 0)
     }
 
+    /// `duplicator demo | head`: the demo's progress lines then go to a pipe
+    /// nobody reads; it finishes its run and its verdict instead of dying.
+    @Test("demo with nobody reading stdout runs to the end and exits 0")
+    func demoWithBrokenStandardOutput() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try builtBinary("duplicator"))
+        process.arguments = ["demo", "-d", "1s", "-p", "2"]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        output.fileHandleForReading.closeFile()
+        let finished = eventually(timeoutSeconds: 30) { !process.isRunning }
+        if !finished { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        #expect(finished)
+        #expect(process.terminationReason == .exit && process.terminationStatus == 0,
+                "reason \(process.terminationReason.rawValue), status \(process.terminationStatus)")
+    }
+
     private func oneSession(_ proxy: ProxyProcess, _ text: String) throws {
         let connection = try TestConnection(port: proxy.port)
         let message = Array("\(text)\n".utf8)
