@@ -27,6 +27,8 @@ struct DemoCommand: ParsableCommand {
     var mirrors: Int = 1
 
     func run() throws {
+        // As in `run`: a line written to a pipe whose reader is gone fails; it does not kill.
+        Signals.ignoreBrokenPipe()
         let seconds = Double(try milliseconds(duration)) / 1000
         guard seconds > 0 else { throw ValidationError("--duration must be more than 0") }
         guard (0...8).contains(mirrors) else { throw ValidationError("--mirrors must be from 0 to 8") }

@@ -120,6 +120,7 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
+        Signals.ignoreBrokenPipe()
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("--log-level '\(logLevel)': expected trace, debug, info, notice, warning, error or critical")
         }
@@ -142,7 +143,7 @@ struct RunCommand: ParsableCommand {
             throw ValidationError(error.message)
         }
 
-        Signals.blockTermination()
+        Signals.block()
         raiseDescriptorLimit()
         let proxy = try Proxy(config: config, logger: logger)
         let metricsServer = try metricsEndpoint.map { endpoint in
@@ -162,29 +163,41 @@ struct RunCommand: ParsableCommand {
         serve(proxy, statsIntervalMs: statsIntervalMs, logger: logger)
     }
 
-    /// Waits for SIGINT/SIGTERM: the first stops gracefully, a second at
-    /// once. Logs the stats line every `statsIntervalMs` meanwhile.
+    /// Waits for signals (see `Signals`): the first SIGINT/SIGTERM stops
+    /// gracefully, a second at once; SIGUSR1 logs the stats line now, SIGHUP
+    /// is logged and ignored. Logs the stats line every `statsIntervalMs`.
     private func serve(_ proxy: Proxy, statsIntervalMs: Int, logger: Logger) {
-        var signals = 0
+        var stopSignals = 0
         var previous = proxy.snapshot()
         var previousSeconds = Self.monotonicSeconds()
-        while true {
+        // Each line covers the time since the previous one, whoever asked for it.
+        func logStats() {
             let now = Self.monotonicSeconds()
-            if statsIntervalMs > 0 && now - previousSeconds >= Double(statsIntervalMs) / 1000 {
-                let current = proxy.snapshot()
-                logger.info("\(StatsLine.render(from: previous, to: current, seconds: now - previousSeconds))")
-                previous = current
-                previousSeconds = now
+            let current = proxy.snapshot()
+            logger.info("\(StatsLine.render(from: previous, to: current, seconds: now - previousSeconds))")
+            previous = current
+            previousSeconds = now
+        }
+        while true {
+            if statsIntervalMs > 0 && Self.monotonicSeconds() - previousSeconds >= Double(statsIntervalMs) / 1000 {
+                logStats()
             }
-            if let signal = Signals.wait(timeoutMs: 100) {
-                signals += 1
-                if signals == 1 {
-                    logger.notice("signal \(signal): draining \(proxy.activeSessions) sessions for up to \(drainTimeout)")
+            switch Signals.wait(timeoutMs: 100) {
+            case .stop(let signal):
+                stopSignals += 1
+                if stopSignals == 1 {
+                    logger.notice("\(Signals.name(signal)): draining \(proxy.activeSessions) sessions for up to \(drainTimeout)")
                     proxy.stop()
                 } else {
-                    logger.notice("signal \(signal) again: closing every session now")
+                    logger.notice("\(Signals.name(signal)) again: closing every session now")
                     proxy.stop(immediately: true)
                 }
+            case .logStats:
+                logStats()
+            case .reload:
+                logger.notice("SIGHUP: ignored; there is no configuration to reload (restart with new flags to change it)")
+            case nil:
+                break
             }
             if proxy.hasExited { break }
         }

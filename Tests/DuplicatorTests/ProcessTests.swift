@@ -74,7 +74,10 @@ struct ProcessTests {
         let connection = try TestConnection(port: proxy.port)
         _ = connection.exchange(Array("held open".utf8), shutdownAfterSending: false, timeoutSeconds: 0.3)
         kill(proxy.process.processIdentifier, SIGINT)
-        usleep(300_000)
+        // A signal sent while the first is still pending merges with it (they
+        // do not queue), which on a loaded machine took 300 ms to rule out:
+        // send the second once the proxy says it is draining.
+        #expect(proxy.readStandardError(until: "draining").contains("draining"))
         #expect(proxy.process.isRunning, "draining the held session")
         let start = monotonicSeconds()
         #expect(proxy.signalAndWait(SIGINT, timeoutSeconds: 5) == 0)
