@@ -46,8 +46,10 @@ public final class Proxy: Sendable {
     private let threads = Mutex<[pthread_t]>([])
     private let logger: Logger
 
-    /// Validates, resolves and binds; nothing runs yet.
-    public init(config: Config, logger: Logger = Logger(label: "duplicator")) throws {
+    /// Validates, resolves, refuses the operator mistakes of `StartupChecks`,
+    /// and binds; nothing runs yet. `metrics` is only checked against the
+    /// listen address here (the metrics server binds it).
+    public init(config: Config, metrics: Endpoint? = nil, logger: Logger = Logger(label: "duplicator")) throws {
         do {
             try config.validate()
         } catch {
@@ -58,7 +60,14 @@ public final class Proxy: Sendable {
         let listenAddress: SocketAddress
         do {
             listenAddress = try config.listen.resolve(role: .listen)
-            targets = try [config.main.resolve(role: .connect)] + config.mirrors.map { try $0.resolve(role: .connect) }
+            let main = StartupChecks.Resolved(endpoint: config.main, addresses: try config.main.resolveAll(role: .connect))
+            let mirrors = try config.mirrors.map {
+                StartupChecks.Resolved(endpoint: $0, addresses: try $0.resolveAll(role: .connect))
+            }
+            let metrics = try metrics.map { StartupChecks.Resolved(endpoint: $0, addresses: [try $0.resolve(role: .listen)]) }
+            try StartupChecks(listen: config.listen, listenAddress: listenAddress, main: main, mirrors: mirrors,
+                              metrics: metrics, localAddresses: localHostAddresses()).check()
+            targets = ([main] + mirrors).map { $0.addresses[0] }
         } catch let error as ConfigError {
             throw ProxyError(error.message)
         }

@@ -81,7 +81,7 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("mirror-drain-batch"), help: "Drain a mirror's replies once this many bytes wait (its EOF and errors at once); 0: every reply.")
     var mirrorDrainBatch: String = "64KiB"
 
-    @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, io_uring, locked memory), then exit.")
+    @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, io_uring, locked memory), then exit.")
     var check = false
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
@@ -144,7 +144,7 @@ struct RunCommand: ParsableCommand {
 
         Signals.blockTermination()
         raiseDescriptorLimit()
-        let proxy = try Proxy(config: config, logger: logger)
+        let proxy = try Proxy(config: config, metrics: metricsEndpoint, logger: logger)
         let metricsServer = try metricsEndpoint.map { endpoint in
             try MetricsServer(endpoint: endpoint) { PrometheusText.render(proxy.snapshot()) }
         }

@@ -66,6 +66,17 @@ struct CLITests {
         (["-l", ":1", "-f", ":2", "--log-level", "loud"], "--log-level"),
         (["-l", "127.0.0.1:0", "-f", "no-such-host.invalid:80"], "cannot resolve"),
         (["-l", "127.0.0.1:0", "-f", ":80", "-m", "[::1"], "missing ']'"),
+        // Loops, main twice, a mirror twice, metrics on the listener: refused
+        // before anything binds, so these fixed ports are never used.
+        (["-l", "127.0.0.1:47101", "-f", "127.0.0.1:47101"], "-f 127.0.0.1:47101 is this proxy's own listen address"),
+        (["-l", "127.0.0.1:47102", "-f", "localhost:47102", "--check"], "-f localhost:47102 is this proxy's own listen address"),
+        (["-l", "127.0.0.1:47103", "-f", ":47104", "-m", ":47105,localhost:47103", "--check"],
+         "-m localhost:47103 is this proxy's own listen address"),
+        (["-l", "127.0.0.1:0", "-f", ":47106", "-m", "localhost:47106"], "every client byte would reach main twice"),
+        (["-l", "127.0.0.1:0", "-f", ":47107", "-m", ":47108", "-m", "127.0.0.1:47108", "--check"],
+         "-m 127.0.0.1:47108 is the same mirror as -m :47108"),
+        (["-l", "127.0.0.1:47109", "-f", ":47110", "--metrics", "127.0.0.1:47109", "--check"],
+         "--metrics 127.0.0.1:47109 is the listen address"),
     ]
 
     @Test("bad flags, addresses, durations and sizes", arguments: 0..<badInputs.count)
@@ -99,6 +110,22 @@ struct CLITests {
         #expect(result.errorLines.count == 1, "stderr: \(result.standardError)")
         #expect(result.standardError.contains("cannot listen on 127.0.0.1:\(port): Address already in use (EADDRINUSE)"),
                 "stderr: \(result.standardError)")
+    }
+
+    @Test("--check refuses a loop with the same line as a real start")
+    func checkRefusesLoop() throws {
+        let port = freePort()
+        let arguments = ["-l", "127.0.0.1:\(port)", "-f", ":\(port)"]
+        let started = try runProgram(try builtBinary("duplicator"), arguments, timeoutSeconds: 10)
+        let checked = try runProgram(try builtBinary("duplicator"), arguments + ["--check"], timeoutSeconds: 10)
+        for result in [started, checked] {
+            #expect(result.status != 0)
+            #expect(result.errorLines.count == 1, "stderr: \(result.standardError)")
+            #expect(result.standardError.contains("-f :\(port) is this proxy's own listen address (-l 127.0.0.1:\(port))"),
+                    "stderr: \(result.standardError)")
+        }
+        #expect(checked.standardError == started.standardError)
+        #expect(!checked.standardOutput.contains("configuration ok"))
     }
 
     @Test("--help shows examples and exits 0")
