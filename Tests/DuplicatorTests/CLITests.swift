@@ -128,6 +128,31 @@ struct CLITests {
         #expect(!checked.standardOutput.contains("configuration ok"))
     }
 
+    @Test("a second instance on the port, or metrics on it, is refused while the first runs")
+    func secondInstance() throws {
+        let port = freePort()
+        let main = RefusingPort()
+        // Two workers: our own SO_REUSEPORT group still forms.
+        let first = try ProxyProcess(["-f", "127.0.0.1:\(main.port)", "--threads", "2"], port: port)
+        let binary = try builtBinary("duplicator")
+        for extra in [[], ["--check"]] {
+            let result = try runProgram(binary, ["-l", "127.0.0.1:\(port)", "-f", "127.0.0.1:\(main.port)"] + extra,
+                                        timeoutSeconds: 10)
+            #expect(result.status != 0)
+            #expect(result.errorLines.count == 1, "stderr: \(result.standardError)")
+            #expect(result.standardError.contains("cannot listen on 127.0.0.1:\(port): Address already in use (EADDRINUSE)"),
+                    "stderr: \(result.standardError)")
+        }
+        let metrics = try runProgram(binary, ["-l", "127.0.0.1:0", "-f", "127.0.0.1:\(main.port)",
+                                              "--metrics", "127.0.0.1:\(port)", "--check"], timeoutSeconds: 10)
+        #expect(metrics.status != 0)
+        #expect(metrics.errorLines.count == 1, "stderr: \(metrics.standardError)")
+        #expect(metrics.standardError.contains("cannot listen for metrics on 127.0.0.1:\(port): Address already in use"),
+                "stderr: \(metrics.standardError)")
+        #expect(first.process.isRunning)
+        #expect((try? TestConnection(port: port, timeoutSeconds: 1)) != nil)
+    }
+
     @Test("--help shows examples and exits 0")
     func help() throws {
         let result = try runProgram(try builtBinary("duplicator"), ["run", "--help"])
