@@ -66,6 +66,19 @@ struct CLITests {
         (["-l", ":1", "-f", ":2", "--log-level", "loud"], "--log-level"),
         (["-l", "127.0.0.1:0", "-f", "no-such-host.invalid:80"], "cannot resolve"),
         (["-l", "127.0.0.1:0", "-f", ":80", "-m", "[::1"], "missing ']'"),
+        // Given twice: the last one used to win silently.
+        (["-l", "127.0.0.1:1", "-l", "127.0.0.1:2", "-f", ":3"], "-l given 2 times (127.0.0.1:1, 127.0.0.1:2): give it once"),
+        (["-l", "127.0.0.1:1", "-f", ":2", "--forward", ":3"], "-f given 2 times"),
+        // Negative values reach their check instead of "Missing value".
+        (["-l", ":1", "-f", ":2", "-t", "-1s"], "-t '-1s': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--timeout", "-500ms"], "-t '-500ms': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--main-connect-timeout", "-1s"], "--main-connect-timeout '-1s': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--mirror-linger", "-1ms"], "--mirror-linger '-1ms': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--drain-timeout", "-5s"], "--drain-timeout '-5s': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--stats-interval", "-1s"], "--stats-interval '-1s': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--wait-batch-timeout", "-1us"], "--wait-batch-timeout '-1us': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--threads", "-1"], "--threads must be from 1 to 256, got -1"),
+        (["-l", ":1", "-f", ":2", "--backlog", "-1MiB"], "size '-1MiB'"),
         // Loops, main twice, a mirror twice, metrics on the listener: refused
         // before anything binds, so these fixed ports are never used.
         (["-l", "127.0.0.1:47101", "-f", "127.0.0.1:47101"], "-f 127.0.0.1:47101 is this proxy's own listen address"),
