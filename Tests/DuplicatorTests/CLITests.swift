@@ -77,6 +77,8 @@ struct CLITests {
         (["-l", ":1", "-f", ":2", "--drain-timeout", "-5s"], "--drain-timeout '-5s': negative durations are refused"),
         (["-l", ":1", "-f", ":2", "--stats-interval", "-1s"], "--stats-interval '-1s': negative durations are refused"),
         (["-l", ":1", "-f", ":2", "--wait-batch-timeout", "-1us"], "--wait-batch-timeout '-1us': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--idle-timeout", "-10m"], "--idle-timeout '-10m': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--max-memory", "-1GiB"], "size '-1GiB'"),
         (["-l", ":1", "-f", ":2", "--threads", "-1"], "--threads must be from 1 to 256, got -1"),
         (["-l", ":1", "-f", ":2", "--backlog", "-1MiB"], "size '-1MiB'"),
         // Loops, main twice, a mirror twice, metrics on the listener: refused
