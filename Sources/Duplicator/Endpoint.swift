@@ -47,6 +47,13 @@ public struct Endpoint: Sendable, Equatable, CustomStringConvertible {
 
     /// The first address `getaddrinfo` gives for this endpoint.
     public func resolve(role: Role) throws(ConfigError) -> SocketAddress {
+        try resolveAll(role: role)[0]
+    }
+
+    /// Every address `getaddrinfo` gives, in its order (never empty): the
+    /// first is the one used, the others let the start-up checks see that
+    /// `localhost` and `127.0.0.1` name one server.
+    public func resolveAll(role: Role) throws(ConfigError) -> [SocketAddress] {
         let name = host ?? (role == .listen ? "0.0.0.0" : "127.0.0.1")
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
@@ -58,7 +65,13 @@ public struct Endpoint: Sendable, Equatable, CustomStringConvertible {
             throw ConfigError("cannot resolve '\(name)' in '\(text)': \(reason)")
         }
         defer { freeaddrinfo(list) }
-        return SocketAddress(first.pointee.ai_addr, length: first.pointee.ai_addrlen)
+        var addresses: [SocketAddress] = []
+        var entry: UnsafeMutablePointer<addrinfo>? = first
+        while let current = entry {
+            addresses.append(SocketAddress(current.pointee.ai_addr, length: current.pointee.ai_addrlen))
+            entry = current.pointee.ai_next
+        }
+        return addresses
     }
 }
 

@@ -46,8 +46,10 @@ public final class Proxy: Sendable {
     private let threads = Mutex<[pthread_t]>([])
     private let logger: Logger
 
-    /// Validates, resolves and binds; nothing runs yet.
-    public init(config: Config, logger: Logger = Logger(label: "duplicator")) throws {
+    /// Validates, resolves, refuses the operator mistakes of `StartupChecks`,
+    /// and binds; nothing runs yet. `metrics` is only checked against the
+    /// listen address here (the metrics server binds it).
+    public init(config: Config, metrics: Endpoint? = nil, logger: Logger = Logger(label: "duplicator")) throws {
         do {
             try config.validate()
         } catch {
@@ -58,22 +60,40 @@ public final class Proxy: Sendable {
         let listenAddress: SocketAddress
         do {
             listenAddress = try config.listen.resolve(role: .listen)
-            targets = try [config.main.resolve(role: .connect)] + config.mirrors.map { try $0.resolve(role: .connect) }
+            let main = StartupChecks.Resolved(endpoint: config.main, addresses: try config.main.resolveAll(role: .connect))
+            let mirrors = try config.mirrors.map {
+                StartupChecks.Resolved(endpoint: $0, addresses: try $0.resolveAll(role: .connect))
+            }
+            let metrics = try metrics.map { StartupChecks.Resolved(endpoint: $0, addresses: [try $0.resolve(role: .listen)]) }
+            try StartupChecks(listen: config.listen, listenAddress: listenAddress, main: main, mirrors: mirrors,
+                              metrics: metrics, localAddresses: localHostAddresses()).check()
+            targets = ([main] + mirrors).map { $0.addresses[0] }
         } catch let error as ConfigError {
             throw ProxyError(error.message)
         }
         var fds: [Int32] = []
         var bound = listenAddress
         do {
+            // Every worker binds its own SO_REUSEPORT listener, which would
+            // also let another instance (or any same-user SO_REUSEPORT socket)
+            // bind the port without error and silently take a share of the
+            // clients. So first a bind without SO_REUSEPORT: it fails if
+            // anyone listens there, and a later instance fails it against
+            // our listeners. Not covered: a foreign same-user SO_REUSEPORT
+            // listener started after us still joins our group, and two
+            // instances started in the same instant can both pass the probe.
+            // Port 0 needs no probe: the kernel picks a free port.
+            if listenAddress.port != 0 { try Sockets.probeUnshared(listenAddress) }
             for _ in 0..<config.threads {
-                let fd = try Sockets.listen(on: bound, backlog: Int32(config.listenBacklog))
+                let fd = try Sockets.listen(on: bound, backlog: Int32(config.listenBacklog), reusePort: true)
                 fds.append(fd)
                 // With port 0 the first listener picks a port; the others share it.
                 if let local = Sockets.localAddress(fd) { bound = local }
             }
         } catch {
             fds.forEach { _ = close($0) }
-            throw ProxyError("cannot listen on \(config.listen.text): \(RingError.describe(errno: error.errno))")
+            let hint = error.errno == EADDRINUSE ? ": another socket listens on that port (another duplicator?)" : ""
+            throw ProxyError("cannot listen on \(config.listen.text): \(RingError.describe(errno: error.errno))\(hint)")
         }
         self.listenAddress = bound
         listenerFDs = Mutex(fds)

@@ -32,24 +32,42 @@ enum Sockets {
         _ = setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &value, socklen_t(MemoryLayout<Int32>.size))
     }
 
-    /// A listening socket bound to `address` with SO_REUSEPORT, so that each
-    /// worker can have its own and the kernel spreads connections over them.
-    static func listen(on address: SocketAddress, backlog: Int32) throws(RingError) -> Int32 {
-        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw RingError("socket for \(address)", errno: errno) }
-        var on: Int32 = 1
-        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
-        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, socklen_t(MemoryLayout<Int32>.size))
-        let bound = address.withSockaddr { bind(fd, $0, $1) }
-        guard bound == 0 else {
-            let error = errno
-            close(fd)
-            throw RingError("bind to \(address)", errno: error)
-        }
+    /// A listening socket bound to `address`. With `reusePort` (SO_REUSEPORT)
+    /// each worker can have its own and the kernel spreads connections over
+    /// them; without it, nobody else may listen on the port (the metrics
+    /// endpoint has no reason to share its port).
+    static func listen(on address: SocketAddress, backlog: Int32, reusePort: Bool = false) throws(RingError) -> Int32 {
+        let fd = try bound(to: address, reusePort: reusePort)
         guard Glibc.listen(fd, backlog) == 0 else {
             let error = errno
             close(fd)
             throw RingError("listen on \(address)", errno: error)
+        }
+        return fd
+    }
+
+    /// Fails with EADDRINUSE when any socket already listens on `address`,
+    /// even one in a SO_REUSEPORT group that we could join: binds a socket
+    /// without SO_REUSEPORT (SO_REUSEADDR only, which a listener never lets
+    /// in), then closes it. Our own SO_REUSEPORT group binds afterwards, so
+    /// another instance started later fails here too.
+    static func probeUnshared(_ address: SocketAddress) throws(RingError) {
+        close(try bound(to: address, reusePort: false))
+    }
+
+    private static func bound(to address: SocketAddress, reusePort: Bool) throws(RingError) -> Int32 {
+        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw RingError("socket for \(address)", errno: errno) }
+        var on: Int32 = 1
+        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
+        if reusePort {
+            _ = setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, socklen_t(MemoryLayout<Int32>.size))
+        }
+        let result = address.withSockaddr { bind(fd, $0, $1) }
+        guard result == 0 else {
+            let error = errno
+            close(fd)
+            throw RingError("bind to \(address)", errno: error)
         }
         return fd
     }

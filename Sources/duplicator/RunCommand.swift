@@ -21,49 +21,51 @@ struct RunCommand: ParsableCommand {
         """
     )
 
-    @Option(name: [.customShort("l"), .customLong("listen")], help: "Address to listen on: host:port, :port (all interfaces) or [ipv6]:port.")
-    var listen: String
+    // -l and -f are arrays only so that a second one is an error instead of
+    // silently replacing the first; makeConfig() takes exactly one of each.
+    @Option(name: [.customShort("l"), .customLong("listen")], help: ArgumentHelp("Address to listen on: host:port, :port (all interfaces) or [ipv6]:port.", valueName: "listen"))
+    var listen: [String] = []
 
-    @Option(name: [.customShort("f"), .customLong("forward")], help: "The main server: its replies go back to the client. :port means localhost.")
-    var forward: String
+    @Option(name: [.customShort("f"), .customLong("forward")], help: ArgumentHelp("The main server: its replies go back to the client. :port means localhost.", valueName: "forward"))
+    var forward: [String] = []
 
     @Option(name: [.customShort("m"), .customLong("mirror")], help: "A mirror server; repeat or separate with commas for several.")
     var mirror: [String] = []
 
-    @Option(name: [.customShort("t"), .customLong("timeout")], help: "Mirror connect timeout, Go-style (500ms, 2s).")
+    @Option(name: [.customShort("t"), .customLong("timeout")], parsing: .unconditional, help: "Mirror connect timeout, Go-style (500ms, 2s).")
     var timeout: String = "500ms"
 
-    @Option(name: .customLong("main-connect-timeout"), help: "Main connect timeout; 0 for the kernel's.")
+    @Option(name: .customLong("main-connect-timeout"), parsing: .unconditional, help: "Main connect timeout; 0 for the kernel's.")
     var mainConnectTimeout: String = "10s"
 
-    @Option(name: .customLong("backlog"), help: "Bytes a mirror may fall behind before it is cut for the session.")
+    @Option(name: .customLong("backlog"), parsing: .unconditional, help: "Bytes a mirror may fall behind before it is cut for the session.")
     var backlog: String = "4MiB"
 
-    @Option(name: .customLong("backlog-chunks"), help: "Receives a mirror may fall behind before it is cut (each holds a slot).")
+    @Option(name: .customLong("backlog-chunks"), parsing: .unconditional, help: "Receives a mirror may fall behind before it is cut (each holds a slot).")
     var backlogChunks: Int = 256
 
-    @Option(name: .customLong("slot-size"), help: "Bytes per buffer slot: the most one receive takes.")
+    @Option(name: .customLong("slot-size"), parsing: .unconditional, help: "Bytes per buffer slot: the most one receive takes.")
     var slotSize: String = "16KiB"
 
-    @Option(name: .customLong("max-memory"), help: "Buffer memory of all threads together: the pools grow with the load up to this (registered, locked memory), and each thread admits only the sessions its share can serve at once (64KiB each at the default slot size); more clients are refused.")
+    @Option(name: .customLong("max-memory"), parsing: .unconditional, help: "Buffer memory of all threads together: the pools grow with the load up to this (registered, locked memory), and each thread admits only the sessions its share can serve at once (64KiB each at the default slot size); more clients are refused.")
     var maxMemory: String = "1GiB"
 
-    @Option(name: .customLong("max-sessions"), help: "Concurrent client sessions per thread at most (--max-memory may admit fewer); more are closed at once.")
+    @Option(name: .customLong("max-sessions"), parsing: .unconditional, help: "Concurrent client sessions per thread at most (--max-memory may admit fewer); more are closed at once.")
     var maxSessions: Int = 16384
 
-    @Option(name: .customLong("idle-timeout"), help: "Close a session in which no byte moved between client and main for this long; 0: never.")
+    @Option(name: .customLong("idle-timeout"), parsing: .unconditional, help: "Close a session in which no byte moved between client and main for this long; 0: never.")
     var idleTimeout: String = "10m"
 
-    @Option(name: .customLong("threads"), help: "Worker threads, each with its own ring and SO_REUSEPORT listener (default: the CPUs this process may run on).")
+    @Option(name: .customLong("threads"), parsing: .unconditional, help: "Worker threads, each with its own ring and SO_REUSEPORT listener (default: the CPUs this process may run on).")
     var threads: Int?
 
-    @Option(name: .customLong("mirror-linger"), help: "How long mirrors may flush after their client's session ended.")
+    @Option(name: .customLong("mirror-linger"), parsing: .unconditional, help: "How long mirrors may flush after their client's session ended.")
     var mirrorLinger: String = "2s"
 
-    @Option(name: .customLong("drain-timeout"), help: "On SIGINT/SIGTERM, how long live sessions may finish.")
+    @Option(name: .customLong("drain-timeout"), parsing: .unconditional, help: "On SIGINT/SIGTERM, how long live sessions may finish.")
     var drainTimeout: String = "5s"
 
-    @Option(name: .customLong("stats-interval"), help: "Log one line of rates and mirror health this often (e.g. 10s); 0: never.")
+    @Option(name: .customLong("stats-interval"), parsing: .unconditional, help: "Log one line of rates and mirror health this often (e.g. 10s); 0: never.")
     var statsInterval: String = "0"
 
     @Option(name: .customLong("metrics"), help: "Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100).")
@@ -72,22 +74,40 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("ring-mode"), help: "Tuning: io_uring setup to try first: defer, coop or plain (falls back when refused).")
     var ringMode: String = Config.RingMode.deferTaskrun.rawValue
 
-    @Option(name: .customLong("wait-batch"), help: "Tuning: completions to wait for per wakeup under load (1: every one).")
+    @Option(name: .customLong("wait-batch"), parsing: .unconditional, help: "Tuning: completions to wait for per wakeup under load (1: every one).")
     var waitBatch: Int = 1
 
-    @Option(name: .customLong("wait-batch-timeout"), help: "Tuning: the longest --wait-batch waits before taking fewer.")
+    @Option(name: .customLong("wait-batch-timeout"), parsing: .unconditional, help: "Tuning: the longest --wait-batch waits before taking fewer.")
     var waitBatchTimeout: String = "50us"
 
-    @Option(name: .customLong("mirror-drain-batch"), help: "Drain a mirror's replies once this many bytes wait (its EOF and errors at once); 0: every reply.")
+    @Option(name: .customLong("mirror-drain-batch"), parsing: .unconditional, help: "Drain a mirror's replies once this many bytes wait (its EOF and errors at once); 0: every reply.")
     var mirrorDrainBatch: String = "64KiB"
 
-    @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, io_uring, locked memory), then exit.")
+    @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, io_uring, locked memory), then exit.")
     var check = false
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
+    /// The one value of an option that must be given once.
+    private static func single(_ values: [String], _ flag: String, _ what: String) throws(ConfigError) -> String {
+        guard let value = values.first else { throw ConfigError("Missing expected argument '\(flag) <address>' (\(what))") }
+        guard values.count == 1 else {
+            throw ConfigError("\(flag) given \(values.count) times (\(values.joined(separator: ", "))): give it once")
+        }
+        return value
+    }
+
+    /// A duration option in milliseconds; a negative one is refused by name
+    /// (the parser would only say it lacks a unit).
+    private static func milliseconds(_ text: String, _ flag: String) throws(ConfigError) -> Int {
+        if text.hasPrefix("-") { throw ConfigError("\(flag) '\(text)': negative durations are refused") }
+        return try DurationParser.milliseconds(text)
+    }
+
     func makeConfig() throws(ConfigError) -> Config {
+        let listen = try Self.single(listen, "-l", "the address to listen on")
+        let forward = try Self.single(forward, "-f", "the main server")
         var mirrors: [Endpoint] = []
         for part in mirror.flatMap({ $0.split(separator: ",", omittingEmptySubsequences: false) }) {
             let text = String(part.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
@@ -97,23 +117,26 @@ struct RunCommand: ParsableCommand {
         var config = Config(listen: try Endpoint(parsing: listen, role: .listen),
                             main: try Endpoint(parsing: forward, role: .connect),
                             mirrors: mirrors)
-        config.mirrorConnectTimeoutMs = try DurationParser.milliseconds(timeout)
-        config.mainConnectTimeoutMs = try DurationParser.milliseconds(mainConnectTimeout)
+        config.mirrorConnectTimeoutMs = try Self.milliseconds(timeout, "-t")
+        config.mainConnectTimeoutMs = try Self.milliseconds(mainConnectTimeout, "--main-connect-timeout")
         config.backlogBytesMax = try SizeParser.bytes(backlog)
         config.backlogChunksMax = backlogChunks
         config.slotSize = try SizeParser.bytes(slotSize)
         config.maxMemoryBytes = try SizeParser.bytes(maxMemory)
-        config.idleTimeoutMs = try DurationParser.milliseconds(idleTimeout)
+        config.idleTimeoutMs = try Self.milliseconds(idleTimeout, "--idle-timeout")
         config.sessionsMax = maxSessions
         config.threads = threads ?? max(1, Int(shim_cpus_allowed()))
-        config.mirrorLingerMs = try DurationParser.milliseconds(mirrorLinger)
-        config.drainTimeoutMs = try DurationParser.milliseconds(drainTimeout)
+        config.mirrorLingerMs = try Self.milliseconds(mirrorLinger, "--mirror-linger")
+        config.drainTimeoutMs = try Self.milliseconds(drainTimeout, "--drain-timeout")
         guard let mode = Config.RingMode(rawValue: ringMode) else {
             throw ConfigError("--ring-mode '\(ringMode)': expected defer, coop or plain")
         }
         config.ringMode = mode
         config.mirrorDrainBatchBytes = try SizeParser.bytes(mirrorDrainBatch)
         config.waitBatch = waitBatch
+        if waitBatchTimeout.hasPrefix("-") {
+            throw ConfigError("--wait-batch-timeout '\(waitBatchTimeout)': negative durations are refused")
+        }
         config.waitBatchTimeoutUs = Int((try DurationParser.nanoseconds(waitBatchTimeout) + 999) / 1000)
         try config.validate()
         return config
@@ -137,7 +160,7 @@ struct RunCommand: ParsableCommand {
         let statsIntervalMs: Int
         var metricsEndpoint: Endpoint?
         do {
-            statsIntervalMs = try DurationParser.milliseconds(statsInterval)
+            statsIntervalMs = try Self.milliseconds(statsInterval, "--stats-interval")
             if let metrics { metricsEndpoint = try Endpoint(parsing: metrics, role: .listen) }
         } catch {
             throw ValidationError(error.message)
@@ -145,7 +168,7 @@ struct RunCommand: ParsableCommand {
 
         Signals.block()
         raiseDescriptorLimit()
-        let proxy = try Proxy(config: config, logger: logger)
+        let proxy = try Proxy(config: config, metrics: metricsEndpoint, logger: logger)
         let metricsServer = try metricsEndpoint.map { endpoint in
             try MetricsServer(endpoint: endpoint) { PrometheusText.render(proxy.snapshot()) }
         }

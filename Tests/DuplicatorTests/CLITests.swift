@@ -68,6 +68,32 @@ struct CLITests {
         (["-l", ":1", "-f", ":2", "--log-level", "loud"], "--log-level"),
         (["-l", "127.0.0.1:0", "-f", "no-such-host.invalid:80"], "cannot resolve"),
         (["-l", "127.0.0.1:0", "-f", ":80", "-m", "[::1"], "missing ']'"),
+        // Given twice: the last one used to win silently.
+        (["-l", "127.0.0.1:1", "-l", "127.0.0.1:2", "-f", ":3"], "-l given 2 times (127.0.0.1:1, 127.0.0.1:2): give it once"),
+        (["-l", "127.0.0.1:1", "-f", ":2", "--forward", ":3"], "-f given 2 times"),
+        // Negative values reach their check instead of "Missing value".
+        (["-l", ":1", "-f", ":2", "-t", "-1s"], "-t '-1s': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--timeout", "-500ms"], "-t '-500ms': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--main-connect-timeout", "-1s"], "--main-connect-timeout '-1s': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--mirror-linger", "-1ms"], "--mirror-linger '-1ms': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--drain-timeout", "-5s"], "--drain-timeout '-5s': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--stats-interval", "-1s"], "--stats-interval '-1s': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--wait-batch-timeout", "-1us"], "--wait-batch-timeout '-1us': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--idle-timeout", "-10m"], "--idle-timeout '-10m': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--max-memory", "-1GiB"], "size '-1GiB'"),
+        (["-l", ":1", "-f", ":2", "--threads", "-1"], "--threads must be from 1 to 256, got -1"),
+        (["-l", ":1", "-f", ":2", "--backlog", "-1MiB"], "size '-1MiB'"),
+        // Loops, main twice, a mirror twice, metrics on the listener: refused
+        // before anything binds, so these fixed ports are never used.
+        (["-l", "127.0.0.1:47101", "-f", "127.0.0.1:47101"], "-f 127.0.0.1:47101 is this proxy's own listen address"),
+        (["-l", "127.0.0.1:47102", "-f", "localhost:47102", "--check"], "-f localhost:47102 is this proxy's own listen address"),
+        (["-l", "127.0.0.1:47103", "-f", ":47104", "-m", ":47105,localhost:47103", "--check"],
+         "-m localhost:47103 is this proxy's own listen address"),
+        (["-l", "127.0.0.1:0", "-f", ":47106", "-m", "localhost:47106"], "every client byte would reach main twice"),
+        (["-l", "127.0.0.1:0", "-f", ":47107", "-m", ":47108", "-m", "127.0.0.1:47108", "--check"],
+         "-m 127.0.0.1:47108 is the same mirror as -m :47108"),
+        (["-l", "127.0.0.1:47109", "-f", ":47110", "--metrics", "127.0.0.1:47109", "--check"],
+         "--metrics 127.0.0.1:47109 is the listen address"),
     ]
 
     @Test("bad flags, addresses, durations and sizes", arguments: 0..<badInputs.count)
@@ -101,6 +127,47 @@ struct CLITests {
         #expect(result.errorLines.count == 1, "stderr: \(result.standardError)")
         #expect(result.standardError.contains("cannot listen on 127.0.0.1:\(port): Address already in use (EADDRINUSE)"),
                 "stderr: \(result.standardError)")
+    }
+
+    @Test("--check refuses a loop with the same line as a real start")
+    func checkRefusesLoop() throws {
+        let port = freePort()
+        let arguments = ["-l", "127.0.0.1:\(port)", "-f", ":\(port)"]
+        let started = try runProgram(try builtBinary("duplicator"), arguments, timeoutSeconds: 10)
+        let checked = try runProgram(try builtBinary("duplicator"), arguments + ["--check"], timeoutSeconds: 10)
+        for result in [started, checked] {
+            #expect(result.status != 0)
+            #expect(result.errorLines.count == 1, "stderr: \(result.standardError)")
+            #expect(result.standardError.contains("-f :\(port) is this proxy's own listen address (-l 127.0.0.1:\(port))"),
+                    "stderr: \(result.standardError)")
+        }
+        #expect(checked.standardError == started.standardError)
+        #expect(!checked.standardOutput.contains("configuration ok"))
+    }
+
+    @Test("a second instance on the port, or metrics on it, is refused while the first runs")
+    func secondInstance() throws {
+        let port = freePort()
+        let main = RefusingPort()
+        // Two workers: our own SO_REUSEPORT group still forms.
+        let first = try ProxyProcess(["-f", "127.0.0.1:\(main.port)", "--threads", "2"], port: port)
+        let binary = try builtBinary("duplicator")
+        for extra in [[], ["--check"]] {
+            let result = try runProgram(binary, ["-l", "127.0.0.1:\(port)", "-f", "127.0.0.1:\(main.port)"] + extra,
+                                        timeoutSeconds: 10)
+            #expect(result.status != 0)
+            #expect(result.errorLines.count == 1, "stderr: \(result.standardError)")
+            #expect(result.standardError.contains("cannot listen on 127.0.0.1:\(port): Address already in use (EADDRINUSE)"),
+                    "stderr: \(result.standardError)")
+        }
+        let metrics = try runProgram(binary, ["-l", "127.0.0.1:0", "-f", "127.0.0.1:\(main.port)",
+                                              "--metrics", "127.0.0.1:\(port)", "--check"], timeoutSeconds: 10)
+        #expect(metrics.status != 0)
+        #expect(metrics.errorLines.count == 1, "stderr: \(metrics.standardError)")
+        #expect(metrics.standardError.contains("cannot listen for metrics on 127.0.0.1:\(port): Address already in use"),
+                "stderr: \(metrics.standardError)")
+        #expect(first.process.isRunning)
+        #expect((try? TestConnection(port: port, timeoutSeconds: 1)) != nil)
     }
 
     @Test("--help shows examples and exits 0")
