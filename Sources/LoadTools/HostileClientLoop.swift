@@ -115,7 +115,8 @@ final class HostileClientLoop {
         let fd: Int32
         let connected: Bool
         do throws(SystemCallError) {
-            (fd, connected) = try SocketCalls.startConnect(to: target, noDelay: true)
+            (fd, connected) = try SocketCalls.startConnect(to: target, noDelay: true,
+                                                           receiveBufferBytes: plan.receiveBufferBytes)
         } catch {
             connection.state = .closed
             countConnectFailure(connection, error.errorNumber, "\(error)")

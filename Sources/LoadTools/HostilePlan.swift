@@ -14,6 +14,10 @@ public struct HostilePlan: Sendable, Equatable {
     public var readIntervalMs: Int = 125
     /// slowloris: one byte this often.
     public var trickleIntervalMs: Int = 1000
+    /// SO_RCVBUF of each connection, set before it connects; 0 keeps the system's
+    /// default (tcp_rmem, autotuned). A small one offers the peer a small window, as
+    /// slow-read attacks do.
+    public var receiveBufferBytes: Int = 0
     /// Connects started but not yet completed, at most: thousands at once would
     /// overflow the peer's accept queue and come back as SYN retries a second later.
     public var connectsInFlightMax: Int = 256
@@ -43,6 +47,9 @@ public struct HostilePlan: Sendable, Equatable {
         }
         guard (1...Self.intervalMsMax).contains(trickleIntervalMs) else {
             throw .invalid("trickle interval", "\(trickleIntervalMs) ms", "1 to \(Self.intervalMsMax) ms")
+        }
+        guard (0...(1 << 30)).contains(receiveBufferBytes) else {
+            throw .invalid("receive buffer bytes", "\(receiveBufferBytes)", "0 to \(1 << 30)")
         }
         guard connectsInFlightMax >= 1 else { throw .invalid("connects in flight", "\(connectsInFlightMax)", "at least 1") }
     }

@@ -61,6 +61,9 @@ struct TestClientCommand: ParsableCommand {
     @Option(name: .customLong("trickle-interval-ms"), help: "--hostile slowloris: milliseconds between bytes.")
     var trickleIntervalMs = 1000
 
+    @Option(name: .customLong("receive-buffer-bytes"), help: "--hostile: SO_RCVBUF of each connection, set before connecting (a small window, as slow-read attacks offer); 0: the system's default.")
+    var receiveBufferBytes = 0
+
     @Option(name: .customLong("connects-in-flight"), help: "--hostile: connects started and not yet completed, at most.")
     var connectsInFlight = 256
 
@@ -89,6 +92,7 @@ struct TestClientCommand: ParsableCommand {
         plan.readIntervalMs = readIntervalMs
         plan.trickleIntervalMs = trickleIntervalMs
         plan.connectsInFlightMax = connectsInFlight
+        plan.receiveBufferBytes = receiveBufferBytes
         return plan
     }
 

@@ -58,7 +58,7 @@ extension LoadToolsTests {
             let changes: [(inout HostilePlan) -> Void] = [
                 { $0.connections = 0 }, { $0.durationSeconds = 0 }, { $0.durationSeconds = .infinity },
                 { $0.requestBytes = 0 }, { $0.readChunkBytes = 0 }, { $0.readIntervalMs = 0 },
-                { $0.trickleIntervalMs = -1 }, { $0.connectsInFlightMax = 0 },
+                { $0.trickleIntervalMs = -1 }, { $0.connectsInFlightMax = 0 }, { $0.receiveBufferBytes = -1 },
             ]
             for change in changes {
                 var bad = plan
