@@ -5,8 +5,13 @@
 #
 # Usage:
 #   swift build -c release --scratch-path .build-soak
-#   scripts/soak.sh [BIN_DIR] [DURATION_SECONDS]
+#   scripts/soak.sh [--stalled-readers N] [--slow-readers N] [BIN_DIR] [DURATION_SECONDS]
 #
+#   --stalled-readers N  hostile clients beside the load: each sends a 1 MiB request
+#                        (echoed by main) and never reads (default: $STALLED_READERS or 200)
+#   --slow-readers N     the same request, then 4 KiB read every 125 ms (default: $SLOW_READERS or 200)
+#                        Both run as `duplicator-testclient --hostile` in HOSTILE_CHUNK_S runs,
+#                        so their sessions end and begin again; 0 turns them off.
 #   BIN_DIR            holds duplicator, duplicator-testserver, duplicator-testclient
 #                      (default: .build-soak/release)
 #   DURATION_SECONDS   the whole run, load and idle tail (default: 600)
@@ -24,6 +29,8 @@
 #   FLAP_UP_S=12 FLAP_DOWN_S=8   the flapping mirror's up and down times
 #   RSS_TOLERANCE_KIB=4096       late-vs-early RSS growth allowed (median of each window)
 #   FD_TOLERANCE=0               idle-tail descriptors allowed above the idle baseline
+#   HOSTILE_CHUNK_S=60   how long each run of stalled or slow readers holds its connections
+#   HOSTILE_REQUEST_BYTES=1048576  the stalled and slow readers' request (and echoed reply)
 #
 # Topology (all 127.0.0.1):
 #   client load -> duplicator -> main: testserver --mode echo
@@ -32,12 +39,25 @@
 #                             -> mirror 3: testserver --mode echo on a fixed port, killed and
 #                                restarted every FLAP_UP_S+FLAP_DOWN_S seconds (refused while down)
 #                             -> mirror 4: testserver --mode blackhole (connects never complete)
+#   stalled and slow readers -> duplicator (the same proxy, beside the load above)
 #
 # Every SAMPLE_S seconds: the proxy's VmRSS, its descriptor count and its
 # /metrics (sessions, per-mirror counters), one printed line and one CSV row.
 # Exit status: 0 when flat and error-free, 1 when a check failed, 2 on a setup error.
 set -euo pipefail
 
+STALLED_READERS=${STALLED_READERS:-200}
+SLOW_READERS=${SLOW_READERS:-200}
+while (($#)); do
+    case $1 in
+        --stalled-readers) STALLED_READERS=${2:?--stalled-readers needs a number}; shift 2 ;;
+        --slow-readers) SLOW_READERS=${2:?--slow-readers needs a number}; shift 2 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        --) shift; break ;;
+        -*) echo "soak: unknown flag $1 (see --help)" >&2; exit 2 ;;
+        *) break ;;
+    esac
+done
 BIN_DIR=${1:-.build-soak/release}
 DURATION_S=${2:-600}
 SAMPLE_S=${SAMPLE_S:-10}
@@ -53,6 +73,8 @@ FLAP_UP_S=${FLAP_UP_S:-12}
 FLAP_DOWN_S=${FLAP_DOWN_S:-8}
 RSS_TOLERANCE_KIB=${RSS_TOLERANCE_KIB:-4096}
 FD_TOLERANCE=${FD_TOLERANCE:-0}
+HOSTILE_CHUNK_S=${HOSTILE_CHUNK_S:-60}
+HOSTILE_REQUEST_BYTES=${HOSTILE_REQUEST_BYTES:-1048576}
 
 die() { echo "soak: $*" >&2; exit 2; }
 for tool in duplicator duplicator-testserver duplicator-testclient; do
@@ -60,6 +82,7 @@ for tool in duplicator duplicator-testserver duplicator-testclient; do
 done
 for tool in python3 curl timeout; do command -v "$tool" >/dev/null || die "$tool is needed"; done
 [[ $DURATION_S =~ ^[0-9]+$ ]] || die "DURATION_SECONDS must be a whole number of seconds"
+[[ $STALLED_READERS =~ ^[0-9]+$ && $SLOW_READERS =~ ^[0-9]+$ ]] || die "--stalled-readers and --slow-readers take a whole number"
 LOAD_S=$((DURATION_S - IDLE_TAIL_S))
 ((LOAD_S >= WARMUP_S + 2 * WINDOW_S)) || die "DURATION_SECONDS too short: needs IDLE_TAIL_S + WARMUP_S + 2*WINDOW_S = $((IDLE_TAIL_S + WARMUP_S + 2 * WINDOW_S))"
 BIN_DIR=$(cd "$BIN_DIR" && pwd)
@@ -232,6 +255,27 @@ check(chunks and len(chunks) == chunk_files and load_errors == 0 and not short,
       "closed-loop client: %d runs (%d files), %d requests, %d errors, %d runs with connections missing%s"
       % (len(chunks), chunk_files, requests, load_errors, len(short),
          "".join("; first error: " + c["first_error"] for c in chunks if c.get("first_error"))[:300]))
+rates = [float(c["rps"]) for c in chunks]
+if rates:
+    notes.append("closed-loop client requests/s per run: min %.0f, median %.0f, max %.0f"
+                 % (min(rates), statistics.median(rates), max(rates)))
+check(all(int(c["requests"]) > 0 for c in chunks),
+      "closed-loop client: every run completed requests (%d of %d runs with none)"
+      % (sum(1 for c in chunks if int(c["requests"]) == 0), len(chunks)))
+for kind, wanted in (("stall", int(sys.argv[10])), ("slow-read", int(sys.argv[11]))):
+    files = sorted(glob.glob(os.path.join(out_dir, "hostile-%s-*.json" % kind)))
+    runs = [json.loads(l) for f in files for l in open(f) if l.startswith("{")]
+    if wanted == 0:
+        continue
+    opened = sum(int(r["opened"]) for r in runs)
+    notes.append("%s readers: %d runs of %d connections; opened %d, refused %d, connect failures %d, reset %d, "
+                 "closed by the proxy %d, still connecting at the end %d; received %d bytes"
+                 % (kind, len(runs), wanted, opened, sum(int(r["refused"]) for r in runs),
+                    sum(int(r["connect_failures"]) for r in runs), sum(int(r["reset"]) for r in runs),
+                    sum(int(r["closed_by_peer"]) for r in runs), sum(int(r["connecting_at_end"]) for r in runs),
+                    sum(int(r["bytes_received"]) for r in runs)))
+    check(runs and len(runs) == len(files) and opened > 0,
+          "%s readers ran beside the load: %d runs (%d files), %d connections opened" % (kind, len(runs), len(files), opened))
 bulks = [json.loads(l) for f in sorted(glob.glob(os.path.join(out_dir, "bulk-*.json"))) for l in open(f) if l.startswith("{")]
 bulk_files = len(glob.glob(os.path.join(out_dir, "bulk-*.json")))
 bulk_errors = sum(int(c["errors"]) for c in bulks)
@@ -362,6 +406,7 @@ done
 wait_port "$PROXY_PORT" 10 || die "the proxy does not listen on $PROXY_PORT"
 
 echo "soak: $DURATION_S s ($LOAD_S s load, $IDLE_TAIL_S s idle), proxy pid $PROXY_PID on 127.0.0.1:$PROXY_PORT, output in $OUT_DIR"
+echo "soak: beside the load: $STALLED_READERS stalled readers, $SLOW_READERS slow readers ($HOSTILE_REQUEST_BYTES-byte requests, runs of $HOSTILE_CHUNK_S s)"
 echo "soak: main :$MAIN_PORT, mirrors healthy :$HEALTHY_PORT, stall :$STALL_PORT, flap :$FLAP_PORT, blackhole :$BLACKHOLE_PORT, metrics :$METRICS_PORT"
 
 # ---------------------------------------------------------------- sampling
@@ -434,6 +479,19 @@ load_loop() {  # closed-loop chunks of CHUNK_S seconds; the connections churn be
         wait "$child" || echo "soak: load chunk $n exited with $?" >>"$OUT_DIR/client-exits.log"
     done
 }
+hostile_loop() {  # hostile_loop MODE COUNT: COUNT hostile connections held for HOSTILE_CHUNK_S, again and again
+    local child="" n=0 left
+    trap 'kill -TERM $child 2>/dev/null; exit 0' TERM
+    while left=$(remaining) && ((left >= 2)); do
+        n=$((n + 1))
+        timeout -k 5 $((HOSTILE_CHUNK_S + 30)) "$BIN_DIR/duplicator-testclient" -a "127.0.0.1:$PROXY_PORT" \
+            --hostile "$1" -p "$2" -d $((left < HOSTILE_CHUNK_S ? left : HOSTILE_CHUNK_S)) \
+            --hostile-request-bytes "$HOSTILE_REQUEST_BYTES" --json \
+            >"$OUT_DIR/hostile-$1-$(printf %04d $n).json" 2>/dev/null &
+        child=$!
+        wait "$child" || echo "soak: hostile $1 run $n exited with $?" >>"$OUT_DIR/client-exits.log"
+    done
+}
 bulk_loop() {  # 4 connections of 64 KiB messages for 5 s, every BULK_EVERY_S
     local child="" n=0 left
     trap 'kill -TERM $child 2>/dev/null; exit 0' TERM
@@ -456,6 +514,9 @@ timeout -k 5 $((LOAD_S + 30)) python3 -c "$PY_CHURN" "$PROXY_PORT" "$CHURN_RATE"
 CHURN_PID=$!
 PIDS+=("$CHURN_PID")
 LOOP_PIDS=("${PIDS[@]: -4}")
+HOSTILE_PIDS=()
+if ((STALLED_READERS > 0)); then hostile_loop stall "$STALLED_READERS" & PIDS+=($!); HOSTILE_PIDS+=($!); fi
+if ((SLOW_READERS > 0)); then hostile_loop slow-read "$SLOW_READERS" & PIDS+=($!); HOSTILE_PIDS+=($!); fi
 
 for ((k = 1; k * SAMPLE_S <= DURATION_S; k++)); do
     target=$(python3 -c "import sys; print(max(0.0, float(sys.argv[1]) + int(sys.argv[2]) - float(sys.argv[3])))" \
@@ -464,7 +525,7 @@ for ((k = 1; k * SAMPLE_S <= DURATION_S; k++)); do
     t=$((k * SAMPLE_S))
     if ((t > LOAD_S)) && [[ -n ${LOOP_PIDS[*]-} ]]; then
         # The load is over: the clients end by themselves; stop the flapping.
-        wait "${LOOP_PIDS[1]}" "${LOOP_PIDS[2]}" "$CHURN_PID" 2>/dev/null || true
+        wait "${LOOP_PIDS[1]}" "${LOOP_PIDS[2]}" "$CHURN_PID" ${HOSTILE_PIDS[@]+"${HOSTILE_PIDS[@]}"} 2>/dev/null || true
         kill -TERM "${LOOP_PIDS[0]}" 2>/dev/null || true
         wait "${LOOP_PIDS[0]}" 2>/dev/null || true
         LOOP_PIDS=()
@@ -494,7 +555,7 @@ fi
 echo "soak: verdict (samples in $CSV)"
 set +e
 python3 -c "$PY_VERDICT" "$OUT_DIR" "$LOAD_S" "$WARMUP_S" "$WINDOW_S" "$RSS_TOLERANCE_KIB" "$FD_TOLERANCE" \
-    "$probe" "$term_status" "$FLAP_UP_S"
+    "$probe" "$term_status" "$FLAP_UP_S" "$STALLED_READERS" "$SLOW_READERS"
 status=$?
 set -e
 exit "$status"

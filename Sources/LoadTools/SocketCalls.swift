@@ -23,16 +23,20 @@ enum SocketCalls {
 
     /// Starts a non-blocking connect. Returns the socket and whether it is already
     /// connected; otherwise completion is reported as writability (then read SO_ERROR).
-    static func startConnect(to address: SocketAddress, noDelay: Bool) throws(SystemCallError) -> (fd: Int32, connected: Bool) {
+    /// `receiveBufferBytes` > 0 sets SO_RCVBUF before the connect, where it decides the
+    /// window the peer is offered.
+    static func startConnect(to address: SocketAddress, noDelay: Bool, receiveBufferBytes: Int = 0)
+        throws(SystemCallError) -> (fd: Int32, connected: Bool) {
         let fd = socket(address.family, streamNonBlocking, 0)
         guard fd >= 0 else { throw .lastError("socket") }
-        if noDelay {
-            do throws(SystemCallError) {
-                try setNoDelay(fd)
-            } catch {
-                close(fd)
-                throw error
+        do throws(SystemCallError) {
+            if noDelay { try setNoDelay(fd) }
+            if receiveBufferBytes > 0 {
+                try setOption(fd, SOL_SOCKET, SO_RCVBUF, Int32(clamping: receiveBufferBytes), name: "setsockopt SO_RCVBUF")
             }
+        } catch {
+            close(fd)
+            throw error
         }
         let result = address.withSockaddr { Glibc.connect(fd, $0, $1) }
         if result == 0 { return (fd, true) }

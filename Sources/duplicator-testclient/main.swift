@@ -16,6 +16,18 @@ struct TestClientCommand: ParsableCommand {
             A connection that fails (refused, reset, closed, or a wrong reply) counts one \
             error and is not replaced. Exits 1 when no connection could be established. \
             SIGINT or SIGTERM ends the run early with a summary.
+
+            With --hostile MODE, the connections misbehave instead, to measure what they \
+            cost other clients of the server or proxy (the run holds them for --duration):
+              stall      send a --hostile-request-bytes request (an echo server's reply is \
+            as large), then never read
+              slow-read  the same request, then read --read-bytes every --read-interval-ms, \
+            and again after each whole reply
+              slowloris  send one byte every --trickle-interval-ms, never a '\\n'; read what \
+            comes back
+            It prints "hostile t=... open=... connecting=... ended=..." once a second, then \
+            connections opened, refused or failed, reset, closed by the peer, and bytes sent \
+            and received. Exits 1 when no connection opened.
             """)
 
     @Option(name: [.customShort("a"), .long],
@@ -34,7 +46,36 @@ struct TestClientCommand: ParsableCommand {
     @Flag(help: "Print the result as one JSON object line on stdout (per-second lines go to stderr).")
     var json = false
 
+    @Option(help: ArgumentHelp("Misbehave instead: stall, slow-read or slowloris (see above).", valueName: "mode"))
+    var hostile: HostileMode?
+
+    @Option(name: .customLong("hostile-request-bytes"), help: "--hostile stall and slow-read: the request's size, its final '\\n' included.")
+    var hostileRequestBytes = 1 << 20
+
+    @Option(name: .customLong("read-bytes"), help: "--hostile slow-read: bytes read at each turn; after a whole reply it sends the request again.")
+    var readBytes = 4096
+
+    @Option(name: .customLong("read-interval-ms"), help: "--hostile slow-read: milliseconds between reads.")
+    var readIntervalMs = 125
+
+    @Option(name: .customLong("trickle-interval-ms"), help: "--hostile slowloris: milliseconds between bytes.")
+    var trickleIntervalMs = 1000
+
+    @Option(name: .customLong("receive-buffer-bytes"), help: "--hostile: SO_RCVBUF of each connection, set before connecting (a small window, as slow-read attacks offer); 0: the system's default.")
+    var receiveBufferBytes = 0
+
+    @Option(name: .customLong("connects-in-flight"), help: "--hostile: connects started and not yet completed, at most.")
+    var connectsInFlight = 256
+
     func validate() throws {
+        if hostile != nil {
+            do {
+                try hostilePlan.validate()
+            } catch {
+                throw ValidationError("--hostile: \(error)")
+            }
+            return
+        }
         guard connections >= 1 else { throw ValidationError("-p/--connections must be at least 1 (got \(connections)).") }
         guard size >= 1, size <= LoadClient.messageSizeBytesMax else {
             throw ValidationError("-s/--size must be from 1 to \(LoadClient.messageSizeBytesMax) bytes (got \(size)).")
@@ -44,8 +85,23 @@ struct TestClientCommand: ParsableCommand {
         }
     }
 
+    var hostilePlan: HostilePlan {
+        var plan = HostilePlan(mode: hostile ?? .stall, connections: connections, durationSeconds: duration)
+        plan.requestBytes = hostileRequestBytes
+        plan.readChunkBytes = readBytes
+        plan.readIntervalMs = readIntervalMs
+        plan.trickleIntervalMs = trickleIntervalMs
+        plan.connectsInFlightMax = connectsInFlight
+        plan.receiveBufferBytes = receiveBufferBytes
+        return plan
+    }
+
     func run() throws {
         TerminationSignals.block()
+        if hostile != nil {
+            try runHostile()
+            return
+        }
 
         let client: LoadClient
         do {
@@ -89,6 +145,46 @@ struct TestClientCommand: ParsableCommand {
         StandardStream.output.writeLine(json ? result.jsonLine : result.summary)
     }
 }
+
+extension TestClientCommand {
+    func runHostile() throws {
+        let client: HostileClient
+        do {
+            let descriptorsNeeded = connections + 16  // epoll, eventfd, stdio and a margin
+            let descriptorLimit = FileDescriptorLimit.raiseToHardLimit()
+            guard descriptorsNeeded <= descriptorLimit else {
+                throw CommandFailure("\(connections) connections need about \(descriptorsNeeded) file descriptors,"
+                    + " but the limit is \(descriptorLimit) (ulimit -n)")
+            }
+            client = try HostileClient(address: try LoadAddress(parsing: address), plan: hostilePlan)
+            let signalsSeen = SignalCount()
+            try TerminationSignals.startWatching { signal in
+                if signalsSeen.count.add(1, ordering: .relaxed).newValue > 1 { Glibc.exit(128 + signal) }
+                client.stop()
+            }
+        } catch {
+            StandardStream.error.writeLine("duplicator-testclient: \(error)")
+            throw ExitCode.failure
+        }
+
+        let progressStream: StandardStream = json ? .error : .output
+        let result: HostileResult
+        do {
+            result = try client.run { progress in progressStream.writeLine(progress.line) }
+        } catch {
+            StandardStream.error.writeLine("duplicator-testclient: \(error)")
+            throw ExitCode.failure
+        }
+        StandardStream.output.writeLine(json ? result.jsonLine : result.summary)
+        if result.connectionsOpened == 0 {
+            StandardStream.error.writeLine("duplicator-testclient: could not connect to \(address): "
+                + (result.firstErrorDescription ?? "no connect completed"))
+            throw ExitCode.failure
+        }
+    }
+}
+
+extension HostileMode: ExpressibleByArgument {}
 
 final class SignalCount: Sendable {
     let count = Atomic<Int>(0)
