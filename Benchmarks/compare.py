@@ -256,9 +256,13 @@ def start_proxy(kind, processes, bins, workdir, main_port, mirror_ports):
     if kind.startswith("dup") or kind in VARIANT_ARGS:
         mirrors = int(kind[3:]) if kind.startswith("dup") else VARIANT_MIRRORS[kind]
         extra = shlex.split(VARIANT_ARGS.get(kind, ""))
+        binary = bins["duplicator"]
+        # A variant may name another build first (BIN=PATH): before and after a change, side by side.
+        if extra and extra[0].startswith("BIN="):
+            binary, extra = extra[0][len("BIN="):], extra[1:]
 
         def argv(port):
-            command = [bins["duplicator"], "run", "-l", f"{LOOPBACK}:{port}", "-f", f"{LOOPBACK}:{main_port}",
+            command = [binary, "run", "-l", f"{LOOPBACK}:{port}", "-f", f"{LOOPBACK}:{main_port}",
                        "--threads", "1", "--log-level", "warning"]
             for mirror_port in mirror_ports[:mirrors]:
                 command += ["-m", f"{LOOPBACK}:{mirror_port}"]
@@ -568,7 +572,8 @@ def parse_arguments(argv):
     parser.add_argument("--variant", action="append", default=[], metavar="NAME[@MIRRORS]=ARGS",
                         help="also measure the duplicator with 1 mirror (or MIRRORS, 0 to 4) and these extra "
                              "flags, e.g. --variant batch4='--wait-batch 4' or --variant "
-                             "'nobatch@4=--mirror-drain-batch 0' (repeatable; added to every workload)")
+                             "'nobatch@4=--mirror-drain-batch 0'; ARGS may start with BIN=PATH to run another build, "
+                             "e.g. 'before@1=BIN=/tmp/old/duplicator' (repeatable; added to every workload)")
     parser.add_argument("--install", action="store_true",
                         help="apt-get install the missing peers (haproxy, nginx, libnginx-mod-stream, socat) first")
     arguments = parser.parse_args(argv)

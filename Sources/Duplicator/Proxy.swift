@@ -112,6 +112,12 @@ public final class Proxy: Sendable {
             return fds
         }
         precondition(!fds.isEmpty, "start() called twice")
+        if let error = LockedMemory.check(config, limitBytes: LockedMemory.limitBytes()) {
+            fds.forEach { _ = close($0) }
+            // io_uring being forbidden is what a user should hear first.
+            do { _ = try Ring(entries: 2, completionEntries: 4) } catch let ringError as RingError { throw ProxyError.setup(ringError, config: config) }
+            throw error
+        }
         for (index, fd) in fds.enumerated() {
             let job = WorkerJob(config: config, targets: targets, listenerFD: fd, stats: stats[index],
                                 control: control, logger: logger)
@@ -121,13 +127,11 @@ public final class Proxy: Sendable {
         while control.ready.load(ordering: .acquiring) + control.exited.load(ordering: .acquiring) < fds.count {
             usleep(1000)
         }
-        // After the rings are set up, so that io_uring being forbidden is
-        // what a user hears first.
         let errors = control.startErrors.withLock { $0 }
-        if let first = errors.first.map(ProxyError.init) ?? LockedMemory.check(config, limitBytes: LockedMemory.limitBytes()) {
+        if let first = errors.first {
             stop(immediately: true)
             wait()
-            throw first
+            throw ProxyError(first)
         }
     }
 

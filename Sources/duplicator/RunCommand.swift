@@ -178,7 +178,9 @@ struct RunCommand: ParsableCommand {
             proxy.stop(immediately: true)
             proxy.wait()
             print("configuration ok: listening on \(proxy.listenAddress) would work, main \(config.main), "
-                + "\(config.mirrors.count) mirrors, \(config.threads) workers with io_uring (\(proxy.ringSetupMode))")
+                + "\(config.mirrors.count) mirrors, \(config.threads) workers with io_uring (\(proxy.ringSetupMode)), "
+                + "each admitting \(config.sessionsPerWorker) sessions with a pool of up to "
+                + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB")
             return
         }
         let metricsNote = metricsServer.map { ", metrics on http://\($0.address)/metrics" } ?? ""

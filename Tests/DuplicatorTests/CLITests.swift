@@ -47,7 +47,7 @@ func runProgram(_ path: String, _ arguments: [String], timeoutSeconds: Double = 
 }
 
 /// Promise 8: bad input gets one clear line and a non-zero exit, never a trap.
-@Suite("CLI: bad input", .timeLimit(.minutes(2)))
+@Suite("CLI: bad input", .timeLimit(.minutes(6)))
 struct CLITests {
     static let badInputs: [(arguments: [String], expected: String)] = [
         (["--bogus", "-l", ":1", "-f", ":2"], "Unknown option"),
@@ -129,6 +129,18 @@ struct CLITests {
                 "stderr: \(result.standardError)")
     }
 
+    @Test("--check says how many sessions each worker admits within --max-memory")
+    func checkShowsTheMemoryModel() throws {
+        let binary = try builtBinary("duplicator")
+        for (extra, expected) in [([] as [String], "each admitting 4096 sessions with a pool of up to 512 MiB"),
+                                  (["--max-memory", "64MiB"], "each admitting 256 sessions with a pool of up to 32 MiB")] {
+            let result = try runProgram(binary, ["-l", "127.0.0.1:0", "-f", ":9", "-m", ":10", "--threads", "2", "--check"] + extra,
+                                        timeoutSeconds: 10)
+            #expect(result.status == 0, "stderr: \(result.standardError)")
+            #expect(result.standardOutput.contains(expected), "stdout: \(result.standardOutput)")
+        }
+    }
+
     @Test("--check refuses a loop with the same line as a real start")
     func checkRefusesLoop() throws {
         let port = freePort()
@@ -195,7 +207,7 @@ struct CLITests {
 
 /// Promise 8 under real conditions: these need root to arrange (a user to
 /// drop to, the sysctl to flip), and are skipped without it.
-@Suite("CLI: io_uring forbidden and locked memory, for real", .serialized, .timeLimit(.minutes(1)))
+@Suite("CLI: io_uring forbidden and locked memory, for real", .serialized, .timeLimit(.minutes(6)))
 struct CLIPrivilegedTests {
     static var isRoot: Bool { geteuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") }
 
@@ -211,15 +223,22 @@ struct CLIPrivilegedTests {
     /// start, not found under load.
     @Test("too little locked memory for the buffers names the bytes needed", .enabled(if: isRoot))
     func lockedMemoryTooLow() throws {
+        // 4 MiB: enough for the rings and the pool's first segment, not for its 64 MiB bound.
         for extra in [[], ["--check"]] {
-            let result = try runAsNobody(["/usr/bin/prlimit", "--memlock=65536:65536"],
-                                         ["-l", "127.0.0.1:0", "-f", ":9", "--max-memory", "4MiB", "--threads", "1"] + extra)
+            let result = try runAsNobody(["/usr/bin/prlimit", "--memlock=4194304:4194304"],
+                                         ["-l", "127.0.0.1:0", "-f", ":9", "--max-memory", "64MiB", "--threads", "1"] + extra)
             #expect(result.status != 0)
             #expect(result.errorLines.count == 1, "stderr: \(result.standardError)")
-            #expect(result.standardError.contains("not enough locked memory"), "stderr: \(result.standardError)")
-            #expect(result.standardError.contains("buffer pools of \(256 * 16384) bytes"), "stderr: \(result.standardError)")
-            #expect(result.standardError.contains("RLIMIT_MEMLOCK is 65536 bytes"), "stderr: \(result.standardError)")
+            #expect(result.standardError.contains("not enough locked memory: 1 workers need up to"), "stderr: \(result.standardError)")
+            #expect(result.standardError.contains("buffer pools of \(64 << 20) bytes"), "stderr: \(result.standardError)")
+            #expect(result.standardError.contains("RLIMIT_MEMLOCK is 4194304 bytes"), "stderr: \(result.standardError)")
         }
+        // Below even the rings and the first segment, the setup itself fails, and says the same.
+        let tiny = try runAsNobody(["/usr/bin/prlimit", "--memlock=65536:65536"],
+                                   ["-l", "127.0.0.1:0", "-f", ":9", "--max-memory", "4MiB", "--threads", "1"])
+        #expect(tiny.status != 0 && tiny.errorLines.count == 1, "stderr: \(tiny.standardError)")
+        #expect(tiny.standardError.contains("not enough locked memory"), "stderr: \(tiny.standardError)")
+        #expect(tiny.standardError.contains("RLIMIT_MEMLOCK is 65536 bytes"), "stderr: \(tiny.standardError)")
     }
 
     @Test("kernel.io_uring_disabled gives a clear line", .enabled(if: isRoot && FileManager.default.isWritableFile(atPath: "/proc/sys/kernel/io_uring_disabled")))
@@ -240,7 +259,7 @@ struct CLIPrivilegedTests {
 /// Fuzzing the command line: random flag and value sequences (seeded) never
 /// trap. Every run has `--check`, so a valid one exits at once; addresses are
 /// loopback or malformed, so nothing is resolved beyond this host.
-@Suite("CLI: random command lines", .timeLimit(.minutes(2)))
+@Suite("CLI: random command lines", .timeLimit(.minutes(6)))
 struct CLIFuzzTests {
     static let flags = ["-l", "-f", "-m", "-t", "--listen", "--forward", "--mirror", "--timeout", "--backlog",
                         "--backlog-chunks", "--slot-size", "--max-memory", "--idle-timeout", "--threads", "--max-sessions",

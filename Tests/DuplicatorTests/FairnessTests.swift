@@ -165,37 +165,57 @@ final class StalledClients: @unchecked Sendable {  // fds are set in init only
 }
 
 /// Promise 7: no session can take what other sessions need.
-@Suite("Integration: fairness between sessions", .serialized, .timeLimit(.minutes(3)))
+@Suite("Integration: fairness between sessions", .serialized, .timeLimit(.minutes(6)))
 struct FairnessTests {
-    /// A closed-loop client's requests/s over `seconds`.
-    func measure(port: UInt16, seconds: Double = 1.5) throws -> Double {
-        let client = try LoadClient(address: LoadAddress(host: "127.0.0.1", port: port), connections: 4,
-                                    messageSizeBytes: 1024, durationSeconds: seconds)
-        let result = try client.run()
-        #expect(result.errors == 0 && result.connectionsEstablished == 4,
-                "\(result.connectionsEstablished) connections, \(result.firstErrorDescription ?? "")")
-        return result.requestsPerSecond
+    /// A closed-loop client's run of `seconds` against `port`.
+    static func load(port: UInt16, seconds: Double = 1.5) -> LoadResult? {
+        try? LoadClient(address: LoadAddress(host: "127.0.0.1", port: port), connections: 4,
+                        messageSizeBytes: 1024, durationSeconds: seconds).run()
     }
 
-    /// Before admission control, 700 stalled clients (each pinning 2 to 4
-    /// slots) took all 1024 slots of the pool and stopped everyone else.
+    /// Before admission control, 700 stalled downloads (each pinning 2 slots
+    /// toward its client) took all 1024 slots of the pool and stopped everyone
+    /// else: 2.7 requests/s against 3908 alone. The well-behaved client is
+    /// measured beside a control: the same client through a second proxy
+    /// with no stalled clients, at the same time, so that the machine's load
+    /// (other tests, other work) weighs on both alike.
     @Test("a well-behaved client keeps at least half its throughput beside 700 clients that stopped reading")
     func stalledReadersDoNotStarveOthers() throws {
         let main = try EchoOrSourceServer()
         defer { main.stop() }
         let proxy = try startProxy(main: main.port, mirrors: [])
         defer { proxy.shutdown() }
-        let alone = try measure(port: proxy.port)
-        #expect(alone > 0)
+        let control = try startProxy(main: main.port, mirrors: [])
+        defer { control.shutdown() }
         let stalled = try StalledClients(port: proxy.port, count: 700, requestBytes: 1)
         #expect(eventually { proxy.activeSessions >= 700 })
         // Each download fills what the kernel buffers, then pins its session's queue.
         #expect(eventually { proxy.total { $0.poolSlotsInUse.value } >= 1024 }, "more than the whole old pool held")
+        // Until then the proxy moves the downloads into the kernel's buffers,
+        // which takes its time (fairly shared); wait until they are full.
+        _ = eventually(timeoutSeconds: 30) {
+            let before = proxy.total { $0.bytesMainToClient.value }
+            usleep(300_000)
+            return proxy.total { $0.bytesMainToClient.value } &- before < 1 << 20
+        }
         let inUse = proxy.total { $0.poolSlotsInUse.value }
-        // The best of two tries: the machine is shared.
-        let beside = max(try measure(port: proxy.port), try measure(port: proxy.port))
+        var best: (beside: Double, control: Double) = (0, 1)
+        for _ in 0..<2 {
+            let controlResult = Mutex<LoadResult?>(nil)
+            let controlPort = control.port
+            let thread = try spawnThread { controlResult.withLock { $0 = Self.load(port: controlPort) } }
+            let beside = try #require(Self.load(port: proxy.port))
+            pthread_join(thread, nil)
+            let controlled = try #require(controlResult.withLock { $0 })
+            #expect(beside.errors == 0 && beside.connectionsEstablished == 4, "\(beside.firstErrorDescription ?? "")")
+            #expect(controlled.errors == 0 && controlled.connectionsEstablished == 4)
+            if beside.requestsPerSecond / max(1, controlled.requestsPerSecond) > best.beside / max(1, best.control) {
+                best = (beside.requestsPerSecond, controlled.requestsPerSecond)
+            }
+        }
         let waits = proxy.total { $0.poolExhausted.value }
-        #expect(beside >= alone / 2, "alone \(Int(alone)) requests/s, beside 700 stalled readers \(Int(beside)); \(inUse) slots held, \(waits) waits for a slot, \(proxy.activeSessions) sessions")
+        #expect(best.control > 0)
+        #expect(best.beside >= best.control / 2, "beside 700 stalled readers \(Int(best.beside)) requests/s, control \(Int(best.control)); \(inUse) slots held, \(waits) waits for a slot, \(proxy.activeSessions) sessions")
         withExtendedLifetime(stalled) {}
     }
 

@@ -5,7 +5,7 @@ import Testing
 import LoadTools
 
 /// The promises of DESIGN.md over real loopback sockets and real io_uring.
-@Suite("Integration: the proxy's promises", .timeLimit(.minutes(2)))
+@Suite("Integration: the proxy's promises", .timeLimit(.minutes(6)))
 struct IntegrationTests {
     /// Promises 1 and 2 (and 3 for healthy mirrors): 50 concurrent sessions,
     /// random payloads up to several MiB written in random pieces; the client

@@ -4,7 +4,7 @@ import Testing
 @testable import Duplicator
 import LoadTools
 
-@Suite("Operability: metrics, back-off, stats line", .timeLimit(.minutes(2)))
+@Suite("Operability: metrics, back-off, stats line", .timeLimit(.minutes(6)))
 struct OperabilityTests {
     /// A real HTTP client (curl) scrapes /metrics from the running binary;
     /// every line follows the Prometheus text format.

@@ -6,7 +6,7 @@ import Testing
 import LoadTools
 
 /// The real binary as a user runs it: descriptors, memory, signals.
-@Suite("Integration: the duplicator process", .timeLimit(.minutes(3)))
+@Suite("Integration: the duplicator process", .timeLimit(.minutes(6)))
 struct ProcessTests {
     /// Promise 5 and the no-leak rule: hundreds of short sessions with failing
     /// mirrors leave the process's descriptor count where it was.

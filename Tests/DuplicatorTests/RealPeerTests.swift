@@ -7,7 +7,7 @@ import Testing
 /// behind it. Each server runs on a free loopback port, in a temporary
 /// folder, and is stopped at the end. Skipped when the programs are missing
 /// (`.ci/run` installs them).
-@Suite("Real peers: redis and nginx through the proxy", .serialized, .timeLimit(.minutes(3)))
+@Suite("Real peers: redis and nginx through the proxy", .serialized, .timeLimit(.minutes(6)))
 struct RealPeerTests {
     static func installed(_ path: String) -> Bool { FileManager.default.isExecutableFile(atPath: path) }
 

@@ -6,7 +6,7 @@ import Testing
 import LoadTools
 
 /// Exhaustion, scale and churn: the proxy degrades cleanly and comes back.
-@Suite("Resilience: exhaustion, scale and churn", .timeLimit(.minutes(3)))
+@Suite("Resilience: exhaustion, scale and churn", .timeLimit(.minutes(6)))
 struct ResilienceTests {
     /// Out of descriptors: accept failing with EMFILE neither spins a core nor
     /// crashes; clients are refused cleanly and served again once descriptors free up.

@@ -6,7 +6,7 @@ import LoadTools
 
 /// The real binary and the signals an operator or the system sends it:
 /// none but SIGINT/SIGTERM stops it, and a log line nobody reads is no signal at all.
-@Suite("Signals: the duplicator process", .timeLimit(.minutes(2)))
+@Suite("Signals: the duplicator process", .timeLimit(.minutes(6)))
 struct SignalTests {
     /// A dead log shipper or `| head` closes stderr's reader: the "draining"
     /// line after SIGTERM then meets EPIPE, which must not kill the drain.

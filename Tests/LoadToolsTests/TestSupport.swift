@@ -4,7 +4,7 @@ import Testing
 
 /// Every LoadTools test opens sockets or counts descriptors, so they run one at a time:
 /// a descriptor count is only meaningful when nothing else in this target opens any.
-@Suite(.serialized, .timeLimit(.minutes(1)))
+@Suite(.serialized, .timeLimit(.minutes(6)))
 struct LoadToolsTests {}
 
 /// Socket helpers for driving the servers byte by byte from a test, bounded in time.
