@@ -190,7 +190,7 @@ struct FairnessTests {
         let stalled = try StalledClients(port: proxy.port, count: 700, requestBytes: 1)
         #expect(eventually { proxy.activeSessions >= 700 })
         // Each download fills what the kernel buffers, then pins its session's queue.
-        #expect(eventually { proxy.total { $0.poolSlotsInUse.value } >= 1024 }, "more than the whole old pool held")
+        #expect(eventually(timeoutSeconds: 60) { proxy.total { $0.poolSlotsInUse.value } >= 1024 }, "more than the whole old pool held")
         // Until then the proxy moves the downloads into the kernel's buffers,
         // which takes its time (fairly shared); wait until they are full.
         _ = eventually(timeoutSeconds: 30) {
