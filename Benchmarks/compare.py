@@ -251,6 +251,56 @@ def start_with_free_port(processes, name, make_argv, attempts=5):
     raise last
 
 
+def haproxy_argv(workdir, port, main_port, maxconn=8000, timeout="60s"):
+    """Writes a haproxy configuration (mode tcp, one thread) in front of `main_port`; returns its command."""
+    path = os.path.join(workdir, f"haproxy-{port}.cfg")
+    with open(path, "w") as handle:
+        handle.write(f"""global
+    nbthread 1
+    maxconn {maxconn}
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client {timeout}
+    timeout server {timeout}
+    maxconn {maxconn}
+
+frontend front
+    bind {LOOPBACK}:{port}
+    default_backend echo
+
+backend echo
+    server main {LOOPBACK}:{main_port}
+""")
+    return [shutil.which("haproxy"), "-db", "-f", path]
+
+
+def nginx_argv(workdir, port, main_port, worker_connections=8192, rlimit_nofile=20000, listen_options="",
+               server_lines=""):
+    """Writes an nginx stream configuration (one worker) in front of `main_port`; returns its command."""
+    prefix = os.path.join(workdir, f"nginx-{port}")
+    os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
+    path = os.path.join(prefix, "nginx.conf")
+    with open(path, "w") as handle:
+        handle.write(f"""load_module {NGINX_STREAM_MODULE};
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile {rlimit_nofile};
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections {worker_connections}; }}
+stream {{
+    server {{
+        listen {LOOPBACK}:{port}{listen_options};
+        proxy_pass {LOOPBACK}:{main_port};{server_lines}
+    }}
+}}
+""")
+    return [shutil.which("nginx"), "-p", prefix, "-c", path, "-e", f"{prefix}/logs/error.log"]
+
+
 def start_proxy(kind, processes, bins, workdir, main_port, mirror_ports):
     """Starts one proxy in front of the echo server on `main_port`; returns (process, port)."""
     if kind.startswith("dup") or kind in VARIANT_ARGS:
@@ -271,53 +321,10 @@ def start_proxy(kind, processes, bins, workdir, main_port, mirror_ports):
         return start_with_free_port(processes, kind, argv)
 
     if kind == "haproxy":
-        def argv(port):
-            path = os.path.join(workdir, f"haproxy-{port}.cfg")
-            with open(path, "w") as handle:
-                handle.write(f"""global
-    nbthread 1
-    maxconn 8000
-
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    maxconn 8000
-
-frontend front
-    bind {LOOPBACK}:{port}
-    default_backend echo
-
-backend echo
-    server main {LOOPBACK}:{main_port}
-""")
-            return [shutil.which("haproxy"), "-db", "-f", path]
-        return start_with_free_port(processes, kind, argv)
+        return start_with_free_port(processes, kind, lambda port: haproxy_argv(workdir, port, main_port))
 
     if kind == "nginx":
-        def argv(port):
-            prefix = os.path.join(workdir, f"nginx-{port}")
-            os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
-            path = os.path.join(prefix, "nginx.conf")
-            with open(path, "w") as handle:
-                handle.write(f"""load_module {NGINX_STREAM_MODULE};
-daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-events {{ worker_connections 8192; }}
-stream {{
-    server {{
-        listen {LOOPBACK}:{port};
-        proxy_pass {LOOPBACK}:{main_port};
-    }}
-}}
-""")
-            return [shutil.which("nginx"), "-p", prefix, "-c", path, "-e", f"{prefix}/logs/error.log"]
-        return start_with_free_port(processes, kind, argv)
+        return start_with_free_port(processes, kind, lambda port: nginx_argv(workdir, port, main_port))
 
     if kind == "socat":
         # nodelay on both sides, as duplicator, haproxy and nginx's stream

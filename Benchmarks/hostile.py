@@ -6,7 +6,7 @@ module under the same load.
 Topology (all 127.0.0.1): an echo main (duplicator-testserver), one echo mirror
 for the duplicator, and in front of main one proxy at a time:
 
-    duplicator  default flags (threads = CPUs, --pool-slots 1024 of 16 KiB each)
+    duplicator  default flags (threads = CPUs, --max-memory 1GiB of 16 KiB slots)
                 and one mirror, plus --metrics to read the pool's slots in use
     haproxy     mode tcp, nbthread 1, `timeout client` / `timeout server` set
     nginx       stream, 1 worker, `proxy_timeout` set to the same
@@ -138,53 +138,14 @@ def start_proxy(kind, processes, bins, workdir, main_port, mirror_port, timeout)
 
     if kind == "haproxy":
         def argv(port):
-            path = os.path.join(workdir, f"haproxy-{port}.cfg")
-            with open(path, "w") as handle:
-                handle.write(f"""global
-    nbthread 1
-    maxconn 9000
-
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client {timeout}
-    timeout server {timeout}
-    maxconn 9000
-
-frontend front
-    bind {LOOPBACK}:{port}
-    default_backend echo
-
-backend echo
-    server main {LOOPBACK}:{main_port}
-""")
-            return [shutil.which("haproxy"), "-db", "-f", path]
+            return compare.haproxy_argv(workdir, port, main_port, maxconn=9000, timeout=timeout)
         process, port = compare.start_with_free_port(processes, kind, argv)
         return process, port, None
 
     if kind == "nginx":
         def argv(port):
-            prefix = os.path.join(workdir, f"nginx-{port}")
-            os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
-            path = os.path.join(prefix, "nginx.conf")
-            with open(path, "w") as handle:
-                handle.write(f"""load_module {compare.NGINX_STREAM_MODULE};
-daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile 40000;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-events {{ worker_connections 20000; }}
-stream {{
-    server {{
-        listen {LOOPBACK}:{port} backlog=4096;
-        proxy_pass {LOOPBACK}:{main_port};
-        proxy_timeout {timeout};
-    }}
-}}
-""")
-            return [shutil.which("nginx"), "-p", prefix, "-c", path, "-e", f"{prefix}/logs/error.log"]
+            return compare.nginx_argv(workdir, port, main_port, worker_connections=20000, rlimit_nofile=40000,
+                                      listen_options=" backlog=4096", server_lines=f"\n        proxy_timeout {timeout};")
         process, port = compare.start_with_free_port(processes, kind, argv)
         return process, port, None
 

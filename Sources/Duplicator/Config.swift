@@ -49,7 +49,7 @@ public struct Config: Sendable {
     public var mirrorFailuresBeforeBackoff = 3
     public var mirrorBackoffInitialMs = 250
     public var mirrorBackoffMaxMs = 30_000
-    /// Free slots lent to the kernel at a time (see `ProvidedBuffers`).
+    /// Free slots lent to the kernel at a time, at most (see `ProvidedBuffers`).
     public var providedWindowSlots = 512
 
     /// The most slots a worker's pool has: a provided buffer's id is 16 bits,
@@ -64,6 +64,12 @@ public struct Config: Sendable {
     /// Slots in each worker's pool.
     public var poolSlotsPerWorker: Int {
         poolSlots ?? min(Self.poolSlotsMax, maxMemoryBytes / max(1, threads) / max(1, slotSize))
+    }
+
+    /// The window lent to the kernel: a quarter of a small pool, so that many
+    /// workers with small pools do not each take their whole pool at start.
+    var providedWindowSlotsPerWorker: Int {
+        min(providedWindowSlots, max(64, poolSlotsPerWorker / 4))
     }
 
     /// Slots of a pool that mirrors may hold once main is done with them:

@@ -35,7 +35,7 @@ enum LockedMemory {
         defer { fclose(file) }
         var line = [CChar](repeating: 0, count: 256)
         while fgets(&line, Int32(line.count), file) != nil {
-            let text = String(cString: line)
+            let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             guard text.hasPrefix("CapEff:") else { continue }
             let hex = text.dropFirst("CapEff:".count).filter { $0.isHexDigit }
             return (UInt64(hex, radix: 16) ?? 0) & (1 << 14) != 0

@@ -80,7 +80,7 @@ final class Worker: SessionIO {
         ring = try Ring(entries: UInt32(config.ringEntries), completionEntries: UInt32(config.completionEntries),
                         preferred: preferred)
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
-        provided = try ProvidedBuffers(ring: ring, pool: pool, windowSlots: config.providedWindowSlots,
+        provided = try ProvidedBuffers(ring: ring, pool: pool, windowSlots: config.providedWindowSlotsPerWorker,
                                        registerSegments: true)
         context = SessionContext(limits: config.limits, pool: pool, stats: stats)
         // Admission control: the table holds only as many sessions as the

@@ -166,22 +166,7 @@ final class FaultServer: Sendable {
 
     private init(_ behavior: Behavior) throws {
         self.behavior = behavior
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        self.listener = listener
-        var on: Int32 = 1
-        setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &on, 4)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
-                guard bind(listener, pointer, length) == 0 else { return -1 }
-                return getsockname(listener, pointer, &length)
-            }
-        }
-        guard bound == 0, listen(listener, 128) == 0 else { throw TestFailure("fault server: errno \(errno)") }
-        port = UInt16(bigEndian: address.sin_port)
+        (listener, port) = try loopbackListener(backlog: 128)
     }
 
     /// A fault server already serving on its own thread.
@@ -260,6 +245,31 @@ final class FaultServer: Sendable {
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
         close(fd)
     }
+}
+
+/// A listening socket on a free port of 127.0.0.1.
+func loopbackListener(backlog: Int32, nonBlocking: Bool = false) throws -> (fd: Int32, port: UInt16) {
+    let flags = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | (nonBlocking ? Int32(SOCK_NONBLOCK.rawValue) : 0)
+    let listener = socket(AF_INET, flags, 0)
+    guard listener >= 0 else { throw TestFailure("socket: errno \(errno)") }
+    var on: Int32 = 1
+    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &on, 4)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
+            guard bind(listener, pointer, length) == 0 else { return -1 }
+            return getsockname(listener, pointer, &length)
+        }
+    }
+    guard bound == 0, listen(listener, backlog) == 0 else {
+        let error = errno
+        close(listener)
+        throw TestFailure("loopback listener: errno \(error)")
+    }
+    return (listener, UInt16(bigEndian: address.sin_port))
 }
 
 /// A loopback port where connects are refused: bound, never listening.
