@@ -105,20 +105,10 @@ struct TestClientCommand: ParsableCommand {
 
         let client: LoadClient
         do {
-            let descriptorsNeeded = connections + 16  // epoll, eventfd, stdio and a margin
-            let descriptorLimit = FileDescriptorLimit.raiseToHardLimit()
-            guard descriptorsNeeded <= descriptorLimit else {
-                throw CommandFailure("\(connections) connections need about \(descriptorsNeeded) file descriptors,"
-                    + " but the limit is \(descriptorLimit) (ulimit -n)")
-            }
+            try checkDescriptorLimit()
             client = try LoadClient(address: try LoadAddress(parsing: address), connections: connections,
                                     messageSizeBytes: size, durationSeconds: duration)
-            let signalsSeen = SignalCount()
-            try TerminationSignals.startWatching { signal in
-                // The first signal ends the run with its summary; a second one leaves at once.
-                if signalsSeen.count.add(1, ordering: .relaxed).newValue > 1 { Glibc.exit(128 + signal) }
-                client.stop()
-            }
+            try stopOnSignals { client.stop() }
         } catch {
             StandardStream.error.writeLine("duplicator-testclient: \(error)")
             throw ExitCode.failure
@@ -147,21 +137,31 @@ struct TestClientCommand: ParsableCommand {
 }
 
 extension TestClientCommand {
+    /// One descriptor per connection, and epoll, eventfd, stdio and a margin.
+    func checkDescriptorLimit() throws {
+        let descriptorsNeeded = connections + 16
+        let descriptorLimit = FileDescriptorLimit.raiseToHardLimit()
+        guard descriptorsNeeded <= descriptorLimit else {
+            throw CommandFailure("\(connections) connections need about \(descriptorsNeeded) file descriptors,"
+                + " but the limit is \(descriptorLimit) (ulimit -n)")
+        }
+    }
+
+    /// The first signal ends the run with its summary; a second one leaves at once.
+    func stopOnSignals(_ stop: @escaping @Sendable () -> Void) throws {
+        let signalsSeen = SignalCount()
+        try TerminationSignals.startWatching { signal in
+            if signalsSeen.count.add(1, ordering: .relaxed).newValue > 1 { Glibc.exit(128 + signal) }
+            stop()
+        }
+    }
+
     func runHostile() throws {
         let client: HostileClient
         do {
-            let descriptorsNeeded = connections + 16  // epoll, eventfd, stdio and a margin
-            let descriptorLimit = FileDescriptorLimit.raiseToHardLimit()
-            guard descriptorsNeeded <= descriptorLimit else {
-                throw CommandFailure("\(connections) connections need about \(descriptorsNeeded) file descriptors,"
-                    + " but the limit is \(descriptorLimit) (ulimit -n)")
-            }
+            try checkDescriptorLimit()
             client = try HostileClient(address: try LoadAddress(parsing: address), plan: hostilePlan)
-            let signalsSeen = SignalCount()
-            try TerminationSignals.startWatching { signal in
-                if signalsSeen.count.add(1, ordering: .relaxed).newValue > 1 { Glibc.exit(128 + signal) }
-                client.stop()
-            }
+            try stopOnSignals { client.stop() }
         } catch {
             StandardStream.error.writeLine("duplicator-testclient: \(error)")
             throw ExitCode.failure
