@@ -13,9 +13,13 @@ enum LockedMemory {
 
     /// The limit, or nil when nothing limits this process (unlimited, or CAP_IPC_LOCK).
     static func limitBytes() -> Int? {
+        hasIPCLockCapability() ? nil : rlimitBytes()
+    }
+
+    /// RLIMIT_MEMLOCK's soft limit, or nil when it is unlimited.
+    static func rlimitBytes() -> Int? {
         var limit = rlimit()
-        guard getrlimit(__rlimit_resource_t(8) /* RLIMIT_MEMLOCK */, &limit) == 0 else { return nil }
-        if limit.rlim_cur == rlim_t.max || hasIPCLockCapability() { return nil }
+        guard getrlimit(__rlimit_resource_t(8) /* RLIMIT_MEMLOCK */, &limit) == 0, limit.rlim_cur != rlim_t.max else { return nil }
         return Int(clamping: limit.rlim_cur)
     }
 

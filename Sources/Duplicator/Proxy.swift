@@ -20,9 +20,7 @@ public struct ProxyError: Error, CustomStringConvertible, Sendable {
                 + "or the container's seccomp profile (Docker: --security-opt seccomp=<profile allowing io_uring_*>)")
         case ENOMEM:
             // The rings (64-byte SQEs, 16-byte CQEs) and the registered pool are locked memory.
-            var limit = rlimit()
-            getrlimit(__rlimit_resource_t(8) /* RLIMIT_MEMLOCK */, &limit)
-            let limitText = limit.rlim_cur == rlim_t.max ? "unlimited" : "\(limit.rlim_cur) bytes"
+            let limitText = LockedMemory.rlimitBytes().map { "\($0) bytes" } ?? "unlimited"
             return ProxyError("not enough locked memory (\(error.operation) failed): each worker needs up to "
                 + "\(LockedMemory.perWorkerBytes(config)) bytes (its rings and a "
                 + "\(config.poolSlotsPerWorker * config.slotSize)-byte buffer pool), RLIMIT_MEMLOCK is \(limitText); "

@@ -125,13 +125,7 @@ struct IOUringTests {
         let provided = try ProvidedBuffers(ring: ring, pool: pool, windowSlots: 2, registerSegments: true)
         #expect(provided.lent == 2 && provided.grownSlots == 2 && provided.available == 8)
         func receive(_ round: Int) throws -> UInt32 {
-            writeAll(a, [UInt8(round)])
-            ring.prepareRecv(fd: b, group: 0, length: pool.slotSize, tag: CompletionTag(rawValue: UInt64(round)))
-            let completion = try #require(try reap(ring, count: 1).first)
-            #expect(completion.result == 1)
-            let slot = try #require(completion.selectedBuffer)
-            provided.taken(slot)
-            return slot
+            try receiveByteIntoProvidedSlot(ring, provided, slotSize: pool.slotSize, writer: a, reader: b, round: round)
         }
         #expect(try receive(0) == 0)
         provided.commit()
@@ -159,13 +153,7 @@ struct IOUringTests {
         let provided = try ProvidedBuffers(ring: ring, pool: pool, group: 0)
         var taken: [UInt32] = []
         for round in 0..<2 {
-            writeAll(a, [UInt8(round)])
-            ring.prepareRecv(fd: b, group: 0, length: pool.slotSize, tag: CompletionTag(rawValue: UInt64(round)))
-            let completion = try #require(try reap(ring, count: 1).first)
-            #expect(completion.result == 1)
-            let slot = try #require(completion.selectedBuffer)
-            provided.taken(slot)
-            taken.append(slot)
+            taken.append(try receiveByteIntoProvidedSlot(ring, provided, slotSize: pool.slotSize, writer: a, reader: b, round: round))
         }
         #expect(Set(taken) == [0, 1])
         #expect(provided.lent == 0)

@@ -136,3 +136,16 @@ func readSome(_ fd: Int32, count: Int) -> [UInt8] {
     return got > 0 ? Array(buffer[..<got]) : []
 }
 
+
+/// Writes one byte to `writer`, receives it from `reader` into a slot of
+/// buffer group 0 that the kernel picks, and tells `provided` it was taken.
+func receiveByteIntoProvidedSlot(_ ring: Ring, _ provided: ProvidedBuffers, slotSize: Int, writer: Int32, reader: Int32,
+                                 round: Int) throws -> UInt32 {
+    writeAll(writer, [UInt8(truncatingIfNeeded: round)])
+    ring.prepareRecv(fd: reader, group: 0, length: slotSize, tag: CompletionTag(rawValue: UInt64(round)))
+    let completion = try #require(try reap(ring, count: 1).first)
+    #expect(completion.result == 1)
+    let slot = try #require(completion.selectedBuffer)
+    provided.taken(slot)
+    return slot
+}
