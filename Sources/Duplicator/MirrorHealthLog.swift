@@ -1,3 +1,4 @@
+import Glibc
 import Logging
 import Ring
 
@@ -46,7 +47,7 @@ struct MirrorHealthLog {
             var parts: [String] = []
             if failures > 0 {
                 let reason = context.mirrorLastConnectErrno[index]
-                parts.append("\(failures) connect failures" + (reason > 0 ? " (last: \(RingError.describe(errno: reason)))" : ""))
+                parts.append("\(failures) connect failures" + (reason > 0 ? " (last: \(Self.describe(reason)))" : ""))
             }
             if timeouts > 0 { parts.append("\(timeouts) connect timeouts") }
             if errors > 0 { parts.append("\(errors) connection errors") }
@@ -61,5 +62,10 @@ struct MirrorHealthLog {
             seen[index].cuts = mirror.sessionsCutForLag.value
             seen[index].poolShareCuts = mirror.sessionsCutForPoolShare.value
         }
+    }
+
+    /// ELOOP is what the loop guard fails a looped connect with.
+    static func describe(_ reason: Int32) -> String {
+        reason == ELOOP ? "its connections loop back into this proxy" : RingError.describe(errno: reason)
     }
 }

@@ -28,6 +28,8 @@ public enum PrometheusText {
         ])
         family("duplicator_accept_errors_total", "counter", "Failed accepts (descriptor or memory shortage).",
                [("", snapshot.acceptErrors)])
+        family("duplicator_loops_refused_total", "counter", "The proxy's own connections to main or a mirror that came back to its listener (a loop made by NAT or a new local address), refused.",
+               [("", snapshot.loopsRefused)])
         family("duplicator_bytes_total", "counter", "Bytes proxied between client and main, by direction.", [
             ("direction=\"client_to_main\"", snapshot.bytesClientToMain),
             ("direction=\"main_to_client\"", snapshot.bytesMainToClient),

@@ -39,6 +39,7 @@ public final class Proxy: Sendable {
     /// Where clients connect (the real port when `-l` said port 0).
     public let listenAddress: SocketAddress
     private let targets: [SocketAddress]
+    private let loopGuard: LoopGuard
     private let listenerFDs: Mutex<[Int32]>
     private let control = WorkerControl()
     private let threads = Mutex<[pthread_t]>([])
@@ -63,9 +64,11 @@ public final class Proxy: Sendable {
                 StartupChecks.Resolved(endpoint: $0, addresses: try $0.resolveAll(role: .connect))
             }
             let metrics = try metrics.map { StartupChecks.Resolved(endpoint: $0, addresses: [try $0.resolve(role: .listen)]) }
+            let localAddresses = localHostAddresses()
             try StartupChecks(listen: config.listen, listenAddress: listenAddress, main: main, mirrors: mirrors,
-                              metrics: metrics, localAddresses: localHostAddresses()).check()
+                              metrics: metrics, localAddresses: localAddresses).check()
             targets = ([main] + mirrors).map { $0.addresses[0] }
+            loopGuard = LoopGuard(targets: targets, localAddresses: localAddresses)
         } catch let error as ConfigError {
             throw ProxyError(error.message)
         }
@@ -117,7 +120,7 @@ public final class Proxy: Sendable {
             throw error
         }
         for (index, fd) in fds.enumerated() {
-            let job = WorkerJob(config: config, targets: targets, listenerFD: fd, stats: stats[index],
+            let job = WorkerJob(config: config, targets: targets, loopGuard: loopGuard, listenerFD: fd, stats: stats[index],
                                 control: control, logger: logger)
             let thread = try spawnThread { job.run() }
             threads.withLock { $0.append(thread) }
@@ -169,6 +172,7 @@ public final class Proxy: Sendable {
 private struct WorkerJob: Sendable {
     let config: Config
     let targets: [SocketAddress]
+    let loopGuard: LoopGuard
     let listenerFD: Int32
     let stats: WorkerStats
     let control: WorkerControl
@@ -178,7 +182,7 @@ private struct WorkerJob: Sendable {
         defer { control.exited.add(1, ordering: .releasing) }
         let worker: Worker
         do {
-            worker = try Worker(config: config, targets: targets, listenerFD: listenerFD, stats: stats,
+            worker = try Worker(config: config, targets: targets, loopGuard: loopGuard, listenerFD: listenerFD, stats: stats,
                                 control: control, logger: logger)
         } catch let error as RingError {
             close(listenerFD)

@@ -74,10 +74,30 @@ enum Sockets {
 
     /// The address a socket is bound to (to learn the port chosen for port 0).
     static func localAddress(_ fd: Int32) -> SocketAddress? {
+        address { getsockname(fd, $0, $1) }
+    }
+
+    /// The address of a connected socket's peer.
+    static func peerAddress(_ fd: Int32) -> SocketAddress? {
+        address { getpeername(fd, $0, $1) }
+    }
+
+    /// SO_ORIGINAL_DST (linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the same value).
+    private static let originalDestinationOption: Int32 = 80
+
+    /// Where an accepted connection was addressed before NAT redirected it
+    /// here (conntrack's SO_ORIGINAL_DST), or its local address when no NAT
+    /// applies or conntrack is not loaded.
+    static func originalDestination(_ fd: Int32, family: Int32) -> SocketAddress? {
+        let level = family == AF_INET6 ? Int32(IPPROTO_IPV6) : Int32(IPPROTO_IP)
+        return address { getsockopt(fd, level, originalDestinationOption, $0, $1) } ?? localAddress(fd)
+    }
+
+    private static func address(_ call: (UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32) -> SocketAddress? {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let result = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { call($0, &length) }
         }
         guard result == 0 else { return nil }
         return withUnsafePointer(to: &storage) {

@@ -16,6 +16,9 @@ public final class WorkerStats: Sendable {
     public let sessionsEndedByIdleTimeout = Atomic<UInt64>(0)
     public let sessionsAborted = Atomic<UInt64>(0)
     public let acceptErrors = Atomic<UInt64>(0)
+    /// Connections refused because they were the proxy's own, looped back
+    /// into its listener (`LoopGuard`): counted on either side of the loop.
+    public let loopsRefused = Atomic<UInt64>(0)
     public let bytesClientToMain = Atomic<UInt64>(0)
     public let bytesMainToClient = Atomic<UInt64>(0)
     public let poolSlotsInUse = Atomic<UInt64>(0)

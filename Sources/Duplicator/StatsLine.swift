@@ -44,6 +44,8 @@ public enum StatsLine {
         if idle > 0 { notes.append("\(idle) idle timeouts") }
         let rejected = current.sessionsRejected &- previous.sessionsRejected
         if rejected > 0 { notes.append("\(rejected) rejected") }
+        let loops = current.loopsRefused &- previous.loopsRefused
+        if loops > 0 { notes.append("\(loops) loops refused") }
         return notes.isEmpty ? "" : " (" + notes.joined(separator: ", ") + ")"
     }
 

@@ -27,6 +27,7 @@ public struct StatsSnapshot: Sendable, Equatable {
     public var sessionsEndedByIdleTimeout: UInt64 = 0
     public var sessionsAborted: UInt64 = 0
     public var acceptErrors: UInt64 = 0
+    public var loopsRefused: UInt64 = 0
     public var bytesClientToMain: UInt64 = 0
     public var bytesMainToClient: UInt64 = 0
     public var poolSlotsInUse: UInt64 = 0
@@ -51,6 +52,7 @@ public struct StatsSnapshot: Sendable, Equatable {
             sessionsEndedByIdleTimeout += worker.sessionsEndedByIdleTimeout.value
             sessionsAborted += worker.sessionsAborted.value
             acceptErrors += worker.acceptErrors.value
+            loopsRefused += worker.loopsRefused.value
             bytesClientToMain += worker.bytesClientToMain.value
             bytesMainToClient += worker.bytesMainToClient.value
             poolSlotsInUse += worker.poolSlotsInUse.value

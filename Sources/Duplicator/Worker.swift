@@ -35,6 +35,16 @@ final class Worker: SessionIO {
     private let logger: Logger
     private let config: Config
     private let targets: [SocketAddress]
+    private let loopGuard: LoopGuard
+    /// What this worker recorded with the loop guard, by descriptor,
+    /// forgotten when closed (empty unless a loop was suspected).
+    private var loopRecords: [Int32: LoopRecord] = [:]
+    private enum LoopRecord {
+        case connecting
+        case outbound(LoopGuard.Connection)
+        case suspect(LoopGuard.Connection)
+    }
+    private var loopLog = RateLimitedLog(intervalMs: 10_000)
     /// The targets' addresses in memory that stays put: the kernel reads a
     /// connect's address when its SQE is submitted, which may be later.
     private let targetAddresses: UnsafeMutablePointer<sockaddr_storage>
@@ -61,10 +71,11 @@ final class Worker: SessionIO {
     private static let acceptTag = CompletionTag(kind: OperationKind.accept.rawValue, endpoint: 0, generation: 0, slot: 0)
 
     /// Creates the ring and the memory of a worker; runs on the worker's own thread.
-    init(config: Config, targets: [SocketAddress], listenerFD: Int32, stats: WorkerStats,
+    init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, listenerFD: Int32, stats: WorkerStats,
          control: WorkerControl, logger: Logger) throws {
         self.config = config
         self.targets = targets
+        self.loopGuard = loopGuard
         targetAddresses = .allocate(capacity: targets.count)
         targetAddresses.initialize(from: targets.map(\.storage), count: targets.count)
         self.listenerFD = listenerFD
@@ -150,7 +161,12 @@ final class Worker: SessionIO {
         }
         if let slot = completion.selectedBuffer { provided.taken(slot) }
         let handled: Void? = table.withSession(for: tag) { session in
-            session.handle(kind: kind, leg: Int(tag.endpoint), result: completion.result,
+            var result = completion.result
+            if kind == .connect && (loopGuard.isArmed || !loopRecords.isEmpty)
+                && connectLooped(session, leg: Int(tag.endpoint), result: result) {
+                result = -ELOOP
+            }
+            session.handle(kind: kind, leg: Int(tag.endpoint), result: result,
                            selectedBuffer: completion.selectedBuffer, io: self)
             if !session.isActive { table.free(session) }
         }
@@ -214,12 +230,16 @@ final class Worker: SessionIO {
     private func accepted(_ completion: Completion) {
         if completion.result >= 0 {
             let fd = completion.result
-            if !stopping, let session = table.take() {
+            if isLoop(acceptedFD: fd) {
+                stats.loopsRefused.bump()
+                Glibc.close(fd)
+            } else if !stopping, let session = table.take() {
                 Sockets.setNoDelay(fd)
                 session.start(clientFD: fd, io: self)
                 if !session.isActive { table.free(session) }
             } else {
                 stats.sessionsRejected.bump()
+                forgetLoopRecord(fd)
                 Glibc.close(fd)
                 if !stopping && rejectLog.allow(nowMs: context.nowMs) {
                     let note = "refusing clients: all \(table.capacity) sessions this worker's memory bound admits are live "
@@ -245,6 +265,62 @@ final class Worker: SessionIO {
         } else {
             armAccept()
         }
+    }
+
+    // MARK: - Loops made at run time
+
+    /// Asks the loop guard about a client from this host that was addressed
+    /// to one of our targets; records it (until closed) unless it is one of
+    /// our own connections, which is refused and logged.
+    private func isLoop(acceptedFD fd: Int32) -> Bool {
+        guard let peer = Sockets.peerAddress(fd), loopGuard.isLocal(peer),
+              let destination = Sockets.originalDestination(fd, family: peer.family),
+              let suspect = loopGuard.suspect(source: peer, destination: destination) else { return false }
+        if loopGuard.accepted(suspect, localAddress: Sockets.localAddress) {
+            logLoop(destination: destination)
+            return true
+        }
+        loopRecords[fd] = .suspect(suspect)
+        return false
+    }
+
+    /// Tells the loop guard that a session's outbound connect ended; true if
+    /// it already arrived at our listener (the session then fails it).
+    private func connectLooped(_ session: Session, leg: Int, result: Int32) -> Bool {
+        let fd = session.legs[leg].fd
+        var wasConnecting = false
+        if case .connecting = loopRecords[fd] {
+            loopRecords[fd] = nil
+            wasConnecting = true
+        }
+        var established: LoopGuard.Connection?
+        if result == 0 && loopGuard.isArmed, let local = Sockets.localAddress(fd) {
+            established = LoopGuard.Connection(source: local, destination: targets[leg - 1])
+        }
+        guard wasConnecting || established != nil else { return false }
+        if loopGuard.connected(fd: wasConnecting ? fd : nil, established: established) {
+            stats.loopsRefused.bump()
+            logLoop(destination: targets[leg - 1])
+            return true
+        }
+        if let established { loopRecords[fd] = .outbound(established) }
+        return false
+    }
+
+    private func forgetLoopRecord(_ fd: Int32) {
+        guard !loopRecords.isEmpty, let record = loopRecords.removeValue(forKey: fd) else { return }
+        switch record {
+        case .connecting: _ = loopGuard.connected(fd: fd, established: nil)
+        case .outbound(let connection): loopGuard.closed(connection, outbound: true)
+        case .suspect(let connection): loopGuard.closed(connection, outbound: false)
+        }
+    }
+
+    private func logLoop(destination: SocketAddress) {
+        guard loopLog.allow(nowMs: context.nowMs) else { return }
+        let note = "refusing a loop: this proxy's own connections to \(destination) arrive back at its listener "
+            + "(a NAT rule, or an address of this host since start?)\(loopLog.suppressedNote)"
+        logger.error("\(note)")
     }
 
     private func closeListener() {
@@ -282,6 +358,10 @@ final class Worker: SessionIO {
     }
 
     func connect(fd: Int32, target: Int, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {
+        if loopGuard.isArmed {
+            loopGuard.connecting(fd: fd, to: targets[target])
+            loopRecords[fd] = .connecting
+        }
         let timeout = timeoutMs == 0 ? nil : (target == 0 ? mainTimeout : mirrorTimeout)
         let address = UnsafeRawPointer(targetAddresses + target).assumingMemoryBound(to: sockaddr.self)
         ring.prepareConnect(fd: fd, address: address, length: targets[target].length, tag: tag, timeout: timeout,
@@ -324,6 +404,7 @@ final class Worker: SessionIO {
     }
 
     func close(fd: Int32, tag: CompletionTag) {
+        forgetLoopRecord(fd)
         ring.prepareClose(fd: fd, tag: tag)
     }
 

@@ -212,8 +212,17 @@ struct CLIPrivilegedTests {
     static var isRoot: Bool { geteuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") }
 
     /// Runs the binary as `nobody`, without capabilities, with `prefix` before it (e.g. prlimit).
+    /// From a copy in a directory anyone may enter: the build's own may sit
+    /// under a private one (a clone in a `mktemp -d` directory, mode 0700).
     func runAsNobody(_ prefix: [String], _ arguments: [String]) throws -> ProcessResult {
-        let binary = try builtBinary("duplicator")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("duplicator-nobody-\(getpid())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o755])
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let binary = directory.appendingPathComponent("duplicator").path
+        try? FileManager.default.removeItem(atPath: binary)
+        try FileManager.default.copyItem(atPath: try builtBinary("duplicator"), toPath: binary)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: binary)
         return try runProgram("/usr/bin/setpriv",
                               ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]
                                 + prefix + [binary] + arguments)
