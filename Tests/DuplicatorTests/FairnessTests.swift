@@ -109,8 +109,9 @@ final class StalledClients: @unchecked Sendable {  // fds are set in init only
     private(set) var fds: [Int32] = []
 
     /// Connects `count` clients, each with a tiny receive buffer, and keeps
-    /// writing until each has sent `requestBytes` or is blocked for good.
-    init(port: UInt16, count: Int, requestBytes: Int, secondsMax: Double = 10) throws {
+    /// writing until each has sent `requestBytes` (of `request`, repeated;
+    /// by default "S"s) or is blocked for good.
+    init(port: UInt16, count: Int, requestBytes: Int, request: [UInt8] = [UInt8(ascii: "S")], secondsMax: Double = 10) throws {
         FileDescriptorLimit.raiseToHardLimit()
         var sent: [Int] = []
         for _ in 0..<count {
@@ -128,7 +129,7 @@ final class StalledClients: @unchecked Sendable {  // fds are set in init only
             fds.append(fd)
             sent.append(0)
         }
-        let chunk = [UInt8](repeating: UInt8(ascii: "S"), count: 65536)
+        let chunk = (0..<65536).map { request[$0 % request.count] }
         let deadline = monotonicSeconds() + secondsMax
         var idleRounds = 0
         // Write while anything moves; stop after a quiet half second.
