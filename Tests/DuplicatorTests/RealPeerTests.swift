@@ -201,17 +201,23 @@ struct RealPeerTests {
         let request = Array("GET /large HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
         let stalled = try StalledClients(port: proxy.port, count: 700, requestBytes: request.count, request: request)
         #expect(eventually { proxy.activeSessions >= 700 })
-        // The downloads fill the kernel's buffers, then pin the sessions' queues.
+        // The downloads fill the kernel's buffers, then pin the sessions'
+        // queues; nginx's one worker takes its time to fill 700 of them.
+        let pinned = eventually(timeoutSeconds: 60) { proxy.total { $0.poolSlotsInUse.value } >= 700 }
         _ = eventually(timeoutSeconds: 30) {
             let before = proxy.total { $0.bytesMainToClient.value }
             usleep(300_000)
             return proxy.total { $0.bytesMainToClient.value } &- before < 1 << 20
         }
         let inUse = proxy.total { $0.poolSlotsInUse.value }
-        #expect(inUse >= 700, "every stalled download holds slots: \(inUse); \(proxy.total { $0.bytesMainToClient.value }) bytes to clients, \(proxy.total { $0.bytesClientToMain.value }) to main, \(proxy.activeSessions) sessions; \((try? String(contentsOfFile: directory + "/error.log", encoding: .utf8))?.suffix(300) ?? "")")
+        #expect(pinned, "every stalled download holds slots: \(inUse) held, \(proxy.total { $0.bytesMainToClient.value }) bytes to clients")
+        // Rounds until two in which the control was served: on a machine
+        // loaded several times over, nginx (one worker) was seen to serve
+        // neither proxy for seconds, which measures the machine, not us.
         var best: (beside: Double, control: Double) = (0, 1)
         var rounds: [String] = []
-        for _ in 0..<2 {
+        var served = 0
+        while served < 2 && rounds.count < 6 {
             let controlRate = Mutex<Result<Double, any Error>?>(nil)
             let controlPort = control.port
             let thread = try spawnThread { controlRate.withLock { $0 = Result { try Self.wrkRate(controlPort) } } }
@@ -219,11 +225,14 @@ struct RealPeerTests {
             pthread_join(thread, nil)
             let controlled = try controlRate.withLock { $0! }.get()
             rounds.append("\(Int(beside)) beside, \(Int(controlled)) control")
-            if beside / max(1, controlled) > best.beside / max(1, best.control) { best = (beside, controlled) }
+            guard controlled > 100 else { continue }
+            served += 1
+            if beside / controlled > best.beside / max(1, best.control) { best = (beside, controlled) }
         }
         #expect(best.control > 100, "requests/s: \(rounds)")
-        #expect(best.beside >= best.control / 2,
-                "requests/s: \(rounds); \(inUse) slots held, \(proxy.activeSessions) sessions")
+        let state = "\(inUse) slots held, \(proxy.total { $0.poolSlotsGrown.value }) grown, "
+            + "\(proxy.total { $0.poolExhausted.value }) waits for a slot, \(proxy.activeSessions) sessions"
+        #expect(best.beside >= best.control / 2, "requests/s: \(rounds); \(state)")
         withExtendedLifetime(stalled) {}
     }
 }
