@@ -22,7 +22,7 @@ build: deps
 test: build
 	swift test --skip-build
 
-# The side-by-side comparison (Benchmarks/README.md); not part of `make test`.
+# The side-by-side comparison (BENCHMARKS.md); not part of `make test`.
 bench: release
 	Benchmarks/compare.sh
 

@@ -67,7 +67,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "RingTests", dependencies: ["Ring"]),
+        .testTarget(name: "RingTests", dependencies: ["Ring", "CLiburing"]),
         .testTarget(name: "DuplicatorTests", dependencies: ["Duplicator", "Ring", "LoadTools"]),
         .testTarget(name: "LoadToolsTests", dependencies: ["LoadTools"]),
     ],

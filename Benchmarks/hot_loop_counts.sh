@@ -9,11 +9,20 @@ set -euo pipefail
 bin_dir=${1:-.build/release}
 seconds=${2:-3}
 command -v perf >/dev/null || { echo "hot_loop_counts.sh: perf is required (apt-get install linux-perf)" >&2; exit 2; }
-libc=$(ldd "$bin_dir/duplicator" | awk '/libc\.so/ {print $3}')
-swift_core=$(ldd "$bin_dir/duplicator" | awk '/libswiftCore\.so/ {print $3}')
+# The library's own name in the first column: a plain /libc\.so/ also
+# matches libswiftGlibc.so.
+libc=$(ldd "$bin_dir/duplicator" | awk '$1 ~ /^libc\.so/ {print $3}')
+swift_core=$(ldd "$bin_dir/duplicator" | awk '$1 ~ /^libswiftCore\.so/ {print $3}')
 [ -n "$libc" ] && [ -n "$swift_core" ] || { echo "hot_loop_counts.sh: cannot find libc or libswiftCore of $bin_dir/duplicator" >&2; exit 2; }
-perf probe -q -x "$libc" -a malloc 2>/dev/null || true
-perf probe -q -x "$swift_core" -a swift_retain -a swift_release 2>/dev/null || true
+# Add each probe unless an earlier run left it; any other failure stops here.
+probes=$(perf probe -l 2>/dev/null || true)
+add_probe() {  # group, library, function
+    grep -q "probe_$1:$3 " <<<"$probes" && return
+    perf probe -q -x "$2" -a "$3" || { echo "hot_loop_counts.sh: perf probe could not add $3 in $2" >&2; exit 2; }
+}
+add_probe libc "$libc" malloc
+add_probe libswiftCore "$swift_core" swift_retain
+add_probe libswiftCore "$swift_core" swift_release
 
 work=$(mktemp -d)
 pids=()
@@ -40,11 +49,21 @@ import sys
 counts = {}
 for line in open(sys.argv[1]):
     fields = line.strip().split(",")
-    if len(fields) > 2 and fields[0].replace(".", "").isdigit():
-        counts[fields[2].split(":")[-1]] = float(fields[0])
-completions = counts.get("io_uring_complete", 0)
+    if len(fields) > 2 and fields[2]:
+        name = fields[2].split(":")[-1]
+        # "<not counted>" or "<not supported>" is not zero: fail, never read it as "no call".
+        try:
+            counts[name] = float(fields[0])
+        except ValueError:
+            sys.exit(f"hot_loop_counts.sh: perf did not count {name}: {fields[0]}")
+for name in ["io_uring_complete", "malloc", "swift_retain", "swift_release"]:
+    if name not in counts:
+        sys.exit(f"hot_loop_counts.sh: perf reported no count for {name}")
+completions = counts["io_uring_complete"]
+if completions == 0:
+    sys.exit("hot_loop_counts.sh: no io_uring completion was counted")
 print(f"completions {completions:.0f}")
 for name in ["malloc", "swift_retain", "swift_release"]:
-    value = counts.get(name, 0)
-    print(f"{name:14s} {value:8.0f}  per completion {value / completions if completions else float('nan'):.4f}")
+    value = counts[name]
+    print(f"{name:14s} {value:8.0f}  per completion {value / completions:.4f}")
 PY

@@ -189,6 +189,26 @@ struct CLITests {
         #expect(result.standardOutput.contains("duplicator -l :8080 -f :8081 -m :8082 -m :8083"))
     }
 
+    /// The help shows each documented default (ParserTests checks that the
+    /// engine runs with the same ones).
+    @Test("the help shows the documented defaults")
+    func helpShowsDefaults() throws {
+        let result = try runProgram(try builtBinary("duplicator"), ["help", "run"])
+        #expect(result.status == 0)
+        // The parser wraps long lines: compare with the whitespace folded.
+        let help = result.standardOutput.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+        for (flag, text, _) in ParserTests.documentedDefaults {
+            guard let start = help.range(of: flag + " <") else {
+                Issue.record("\(flag) is not in the help")
+                continue
+            }
+            // The entry: after this option's `<value>`, up to the next option's.
+            let rest = help[start.upperBound...].drop { $0 != ">" }.dropFirst()
+            let entry = rest.prefix { $0 != "<" }
+            #expect(entry.contains("(default: \(text))"), "\(flag) should show (default: \(text)): \(entry)")
+        }
+    }
+
     @Test("setup errors are explained")
     func setupErrorMessages() {
         var config = Config(listen: try! Endpoint(parsing: ":1", role: .listen), main: endpoint(2), mirrors: [])
@@ -209,12 +229,13 @@ struct CLITests {
 /// drop to, the sysctl to flip), and are skipped without it.
 @Suite("CLI: io_uring forbidden and locked memory, for real", .serialized, .timeLimit(.minutes(6)))
 struct CLIPrivilegedTests {
-    static var isRoot: Bool { geteuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") }
+    static var isRoot: Bool { geteuid() == 0 && Peers.runnable("setpriv", "prlimit") }
 
     /// Runs the binary as `nobody`, without capabilities, with `prefix` before it (e.g. prlimit).
     /// From a copy in a directory anyone may enter: the build's own may sit
     /// under a private one (a clone in a `mktemp -d` directory, mode 0700).
-    func runAsNobody(_ prefix: [String], _ arguments: [String]) throws -> ProcessResult {
+    /// `shell`, when given, is a `sh -c` script that runs the command as "$@".
+    func runAsNobody(_ prefix: [String], _ arguments: [String], shell: String? = nil) throws -> ProcessResult {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("duplicator-nobody-\(getpid())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o755])
@@ -223,18 +244,20 @@ struct CLIPrivilegedTests {
         try? FileManager.default.removeItem(atPath: binary)
         try FileManager.default.copyItem(atPath: try builtBinary("duplicator"), toPath: binary)
         try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: binary)
-        return try runProgram("/usr/bin/setpriv",
-                              ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]
-                                + prefix + [binary] + arguments)
+        let command = [try Peers.require("setpriv"),
+                       "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]
+            + prefix + [binary] + arguments
+        guard let shell else { return try runProgram(command[0], Array(command.dropFirst())) }
+        return try runProgram("/bin/sh", ["-c", shell, "sh"] + command)
     }
 
     /// The pools grow with the load; a limit below their bound is refused at
     /// start, not found under load.
-    @Test("too little locked memory for the buffers names the bytes needed", .enabled(if: isRoot))
+    @Test("too little locked memory for the buffers names the bytes needed", .enabled(if: isRoot, "needs root to drop to nobody"))
     func lockedMemoryTooLow() throws {
         // 4 MiB: enough for the rings and the pool's first segment, not for its 64 MiB bound.
         for extra in [[], ["--check"]] {
-            let result = try runAsNobody(["/usr/bin/prlimit", "--memlock=4194304:4194304"],
+            let result = try runAsNobody([try Peers.require("prlimit"), "--memlock=4194304:4194304"],
                                          ["-l", "127.0.0.1:0", "-f", ":9", "--max-memory", "64MiB", "--threads", "1"] + extra)
             #expect(result.status != 0)
             #expect(result.errorLines.count == 1, "stderr: \(result.standardError)")
@@ -243,22 +266,31 @@ struct CLIPrivilegedTests {
             #expect(result.standardError.contains("RLIMIT_MEMLOCK is 4194304 bytes"), "stderr: \(result.standardError)")
         }
         // Below even the rings and the first segment, the setup itself fails, and says the same.
-        let tiny = try runAsNobody(["/usr/bin/prlimit", "--memlock=65536:65536"],
+        let tiny = try runAsNobody([try Peers.require("prlimit"), "--memlock=65536:65536"],
                                    ["-l", "127.0.0.1:0", "-f", ":9", "--max-memory", "4MiB", "--threads", "1"])
         #expect(tiny.status != 0 && tiny.errorLines.count == 1, "stderr: \(tiny.standardError)")
         #expect(tiny.standardError.contains("not enough locked memory"), "stderr: \(tiny.standardError)")
         #expect(tiny.standardError.contains("RLIMIT_MEMLOCK is 65536 bytes"), "stderr: \(tiny.standardError)")
     }
 
-    @Test("kernel.io_uring_disabled gives a clear line", .enabled(if: isRoot && FileManager.default.isWritableFile(atPath: "/proc/sys/kernel/io_uring_disabled")))
+    @Test("kernel.io_uring_disabled gives a clear line",
+          .enabled(if: isRoot && FileManager.default.isWritableFile(atPath: "/proc/sys/kernel/io_uring_disabled"),
+                   "needs root and a kernel with kernel.io_uring_disabled"))
     func ioUringDisabled() throws {
-        let path = "/proc/sys/kernel/io_uring_disabled"
-        let original = try String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         // 1: only privileged processes may create rings; root tests running
         // beside this one are unaffected, the unprivileged run is refused.
-        try "1".write(toFile: path, atomically: false, encoding: .utf8)
-        defer { try? original.write(toFile: path, atomically: false, encoding: .utf8) }
-        let result = try runAsNobody([], ["-l", "127.0.0.1:0", "-f", ":9"])
+        // The host's setting is flipped and restored by a shell of its own,
+        // on any exit of that shell, so that a test run killed meanwhile
+        // cannot leave io_uring off; the proxy exits at once either way.
+        let script = """
+            setting=/proc/sys/kernel/io_uring_disabled
+            original=$(cat "$setting")
+            trap 'echo "$original" > "$setting"' EXIT
+            trap 'exit 1' HUP INT TERM
+            echo 1 > "$setting"
+            "$@"
+            """
+        let result = try runAsNobody([try Peers.require("timeout"), "10"], ["-l", "127.0.0.1:0", "-f", ":9"], shell: script)
         #expect(result.status != 0)
         #expect(result.errorLines.count == 1, "stderr: \(result.standardError)")
         #expect(result.standardError.contains("io_uring is forbidden"), "stderr: \(result.standardError)")

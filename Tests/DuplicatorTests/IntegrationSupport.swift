@@ -31,6 +31,33 @@ func monotonicSeconds() -> Double {
     return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }
 
+/// Programs the tests run that this project did not write: the real peers
+/// and system tools. Found as `.ci/run` finds them, on PATH and then in the
+/// sbin folders (where Debian puts daemons and tools a user's PATH may not
+/// reach). A test that needs one is skipped, with the reason, only outside
+/// CI: under `CI=true` it runs and fails when the program is missing, so that
+/// a broken install can never pass as a skip.
+enum Peers {
+    static let underCI = ProcessInfo.processInfo.environment["CI"] == "true"
+
+    static func path(_ name: String) -> String? {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
+        let folders = path.split(separator: ":").map(String.init) + ["/usr/local/sbin", "/usr/sbin", "/sbin"]
+        return folders.lazy.map { $0 + "/" + name }.first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+
+    /// For `.enabled(if:)`: every program is installed, or this is CI.
+    static func runnable(_ names: String...) -> Bool {
+        underCI || names.allSatisfy { path($0) != nil }
+    }
+
+    /// The program's path, or a failure that names it.
+    static func require(_ name: String) throws -> String {
+        guard let found = path(name) else { throw TestFailure("\(name) is not installed (.ci/run installs it)") }
+        return found
+    }
+}
+
 struct TestFailure: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
@@ -422,24 +449,41 @@ final class ProxyProcess {
         }
     }
 
-    var descriptorCount: Int {
-        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(process.processIdentifier)/fd").count) ?? -1
+    /// The process's open descriptors; nil when /proc cannot tell (the
+    /// process is gone), so that a failed read never passes a comparison.
+    var descriptorCount: Int? {
+        try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(process.processIdentifier)/fd").count
     }
 
-    /// User plus system CPU seconds the process has used.
-    var cpuSeconds: Double {
+    /// The descriptor count once two readings 200 ms apart agree (sessions
+    /// closing in the background have finished), or nil after `timeoutSeconds`.
+    func settledDescriptorCount(timeoutSeconds: Double = 10) -> Int? {
+        var settled: Int?
+        _ = eventually(timeoutSeconds: timeoutSeconds) {
+            guard let first = descriptorCount else { return false }
+            usleep(200_000)
+            guard descriptorCount == first else { return false }
+            settled = first
+            return true
+        }
+        return settled
+    }
+
+    /// User plus system CPU seconds the process has used (nil when /proc cannot tell).
+    var cpuSeconds: Double? {
         guard let stat = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return -1 }
+              let close = stat.lastIndex(of: ")") else { return nil }
         let fields = stat[stat.index(after: close)...].split(separator: " ")
         // After the command: state is field 3; utime and stime are fields 14 and 15.
-        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return -1 }
+        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
         return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
-    var residentBytes: Int {
+    /// Resident set size in bytes (nil when /proc cannot tell).
+    var residentBytes: Int? {
         guard let status = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8),
               let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
-              let kilobytes = Int(line.split(separator: " ").dropFirst().first ?? "") else { return -1 }
+              let kilobytes = Int(line.split(separator: " ").dropFirst().first ?? "") else { return nil }
         return kilobytes * 1024
     }
 

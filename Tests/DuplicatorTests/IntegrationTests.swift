@@ -4,7 +4,7 @@ import Testing
 @testable import Duplicator
 import LoadTools
 
-/// The promises of DESIGN.md over real loopback sockets and real io_uring.
+/// The promises (README, "How it works") over real loopback sockets and real io_uring.
 @Suite("Integration: the proxy's promises", .timeLimit(.minutes(6)))
 struct IntegrationTests {
     /// Promises 1 and 2 (and 3 for healthy mirrors): 50 concurrent sessions,
@@ -140,6 +140,40 @@ struct IntegrationTests {
         }
     }
 
+    /// Promise 3 at the settings a user runs: the binary with no flag but
+    /// the addresses (its own pool, backlog, linger and thread count), a busy
+    /// closed-loop client, and two healthy mirrors. Neither is ever cut, and
+    /// each gets exactly the bytes main got, session by session.
+    @Test("healthy mirrors at the default settings are never cut and get every session's exact stream")
+    func healthyMirrorsAtDefaults() throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let mirrors = try (0..<2).map { _ in try startServer(.echo) }
+        defer { mirrors.forEach { $0.stop() } }
+        let metricsPort = freePort()
+        let proxy = try ProxyProcess(["-f", "127.0.0.1:\(main.boundPort)", "--metrics", "127.0.0.1:\(metricsPort)"]
+                                        + mirrors.flatMap { ["-m", "127.0.0.1:\($0.boundPort)"] }, port: freePort())
+        let client = try LoadClient(address: LoadAddress(host: "127.0.0.1", port: proxy.port), connections: 10,
+                                    messageSizeBytes: 1024, durationSeconds: 3)
+        let result = try client.run()
+        #expect(result.errors == 0, "\(result.firstErrorDescription ?? "")")
+        #expect(result.requests >= 1000)
+        // Every session has ended (its mirrors' connections closed after their linger).
+        let sessions = Int(main.connectionsAccepted)
+        let mainStreams = receivedStreams(main, count: sessions)
+        #expect(mainStreams.values.reduce(0, +) == sessions)
+        for (index, mirror) in mirrors.enumerated() {
+            #expect(receivedStreams(mirror, count: sessions) == mainStreams, "mirror \(index)")
+        }
+        let metrics = try #require(scrape(metricsPort, timeoutSeconds: 5))
+        let cuts = metrics.split(separator: "\n").filter {
+            ($0.hasPrefix("duplicator_mirror_lag_cuts_total{") || $0.hasPrefix("duplicator_mirror_pool_share_cuts_total{"))
+        }
+        #expect(cuts.count == 4, "\(cuts)")
+        #expect(cuts.allSatisfy { $0.hasSuffix(" 0") }, "\(cuts)")
+        #expect(proxy.signalAndWait(SIGTERM) == 0)
+    }
+
     /// Promise 4 and 3: a mirror that never reads cannot slow a 64 MiB stream,
     /// and is cut for the session once its backlog limit is passed.
     @Test("a stalled mirror does not slow a 64 MiB stream and is cut")
@@ -160,20 +194,30 @@ struct IntegrationTests {
             #expect(end == .eof)
             return (seconds, proxy)
         }
-        let baseline = try timedUpload(mirrors: [])
-        baseline.proxy.shutdown()
-        let mirrored = try timedUpload(mirrors: [stalled.boundPort])
-        defer { mirrored.proxy.shutdown() }
-        // Measured, not a benchmark: a loose bound that a mirror able to slow
-        // the client (it would stall it for good) cannot meet.
-        #expect(mirrored.seconds < baseline.seconds * 3 + 2,
-                "with a stalled mirror \(mirrored.seconds)s, without \(baseline.seconds)s")
-        let streams = receivedStreams(main, count: 2)
-        #expect(streams == [StreamSignature(payload): 2])
-        #expect(mirrored.proxy.mirrorTotal(0) { $0.sessionsCutForLag.value } == 1)
-        #expect(mirrored.proxy.mirrorTotal(0) { $0.bytesMissed.value } > 0)
+        // Interleaved rounds, the fastest of each kind: on a shared machine
+        // one slow round says little. Once cut, the mirror costs nothing;
+        // before, it shares the client's buffers, never copies them.
+        var baseline = Double.infinity
+        var mirroredSeconds = Double.infinity
+        var mirrored: Proxy?
+        for round in 0..<2 {
+            let alone = try timedUpload(mirrors: [])
+            alone.proxy.shutdown()
+            baseline = min(baseline, alone.seconds)
+            let beside = try timedUpload(mirrors: [stalled.boundPort])
+            mirroredSeconds = min(mirroredSeconds, beside.seconds)
+            if round == 0 { mirrored = beside.proxy } else { beside.proxy.shutdown() }
+        }
+        let first = try #require(mirrored)
+        defer { first.shutdown() }
+        #expect(mirroredSeconds < baseline * 1.5 + 0.25,
+                "with a stalled mirror \(mirroredSeconds)s, without \(baseline)s (fastest of 2 rounds each)")
+        let streams = receivedStreams(main, count: 4)
+        #expect(streams == [StreamSignature(payload): 4])
+        #expect(first.mirrorTotal(0) { $0.sessionsCutForLag.value } == 1)
+        #expect(first.mirrorTotal(0) { $0.bytesMissed.value } > 0)
         let stalledRecords = stalled.connectionRecords()
-        #expect(stalledRecords.count == 1)
+        #expect(stalledRecords.count == 2)
     }
 
     /// 64 MiB each way, checked by digest on the client, main and two mirrors.
@@ -339,7 +383,10 @@ struct IntegrationTests {
         echo.wait()
     }
 
-    @Test("main resets mid-reply: the client gets what was sent, then the end, at once")
+    /// A reset drops what main's leg still queued for the client (as the
+    /// kernel drops a reset socket's unread bytes): the client may get a
+    /// prefix of the reply, never more, and learns of the end at once.
+    @Test("main resets mid-reply: the client gets at most a prefix of the reply, and the end at once")
     func mainResets() throws {
         let main = try FaultServer.start(.replyThenClose(readBytes: 4, reply: Array(repeating: 0x61, count: 1000), reset: true))
         defer { main.stop() }

@@ -114,7 +114,7 @@ func inPrivateNetwork<Result: Sendable>(_ body: @escaping @Sendable (_ run: (Str
             guard unshareNamespaces(0x4000_0000 /* CLONE_NEWNET */) == 0 else {
                 throw TestFailure("unshare(CLONE_NEWNET): \(String(cString: strerror(errno)))")
             }
-            try spawnAndWait("/usr/sbin/ip", ["link", "set", "lo", "up"])
+            try spawnAndWait(try Peers.require("ip"), ["link", "set", "lo", "up"])
             return try body(spawnAndWait)
         }
         outcome.withLock { $0 = result }
@@ -129,28 +129,17 @@ func inPrivateNetwork<Result: Sendable>(_ body: @escaping @Sendable (_ run: (Str
 /// under CI the tools must be there.
 @Suite("Loop guard: loops made by NAT at run time", .serialized, .timeLimit(.minutes(2)))
 struct LoopGuardNATTests {
-    static let tools = ["/usr/sbin/ip", "/usr/sbin/nft"]
-    static var available: Bool {
-        geteuid() == 0 && tools.allSatisfy { FileManager.default.isExecutableFile(atPath: $0) }
-    }
-
-    init() throws {
-        if ProcessInfo.processInfo.environment["CI"] == "true" && geteuid() == 0 {
-            for tool in Self.tools where !FileManager.default.isExecutableFile(atPath: tool) {
-                throw TestFailure("\(tool) is missing: .ci/run installs nftables and iproute2")
-            }
-        }
-    }
+    static var available: Bool { geteuid() == 0 && Peers.runnable("ip", "nft") }
 
     /// `nft` rules that redirect every connection to `port` on loopback to `listener`.
     static func redirect(_ port: UInt16, to listener: UInt16, run: (String, [String]) throws -> Void) throws {
-        try run("/usr/sbin/nft", ["add table ip loop"])
-        try run("/usr/sbin/nft", ["add chain ip loop out { type nat hook output priority -100 ; }"])
-        try run("/usr/sbin/nft", ["add rule ip loop out tcp dport \(port) redirect to :\(listener)"])
+        try run(try Peers.require("nft"), ["add table ip loop"])
+        try run(try Peers.require("nft"), ["add chain ip loop out { type nat hook output priority -100 ; }"])
+        try run(try Peers.require("nft"), ["add rule ip loop out tcp dport \(port) redirect to :\(listener)"])
     }
 
     @Test("main redirected to our own listener: the client's session ends at once and the loop stops at the second hop",
-          .enabled(if: available, "needs root, ip and nft"))
+          .enabled(if: available, "needs root, ip (iproute2) and nft (nftables)"))
     func mainLoop() throws {
         let report = try inPrivateNetwork { run -> String in
             // Nobody listens on 9999 here; the rule sends it to the proxy.
@@ -180,7 +169,7 @@ struct LoopGuardNATTests {
     }
 
     @Test("a mirror redirected to our own listener: the client's session is untouched, the loop is cut",
-          .enabled(if: available, "needs root, ip and nft"))
+          .enabled(if: available, "needs root, ip (iproute2) and nft (nftables)"))
     func mirrorLoop() throws {
         let report = try inPrivateNetwork { run -> String in
             let main = try startServer(.echo)

@@ -97,8 +97,8 @@ struct MetricsEndpointTests {
         let trickler = try TricklingClient(port: metricsPort)
         defer { trickler.stop() }
         usleep(1_500_000)
-        if FileManager.default.isExecutableFile(atPath: "/usr/bin/curl") {
-            let curl = try runProgram("/usr/bin/curl", ["-sS", "-m", "1", "http://127.0.0.1:\(metricsPort)/metrics"])
+        if Peers.runnable("curl") {
+            let curl = try runProgram(try Peers.require("curl"), ["-sS", "-m", "1", "http://127.0.0.1:\(metricsPort)/metrics"])
             #expect(curl.status == 0, "curl: \(curl.standardError)")
             #expect(curl.standardOutput.contains("duplicator_sessions_accepted_total "))
         }

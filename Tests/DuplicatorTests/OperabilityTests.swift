@@ -8,7 +8,7 @@ import LoadTools
 struct OperabilityTests {
     /// A real HTTP client (curl) scrapes /metrics from the running binary;
     /// every line follows the Prometheus text format.
-    @Test("GET /metrics with curl", .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/curl")))
+    @Test("GET /metrics with curl", .enabled(if: Peers.runnable("curl"), "needs curl"))
     func metricsWithCurl() throws {
         let main = try startServer(.echo)
         defer { main.stop() }
@@ -26,7 +26,7 @@ struct OperabilityTests {
         }
         // 6: the startup probe of ProxyProcess is a session too.
         #expect(eventually { mirror.connectionRecords().filter(\.peerClosed).count == 6 })
-        let result = try runProgram("/usr/bin/curl", ["-sS", "-i", "http://127.0.0.1:\(metricsPort)/metrics"])
+        let result = try runProgram(try Peers.require("curl"), ["-sS", "-i", "http://127.0.0.1:\(metricsPort)/metrics"])
         #expect(result.status == 0, "curl: \(result.standardError)")
         let response = result.standardOutput
         #expect(response.hasPrefix("HTTP/1.1 200 OK"))
@@ -48,7 +48,7 @@ struct OperabilityTests {
             }
         }
         #expect(families.count >= 15)
-        let notFound = try runProgram("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(metricsPort)/"])
+        let notFound = try runProgram(try Peers.require("curl"), ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(metricsPort)/"])
         #expect(notFound.standardOutput == "404")
         #expect(proxy.signalAndWait(SIGTERM) == 0)
     }

@@ -156,20 +156,44 @@ struct ParserTests {
                    mirrors: (0..<mirrors).map { try Endpoint(parsing: "127.0.0.1:\(9000 + $0)", role: .connect) })
     }
 
-    @Test("the defaults validate and become the session limits")
-    func defaultsValidate() throws {
+    /// The defaults a user reads in the README and `--help`, with the
+    /// setting each one becomes. `CLITests.helpShowsDefaults` checks that the
+    /// help shows the same text; this checks that the engine runs with it.
+    static let documentedDefaults: [(flag: String, text: String, value: @Sendable (Config) -> Int)] = [
+        ("--timeout", "500ms", { $0.mirrorConnectTimeoutMs }),
+        ("--main-connect-timeout", "10s", { $0.mainConnectTimeoutMs }),
+        ("--backlog", "4MiB", { $0.backlogBytesMax }),
+        ("--backlog-chunks", "256", { $0.backlogChunksMax }),
+        ("--slot-size", "16KiB", { $0.slotSize }),
+        ("--max-memory", "1GiB", { $0.maxMemoryBytes }),
+        ("--max-sessions", "16384", { $0.sessionsMax }),
+        ("--idle-timeout", "10m", { $0.idleTimeoutMs }),
+        ("--mirror-linger", "2s", { $0.mirrorLingerMs }),
+        ("--drain-timeout", "5s", { $0.drainTimeoutMs }),
+    ]
+
+    @Test("the engine's defaults are the documented ones, and become the session limits")
+    func documentedDefaults() throws {
         var config = try config(mirrors: 2)
         try config.validate()
-        config.backlogBytesMax = 12_345
-        config.backlogChunksMax = 17
-        config.mirrorConnectTimeoutMs = 321
+        for (flag, text, value) in Self.documentedDefaults {
+            let expected = if flag.hasSuffix("timeout") || flag == "--mirror-linger" {
+                try DurationParser.milliseconds(text)
+            } else if let count = Int(text) {
+                count
+            } else {
+                try SizeParser.bytes(text)
+            }
+            #expect(value(config) == expected, "\(flag): the engine's default \(value(config)), documented \(text)")
+        }
         let limits = config.limits
         #expect(limits.mirrorCount == 2)
-        #expect(limits.backlogBytesMax == 12_345)
-        #expect(limits.backlogChunksMax == 17)
-        #expect(limits.mirrorConnectTimeoutMs == 321)
-        #expect(limits.mainConnectTimeoutMs == config.mainConnectTimeoutMs)
-        #expect(limits.mirrorLingerMs == config.mirrorLingerMs)
+        #expect(limits.backlogBytesMax == 4 << 20)
+        #expect(limits.backlogChunksMax == 256)
+        #expect(limits.mirrorConnectTimeoutMs == 500)
+        #expect(limits.mainConnectTimeoutMs == 10_000)
+        #expect(limits.mirrorLingerMs == 2_000)
+        #expect(limits.idleTimeoutMs == 600_000)
     }
 
     @Test("Config.validate refuses each bad setting with its flag's name", arguments: [

@@ -26,7 +26,7 @@ struct ProcessTests {
         // Let the startup probe connection finish before the baseline.
         #expect(eventually { main.connectionRecords().allSatisfy { !$0.isOpen } })
         usleep(300_000)
-        let baseline = proxy.descriptorCount
+        let baseline = try #require(proxy.settledDescriptorCount())
         #expect(baseline > 0)
         for index in 0..<300 {
             let connection = try TestConnection(port: proxy.port)
@@ -35,7 +35,7 @@ struct ProcessTests {
             #expect(received == message && end == .eof, "session \(index)")
         }
         #expect(eventually(timeoutSeconds: 10) { proxy.descriptorCount == baseline },
-                "descriptors: \(proxy.descriptorCount), baseline \(baseline)")
+                "descriptors: \(String(describing: proxy.descriptorCount)), baseline \(baseline)")
         #expect(proxy.signalAndWait(SIGTERM) == 0)
     }
 

@@ -6,12 +6,10 @@ import Testing
 
 /// Clients and servers nobody here wrote, through the proxy: what users put
 /// behind it. Each server runs on a free loopback port, in a temporary
-/// folder, and is stopped at the end. Skipped when the programs are missing
-/// (`.ci/run` installs them).
+/// folder, and is stopped at the end. Skipped when the programs are missing,
+/// except under CI, where `.ci/run` installs them and a missing one fails.
 @Suite("Real peers: redis and nginx through the proxy", .serialized, .timeLimit(.minutes(6)))
 struct RealPeerTests {
-    static func installed(_ path: String) -> Bool { FileManager.default.isExecutableFile(atPath: path) }
-
     /// A server process that is killed (and reaped) when this goes away.
     final class ServerProcess {
         let process = Process()
@@ -47,19 +45,19 @@ struct RealPeerTests {
 
     func redis(_ directory: String) throws -> ServerProcess {
         let port = freePort()
-        return try ServerProcess("/usr/bin/redis-server",
+        return try ServerProcess(try Peers.require("redis-server"),
                                  ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                                   "--dir", directory, "--enable-debug-command", "yes", "--protected-mode", "no"],
                                  port: port, directory: directory)
     }
 
     func redisCLI(_ port: UInt16, _ arguments: [String]) throws -> String {
-        let result = try runProgram("/usr/bin/redis-cli", ["-h", "127.0.0.1", "-p", "\(port)"] + arguments)
+        let result = try runProgram(try Peers.require("redis-cli"), ["-h", "127.0.0.1", "-p", "\(port)"] + arguments)
         return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     @Test("redis-benchmark through the proxy: no errors, and the mirror ends with main's dataset",
-          .enabled(if: installed("/usr/bin/redis-server") && installed("/usr/bin/redis-benchmark")))
+          .enabled(if: Peers.runnable("redis-server", "redis-cli", "redis-benchmark"), "needs redis-server and redis-tools"))
     func redisShadow() throws {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -70,7 +68,7 @@ struct RealPeerTests {
         let proxy = try startProxy(main: main.port, mirrors: [mirror.port])
         defer { proxy.shutdown() }
 
-        let benchmark = try runProgram("/usr/bin/redis-benchmark",
+        let benchmark = try runProgram(try Peers.require("redis-benchmark"),
                                        ["-h", "127.0.0.1", "-p", "\(proxy.port)", "-c", "50", "-n", "20000", "-P", "16",
                                         "-r", "1000", "-t", "set,incr,lpush", "-q"], timeoutSeconds: 60)
         #expect(benchmark.status == 0, "redis-benchmark: \(benchmark.standardError)")
@@ -128,12 +126,12 @@ struct RealPeerTests {
         }
         """
         try config.write(toFile: directory + "/nginx.conf", atomically: true, encoding: .utf8)
-        return try ServerProcess("/usr/sbin/nginx", ["-p", directory, "-c", directory + "/nginx.conf"],
+        return try ServerProcess(try Peers.require("nginx"), ["-p", directory, "-c", directory + "/nginx.conf"],
                                  port: port, directory: directory)
     }
 
     @Test("wrk through the proxy to nginx, mirrored to nginx: no errors, as many requests logged on both",
-          .enabled(if: installed("/usr/sbin/nginx") && installed("/usr/bin/wrk")))
+          .enabled(if: Peers.runnable("nginx", "wrk"), "needs nginx and wrk"))
     func nginxShadow() throws {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -152,7 +150,7 @@ struct RealPeerTests {
         let proxy = try startProxy(main: main.port, mirrors: [mirror.port])
         defer { proxy.shutdown() }
 
-        let result = try runProgram("/usr/bin/wrk", ["-t1", "-c10", "-d2s", "http://127.0.0.1:\(proxy.port)/"], timeoutSeconds: 30)
+        let result = try runProgram(try Peers.require("wrk"), ["-t1", "-c10", "-d2s", "http://127.0.0.1:\(proxy.port)/"], timeoutSeconds: 30)
         #expect(result.status == 0, "wrk: \(result.standardError)")
         #expect(!result.standardOutput.contains("Socket errors"), "\(result.standardOutput)")
         #expect(!result.standardOutput.contains("Non-2xx"), "\(result.standardOutput)")
@@ -171,7 +169,7 @@ struct RealPeerTests {
     /// Requests slower than wrk's 2 s timeout (seen on a machine loaded 4
     /// times over) only lower the rate; any other socket error fails.
     static func wrkRate(_ port: UInt16) throws -> Double {
-        let result = try runProgram("/usr/bin/wrk", ["-t1", "-c4", "-d2s", "http://127.0.0.1:\(port)/"], timeoutSeconds: 30)
+        let result = try runProgram(try Peers.require("wrk"), ["-t1", "-c4", "-d2s", "http://127.0.0.1:\(port)/"], timeoutSeconds: 30)
         let socketErrors = result.standardOutput.split(separator: "\n").first { $0.contains("Socket errors") }
         let onlyTimeouts = socketErrors.map { $0.contains("connect 0, read 0, write 0,") } ?? true
         guard result.status == 0, onlyTimeouts, !result.standardOutput.contains("Non-2xx"),
@@ -189,7 +187,7 @@ struct RealPeerTests {
     /// the same nginx without stalled clients, at the same time, so that the
     /// machine's load weighs on both alike.
     @Test("wrk keeps at least half its requests/s while 700 clients stall large nginx downloads through the proxy",
-          .enabled(if: installed("/usr/sbin/nginx") && installed("/usr/bin/wrk")))
+          .enabled(if: Peers.runnable("nginx", "wrk"), "needs nginx and wrk"))
     func nginxStalledDownloads() throws {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }

@@ -1,13 +1,20 @@
+import CLiburing
+import Foundation
 import Glibc
 import Testing
 @testable import Ring
 
 /// Whether this host lets us create an io_uring (not when io_uring is
 /// disabled by sysctl or a seccomp profile): the io_uring tests need one.
+/// Asked of liburing directly, not of `Ring`, the code under test: a bug
+/// there must fail the ring tests, not skip them. Under `CI=true` the tests
+/// always run, so that a CI host without io_uring fails instead of passing.
 enum IOUringProbe {
     static let available: Bool = {
-        guard let ring = try? Ring(entries: 8, completionEntries: 16) else { return false }
-        _ = ring
+        if ProcessInfo.processInfo.environment["CI"] == "true" { return true }
+        var ring = io_uring()
+        guard io_uring_queue_init(8, &ring, 0) == 0 else { return false }
+        io_uring_queue_exit(&ring)
         return true
     }()
 }
