@@ -40,6 +40,8 @@ public final class Proxy: Sendable {
     public let listenAddress: SocketAddress
     private let targets: [SocketAddress]
     private let loopGuard: LoopGuard
+    /// One health state per mirror, shared by the workers.
+    private let mirrorHealth: MirrorHealth
     private let listenerFDs: Mutex<[Int32]>
     private let control = WorkerControl()
     private let threads = Mutex<[pthread_t]>([])
@@ -56,6 +58,7 @@ public final class Proxy: Sendable {
         }
         self.config = config
         self.logger = logger
+        mirrorHealth = MirrorHealth(config.limits)
         let listenAddress: SocketAddress
         do {
             listenAddress = try config.listen.resolve(role: .listen)
@@ -120,8 +123,8 @@ public final class Proxy: Sendable {
             throw error
         }
         for (index, fd) in fds.enumerated() {
-            let job = WorkerJob(config: config, targets: targets, loopGuard: loopGuard, listenerFD: fd, stats: stats[index],
-                                control: control, logger: logger)
+            let job = WorkerJob(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
+                                listenerFD: fd, stats: stats[index], allStats: stats, control: control, logger: logger)
             let thread = try spawnThread { job.run() }
             threads.withLock { $0.append(thread) }
         }
@@ -173,8 +176,10 @@ private struct WorkerJob: Sendable {
     let config: Config
     let targets: [SocketAddress]
     let loopGuard: LoopGuard
+    let mirrorHealth: MirrorHealth
     let listenerFD: Int32
     let stats: WorkerStats
+    let allStats: [WorkerStats]
     let control: WorkerControl
     let logger: Logger
 
@@ -182,8 +187,8 @@ private struct WorkerJob: Sendable {
         defer { control.exited.add(1, ordering: .releasing) }
         let worker: Worker
         do {
-            worker = try Worker(config: config, targets: targets, loopGuard: loopGuard, listenerFD: listenerFD, stats: stats,
-                                control: control, logger: logger)
+            worker = try Worker(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
+                                listenerFD: listenerFD, stats: stats, allStats: allStats, control: control, logger: logger)
         } catch let error as RingError {
             close(listenerFD)
             control.startErrors.withLock { $0.append(ProxyError.setup(error, config: config).message) }

@@ -60,21 +60,17 @@ public final class SessionContext {
     public let mirrorOnlySlotsMax: Int
     private let mirrorOnly: UnsafeMutablePointer<Bool>
 
-    private var mirrorFailures: [Int]
-    private var mirrorSkipUntilMs: [UInt64]
-    /// The errno of each mirror's latest connect failure, for the log.
-    public private(set) var mirrorLastConnectErrno: [Int32]
+    /// Each mirror's back-off, shared with the other workers.
+    public let mirrorHealth: MirrorHealth
 
-    public init(limits: SessionLimits, pool: BufferPool, stats: WorkerStats) {
+    public init(limits: SessionLimits, pool: BufferPool, stats: WorkerStats, mirrorHealth: MirrorHealth? = nil) {
         self.limits = limits
+        self.mirrorHealth = mirrorHealth ?? MirrorHealth(limits)
         self.pool = pool
         self.stats = stats
         mirrorOnlySlotsMax = max(1, pool.slotCount / 2)
         mirrorOnly = .allocate(capacity: pool.slotCount)
         mirrorOnly.initialize(repeating: false, count: pool.slotCount)
-        mirrorFailures = Array(repeating: 0, count: limits.mirrorCount)
-        mirrorSkipUntilMs = Array(repeating: 0, count: limits.mirrorCount)
-        mirrorLastConnectErrno = Array(repeating: 0, count: limits.mirrorCount)
     }
 
     deinit { mirrorOnly.deallocate() }
@@ -97,33 +93,19 @@ public final class SessionContext {
         }
     }
 
-    // MARK: Mirror back-off
+    // MARK: Mirror back-off (the shared state, at this worker's clock)
 
     /// Whether new sessions should try mirror `index` now.
-    public func mirrorIsTried(_ index: Int) -> Bool { nowMs >= mirrorSkipUntilMs[index] }
+    public func mirrorIsTried(_ index: Int) -> Bool { mirrorHealth.isTried(index, nowMs: nowMs) }
 
-    public func mirrorIsBackingOff(_ index: Int) -> Bool { nowMs < mirrorSkipUntilMs[index] }
+    public func mirrorIsBackingOff(_ index: Int) -> Bool { !mirrorHealth.isTried(index, nowMs: nowMs) }
 
     /// Failed enough times in a row to be backed off (resting or being probed).
-    public func mirrorIsFailing(_ index: Int) -> Bool {
-        mirrorFailures[index] >= limits.mirrorFailuresBeforeBackoff
-    }
+    public func mirrorIsFailing(_ index: Int) -> Bool { mirrorHealth.isFailing(index) }
 
-    func mirrorConnected(_ index: Int) {
-        mirrorFailures[index] = 0
-        mirrorSkipUntilMs[index] = 0
-    }
+    func mirrorConnected(_ index: Int) { mirrorHealth.connected(index) }
 
-    /// After `mirrorFailuresBeforeBackoff` failures in a row the mirror rests
-    /// for an exponentially growing, capped time; the first session after
-    /// that probes it again.
     func mirrorConnectFailed(_ index: Int, errno: Int32) {
-        mirrorLastConnectErrno[index] = errno
-        mirrorFailures[index] += 1
-        let beyond = mirrorFailures[index] - limits.mirrorFailuresBeforeBackoff
-        guard beyond >= 0 else { return }
-        let shift = min(beyond, 20)
-        let restMs = min(limits.mirrorBackoffInitialMs << shift, limits.mirrorBackoffMaxMs)
-        mirrorSkipUntilMs[index] = nowMs + UInt64(restMs)
+        mirrorHealth.connectFailed(index, errno: errno, nowMs: nowMs)
     }
 }

@@ -67,12 +67,15 @@ final class Worker: SessionIO {
     private var growthErrorLogged = false
     private var rejectLog = RateLimitedLog(intervalMs: 10_000)
     private var acceptErrorLog = RateLimitedLog(intervalMs: 5_000)
-    private var mirrorHealthLog: MirrorHealthLog
+    private let mirrorHealth: MirrorHealth
+    /// Every worker's counters, for the mirror health log (summed over the process).
+    private let allStats: [WorkerStats]
+    private let mirrorNames: [String]
     private static let acceptTag = CompletionTag(kind: OperationKind.accept.rawValue, endpoint: 0, generation: 0, slot: 0)
 
     /// Creates the ring and the memory of a worker; runs on the worker's own thread.
-    init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, listenerFD: Int32, stats: WorkerStats,
-         control: WorkerControl, logger: Logger) throws {
+    init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, mirrorHealth: MirrorHealth, listenerFD: Int32,
+         stats: WorkerStats, allStats: [WorkerStats], control: WorkerControl, logger: Logger) throws {
         self.config = config
         self.targets = targets
         self.loopGuard = loopGuard
@@ -82,7 +85,9 @@ final class Worker: SessionIO {
         self.stats = stats
         self.control = control
         self.logger = logger
-        mirrorHealthLog = MirrorHealthLog(names: config.mirrors.map(\.text))
+        self.mirrorHealth = mirrorHealth
+        self.allStats = allStats
+        mirrorNames = config.mirrors.map(\.text)
         let preferred: Ring.SetupMode = switch config.ringMode {
         case .deferTaskrun: .deferTaskrun
         case .coopTaskrun: .coopTaskrun
@@ -93,7 +98,7 @@ final class Worker: SessionIO {
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
         provided = try ProvidedBuffers(ring: ring, pool: pool, windowSlots: config.providedWindowSlotsPerWorker,
                                        registerSegments: true)
-        context = SessionContext(limits: config.limits, pool: pool, stats: stats)
+        context = SessionContext(limits: config.limits, pool: pool, stats: stats, mirrorHealth: mirrorHealth)
         // Admission control: the table holds only as many sessions as the
         // pool can serve at once, whatever their peers do.
         table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
@@ -190,7 +195,7 @@ final class Worker: SessionIO {
         for (index, mirror) in stats.mirrors.enumerated() {
             mirror.backingOff.store(context.mirrorIsBackingOff(index) ? 1 : 0, ordering: .relaxed)
         }
-        mirrorHealthLog.check(stats: stats, context: context, logger: logger)
+        mirrorHealth.log(workers: allStats, names: mirrorNames, nowMs: context.nowMs, logger: logger)
         let mode = WorkerControl.StopMode(rawValue: control.stopMode.load(ordering: .relaxed)) ?? .running
         if mode != .running && !stopping {
             stopping = true

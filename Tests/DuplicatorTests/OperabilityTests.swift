@@ -90,6 +90,59 @@ struct OperabilityTests {
         #expect(proxy.mirrorTotal(0) { $0.sessionsMirrored.value } == mirroredBefore + 5)
     }
 
+    /// One health state per mirror for the whole process: failures on any
+    /// worker put the mirror to rest for all of them. With a state per
+    /// worker, each of the four would fail three connects of its own first.
+    @Test("four workers back off a refused mirror together")
+    func backoffSharedByWorkers() throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let refusing = RefusingPort()
+        let proxy = try startProxy(main: main.boundPort, mirrors: [refusing.port]) {
+            $0.threads = 4
+            $0.mirrorBackoffInitialMs = 60_000
+            $0.mirrorBackoffMaxMs = 60_000
+        }
+        defer { proxy.shutdown() }
+        for index in 0..<40 {
+            let connection = try TestConnection(port: proxy.port)
+            let message = Array("session \(index)\n".utf8)
+            #expect(connection.exchange(message, timeoutSeconds: 5).received == message)
+        }
+        #expect(proxy.stats.filter { $0.sessionsAccepted.value > 0 }.count >= 2, "the sessions reached several workers")
+        #expect(eventually { proxy.activeSessions == 0 })
+        let failures = proxy.mirrorTotal(0) { $0.connectFailures.value }
+        // Three in a row, and at most one more whose connect was already in flight.
+        #expect((3...4).contains(failures), "connect failures \(failures)")
+        #expect(proxy.mirrorTotal(0) { $0.sessionsSkipped.value } == 40 - failures)
+    }
+
+    /// "At most one line per mirror every 10 seconds" holds for the process,
+    /// not per worker (four workers logged 8 lines in 3 s for one refused mirror).
+    @Test("a refused mirror is logged once per interval, however many workers")
+    func mirrorLogSharedByWorkers() throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let refusing = RefusingPort()
+        let proxy = try ProxyProcess(["-f", "127.0.0.1:\(main.boundPort)", "-m", "127.0.0.1:\(refusing.port)",
+                                      "--threads", "4"], port: freePort())
+        let start = monotonicSeconds()
+        var index = 0
+        while monotonicSeconds() - start < 3 {
+            let connection = try TestConnection(port: proxy.port)
+            let message = Array("session \(index)\n".utf8)
+            #expect(connection.exchange(message, timeoutSeconds: 5).received == message)
+            index += 1
+            usleep(20_000)
+        }
+        #expect(proxy.signalAndWait(SIGTERM) == 0)
+        let lines = proxy.standardError.split(separator: "\n").filter { $0.contains("mirror 127.0.0.1:\(refusing.port)") }
+        // The failures, and the start of the back-off: one line each.
+        #expect(lines.count == 2, "\(lines.joined(separator: "\n"))")
+        #expect(lines.contains { $0.contains("connect failures") })
+        #expect(lines.contains { $0.contains("backing off") })
+    }
+
     @Test("the stats line reports rates and mirror trouble")
     func statsLine() {
         let workers = [WorkerStats(mirrorCount: 2)]
