@@ -30,6 +30,8 @@ public enum PrometheusText {
                [("", snapshot.acceptErrors)])
         family("duplicator_loops_refused_total", "counter", "The proxy's own connections to main or a mirror that came back to its listener (a loop made by NAT or a new local address), refused.",
                [("", snapshot.loopsRefused)])
+        family("duplicator_completions_unknown_total", "counter", "io_uring completions of no operation the proxy submitted (a bug: each is also logged once).",
+               [("", snapshot.completionsUnknown)])
         family("duplicator_bytes_total", "counter", "Bytes proxied between client and main, by direction.", [
             ("direction=\"client_to_main\"", snapshot.bytesClientToMain),
             ("direction=\"main_to_client\"", snapshot.bytesMainToClient),

@@ -180,7 +180,7 @@ public final class Session {
         case .shutdown:
             legs[leg].inFlight &-= 1
             shutDown(leg, result: result, io: io)
-        case .accept, .connectTimeout, .cancel, .close:
+        case .accept, .acceptCancel, .connectTimeout, .cancel, .close:
             return
         }
         settle(leg, io: io)

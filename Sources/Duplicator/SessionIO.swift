@@ -11,6 +11,8 @@ public enum OperationKind: UInt8, Sendable {
     case shutdown
     case cancel
     case close
+    /// The worker's cancel of its own accept, on stop: nothing to do when it completes.
+    case acceptCancel
 }
 
 /// The IO a `Session` asks for. The session is sans-IO: it never calls the

@@ -19,6 +19,9 @@ public final class WorkerStats: Sendable {
     /// Connections refused because they were the proxy's own, looped back
     /// into its listener (`LoopGuard`): counted on either side of the loop.
     public let loopsRefused = Atomic<UInt64>(0)
+    /// Completions whose tag names no operation this proxy submits: a bug,
+    /// counted and logged once rather than dropped unseen.
+    public let completionsUnknown = Atomic<UInt64>(0)
     public let bytesClientToMain = Atomic<UInt64>(0)
     public let bytesMainToClient = Atomic<UInt64>(0)
     public let poolSlotsInUse = Atomic<UInt64>(0)

@@ -28,6 +28,7 @@ public struct StatsSnapshot: Sendable, Equatable {
     public var sessionsAborted: UInt64 = 0
     public var acceptErrors: UInt64 = 0
     public var loopsRefused: UInt64 = 0
+    public var completionsUnknown: UInt64 = 0
     public var bytesClientToMain: UInt64 = 0
     public var bytesMainToClient: UInt64 = 0
     public var poolSlotsInUse: UInt64 = 0
@@ -53,6 +54,7 @@ public struct StatsSnapshot: Sendable, Equatable {
             sessionsAborted += worker.sessionsAborted.value
             acceptErrors += worker.acceptErrors.value
             loopsRefused += worker.loopsRefused.value
+            completionsUnknown += worker.completionsUnknown.value
             bytesClientToMain += worker.bytesClientToMain.value
             bytesMainToClient += worker.bytesMainToClient.value
             poolSlotsInUse += worker.poolSlotsInUse.value

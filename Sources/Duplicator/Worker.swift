@@ -72,6 +72,9 @@ final class Worker: SessionIO {
     private let allStats: [WorkerStats]
     private let mirrorNames: [String]
     private static let acceptTag = CompletionTag(kind: OperationKind.accept.rawValue, endpoint: 0, generation: 0, slot: 0)
+    private static let acceptCancelTag = CompletionTag(kind: OperationKind.acceptCancel.rawValue, endpoint: 0,
+                                                       generation: 0, slot: 0)
+    private var unknownCompletionLogged = false
 
     /// Creates the ring and the memory of a worker; runs on the worker's own thread.
     init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, mirrorHealth: MirrorHealth, listenerFD: Int32,
@@ -159,10 +162,18 @@ final class Worker: SessionIO {
     @inline(__always)
     private func dispatch(_ completion: Completion) {
         let tag = completion.tag
-        guard let kind = OperationKind(rawValue: tag.kind) else { return }
-        if kind == .accept {
+        guard let kind = OperationKind(rawValue: tag.kind) else {
+            unknownCompletion(completion)
+            return
+        }
+        switch kind {
+        case .accept:
             accepted(completion)
             return
+        case .acceptCancel:
+            return
+        default:
+            break
         }
         if let slot = completion.selectedBuffer { provided.taken(slot) }
         let handled: Void? = table.withSession(for: tag) { session in
@@ -180,6 +191,19 @@ final class Worker: SessionIO {
             // the kernel picked one, goes straight back.
             provided.provide(slot)
         }
+    }
+
+    /// A completion of no operation we submit: count it, say so once, and
+    /// give back the buffer the kernel may have picked for it.
+    private func unknownCompletion(_ completion: Completion) {
+        stats.completionsUnknown.bump()
+        if let slot = completion.selectedBuffer {
+            provided.taken(slot)
+            provided.provide(slot)
+        }
+        guard !unknownCompletionLogged else { return }
+        unknownCompletionLogged = true
+        logger.error("a completion of no known operation (tag \(completion.tag.rawValue), result \(completion.result)) was ignored; this is a bug, please report it (further ones are counted in duplicator_completions_unknown_total)")
     }
 
     private func tick() {
@@ -200,7 +224,7 @@ final class Worker: SessionIO {
         if mode != .running && !stopping {
             stopping = true
             drainDeadlineMs = context.nowMs + UInt64(config.drainTimeoutMs)
-            if acceptArmed { ring.prepareCancel(target: Self.acceptTag, tag: CompletionTag(rawValue: 0)) }
+            if acceptArmed { ring.prepareCancel(target: Self.acceptTag, tag: Self.acceptCancelTag) }
         }
         if stopping && !aborted && (mode == .immediate || context.nowMs >= drainDeadlineMs) {
             aborted = true

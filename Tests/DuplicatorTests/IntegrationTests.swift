@@ -174,6 +174,27 @@ struct IntegrationTests {
         #expect(proxy.signalAndWait(SIGTERM) == 0)
     }
 
+    /// A graceful stop cancels each worker's accept and lets the live session
+    /// finish; every completion on the way is one the workers know (an unknown
+    /// one is counted: a bug).
+    @Test("a graceful stop finishes the live session and meets no unknown completion")
+    func gracefulStopCompletions() throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let proxy = try startProxy(main: main.boundPort, mirrors: []) { $0.threads = 2 }
+        defer { proxy.shutdown() }
+        let connection = try TestConnection(port: proxy.port)
+        let first = connection.exchange(Array("before ".utf8), shutdownAfterSending: false, timeoutSeconds: 5, expectBytes: 7)
+        #expect(first.received == Array("before ".utf8))
+        proxy.stop()
+        usleep(300_000)
+        let rest = connection.exchange(Array("after".utf8), timeoutSeconds: 5)
+        #expect(rest.received == Array("after".utf8) && rest.end == .eof)
+        proxy.wait()
+        #expect(proxy.total { $0.sessionsCompleted.value } == 1)
+        #expect(proxy.total { $0.completionsUnknown.value } == 0)
+    }
+
     /// Promise 4 and 3: a mirror that never reads cannot slow a 64 MiB stream,
     /// and is cut for the session once its backlog limit is passed.
     @Test("a stalled mirror does not slow a 64 MiB stream and is cut")
