@@ -1,5 +1,5 @@
 # The two commands of the README's quick start, and the rest.
-.PHONY: demo test deps build release bench bench-build clean
+.PHONY: demo test check deps build release bench bench-build clean
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -21,6 +21,13 @@ build: deps
 # loopback with real io_uring, and the real peers that are installed.
 test: build
 	swift test --skip-build
+
+# The fast part, to run after every edit: the unit and sans-IO suites (the
+# session under simulated IO with injected faults, the parsers, the ring's
+# pure parts, the start-up and loop-guard rules), no process, no peer.
+CHECK_SUITES := ParserTests|SessionTests|SendQueueTests|FakeChecksTests|StartupChecksTests|LoopGuardTests/|CompletionTagTests|BufferPoolTests|RingErrorTests|RingTimeoutTests|FNV1a64Tests|LoadAddressTests
+check: build
+	swift test --skip-build --filter '$(CHECK_SUITES)'
 
 # The side-by-side comparison (BENCHMARKS.md); not part of `make test`.
 bench: release
