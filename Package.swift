@@ -28,10 +28,14 @@ let package = Package(
         ),
         // epoll, eventfd and accept4 for the load tools (not in Swift's Glibc module).
         .systemLibrary(name: "CLinuxSystem"),
+        // What the proxy and the load tools both need of the system: socket
+        // addresses, host:port text, errno errors, threads, clocks, signals.
+        .target(name: "Platform", dependencies: ["CLinuxSystem"]),
         .target(name: "Ring", dependencies: ["CLiburing"]),
         .target(
             name: "Duplicator",
             dependencies: [
+                "Platform",
                 "Ring",
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -40,6 +44,7 @@ let package = Package(
             name: "LoadTools",
             dependencies: [
                 "CLinuxSystem",
+                "Platform",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
@@ -49,6 +54,7 @@ let package = Package(
                 "CLinuxSystem",
                 "Duplicator",
                 "LoadTools",
+                "Platform",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -57,6 +63,7 @@ let package = Package(
             name: "duplicator-testserver",
             dependencies: [
                 "LoadTools",
+                "Platform",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -64,12 +71,13 @@ let package = Package(
             name: "duplicator-testclient",
             dependencies: [
                 "LoadTools",
+                "Platform",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "RingTests", dependencies: ["Ring", "CLiburing"]),
-        .testTarget(name: "DuplicatorTests", dependencies: ["Duplicator", "Ring", "LoadTools"]),
-        .testTarget(name: "LoadToolsTests", dependencies: ["LoadTools"]),
+        .testTarget(name: "DuplicatorTests", dependencies: ["Duplicator", "Ring", "LoadTools", "Platform"]),
+        .testTarget(name: "LoadToolsTests", dependencies: ["LoadTools", "Platform"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,4 +1,5 @@
 import Glibc
+import Platform
 
 /// A TCP address as a user writes it: `host:port`, `:port`, `[v6]:port`.
 /// `:port` means every interface for a listener and this host for a
@@ -14,33 +15,25 @@ public struct Endpoint: Sendable, Equatable, CustomStringConvertible {
     /// Parses without resolving. Port 0 is allowed for a listener (any free port).
     public init(parsing text: String, role: Role) throws(ConfigError) {
         self.text = text
-        let hostPart: Substring
-        let portPart: Substring
-        if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]") else {
-                throw ConfigError("address '\(text)': missing ']' after an IPv6 address")
+        let parsed: HostPort
+        do {
+            parsed = try HostPort(parsing: text)
+        } catch {
+            let problem = switch error {
+            case .empty, .noColon: "expected host:port, :port or [ipv6]:port"
+            case .unclosedBracket: "missing ']' after an IPv6 address"
+            case .noPortAfterBracket: "expected ':port' after ']'"
+            case .emptyBracketedHost: "empty IPv6 address"
+            case .unbracketedIPv6: "write an IPv6 address in brackets, like [::1]:8080"
+            case .emptyPort, .invalidPort: "port must be a number from 1 to 65535"
             }
-            hostPart = text[text.index(after: text.startIndex)..<close]
-            let rest = text[text.index(after: close)...]
-            guard rest.hasPrefix(":") else { throw ConfigError("address '\(text)': expected ':port' after ']'") }
-            portPart = rest.dropFirst()
-            guard !hostPart.isEmpty else { throw ConfigError("address '\(text)': empty IPv6 address") }
-        } else {
-            guard let colon = text.lastIndex(of: ":") else {
-                throw ConfigError("address '\(text)': expected host:port, :port or [ipv6]:port")
-            }
-            hostPart = text[..<colon]
-            portPart = text[text.index(after: colon)...]
-            if hostPart.contains(":") {
-                throw ConfigError("address '\(text)': write an IPv6 address in brackets, like [::1]:8080")
-            }
+            throw ConfigError("address '\(text)': \(problem)")
         }
-        guard !portPart.isEmpty, portPart.allSatisfy({ $0.isASCII && $0.isNumber }), let port = Int(portPart),
-              port <= 65535, port > 0 || role == .listen else {
+        guard parsed.port > 0 || role == .listen else {
             throw ConfigError("address '\(text)': port must be a number from 1 to 65535")
         }
-        self.host = hostPart.isEmpty ? nil : String(hostPart)
-        self.port = UInt16(port)
+        host = parsed.host
+        port = parsed.port
     }
 
     public var description: String { text }
@@ -68,59 +61,13 @@ public struct Endpoint: Sendable, Equatable, CustomStringConvertible {
         var addresses: [SocketAddress] = []
         var entry: UnsafeMutablePointer<addrinfo>? = first
         while let current = entry {
-            addresses.append(SocketAddress(current.pointee.ai_addr, length: current.pointee.ai_addrlen))
+            if let address = current.pointee.ai_addr, let copy = SocketAddress(copying: address, length: current.pointee.ai_addrlen) {
+                addresses.append(copy)
+            }
             entry = current.pointee.ai_next
         }
+        guard !addresses.isEmpty else { throw ConfigError("cannot resolve '\(name)' in '\(text)': no IPv4 or IPv6 address") }
         return addresses
-    }
-}
-
-/// A resolved socket address (IPv4 or IPv6), stored inline.
-public struct SocketAddress: Sendable, CustomStringConvertible {
-    public var storage = sockaddr_storage()
-    public var length: socklen_t
-
-    public init(_ address: UnsafePointer<sockaddr>, length: socklen_t) {
-        self.length = length
-        withUnsafeMutableBytes(of: &storage) { raw in
-            raw.copyMemory(from: UnsafeRawBufferPointer(start: address, count: Int(length)))
-        }
-    }
-
-    public var family: Int32 { Int32(storage.ss_family) }
-
-    public var port: UInt16 {
-        withUnsafeBytes(of: storage) { raw in
-            if family == AF_INET6 {
-                return UInt16(bigEndian: raw.load(fromByteOffset: MemoryLayout<sockaddr_in6>.offset(of: \.sin6_port)!, as: UInt16.self))
-            }
-            return UInt16(bigEndian: raw.load(fromByteOffset: MemoryLayout<sockaddr_in>.offset(of: \.sin_port)!, as: UInt16.self))
-        }
-    }
-
-    public var description: String {
-        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
-        return withUnsafeBytes(of: storage) { raw in
-            if family == AF_INET6 {
-                var address = raw.load(fromByteOffset: MemoryLayout<sockaddr_in6>.offset(of: \.sin6_addr)!, as: in6_addr.self)
-                inet_ntop(AF_INET6, &address, &text, socklen_t(text.count))
-                return "[\(Self.string(text))]:\(port)"
-            }
-            var address = raw.load(fromByteOffset: MemoryLayout<sockaddr_in>.offset(of: \.sin_addr)!, as: in_addr.self)
-            inet_ntop(AF_INET, &address, &text, socklen_t(text.count))
-            return "\(Self.string(text)):\(port)"
-        }
-    }
-
-    private static func string(_ text: [CChar]) -> String {
-        String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    /// Calls `body` with the address as a `sockaddr` pointer.
-    public func withSockaddr<Result>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> Result) -> Result {
-        withUnsafeBytes(of: storage) { raw in
-            body(raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), length)
-        }
     }
 }
 

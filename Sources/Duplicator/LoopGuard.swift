@@ -1,3 +1,4 @@
+import Platform
 import Synchronization
 
 /// The run-time backstop against loops that the start-up checks cannot see:

@@ -1,6 +1,7 @@
 import Glibc
 import Ring
 import Synchronization
+import Platform
 
 /// `GET /metrics` over HTTP/1.x on its own small thread: a scrape every few
 /// seconds needs no io_uring, and keeping it off the workers keeps their
@@ -41,8 +42,7 @@ public final class MetricsServer: Sendable {
         _ = fcntl(listener, F_SETFL, fcntl(listener, F_GETFL) | O_NONBLOCK)
         address = Sockets.localAddress(listener) ?? resolved
         self.render = render
-        let thread = try spawnThread { [self] in serve() }
-        pthread_detach(thread)
+        try startThread("metrics") { [self] in serve() }.detach()
     }
 
     deinit { close(listener) }
@@ -76,7 +76,7 @@ public final class MetricsServer: Sendable {
             finished.store(true, ordering: .releasing)
         }
         while !stopping.load(ordering: .relaxed) {
-            var now = Self.monotonicMs()
+            var now = Int(MonotonicClock.nowMs())
             entries.removeAll(keepingCapacity: true)
             entries.append(pollfd(fd: listener, events: now >= listenerRestsUntilMs ? Int16(POLLIN) : 0, revents: 0))
             var timeoutMs = Self.pollIntervalMs
@@ -90,7 +90,7 @@ public final class MetricsServer: Sendable {
                 continue
             }
             if stopping.load(ordering: .relaxed) { break }
-            now = Self.monotonicMs()
+            now = Int(MonotonicClock.nowMs())
             // Backwards, so removing one leaves the entries of those before it in place.
             for index in connections.indices.reversed() {
                 var open = true
@@ -188,11 +188,5 @@ public final class MetricsServer: Sendable {
         var response = Array("HTTP/1.1 \(status)\r\nContent-Type: \(type)\r\nContent-Length: \(bodyBytes.count)\r\nConnection: close\r\n\r\n".utf8)
         if parts.first != "HEAD" { response += bodyBytes }
         return response
-    }
-
-    private static func monotonicMs() -> Int {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return now.tv_sec * 1000 + now.tv_nsec / 1_000_000
     }
 }

@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import Platform
 import Ring
 import Synchronization
 
@@ -44,7 +45,7 @@ public final class Proxy: Sendable {
     private let mirrorHealth: MirrorHealth
     private let listenerFDs: Mutex<[Int32]>
     private let control = WorkerControl()
-    private let threads = Mutex<[pthread_t]>([])
+    private let threads = Mutex<[NativeThread]>([])
     private let logger: Logger
 
     /// Validates, resolves, refuses the operator mistakes of `StartupChecks`,
@@ -125,7 +126,7 @@ public final class Proxy: Sendable {
         for (index, fd) in fds.enumerated() {
             let job = WorkerJob(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
                                 listenerFD: fd, stats: stats[index], allStats: stats, control: control, logger: logger)
-            let thread = try spawnThread { job.run() }
+            let thread = try startThread("worker \(index)") { job.run() }
             threads.withLock { $0.append(thread) }
         }
         while control.ready.load(ordering: .acquiring) + control.exited.load(ordering: .acquiring) < fds.count {
@@ -148,11 +149,11 @@ public final class Proxy: Sendable {
 
     /// Blocks until every worker has exited.
     public func wait() {
-        let all = threads.withLock { threads -> [pthread_t] in
+        let all = threads.withLock { threads -> [NativeThread] in
             defer { threads = [] }
             return threads
         }
-        for thread in all { pthread_join(thread, nil) }
+        for thread in all { thread.join() }
     }
 
     /// How the first worker's ring was set up (the best mode the kernel took).
@@ -209,22 +210,12 @@ private struct WorkerJob: Sendable {
 }
 
 /// Runs `body` on a new POSIX thread (the worker's ring must be created and
-/// used on one thread, which Swift's task executors do not promise).
-func spawnThread(_ body: @escaping @Sendable () -> Void) throws -> pthread_t {
-    final class Box: Sendable {
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+/// used on one thread, which Swift's task executors do not promise), with
+/// every signal blocked: they are the main thread's to take.
+func startThread(_ name: String, _ body: @escaping @Sendable () -> Void) throws(ProxyError) -> NativeThread {
+    do {
+        return try NativeThread.start(name: name, body)
+    } catch {
+        throw ProxyError("cannot start a thread: \(RingError.describe(errno: error.errorNumber))")
     }
-    let box = Unmanaged.passRetained(Box(body)).toOpaque()
-    var thread = pthread_t()
-    let result = pthread_create(&thread, nil, { raw in
-        let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
-        box.body()
-        return nil
-    }, box)
-    guard result == 0 else {
-        Unmanaged<Box>.fromOpaque(box).release()
-        throw ProxyError("cannot start a thread: \(RingError.describe(errno: result))")
-    }
-    return thread
 }

@@ -1,4 +1,5 @@
 import Glibc
+import Platform
 import Ring
 
 /// The few socket calls made outside the ring: creating sockets and
@@ -99,9 +100,7 @@ enum Sockets {
         let result = withUnsafeMutablePointer(to: &storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { call($0, &length) }
         }
-        guard result == 0 else { return nil }
-        return withUnsafePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { SocketAddress($0, length: length) }
-        }
+        guard result == 0, Int(length) <= MemoryLayout<sockaddr_storage>.size else { return nil }
+        return SocketAddress(storage: storage, length: length)
     }
 }

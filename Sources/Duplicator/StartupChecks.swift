@@ -1,4 +1,5 @@
 import Glibc
+import Platform
 
 /// Operator mistakes refused before anything binds (promise 8): a target
 /// that is our own listener (each connection would loop back into the
@@ -147,7 +148,7 @@ func localHostAddresses() -> Set<HostAddress> {
             let family = Int32(address.pointee.sa_family)
             if family == AF_INET || family == AF_INET6 {
                 let length = socklen_t(family == AF_INET ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
-                result.insert(HostAddress(SocketAddress(address, length: length)))
+                if let copy = SocketAddress(copying: address, length: length) { result.insert(HostAddress(copy)) }
             }
         }
         entry = current.pointee.ifa_next

@@ -2,6 +2,7 @@ import Glibc
 import Logging
 import Ring
 import Synchronization
+import Platform
 
 /// Asks the workers to stop; shared by the `Proxy` and its workers.
 final class WorkerControl: Sendable {
@@ -117,22 +118,16 @@ final class Worker: SessionIO {
         closeListener()
     }
 
-    static func monotonicMs() -> UInt64 {
-        var now = Glibc.timespec()
-        clock_gettime(CLOCK_MONOTONIC_COARSE, &now)
-        return UInt64(now.tv_sec) * 1000 + UInt64(now.tv_nsec) / 1_000_000
-    }
-
     // MARK: - The loop
 
     func run() throws {
-        context.nowMs = Self.monotonicMs()
+        context.nowMs = MonotonicClock.coarseMs()
         nextTickMs = context.nowMs + Self.tickMs
         armAccept()
         while true {
             provided.commit()
             var count = try waitForCompletions()
-            context.nowMs = Self.monotonicMs()
+            context.nowMs = MonotonicClock.coarseMs()
             while count > 0 {
                 for index in 0..<count { dispatch(ring.completion(at: index)) }
                 provided.commit()

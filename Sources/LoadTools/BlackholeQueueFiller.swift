@@ -1,4 +1,5 @@
 import Glibc
+import Platform
 
 /// Fills the accept queue of a listener made with backlog 0 and never accepted from, so
 /// that any further connect() hangs in SYN_SENT: the kernel drops SYNs for a full queue.

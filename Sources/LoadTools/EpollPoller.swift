@@ -1,5 +1,6 @@
 import CLinuxSystem
 import Glibc
+import Platform
 
 /// One epoll instance and its preallocated event buffer, used by exactly one thread.
 ///

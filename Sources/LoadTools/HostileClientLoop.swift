@@ -1,4 +1,5 @@
 import Glibc
+import Platform
 
 /// One HostileClient run: every connection, on one thread and one epoll set.
 ///

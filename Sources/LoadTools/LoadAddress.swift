@@ -1,4 +1,5 @@
 import Glibc
+import Platform
 
 /// What an address will be used for; it decides what ":port" means.
 public enum LoadAddressUse: Sendable {
@@ -20,29 +21,19 @@ public struct LoadAddress: Sendable, Hashable, CustomStringConvertible {
     }
 
     public init(parsing text: String) throws(LoadAddressError) {
-        guard !text.isEmpty else { throw .empty }
-        let hostText: Substring
-        let portText: Substring
-        if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]") else { throw .unclosedBracket(text) }
-            hostText = text[text.index(after: text.startIndex)..<close]
-            let rest = text[text.index(after: close)...]
-            guard rest.hasPrefix(":") else { throw .missingPort(text) }
-            portText = rest.dropFirst()
-            guard !hostText.isEmpty else { throw .emptyBracketedHost(text) }
-        } else {
-            let colons = text.count { $0 == ":" }
-            guard colons > 0 else { throw .missingPort(text) }
-            guard colons == 1 else { throw .unbracketedIPv6(text) }
-            let colon = text.firstIndex(of: ":")!
-            hostText = text[..<colon]
-            portText = text[text.index(after: colon)...]
+        do {
+            let parsed = try HostPort(parsing: text)
+            self.init(host: parsed.host, port: parsed.port)
+        } catch {
+            switch error {
+            case .empty: throw .empty
+            case .unclosedBracket: throw .unclosedBracket(text)
+            case .noPortAfterBracket, .noColon, .emptyPort: throw .missingPort(text)
+            case .emptyBracketedHost: throw .emptyBracketedHost(text)
+            case .unbracketedIPv6: throw .unbracketedIPv6(text)
+            case .invalidPort(let port): throw .invalidPort(port, in: text)
+            }
         }
-        guard !portText.isEmpty else { throw .missingPort(text) }
-        guard portText.count <= 5, portText.allSatisfy({ $0.isASCII && $0.isNumber }),
-              let port = UInt16(portText)
-        else { throw .invalidPort(String(portText), in: text) }
-        self.init(host: hostText.isEmpty ? nil : String(hostText), port: port)
     }
 
     /// As it would be written on a command line.

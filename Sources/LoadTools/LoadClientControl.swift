@@ -1,3 +1,4 @@
+import Platform
 import Synchronization
 
 /// What another thread uses to stop a running LoadClient.

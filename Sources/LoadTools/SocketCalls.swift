@@ -1,4 +1,5 @@
 import Glibc
+import Platform
 
 /// The socket set-up calls LoadTools makes, each with its failure as a SystemCallError.
 enum SocketCalls {

@@ -1,4 +1,5 @@
 import Glibc
+import Platform
 import Synchronization
 
 /// A TCP server for tests and benchmarks: echo, sink, stall or blackhole (see

@@ -1,5 +1,6 @@
 import CLinuxSystem
 import Glibc
+import Platform
 import Synchronization
 
 /// The event loop of one TestServer: its thread's only state, never touched elsewhere.

@@ -1,5 +1,6 @@
 import CLinuxSystem
 import Glibc
+import Platform
 
 /// An eventfd that another thread signals to wake an epoll loop (to stop it).
 struct WakeupEvent: Sendable {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import LoadTools
+import Platform
 
 extension TestServerMode: ExpressibleByArgument {}
 
@@ -46,15 +47,15 @@ struct TestServerCommand: ParsableCommand {
         StandardStream.error.writeLine("duplicator-testserver: \(mode) on \(server.boundAddress.map(String.init(describing:)) ?? listen)")
 
         let tickNanos: UInt64 = 1_000_000_000
-        var lastTickNanos = monotonicNanos()
+        var lastTickNanos = MonotonicClock.nowNanos()
         var nextTickNanos = lastTickNanos + tickNanos
         var lastLines = server.totalLinesReceived
         while true {
-            let nowNanos = monotonicNanos()
+            let nowNanos = MonotonicClock.nowNanos()
             if nowNanos < nextTickNanos, TerminationSignals.wait(timeoutNanos: nextTickNanos - nowNanos) != nil {
                 break
             }
-            let tickedNanos = monotonicNanos()
+            let tickedNanos = MonotonicClock.nowNanos()
             if tickedNanos < nextTickNanos { continue }
             let lines = server.totalLinesReceived
             let linesPerSecond = Double(lines - lastLines) * 1e9 / Double(tickedNanos - lastTickNanos)
@@ -67,12 +68,6 @@ struct TestServerCommand: ParsableCommand {
         }
         server.stop()
     }
-}
-
-func monotonicNanos() -> UInt64 {
-    var time = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &time)
-    return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
 }
 
 TestServerCommand.main()

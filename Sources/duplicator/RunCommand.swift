@@ -3,6 +3,7 @@ import CLinuxSystem
 import Duplicator
 import Glibc
 import Logging
+import Platform
 
 /// `duplicator -l :8080 -f :8081 -m :8082 -m :8083`: goduplicator's flags plus our own.
 struct RunCommand: ParsableCommand {
@@ -194,17 +195,17 @@ struct RunCommand: ParsableCommand {
     private func serve(_ proxy: Proxy, statsIntervalMs: Int, logger: Logger) {
         var stopSignals = 0
         var previous = proxy.snapshot()
-        var previousSeconds = Self.monotonicSeconds()
+        var previousSeconds = MonotonicClock.nowSeconds()
         // Each line covers the time since the previous one, whoever asked for it.
         func logStats() {
-            let now = Self.monotonicSeconds()
+            let now = MonotonicClock.nowSeconds()
             let current = proxy.snapshot()
             logger.info("\(StatsLine.render(from: previous, to: current, seconds: now - previousSeconds))")
             previous = current
             previousSeconds = now
         }
         while true {
-            if statsIntervalMs > 0 && Self.monotonicSeconds() - previousSeconds >= Double(statsIntervalMs) / 1000 {
+            if statsIntervalMs > 0 && MonotonicClock.nowSeconds() - previousSeconds >= Double(statsIntervalMs) / 1000 {
                 logStats()
             }
             switch Signals.wait(timeoutMs: 100) {
@@ -238,12 +239,6 @@ struct RunCommand: ParsableCommand {
         guard getrlimit(resource, &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
         limit.rlim_cur = limit.rlim_max
         _ = setrlimit(resource, &limit)
-    }
-
-    private static func monotonicSeconds() -> Double {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
 }
 

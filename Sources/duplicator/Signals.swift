@@ -1,4 +1,5 @@
 import Glibc
+import Platform
 
 /// The signals the proxy acts on are blocked in every thread and taken
 /// synchronously by the main thread with `sigtimedwait`, so no handler runs
@@ -18,11 +19,10 @@ enum Signals {
         case reload
     }
 
+    private static let handled = SignalSet([SIGINT, SIGTERM, SIGUSR1, SIGHUP])
+
     /// Call before any thread starts: threads inherit the mask.
-    static func block() {
-        var set = handledSet()
-        pthread_sigmask(SIG_BLOCK, &set, nil)
-    }
+    static func block() { handled.block() }
 
     /// Writes to a pipe or socket with no reader fail with EPIPE instead.
     /// Process-wide; call first thing.
@@ -32,14 +32,12 @@ enum Signals {
 
     /// The signal that arrived within `timeoutMs`, or nil.
     static func wait(timeoutMs: Int) -> Action? {
-        var set = handledSet()
-        var timeout = timespec(tv_sec: timeoutMs / 1000, tv_nsec: (timeoutMs % 1000) * 1_000_000)
-        switch sigtimedwait(&set, nil, &timeout) {
-        case SIGINT: return .stop(SIGINT)
-        case SIGTERM: return .stop(SIGTERM)
-        case SIGUSR1: return .logStats
-        case SIGHUP: return .reload
-        default: return nil
+        switch handled.wait(timeoutNanos: UInt64(timeoutMs) * 1_000_000) {
+        case SIGINT: .stop(SIGINT)
+        case SIGTERM: .stop(SIGTERM)
+        case SIGUSR1: .logStats
+        case SIGHUP: .reload
+        default: nil
         }
     }
 
@@ -51,12 +49,5 @@ enum Signals {
         case SIGHUP: return "SIGHUP"
         default: return "signal \(signal)"
         }
-    }
-
-    private static func handledSet() -> sigset_t {
-        var set = sigset_t()
-        sigemptyset(&set)
-        for signal in [SIGINT, SIGTERM, SIGUSR1, SIGHUP] { sigaddset(&set, signal) }
-        return set
     }
 }

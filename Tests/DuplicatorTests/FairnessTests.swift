@@ -3,6 +3,7 @@ import Synchronization
 import Testing
 @testable import Duplicator
 import LoadTools
+import Platform
 
 /// A main that echoes, except to a client whose first byte is "S": that
 /// client asked for an endless download, written as fast as it is taken. The
@@ -18,8 +19,8 @@ final class EchoOrSourceServer: @unchecked Sendable {  // state is the serving t
     init() throws {
         FileDescriptorLimit.raiseToHardLimit()
         (listener, port) = try loopbackListener(backlog: 4096, nonBlocking: true)
-        pthread_detach(try spawnThread { [self] in serveEcho() })
-        pthread_detach(try spawnThread { [self] in serveSources() })
+        try detachedThread { [self] in serveEcho() }
+        try detachedThread { [self] in serveSources() }
     }
 
     func stop() {
@@ -193,7 +194,7 @@ struct FairnessTests {
             let controlPort = control.port
             let thread = try spawnThread { controlResult.withLock { $0 = Self.load(port: controlPort) } }
             let beside = try #require(Self.load(port: proxy.port))
-            pthread_join(thread, nil)
+            thread.join()
             let controlled = try #require(controlResult.withLock { $0 })
             #expect(beside.errors == 0 && beside.connectionsEstablished == 4, "\(beside.firstErrorDescription ?? "")")
             #expect(controlled.errors == 0 && controlled.connectionsEstablished == 4)
@@ -229,7 +230,7 @@ struct FairnessTests {
         }
         var perSecond: [UInt64] = []
         let total = try client.run { perSecond.append($0.requests) }
-        pthread_join(arrival, nil)
+        arrival.join()
         #expect(stalled.withLock { $0 } != nil)
         #expect(total.errors == 0, "\(total.firstErrorDescription ?? "")")
         #expect(perSecond.count >= 5, "\(perSecond)")

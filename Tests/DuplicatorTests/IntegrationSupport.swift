@@ -4,6 +4,7 @@ import Synchronization
 import Testing
 @testable import Duplicator
 import LoadTools
+import Platform
 
 // Shared helpers of the integration tests: real loopback sockets, a real
 // proxy with real io_uring, and peers that misbehave on purpose.
@@ -29,6 +30,16 @@ func monotonicSeconds() -> Double {
     var now = timespec()
     clock_gettime(CLOCK_MONOTONIC, &now)
     return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+}
+
+/// A thread for a test's servers and clients (every signal blocked, as the proxy's own).
+func spawnThread(_ body: @escaping @Sendable () -> Void) throws -> NativeThread {
+    try NativeThread.start(name: "test", body)
+}
+
+/// The same, for a thread nobody joins.
+func detachedThread(_ body: @escaping @Sendable () -> Void) throws {
+    try spawnThread(body).detach()
 }
 
 /// Programs the tests run that this project did not write: the real peers
@@ -199,7 +210,7 @@ final class FaultServer: Sendable {
     /// A fault server already serving on its own thread.
     static func start(_ behavior: Behavior) throws -> FaultServer {
         let server = try FaultServer(behavior)
-        pthread_detach(try spawnThread { server.serve() })
+        try detachedThread { server.serve() }
         return server
     }
 
@@ -377,10 +388,10 @@ func eventually(timeoutSeconds: Double = 10, _ condition: () -> Bool) -> Bool {
 func concurrently(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) throws {
     let done = Atomic<Int>(0)
     for index in 0..<count {
-        pthread_detach(try spawnThread {
+        try detachedThread {
             body(index)
             done.add(1, ordering: .releasing)
-        })
+        }
     }
     while done.load(ordering: .acquiring) < count { usleep(1000) }
 }

@@ -3,6 +3,7 @@ import Synchronization
 import Testing
 @testable import Duplicator
 import LoadTools
+import Platform
 
 /// The promises (README, "How it works") over real loopback sockets and real io_uring.
 @Suite("Integration: the proxy's promises", .timeLimit(.minutes(6)))
@@ -458,7 +459,7 @@ final class EchoOnce: Sendable {
 
 func spawnEchoOnce(listener: Int32) throws -> EchoOnce {
     let echo = EchoOnce()
-    pthread_detach(try spawnThread {
+    try detachedThread {
         defer { echo.done.store(true, ordering: .releasing) }
         let fd = accept(listener, nil, nil)
         guard fd >= 0 else { return }
@@ -469,6 +470,6 @@ func spawnEchoOnce(listener: Int32) throws -> EchoOnce {
             _ = buffer.withUnsafeBytes { send(fd, $0.baseAddress, count, Int32(MSG_NOSIGNAL)) }
         }
         close(fd)
-    })
+    }
     return echo
 }

@@ -2,20 +2,21 @@ import Foundation
 import Glibc
 import Synchronization
 import LoadTools
+import Platform
 import Testing
 @testable import Duplicator
 
 /// The run-time backstop against loops (issue 10): the pure matching rule.
 @Suite("Loop guard: matching")
 struct LoopGuardTests {
-    static func address(_ text: String) -> Duplicator.SocketAddress {
+    static func address(_ text: String) -> SocketAddress {
         let endpoint = try! Endpoint(parsing: text, role: .connect)
         return try! endpoint.resolve(role: .connect)
     }
 
     let main = address("127.0.0.1:9999")
     let ours = address("127.0.0.1:40000")
-    let none: (Int32) -> Duplicator.SocketAddress? = { _ in nil }
+    let none: (Int32) -> SocketAddress? = { _ in nil }
     func makeGuard() -> LoopGuard {
         LoopGuard(targets: [main, Self.address("[::1]:9998")], localAddresses: [.v4(0x0a00_0005)])
     }
@@ -119,7 +120,7 @@ func inPrivateNetwork<Result: Sendable>(_ body: @escaping @Sendable (_ run: (Str
         }
         outcome.withLock { $0 = result }
     }
-    pthread_join(thread, nil)
+    thread.join()
     return try outcome.withLock { $0! }.get()
 }
 

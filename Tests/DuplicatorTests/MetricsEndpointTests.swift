@@ -4,6 +4,7 @@ import Synchronization
 import Testing
 @testable import Duplicator
 import LoadTools
+import Platform
 
 /// The metrics endpoint beside clients that trickle, idle or crowd in: every
 /// scrape is still answered at once, and the process still exits on time.
@@ -149,7 +150,7 @@ struct MetricsEndpointTests {
             server.stop()
             stopped.store(true, ordering: .releasing)
         }) else { return }
-        pthread_detach(thread)
+        thread.detach()
         #expect(eventually(timeoutSeconds: seconds) { stopped.load(ordering: .acquiring) },
                 "stop() still waiting after \(monotonicSeconds() - start) s")
     }
@@ -182,7 +183,7 @@ final class TricklingClient: Sendable {
     private let finished = Atomic<Bool>(false)
 
     init(port: UInt16, intervalMs: Int = 1000) throws {
-        pthread_detach(try spawnThread { [self] in run(port: port, intervalMs: intervalMs) })
+        try detachedThread { [self] in run(port: port, intervalMs: intervalMs) }
     }
 
     func stop() {

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Synchronization
 import Testing
+import Platform
 @testable import Duplicator
 
 /// Clients and servers nobody here wrote, through the proxy: what users put
@@ -220,7 +221,7 @@ struct RealPeerTests {
             let controlPort = control.port
             let thread = try spawnThread { controlRate.withLock { $0 = Result { try Self.wrkRate(controlPort) } } }
             let beside = try Self.wrkRate(proxy.port)
-            pthread_join(thread, nil)
+            thread.join()
             let controlled = try controlRate.withLock { $0! }.get()
             rounds.append("\(Int(beside)) beside, \(Int(controlled)) control")
             guard controlled > 100 else { continue }

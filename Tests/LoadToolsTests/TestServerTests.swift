@@ -1,5 +1,6 @@
 import Glibc
 import LoadTools
+import Platform
 import Testing
 
 extension LoadToolsTests {

@@ -5,7 +5,7 @@ import Glibc
 ///
 /// The thread starts with every signal blocked, so SIGINT and SIGTERM reach the
 /// process's main thread (or whichever thread waits for them), never an event loop.
-struct NativeThread: Sendable {
+public struct NativeThread: Sendable {
     private let handle: pthread_t
 
     private final class Body {
@@ -14,7 +14,7 @@ struct NativeThread: Sendable {
     }
 
     /// `name` is shown by top -H and gdb (at most 15 bytes are kept).
-    static func start(name: String, _ body: sending @escaping () -> Void) throws(SystemCallError) -> NativeThread {
+    public static func start(name: String, _ body: sending @escaping () -> Void) throws(SystemCallError) -> NativeThread {
         let context = Unmanaged.passRetained(Body(body)).toOpaque()
 
         var allSignals = sigset_t()
@@ -37,12 +37,12 @@ struct NativeThread: Sendable {
         return NativeThread(handle: handle)
     }
 
-    func join() {
+    public func join() {
         pthread_join(handle, nil)
     }
 
     /// For a thread that is never joined: its resources are freed when it ends.
-    func detach() {
+    public func detach() {
         pthread_detach(handle)
     }
 }

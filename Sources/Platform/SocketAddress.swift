@@ -1,16 +1,19 @@
 import Glibc
 
-/// A resolved IPv4 or IPv6 socket address (a sockaddr_storage and its length).
+/// A resolved IPv4 or IPv6 socket address (a sockaddr_storage and its
+/// length), stored inline: the proxy's targets and the load tools' peers.
 public struct SocketAddress: Sendable, CustomStringConvertible {
-    private var storage: sockaddr_storage
-    public let length: socklen_t
+    public var storage: sockaddr_storage
+    public var length: socklen_t
 
-    init(storage: sockaddr_storage, length: socklen_t) {
+    public init(storage: sockaddr_storage, length: socklen_t) {
         self.storage = storage
         self.length = length
     }
 
-    init?(copying address: UnsafePointer<sockaddr>, length: socklen_t) {
+    /// A copy of what the kernel or getaddrinfo returned; nil if it is
+    /// longer than any socket address.
+    public init?(copying address: UnsafePointer<sockaddr>, length: socklen_t) {
         guard Int(length) <= MemoryLayout<sockaddr_storage>.size else { return nil }
         var storage = sockaddr_storage()
         withUnsafeMutableBytes(of: &storage) { target in
@@ -20,7 +23,7 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
     }
 
     /// An IPv4 or IPv6 literal ("127.0.0.1", "::1"), without any name lookup.
-    init?(numericHost host: String, port: UInt16) {
+    public init?(numericHost host: String, port: UInt16) {
         var storage = sockaddr_storage()
         var length = socklen_t(0)
         let parsed = withUnsafeMutableBytes(of: &storage) { bytes -> Bool in
@@ -42,7 +45,7 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
     }
 
     /// The local address a socket is bound to (getsockname).
-    init(boundTo fd: Int32) throws(SystemCallError) {
+    public init(boundTo fd: Int32) throws(SystemCallError) {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let result = withUnsafeMutableBytes(of: &storage) { bytes in
@@ -86,7 +89,7 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
 
     /// The same address with 0.0.0.0 / :: replaced by 127.0.0.1 / ::1, for connecting
     /// to a socket that listens on all interfaces.
-    var replacingWildcardWithLoopback: SocketAddress {
+    public var replacingWildcardWithLoopback: SocketAddress {
         switch host {
         case "0.0.0.0": SocketAddress(numericHost: "127.0.0.1", port: port) ?? self
         case "::": SocketAddress(numericHost: "::1", port: port) ?? self
@@ -94,7 +97,8 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
         }
     }
 
-    func withSockaddr<Result>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> Result) -> Result {
+    /// Calls `body` with the address as a `sockaddr` pointer.
+    public func withSockaddr<Result>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> Result) -> Result {
         withUnsafeBytes(of: storage) { bytes in
             body(bytes.baseAddress!.assumingMemoryBound(to: sockaddr.self), length)
         }

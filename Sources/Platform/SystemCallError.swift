@@ -12,7 +12,7 @@ public struct SystemCallError: Error, Sendable, Equatable, CustomStringConvertib
     }
 
     /// The error of the call that just failed on this thread.
-    static func lastError(_ operation: String) -> SystemCallError {
+    public static func lastError(_ operation: String) -> SystemCallError {
         SystemCallError(operation: operation, errorNumber: errno)
     }
 
@@ -22,6 +22,6 @@ public struct SystemCallError: Error, Sendable, Equatable, CustomStringConvertib
 }
 
 /// strerror's text for an errno ("Connection refused").
-func errorDescription(_ errorNumber: Int32) -> String {
+public func errorDescription(_ errorNumber: Int32) -> String {
     String(cString: strerror(errorNumber))
 }
