@@ -75,9 +75,11 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "RingTests", dependencies: ["Ring", "CLiburing"]),
-        .testTarget(name: "DuplicatorTests", dependencies: ["Duplicator", "Ring", "LoadTools", "Platform"]),
-        .testTarget(name: "LoadToolsTests", dependencies: ["LoadTools", "Platform"]),
+        // What the test targets share (a seeded generator); not in any product.
+        .target(name: "TestSupport"),
+        .testTarget(name: "RingTests", dependencies: ["Ring", "CLiburing", "Platform", "TestSupport"]),
+        .testTarget(name: "DuplicatorTests", dependencies: ["Duplicator", "Ring", "LoadTools", "Platform", "TestSupport"]),
+        .testTarget(name: "LoadToolsTests", dependencies: ["LoadTools", "Platform", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,6 +1,7 @@
 import Glibc
 import Ring
 import Testing
+import TestSupport
 @testable import Duplicator
 
 // A scripted, deterministic stand-in for the kernel under `Session`: it
@@ -10,19 +11,6 @@ import Testing
 // descriptors and slots as it goes and records a test issue for each breach.
 
 // MARK: - Small helpers
-
-/// SplitMix64: small, fast and seedable, so a randomized script replays exactly.
-struct SeededGenerator: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 extension RandomNumberGenerator {
     mutating func chance(_ numerator: Int, in denominator: Int) -> Bool {

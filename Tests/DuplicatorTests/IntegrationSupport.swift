@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Synchronization
 import Testing
+import TestSupport
 @testable import Duplicator
 import LoadTools
 import Platform
@@ -26,11 +27,7 @@ extension SeededGenerator {
     }
 }
 
-func monotonicSeconds() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
-}
+func monotonicSeconds() -> Double { MonotonicClock.nowSeconds() }
 
 /// A thread for a test's servers and clients (every signal blocked, as the proxy's own).
 func spawnThread(_ body: @escaping @Sendable () -> Void) throws -> NativeThread {

@@ -1,6 +1,7 @@
 import Glibc
 import Synchronization
 import Testing
+import TestSupport
 @testable import Duplicator
 import LoadTools
 import Platform

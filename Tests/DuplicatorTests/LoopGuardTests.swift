@@ -4,6 +4,7 @@ import Synchronization
 import LoadTools
 import Platform
 import Testing
+import TestSupport
 @testable import Duplicator
 
 /// The run-time backstop against loops (issue 10): the pure matching rule.

@@ -1,6 +1,7 @@
 import Glibc
 import Ring
 import Testing
+import TestSupport
 @testable import Duplicator
 
 // Deterministic tests of the session state machine, driven through

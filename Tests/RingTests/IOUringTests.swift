@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import TestSupport
 @testable import Ring
 
 // Tests against the real kernel. They need io_uring (enabled on the test
@@ -21,7 +22,7 @@ struct IOUringTests {
     @Test("nops come back with their tags, reaped in batches of reapBatchMax")
     func nopTags() throws {
         let ring = try Ring(entries: 32, completionEntries: 64, reapBatchMax: 4)
-        var rng = SplitMix64(seed: 5)
+        var rng = SeededGenerator(seed: 5)
         let tags = (0..<10).map { _ in CompletionTag(rawValue: rng.next()) }
         for tag in tags { ring.prepareNop(tag: tag) }
         try ring.submitAndWait(count: 10)

@@ -1,7 +1,9 @@
 import CLiburing
 import Foundation
 import Glibc
+import Platform
 import Testing
+import TestSupport
 @testable import Ring
 
 /// Whether this host lets us create an io_uring (not when io_uring is
@@ -19,19 +21,6 @@ enum IOUringProbe {
     }()
 }
 
-/// SplitMix64, for reproducible random values.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// Reaps completions until `count` have arrived or `timeoutMs` passed.
 func reap(_ ring: Ring, count: Int, timeoutMs: Int = 2_000) throws -> [Completion] {
     var completions: [Completion] = []
@@ -44,11 +33,7 @@ func reap(_ ring: Ring, count: Int, timeoutMs: Int = 2_000) throws -> [Completio
     return completions
 }
 
-func monotonicMs() -> UInt64 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return UInt64(now.tv_sec) * 1_000 + UInt64(now.tv_nsec) / 1_000_000
-}
+func monotonicMs() -> UInt64 { MonotonicClock.nowMs() }
 
 /// A connected AF_UNIX stream pair.
 func unixStreamPair() throws -> (Int32, Int32) {

@@ -1,12 +1,13 @@
 import Glibc
 import Testing
+import TestSupport
 @testable import Ring
 
 @Suite("RingTests.CompletionTag")
 struct CompletionTagTests {
     @Test("every field round-trips through the 64-bit user data")
     func roundTrip() {
-        var rng = SplitMix64(seed: 42)
+        var rng = SeededGenerator(seed: 42)
         for _ in 0..<10_000 {
             let kind = UInt8.random(in: .min ... .max, using: &rng)
             let endpoint = UInt8.random(in: .min ... .max, using: &rng)
