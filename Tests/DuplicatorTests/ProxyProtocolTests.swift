@@ -171,3 +171,18 @@ struct ProxyProtocolTests {
         #expect(complete > 100, "the fuzzer also produced valid headers")
     }
 }
+
+@Suite("PROXY protocol: how bad headers are reported")
+struct ProxyHeaderReportingTests {
+    @Test("bad headers are a cause of ended sessions in /metrics and in the stats line")
+    func reported() {
+        let workers = [WorkerStats(mirrorCount: 0), WorkerStats(mirrorCount: 0)]
+        let before = StatsSnapshot(workers: workers, mirrorNames: [], poolSlotsPerWorker: 64)
+        workers[0].sessionsEndedByBadProxyHeader.bump(2)
+        workers[1].sessionsEndedByBadProxyHeader.bump(1)
+        let after = StatsSnapshot(workers: workers, mirrorNames: [], poolSlotsPerWorker: 64)
+        #expect(after.sessionsEnded == 3)
+        #expect(PrometheusText.render(after).contains("\nduplicator_sessions_ended_total{cause=\"bad_proxy_header\"} 3\n"))
+        #expect(StatsLine.render(from: before, to: after, seconds: 1).contains("3 bad PROXY protocol headers"))
+    }
+}
