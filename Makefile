@@ -1,5 +1,21 @@
 # The two commands of the README's quick start, and the rest.
-.PHONY: demo test check deps build release bench bench-build clean
+.PHONY: demo test check deps build release bench bench-build clean dist dist-build install
+
+# The version is BuildInfo.version, written once in the source.
+VERSION := $(shell sed -n 's/.*static let version = "\(.*\)"/\1/p' Sources/Duplicator/BuildInfo.swift)
+ARCH := $(shell uname -m)
+DIST_NAME := duplicator-$(VERSION)-linux-$(ARCH)
+PREFIX ?= /usr/local
+DESTDIR ?=
+# The release binaries of the tarball: the Swift runtime linked in
+# (--static-swift-stdlib), and liburing too: SwiftPM links what liburing's
+# pkg-config file says, so a liburing.pc of our own points -luring at a
+# directory that holds only the static archive. They need nothing beyond
+# libc, libm, libstdc++ and libgcc_s (Tests/DuplicatorTests/DistTests.swift).
+DIST_SCRATCH := .build-dist
+STATIC_LIBS := $(CURDIR)/$(DIST_SCRATCH)/static-libs
+STATIC_FLAGS := -c release --scratch-path $(DIST_SCRATCH) --static-swift-stdlib
+DIST_BIN := $(DIST_SCRATCH)/release
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -18,8 +34,10 @@ build: deps
 	swift build --build-tests
 
 # The test suite: unit tests, sans-IO session tests, integration tests over
-# loopback with real io_uring, and the real peers that are installed.
-test: build
+# loopback with real io_uring, the real peers, and the dist tarball (built
+# first, so that its test only finds it current instead of building it
+# beside the other tests).
+test: build dist
 	swift test --skip-build
 
 # The fast part, to run after every edit: the unit and sans-IO suites (the
@@ -36,5 +54,24 @@ bench: release
 bench-build: deps
 	cd Benchmarks && swift build -c release
 
+dist-build: deps
+	mkdir -p $(STATIC_LIBS)
+	ln -sf "$$(pkg-config --variable=libdir liburing)/liburing.a" $(STATIC_LIBS)/liburing.a
+	printf 'Name: liburing\nDescription: liburing, linked statically\nVersion: %s\nLibs: -L%s -luring\nCflags:\n' \
+		"$$(pkg-config --modversion liburing)" "$(STATIC_LIBS)" > $(STATIC_LIBS)/liburing.pc
+	PKG_CONFIG_PATH=$(STATIC_LIBS) swift build $(STATIC_FLAGS)
+
+# dist/duplicator-VERSION-linux-ARCH.tar.gz: bin/, share/ (man pages and
+# bash, zsh and fish completions, generated from the binaries), LICENSE, README.md.
+dist: dist-build
+	rm -rf dist/$(DIST_NAME)
+	scripts/stage.sh $(DIST_BIN) dist/$(DIST_NAME) dist/$(DIST_NAME)
+	tar -C dist --owner=0 --group=0 --numeric-owner -czf dist/$(DIST_NAME).tar.gz $(DIST_NAME)
+	@echo "dist/$(DIST_NAME).tar.gz"
+
+# The same layout under $(DESTDIR)$(PREFIX); LICENSE and README.md in share/doc/duplicator.
+install: dist-build
+	scripts/stage.sh $(DIST_BIN) $(DESTDIR)$(PREFIX) $(DESTDIR)$(PREFIX)/share/doc/duplicator
+
 clean:
-	rm -rf .build Benchmarks/.build
+	rm -rf .build Benchmarks/.build $(DIST_SCRATCH) dist

@@ -49,6 +49,15 @@ public struct Config: Sendable {
     public var mirrorFailuresBeforeBackoff = 3
     public var mirrorBackoffInitialMs = 250
     public var mirrorBackoffMaxMs = 30_000
+    /// Put a PROXY protocol header of this version before the client's bytes
+    /// to main and to every mirror (the same header to each); nil: none.
+    public var sendProxy: ProxyProtocol.Version?
+    /// Expect a PROXY protocol header (v1 or v2) from a load balancer at the
+    /// start of every client connection; the client's address is taken from
+    /// it, and it is not forwarded as client bytes.
+    public var acceptProxy = false
+    /// With `acceptProxy`, a client whose whole header has not arrived by then is closed.
+    public var proxyHeaderTimeoutMs = 3_000
     /// Free slots lent to the kernel at a time, at most (see `ProvidedBuffers`).
     public var providedWindowSlots = 512
 
@@ -127,6 +136,9 @@ public struct Config: Sendable {
             throw ConfigError("--max-sessions must be from 1 to 1000000, got \(sessionsMax)")
         }
         guard (1...256).contains(threads) else { throw ConfigError("--threads must be from 1 to 256, got \(threads)") }
+        guard (1...600_000).contains(proxyHeaderTimeoutMs) else {
+            throw ConfigError("--proxy-header-timeout must be from 1ms to 10m, got \(proxyHeaderTimeoutMs)ms")
+        }
         guard mirrorConnectTimeoutMs >= 0, mainConnectTimeoutMs >= 0, mirrorLingerMs >= 0, drainTimeoutMs >= 0 else {
             throw ConfigError("durations must not be negative")
         }
@@ -138,6 +150,7 @@ public struct Config: Sendable {
                       backlogChunksMax: backlogChunksMax, readAheadChunks: Self.readAheadChunks,
                       mirrorLingerMs: mirrorLingerMs, idleTimeoutMs: idleTimeoutMs,
                       mirrorFailuresBeforeBackoff: mirrorFailuresBeforeBackoff,
-                      mirrorBackoffInitialMs: mirrorBackoffInitialMs, mirrorBackoffMaxMs: mirrorBackoffMaxMs)
+                      mirrorBackoffInitialMs: mirrorBackoffInitialMs, mirrorBackoffMaxMs: mirrorBackoffMaxMs,
+                      sendProxy: sendProxy, acceptProxy: acceptProxy, proxyHeaderTimeoutMs: proxyHeaderTimeoutMs)
     }
 }

@@ -12,6 +12,9 @@ public enum PrometheusText {
                 out += sample.labels.isEmpty ? "\(name) \(sample.value)\n" : "\(name){\(sample.labels)} \(sample.value)\n"
             }
         }
+        // The usual build-info idiom: a constant 1 whose label says what runs.
+        family("duplicator_build_info", "gauge", "The running build; its version is the label.",
+               [("version=\"\(escape(BuildInfo.version))\"", 1)])
         family("duplicator_sessions_accepted_total", "counter", "Client connections accepted.",
                [("", snapshot.sessionsAccepted)])
         family("duplicator_sessions_active", "gauge", "Sessions open now, including mirrors still flushing.",
@@ -25,6 +28,7 @@ public enum PrometheusText {
             ("cause=\"main_error\"", snapshot.sessionsEndedByMainError),
             ("cause=\"idle_timeout\"", snapshot.sessionsEndedByIdleTimeout),
             ("cause=\"aborted\"", snapshot.sessionsAborted),
+            ("cause=\"bad_proxy_header\"", snapshot.sessionsEndedByBadProxyHeader),
         ])
         family("duplicator_accept_errors_total", "counter", "Failed accepts (descriptor or memory shortage).",
                [("", snapshot.acceptErrors)])

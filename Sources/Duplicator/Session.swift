@@ -16,6 +16,9 @@ import Ring
 public final class Session {
     public enum EndCause: Sendable {
         case completed, clientError, mainConnectFailure, mainError, idleTimeout, aborted
+        /// `--accept-proxy`: the client's PROXY protocol header was missing,
+        /// malformed, oversized, or not whole by its deadline.
+        case badProxyHeader
     }
 
     /// Why a mirror is disconnected for the rest of a session.
@@ -51,6 +54,9 @@ public final class Session {
         /// Main after the client failed: like a mirror, it gets what the
         /// client sent before the failure, then SHUT_WR, its replies drained.
         var flushing = false
+        /// Bytes of the session's outgoing PROXY protocol header this leg has
+        /// been sent: it owes the rest before any queued byte.
+        var proxyHeaderSent = 0
         var queue: SendQueue
     }
 
@@ -71,6 +77,17 @@ public final class Session {
     private var lingerDeadlineMs: UInt64 = 0
     /// When a byte last moved between client and main (the idle timeout's clock).
     private var lastActivityMs: UInt64 = 0
+    /// `--accept-proxy`: the client's header has not been read whole yet;
+    /// main and the mirrors are not connected until it has.
+    public private(set) var isAwaitingProxyHeader = false
+    private var proxyHeaderDeadlineMs: UInt64 = 0
+    /// A slot holding the first bytes of a header that came in pieces, and how many.
+    private var proxyHeaderSlot: UInt32?
+    private var proxyHeaderBytes = 0
+    /// What main and every mirror get first (`--send-proxy`): written once
+    /// per session into memory the session owns, sent from there to each.
+    private let proxyHeaderOut: UnsafeMutableRawBufferPointer?
+    private var proxyHeaderOutLength = 0
     var legs: UnsafeMutablePointer<Leg>
     let legCount: Int
     private let context: SessionContext
@@ -90,6 +107,8 @@ public final class Session {
         let limits = context.limits
         legCount = Self.firstMirror + limits.mirrorCount
         legs = .allocate(capacity: legCount)
+        proxyHeaderOut = limits.sendProxy == nil ? nil
+            : .allocate(byteCount: ProxyProtocol.encodedBytesMax, alignment: 8)
         var storage = chunkStorage
         for leg in 0..<legCount {
             let capacity = leg >= Self.firstMirror ? limits.backlogChunksMax : limits.readAheadChunks
@@ -101,6 +120,7 @@ public final class Session {
     deinit {
         legs.deinitialize(count: legCount)
         legs.deallocate()
+        proxyHeaderOut?.deallocate()
     }
 
     @inline(__always)
@@ -132,7 +152,29 @@ public final class Session {
         stats.sessionsActive.bump()
         legs[Self.client].fd = clientFD
         legs[Self.client].phase = .open
+        proxyHeaderOutLength = 0
+        proxyHeaderSlot = nil
+        proxyHeaderBytes = 0
 
+        if context.limits.acceptProxy {
+            // Main and the mirrors wait for the header: they get its client's
+            // address, and a connection without one never reaches them.
+            isAwaitingProxyHeader = true
+            context.sessionsAwaitingProxyHeader += 1
+            proxyHeaderDeadlineMs = context.nowMs + UInt64(context.limits.proxyHeaderTimeoutMs)
+            armReceive(Self.client, io: io)
+            return
+        }
+        connectUpstream(addresses: context.limits.sendProxy == nil ? nil : io.addresses(fd: clientFD), io: io)
+    }
+
+    /// Connects main and the mirrors, with the header for `addresses` first
+    /// when sending one; starts reading the client.
+    private func connectUpstream<IO: SessionIO>(addresses: ProxyAddresses?, io: IO) {
+        if let version = context.limits.sendProxy, let proxyHeaderOut {
+            proxyHeaderOutLength = ProxyProtocol.encode(version, addresses, into: proxyHeaderOut)
+        }
+        let stats = context.stats
         let mainFD = io.openSocket(target: 0)
         guard mainFD >= 0 else {
             fail(.mainConnectFailure, io: io)
@@ -244,6 +286,14 @@ public final class Session {
             return
         }
         guard !isEnding, !waitingForBuffers else { return }
+        if isAwaitingProxyHeader {
+            // Only the client is open, and only its header is read.
+            guard leg == Self.client else { return }
+            legs[leg].receiving = true
+            legs[leg].inFlight &+= 1
+            io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
+            return
+        }
         // Back-pressure: read from one side only while the other side's queue has room.
         let peer = leg == Self.client ? Self.main : Self.client
         let peerPhase = legs[peer].phase
@@ -261,6 +311,8 @@ public final class Session {
             if let slot { releaseSlot(slot, from: leg, io: io) }
             if legs[leg].flushing {
                 flushed(leg, result: result, io: io)
+            } else if result == 0 && isAwaitingProxyHeader {
+                fail(.badProxyHeader, io: io)  // closed before its header was whole
             } else if result == 0 {
                 endOfStream(from: leg, io: io)
             } else if result == -ENOBUFS {
@@ -282,14 +334,10 @@ public final class Session {
         }
         let length = Int(result)
         lastActivityMs = context.nowMs
-        if leg == Self.client {
-            context.stats.bytesClientToMain.bump(length)
-            // Main first: its send goes into the ring ahead of the mirrors',
-            // so the client's request never waits behind a mirror's send (each
-            // loopback send also wakes its reader).
-            legs[Self.main].queue.append(slot: slot, length: length)
-            kickSend(Self.main, io: io)
-            copyToMirrors(slot: slot, length: length, io: io)
+        if isAwaitingProxyHeader {
+            receivedProxyHeader(slot: slot, length: length, io: io)
+        } else if leg == Self.client {
+            forwardFromClient(slot: slot, offset: 0, length: length, io: io)
         } else {
             context.stats.bytesMainToClient.bump(length)
             legs[Self.client].queue.append(slot: slot, length: length)
@@ -298,9 +346,20 @@ public final class Session {
         armReceive(leg, io: io)
     }
 
+    @inline(__always)
+    private func forwardFromClient<IO: SessionIO>(slot: UInt32, offset: Int, length: Int, io: IO) {
+        context.stats.bytesClientToMain.bump(length)
+        // Main first: its send goes into the ring ahead of the mirrors',
+        // so the client's request never waits behind a mirror's send (each
+        // loopback send also wakes its reader).
+        legs[Self.main].queue.append(slot: slot, offset: offset, length: length)
+        kickSend(Self.main, io: io)
+        copyToMirrors(slot: slot, offset: offset, length: length, io: io)
+    }
+
     /// The same slot goes into each live mirror's backlog: no copy.
     @inline(__always)
-    private func copyToMirrors<IO: SessionIO>(slot: UInt32, length: Int, io: IO) {
+    private func copyToMirrors<IO: SessionIO>(slot: UInt32, offset: Int, length: Int, io: IO) {
         let limits = context.limits
         for leg in Self.firstMirror..<legCount {
             if legs[leg].missing {
@@ -315,7 +374,7 @@ public final class Session {
                 continue
             }
             context.pool.retain(slot)
-            legs[leg].queue.append(slot: slot, length: length)
+            legs[leg].queue.append(slot: slot, offset: offset, length: length)
             kickSend(leg, io: io)
         }
     }
@@ -372,11 +431,76 @@ public final class Session {
         }
     }
 
+    // MARK: - The client's PROXY protocol header (--accept-proxy)
+
+    /// Bytes from a client whose header is not yet whole: parse it (joining
+    /// pieces in the first piece's slot), then connect main and the mirrors
+    /// and forward what followed the header in the same receive.
+    private func receivedProxyHeader<IO: SessionIO>(slot: UInt32, length: Int, io: IO) {
+        let pool = context.pool
+        let before = proxyHeaderBytes
+        let parseStart: UnsafeMutableRawPointer
+        if let held = proxyHeaderSlot {
+            let taken = min(length, ProxyProtocol.headerBytesMax - before)
+            (pool.pointer(held) + before).copyMemory(from: pool.pointer(slot), byteCount: taken)
+            proxyHeaderBytes += taken
+            parseStart = pool.pointer(held)
+        } else {
+            proxyHeaderBytes = min(length, ProxyProtocol.headerBytesMax)
+            parseStart = pool.pointer(slot)
+        }
+        switch ProxyProtocol.parse(UnsafeRawBufferPointer(start: parseStart, count: proxyHeaderBytes)) {
+        case .incomplete:
+            // Shorter than the longest header (or parse would have refused it): keep the piece.
+            if proxyHeaderSlot == nil {
+                proxyHeaderSlot = slot
+            } else {
+                releaseSlot(slot, from: Self.client, io: io)
+            }
+            armReceive(Self.client, io: io)
+        case .invalid:
+            releaseSlot(slot, from: Self.client, io: io)
+            fail(.badProxyHeader, io: io)
+        case .complete(let headerLength, let addresses):
+            stopAwaitingProxyHeader(io: io)
+            connectUpstream(addresses: addresses ?? io.addresses(fd: legs[Self.client].fd), io: io)
+            let headerPart = headerLength - before
+            if length > headerPart && !isEnding {
+                forwardFromClient(slot: slot, offset: headerPart, length: length - headerPart, io: io)
+            } else {
+                releaseSlot(slot, from: Self.client, io: io)
+            }
+        }
+    }
+
+    private func stopAwaitingProxyHeader<IO: SessionIO>(io: IO) {
+        guard isAwaitingProxyHeader else { return }
+        isAwaitingProxyHeader = false
+        context.sessionsAwaitingProxyHeader -= 1
+        if let held = proxyHeaderSlot {
+            proxyHeaderSlot = nil
+            releaseSlot(held, from: Self.client, io: io)
+        }
+    }
+
+    /// A client whose header is not whole by its deadline is closed.
+    public func checkProxyHeaderDeadline<IO: SessionIO>(io: IO) {
+        guard isActive, isAwaitingProxyHeader, context.nowMs >= proxyHeaderDeadlineMs else { return }
+        fail(.badProxyHeader, io: io)
+    }
+
     // MARK: - Sending
 
     private func kickSend<IO: SessionIO>(_ leg: Int, io: IO) {
         guard legs[leg].phase == .open, !legs[leg].sending else { return }
-        if let chunk = legs[leg].queue.first {
+        if leg != Self.client, legs[leg].proxyHeaderSent < proxyHeaderOutLength, let proxyHeaderOut {
+            // The header goes before any client byte, and before our FIN.
+            let sent = legs[leg].proxyHeaderSent
+            legs[leg].sending = true
+            legs[leg].inFlight &+= 1
+            io.send(fd: legs[leg].fd, from: UnsafeRawPointer(proxyHeaderOut.baseAddress! + sent),
+                    length: proxyHeaderOutLength - sent, tag: tag(.send, leg))
+        } else if let chunk = legs[leg].queue.first {
             legs[leg].sending = true
             legs[leg].inFlight &+= 1
             io.send(fd: legs[leg].fd, slot: chunk.slot, offset: Int(chunk.offset), length: Int(chunk.length),
@@ -409,6 +533,12 @@ public final class Session {
             return
         }
         let length = Int(result)
+        if leg != Self.client && legs[leg].proxyHeaderSent < proxyHeaderOutLength {
+            // While a leg owes the header, its one send in flight is the header's.
+            legs[leg].proxyHeaderSent += length
+            kickSend(leg, io: io)
+            return
+        }
         if leg >= Self.firstMirror {
             context.stats.mirrors[leg - Self.firstMirror].bytesSent.bump(length)
         } else {
@@ -557,7 +687,9 @@ public final class Session {
         case .mainError: stats.sessionsEndedByMainError.bump()
         case .idleTimeout: stats.sessionsEndedByIdleTimeout.bump()
         case .aborted: stats.sessionsAborted.bump()
+        case .badProxyHeader: stats.sessionsEndedByBadProxyHeader.bump()
         }
+        stopAwaitingProxyHeader(io: io)
         lingerDeadlineMs = context.nowMs + UInt64(context.limits.mirrorLingerMs)
         closeLeg(Self.client, io: io)
         let mainPhase = legs[Self.main].phase

@@ -22,11 +22,22 @@ public struct SessionLimits: Sendable {
     public var mirrorFailuresBeforeBackoff: Int
     public var mirrorBackoffInitialMs: Int
     public var mirrorBackoffMaxMs: Int
+    /// The PROXY protocol header main and every mirror get first; nil: none.
+    public var sendProxy: ProxyProtocol.Version?
+    /// Every client starts with a PROXY protocol header; main and mirrors
+    /// are connected only once it has arrived.
+    public var acceptProxy: Bool
+    /// ... within this long, or the client is closed.
+    public var proxyHeaderTimeoutMs: Int
 
     public init(mirrorCount: Int, mainConnectTimeoutMs: Int = 10_000, mirrorConnectTimeoutMs: Int = 500,
                 backlogBytesMax: Int = 4 << 20, backlogChunksMax: Int = 256, readAheadChunks: Int = 2,
                 mirrorLingerMs: Int = 2_000, idleTimeoutMs: Int = 0, mirrorFailuresBeforeBackoff: Int = 3,
-                mirrorBackoffInitialMs: Int = 250, mirrorBackoffMaxMs: Int = 30_000) {
+                mirrorBackoffInitialMs: Int = 250, mirrorBackoffMaxMs: Int = 30_000,
+                sendProxy: ProxyProtocol.Version? = nil, acceptProxy: Bool = false, proxyHeaderTimeoutMs: Int = 3_000) {
+        self.sendProxy = sendProxy
+        self.acceptProxy = acceptProxy
+        self.proxyHeaderTimeoutMs = proxyHeaderTimeoutMs
         self.mirrorCount = mirrorCount
         self.mainConnectTimeoutMs = mainConnectTimeoutMs
         self.mirrorConnectTimeoutMs = mirrorConnectTimeoutMs
@@ -53,6 +64,9 @@ public final class SessionContext {
     /// Sessions whose client side is over but whose mirrors still flush:
     /// the only ones a tick has work for.
     public internal(set) var sessionsEnding = 0
+    /// Sessions still waiting for their client's PROXY protocol header: the
+    /// worker checks their deadline while there are any.
+    public internal(set) var sessionsAwaitingProxyHeader = 0
 
     /// Slots that main has finished with but a mirror backlog still holds.
     public private(set) var mirrorOnlySlots = 0

@@ -35,6 +35,12 @@ public protocol SessionIO: AnyObject {
     /// Receive into scratch memory; the bytes are thrown away.
     func drain(fd: Int32, tag: CompletionTag)
     func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag)
+    /// Send from the session's own memory (its PROXY protocol header), which
+    /// stays put until the completion.
+    func send(fd: Int32, from bytes: UnsafeRawPointer, length: Int, tag: CompletionTag)
+    /// Whom the accepted `fd` is from and the address it reached (for
+    /// `--send-proxy`); nil if the kernel cannot say.
+    func addresses(fd: Int32) -> ProxyAddresses?
     func shutdownWrite(fd: Int32, tag: CompletionTag)
     /// Cancel every operation in flight on `fd`.
     func cancel(fd: Int32, tag: CompletionTag)

@@ -104,3 +104,29 @@ enum Sockets {
         return SocketAddress(storage: storage, length: length)
     }
 }
+
+extension Sockets {
+    /// Whom an accepted connection is from and the address it reached, as
+    /// the PROXY protocol carries them; nil if either cannot be had.
+    static func connectionAddresses(_ fd: Int32) -> ProxyAddresses? {
+        guard let source = peerAddress(fd)?.proxyAddress, let destination = localAddress(fd)?.proxyAddress else { return nil }
+        return ProxyAddresses(source: source, destination: destination)
+    }
+}
+
+extension SocketAddress {
+    /// This address as the PROXY protocol carries it; nil for a family other than IPv4 and IPv6.
+    var proxyAddress: ProxyAddress? {
+        withUnsafeBytes(of: storage) { raw in
+            if family == AF_INET6 {
+                let offset = MemoryLayout<sockaddr_in6>.offset(of: \.sin6_addr)!
+                return ProxyAddress(family: .ipv6, networkBytes: UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + 16)]), port: port)
+            }
+            if family == AF_INET {
+                let offset = MemoryLayout<sockaddr_in>.offset(of: \.sin_addr)!
+                return ProxyAddress(family: .ipv4, networkBytes: UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + 4)]), port: port)
+            }
+            return nil
+        }
+    }
+}

@@ -15,6 +15,8 @@ public final class WorkerStats: Sendable {
     public let sessionsEndedByMainError = Atomic<UInt64>(0)
     public let sessionsEndedByIdleTimeout = Atomic<UInt64>(0)
     public let sessionsAborted = Atomic<UInt64>(0)
+    /// `--accept-proxy`: clients closed for a missing, malformed, oversized or late PROXY protocol header.
+    public let sessionsEndedByBadProxyHeader = Atomic<UInt64>(0)
     public let acceptErrors = Atomic<UInt64>(0)
     /// Connections refused because they were the proxy's own, looped back
     /// into its listener (`LoopGuard`): counted on either side of the loop.

@@ -42,6 +42,8 @@ public enum StatsLine {
         if mainFailures > 0 { notes.append("\(mainFailures) main failures") }
         let idle = current.sessionsEndedByIdleTimeout &- previous.sessionsEndedByIdleTimeout
         if idle > 0 { notes.append("\(idle) idle timeouts") }
+        let badProxyHeaders = current.sessionsEndedByBadProxyHeader &- previous.sessionsEndedByBadProxyHeader
+        if badProxyHeaders > 0 { notes.append("\(badProxyHeaders) bad PROXY protocol headers") }
         let rejected = current.sessionsRejected &- previous.sessionsRejected
         if rejected > 0 { notes.append("\(rejected) rejected") }
         let loops = current.loopsRefused &- previous.loopsRefused

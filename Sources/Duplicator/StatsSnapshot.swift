@@ -26,6 +26,7 @@ public struct StatsSnapshot: Sendable, Equatable {
     public var sessionsEndedByMainError: UInt64 = 0
     public var sessionsEndedByIdleTimeout: UInt64 = 0
     public var sessionsAborted: UInt64 = 0
+    public var sessionsEndedByBadProxyHeader: UInt64 = 0
     public var acceptErrors: UInt64 = 0
     public var loopsRefused: UInt64 = 0
     public var completionsUnknown: UInt64 = 0
@@ -52,6 +53,7 @@ public struct StatsSnapshot: Sendable, Equatable {
             sessionsEndedByMainError += worker.sessionsEndedByMainError.value
             sessionsEndedByIdleTimeout += worker.sessionsEndedByIdleTimeout.value
             sessionsAborted += worker.sessionsAborted.value
+            sessionsEndedByBadProxyHeader += worker.sessionsEndedByBadProxyHeader.value
             acceptErrors += worker.acceptErrors.value
             loopsRefused += worker.loopsRefused.value
             completionsUnknown += worker.completionsUnknown.value
@@ -79,7 +81,7 @@ public struct StatsSnapshot: Sendable, Equatable {
 
     public var sessionsEnded: UInt64 {
         sessionsCompleted + sessionsEndedByClientError + sessionsEndedByMainConnectFailure
-            + sessionsEndedByMainError + sessionsEndedByIdleTimeout + sessionsAborted
+            + sessionsEndedByMainError + sessionsEndedByIdleTimeout + sessionsAborted + sessionsEndedByBadProxyHeader
     }
 }
 

@@ -236,6 +236,12 @@ final class Worker: SessionIO {
                 if !session.isActive { table.free(session) }
             }
         }
+        if context.sessionsAwaitingProxyHeader > 0 {
+            for session in table.sessions where session.isActive && session.isAwaitingProxyHeader {
+                session.checkProxyHeaderDeadline(io: self)
+                if !session.isActive { table.free(session) }
+            }
+        }
         guard context.sessionsEnding > 0 else { return }
         for session in table.sessions where session.isActive && session.isEnding {
             session.tick(io: self)
@@ -409,6 +415,14 @@ final class Worker: SessionIO {
     @inline(__always)
     func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag) {
         ring.prepareSend(fd: fd, from: pool.pointer(slot) + offset, length: length, tag: tag)
+    }
+
+    func send(fd: Int32, from bytes: UnsafeRawPointer, length: Int, tag: CompletionTag) {
+        ring.prepareSend(fd: fd, from: bytes, length: length, tag: tag)
+    }
+
+    func addresses(fd: Int32) -> ProxyAddresses? {
+        Sockets.connectionAddresses(fd)
     }
 
     func shutdownWrite(fd: Int32, tag: CompletionTag) {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Duplicator
 import Glibc
 
 @main
@@ -6,9 +7,20 @@ struct DuplicatorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "duplicator",
         abstract: "A TCP traffic-mirroring proxy on io_uring: a drop-in for goduplicator.",
-        subcommands: [RunCommand.self, DemoCommand.self],
-        defaultSubcommand: RunCommand.self
+        usage: """
+            duplicator -l <address> -f <address> [-m <address>[,<address>...]]... [<options>]
+            duplicator demo [<options>]
+            """,
+        discussion: ProxyOptions.discussion,
+        version: BuildInfo.version,
+        subcommands: [DemoCommand.self, RunCommand.self]
     )
+
+    // The proxy is the command itself, not a default subcommand, so that
+    // `duplicator --help` (and the man page) shows its options.
+    @OptionGroup var options: ProxyOptions
+
+    func run() throws { try options.runProxy() }
 
     /// Errors are one line on stderr and a non-zero exit; help and version print as usual.
     static func main() {

@@ -5,12 +5,26 @@ import Glibc
 import Logging
 import Platform
 
-/// `duplicator -l :8080 -f :8081 -m :8082 -m :8083`: goduplicator's flags plus our own.
+/// `duplicator run ...`: the proxy under the name it had when it was a
+/// subcommand (scripts and benchmarks call it so); hidden from the help,
+/// which shows the same options on `duplicator` itself.
 struct RunCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",
-        abstract: "Proxy clients to a main server and copy their bytes to mirrors (the default command).",
-        discussion: """
+        abstract: "The proxy (the same as duplicator without a subcommand).",
+        discussion: ProxyOptions.discussion,
+        shouldDisplay: false
+    )
+
+    @OptionGroup var options: ProxyOptions
+
+    func run() throws { try options.runProxy() }
+}
+
+/// `duplicator -l :8080 -f :8081 -m :8082 -m :8083`: goduplicator's flags
+/// plus our own, and what starts the proxy with them.
+struct ProxyOptions: ParsableArguments {
+    static let discussion = """
         Every client connection is forwarded to the main server (-f), whose reply goes back to the client, \
         and every client byte is also sent to each mirror (-m), whose replies are read and dropped. \
         A slow, dead or black-holed mirror never slows the client.
@@ -19,8 +33,9 @@ struct RunCommand: ParsableCommand {
           duplicator -l :8080 -f :8081 -m :8082 -m :8083
           duplicator -l 127.0.0.1:6380 -f :6379 -m :6479,:6579 -t 2s
           duplicator -l [::1]:8080 -f [::1]:9000 -m [::1]:9001 --backlog 16MiB
+          duplicator --check -l :8080 -f 10.0.0.5:8080 -m 10.0.0.9:8080
+          duplicator demo    (a main, a mirror, the proxy and a client on loopback)
         """
-    )
 
     // -l and -f are arrays only so that a second one is an error instead of
     // silently replacing the first; makeConfig() takes exactly one of each.
@@ -84,6 +99,15 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("mirror-drain-batch"), parsing: .unconditional, help: "Drain a mirror's replies once this many bytes wait (its EOF and errors at once); 0: every reply.")
     var mirrorDrainBatch: String = "64KiB"
 
+    @Option(name: .customLong("send-proxy"), help: ArgumentHelp("Send a PROXY protocol header (v1: text, v2: binary) with the client's address first to main and to every mirror.", valueName: "version"))
+    var sendProxy: ProxyProtocol.Version?
+
+    @Flag(name: .customLong("accept-proxy"), help: "Expect a PROXY protocol header (v1 or v2) from a load balancer on every client connection and take the client's address from it; close clients without a valid one.")
+    var acceptProxy = false
+
+    @Option(name: .customLong("proxy-header-timeout"), parsing: .unconditional, help: "With --accept-proxy: close a client whose header has not arrived in this long.")
+    var proxyHeaderTimeout: String = "3s"
+
     @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, io_uring, locked memory), then exit.")
     var check = false
 
@@ -135,6 +159,9 @@ struct RunCommand: ParsableCommand {
         config.ringMode = mode
         config.mirrorDrainBatchBytes = try SizeParser.bytes(mirrorDrainBatch)
         config.waitBatch = waitBatch
+        config.sendProxy = sendProxy
+        config.acceptProxy = acceptProxy
+        config.proxyHeaderTimeoutMs = try Self.milliseconds(proxyHeaderTimeout, "--proxy-header-timeout")
         if waitBatchTimeout.hasPrefix("-") {
             throw ConfigError("--wait-batch-timeout '\(waitBatchTimeout)': negative durations are refused")
         }
@@ -143,7 +170,7 @@ struct RunCommand: ParsableCommand {
         return config
     }
 
-    func run() throws {
+    func runProxy() throws {
         Signals.ignoreBrokenPipe()
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("--log-level '\(logLevel)': expected trace, debug, info, notice, warning, error or critical")
@@ -242,3 +269,5 @@ struct RunCommand: ParsableCommand {
     }
 }
 
+
+extension ProxyProtocol.Version: ExpressibleByArgument {}

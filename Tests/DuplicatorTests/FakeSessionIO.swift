@@ -95,6 +95,9 @@ struct FakeOp: CustomStringConvertible {
     var length = 0
     /// For a send: the bytes the slot held when the send was asked for.
     var bytes: [UInt8] = []
+    /// A send from the session's own memory (its PROXY protocol header), not from a slot.
+    var fromSessionMemory = false
+    var memory: UnsafeRawPointer?
     var target = -1
     var timeoutMs = 0
     var timeoutTag = CompletionTag(rawValue: 0)
@@ -172,6 +175,9 @@ final class FakeSessionIO: SessionIO {
     /// Bytes "the kernel" holds for a descriptor that its peer has not
     /// acknowledged (`unsentBytes`); 0 unless set.
     var unacknowledgedBytes: [Int32: Int] = [:]
+    /// What `addresses(fd:)` answers for every client (the kernel's getpeername and getsockname).
+    var clientAddresses: ProxyAddresses?
+    private(set) var addressQueries = 0
 
     private var starting: (session: Session, key: SessionKey)?
     private var nextFD: Int32 = 100
@@ -225,6 +231,14 @@ final class FakeSessionIO: SessionIO {
     func tickAll() {
         for session in table.sessions where session.isActive {
             session.tick(io: self)
+            if !session.isActive { sessionEnded(session) }
+        }
+    }
+
+    /// The worker's check of the PROXY protocol header deadline, over every live session.
+    func checkProxyHeaderDeadlineAll() {
+        for session in table.sessions where session.isActive {
+            session.checkProxyHeaderDeadline(io: self)
             if !session.isActive { sessionEnded(session) }
         }
     }
@@ -446,6 +460,13 @@ final class FakeSessionIO: SessionIO {
         }
         pending.remove(at: position)
         switch op.kind {
+        case .send where result > 0 && op.fromSessionMemory:
+            if Int(result) > op.length { violation("test bug: \(op) completed with \(result) bytes") }
+            if [UInt8](UnsafeRawBufferPointer(start: op.memory, count: op.length)) != op.bytes {
+                violation("\(op): the session's memory changed while the send was in flight")
+            }
+            fds[op.fd]!.sent += op.bytes[..<Int(result)]
+            fds[op.fd]!.sendCompletions += 1
         case .send where result > 0:
             if Int(result) > op.length { violation("test bug: \(op) completed with \(result) bytes") }
             if pool.referenceCount(op.slot) == 0 {
@@ -475,7 +496,11 @@ final class FakeSessionIO: SessionIO {
             if let slot = selectedBuffer { freeSlots.append(slot) }
             return
         }
+        // With --accept-proxy, main and the mirrors open once the client's header arrives.
+        let outer = starting
+        starting = (session, SessionKey(session))
         session.handle(kind: kind, leg: Int(tag.endpoint), result: result, selectedBuffer: selectedBuffer, io: self)
+        starting = outer
         if !session.isActive { sessionEnded(session) }
     }
 
@@ -488,7 +513,7 @@ final class FakeSessionIO: SessionIO {
 
     func openSocket(target: Int) -> Int32 {
         guard let starting else {
-            violation("openSocket(target: \(target)) outside a session's start")
+            violation("openSocket(target: \(target)) outside a session's start or completion")
             return -EINVAL
         }
         if target < 0 || target > limits.mirrorCount { violation("openSocket for unknown target \(target)") }
@@ -546,6 +571,10 @@ final class FakeSessionIO: SessionIO {
         case .send:
             if inFlight.contains(where: { $0.kind == .send }) { violation("\(op): a second send in flight on fd \(fd)") }
             if record.shutdownRequested > 0 { violation("\(op) after the write side of fd \(fd) was shut") }
+            if op.fromSessionMemory {
+                if op.length <= 0 || op.memory == nil { violation("\(op) of nothing") }
+                break
+            }
             if op.length <= 0 || op.offset < 0 || op.offset + op.length > pool.slotSize || Int(op.slot) >= pool.slotCount {
                 violation("\(op) is out of its slot's bounds")
                 return nil
@@ -608,6 +637,22 @@ final class FakeSessionIO: SessionIO {
 
     func close(fd: Int32, tag: CompletionTag) {
         _ = request(.close, fd: fd, tag: tag)
+    }
+
+    func send(fd: Int32, from bytes: UnsafeRawPointer, length: Int, tag: CompletionTag) {
+        guard let op = request(.send, fd: fd, tag: tag, {
+            $0.fromSessionMemory = true
+            $0.memory = bytes
+            $0.length = length
+            $0.bytes = [UInt8](UnsafeRawBufferPointer(start: bytes, count: length))
+        }) else { return }
+        pending.append(op)
+    }
+
+    func addresses(fd: Int32) -> ProxyAddresses? {
+        addressQueries += 1
+        if fds[fd]?.target != -1 { violation("addresses(fd: \(fd)) of a descriptor that is not a client") }
+        return clientAddresses
     }
 
     func unsentBytes(fd: Int32) -> Int {

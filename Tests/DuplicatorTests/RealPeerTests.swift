@@ -17,17 +17,25 @@ struct RealPeerTests {
         let port: UInt16
         let directory: String
 
-        init(_ path: String, _ arguments: [String], port: UInt16, directory: String) throws {
+        /// - Parameter host: where it listens, for the readiness probe (IPv4 or IPv6 loopback).
+        init(_ path: String, _ arguments: [String], port: UInt16, directory: String, host: String = "127.0.0.1") throws {
             self.port = port
             self.directory = directory
             process.executableURL = URL(fileURLWithPath: path)
             process.arguments = arguments
             process.currentDirectoryURL = URL(fileURLWithPath: directory)
             process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
+            // Kept in its folder, so that a server that does not start says why.
+            let errorLog = directory + "/stderr.log"
+            _ = FileManager.default.createFile(atPath: errorLog, contents: nil)
+            process.standardError = FileHandle(forWritingAtPath: errorLog) ?? FileHandle.nullDevice
             try process.run()
-            guard eventually(timeoutSeconds: 10, { (try? TestConnection(port: port, timeoutSeconds: 1)) != nil }) else {
-                throw TestFailure("\(path) did not listen on \(port)")
+            let listening: () -> Bool = host.contains(":")
+                ? { (try? LoopbackClient(host: host, port: port)) != nil }
+                : { (try? TestConnection(port: port, timeoutSeconds: 1)) != nil }
+            guard eventually(timeoutSeconds: 10, listening) else {
+                let said = (try? String(contentsOfFile: errorLog, encoding: .utf8)) ?? ""
+                throw TestFailure("\(path) did not listen on \(port): \(said.suffix(500))")
             }
         }
 

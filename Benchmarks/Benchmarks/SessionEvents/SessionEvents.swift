@@ -84,6 +84,13 @@ final class ScriptedIO: SessionIO {
         pendingSendLength[Int(tag.endpoint)] = Int32(length)
     }
 
+    func send(fd: Int32, from bytes: UnsafeRawPointer, length: Int, tag: CompletionTag) {
+        pendingSend[Int(tag.endpoint)] = tag.rawValue
+        pendingSendLength[Int(tag.endpoint)] = Int32(length)
+    }
+
+    func addresses(fd: Int32) -> ProxyAddresses? { nil }
+
     func shutdownWrite(fd: Int32, tag: CompletionTag) {}
     func cancel(fd: Int32, tag: CompletionTag) {}
     func close(fd: Int32, tag: CompletionTag) {}
