@@ -14,14 +14,6 @@ private func proxyLimits(mirrors: Int = 2, send: ProxyProtocol.Version? = nil, a
                   sendProxy: send, acceptProxy: accept, proxyHeaderTimeoutMs: 3_000)
 }
 
-private func finish(_ io: FakeSessionIO, seed: UInt64 = 1, sourceLocation: SourceLocation = #_sourceLocation) {
-    let simulation = Simulation(io: io, seed: seed)
-    simulation.partialSends = false
-    simulation.raceCancels = false
-    simulation.eofWithBuffer = false
-    #expect(simulation.run(), "sessions did not end; pending: \(io.pending)", sourceLocation: sourceLocation)
-}
-
 private let client4 = ProxyAddresses(source: ProxyProtocolTests.address("192.0.2.10", 56324),
                                      destination: ProxyProtocolTests.address("198.51.100.1", 443))
 private let client6 = ProxyAddresses(source: ProxyProtocolTests.address("2001:db8::7", 40001),
