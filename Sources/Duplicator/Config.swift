@@ -4,35 +4,35 @@ public struct Config: Sendable {
     public var main: Endpoint
     public var mirrors: [Endpoint]
     /// goduplicator's `-t`: a mirror that has not connected by then is dropped for the session.
-    public var mirrorConnectTimeoutMs = 500
+    public var mirrorConnectTimeoutMs = Defaults.mirrorConnectTimeoutMs
     /// 0: the kernel's own (minutes). Main failing to connect closes the client.
-    public var mainConnectTimeoutMs = 10_000
+    public var mainConnectTimeoutMs = Defaults.mainConnectTimeoutMs
     /// Bytes per pool slot: the most one receive takes.
-    public var slotSize = 16 * 1024
+    public var slotSize = Defaults.slotSize
     /// The buffer memory of all workers together: the bound on what the
     /// pools may grow to (they start small and grow with the load).
-    public var maxMemoryBytes = 1 << 30
+    public var maxMemoryBytes = Defaults.maxMemoryBytes
     /// Pool slots per worker; nil: as many as `maxMemoryBytes` allows.
     public var poolSlots: Int?
     /// A mirror more than this many bytes behind is cut for the session.
-    public var backlogBytesMax = 4 << 20
+    public var backlogBytesMax = Defaults.backlogBytesMax
     /// ... or more than this many receives behind.
-    public var backlogChunksMax = 256
+    public var backlogChunksMax = Defaults.backlogChunksMax
     /// Session table size per worker, at most; `sessionsPerWorker` may admit
     /// fewer. Clients beyond it are closed at once.
-    public var sessionsMax = 16384
+    public var sessionsMax = Defaults.sessionsMax
     /// A session in which no byte moved between client and main for this
-    /// long is closed; 0: never. nginx's `proxy_timeout` is 10 minutes too.
-    public var idleTimeoutMs = 600_000
+    /// long is closed; 0: never.
+    public var idleTimeoutMs = Defaults.idleTimeoutMs
     public var threads = 1
     /// How long mirrors may flush after their client's session ended.
-    public var mirrorLingerMs = 2_000
+    public var mirrorLingerMs = Defaults.mirrorLingerMs
     /// A mirror's replies wake the worker only once this many bytes wait
     /// (SO_RCVLOWAT on the mirror's socket); its EOF and errors wake it at
     /// once. 0: every reply wakes it.
-    public var mirrorDrainBatchBytes = 64 * 1024
+    public var mirrorDrainBatchBytes = Defaults.mirrorDrainBatchBytes
     /// How long a graceful stop waits for live sessions.
-    public var drainTimeoutMs = 5_000
+    public var drainTimeoutMs = Defaults.drainTimeoutMs
     public var ringEntries = 1024
     /// A CQ large enough that bursts never overflow it.
     var completionEntries: Int { max(16384, ringEntries * 4) }
@@ -44,11 +44,11 @@ public struct Config: Sendable {
     public var ringMode = RingMode.deferTaskrun
     /// Tuning: wait for this many completions per wakeup, but no longer than
     /// `waitBatchTimeoutUs` before settling for one. 1: wake on every completion.
-    public var waitBatch = 1
-    public var waitBatchTimeoutUs = 50
-    public var mirrorFailuresBeforeBackoff = 3
-    public var mirrorBackoffInitialMs = 250
-    public var mirrorBackoffMaxMs = 30_000
+    public var waitBatch = Defaults.waitBatch
+    public var waitBatchTimeoutUs = Defaults.waitBatchTimeoutUs
+    public var mirrorFailuresBeforeBackoff = Defaults.mirrorFailuresBeforeBackoff
+    public var mirrorBackoffInitialMs = Defaults.mirrorBackoffInitialMs
+    public var mirrorBackoffMaxMs = Defaults.mirrorBackoffMaxMs
     /// Put a PROXY protocol header of this version before the client's bytes
     /// to main and to every mirror (the same header to each); nil: none.
     public var sendProxy: ProxyProtocol.Version?
@@ -57,7 +57,7 @@ public struct Config: Sendable {
     /// it, and it is not forwarded as client bytes.
     public var acceptProxy = false
     /// With `acceptProxy`, a client whose whole header has not arrived by then is closed.
-    public var proxyHeaderTimeoutMs = 3_000
+    public var proxyHeaderTimeoutMs = Defaults.proxyHeaderTimeoutMs
     /// Free slots lent to the kernel at a time, at most (see `ProvidedBuffers`).
     public var providedWindowSlots = 512
 
@@ -68,7 +68,7 @@ public struct Config: Sendable {
     /// each way (a client that stops reading pins its queue, and so does a
     /// main that stops reading). Admission reserves this much per session.
     static let sessionSlotsMax = 2 * readAheadChunks
-    static let readAheadChunks = 2
+    public static let readAheadChunks = 2
 
     /// Slots in each worker's pool.
     public var poolSlotsPerWorker: Int {

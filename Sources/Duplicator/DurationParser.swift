@@ -38,4 +38,16 @@ public enum DurationParser {
         let nanoseconds = try nanoseconds(text)
         return Int((nanoseconds + 999_999) / 1_000_000)
     }
+
+    /// The shortest text a duration parses back from, in its largest whole
+    /// unit: `500ms`, `10s`, `10m`, `50us`, `0`.
+    public static func text(nanoseconds: Int64) -> String {
+        guard nanoseconds != 0 else { return "0" }
+        let units: [(String, Int64)] = [("h", 3_600_000_000_000), ("m", 60_000_000_000), ("s", 1_000_000_000),
+                                        ("ms", 1_000_000), ("us", 1_000), ("ns", 1)]
+        let (unit, scale) = units.first { nanoseconds % $0.1 == 0 }!
+        return "\(nanoseconds / scale)\(unit)"
+    }
+
+    public static func text(milliseconds: Int) -> String { text(nanoseconds: Int64(milliseconds) * 1_000_000) }
 }

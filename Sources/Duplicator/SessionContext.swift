@@ -30,11 +30,17 @@ public struct SessionLimits: Sendable {
     /// ... within this long, or the client is closed.
     public var proxyHeaderTimeoutMs: Int
 
-    public init(mirrorCount: Int, mainConnectTimeoutMs: Int = 10_000, mirrorConnectTimeoutMs: Int = 500,
-                backlogBytesMax: Int = 4 << 20, backlogChunksMax: Int = 256, readAheadChunks: Int = 2,
-                mirrorLingerMs: Int = 2_000, idleTimeoutMs: Int = 0, mirrorFailuresBeforeBackoff: Int = 3,
-                mirrorBackoffInitialMs: Int = 250, mirrorBackoffMaxMs: Int = 30_000,
-                sendProxy: ProxyProtocol.Version? = nil, acceptProxy: Bool = false, proxyHeaderTimeoutMs: Int = 3_000) {
+    /// `idleTimeoutMs` is 0 (none) unless given: a session alone has no
+    /// idle timeout; the proxy's comes from `Config`.
+    public init(mirrorCount: Int, mainConnectTimeoutMs: Int = Defaults.mainConnectTimeoutMs,
+                mirrorConnectTimeoutMs: Int = Defaults.mirrorConnectTimeoutMs,
+                backlogBytesMax: Int = Defaults.backlogBytesMax, backlogChunksMax: Int = Defaults.backlogChunksMax,
+                readAheadChunks: Int = Config.readAheadChunks, mirrorLingerMs: Int = Defaults.mirrorLingerMs,
+                idleTimeoutMs: Int = 0, mirrorFailuresBeforeBackoff: Int = Defaults.mirrorFailuresBeforeBackoff,
+                mirrorBackoffInitialMs: Int = Defaults.mirrorBackoffInitialMs,
+                mirrorBackoffMaxMs: Int = Defaults.mirrorBackoffMaxMs,
+                sendProxy: ProxyProtocol.Version? = nil, acceptProxy: Bool = false,
+                proxyHeaderTimeoutMs: Int = Defaults.proxyHeaderTimeoutMs) {
         self.sendProxy = sendProxy
         self.acceptProxy = acceptProxy
         self.proxyHeaderTimeoutMs = proxyHeaderTimeoutMs

@@ -13,4 +13,12 @@ public enum SizeParser {
         }
         return value * scale
     }
+
+    /// The shortest text `bytes` parses back from: `4MiB`, `16KiB`, `1GiB`, `1000`.
+    public static func text(_ bytes: Int) -> String {
+        for (unit, scale) in [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] where bytes > 0 && bytes % scale == 0 {
+            return "\(bytes / scale)\(unit)"
+        }
+        return "\(bytes)"
+    }
 }

@@ -49,37 +49,37 @@ struct ProxyOptions: ParsableArguments {
     var mirror: [String] = []
 
     @Option(name: [.customShort("t"), .customLong("timeout")], parsing: .unconditional, help: "Mirror connect timeout, Go-style (500ms, 2s).")
-    var timeout: String = "500ms"
+    var timeout: String = DurationParser.text(milliseconds: Defaults.mirrorConnectTimeoutMs)
 
     @Option(name: .customLong("main-connect-timeout"), parsing: .unconditional, help: "Main connect timeout; 0 for the kernel's.")
-    var mainConnectTimeout: String = "10s"
+    var mainConnectTimeout: String = DurationParser.text(milliseconds: Defaults.mainConnectTimeoutMs)
 
     @Option(name: .customLong("backlog"), parsing: .unconditional, help: "Bytes a mirror may fall behind before it is cut for the session.")
-    var backlog: String = "4MiB"
+    var backlog: String = SizeParser.text(Defaults.backlogBytesMax)
 
     @Option(name: .customLong("backlog-chunks"), parsing: .unconditional, help: "Receives a mirror may fall behind before it is cut (each holds a slot).")
-    var backlogChunks: Int = 256
+    var backlogChunks: Int = Defaults.backlogChunksMax
 
     @Option(name: .customLong("slot-size"), parsing: .unconditional, help: "Bytes per buffer slot: the most one receive takes.")
-    var slotSize: String = "16KiB"
+    var slotSize: String = SizeParser.text(Defaults.slotSize)
 
     @Option(name: .customLong("max-memory"), parsing: .unconditional, help: "Buffer memory of all threads together: the pools grow with the load up to this (registered, locked memory), and each thread admits only the sessions its share can serve at once (64KiB each at the default slot size); more clients are refused.")
-    var maxMemory: String = "1GiB"
+    var maxMemory: String = SizeParser.text(Defaults.maxMemoryBytes)
 
     @Option(name: .customLong("max-sessions"), parsing: .unconditional, help: "Concurrent client sessions per thread at most (--max-memory may admit fewer); more are closed at once.")
-    var maxSessions: Int = 16384
+    var maxSessions: Int = Defaults.sessionsMax
 
     @Option(name: .customLong("idle-timeout"), parsing: .unconditional, help: "Close a session in which no byte moved between client and main for this long; 0: never.")
-    var idleTimeout: String = "10m"
+    var idleTimeout: String = DurationParser.text(milliseconds: Defaults.idleTimeoutMs)
 
     @Option(name: .customLong("threads"), parsing: .unconditional, help: "Worker threads, each with its own ring and SO_REUSEPORT listener (default: the CPUs this process may run on).")
     var threads: Int?
 
     @Option(name: .customLong("mirror-linger"), parsing: .unconditional, help: "How long mirrors may flush after their client's session ended.")
-    var mirrorLinger: String = "2s"
+    var mirrorLinger: String = DurationParser.text(milliseconds: Defaults.mirrorLingerMs)
 
     @Option(name: .customLong("drain-timeout"), parsing: .unconditional, help: "On SIGINT/SIGTERM, how long live sessions may finish.")
-    var drainTimeout: String = "5s"
+    var drainTimeout: String = DurationParser.text(milliseconds: Defaults.drainTimeoutMs)
 
     @Option(name: .customLong("stats-interval"), parsing: .unconditional, help: "Log one line of rates and mirror health this often (e.g. 10s); 0: never.")
     var statsInterval: String = "0"
@@ -91,13 +91,13 @@ struct ProxyOptions: ParsableArguments {
     var ringMode: String = Config.RingMode.deferTaskrun.rawValue
 
     @Option(name: .customLong("wait-batch"), parsing: .unconditional, help: "Tuning: completions to wait for per wakeup under load (1: every one).")
-    var waitBatch: Int = 1
+    var waitBatch: Int = Defaults.waitBatch
 
     @Option(name: .customLong("wait-batch-timeout"), parsing: .unconditional, help: "Tuning: the longest --wait-batch waits before taking fewer.")
-    var waitBatchTimeout: String = "50us"
+    var waitBatchTimeout: String = DurationParser.text(nanoseconds: Int64(Defaults.waitBatchTimeoutUs) * 1_000)
 
     @Option(name: .customLong("mirror-drain-batch"), parsing: .unconditional, help: "Drain a mirror's replies once this many bytes wait (its EOF and errors at once); 0: every reply.")
-    var mirrorDrainBatch: String = "64KiB"
+    var mirrorDrainBatch: String = SizeParser.text(Defaults.mirrorDrainBatchBytes)
 
     @Option(name: .customLong("send-proxy"), help: ArgumentHelp("Send a PROXY protocol header (v1: text, v2: binary) with the client's address first to main and to every mirror.", valueName: "version"))
     var sendProxy: ProxyProtocol.Version?
@@ -106,7 +106,7 @@ struct ProxyOptions: ParsableArguments {
     var acceptProxy = false
 
     @Option(name: .customLong("proxy-header-timeout"), parsing: .unconditional, help: "With --accept-proxy: close a client whose header has not arrived in this long.")
-    var proxyHeaderTimeout: String = "3s"
+    var proxyHeaderTimeout: String = DurationParser.text(milliseconds: Defaults.proxyHeaderTimeoutMs)
 
     @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, io_uring, locked memory), then exit.")
     var check = false

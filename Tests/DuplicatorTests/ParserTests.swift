@@ -173,6 +173,22 @@ struct ParserTests {
         ("--drain-timeout", "5s", { $0.drainTimeoutMs }),
     ]
 
+    /// The help's defaults are text made from the values: it must read back as them.
+    @Test("size and duration text reads back as the value it was made from")
+    func textRoundTrips() throws {
+        for bytes in [1, 1000, 1024, 16 << 10, 64 << 10, 4 << 20, 3 << 20 + 1, 1 << 30, 5 << 30] {
+            #expect(try SizeParser.bytes(SizeParser.text(bytes)) == bytes, "\(SizeParser.text(bytes))")
+        }
+        for milliseconds in [0, 1, 50, 500, 1_000, 1_500, 2_000, 60_000, 90_000, 600_000, 3_600_000, 7_200_000] {
+            #expect(try DurationParser.milliseconds(DurationParser.text(milliseconds: milliseconds)) == milliseconds,
+                    "\(DurationParser.text(milliseconds: milliseconds))")
+        }
+        #expect(try DurationParser.nanoseconds(DurationParser.text(nanoseconds: 50_000)) == 50_000)
+        #expect([SizeParser.text(4 << 20), SizeParser.text(16 << 10), DurationParser.text(milliseconds: 600_000),
+                 DurationParser.text(milliseconds: 500), DurationParser.text(nanoseconds: 50_000)]
+                == ["4MiB", "16KiB", "10m", "500ms", "50us"])
+    }
+
     @Test("the engine's defaults are the documented ones, and become the session limits")
     func documentedDefaults() throws {
         var config = try config(mirrors: 2)

@@ -1,0 +1,25 @@
+/// Each default an operator can change, written once. `Config` starts from
+/// these, the command line shows them in `--help` (as text made from these
+/// values by `SizeParser.text` and `DurationParser.text`), and the sans-IO
+/// `SessionLimits` takes the session's share of them.
+public enum Defaults {
+    /// `-t`, goduplicator's mirror connect timeout.
+    public static let mirrorConnectTimeoutMs = 500
+    public static let mainConnectTimeoutMs = 10_000
+    public static let backlogBytesMax = 4 << 20
+    public static let backlogChunksMax = 256
+    public static let slotSize = 16 << 10
+    public static let maxMemoryBytes = 1 << 30
+    public static let sessionsMax = 16384
+    /// nginx's `proxy_timeout` is 10 minutes too.
+    public static let idleTimeoutMs = 600_000
+    public static let mirrorLingerMs = 2_000
+    public static let drainTimeoutMs = 5_000
+    public static let mirrorDrainBatchBytes = 64 << 10
+    public static let waitBatch = 1
+    public static let waitBatchTimeoutUs = 50
+    public static let proxyHeaderTimeoutMs = 3_000
+    public static let mirrorFailuresBeforeBackoff = 3
+    public static let mirrorBackoffInitialMs = 250
+    public static let mirrorBackoffMaxMs = 30_000
+}
