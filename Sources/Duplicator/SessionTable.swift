@@ -74,4 +74,31 @@ public final class SessionTable {
             session.isActive && session.generation == tag.generation ? body(session) : nil
         }
     }
+
+    /// What became of a delivered completion.
+    public enum Delivery {
+        /// Its session ended and the slot may have a new occupant: the
+        /// caller gives back any buffer the kernel picked for it.
+        case stale
+        case handled
+        /// The session ended with it; its place is free again.
+        case ended(Session)
+    }
+
+    /// The one path from a completion to its session, for the worker, the
+    /// tests' simulated IO and the benchmarks alike: the session with the
+    /// tag's index and generation handles it, and if that ended the session,
+    /// its place goes back to the free list.
+    @inline(__always)
+    public func deliver<IO: SessionIO>(_ kind: OperationKind, tag: CompletionTag, result: Int32, selectedBuffer: UInt32?,
+                                       io: IO) -> Delivery {
+        guard Int(tag.slot) < sessions.count else { return .stale }
+        return unretained[Int(tag.slot)]._withUnsafeGuaranteedRef { session in
+            guard session.isActive && session.generation == tag.generation else { return .stale }
+            session.handle(kind: kind, leg: Int(tag.endpoint), result: result, selectedBuffer: selectedBuffer, io: io)
+            guard !session.isActive else { return .handled }
+            free(session)
+            return .ended(session)
+        }
+    }
 }

@@ -171,17 +171,13 @@ final class Worker: SessionIO {
             break
         }
         if let slot = completion.selectedBuffer { provided.taken(slot) }
-        let handled: Void? = table.withSession(for: tag) { session in
-            var result = completion.result
-            if kind == .connect && (loopGuard.isArmed || !loopRecords.isEmpty)
-                && connectLooped(session, leg: Int(tag.endpoint), result: result) {
-                result = -ELOOP
-            }
-            session.handle(kind: kind, leg: Int(tag.endpoint), result: result,
-                           selectedBuffer: completion.selectedBuffer, io: self)
-            if !session.isActive { table.free(session) }
+        var result = completion.result
+        if kind == .connect && (loopGuard.isArmed || !loopRecords.isEmpty),
+           let session = table.session(for: tag), connectLooped(session, leg: Int(tag.endpoint), result: result) {
+            result = -ELOOP
         }
-        if handled == nil, let slot = completion.selectedBuffer {
+        if case .stale = table.deliver(kind, tag: tag, result: result, selectedBuffer: completion.selectedBuffer, io: self),
+           let slot = completion.selectedBuffer {
             // A late completion of a session that has ended: its buffer, if
             // the kernel picked one, goes straight back.
             provided.provide(slot)

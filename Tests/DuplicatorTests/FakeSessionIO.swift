@@ -269,11 +269,11 @@ final class FakeSessionIO: SessionIO {
         }
     }
 
-    private func sessionEnded(_ session: Session) {
+    private func sessionEnded(_ session: Session, freed: Bool = false) {
         let key = SessionKey(session)
         let mirrors = (0..<limits.mirrorCount).map { session.legs[Session.firstMirror + $0].missing }
         ended[key] = EndedSession(key: key, cause: session.endCause, mirrorMissing: mirrors)
-        table.free(session)
+        if !freed { table.free(session) }
         for op in pending where op.key == key {
             violation("\(key) ended with \(op) still in flight")
         }
@@ -488,7 +488,7 @@ final class FakeSessionIO: SessionIO {
         dispatch(tag: op.tag, result: result, selectedBuffer: selectedBuffer)
     }
 
-    /// What the worker does with one completion.
+    /// What the worker does with one completion: the product's own path.
     func dispatch(tag: CompletionTag, result: Int32, selectedBuffer: UInt32?) {
         guard let kind = OperationKind(rawValue: tag.kind) else { return }
         guard let session = table.session(for: tag) else {
@@ -499,9 +499,9 @@ final class FakeSessionIO: SessionIO {
         // With --accept-proxy, main and the mirrors open once the client's header arrives.
         let outer = starting
         starting = (session, SessionKey(session))
-        session.handle(kind: kind, leg: Int(tag.endpoint), result: result, selectedBuffer: selectedBuffer, io: self)
+        let delivery = table.deliver(kind, tag: tag, result: result, selectedBuffer: selectedBuffer, io: self)
         starting = outer
-        if !session.isActive { sessionEnded(session) }
+        if case .ended(let ended) = delivery { sessionEnded(ended, freed: true) }
     }
 
     // MARK: - SessionIO

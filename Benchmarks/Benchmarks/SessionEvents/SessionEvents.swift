@@ -140,10 +140,8 @@ final class SessionDriver {
         precondition(raw != 0, "no operation pending on leg \(leg)")
         pending[leg] = 0
         let tag = CompletionTag(rawValue: raw)
-        guard let kind = OperationKind(rawValue: tag.kind),
-              table.withSession(for: tag, {
-                  $0.handle(kind: kind, leg: Int(tag.endpoint), result: result, selectedBuffer: slot, io: io)
-              }) != nil else {
+        guard let kind = OperationKind(rawValue: tag.kind) else { fatalError("unknown completion") }
+        if case .stale = table.deliver(kind, tag: tag, result: result, selectedBuffer: slot, io: io) {
             fatalError("stale completion")
         }
     }
