@@ -143,7 +143,7 @@ public final class Proxy: Sendable {
     /// Graceful: stop accepting, let live sessions finish for
     /// `drainTimeoutMs`, then close the rest. Immediate: close all now.
     public func stop(immediately: Bool = false) {
-        let mode = immediately ? WorkerControl.StopMode.immediate : .graceful
+        let mode = immediately ? StopMode.immediate : .graceful
         control.stopMode.store(mode.rawValue, ordering: .relaxed)
     }
 

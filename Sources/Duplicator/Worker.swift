@@ -6,7 +6,6 @@ import Platform
 
 /// Asks the workers to stop; shared by the `Proxy` and its workers.
 final class WorkerControl: Sendable {
-    enum StopMode: Int { case running = 0, graceful = 1, immediate = 2 }
     let stopMode = Atomic<Int>(0)
     let ready = Atomic<Int>(0)
     let exited = Atomic<Int>(0)
@@ -15,22 +14,18 @@ final class WorkerControl: Sendable {
 }
 
 /// One thread, one ring, one listener, one session table: the completion
-/// loop. It implements `SessionIO` over the ring, so the sessions it drives
-/// ask for real operations. Nothing here is shared with other threads but
-/// the counters (`WorkerStats`) and the stop request (`WorkerControl`).
-final class Worker: SessionIO {
-    static let tickMs: UInt64 = 100
+/// loop, and the io_uring backend of the worker's logic (`WorkerCore`): the
+/// operations sessions ask for become SQEs, and each CQE goes to the core.
+/// Nothing here is shared with other threads but the counters
+/// (`WorkerStats`), the stop request (`WorkerControl`), the loop guard and
+/// the mirrors' health.
+final class Worker: WorkerBackend {
     static let drainBufferBytes = 4096
     static let drainBytesMax = 1 << 20
-    static let acceptPauseMs: UInt64 = 100
-    /// How often sessions are checked against the idle timeout.
-    static let idleCheckMs: UInt64 = 1_000
 
     let ring: Ring
     let pool: BufferPool
     let provided: ProvidedBuffers
-    let context: SessionContext
-    let table: SessionTable
     let stats: WorkerStats
     private let control: WorkerControl
     private let logger: Logger
@@ -53,29 +48,12 @@ final class Worker: SessionIO {
     private let drainBuffer: UnsafeMutableRawPointer
     private let mainTimeout: RingTimeout
     private let mirrorTimeout: RingTimeout
-    /// Sessions waiting for free slots, in arrival order (a ring of table indices).
-    private var waiters: [UInt32]
-    private var waitersHead = 0
-    private var waitersCount = 0
-
-    private var acceptArmed = false
-    private var acceptPausedUntilMs: UInt64 = 0
-    private var stopping = false
-    private var aborted = false
-    private var drainDeadlineMs: UInt64 = 0
-    private var nextTickMs: UInt64 = 0
-    private var nextIdleCheckMs: UInt64 = 0
     private var growthErrorLogged = false
-    private var rejectLog = RateLimitedLog(intervalMs: 10_000)
-    private var acceptErrorLog = RateLimitedLog(intervalMs: 5_000)
-    private let mirrorHealth: MirrorHealth
-    /// Every worker's counters, for the mirror health log (summed over the process).
-    private let allStats: [WorkerStats]
-    private let mirrorNames: [String]
-    private static let acceptTag = CompletionTag(kind: OperationKind.accept.rawValue, endpoint: 0, generation: 0, slot: 0)
-    private static let acceptCancelTag = CompletionTag(kind: OperationKind.acceptCancel.rawValue, endpoint: 0,
-                                                       generation: 0, slot: 0)
-    private var unknownCompletionLogged = false
+    private let waiters: BufferWaiters
+    /// The worker's logic; it drives the sessions, this carries out their operations.
+    private(set) var core: WorkerCore<Worker>!
+    var context: SessionContext { core.context }
+    var table: SessionTable { core.table }
 
     /// Creates the ring and the memory of a worker; runs on the worker's own thread.
     init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, mirrorHealth: MirrorHealth, listenerFD: Int32,
@@ -89,9 +67,6 @@ final class Worker: SessionIO {
         self.stats = stats
         self.control = control
         self.logger = logger
-        self.mirrorHealth = mirrorHealth
-        self.allStats = allStats
-        mirrorNames = config.mirrors.map(\.text)
         let preferred: Ring.SetupMode = switch config.ringMode {
         case .deferTaskrun: .deferTaskrun
         case .coopTaskrun: .coopTaskrun
@@ -102,14 +77,17 @@ final class Worker: SessionIO {
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
         provided = try ProvidedBuffers(ring: ring, pool: pool, windowSlots: config.providedWindowSlotsPerWorker,
                                        registerSegments: true)
-        context = SessionContext(limits: config.limits, pool: pool, stats: stats, mirrorHealth: mirrorHealth)
+        let context = SessionContext(limits: config.limits, pool: pool, stats: stats, mirrorHealth: mirrorHealth)
         // Admission control: the table holds only as many sessions as the
         // pool can serve at once, whatever their peers do.
-        table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
-        waiters = Array(repeating: 0, count: config.sessionsPerWorker)
+        let table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
+        waiters = BufferWaiters(capacity: config.sessionsPerWorker)
         drainBuffer = .allocate(byteCount: Self.drainBufferBytes, alignment: 4096)
         mainTimeout = RingTimeout(milliseconds: config.mainConnectTimeoutMs)
         mirrorTimeout = RingTimeout(milliseconds: config.mirrorConnectTimeoutMs)
+        core = WorkerCore(backend: self, context: context, table: table, waiters: waiters,
+                          idleTimeoutMs: config.idleTimeoutMs, drainTimeoutMs: config.drainTimeoutMs, stats: stats,
+                          allStats: allStats, mirrorNames: config.mirrors.map(\.text), logger: logger)
     }
 
     deinit {
@@ -122,20 +100,25 @@ final class Worker: SessionIO {
 
     func run() throws {
         context.nowMs = MonotonicClock.coarseMs()
-        nextTickMs = context.nowMs + Self.tickMs
-        armAccept()
+        core.start()
         while true {
             provided.commit()
             var count = try waitForCompletions()
             context.nowMs = MonotonicClock.coarseMs()
             while count > 0 {
-                for index in 0..<count { dispatch(ring.completion(at: index)) }
+                for index in 0..<count {
+                    let completion = ring.completion(at: index)
+                    core.deliver(WorkerCompletion(tag: completion.tag, result: completion.result,
+                                                  selectedBuffer: completion.selectedBuffer, hasMore: completion.hasMore))
+                }
                 provided.commit()
                 count = ring.reap()
             }
-            resumeWaiters()
-            if context.nowMs >= nextTickMs { tick() }
-            if stopping && table.activeCount == 0 && !acceptArmed { break }
+            core.afterCompletions()
+            if context.nowMs >= core.nextTickMs {
+                core.tick(stopMode: StopMode(rawValue: control.stopMode.load(ordering: .relaxed)) ?? .running)
+            }
+            if core.isFinished { break }
         }
         closeListener()
         ring.submit()
@@ -150,55 +133,13 @@ final class Worker: SessionIO {
             let count = ring.reap()
             if count > 0 { return count }
         }
-        try ring.submitAndWait(count: 1, timeoutNanoseconds: Int64(Self.tickMs) * 1_000_000)
+        try ring.submitAndWait(count: 1, timeoutNanoseconds: Int64(WorkerCore<Worker>.tickMs) * 1_000_000)
         return ring.reap()
     }
 
-    @inline(__always)
-    private func dispatch(_ completion: Completion) {
-        let tag = completion.tag
-        guard let kind = OperationKind(rawValue: tag.kind) else {
-            unknownCompletion(completion)
-            return
-        }
-        switch kind {
-        case .accept:
-            accepted(completion)
-            return
-        case .acceptCancel:
-            return
-        default:
-            break
-        }
-        if let slot = completion.selectedBuffer { provided.taken(slot) }
-        var result = completion.result
-        if kind == .connect && (loopGuard.isArmed || !loopRecords.isEmpty),
-           let session = table.session(for: tag), connectLooped(session, leg: Int(tag.endpoint), result: result) {
-            result = -ELOOP
-        }
-        if case .stale = table.deliver(kind, tag: tag, result: result, selectedBuffer: completion.selectedBuffer, io: self),
-           let slot = completion.selectedBuffer {
-            // A late completion of a session that has ended: its buffer, if
-            // the kernel picked one, goes straight back.
-            provided.provide(slot)
-        }
-    }
+    // MARK: - WorkerBackend
 
-    /// A completion of no operation we submit: count it, say so once, and
-    /// give back the buffer the kernel may have picked for it.
-    private func unknownCompletion(_ completion: Completion) {
-        stats.completionsUnknown.bump()
-        if let slot = completion.selectedBuffer {
-            provided.taken(slot)
-            provided.provide(slot)
-        }
-        guard !unknownCompletionLogged else { return }
-        unknownCompletionLogged = true
-        logger.error("a completion of no known operation (tag \(completion.tag.rawValue), result \(completion.result)) was ignored; this is a bug, please report it (further ones are counted in duplicator_completions_unknown_total)")
-    }
-
-    private func tick() {
-        nextTickMs = context.nowMs + Self.tickMs
+    func tick(nowMs: UInt64) {
         stats.poolSlotsInUse.store(UInt64(pool.inUse), ordering: .relaxed)
         stats.poolSlotsGrown.store(UInt64(provided.grownSlots), ordering: .relaxed)
         if let error = provided.growthError, !growthErrorLogged {
@@ -207,98 +148,38 @@ final class Worker: SessionIO {
                 + "raise RLIMIT_MEMLOCK (LimitMEMLOCK= in systemd) or lower --max-memory"
             logger.error("\(note)")
         }
-        for (index, mirror) in stats.mirrors.enumerated() {
-            mirror.backingOff.store(context.mirrorIsBackingOff(index) ? 1 : 0, ordering: .relaxed)
-        }
-        mirrorHealth.log(workers: allStats, names: mirrorNames, nowMs: context.nowMs, logger: logger)
-        let mode = WorkerControl.StopMode(rawValue: control.stopMode.load(ordering: .relaxed)) ?? .running
-        if mode != .running && !stopping {
-            stopping = true
-            drainDeadlineMs = context.nowMs + UInt64(config.drainTimeoutMs)
-            if acceptArmed { ring.prepareCancel(target: Self.acceptTag, tag: Self.acceptCancelTag) }
-        }
-        if stopping && !aborted && (mode == .immediate || context.nowMs >= drainDeadlineMs) {
-            aborted = true
-            for session in table.sessions where session.isActive {
-                session.abort(io: self)
-                if !session.isActive { table.free(session) }
-            }
-        }
-        if !stopping && !acceptArmed && context.nowMs >= acceptPausedUntilMs { armAccept() }
-        if config.idleTimeoutMs > 0 && context.nowMs >= nextIdleCheckMs {
-            nextIdleCheckMs = context.nowMs + min(Self.idleCheckMs, UInt64(max(1, config.idleTimeoutMs / 4)))
-            for session in table.sessions where session.isActive && !session.isEnding {
-                session.checkIdle(io: self)
-                if !session.isActive { table.free(session) }
-            }
-        }
-        if context.sessionsAwaitingProxyHeader > 0 {
-            for session in table.sessions where session.isActive && session.isAwaitingProxyHeader {
-                session.checkProxyHeaderDeadline(io: self)
-                if !session.isActive { table.free(session) }
-            }
-        }
-        guard context.sessionsEnding > 0 else { return }
-        for session in table.sessions where session.isActive && session.isEnding {
-            session.tick(io: self)
-            if !session.isActive { table.free(session) }
-        }
     }
 
-    // MARK: - Accepting
-
-    private func armAccept() {
-        guard listenerFD >= 0 else { return }
-        ring.prepareAcceptMultishot(fd: listenerFD, tag: Self.acceptTag)
-        acceptArmed = true
+    func armAccept() -> Bool {
+        guard listenerFD >= 0 else { return false }
+        ring.prepareAcceptMultishot(fd: listenerFD, tag: WorkerCore<Worker>.acceptTag)
+        return true
     }
 
-    private func accepted(_ completion: Completion) {
-        if completion.result >= 0 {
-            let fd = completion.result
-            if isLoop(acceptedFD: fd) {
-                stats.loopsRefused.bump()
-                Glibc.close(fd)
-            } else if !stopping, let session = table.take() {
-                Sockets.setNoDelay(fd)
-                session.start(clientFD: fd, io: self)
-                if !session.isActive { table.free(session) }
-            } else {
-                stats.sessionsRejected.bump()
-                forgetLoopRecord(fd)
-                Glibc.close(fd)
-                if !stopping && rejectLog.allow(nowMs: context.nowMs) {
-                    let note = "refusing clients: all \(table.capacity) sessions this worker's memory bound admits are live "
-                        + "(--max-memory, --max-sessions)\(rejectLog.suppressedNote)"
-                    logger.warning("\(note)")
-                }
-            }
-        } else if !(stopping && completion.result == -ECANCELED) {
-            stats.acceptErrors.bump()
-            if acceptErrorLog.allow(nowMs: context.nowMs) {
-                logger.warning("accept failed: \(RingError.describe(errno: -completion.result))\(acceptErrorLog.suppressedNote)")
-            }
-        }
-        guard !completion.hasMore else { return }
-        // The multishot accept ended.
-        acceptArmed = false
-        if stopping {
-            closeListener()
-        } else if completion.result < 0 {
-            // Out of descriptors or memory: retrying at once would spin a
-            // core. Clients wait in the listen backlog meanwhile.
-            acceptPausedUntilMs = context.nowMs + Self.acceptPauseMs
-        } else {
-            armAccept()
-        }
+    func cancelAccept() {
+        ring.prepareCancel(target: WorkerCore<Worker>.acceptTag, tag: WorkerCore<Worker>.acceptCancelTag)
     }
+
+    var buffersLent: Bool { provided.lent > 0 }
+
+    @inline(__always)
+    func bufferTaken(_ slot: UInt32) { provided.taken(slot) }
+
+    func admit(fd: Int32, session: Session) { Sockets.setNoDelay(fd) }
+
+    func refuse(fd: Int32) {
+        forgetLoopRecord(fd)
+        Glibc.close(fd)
+    }
+
+    var loopCheckNeeded: Bool { loopGuard.isArmed || !loopRecords.isEmpty }
 
     // MARK: - Loops made at run time
 
     /// Asks the loop guard about a client from this host that was addressed
     /// to one of our targets; records it (until closed) unless it is one of
     /// our own connections, which is refused and logged.
-    private func isLoop(acceptedFD fd: Int32) -> Bool {
+    func isLoop(acceptedFD fd: Int32) -> Bool {
         guard let peer = Sockets.peerAddress(fd), loopGuard.isLocal(peer),
               let destination = Sockets.originalDestination(fd, family: peer.family),
               let suspect = loopGuard.suspect(source: peer, destination: destination) else { return false }
@@ -312,8 +193,7 @@ final class Worker: SessionIO {
 
     /// Tells the loop guard that a session's outbound connect ended; true if
     /// it already arrived at our listener (the session then fails it).
-    private func connectLooped(_ session: Session, leg: Int, result: Int32) -> Bool {
-        let fd = session.legs[leg].fd
+    func connectLooped(fd: Int32, target: Int, result: Int32) -> Bool {
         var wasConnecting = false
         if case .connecting = loopRecords[fd] {
             loopRecords[fd] = nil
@@ -321,12 +201,12 @@ final class Worker: SessionIO {
         }
         var established: LoopGuard.Connection?
         if result == 0 && loopGuard.isArmed, let local = Sockets.localAddress(fd) {
-            established = LoopGuard.Connection(source: local, destination: targets[leg - 1])
+            established = LoopGuard.Connection(source: local, destination: targets[target])
         }
         guard wasConnecting || established != nil else { return false }
         if loopGuard.connected(fd: wasConnecting ? fd : nil, established: established) {
             stats.loopsRefused.bump()
-            logLoop(destination: targets[leg - 1])
+            logLoop(destination: targets[target])
             return true
         }
         if let established { loopRecords[fd] = .outbound(established) }
@@ -349,28 +229,10 @@ final class Worker: SessionIO {
         logger.error("\(note)")
     }
 
-    private func closeListener() {
+    func closeListener() {
         guard listenerFD >= 0 else { return }
         Glibc.close(listenerFD)
         listenerFD = -1
-    }
-
-    // MARK: - Waiting for slots
-
-    private func resumeWaiters() {
-        while waitersCount > 0 && provided.lent > 0 {
-            let index = waiters[waitersHead]
-            waitersHead = (waitersHead + 1) % waiters.count
-            waitersCount -= 1
-            let session = table.sessions[Int(index)]
-            session.resumeReceiving(io: self)
-        }
-    }
-
-    func waitForBuffers(session index: UInt32) {
-        guard waitersCount < waiters.count else { return }
-        waiters[(waitersHead + waitersCount) % waiters.count] = index
-        waitersCount += 1
     }
 
     // MARK: - SessionIO
@@ -453,5 +315,9 @@ final class Worker: SessionIO {
     @inline(__always)
     func recycle(slot: UInt32) {
         provided.provide(slot)
+    }
+
+    func waitForBuffers(session index: UInt32) {
+        waiters.add(index)
     }
 }

@@ -142,11 +142,14 @@ struct EndedSession {
 
 // MARK: - The fake
 
-final class FakeSessionIO: SessionIO {
+final class FakeSessionIO: WorkerBackend {
     let pool: BufferPool
     let stats: WorkerStats
     let context: SessionContext
     let table: SessionTable
+    /// The worker's own logic, over this fake: clients are accepted and
+    /// every completion is delivered through it, as in the real worker.
+    private(set) var core: WorkerCore<FakeSessionIO>!
     var limits: SessionLimits { context.limits }
 
     /// Slots lent out to "the kernel": a recv completion takes one (LIFO, so a
@@ -160,7 +163,14 @@ final class FakeSessionIO: SessionIO {
     private(set) var pendingCancels: [FakeOp] = []
     private(set) var fds: [Int32: FDRecord] = [:]
     private(set) var fdOrder: [Int32] = []
-    private(set) var waiters: [UInt32] = []
+    /// The sessions waiting for buffers, in the order the worker keeps.
+    var waiters: [UInt32] { core.waiters.elements }
+    /// The accept as the worker asks for it.
+    private(set) var acceptArms = 0
+    private(set) var acceptCancels = 0
+    private(set) var listenerClosed = false
+    /// Clients the worker refused at once (table full, stopping, a loop).
+    private(set) var refused: [Int32] = []
     private(set) var waitForBuffersCalls = 0
     private(set) var recycleCount = 0
     private(set) var violations: [String] = []
@@ -180,15 +190,21 @@ final class FakeSessionIO: SessionIO {
     private(set) var addressQueries = 0
 
     private var starting: (session: Session, key: SessionKey)?
+    private var admitted: (session: Session, key: SessionKey)?
     private var nextFD: Int32 = 100
     private var nextOpID = 1
 
-    init(limits: SessionLimits, slotCount: Int = 16, slotSize: Int = 4096, sessions: Int = 4) throws {
+    init(limits: SessionLimits, slotCount: Int = 16, slotSize: Int = 4096, sessions: Int = 4,
+         drainTimeoutMs: Int = 5_000) throws {
         pool = try BufferPool(slotSize: slotSize, slotCount: slotCount)
         stats = WorkerStats(mirrorCount: limits.mirrorCount)
         context = SessionContext(limits: limits, pool: pool, stats: stats)
         table = try SessionTable(capacity: sessions, context: context)
         freeSlots = (0..<UInt32(slotCount)).reversed()
+        core = WorkerCore(backend: self, context: context, table: table, waiters: BufferWaiters(capacity: sessions),
+                          idleTimeoutMs: limits.idleTimeoutMs, drainTimeoutMs: drainTimeoutMs, stats: stats,
+                          allStats: [stats], mirrorNames: (0..<limits.mirrorCount).map { "mirror\($0)" })
+        core.start()
     }
 
     // MARK: Violations
@@ -200,22 +216,18 @@ final class FakeSessionIO: SessionIO {
 
     // MARK: Sessions
 
-    /// Takes a session from the table and starts it on a new client descriptor.
+    /// A client arrives: the worker's accept path takes a session from the
+    /// table and starts it on a new client descriptor (nil when refused).
     @discardableResult
     func start(clientFD: Int32? = nil) -> Session? {
-        guard let session = table.take() else { return nil }
         let fd = clientFD ?? allocateFD()
-        // `start` bumps the generation first; the key is the bumped one.
-        let key = SessionKey(index: session.index, generation: session.generation &+ 1)
-        fds[fd] = FDRecord(fd: fd, target: -1, key: key)
-        fdOrder.append(fd)
-        starting = (session, key)
-        lastKey = key
-        startedKeys.append(key)
-        session.start(clientFD: fd, io: self)
+        admitted = nil
+        core.deliver(WorkerCompletion(tag: WorkerCore<FakeSessionIO>.acceptTag, result: fd, hasMore: true))
         starting = nil
-        if SessionKey(session) != key { violation("start did not bump the generation to \(key)") }
-        if !session.isActive { sessionEnded(session) }
+        guard let (session, key) = admitted else { return nil }
+        admitted = nil
+        if session.generation != key.generation { violation("start did not bump the generation to \(key)") }
+        if !session.isActive { sessionEnded(session, freed: true) }
         return session
     }
 
@@ -226,6 +238,14 @@ final class FakeSessionIO: SessionIO {
         guard let key = key ?? lastKey else { return nil }
         let session = table.sessions[Int(key.index)]
         return SessionKey(session) == key && session.isActive ? session : nil
+    }
+
+    /// The worker's tick (stop, drain deadline, accept after a pause, the
+    /// sessions' deadlines), with the fake's account of the sessions it ends.
+    func workerTick(_ mode: StopMode = .running) {
+        let active = table.sessions.filter(\.isActive)
+        core.tick(stopMode: mode)
+        for session in active where !session.isActive { sessionEnded(session, freed: true) }
     }
 
     func tickAll() {
@@ -260,13 +280,9 @@ final class FakeSessionIO: SessionIO {
         if !session.isActive { sessionEnded(session) }
     }
 
-    /// Gives slots back to sessions that waited for them, as the worker does.
+    /// Gives slots back to sessions that waited for them: the worker's own step.
     func resumeWaiters() {
-        while !waiters.isEmpty && !freeSlots.isEmpty {
-            let index = waiters.removeFirst()
-            let session = table.sessions[Int(index)]
-            session.resumeReceiving(io: self)
-        }
+        core.afterCompletions()
     }
 
     private func sessionEnded(_ session: Session, freed: Bool = false) {
@@ -488,21 +504,54 @@ final class FakeSessionIO: SessionIO {
         dispatch(tag: op.tag, result: result, selectedBuffer: selectedBuffer)
     }
 
-    /// What the worker does with one completion: the product's own path.
+    /// A completion, delivered as the worker delivers it.
     func dispatch(tag: CompletionTag, result: Int32, selectedBuffer: UInt32?) {
-        guard let kind = OperationKind(rawValue: tag.kind) else { return }
-        guard let session = table.session(for: tag) else {
-            staleCompletions += 1
-            if let slot = selectedBuffer { freeSlots.append(slot) }
-            return
-        }
+        let session = table.session(for: tag)
+        if session == nil { staleCompletions += 1 }
         // With --accept-proxy, main and the mirrors open once the client's header arrives.
         let outer = starting
-        starting = (session, SessionKey(session))
-        let delivery = table.deliver(kind, tag: tag, result: result, selectedBuffer: selectedBuffer, io: self)
+        if let session { starting = (session, SessionKey(session)) }
+        core.deliver(WorkerCompletion(tag: tag, result: result, selectedBuffer: selectedBuffer))
         starting = outer
-        if case .ended(let ended) = delivery { sessionEnded(ended, freed: true) }
+        if let session, !session.isActive { sessionEnded(session, freed: true) }
     }
+
+    // MARK: - WorkerBackend
+
+    func armAccept() -> Bool {
+        acceptArms += 1
+        return !listenerClosed
+    }
+
+    func cancelAccept() { acceptCancels += 1 }
+
+    func closeListener() { listenerClosed = true }
+
+    var buffersLent: Bool { !freeSlots.isEmpty }
+
+    /// A recv completion took the slot from `freeSlots` already.
+    func bufferTaken(_ slot: UInt32) {}
+
+    func admit(fd: Int32, session: Session) {
+        // `start` bumps the generation first; the key is the bumped one.
+        let key = SessionKey(index: session.index, generation: session.generation &+ 1)
+        fds[fd] = FDRecord(fd: fd, target: -1, key: key)
+        fdOrder.append(fd)
+        starting = (session, key)
+        admitted = (session, key)
+        lastKey = key
+        startedKeys.append(key)
+    }
+
+    func refuse(fd: Int32) { refused.append(fd) }
+
+    func isLoop(acceptedFD fd: Int32) -> Bool { false }
+
+    func connectLooped(fd: Int32, target: Int, result: Int32) -> Bool { false }
+
+    var loopCheckNeeded: Bool { false }
+
+    func tick(nowMs: UInt64) {}
 
     // MARK: - SessionIO
 
@@ -681,7 +730,7 @@ final class FakeSessionIO: SessionIO {
 
     func waitForBuffers(session index: UInt32) {
         waitForBuffersCalls += 1
-        waiters.append(index)
+        core.waiters.add(index)
     }
 
     // MARK: - End of a test
@@ -784,6 +833,11 @@ final class Simulation {
     var abortOneIn = 0
     private(set) var aborted: Set<SessionKey> = []
     var makeScript: (inout SeededGenerator) -> PeerScript = { _ in PeerScript() }
+    /// The worker is asked to stop at this step (its tick sees the request),
+    /// and "the kernel" ends its accept some steps later.
+    var stop: (atStep: Int, mode: StopMode)?
+    private var stopMode = StopMode.running
+    private var acceptEnded = false
     private(set) var steps = 0
     private(set) var timeAdvances = 0
     private(set) var enobufs = 0
@@ -809,6 +863,16 @@ final class Simulation {
         var idleRounds = 0
         while steps < maxSteps {
             steps += 1
+            if let stop, steps == stop.atStep {
+                stopMode = stop.mode
+                io.workerTick(stopMode)
+                continue
+            }
+            if stopMode != .running && !acceptEnded && rng.chance(1, in: 8) {
+                acceptEnded = true
+                io.core.deliver(WorkerCompletion(tag: WorkerCore<FakeSessionIO>.acceptTag, result: -ECANCELED))
+                continue
+            }
             if sessionsToStart > 0, io.table.freeCount > 0,
                io.table.activeCount == 0 || rng.chance(1, in: 16) {
                 sessionsToStart -= 1
@@ -840,6 +904,11 @@ final class Simulation {
                 start(makeScript(&rng))
                 continue
             }
+            if stopMode != .running && !acceptEnded {
+                acceptEnded = true
+                io.core.deliver(WorkerCompletion(tag: WorkerCore<FakeSessionIO>.acceptTag, result: -ECANCELED))
+                continue
+            }
             guard io.table.activeCount > 0 else { return true }
             // Only lingering mirrors (or nothing) can move: let time pass.
             idleRounds += 1
@@ -847,6 +916,7 @@ final class Simulation {
             timeAdvances += 1
             io.context.nowMs += UInt64(io.limits.mirrorLingerMs) + 1
             io.tickAll()
+            if stopMode != .running { io.workerTick(stopMode) }
         }
         return false
     }

@@ -223,7 +223,7 @@ struct IntegrationTests {
         var baseline = Double.infinity
         var mirroredSeconds = Double.infinity
         var mirrored: Proxy?
-        for round in 0..<2 {
+        for round in 0..<3 {
             let alone = try timedUpload(mirrors: [])
             alone.proxy.shutdown()
             baseline = min(baseline, alone.seconds)
@@ -233,14 +233,17 @@ struct IntegrationTests {
         }
         let first = try #require(mirrored)
         defer { first.shutdown() }
-        #expect(mirroredSeconds < baseline * 1.5 + 0.25,
-                "with a stalled mirror \(mirroredSeconds)s, without \(baseline)s (fastest of 2 rounds each)")
-        let streams = receivedStreams(main, count: 4)
-        #expect(streams == [StreamSignature(payload): 4])
+        // The whole suite runs beside this test on two cores: a bound that
+        // noise cannot break, still far below what a mirror able to hold the
+        // client back would cost (the stream would never end).
+        #expect(mirroredSeconds < baseline * 2 + 0.5,
+                "with a stalled mirror \(mirroredSeconds)s, without \(baseline)s (fastest of 3 rounds each)")
+        let streams = receivedStreams(main, count: 6)
+        #expect(streams == [StreamSignature(payload): 6])
         #expect(first.mirrorTotal(0) { $0.sessionsCutForLag.value } == 1)
         #expect(first.mirrorTotal(0) { $0.bytesMissed.value } > 0)
         let stalledRecords = stalled.connectionRecords()
-        #expect(stalledRecords.count == 2)
+        #expect(stalledRecords.count == 3)
     }
 
     /// 64 MiB each way, checked by digest on the client, main and two mirrors.

@@ -1,0 +1,294 @@
+import Glibc
+import Logging
+import Ring
+
+/// A completion as the worker's logic takes it, from whichever backend.
+public struct WorkerCompletion: Sendable {
+    public var tag: CompletionTag
+    public var result: Int32
+    /// The pool slot the backend received into, if any.
+    public var selectedBuffer: UInt32?
+    /// For the accept: more clients come on the same request.
+    public var hasMore: Bool
+
+    public init(tag: CompletionTag, result: Int32, selectedBuffer: UInt32? = nil, hasMore: Bool = false) {
+        self.tag = tag
+        self.result = result
+        self.selectedBuffer = selectedBuffer
+        self.hasMore = hasMore
+    }
+}
+
+/// What the worker's logic needs of its backend beyond the sessions'
+/// operations: accepting clients, the buffers lent out for receives, and
+/// the socket facts the loop guard asks about. `Worker` implements it over
+/// io_uring; the tests implement it with a scripted fake.
+public protocol WorkerBackend: SessionIO {
+    /// Start accepting: each client arrives as a completion tagged
+    /// `WorkerCore.acceptTag` (its descriptor, or a negated errno), with
+    /// `hasMore` false once the accept has ended and must be armed again.
+    /// False when there is no listener any more.
+    func armAccept() -> Bool
+    /// Stop the accept armed (on stop); its completions may still come.
+    func cancelAccept()
+    func closeListener()
+    /// Whether a receive that found no buffer can get one now.
+    var buffersLent: Bool { get }
+    /// A completion brought `slot`: it is no longer lent out.
+    func bufferTaken(_ slot: UInt32)
+    /// A new client's socket, and the session about to start on it.
+    func admit(fd: Int32, session: Session)
+    /// A client refused at once: close it.
+    func refuse(fd: Int32)
+    /// The loop guard (`LoopGuard`): whether the accepted `fd` is one of our
+    /// own connections come back (it is then refused and logged)...
+    func isLoop(acceptedFD fd: Int32) -> Bool
+    /// ... whether a connect of `fd` to `target` that completed with
+    /// `result` turned out to arrive at our own listener (it then fails
+    /// with ELOOP); and whether either needs asking now (almost never).
+    func connectLooped(fd: Int32, target: Int, result: Int32) -> Bool
+    var loopCheckNeeded: Bool { get }
+    /// Once a tick, for the backend's own gauges and logs.
+    func tick(nowMs: UInt64)
+}
+
+/// Sessions waiting for a free slot, in arrival order: shared by a worker's
+/// logic and its backend (which takes `waitForBuffers` from the sessions).
+public final class BufferWaiters {
+    private var indices: [UInt32]
+    private var head = 0
+    public private(set) var count = 0
+
+    public init(capacity: Int) { indices = Array(repeating: 0, count: max(1, capacity)) }
+
+    /// One entry per session at most (a session asks once until resumed).
+    public func add(_ index: UInt32) {
+        guard count < indices.count else { return }
+        indices[(head + count) % indices.count] = index
+        count += 1
+    }
+
+    /// The waiting sessions' indices, first first.
+    public var elements: [UInt32] { (0..<count).map { indices[(head + $0) % indices.count] } }
+
+    func next() -> UInt32? {
+        guard count > 0 else { return nil }
+        defer {
+            head = (head + 1) % indices.count
+            count -= 1
+        }
+        return indices[head]
+    }
+}
+
+/// Whether a worker is asked to stop: `graceful` lets live sessions finish
+/// (within `--drain-timeout`), `immediate` ends them at once.
+public enum StopMode: Int, Sendable { case running = 0, graceful = 1, immediate = 2 }
+
+/// The worker's own logic, sans-IO like `Session`: what to do with each
+/// completion (accept a client, or hand it to its session through the
+/// table), the sessions waiting for buffers, the tick (idle and PROXY
+/// header deadlines, mirrors lingering, the stop), and the stop itself.
+/// The thread's loop (`Worker`) waits for completions and hands them here.
+public final class WorkerCore<Backend: WorkerBackend> {
+    public static var tickMs: UInt64 { 100 }
+    /// After an accept error (out of descriptors or memory), clients wait in
+    /// the listen backlog this long before the accept is armed again.
+    public static var acceptPauseMs: UInt64 { 100 }
+    /// How often sessions are checked against the idle timeout.
+    static var idleCheckMs: UInt64 { 1_000 }
+    public static var acceptTag: CompletionTag {
+        CompletionTag(kind: OperationKind.accept.rawValue, endpoint: 0, generation: 0, slot: 0)
+    }
+    public static var acceptCancelTag: CompletionTag {
+        CompletionTag(kind: OperationKind.acceptCancel.rawValue, endpoint: 0, generation: 0, slot: 0)
+    }
+
+    /// The backend owns this and outlives it.
+    public unowned(unsafe) let backend: Backend
+    public let context: SessionContext
+    public let table: SessionTable
+    public let waiters: BufferWaiters
+    private let stats: WorkerStats
+    private let logger: Logger
+    private let idleTimeoutMs: Int
+    private let drainTimeoutMs: Int
+    /// The mirror health log is the process's: every worker's counters.
+    private let allStats: [WorkerStats]
+    private let mirrorNames: [String]
+
+    public private(set) var acceptArmed = false
+    private var acceptPausedUntilMs: UInt64 = 0
+    public private(set) var stopping = false
+    private var aborted = false
+    private var drainDeadlineMs: UInt64 = 0
+    public private(set) var nextTickMs: UInt64 = 0
+    private var nextIdleCheckMs: UInt64 = 0
+    private var rejectLog = RateLimitedLog(intervalMs: 10_000)
+    private var acceptErrorLog = RateLimitedLog(intervalMs: 5_000)
+    private var unknownCompletionLogged = false
+
+    public init(backend: Backend, context: SessionContext, table: SessionTable, waiters: BufferWaiters,
+                idleTimeoutMs: Int, drainTimeoutMs: Int, stats: WorkerStats, allStats: [WorkerStats],
+                mirrorNames: [String], logger: Logger = Logger(label: "duplicator")) {
+        self.backend = backend
+        self.context = context
+        self.table = table
+        self.waiters = waiters
+        self.idleTimeoutMs = idleTimeoutMs
+        self.drainTimeoutMs = drainTimeoutMs
+        self.stats = stats
+        self.allStats = allStats
+        self.mirrorNames = mirrorNames
+        self.logger = logger
+    }
+
+    /// Every session has ended and nothing more will be accepted: the loop may end.
+    public var isFinished: Bool { stopping && table.activeCount == 0 && !acceptArmed }
+
+    public func start() {
+        nextTickMs = context.nowMs + Self.tickMs
+        armAccept()
+    }
+
+    // MARK: - Completions
+
+    /// What to do with one completion: the accept's, or a session's.
+    @inline(__always)
+    public func deliver(_ completion: WorkerCompletion) {
+        let tag = completion.tag
+        guard let kind = OperationKind(rawValue: tag.kind) else {
+            unknownCompletion(completion)
+            return
+        }
+        switch kind {
+        case .accept:
+            accepted(completion)
+            return
+        case .acceptCancel:
+            return
+        default:
+            break
+        }
+        if let slot = completion.selectedBuffer { backend.bufferTaken(slot) }
+        var result = completion.result
+        if kind == .connect && backend.loopCheckNeeded, let session = table.session(for: tag) {
+            let leg = Int(tag.endpoint)
+            if backend.connectLooped(fd: session.legs[leg].fd, target: leg - 1, result: result) { result = -ELOOP }
+        }
+        if case .stale = table.deliver(kind, tag: tag, result: result, selectedBuffer: completion.selectedBuffer, io: backend),
+           let slot = completion.selectedBuffer {
+            // A late completion of a session that has ended: its buffer, if
+            // one was picked for it, goes straight back.
+            backend.recycle(slot: slot)
+        }
+    }
+
+    /// After a batch of completions: the sessions that waited for buffers
+    /// read again, in the order they asked, while any are lent.
+    public func afterCompletions() {
+        while backend.buffersLent, let index = waiters.next() {
+            table.sessions[Int(index)].resumeReceiving(io: backend)
+        }
+    }
+
+    /// A completion of no operation we submit: count it, say so once, and
+    /// give back the buffer that may have been picked for it.
+    private func unknownCompletion(_ completion: WorkerCompletion) {
+        stats.completionsUnknown.bump()
+        if let slot = completion.selectedBuffer {
+            backend.bufferTaken(slot)
+            backend.recycle(slot: slot)
+        }
+        guard !unknownCompletionLogged else { return }
+        unknownCompletionLogged = true
+        logger.error("a completion of no known operation (tag \(completion.tag.rawValue), result \(completion.result)) was ignored; this is a bug, please report it (further ones are counted in duplicator_completions_unknown_total)")
+    }
+
+    // MARK: - Accepting
+
+    private func armAccept() {
+        acceptArmed = backend.armAccept()
+    }
+
+    private func accepted(_ completion: WorkerCompletion) {
+        if completion.result >= 0 {
+            let fd = completion.result
+            if backend.isLoop(acceptedFD: fd) {
+                stats.loopsRefused.bump()
+                backend.refuse(fd: fd)
+            } else if !stopping, let session = table.take() {
+                backend.admit(fd: fd, session: session)
+                session.start(clientFD: fd, io: backend)
+                if !session.isActive { table.free(session) }
+            } else {
+                stats.sessionsRejected.bump()
+                backend.refuse(fd: fd)
+                if !stopping && rejectLog.allow(nowMs: context.nowMs) {
+                    let note = "refusing clients: all \(table.capacity) sessions this worker's memory bound admits are live "
+                        + "(--max-memory, --max-sessions)\(rejectLog.suppressedNote)"
+                    logger.warning("\(note)")
+                }
+            }
+        } else if !(stopping && completion.result == -ECANCELED) {
+            stats.acceptErrors.bump()
+            if acceptErrorLog.allow(nowMs: context.nowMs) {
+                logger.warning("accept failed: \(RingError.describe(errno: -completion.result))\(acceptErrorLog.suppressedNote)")
+            }
+        }
+        guard !completion.hasMore else { return }
+        // The accept ended.
+        acceptArmed = false
+        if stopping {
+            backend.closeListener()
+        } else if completion.result < 0 {
+            // Out of descriptors or memory: retrying at once would spin a
+            // core. Clients wait in the listen backlog meanwhile.
+            acceptPausedUntilMs = context.nowMs + Self.acceptPauseMs
+        } else {
+            armAccept()
+        }
+    }
+
+    // MARK: - Time
+
+    /// Once `nextTickMs` has come: gauges and logs, the stop, the accept
+    /// after a pause, and the sessions' deadlines.
+    public func tick(stopMode mode: StopMode) {
+        nextTickMs = context.nowMs + Self.tickMs
+        backend.tick(nowMs: context.nowMs)
+        for (index, mirror) in stats.mirrors.enumerated() {
+            mirror.backingOff.store(context.mirrorIsBackingOff(index) ? 1 : 0, ordering: .relaxed)
+        }
+        context.mirrorHealth.log(workers: allStats, names: mirrorNames, nowMs: context.nowMs, logger: logger)
+        if mode != .running && !stopping {
+            stopping = true
+            drainDeadlineMs = context.nowMs + UInt64(drainTimeoutMs)
+            if acceptArmed { backend.cancelAccept() } else { backend.closeListener() }
+        }
+        if stopping && !aborted && (mode == .immediate || context.nowMs >= drainDeadlineMs) {
+            aborted = true
+            forEachSession(where: { _ in true }) { $0.abort(io: backend) }
+        }
+        if !stopping && !acceptArmed && context.nowMs >= acceptPausedUntilMs { armAccept() }
+        if idleTimeoutMs > 0 && context.nowMs >= nextIdleCheckMs {
+            nextIdleCheckMs = context.nowMs + min(Self.idleCheckMs, UInt64(max(1, idleTimeoutMs / 4)))
+            forEachSession(where: { !$0.isEnding }) { $0.checkIdle(io: backend) }
+        }
+        if context.sessionsAwaitingProxyHeader > 0 {
+            forEachSession(where: { $0.isAwaitingProxyHeader }) { $0.checkProxyHeaderDeadline(io: backend) }
+        }
+        if context.sessionsEnding > 0 {
+            forEachSession(where: { $0.isEnding }) { $0.tick(io: backend) }
+        }
+    }
+
+    /// Runs `body` on each active session that `filter` picks, and frees those that ended.
+    @inline(__always)
+    private func forEachSession(where filter: (Session) -> Bool, _ body: (Session) -> Void) {
+        for session in table.sessions where session.isActive && filter(session) {
+            body(session)
+            if !session.isActive { table.free(session) }
+        }
+    }
+}
