@@ -57,7 +57,10 @@ public struct Config: Sendable {
     /// it, and it is not forwarded as client bytes.
     public var acceptProxy = false
     /// With `acceptProxy`, a client whose whole header has not arrived by then is closed.
-    public var proxyHeaderTimeoutMs = 3_000
+    public var proxyHeaderTimeoutMs = Self.proxyHeaderTimeoutMsDefault
+    /// Balancers send the header with the connection's first segment: a
+    /// few seconds is ample, and short enough that idle probes do not pile up.
+    public static let proxyHeaderTimeoutMsDefault = 3_000
     /// Free slots lent to the kernel at a time, at most (see `ProvidedBuffers`).
     public var providedWindowSlots = 512
 

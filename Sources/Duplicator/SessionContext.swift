@@ -34,7 +34,8 @@ public struct SessionLimits: Sendable {
                 backlogBytesMax: Int = 4 << 20, backlogChunksMax: Int = 256, readAheadChunks: Int = 2,
                 mirrorLingerMs: Int = 2_000, idleTimeoutMs: Int = 0, mirrorFailuresBeforeBackoff: Int = 3,
                 mirrorBackoffInitialMs: Int = 250, mirrorBackoffMaxMs: Int = 30_000,
-                sendProxy: ProxyProtocol.Version? = nil, acceptProxy: Bool = false, proxyHeaderTimeoutMs: Int = 3_000) {
+                sendProxy: ProxyProtocol.Version? = nil, acceptProxy: Bool = false,
+                proxyHeaderTimeoutMs: Int = Config.proxyHeaderTimeoutMsDefault) {
         self.sendProxy = sendProxy
         self.acceptProxy = acceptProxy
         self.proxyHeaderTimeoutMs = proxyHeaderTimeoutMs

@@ -105,7 +105,7 @@ struct ProxyOptions: ParsableArguments {
     var acceptProxy = false
 
     @Option(name: .customLong("proxy-header-timeout"), parsing: .unconditional, help: "With --accept-proxy: close a client whose header has not arrived in this long.")
-    var proxyHeaderTimeout: String = "3s"
+    var proxyHeaderTimeout: String = "\(Config.proxyHeaderTimeoutMsDefault)ms"
 
     @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, io_uring, locked memory), then exit.")
     var check = false

@@ -56,3 +56,33 @@ struct HelpAndVersionTests {
         #expect(proxy.signalAndWait(SIGTERM) == 0)
     }
 }
+
+/// The README's tables of flags against what the binary parses.
+@Suite("README: the flags tables follow the code")
+struct ReadmeFlagsTests {
+    @Test("every option of duplicator --help has a row in the README, with the default --help shows")
+    func everyOptionIsDocumented() throws {
+        let dump = try runProgram(try builtBinary("duplicator"), ["--experimental-dump-help"])
+        #expect(dump.status == 0)
+        struct Name: Decodable { let kind: String; let name: String }
+        struct Argument: Decodable { let names: [Name]?; let defaultValue: String?; let shouldDisplay: Bool }
+        struct Command: Decodable { let arguments: [Argument] }
+        struct Dump: Decodable { let command: Command }
+        let command = try JSONDecoder().decode(Dump.self, from: Data(dump.standardOutput.utf8)).command
+        let readmePath = DistTests.root + "/README.md"
+        let readme = try String(contentsOfFile: readmePath, encoding: .utf8)
+        let rows = readme.split(separator: "\n").filter { $0.hasPrefix("| `-") }
+        var checked = 0
+        for argument in command.arguments where argument.shouldDisplay {
+            guard let long = argument.names?.first(where: { $0.kind == "long" })?.name,
+                  !["help", "version"].contains(long) else { continue }
+            let row = rows.first { $0.contains("`--\(long)`") }
+            #expect(row != nil, "--\(long) has no row in README.md's flags tables")
+            if let row, let value = argument.defaultValue {
+                #expect(row.contains("`\(value)`"), "README's row for --\(long) does not say its default \(value): \(row)")
+            }
+            checked += 1
+        }
+        #expect(checked >= 20)
+    }
+}
