@@ -86,3 +86,29 @@ struct ReadmeFlagsTests {
         #expect(checked >= 20)
     }
 }
+
+@Suite("CLI: --check says what the PROXY protocol flags do")
+struct CheckProxyProtocolTests {
+    @Test("--check names the PROXY protocol in and out; bad values get one line")
+    func check() throws {
+        let binary = try builtBinary("duplicator")
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let base = ["--check", "-l", "127.0.0.1:0", "-f", "127.0.0.1:\(main.boundPort)", "--threads", "1", "--max-memory", "8MiB"]
+        let both = try runProgram(binary, base + ["--accept-proxy", "--send-proxy", "v2"])
+        #expect(both.status == 0, "\(both.standardError)")
+        #expect(both.standardOutput.contains("expects a PROXY protocol header (v1 or v2) from every client, "
+            + "sends a PROXY protocol v2 header to main and mirrors"), "\(both.standardOutput)")
+        let plain = try runProgram(binary, base)
+        #expect(plain.status == 0 && !plain.standardOutput.contains("PROXY"), "\(plain.standardOutput)")
+        for (arguments, expected) in [(["--send-proxy", "v3"], "'v3' is invalid for '--send-proxy"),
+                                      (["--send-proxy"], "Missing value for '--send-proxy"),
+                                      (["--proxy-header-timeout", "0"], "--proxy-header-timeout must be from 1ms to 10m"),
+                                      (["--proxy-header-timeout", "-1s"], "--proxy-header-timeout '-1s': negative durations are refused"),
+                                      (["--proxy-header-timeout", "soon"], "duration 'soon'")] {
+            let result = try runProgram(binary, base + arguments)
+            #expect(result.status != 0, "\(arguments)")
+            #expect(result.errorLines.count == 1 && result.standardError.contains(expected), "\(arguments): \(result.standardError)")
+        }
+    }
+}
