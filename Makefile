@@ -66,7 +66,7 @@ dist-build: deps
 dist: dist-build
 	rm -rf dist/$(DIST_NAME)
 	scripts/stage.sh $(DIST_BIN) dist/$(DIST_NAME) dist/$(DIST_NAME)
-	tar -C dist --owner=0 --group=0 --numeric-owner -czf dist/$(DIST_NAME).tar.gz $(DIST_NAME)
+	tar -C dist --sort=name --owner=0 --group=0 --numeric-owner -czf dist/$(DIST_NAME).tar.gz $(DIST_NAME)
 	@echo "dist/$(DIST_NAME).tar.gz"
 
 # The same layout under $(DESTDIR)$(PREFIX); LICENSE and README.md in share/doc/duplicator.

@@ -18,6 +18,9 @@ public enum Defaults {
     public static let mirrorDrainBatchBytes = 64 << 10
     public static let waitBatch = 1
     public static let waitBatchTimeoutUs = 50
+    /// Balancers send the PROXY protocol header with the connection's first
+    /// segment: a few seconds is ample, and short enough that idle probes
+    /// do not pile up.
     public static let proxyHeaderTimeoutMs = 3_000
     public static let mirrorFailuresBeforeBackoff = 3
     public static let mirrorBackoffInitialMs = 250

@@ -208,12 +208,21 @@ struct ProxyOptions: ParsableArguments {
             print("configuration ok: listening on \(proxy.listenAddress) would work, main \(config.main), "
                 + "\(config.mirrors.count) mirrors, \(config.threads) workers with io_uring (\(proxy.ringSetupMode)), "
                 + "each admitting \(config.sessionsPerWorker) sessions with a pool of up to "
-                + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB")
+                + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB" + Self.proxyProtocolNote(config))
             return
         }
         let metricsNote = metricsServer.map { ", metrics on http://\($0.address)/metrics" } ?? ""
         logger.info("listening on \(proxy.listenAddress), main \(config.main), mirrors \(config.mirrors.map(\.text))\(metricsNote)")
         serve(proxy, statsIntervalMs: statsIntervalMs, logger: logger)
+    }
+
+    /// What --check says of the PROXY protocol, so that an operator sees
+    /// what main and the mirrors must expect before cutting traffic over.
+    static func proxyProtocolNote(_ config: Config) -> String {
+        var parts: [String] = []
+        if config.acceptProxy { parts.append("expects a PROXY protocol header (v1 or v2) from every client") }
+        if let version = config.sendProxy { parts.append("sends a PROXY protocol \(version.rawValue) header to main and mirrors") }
+        return parts.isEmpty ? "" : "; " + parts.joined(separator: ", ")
     }
 
     /// Waits for signals (see `Signals`): the first SIGINT/SIGTERM stops

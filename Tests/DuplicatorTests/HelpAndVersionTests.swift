@@ -56,3 +56,59 @@ struct HelpAndVersionTests {
         #expect(proxy.signalAndWait(SIGTERM) == 0)
     }
 }
+
+/// The README's tables of flags against what the binary parses.
+@Suite("README: the flags tables follow the code")
+struct ReadmeFlagsTests {
+    @Test("every option of duplicator --help has a row in the README, with the default --help shows")
+    func everyOptionIsDocumented() throws {
+        let dump = try runProgram(try builtBinary("duplicator"), ["--experimental-dump-help"])
+        #expect(dump.status == 0)
+        struct Name: Decodable { let kind: String; let name: String }
+        struct Argument: Decodable { let names: [Name]?; let defaultValue: String?; let shouldDisplay: Bool }
+        struct Command: Decodable { let arguments: [Argument] }
+        struct Dump: Decodable { let command: Command }
+        let command = try JSONDecoder().decode(Dump.self, from: Data(dump.standardOutput.utf8)).command
+        let readmePath = DistTests.root + "/README.md"
+        let readme = try String(contentsOfFile: readmePath, encoding: .utf8)
+        let rows = readme.split(separator: "\n").filter { $0.hasPrefix("| `-") }
+        var checked = 0
+        for argument in command.arguments where argument.shouldDisplay {
+            guard let long = argument.names?.first(where: { $0.kind == "long" })?.name,
+                  !["help", "version"].contains(long) else { continue }
+            let row = rows.first { $0.contains("`--\(long)`") }
+            #expect(row != nil, "--\(long) has no row in README.md's flags tables")
+            if let row, let value = argument.defaultValue {
+                #expect(row.contains("`\(value)`"), "README's row for --\(long) does not say its default \(value): \(row)")
+            }
+            checked += 1
+        }
+        #expect(checked >= 20)
+    }
+}
+
+@Suite("CLI: --check says what the PROXY protocol flags do")
+struct CheckProxyProtocolTests {
+    @Test("--check names the PROXY protocol in and out; bad values get one line")
+    func check() throws {
+        let binary = try builtBinary("duplicator")
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let base = ["--check", "-l", "127.0.0.1:0", "-f", "127.0.0.1:\(main.boundPort)", "--threads", "1", "--max-memory", "8MiB"]
+        let both = try runProgram(binary, base + ["--accept-proxy", "--send-proxy", "v2"])
+        #expect(both.status == 0, "\(both.standardError)")
+        #expect(both.standardOutput.contains("expects a PROXY protocol header (v1 or v2) from every client, "
+            + "sends a PROXY protocol v2 header to main and mirrors"), "\(both.standardOutput)")
+        let plain = try runProgram(binary, base)
+        #expect(plain.status == 0 && !plain.standardOutput.contains("PROXY"), "\(plain.standardOutput)")
+        for (arguments, expected) in [(["--send-proxy", "v3"], "'v3' is invalid for '--send-proxy"),
+                                      (["--send-proxy"], "Missing value for '--send-proxy"),
+                                      (["--proxy-header-timeout", "0"], "--proxy-header-timeout must be from 1ms to 10m"),
+                                      (["--proxy-header-timeout", "-1s"], "--proxy-header-timeout '-1s': negative durations are refused"),
+                                      (["--proxy-header-timeout", "soon"], "duration 'soon'")] {
+            let result = try runProgram(binary, base + arguments)
+            #expect(result.status != 0, "\(arguments)")
+            #expect(result.errorLines.count == 1 && result.standardError.contains(expected), "\(arguments): \(result.standardError)")
+        }
+    }
+}

@@ -327,3 +327,28 @@ struct ProxyProtocolPeerTests {
         #expect(main.connections == [Array("ping\n".utf8)])
     }
 }
+
+@Suite("PROXY protocol on a dual-stack listener")
+struct ProxyProtocolDualStackTests {
+    @Test("--send-proxy on [::]: an IPv4 client is sent as TCP4, an IPv6 one as TCP6", arguments: ProxyProtocol.Version.allCases)
+    func dualStack(version: ProxyProtocol.Version) throws {
+        let main = try RecordingServer()
+        let proxy = try startProxy(main: main.port, mirrors: []) {
+            $0.listen = try! Endpoint(parsing: "[::]:0", role: .listen)
+            $0.sendProxy = version
+            $0.threads = 1
+        }
+        defer { proxy.shutdown() }
+        for host in ["127.0.0.1", "::1"] {
+            let client = try LoopbackClient(host: host, port: proxy.port)
+            client.send(Array("x".utf8))
+            shutdown(client.fd, Int32(SHUT_WR))
+            _ = client.readToEnd()
+            let addresses = ProxyAddresses(source: ProxyProtocolTests.address(host, client.localPort),
+                                           destination: ProxyProtocolTests.address(host, proxy.port))
+            let header = ProxyProtocolTests.encode(version, addresses)
+            #expect(eventually(timeoutSeconds: 5) { main.connections.contains(header + Array("x".utf8)) },
+                    "\(host): main got \(main.connections.map { $0.prefix(60) })")
+        }
+    }
+}

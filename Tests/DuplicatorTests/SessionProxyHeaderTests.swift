@@ -211,3 +211,74 @@ struct SessionProxyHeaderTests {
         io.expectQuiescent()
     }
 }
+
+@Suite("Session: PROXY protocol under random interleavings and faults")
+struct SessionProxyHeaderSimulationTests {
+    @Test("headers in random pieces, garbage, aborts and mirror faults: every promise holds, and main gets header and bytes",
+          arguments: 0..<4)
+    func randomized(shard: Int) throws {
+        var completed = 0
+        var refused = 0
+        for seed in UInt64(14_000 + shard * 15)..<UInt64(14_000 + shard * 15 + 15) {
+            var setup = SeededGenerator(seed: seed)
+            let mirrorCount = Int.random(in: 0...2, using: &setup)
+            let version = ProxyProtocol.Version.allCases.randomElement(using: &setup)!
+            let limits = SessionLimits(mirrorCount: mirrorCount, backlogBytesMax: 1 << 20, backlogChunksMax: 8,
+                                       readAheadChunks: 2, mirrorLingerMs: 1_000, mirrorFailuresBeforeBackoff: 2,
+                                       sendProxy: version, acceptProxy: true)
+            let io = try FakeSessionIO(limits: limits, slotCount: 8, sessions: 3)
+            let simulation = Simulation(io: io, seed: seed)
+            simulation.sessionsToStart = 4
+            // Half the seeds also abort sessions at random moments, header awaited or not.
+            simulation.abortOneIn = seed % 2 == 0 ? 0 : 150
+            // What each session's client is, by the script's client bytes.
+            var expected: [[UInt8]: [UInt8]?] = [:]
+            simulation.makeScript = { rng in
+                var script = PeerScript()
+                let data = TestBytes.random(Int.random(in: 0...5_000, using: &rng), using: &rng)
+                let source = TestBytes.random(16, using: &rng)
+                let addresses = ProxyAddresses(
+                    source: source.withUnsafeBytes { ProxyAddress(family: .ipv6, networkBytes: $0, port: UInt16.random(in: 1...65535, using: &rng)) },
+                    destination: ProxyProtocolTests.address("2001:db8::1", 443))
+                if rng.chance(1, in: 5) {
+                    script.client = Array("GARBAGE ".utf8) + data
+                    expected[script.client] = .some(nil)
+                } else {
+                    let incoming = ProxyProtocolTests.encode(rng.chance(1, in: 2) ? .v1 : .v2, addresses)
+                    script.client = incoming + data
+                    expected[script.client] = .some(ProxyProtocolTests.encode(version, addresses.sameFamily) + data)
+                }
+                script.main = TestBytes.random(Int.random(in: 0...3_000, using: &rng), using: &rng)
+                script.chunkMax = Int.random(in: 7...900, using: &rng)
+                script.mirrors = (0..<mirrorCount).map { _ in MirrorBehavior.all.randomElement(using: &rng)! }
+                return script
+            }
+            #expect(simulation.run(), "seed \(seed): stuck; pending \(io.pending)")
+            io.expectQuiescent()
+            #expect(io.context.sessionsAwaitingProxyHeader == 0)
+            for key in io.startedKeys {
+                let script = try #require(io.scripts[key])
+                let ended = try #require(io.ended[key])
+                let wasAborted = simulation.aborted.contains(key)
+                guard let upstream = expected[script.client] ?? nil else {
+                    #expect(ended.cause == .badProxyHeader || (wasAborted && ended.cause == .aborted), "seed \(seed) \(key)")
+                    #expect(io.record(.main, key) == nil, "seed \(seed) \(key): garbage never reaches main")
+                    refused += ended.cause == .badProxyHeader ? 1 : 0
+                    continue
+                }
+                #expect(ended.cause == .completed || (wasAborted && ended.cause == .aborted), "seed \(seed) \(key) \(String(describing: ended.cause))")
+                if ended.cause == .completed {
+                    completed += 1
+                    #expect(io.sent(to: .main, key) == upstream, "seed \(seed) \(key)")
+                    #expect(io.sent(to: .client, key) == script.main)
+                } else {
+                    #expect(io.sent(to: .main, key).isPrefix(of: upstream))
+                }
+                for mirror in 0..<mirrorCount {
+                    #expect(io.sent(to: .mirror(mirror), key).isPrefix(of: upstream), "seed \(seed) \(key)")
+                }
+            }
+        }
+        #expect(completed > 20 && refused > 0, "\(completed) completed, \(refused) refused")
+    }
+}
