@@ -46,8 +46,9 @@ final class Worker: WorkerBackend {
     private let targetAddresses: UnsafeMutablePointer<sockaddr_storage>
     private var listenerFD: Int32
     private let drainBuffer: UnsafeMutableRawPointer
-    private let mainTimeout: RingTimeout
-    private let mirrorTimeout: RingTimeout
+    /// The kernel reads a linked timeout's duration at submission: one
+    /// stable copy per duration the sessions ask for (main's and the mirrors').
+    private var connectTimeouts: [RingTimeout]
     private var growthErrorLogged = false
     private let waiters: BufferWaiters
     /// The worker's logic; it drives the sessions, this carries out their operations.
@@ -83,8 +84,8 @@ final class Worker: WorkerBackend {
         let table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
         waiters = BufferWaiters(capacity: config.sessionsPerWorker)
         drainBuffer = .allocate(byteCount: Self.drainBufferBytes, alignment: 4096)
-        mainTimeout = RingTimeout(milliseconds: config.mainConnectTimeoutMs)
-        mirrorTimeout = RingTimeout(milliseconds: config.mirrorConnectTimeoutMs)
+        connectTimeouts = [RingTimeout(milliseconds: config.mainConnectTimeoutMs),
+                           RingTimeout(milliseconds: config.mirrorConnectTimeoutMs)]
         core = WorkerCore(backend: self, context: context, table: table, waiters: waiters,
                           idleTimeoutMs: config.idleTimeoutMs, drainTimeoutMs: config.drainTimeoutMs, stats: stats,
                           allStats: allStats, mirrorNames: config.mirrors.map(\.text), logger: logger)
@@ -250,10 +251,18 @@ final class Worker: WorkerBackend {
             loopGuard.connecting(fd: fd, to: targets[target])
             loopRecords[fd] = .connecting
         }
-        let timeout = timeoutMs == 0 ? nil : (target == 0 ? mainTimeout : mirrorTimeout)
+        let timeout = timeoutMs == 0 ? nil : connectTimeout(milliseconds: timeoutMs)
         let address = UnsafeRawPointer(targetAddresses + target).assumingMemoryBound(to: sockaddr.self)
         ring.prepareConnect(fd: fd, address: address, length: targets[target].length, tag: tag, timeout: timeout,
                             timeoutTag: timeoutTag)
+    }
+
+    /// The timeout of `milliseconds` the session asked for, whatever leg it is for.
+    private func connectTimeout(milliseconds: Int) -> RingTimeout {
+        if let known = connectTimeouts.first(where: { $0.milliseconds == milliseconds }) { return known }
+        let timeout = RingTimeout(milliseconds: milliseconds)
+        connectTimeouts.append(timeout)
+        return timeout
     }
 
     @inline(__always)
