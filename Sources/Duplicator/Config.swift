@@ -3,6 +3,8 @@ public struct Config: Sendable {
     public var listen: Endpoint
     public var main: Endpoint
     public var mirrors: [Endpoint]
+    /// Per mirror, the percentage of sessions it gets (`-m ADDR@P%`); empty: all.
+    public var mirrorSamplePercents: [Double] = []
     /// goduplicator's `-t`: a mirror that has not connected by then is dropped for the session.
     public var mirrorConnectTimeoutMs = 500
     /// 0: the kernel's own (minutes). Main failing to connect closes the client.
@@ -99,6 +101,14 @@ public struct Config: Sendable {
         guard (1...100_000).contains(waitBatchTimeoutUs) else {
             throw ConfigError("--wait-batch-timeout must be from 1us to 100ms")
         }
+        if !mirrorSamplePercents.isEmpty {
+            guard mirrorSamplePercents.count == mirrors.count else {
+                throw ConfigError("\(mirrorSamplePercents.count) sampling percentages for \(mirrors.count) mirrors")
+            }
+            for percent in mirrorSamplePercents where !(percent > 0 && percent <= 100) {
+                throw ConfigError("a mirror's sampling percentage must be above 0% and at most 100%, got \(percent)%")
+            }
+        }
         guard mirrors.count <= 64 else { throw ConfigError("at most 64 mirrors, got \(mirrors.count)") }
         guard (4096...(1 << 20)).contains(slotSize) else {
             throw ConfigError("--slot-size must be from 4KiB to 1MiB, got \(slotSize)")
@@ -133,11 +143,13 @@ public struct Config: Sendable {
     }
 
     var limits: SessionLimits {
-        SessionLimits(mirrorCount: mirrors.count, mainConnectTimeoutMs: mainConnectTimeoutMs,
+        var limits = SessionLimits(mirrorCount: mirrors.count, mainConnectTimeoutMs: mainConnectTimeoutMs,
                       mirrorConnectTimeoutMs: mirrorConnectTimeoutMs, backlogBytesMax: backlogBytesMax,
                       backlogChunksMax: backlogChunksMax, readAheadChunks: Self.readAheadChunks,
                       mirrorLingerMs: mirrorLingerMs, idleTimeoutMs: idleTimeoutMs,
                       mirrorFailuresBeforeBackoff: mirrorFailuresBeforeBackoff,
                       mirrorBackoffInitialMs: mirrorBackoffInitialMs, mirrorBackoffMaxMs: mirrorBackoffMaxMs)
+        limits.mirrorSampleThresholds = mirrorSamplePercents.map { MirrorSampling.threshold(percent: $0) }
+        return limits
     }
 }

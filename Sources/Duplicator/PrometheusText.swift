@@ -48,6 +48,7 @@ public enum PrometheusText {
             family(name, type, help, mirrors.map { ("mirror=\"\(escape($0.name))\"", value($0)) })
         }
         perMirror("duplicator_mirror_sessions_total", "counter", "Sessions whose connect to the mirror succeeded.") { $0.sessionsMirrored }
+        perMirror("duplicator_mirror_sampled_out_sessions_total", "counter", "Sessions the mirror was left out of by its sampling (-m ADDR@P%).") { $0.sessionsSampledOut }
         perMirror("duplicator_mirror_bytes_total", "counter", "Client bytes sent to the mirror.") { $0.bytesSent }
         perMirror("duplicator_mirror_lag_cuts_total", "counter", "Sessions in which the mirror fell more than its backlog behind (or was still behind when its linger ended) and was cut.") { $0.sessionsCutForLag }
         perMirror("duplicator_mirror_pool_share_cuts_total", "counter", "Sessions in which the mirror was cut because mirrors held their share of the pool and it lagged most.") { $0.sessionsCutForPoolShare }

@@ -51,6 +51,8 @@ public final class Session {
         /// Main after the client failed: like a mirror, it gets what the
         /// client sent before the failure, then SHUT_WR, its replies drained.
         var flushing = false
+        /// A mirror this session was not chosen for (`-m ADDR@P%`): closed, nothing missed.
+        var sampledOut = false
         var queue: SendQueue
     }
 
@@ -143,6 +145,12 @@ public final class Session {
         for mirror in 0..<context.limits.mirrorCount {
             let leg = Self.firstMirror + mirror
             let mirrorStats = stats.mirrors[mirror]
+            guard context.mirrorIsSampled(mirror) else {
+                mirrorStats.sessionsSampledOut.bump()
+                legs[leg].phase = .closed
+                legs[leg].sampledOut = true
+                continue
+            }
             guard context.mirrorIsTried(mirror) else {
                 mirrorStats.sessionsSkipped.bump()
                 legs[leg].phase = .closed

@@ -38,6 +38,8 @@ public final class WorkerStats: Sendable {
 
 /// Counters of one mirror, in one worker.
 public final class MirrorStats: Sendable {
+    /// Sessions this mirror was left out of by its sampling (`-m ADDR@P%`).
+    public let sessionsSampledOut = Atomic<UInt64>(0)
     /// Sessions whose connect to this mirror succeeded.
     public let sessionsMirrored = Atomic<UInt64>(0)
     public let bytesSent = Atomic<UInt64>(0)

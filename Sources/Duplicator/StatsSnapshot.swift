@@ -3,6 +3,7 @@ public struct StatsSnapshot: Sendable, Equatable {
     public struct Mirror: Sendable, Equatable {
         public var name: String
         public var sessionsMirrored: UInt64 = 0
+        public var sessionsSampledOut: UInt64 = 0
         public var bytesSent: UInt64 = 0
         public var sessionsCutForLag: UInt64 = 0
         public var sessionsCutForPoolShare: UInt64 = 0
@@ -62,6 +63,7 @@ public struct StatsSnapshot: Sendable, Equatable {
             poolExhausted += worker.poolExhausted.value
             for (index, mirror) in worker.mirrors.enumerated() where index < mirrors.count {
                 mirrors[index].sessionsMirrored += mirror.sessionsMirrored.value
+                mirrors[index].sessionsSampledOut += mirror.sessionsSampledOut.value
                 mirrors[index].bytesSent += mirror.bytesSent.value
                 mirrors[index].sessionsCutForLag += mirror.sessionsCutForLag.value
                 mirrors[index].sessionsCutForPoolShare += mirror.sessionsCutForPoolShare.value

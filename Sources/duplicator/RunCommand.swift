@@ -29,7 +29,7 @@ struct RunCommand: ParsableCommand {
     @Option(name: [.customShort("f"), .customLong("forward")], help: ArgumentHelp("The main server: its replies go back to the client. :port means localhost.", valueName: "forward"))
     var forward: [String] = []
 
-    @Option(name: [.customShort("m"), .customLong("mirror")], help: "A mirror server; repeat or separate with commas for several.")
+    @Option(name: [.customShort("m"), .customLong("mirror")], help: "A mirror server; repeat or separate with commas for several. ADDR@P% mirrors only about P% of the sessions (chosen per session), e.g. :8082@10%.")
     var mirror: [String] = []
 
     @Option(name: [.customShort("t"), .customLong("timeout")], parsing: .unconditional, help: "Mirror connect timeout, Go-style (500ms, 2s).")
@@ -109,14 +109,18 @@ struct RunCommand: ParsableCommand {
         let listen = try Self.single(listen, "-l", "the address to listen on")
         let forward = try Self.single(forward, "-f", "the main server")
         var mirrors: [Endpoint] = []
+        var samplePercents: [Double] = []
         for part in mirror.flatMap({ $0.split(separator: ",", omittingEmptySubsequences: false) }) {
             let text = String(part.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
             guard !text.isEmpty else { throw ConfigError("-m: empty mirror address in '\(mirror.joined(separator: ","))'") }
-            mirrors.append(try Endpoint(parsing: text, role: .connect))
+            let (address, percent) = try MirrorSampling.parse(text)
+            mirrors.append(try Endpoint(parsing: address, role: .connect))
+            samplePercents.append(percent ?? 100)
         }
         var config = Config(listen: try Endpoint(parsing: listen, role: .listen),
                             main: try Endpoint(parsing: forward, role: .connect),
                             mirrors: mirrors)
+        if samplePercents.contains(where: { $0 < 100 }) { config.mirrorSamplePercents = samplePercents }
         config.mirrorConnectTimeoutMs = try Self.milliseconds(timeout, "-t")
         config.mainConnectTimeoutMs = try Self.milliseconds(mainConnectTimeout, "--main-connect-timeout")
         config.backlogBytesMax = try SizeParser.bytes(backlog)

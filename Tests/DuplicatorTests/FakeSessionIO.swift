@@ -189,10 +189,11 @@ final class FakeSessionIO: SessionIO {
     private var nextFD: Int32 = 100
     private var nextOpID = 1
 
-    init(limits: SessionLimits, slotCount: Int = 16, slotSize: Int = 4096, sessions: Int = 4) throws {
+    init(limits: SessionLimits, slotCount: Int = 16, slotSize: Int = 4096, sessions: Int = 4,
+         samplingSeed: UInt64 = 1) throws {
         pool = try BufferPool(slotSize: slotSize, slotCount: slotCount)
         stats = WorkerStats(mirrorCount: limits.mirrorCount)
-        context = SessionContext(limits: limits, pool: pool, stats: stats)
+        context = SessionContext(limits: limits, pool: pool, stats: stats, samplingSeed: samplingSeed)
         table = try SessionTable(capacity: sessions, context: context)
         freeSlots = (0..<UInt32(slotCount)).reversed()
     }
