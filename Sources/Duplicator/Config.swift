@@ -33,6 +33,12 @@ public struct Config: Sendable {
     /// (SO_RCVLOWAT on the mirror's socket); its EOF and errors wake it at
     /// once. 0: every reply wakes it.
     public var mirrorDrainBatchBytes = 64 * 1024
+    /// `--compare`: compare each mirror's reply stream with main's, per session.
+    public var compare = false
+    /// With `compare`: what each (session, mirror) may keep of the stream
+    /// that runs ahead; a pair further apart is `incomplete`. Reserved per
+    /// session at start (address space; resident only where a mirror lags).
+    public var compareWindowBytes = 64 * 1024
     /// How long a graceful stop waits for live sessions.
     public var drainTimeoutMs = 5_000
     public var ringEntries = 1024
@@ -62,6 +68,17 @@ public struct Config: Sendable {
     /// main that stops reading). Admission reserves this much per session.
     static let sessionSlotsMax = 2 * readAheadChunks
     static let readAheadChunks = 2
+
+    /// SO_RCVLOWAT of mirror sockets. With `--compare` each reply is read
+    /// as it comes: replies held back in the kernel would let main's stream
+    /// run ahead past the comparison window.
+    var mirrorReceiveLowWaterBytes: Int { compare ? 0 : mirrorDrainBatchBytes }
+
+    /// The most memory `--compare` may use, all workers together (one window
+    /// per session and mirror); 0 without it.
+    public var compareMemoryBytesMax: Int {
+        compare ? threads * sessionsPerWorker * mirrors.count * compareWindowBytes : 0
+    }
 
     /// Slots in each worker's pool.
     public var poolSlotsPerWorker: Int {
@@ -129,6 +146,9 @@ public struct Config: Sendable {
         guard (0...(1 << 20)).contains(mirrorDrainBatchBytes) else {
             throw ConfigError("--mirror-drain-batch must be from 0 to 1MiB, got \(mirrorDrainBatchBytes)")
         }
+        guard (4096...(16 << 20)).contains(compareWindowBytes) else {
+            throw ConfigError("--compare-window must be from 4KiB to 16MiB, got \(compareWindowBytes)")
+        }
         guard backlogBytesMax >= 1 else { throw ConfigError("--backlog must be positive") }
         guard (1...4096).contains(backlogChunksMax) else {
             throw ConfigError("--backlog-chunks must be from 1 to 4096, got \(backlogChunksMax)")
@@ -150,6 +170,7 @@ public struct Config: Sendable {
                       mirrorFailuresBeforeBackoff: mirrorFailuresBeforeBackoff,
                       mirrorBackoffInitialMs: mirrorBackoffInitialMs, mirrorBackoffMaxMs: mirrorBackoffMaxMs)
         limits.mirrorSampleThresholds = mirrorSamplePercents.map { MirrorSampling.threshold(percent: $0) }
+        limits.compareWindowBytes = compare && !mirrors.isEmpty ? compareWindowBytes : 0
         return limits
     }
 }

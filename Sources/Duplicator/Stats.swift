@@ -63,6 +63,8 @@ public final class MirrorStats: Sendable {
     public let drains = Atomic<UInt64>(0)
     /// 1 while this worker rests this mirror after repeated connect failures.
     public let backingOff = Atomic<UInt64>(0)
+    /// `--compare`: the verdicts on this mirror's replies.
+    public let comparisons = ComparisonStats()
 
     public init() {}
 }
