@@ -83,6 +83,12 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("mirror-drain-batch"), parsing: .unconditional, help: "Drain a mirror's replies once this many bytes wait (its EOF and errors at once); 0: every reply.")
     var mirrorDrainBatch: String = "64KiB"
 
+    @Flag(name: .customLong("compare"), help: "Compare each mirror's reply stream with main's, per session: match, diverged (at which offset), shorter, longer or incomplete (in the metrics and the --stats-interval line).")
+    var compare = false
+
+    @Option(name: .customLong("compare-window"), parsing: .unconditional, help: "With --compare: bytes one reply stream may run ahead of the other per session and mirror; further apart is 'incomplete'. Reserved per session at start, resident only where a mirror lags.")
+    var compareWindow: String = "64KiB"
+
     @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, io_uring, locked memory), then exit.")
     var check = false
 
@@ -137,6 +143,8 @@ struct RunCommand: ParsableCommand {
         }
         config.ringMode = mode
         config.mirrorDrainBatchBytes = try SizeParser.bytes(mirrorDrainBatch)
+        config.compare = compare
+        config.compareWindowBytes = try SizeParser.bytes(compareWindow)
         config.waitBatch = waitBatch
         if waitBatchTimeout.hasPrefix("-") {
             throw ConfigError("--wait-batch-timeout '\(waitBatchTimeout)': negative durations are refused")
@@ -189,6 +197,9 @@ struct RunCommand: ParsableCommand {
         }
         let metricsNote = metricsServer.map { ", metrics on http://\($0.address)/metrics" } ?? ""
         logger.info("listening on \(proxy.listenAddress), main \(config.main), mirrors \(config.mirrors.map(\.text))\(metricsNote)")
+        if config.compare {
+            logger.info("comparing mirror replies with main's: windows of \(config.compareWindowBytes) bytes per session and mirror, at most \(config.compareMemoryBytesMax >> 20) MiB in all")
+        }
         serve(proxy, statsIntervalMs: statsIntervalMs, logger: logger)
     }
 
