@@ -192,7 +192,8 @@ struct RunCommand: ParsableCommand {
             print("configuration ok: listening on \(proxy.listenAddress) would work, main \(config.main), "
                 + "\(config.mirrors.count) mirrors, \(config.threads) workers with io_uring (\(proxy.ringSetupMode)), "
                 + "each admitting \(config.sessionsPerWorker) sessions with a pool of up to "
-                + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB")
+                + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB"
+                + (config.compare ? "; comparing replies in windows of up to \(config.compareMemoryBytesMax >> 20) MiB in all" : ""))
             return
         }
         let metricsNote = metricsServer.map { ", metrics on http://\($0.address)/metrics" } ?? ""

@@ -66,6 +66,8 @@ struct CLITests {
         (["-l", ":1", "-f", ":2", "-m", ":3@1e2%"], "-m ':3@1e2%': expected a percentage"),
         (["-l", ":1", "-f", ":2", "-m", ":3@%"], "-m ':3@%': expected a percentage"),
         (["-l", ":1", "-f", ":2", "-m", "@10%"], "address ''"),
+        (["-l", ":1", "-f", ":2", "--compare", "--compare-window", "1k"], "--compare-window must be from 4KiB to 16MiB"),
+        (["-l", ":1", "-f", ":2", "--compare-window", "lots"], "size 'lots'"),
         (["-l", ":1", "-f", ":2", "-t", "5"], "duration '5'"),
         (["-l", ":1", "-f", ":2", "-t", "soon"], "duration 'soon'"),
         (["-l", ":1", "-f", ":2", "--max-memory", "512KiB"], "--max-memory must be at least 1MiB"),
@@ -314,7 +316,8 @@ struct CLIFuzzTests {
     static let flags = ["-l", "-f", "-m", "-t", "--listen", "--forward", "--mirror", "--timeout", "--backlog",
                         "--backlog-chunks", "--slot-size", "--max-memory", "--idle-timeout", "--threads", "--max-sessions",
                         "--mirror-linger", "--mirror-drain-batch", "--drain-timeout", "--main-connect-timeout", "--stats-interval",
-                        "--metrics", "--log-level", "--check", "-h", "--bogus", "-", "--", "demo"]
+                        "--metrics", "--log-level", "--check", "-h", "--bogus", "-", "--", "demo", "--compare",
+                        "--compare-window"]
     static let values = ["127.0.0.1:0", "[::1]:0", "127.0.0.1:9", ":9", ":0", "[::1", "1.2.3.4.5:6", "host", "::1:80",
                          "127.0.0.1:65536", "127.0.0.1:-1", "", " ", "500ms", "2s", "0", "-1", "1m30s", "1.5.5s", "5",
                          "99999999999999999999", "4MiB", "16k", "12q", "1024", "4096", "3", "debug", "LOUD",

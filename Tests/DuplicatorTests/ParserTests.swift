@@ -170,6 +170,7 @@ struct ParserTests {
         ("--idle-timeout", "10m", { $0.idleTimeoutMs }),
         ("--mirror-linger", "2s", { $0.mirrorLingerMs }),
         ("--drain-timeout", "5s", { $0.drainTimeoutMs }),
+        ("--compare-window", "64KiB", { $0.compareWindowBytes }),
     ]
 
     @Test("the engine's defaults are the documented ones, and become the session limits")
@@ -201,6 +202,7 @@ struct ParserTests {
         "backlogBytesMax=0", "backlogChunksMax=0", "backlogChunksMax=4097", "sessionsMax=0",
         "sessionsMax=1000001", "threads=0", "threads=257", "mirrorConnectTimeoutMs=-1",
         "mainConnectTimeoutMs=-1", "mirrorLingerMs=-1", "drainTimeoutMs=-5", "mirrors=65",
+        "compareWindowBytes=4095", "compareWindowBytes=16777217",
     ])
     func validateRefuses(setting: String) throws {
         let parts = setting.split(separator: "=")
@@ -219,6 +221,7 @@ struct ParserTests {
         case "mainConnectTimeoutMs": config.mainConnectTimeoutMs = value
         case "mirrorLingerMs": config.mirrorLingerMs = value
         case "drainTimeoutMs": config.drainTimeoutMs = value
+        case "compareWindowBytes": config.compareWindowBytes = value
         default: break
         }
         let error = #expect(throws: ConfigError.self, "\(setting)") { try config.validate() }
@@ -226,11 +229,13 @@ struct ParserTests {
         #expect(!error.message.isEmpty && !error.message.contains("\n"))
         if name == "maxMemoryBytes" { #expect(error.message.contains("--max-memory")) }
         if name == "threads" { #expect(error.message.contains("--threads")) }
+        if name == "compareWindowBytes" { #expect(error.message.contains("--compare-window")) }
     }
 
     @Test("Config.validate accepts the edges of each range", arguments: [
         "poolSlots=4", "poolSlots=32768", "slotSize=4096", "slotSize=1048576", "backlogChunksMax=1",
         "backlogChunksMax=4096", "threads=256", "mirrors=64", "mirrors=0", "mirrorConnectTimeoutMs=0",
+        "compareWindowBytes=4096", "compareWindowBytes=16777216",
     ])
     func validateAccepts(setting: String) throws {
         let parts = setting.split(separator: "=")
@@ -242,6 +247,7 @@ struct ParserTests {
         case "backlogChunksMax": config.backlogChunksMax = value
         case "threads": config.threads = value
         case "mirrorConnectTimeoutMs": config.mirrorConnectTimeoutMs = value
+        case "compareWindowBytes": config.compareWindowBytes = value
         default: break
         }
         try config.validate()
