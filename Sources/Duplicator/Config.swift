@@ -3,6 +3,8 @@ public struct Config: Sendable {
     public var listen: Endpoint
     public var main: Endpoint
     public var mirrors: [Endpoint]
+    /// Per mirror, the percentage of sessions it gets (`-m ADDR@P%`); empty: all.
+    public var mirrorSamplePercents: [Double] = []
     /// goduplicator's `-t`: a mirror that has not connected by then is dropped for the session.
     public var mirrorConnectTimeoutMs = Defaults.mirrorConnectTimeoutMs
     /// 0: the kernel's own (minutes). Main failing to connect closes the client.
@@ -31,6 +33,12 @@ public struct Config: Sendable {
     /// (SO_RCVLOWAT on the mirror's socket); its EOF and errors wake it at
     /// once. 0: every reply wakes it.
     public var mirrorDrainBatchBytes = Defaults.mirrorDrainBatchBytes
+    /// `--compare`: compare each mirror's reply stream with main's, per session.
+    public var compare = false
+    /// With `compare`: what each (session, mirror) may keep of the stream
+    /// that runs ahead; a pair further apart is `incomplete`. Reserved per
+    /// session at start (address space; resident only where a mirror lags).
+    public var compareWindowBytes = Defaults.compareWindowBytes
     /// How long a graceful stop waits for live sessions.
     public var drainTimeoutMs = Defaults.drainTimeoutMs
     public var ringEntries = 1024
@@ -70,6 +78,17 @@ public struct Config: Sendable {
     static let sessionSlotsMax = 2 * readAheadChunks
     public static let readAheadChunks = 2
 
+    /// SO_RCVLOWAT of mirror sockets. With `--compare` each reply is read
+    /// as it comes: replies held back in the kernel would let main's stream
+    /// run ahead past the comparison window.
+    var mirrorReceiveLowWaterBytes: Int { compare ? 0 : mirrorDrainBatchBytes }
+
+    /// The most memory `--compare` may use, all workers together (one window
+    /// per session and mirror); 0 without it.
+    public var compareMemoryBytesMax: Int {
+        compare ? threads * sessionsPerWorker * mirrors.count * compareWindowBytes : 0
+    }
+
     /// Slots in each worker's pool.
     public var poolSlotsPerWorker: Int {
         poolSlots ?? min(Self.poolSlotsMax, maxMemoryBytes / max(1, threads) / max(1, slotSize))
@@ -108,6 +127,14 @@ public struct Config: Sendable {
         guard (1...100_000).contains(waitBatchTimeoutUs) else {
             throw ConfigError("--wait-batch-timeout must be from 1us to 100ms")
         }
+        if !mirrorSamplePercents.isEmpty {
+            guard mirrorSamplePercents.count == mirrors.count else {
+                throw ConfigError("\(mirrorSamplePercents.count) sampling percentages for \(mirrors.count) mirrors")
+            }
+            for percent in mirrorSamplePercents where !(percent > 0 && percent <= 100) {
+                throw ConfigError("a mirror's sampling percentage must be above 0% and at most 100%, got \(percent)%")
+            }
+        }
         guard mirrors.count <= 64 else { throw ConfigError("at most 64 mirrors, got \(mirrors.count)") }
         guard (4096...(1 << 20)).contains(slotSize) else {
             throw ConfigError("--slot-size must be from 4KiB to 1MiB, got \(slotSize)")
@@ -128,6 +155,9 @@ public struct Config: Sendable {
         guard (0...(1 << 20)).contains(mirrorDrainBatchBytes) else {
             throw ConfigError("--mirror-drain-batch must be from 0 to 1MiB, got \(mirrorDrainBatchBytes)")
         }
+        guard (4096...(16 << 20)).contains(compareWindowBytes) else {
+            throw ConfigError("--compare-window must be from 4KiB to 16MiB, got \(compareWindowBytes)")
+        }
         guard backlogBytesMax >= 1 else { throw ConfigError("--backlog must be positive") }
         guard (1...4096).contains(backlogChunksMax) else {
             throw ConfigError("--backlog-chunks must be from 1 to 4096, got \(backlogChunksMax)")
@@ -145,12 +175,15 @@ public struct Config: Sendable {
     }
 
     var limits: SessionLimits {
-        SessionLimits(mirrorCount: mirrors.count, mainConnectTimeoutMs: mainConnectTimeoutMs,
+        var limits = SessionLimits(mirrorCount: mirrors.count, mainConnectTimeoutMs: mainConnectTimeoutMs,
                       mirrorConnectTimeoutMs: mirrorConnectTimeoutMs, backlogBytesMax: backlogBytesMax,
                       backlogChunksMax: backlogChunksMax, readAheadChunks: Self.readAheadChunks,
                       mirrorLingerMs: mirrorLingerMs, idleTimeoutMs: idleTimeoutMs,
                       mirrorFailuresBeforeBackoff: mirrorFailuresBeforeBackoff,
                       mirrorBackoffInitialMs: mirrorBackoffInitialMs, mirrorBackoffMaxMs: mirrorBackoffMaxMs,
                       sendProxy: sendProxy, acceptProxy: acceptProxy, proxyHeaderTimeoutMs: proxyHeaderTimeoutMs)
+        limits.mirrorSampleThresholds = mirrorSamplePercents.map { MirrorSampling.threshold(percent: $0) }
+        limits.compareWindowBytes = compare && !mirrors.isEmpty ? compareWindowBytes : 0
+        return limits
     }
 }

@@ -52,6 +52,7 @@ public enum PrometheusText {
             family(name, type, help, mirrors.map { ("mirror=\"\(escape($0.name))\"", value($0)) })
         }
         perMirror("duplicator_mirror_sessions_total", "counter", "Sessions whose connect to the mirror succeeded.") { $0.sessionsMirrored }
+        perMirror("duplicator_mirror_sampled_out_sessions_total", "counter", "Sessions the mirror was left out of by its sampling (-m ADDR@P%).") { $0.sessionsSampledOut }
         perMirror("duplicator_mirror_bytes_total", "counter", "Client bytes sent to the mirror.") { $0.bytesSent }
         perMirror("duplicator_mirror_lag_cuts_total", "counter", "Sessions in which the mirror fell more than its backlog behind (or was still behind when its linger ended) and was cut.") { $0.sessionsCutForLag }
         perMirror("duplicator_mirror_pool_share_cuts_total", "counter", "Sessions in which the mirror was cut because mirrors held their share of the pool and it lagged most.") { $0.sessionsCutForPoolShare }
@@ -63,6 +64,33 @@ public enum PrometheusText {
         perMirror("duplicator_mirror_reply_bytes_total", "counter", "Bytes the mirror replied, drained and dropped.") { $0.replyBytes }
         perMirror("duplicator_mirror_drains_total", "counter", "Receives that drained the mirror's replies.") { $0.drains }
         perMirror("duplicator_mirror_backing_off", "gauge", "Workers resting the mirror after repeated connect failures.") { $0.workersBackingOff }
+        out += renderComparisons(mirrors)
+        return out
+    }
+
+    /// `--compare`: the verdict of each (session, mirror), and where diverging replies first differed.
+    static func renderComparisons(_ mirrors: [StatsSnapshot.Mirror]) -> String {
+        var name = "duplicator_mirror_compared_sessions_total"
+        var out = "# HELP \(name) With --compare: (session, mirror) pairs by how the mirror's reply stream compared with main's; each pair counted once, when its session ends.\n# TYPE \(name) counter\n"
+        for mirror in mirrors {
+            for verdict in ReplyComparison.Verdict.allCases {
+                out += "\(name){mirror=\"\(escape(mirror.name))\",result=\"\(verdict.label)\"} \(mirror.compared(verdict))\n"
+            }
+        }
+        name = "duplicator_mirror_divergence_offset_bytes"
+        out += "# HELP \(name) With --compare: where in the reply stream a diverged mirror first differed from main.\n# TYPE \(name) histogram\n"
+        for mirror in mirrors {
+            let label = "mirror=\"\(escape(mirror.name))\""
+            var cumulative: UInt64 = 0
+            for (bucket, count) in mirror.divergenceOffsetBuckets.enumerated() {
+                cumulative += count
+                let bound = bucket < ComparisonStats.divergenceOffsetBounds.count
+                    ? String(ComparisonStats.divergenceOffsetBounds[bucket]) : "+Inf"
+                out += "\(name)_bucket{\(label),le=\"\(bound)\"} \(cumulative)\n"
+            }
+            out += "\(name)_sum{\(label)} \(mirror.divergenceOffsetSum)\n"
+            out += "\(name)_count{\(label)} \(cumulative)\n"
+        }
         return out
     }
 

@@ -57,6 +57,8 @@ public final class Session {
         /// Bytes of the session's outgoing PROXY protocol header this leg has
         /// been sent: it owes the rest before any queued byte.
         var proxyHeaderSent = 0
+        /// A mirror this session was not chosen for (`-m ADDR@P%`): closed, nothing missed.
+        var sampledOut = false
         var queue: SendQueue
     }
 
@@ -91,6 +93,8 @@ public final class Session {
     var legs: UnsafeMutablePointer<Leg>
     let legCount: Int
     private let context: SessionContext
+    /// `--compare`: one per mirror, or nil (then no byte is compared or kept).
+    let comparisons: UnsafeMutablePointer<ReplyComparison>?
 
     /// Chunk entries one session's queues need (see `SessionTable`).
     static func chunkCapacity(_ limits: SessionLimits) -> Int {
@@ -101,7 +105,10 @@ public final class Session {
     ///   - chunkStorage: where position 0 of this session's first queue is;
     ///     `chunkCapacity(limits)` positions, owned by the caller.
     ///   - stride: entries from one position to the next (the table's size).
-    init(index: UInt32, context: SessionContext, chunkStorage: UnsafeMutablePointer<SendQueue.Chunk>, stride: Int = 1) {
+    ///   - compareWindows: with `--compare`, `mirrorCount` windows of
+    ///     `compareWindowBytes` each, owned by the caller.
+    init(index: UInt32, context: SessionContext, chunkStorage: UnsafeMutablePointer<SendQueue.Chunk>, stride: Int = 1,
+         compareWindows: UnsafeMutableRawPointer? = nil) {
         self.index = index
         self.context = context
         let limits = context.limits
@@ -115,12 +122,27 @@ public final class Session {
             legs.advanced(by: leg).initialize(to: Leg(queue: SendQueue(storage: storage, stride: stride, capacity: capacity)))
             storage += capacity * stride
         }
+        let windowBytes = limits.compareWindowBytes
+        if windowBytes > 0, limits.mirrorCount > 0, let compareWindows {
+            let comparisons = UnsafeMutablePointer<ReplyComparison>.allocate(capacity: limits.mirrorCount)
+            for mirror in 0..<limits.mirrorCount {
+                (comparisons + mirror).initialize(to: ReplyComparison(window: compareWindows + mirror * windowBytes,
+                                                                      windowBytes: windowBytes))
+            }
+            self.comparisons = comparisons
+        } else {
+            comparisons = nil
+        }
     }
 
     deinit {
         legs.deinitialize(count: legCount)
         legs.deallocate()
         proxyHeaderOut?.deallocate()
+        if let comparisons {
+            comparisons.deinitialize(count: context.limits.mirrorCount)
+            comparisons.deallocate()
+        }
     }
 
     @inline(__always)
@@ -146,6 +168,9 @@ public final class Session {
             let queue = legs[leg].queue
             precondition(queue.isEmpty)
             legs[leg] = Leg(queue: queue)
+        }
+        if let comparisons {
+            for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].reset() }
         }
         let stats = context.stats
         stats.sessionsAccepted.bump()
@@ -185,10 +210,18 @@ public final class Session {
         for mirror in 0..<context.limits.mirrorCount {
             let leg = Self.firstMirror + mirror
             let mirrorStats = stats.mirrors[mirror]
+            guard context.mirrorIsSampled(mirror) else {
+                mirrorStats.sessionsSampledOut.bump()
+                legs[leg].phase = .closed
+                legs[leg].sampledOut = true
+                comparisons?[mirror].abandon()
+                continue
+            }
             guard context.mirrorIsTried(mirror) else {
                 mirrorStats.sessionsSkipped.bump()
                 legs[leg].phase = .closed
                 legs[leg].missing = true
+                comparisons?[mirror].abandon()
                 continue
             }
             let fd = io.openSocket(target: mirror + 1)
@@ -196,6 +229,7 @@ public final class Session {
                 mirrorStats.connectFailures.bump()
                 legs[leg].phase = .closed
                 legs[leg].missing = true
+                comparisons?[mirror].abandon()
                 continue
             }
             connect(leg: leg, fd: fd, timeoutMs: context.limits.mirrorConnectTimeoutMs, io: io)
@@ -209,7 +243,11 @@ public final class Session {
         switch kind {
         case .recv:
             legs[leg].inFlight &-= 1
-            received(leg, result: result, slot: selectedBuffer, io: io)
+            if leg >= Self.firstMirror {
+                mirrorReplied(leg, result: result, slot: selectedBuffer, io: io)
+            } else {
+                received(leg, result: result, slot: selectedBuffer, io: io)
+            }
         case .drain:
             legs[leg].inFlight &-= 1
             drained(leg, result: result, io: io)
@@ -279,6 +317,13 @@ public final class Session {
 
     private func armReceive<IO: SessionIO>(_ leg: Int, io: IO) {
         guard legs[leg].phase == .open, !legs[leg].receiving, !legs[leg].readDone else { return }
+        if leg >= Self.firstMirror, let comparisons, comparisons[leg - Self.firstMirror].isOpen {
+            // `--compare`: the mirror's replies are read into a slot to be compared.
+            legs[leg].receiving = true
+            legs[leg].inFlight &+= 1
+            io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
+            return
+        }
         if leg >= Self.firstMirror || legs[leg].flushing {
             legs[leg].receiving = true
             legs[leg].inFlight &+= 1
@@ -340,6 +385,7 @@ public final class Session {
             forwardFromClient(slot: slot, offset: 0, length: length, io: io)
         } else {
             context.stats.bytesMainToClient.bump(length)
+            if let comparisons { compare(.main, slot: slot, length: length, comparisons) }
             legs[Self.client].queue.append(slot: slot, length: length)
             kickSend(Self.client, io: io)
         }
@@ -389,8 +435,56 @@ public final class Session {
                 kickSend(mirror, io: io)
             }
         } else {
+            if let comparisons {
+                for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].end(.main) }
+            }
             legs[Self.client].shutdownWanted = true
             kickSend(Self.client, io: io)
+        }
+    }
+
+    // MARK: - Comparing replies (`--compare`)
+
+    /// Bytes of main's or a mirror's reply stream, in `slot`, go to the
+    /// comparison of every mirror (main's) or of that mirror.
+    private func compare(_ stream: ReplyComparison.Stream, slot: UInt32, length: Int,
+                         _ comparisons: UnsafeMutablePointer<ReplyComparison>, mirror: Int = 0) {
+        let bytes = UnsafeRawBufferPointer(start: context.pool.pointer(slot), count: length)
+        if stream == .mirror {
+            comparisons[mirror].append(.mirror, bytes)
+            return
+        }
+        for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].append(.main, bytes) }
+    }
+
+    /// A mirror's reply read into a slot (`--compare`): compared, its slot
+    /// given back at once, then handled as a drained reply.
+    private func mirrorReplied<IO: SessionIO>(_ leg: Int, result: Int32, slot: UInt32?, io: IO) {
+        let mirror = leg - Self.firstMirror
+        if let slot {
+            context.pool.adopt(slot)
+            if result > 0, let comparisons { compare(.mirror, slot: slot, length: Int(result), comparisons, mirror: mirror) }
+            legs[leg].receiving = false
+            releaseSlot(slot, from: leg, io: io)
+        }
+        if result == -ENOBUFS {
+            // No free slot: main's path comes first, so this pair is given up
+            // (incomplete) and the mirror's replies are drained from now on.
+            legs[leg].receiving = false
+            comparisons?[mirror].abandon()
+            armReceive(leg, io: io)
+            return
+        }
+        drained(leg, result: result, io: io)
+    }
+
+    /// Each mirror's verdict, once its session is over (every leg closed):
+    /// exactly one per (session, mirror) the mirror was chosen for.
+    private func recordVerdicts(_ comparisons: UnsafeMutablePointer<ReplyComparison>) {
+        for mirror in 0..<context.limits.mirrorCount where !legs[Self.firstMirror + mirror].sampledOut {
+            let comparison = comparisons[mirror]
+            context.stats.mirrors[mirror].comparisons.record(comparison.verdict,
+                                                             divergenceOffset: comparison.divergenceOffset)
         }
     }
 
@@ -408,6 +502,7 @@ public final class Session {
         } else if result == 0 {
             // The mirror finished writing. Once ours is shut too, it is done;
             // before that it may still read, so keep sending.
+            comparisons?[leg - Self.firstMirror].end(.mirror)
             legs[leg].readDone = true
             if legs[leg].shutdownDone { closeLeg(leg, io: io) }
         } else if legs[leg].phase == .open {
@@ -648,6 +743,7 @@ public final class Session {
         context.mirrorConnectFailed(mirror, errno: -result)
         context.stats.mirrors[mirror].bytesMissed.bump(legs[leg].queue.bytes)
         legs[leg].missing = true
+        comparisons?[mirror].abandon()
         closeLeg(leg, io: io)
     }
 
@@ -665,6 +761,7 @@ public final class Session {
         }
         stats.bytesMissed.bump(legs[leg].queue.bytes + alsoMissed)
         legs[leg].missing = true
+        comparisons?[leg - Self.firstMirror].abandon()
         closeLeg(leg, io: io)
     }
 
@@ -760,6 +857,7 @@ public final class Session {
         for leg in 0..<legCount where legs[leg].phase != .closed { return }
         isActive = false
         waitingForBuffers = false
+        if let comparisons { recordVerdicts(comparisons) }
         context.sessionsEnding -= 1
         context.stats.sessionsActive.drop()
     }

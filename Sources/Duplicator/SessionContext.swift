@@ -29,6 +29,12 @@ public struct SessionLimits: Sendable {
     public var acceptProxy: Bool
     /// ... within this long, or the client is closed.
     public var proxyHeaderTimeoutMs: Int
+    /// Per mirror, the share of sessions it gets (`MirrorSampling.threshold`);
+    /// empty: every mirror gets every session.
+    public var mirrorSampleThresholds: [UInt64] = []
+    /// `--compare`: bytes each (session, mirror) may keep of the stream that
+    /// runs ahead, to compare the mirror's replies with main's; 0: off.
+    public var compareWindowBytes = 0
 
     /// `idleTimeoutMs` is 0 (none) unless given: a session alone has no
     /// idle timeout; the proxy's comes from `Config`.
@@ -83,8 +89,14 @@ public final class SessionContext {
     /// Each mirror's back-off, shared with the other workers.
     public let mirrorHealth: MirrorHealth
 
-    public init(limits: SessionLimits, pool: BufferPool, stats: WorkerStats, mirrorHealth: MirrorHealth? = nil) {
+    /// The draws that choose which sessions a sampled mirror gets (SplitMix64).
+    private var samplingState: UInt64
+
+    /// - Parameter samplingSeed: fixes the sampling draws (tests); nil: a random seed.
+    public init(limits: SessionLimits, pool: BufferPool, stats: WorkerStats, mirrorHealth: MirrorHealth? = nil,
+                samplingSeed: UInt64? = nil) {
         self.limits = limits
+        samplingState = samplingSeed ?? UInt64.random(in: 0...UInt64.max)
         self.mirrorHealth = mirrorHealth ?? MirrorHealth(limits)
         self.pool = pool
         self.stats = stats
@@ -111,6 +123,22 @@ public final class SessionContext {
             mirrorOnly[Int(slot)] = false
             mirrorOnlySlots &-= 1
         }
+    }
+
+    // MARK: Sampling (`-m ADDR@P%`)
+
+    /// Whether this session goes to mirror `index`: a fresh draw per session
+    /// and sampled mirror, so each mirror's share is independent of the others'.
+    func mirrorIsSampled(_ index: Int) -> Bool {
+        guard index < limits.mirrorSampleThresholds.count else { return true }
+        let threshold = limits.mirrorSampleThresholds[index]
+        guard threshold < MirrorSampling.everySession else { return true }
+        samplingState &+= 0x9E37_79B9_7F4A_7C15
+        var z = samplingState
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        z ^= z >> 31
+        return (z >> 32) < threshold
     }
 
     // MARK: Mirror back-off (the shared state, at this worker's clock)

@@ -17,6 +17,9 @@ public final class SessionTable {
     private var freeSlots: [UInt32]
     private let storage: UnsafeMutableRawPointer
     private let storageBytes: Int
+    /// `--compare`: one window per session and mirror, or nil.
+    private let compareStorage: UnsafeMutableRawPointer?
+    private let compareStorageBytes: Int
 
     public init(capacity: Int, context: SessionContext) throws {
         precondition(capacity > 0 && capacity < Int(UInt32.max))
@@ -27,9 +30,28 @@ public final class SessionTable {
             throw RingError("mmap of \(storageBytes) bytes for \(capacity) sessions", errno: errno)
         }
         storage = memory
+        // A comparison keeps only what one stream is ahead and restarts at
+        // the window's start when level: pages of a window become resident
+        // only as far as a mirror lagged (MAP_NORESERVE: address space only).
+        let windowBytes = context.limits.compareWindowBytes
+        let perSessionCompare = windowBytes * context.limits.mirrorCount
+        compareStorageBytes = capacity * perSessionCompare
+        if compareStorageBytes > 0 {
+            guard let windows = mmap(nil, compareStorageBytes, PROT_READ | PROT_WRITE,
+                                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0), windows != MAP_FAILED else {
+                let code = errno
+                munmap(memory, storageBytes)
+                throw RingError("mmap of \(compareStorageBytes) bytes of --compare windows for \(capacity) sessions", errno: code)
+            }
+            compareStorage = windows
+        } else {
+            compareStorage = nil
+        }
         let chunks = memory.bindMemory(to: SendQueue.Chunk.self, capacity: capacity * perSession)
-        sessions = (0..<capacity).map {
-            Session(index: UInt32($0), context: context, chunkStorage: chunks + $0, stride: capacity)
+        let compareStorage = compareStorage
+        sessions = (0..<capacity).map { index in
+            Session(index: UInt32(index), context: context, chunkStorage: chunks + index, stride: capacity,
+                    compareWindows: compareStorage.map { $0 + index * perSessionCompare })
         }
         unretained = .allocate(capacity: capacity)
         unretained.initialize(from: sessions.map { Unmanaged.passUnretained($0) }, count: capacity)
@@ -39,6 +61,7 @@ public final class SessionTable {
     deinit {
         unretained.deallocate()
         munmap(storage, storageBytes)
+        if let compareStorage { munmap(compareStorage, compareStorageBytes) }
     }
 
     public var capacity: Int { sessions.count }

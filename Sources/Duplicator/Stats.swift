@@ -40,6 +40,8 @@ public final class WorkerStats: Sendable {
 
 /// Counters of one mirror, in one worker.
 public final class MirrorStats: Sendable {
+    /// Sessions this mirror was left out of by its sampling (`-m ADDR@P%`).
+    public let sessionsSampledOut = Atomic<UInt64>(0)
     /// Sessions whose connect to this mirror succeeded.
     public let sessionsMirrored = Atomic<UInt64>(0)
     public let bytesSent = Atomic<UInt64>(0)
@@ -63,6 +65,8 @@ public final class MirrorStats: Sendable {
     public let drains = Atomic<UInt64>(0)
     /// 1 while this worker rests this mirror after repeated connect failures.
     public let backingOff = Atomic<UInt64>(0)
+    /// `--compare`: the verdicts on this mirror's replies.
+    public let comparisons = ComparisonStats()
 
     public init() {}
 }

@@ -30,9 +30,22 @@ public enum StatsLine {
             if errors > 0 { problems.append("\(errors) errors") }
             if skipped > 0 { problems.append("\(skipped) sessions skipped") }
             text += problems.isEmpty ? " ok" : " " + problems.joined(separator: ", ")
+            let sampledOut = mirror.sessionsSampledOut &- before.sessionsSampledOut
+            if sampledOut > 0 { text += " (\(sampledOut) sessions sampled out)" }
+            text += verdicts(mirror, before)
             parts.append(text)
         }
         return parts.joined(separator: "; ")
+    }
+
+    /// `--compare`: the verdicts of the sessions that ended in the interval, e.g. ", compared 98 match, 2 diverged".
+    private static func verdicts(_ mirror: StatsSnapshot.Mirror, _ before: StatsSnapshot.Mirror) -> String {
+        var counts: [String] = []
+        for verdict in ReplyComparison.Verdict.allCases {
+            let count = mirror.compared(verdict) &- before.compared(verdict)
+            if count > 0 { counts.append("\(count) \(verdict.label)") }
+        }
+        return counts.isEmpty ? "" : ", compared " + counts.joined(separator: ", ")
     }
 
     private static func failures(_ current: StatsSnapshot, _ previous: StatsSnapshot) -> String {

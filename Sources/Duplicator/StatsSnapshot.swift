@@ -3,6 +3,7 @@ public struct StatsSnapshot: Sendable, Equatable {
     public struct Mirror: Sendable, Equatable {
         public var name: String
         public var sessionsMirrored: UInt64 = 0
+        public var sessionsSampledOut: UInt64 = 0
         public var bytesSent: UInt64 = 0
         public var sessionsCutForLag: UInt64 = 0
         public var sessionsCutForPoolShare: UInt64 = 0
@@ -15,6 +16,13 @@ public struct StatsSnapshot: Sendable, Equatable {
         public var drains: UInt64 = 0
         /// Workers that are not trying this mirror now (back-off after failures).
         public var workersBackingOff: UInt64 = 0
+        /// `--compare`: (session, mirror) pairs per verdict, by `ReplyComparison.Verdict.rawValue`.
+        public var compared = [UInt64](repeating: 0, count: ReplyComparison.Verdict.allCases.count)
+        /// Diverged pairs per first-divergence offset bucket (`ComparisonStats`), not cumulative.
+        public var divergenceOffsetBuckets = [UInt64](repeating: 0, count: ComparisonStats.divergenceOffsetBounds.count + 1)
+        public var divergenceOffsetSum: UInt64 = 0
+
+        public func compared(_ verdict: ReplyComparison.Verdict) -> UInt64 { compared[verdict.rawValue] }
     }
 
     public var sessionsAccepted: UInt64 = 0
@@ -64,6 +72,7 @@ public struct StatsSnapshot: Sendable, Equatable {
             poolExhausted += worker.poolExhausted.value
             for (index, mirror) in worker.mirrors.enumerated() where index < mirrors.count {
                 mirrors[index].sessionsMirrored += mirror.sessionsMirrored.value
+                mirrors[index].sessionsSampledOut += mirror.sessionsSampledOut.value
                 mirrors[index].bytesSent += mirror.bytesSent.value
                 mirrors[index].sessionsCutForLag += mirror.sessionsCutForLag.value
                 mirrors[index].sessionsCutForPoolShare += mirror.sessionsCutForPoolShare.value
@@ -75,6 +84,13 @@ public struct StatsSnapshot: Sendable, Equatable {
                 mirrors[index].replyBytes += mirror.replyBytes.value
                 mirrors[index].drains += mirror.drains.value
                 mirrors[index].workersBackingOff += mirror.backingOff.value
+                for verdict in ReplyComparison.Verdict.allCases {
+                    mirrors[index].compared[verdict.rawValue] += mirror.comparisons.count(verdict)
+                }
+                for (bucket, count) in mirror.comparisons.divergenceOffsetBuckets.enumerated() {
+                    mirrors[index].divergenceOffsetBuckets[bucket] += count
+                }
+                mirrors[index].divergenceOffsetSum += mirror.comparisons.divergenceOffsetSum.value
             }
         }
     }

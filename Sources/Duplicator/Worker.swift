@@ -240,8 +240,8 @@ final class Worker: WorkerBackend {
 
     func openSocket(target: Int) -> Int32 {
         let fd = Sockets.openStream(family: targets[target].family)
-        if target > 0 && fd >= 0 && config.mirrorDrainBatchBytes > 0 {
-            Sockets.setReceiveLowWater(fd, bytes: config.mirrorDrainBatchBytes)
+        if target > 0 && fd >= 0 && config.mirrorReceiveLowWaterBytes > 0 {
+            Sockets.setReceiveLowWater(fd, bytes: config.mirrorReceiveLowWaterBytes)
         }
         return fd
     }
@@ -293,7 +293,7 @@ final class Worker: WorkerBackend {
     }
 
     func shutdownWrite(fd: Int32, tag: CompletionTag) {
-        if Int(tag.endpoint) >= Session.firstMirror && config.mirrorDrainBatchBytes > 0 {
+        if Int(tag.endpoint) >= Session.firstMirror && config.mirrorReceiveLowWaterBytes > 0 {
             // The mirror has the whole stream: from now on drain its replies
             // as they come (lowering SO_RCVLOWAT wakes the drain for what
             // waits), so that closing it at the end of its linger finds no

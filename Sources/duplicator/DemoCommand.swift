@@ -26,6 +26,9 @@ struct DemoCommand: ParsableCommand {
     @Option(name: .customLong("mirrors"), help: "Echo mirrors to copy the traffic to.")
     var mirrors: Int = 1
 
+    @Flag(name: .customLong("compare"), help: "Compare each mirror's replies with main's and show the verdicts (echo mirrors: every session should match).")
+    var compare = false
+
     func run() throws {
         // As in `run`: a line written to a pipe whose reader is gone fails; it does not kill.
         Signals.ignoreBrokenPipe()
@@ -42,9 +45,10 @@ struct DemoCommand: ParsableCommand {
         for server in mirrorServers { try server.start() }
         defer { mirrorServers.forEach { $0.stop() } }
 
-        let config = Config(listen: try endpoint("127.0.0.1:0", .listen),
+        var config = Config(listen: try endpoint("127.0.0.1:0", .listen),
                             main: try endpoint("127.0.0.1:\(main.boundPort)", .connect),
                             mirrors: try mirrorServers.map { try endpoint("127.0.0.1:\($0.boundPort)", .connect) })
+        config.compare = compare
         var logger = Logger(label: "duplicator")
         logger.logLevel = .warning
         let proxy = try Proxy(config: config, logger: logger)
@@ -65,6 +69,7 @@ struct DemoCommand: ParsableCommand {
 
         print("")
         print(result.summary)
+        let snapshot = proxy.snapshot()
         let mainStreams = settledStreams(main)
         let mainBytes = mainStreams.reduce(0) { $0 + $1.bytes }
         print("main: \(mainBytes) bytes in \(mainStreams.count) sessions")
@@ -78,6 +83,11 @@ struct DemoCommand: ParsableCommand {
             let cut = stats.reduce(0) { $0 + $1.sessionsCutForLag.value + $1.sessionsCutForPoolShare.value }
             print("mirror \(index + 1): \(bytes) bytes in \(streams.count) sessions, "
                 + (exact ? "exactly what main got" : "DIFFERS from main") + (cut > 0 ? " (\(cut) sessions cut for lag)" : ""))
+            if compare {
+                let mirror = snapshot.mirrors[index]
+                let verdicts = ReplyComparison.Verdict.allCases.map { "\(mirror.compared($0)) \($0.label)" }
+                print("mirror \(index + 1) replies compared with main's, per session: " + verdicts.joined(separator: ", "))
+            }
         }
         guard allExact else { throw ExitCode(1) }
     }

@@ -45,7 +45,7 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: [.customShort("f"), .customLong("forward")], help: ArgumentHelp("The main server: its replies go back to the client. :port means localhost.", valueName: "forward"))
     var forward: [String] = []
 
-    @Option(name: [.customShort("m"), .customLong("mirror")], help: "A mirror server; repeat or separate with commas for several.")
+    @Option(name: [.customShort("m"), .customLong("mirror")], help: "A mirror server; repeat or separate with commas for several. ADDR@P% mirrors only about P% of the sessions (chosen per session), e.g. :8082@10%.")
     var mirror: [String] = []
 
     @Option(name: [.customShort("t"), .customLong("timeout")], parsing: .unconditional, help: "Mirror connect timeout, Go-style (500ms, 2s).")
@@ -108,6 +108,12 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: .customLong("proxy-header-timeout"), parsing: .unconditional, help: "With --accept-proxy: close a client whose header has not arrived in this long.")
     var proxyHeaderTimeout: String = DurationParser.text(milliseconds: Defaults.proxyHeaderTimeoutMs)
 
+    @Flag(name: .customLong("compare"), help: "Compare each mirror's reply stream with main's, per session: match, diverged (at which offset), shorter, longer or incomplete (in the metrics and the --stats-interval line).")
+    var compare = false
+
+    @Option(name: .customLong("compare-window"), parsing: .unconditional, help: "With --compare: bytes one reply stream may run ahead of the other per session and mirror; further apart is 'incomplete'. Reserved per session at start, resident only where a mirror lags.")
+    var compareWindow: String = "64KiB"
+
     @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, io_uring, locked memory), then exit.")
     var check = false
 
@@ -134,14 +140,18 @@ struct ProxyOptions: ParsableArguments {
         let listen = try Self.single(listen, "-l", "the address to listen on")
         let forward = try Self.single(forward, "-f", "the main server")
         var mirrors: [Endpoint] = []
+        var samplePercents: [Double] = []
         for part in mirror.flatMap({ $0.split(separator: ",", omittingEmptySubsequences: false) }) {
             let text = String(part.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
             guard !text.isEmpty else { throw ConfigError("-m: empty mirror address in '\(mirror.joined(separator: ","))'") }
-            mirrors.append(try Endpoint(parsing: text, role: .connect))
+            let (address, percent) = try MirrorSampling.parse(text)
+            mirrors.append(try Endpoint(parsing: address, role: .connect))
+            samplePercents.append(percent ?? 100)
         }
         var config = Config(listen: try Endpoint(parsing: listen, role: .listen),
                             main: try Endpoint(parsing: forward, role: .connect),
                             mirrors: mirrors)
+        if samplePercents.contains(where: { $0 < 100 }) { config.mirrorSamplePercents = samplePercents }
         config.mirrorConnectTimeoutMs = try Self.milliseconds(timeout, "-t")
         config.mainConnectTimeoutMs = try Self.milliseconds(mainConnectTimeout, "--main-connect-timeout")
         config.backlogBytesMax = try SizeParser.bytes(backlog)
@@ -158,6 +168,8 @@ struct ProxyOptions: ParsableArguments {
         }
         config.ringMode = mode
         config.mirrorDrainBatchBytes = try SizeParser.bytes(mirrorDrainBatch)
+        config.compare = compare
+        config.compareWindowBytes = try SizeParser.bytes(compareWindow)
         config.waitBatch = waitBatch
         config.sendProxy = sendProxy
         config.acceptProxy = acceptProxy
@@ -208,11 +220,15 @@ struct ProxyOptions: ParsableArguments {
             print("configuration ok: listening on \(proxy.listenAddress) would work, main \(config.main), "
                 + "\(config.mirrors.count) mirrors, \(config.threads) workers with io_uring (\(proxy.ringSetupMode)), "
                 + "each admitting \(config.sessionsPerWorker) sessions with a pool of up to "
-                + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB" + Self.proxyProtocolNote(config))
+                + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB" + Self.proxyProtocolNote(config)
+                + (config.compare ? "; comparing replies in windows of up to \(config.compareMemoryBytesMax >> 20) MiB in all" : ""))
             return
         }
         let metricsNote = metricsServer.map { ", metrics on http://\($0.address)/metrics" } ?? ""
         logger.info("listening on \(proxy.listenAddress), main \(config.main), mirrors \(config.mirrors.map(\.text))\(metricsNote)")
+        if config.compare {
+            logger.info("comparing mirror replies with main's: windows of \(config.compareWindowBytes) bytes per session and mirror, at most \(config.compareMemoryBytesMax >> 20) MiB in all")
+        }
         serve(proxy, statsIntervalMs: statsIntervalMs, logger: logger)
     }
 

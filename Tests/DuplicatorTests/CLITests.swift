@@ -58,6 +58,17 @@ struct CLITests {
         (["-l", "::1:80", "-f", ":2"], "brackets"),
         (["-l", ":1"], "Missing expected argument"),
         (["-l", ":1", "-f", ":2", "-m", ":3,,:4"], "empty mirror address"),
+        // Sampling: `-m ADDR@P%`, also inside a comma list.
+        (["-l", ":1", "-f", ":2", "-m", ":3@"], "-m ':3@': expected a percentage above 0 and at most 100 after '@'"),
+        (["-l", ":1", "-f", ":2", "-m", ":3@10"], "-m ':3@10': expected a percentage"),
+        (["-l", ":1", "-f", ":2", "-m", ":3@0%"], "the percentage must be above 0% and at most 100%, got 0%"),
+        (["-l", ":1", "-f", ":2", "-m", ":4,:3@100.5%"], "got 100.5%"),
+        (["-l", ":1", "-f", ":2", "-m", ":3@nan%"], "-m ':3@nan%': expected a percentage"),
+        (["-l", ":1", "-f", ":2", "-m", ":3@1e2%"], "-m ':3@1e2%': expected a percentage"),
+        (["-l", ":1", "-f", ":2", "-m", ":3@%"], "-m ':3@%': expected a percentage"),
+        (["-l", ":1", "-f", ":2", "-m", "@10%"], "address ''"),
+        (["-l", ":1", "-f", ":2", "--compare", "--compare-window", "1k"], "--compare-window must be from 4KiB to 16MiB"),
+        (["-l", ":1", "-f", ":2", "--compare-window", "lots"], "size 'lots'"),
         (["-l", ":1", "-f", ":2", "-t", "5"], "duration '5'"),
         (["-l", ":1", "-f", ":2", "-t", "soon"], "duration 'soon'"),
         (["-l", ":1", "-f", ":2", "--max-memory", "512KiB"], "--max-memory must be at least 1MiB"),
@@ -306,11 +317,13 @@ struct CLIFuzzTests {
     static let flags = ["-l", "-f", "-m", "-t", "--listen", "--forward", "--mirror", "--timeout", "--backlog",
                         "--backlog-chunks", "--slot-size", "--max-memory", "--idle-timeout", "--threads", "--max-sessions",
                         "--mirror-linger", "--mirror-drain-batch", "--drain-timeout", "--main-connect-timeout", "--stats-interval",
-                        "--metrics", "--log-level", "--check", "-h", "--bogus", "-", "--", "demo"]
+                        "--metrics", "--log-level", "--check", "-h", "--bogus", "-", "--", "demo", "--compare",
+                        "--compare-window"]
     static let values = ["127.0.0.1:0", "[::1]:0", "127.0.0.1:9", ":9", ":0", "[::1", "1.2.3.4.5:6", "host", "::1:80",
                          "127.0.0.1:65536", "127.0.0.1:-1", "", " ", "500ms", "2s", "0", "-1", "1m30s", "1.5.5s", "5",
                          "99999999999999999999", "4MiB", "16k", "12q", "1024", "4096", "3", "debug", "LOUD",
-                         "127.0.0.1:9,127.0.0.1:10", ",", "\u{1F600}", "%n%n%n", String(repeating: "9", count: 300)]
+                         "127.0.0.1:9,127.0.0.1:10", ",", "127.0.0.1:9@10%", ":9@", ":9@0%", ":9@100%",
+                         ":9@101%", ":9@0.5%", "127.0.0.1:9@50%,127.0.0.1:10", ":9@@5%", ":9@-5%", "@", "@%", "\u{1F600}", "%n%n%n", String(repeating: "9", count: 300)]
 
     @Test("random command lines exit cleanly with at most one error line", arguments: 0..<4)
     func randomCommandLines(shard: Int) throws {

@@ -138,6 +138,8 @@ struct EndedSession {
     let cause: Session.EndCause?
     /// Per mirror: whether it lost bytes of this session (cut, failed, skipped).
     let mirrorMissing: [Bool]
+    /// Per mirror, with `--compare`: the verdict on its replies (empty without).
+    var mirrorVerdicts: [ReplyComparison.Verdict] = []
 }
 
 // MARK: - The fake
@@ -195,10 +197,10 @@ final class FakeSessionIO: WorkerBackend {
     private var nextOpID = 1
 
     init(limits: SessionLimits, slotCount: Int = 16, slotSize: Int = 4096, sessions: Int = 4,
-         drainTimeoutMs: Int = 5_000) throws {
+         drainTimeoutMs: Int = 5_000, samplingSeed: UInt64 = 1) throws {
         pool = try BufferPool(slotSize: slotSize, slotCount: slotCount)
         stats = WorkerStats(mirrorCount: limits.mirrorCount)
-        context = SessionContext(limits: limits, pool: pool, stats: stats)
+        context = SessionContext(limits: limits, pool: pool, stats: stats, samplingSeed: samplingSeed)
         table = try SessionTable(capacity: sessions, context: context)
         freeSlots = (0..<UInt32(slotCount)).reversed()
         core = WorkerCore(backend: self, context: context, table: table, waiters: BufferWaiters(capacity: sessions),
@@ -289,6 +291,9 @@ final class FakeSessionIO: WorkerBackend {
         let key = SessionKey(session)
         let mirrors = (0..<limits.mirrorCount).map { session.legs[Session.firstMirror + $0].missing }
         ended[key] = EndedSession(key: key, cause: session.endCause, mirrorMissing: mirrors)
+        if let comparisons = session.comparisons {
+            ended[key]!.mirrorVerdicts = (0..<limits.mirrorCount).map { comparisons[$0].verdict }
+        }
         if !freed { table.free(session) }
         for op in pending where op.key == key {
             violation("\(key) ended with \(op) still in flight")
@@ -611,9 +616,13 @@ final class FakeSessionIO: WorkerBackend {
             record.connectRequested = true
         case .recv, .drain:
             // Mirrors are drained; so is main once the client failed (it flushes like a mirror).
+            // With `--compare` a mirror's replies are received instead (drained once given up).
             let isMirror = record.leg >= Session.firstMirror
             let mainFlushing = record.leg == Session.main && table.sessions[Int(op.tag.slot)].endCause == .clientError
-            if kind == .drain ? !(isMirror || mainFlushing) : isMirror { violation("\(op) on leg \(record.leg)") }
+            let comparing = limits.compareWindowBytes > 0
+            if kind == .drain ? !(isMirror || mainFlushing) : (isMirror && !comparing) {
+                violation("\(op) on leg \(record.leg)")
+            }
             if inFlight.contains(where: { $0.kind == .recv || $0.kind == .drain }) {
                 violation("\(op): a second receive in flight on fd \(fd)")
             }
@@ -789,6 +798,15 @@ struct PeerScript {
     var mirrors: [MirrorBehavior] = []
     var clientOffset = 0
     var mainOffset = 0
+    /// With `--compare`, each mirror's reply stream (a mirror's replies are
+    /// then receives, not drains); none by default.
+    var mirrorReplies: [[UInt8]] = []
+    var mirrorReplyOffsets: [Int] = []
+
+    /// Reply bytes mirror `index` has not sent yet.
+    func mirrorReplyLeft(_ index: Int) -> Int {
+        index < mirrorReplies.count ? mirrorReplies[index].count - (index < mirrorReplyOffsets.count ? mirrorReplyOffsets[index] : 0) : 0
+    }
 
     func behavior(ofMirror index: Int) -> MirrorBehavior {
         index < mirrors.count ? mirrors[index] : .healthy
@@ -933,6 +951,15 @@ final class Simulation {
         switch op.kind {
         case .send:
             return behavior != .stall
+        case .recv:
+            // A mirror's reply read to be compared (`--compare`).
+            guard case .mirror(let index) = op.peer else { return true }
+            switch behavior {
+            case .stall: return false
+            case .drainReset: return true
+            case .earlyEOF: return !record.earlyEOFDelivered || record.shutdownCompleted
+            default: return (io.scripts[op.key]?.mirrorReplyLeft(index) ?? 0) > 0 || record.shutdownCompleted
+            }
         case .drain:
             switch behavior {
             case .stall: return false
@@ -969,6 +996,10 @@ final class Simulation {
             default: io.deliver(op, result: 0)
             }
         case .recv:
+            if case .mirror(let index) = op.peer {
+                completeMirrorReply(op, mirror: index, record: record)
+                return
+            }
             var script = io.scripts[op.key] ?? PeerScript()
             let isClient = op.peer == .client
             let stream = isClient ? script.client : script.main
@@ -1007,6 +1038,40 @@ final class Simulation {
         default:
             io.deliver(op, result: 0)
         }
+    }
+}
+
+extension Simulation {
+    /// A mirror's receive under `--compare`: a random piece of its scripted
+    /// reply, its EOF once the reply is sent (and our side shut), or its fault.
+    fileprivate func completeMirrorReply(_ op: FakeOp, mirror index: Int, record: FDRecord) {
+        var script = io.scripts[op.key] ?? PeerScript()
+        switch io.scripts[op.key]?.behavior(ofMirror: index) ?? .healthy {
+        case .drainReset:
+            io.deliver(op, result: -ECONNRESET)
+            return
+        case .earlyEOF where !record.earlyEOFDelivered:
+            io.markEarlyEOF(op.fd)
+            io.deliverEOF(op, withBuffer: false)
+            return
+        default:
+            break
+        }
+        let left = script.mirrorReplyLeft(index)
+        guard left > 0 else {
+            io.deliverEOF(op, withBuffer: eofWithBuffer && rng.chance(1, in: 2))
+            return
+        }
+        while script.mirrorReplyOffsets.count <= index { script.mirrorReplyOffsets.append(0) }
+        let offset = script.mirrorReplyOffsets[index]
+        let size = Int.random(in: 1...min(left, script.chunkMax, io.pool.slotSize), using: &rng)
+        let result = io.deliverRecv(op, Array(script.mirrorReplies[index][offset..<offset + size]))
+        if result == -ENOBUFS {
+            enobufs += 1
+            return
+        }
+        script.mirrorReplyOffsets[index] += size
+        io.scripts[op.key] = script
     }
 }
 

@@ -171,6 +171,7 @@ struct ParserTests {
         ("--idle-timeout", "10m", { $0.idleTimeoutMs }),
         ("--mirror-linger", "2s", { $0.mirrorLingerMs }),
         ("--drain-timeout", "5s", { $0.drainTimeoutMs }),
+        ("--compare-window", "64KiB", { $0.compareWindowBytes }),
     ]
 
     /// The help's defaults are text made from the values: it must read back as them.
@@ -218,6 +219,7 @@ struct ParserTests {
         "backlogBytesMax=0", "backlogChunksMax=0", "backlogChunksMax=4097", "sessionsMax=0",
         "sessionsMax=1000001", "threads=0", "threads=257", "mirrorConnectTimeoutMs=-1",
         "mainConnectTimeoutMs=-1", "mirrorLingerMs=-1", "drainTimeoutMs=-5", "mirrors=65",
+        "compareWindowBytes=4095", "compareWindowBytes=16777217",
     ])
     func validateRefuses(setting: String) throws {
         let parts = setting.split(separator: "=")
@@ -236,6 +238,7 @@ struct ParserTests {
         case "mainConnectTimeoutMs": config.mainConnectTimeoutMs = value
         case "mirrorLingerMs": config.mirrorLingerMs = value
         case "drainTimeoutMs": config.drainTimeoutMs = value
+        case "compareWindowBytes": config.compareWindowBytes = value
         default: break
         }
         let error = #expect(throws: ConfigError.self, "\(setting)") { try config.validate() }
@@ -243,11 +246,13 @@ struct ParserTests {
         #expect(!error.message.isEmpty && !error.message.contains("\n"))
         if name == "maxMemoryBytes" { #expect(error.message.contains("--max-memory")) }
         if name == "threads" { #expect(error.message.contains("--threads")) }
+        if name == "compareWindowBytes" { #expect(error.message.contains("--compare-window")) }
     }
 
     @Test("Config.validate accepts the edges of each range", arguments: [
         "poolSlots=4", "poolSlots=32768", "slotSize=4096", "slotSize=1048576", "backlogChunksMax=1",
         "backlogChunksMax=4096", "threads=256", "mirrors=64", "mirrors=0", "mirrorConnectTimeoutMs=0",
+        "compareWindowBytes=4096", "compareWindowBytes=16777216",
     ])
     func validateAccepts(setting: String) throws {
         let parts = setting.split(separator: "=")
@@ -259,6 +264,7 @@ struct ParserTests {
         case "backlogChunksMax": config.backlogChunksMax = value
         case "threads": config.threads = value
         case "mirrorConnectTimeoutMs": config.mirrorConnectTimeoutMs = value
+        case "compareWindowBytes": config.compareWindowBytes = value
         default: break
         }
         try config.validate()

@@ -1,0 +1,209 @@
+import Glibc
+import Synchronization
+import Testing
+import TestSupport
+@testable import Duplicator
+import LoadTools
+
+/// An echo server that answers a little differently, one way per server,
+/// on its own threads: the mirrors of the `--compare` tests.
+final class VariantEchoServer: Sendable {
+    enum Variant: Sendable {
+        /// Echoes every byte.
+        case identical
+        /// Echoes, with the byte at this offset of the reply changed.
+        case flipByte(at: Int)
+        /// Echoes this many bytes, then shuts its write side (and reads on).
+        case stopAfter(Int)
+        /// Echoes, then adds these bytes once the client's EOF came.
+        case addAtEnd([UInt8])
+    }
+
+    let port: UInt16
+    private let listener: Int32
+    private let variant: Variant
+    private let stopping = Atomic<Bool>(false)
+    private let finished = Atomic<Bool>(false)
+    let connectionsEnded = Atomic<Int>(0)
+
+    init(_ variant: Variant) throws {
+        self.variant = variant
+        (listener, port) = try loopbackListener(backlog: 128)
+        try detachedThread { [self] in serve() }
+    }
+
+    func stop() {
+        stopping.store(true, ordering: .relaxed)
+        while !finished.load(ordering: .acquiring) { usleep(1000) }
+        close(listener)
+    }
+
+    private func serve() {
+        defer { finished.store(true, ordering: .releasing) }
+        while !stopping.load(ordering: .relaxed) {
+            var entry = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+            guard poll(&entry, 1, 20) > 0 else { continue }
+            let fd = accept(listener, nil, nil)
+            guard fd >= 0 else { continue }
+            if let thread = try? spawnThread({ [self] in handle(fd) }) {
+                thread.detach()
+            } else {
+                close(fd)
+            }
+        }
+    }
+
+    private func sendAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        var offset = 0
+        while offset < bytes.count {
+            let sent = send(fd, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
+            if sent <= 0 { return false }
+            offset += sent
+        }
+        return true
+    }
+
+    private func handle(_ fd: Int32) {
+        defer {
+            close(fd)
+            connectionsEnded.add(1, ordering: .relaxed)
+        }
+        var buffer = [UInt8](repeating: 0, count: 16384)
+        var replied = 0
+        var writing = true
+        while true {
+            let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard count > 0 else { break }
+            guard writing else { continue }
+            var length = count
+            switch variant {
+            case .identical, .addAtEnd:
+                break
+            case .flipByte(let offset):
+                if offset >= replied && offset < replied + count { buffer[offset - replied] ^= 0x01 }
+            case .stopAfter(let limit):
+                length = min(count, limit - replied)
+            }
+            let ok = buffer.withUnsafeBytes { sendAll(fd, UnsafeRawBufferPointer(rebasing: $0[0..<length])) }
+            replied += length
+            if !ok { return }
+            if case .stopAfter(let limit) = variant, replied >= limit {
+                shutdown(fd, Int32(SHUT_WR))
+                writing = false
+            }
+        }
+        if writing, case .addAtEnd(let extra) = variant {
+            _ = extra.withUnsafeBytes { sendAll(fd, $0) }
+        }
+        shutdown(fd, Int32(SHUT_WR))
+    }
+}
+
+/// Promise 9 over loopback and real io_uring: mirrors that answer like main,
+/// flip a byte, stop early or add bytes each get their verdict, once per
+/// session, and the client still gets exactly main's bytes.
+@Suite("Compare: verdicts over loopback", .timeLimit(.minutes(4)))
+struct CompareIntegrationTests {
+    @Test("identical, flipped, cut short and extended mirrors: match, diverged, shorter, longer")
+    func verdicts() throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let variants: [VariantEchoServer.Variant] = [.identical, .flipByte(at: 1000), .stopAfter(500),
+                                                     .addAtEnd(Array("extra\n".utf8))]
+        let mirrors = try variants.map { try VariantEchoServer($0) }
+        defer { mirrors.forEach { $0.stop() } }
+        let proxy = try startProxy(main: main.boundPort, mirrors: mirrors.map(\.port)) {
+            $0.compare = true
+            $0.mirrorLingerMs = 5_000
+        }
+        defer { proxy.shutdown() }
+
+        let sessions = 24
+        let failures = Mutex<[String]>([])
+        let port = proxy.port
+        try concurrently(sessions) { index in
+            var generator = SeededGenerator(seed: UInt64(500 + index))
+            let payload = generator.bytes(3_000 + index * 997)
+            do {
+                let connection = try TestConnection(port: port)
+                let (received, end) = connection.exchange(payload, pieceMax: 700, seed: UInt64(index))
+                if end != .eof || received != payload {
+                    failures.withLock { $0.append("session \(index): \(end), \(received.count)/\(payload.count) bytes back") }
+                }
+            } catch {
+                failures.withLock { $0.append("session \(index): \(error)") }
+            }
+        }
+        #expect(failures.withLock { $0 } == [])
+        #expect(eventually { proxy.activeSessions == 0 })
+        let snapshot = proxy.snapshot()
+        let expected: [ReplyComparison.Verdict] = [.match, .diverged, .shorter, .longer]
+        for (index, verdict) in expected.enumerated() {
+            let mirror = snapshot.mirrors[index]
+            for other in ReplyComparison.Verdict.allCases {
+                #expect(mirror.compared(other) == (other == verdict ? UInt64(sessions) : 0),
+                        "mirror \(index) (\(variants[index])): \(other) \(mirror.compared(other))")
+            }
+        }
+        // The flipped byte is at offset 1000 of every session's reply: the 4 KiB bucket.
+        #expect(snapshot.mirrors[1].divergenceOffsetBuckets == [0, 0, UInt64(sessions), 0, 0, 0, 0])
+        #expect(snapshot.mirrors[1].divergenceOffsetSum == UInt64(1000 * sessions))
+        let metrics = PrometheusText.render(snapshot)
+        let name = "127.0.0.1:\(mirrors[1].port)"
+        #expect(metrics.contains("duplicator_mirror_compared_sessions_total{mirror=\"\(name)\",result=\"diverged\"} \(sessions)"))
+        #expect(metrics.contains("duplicator_mirror_divergence_offset_bytes_bucket{mirror=\"\(name)\",le=\"4096\"} \(sessions)"))
+        #expect(metrics.contains("duplicator_mirror_divergence_offset_bytes_count{mirror=\"\(name)\"} \(sessions)"))
+        let line = StatsLine.render(from: StatsSnapshot(workers: [], mirrorNames: snapshot.mirrors.map(\.name), poolSlotsPerWorker: 0),
+                                    to: snapshot, seconds: 1)
+        #expect(line.contains("compared \(sessions) match"), "\(line)")
+        #expect(line.contains("compared \(sessions) diverged"), "\(line)")
+    }
+
+    @Test("a mirror that resets and one that never reads are incomplete; the client gets main's bytes")
+    func incomplete() throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let resetting = try FaultServer.start(.resetAfterReading(10))
+        defer { resetting.stop() }
+        let stalled = try startServer(.stall)
+        defer { stalled.stop() }
+        let proxy = try startProxy(main: main.boundPort, mirrors: [resetting.port, stalled.boundPort]) {
+            $0.compare = true
+            $0.compareWindowBytes = 4096
+            $0.mirrorLingerMs = 200
+        }
+        defer { proxy.shutdown() }
+        let sessions = 5
+        for index in 0..<sessions {
+            var generator = SeededGenerator(seed: UInt64(900 + index))
+            let payload = generator.bytes(50_000)
+            let connection = try TestConnection(port: proxy.port)
+            let (received, end) = connection.exchange(payload, seed: UInt64(index))
+            #expect(end == .eof && received == payload, "session \(index)")
+        }
+        #expect(eventually { proxy.activeSessions == 0 })
+        let snapshot = proxy.snapshot()
+        for index in 0..<2 {
+            #expect(snapshot.mirrors[index].compared == [0, 0, 0, 0, UInt64(sessions)], "mirror \(index)")
+        }
+    }
+
+    @Test("without --compare the mirror's replies are drained and nothing is compared")
+    func offComparesNothing() throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let mirror = try VariantEchoServer(.flipByte(at: 3))
+        defer { mirror.stop() }
+        let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.port])
+        defer { proxy.shutdown() }
+        let payload = Array(repeating: UInt8(0x41), count: 10_000)
+        let connection = try TestConnection(port: proxy.port)
+        let (received, end) = connection.exchange(payload)
+        #expect(end == .eof && received == payload)
+        #expect(eventually { proxy.activeSessions == 0 })
+        let snapshot = proxy.snapshot()
+        #expect(snapshot.mirrors[0].compared == [0, 0, 0, 0, 0])
+        #expect(snapshot.mirrors[0].replyBytes == 10_000)
+        #expect(snapshot.mirrors[0].drains >= 1)
+    }
+}

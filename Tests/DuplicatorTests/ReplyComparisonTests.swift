@@ -1,0 +1,230 @@
+import Testing
+import TestSupport
+@testable import Duplicator
+
+// The comparison of a mirror's reply stream with main's, alone: every split
+// and interleaving of small streams, seeded random ones of large streams,
+// each verdict, and the window's bound.
+
+/// What the verdict must be for two whole streams (an unbounded window).
+private func expectedVerdict(main: [UInt8], mirror: [UInt8]) -> (ReplyComparison.Verdict, UInt64) {
+    let common = min(main.count, mirror.count)
+    for index in 0..<common where main[index] != mirror[index] { return (.diverged, UInt64(index)) }
+    if main.count == mirror.count { return (.match, 0) }
+    return (main.count > mirror.count ? .shorter : .longer, 0)
+}
+
+/// One event of a schedule: a piece of one stream, or its end.
+private enum Event {
+    case bytes(ReplyComparison.Stream, [UInt8])
+    case end(ReplyComparison.Stream)
+}
+
+/// Plays `events` into a comparison with a window of `windowBytes`; returns
+/// its verdict and the most one stream was ahead of the other.
+private func play(_ events: [Event], windowBytes: Int) -> (ReplyComparison.Verdict, UInt64, Int) {
+    let window = UnsafeMutableRawPointer.allocate(byteCount: windowBytes, alignment: 16)
+    defer { window.deallocate() }
+    var comparison = ReplyComparison(window: window, windowBytes: windowBytes)
+    var mainBytes = 0
+    var mirrorBytes = 0
+    var lead = 0
+    for event in events {
+        switch event {
+        case .bytes(let stream, let bytes):
+            bytes.withUnsafeBytes { comparison.append(stream, $0) }
+            if stream == .main { mainBytes += bytes.count } else { mirrorBytes += bytes.count }
+            lead = max(lead, abs(mainBytes - mirrorBytes))
+        case .end(let stream):
+            comparison.end(stream)
+        }
+        #expect(comparison.pendingBytes <= windowBytes)
+    }
+    return (comparison.verdict, comparison.divergenceOffset, lead)
+}
+
+/// Every way to cut `count` bytes into non-empty pieces (as lengths).
+private func splits(_ count: Int) -> [[Int]] {
+    guard count > 0 else { return [[]] }
+    var result: [[Int]] = []
+    for first in 1...count {
+        for rest in splits(count - first) { result.append([first] + rest) }
+    }
+    return result
+}
+
+/// Every interleaving of two sequences, each kept in its order.
+private func interleavings<T>(_ a: [T], _ b: [T]) -> [[T]] {
+    if a.isEmpty { return [b] }
+    if b.isEmpty { return [a] }
+    return interleavings(Array(a.dropFirst()), b).map { [a[0]] + $0 }
+        + interleavings(a, Array(b.dropFirst())).map { [b[0]] + $0 }
+}
+
+private func pieces(_ bytes: [UInt8], _ lengths: [Int], _ stream: ReplyComparison.Stream) -> [Event] {
+    var offset = 0
+    var events: [Event] = []
+    for length in lengths {
+        events.append(.bytes(stream, Array(bytes[offset..<offset + length])))
+        offset += length
+    }
+    events.append(.end(stream))
+    return events
+}
+
+/// Seeded random pieces of up to `pieceMax` bytes, then the end.
+private func randomPieces(_ bytes: [UInt8], _ stream: ReplyComparison.Stream, pieceMax: Int,
+                          _ generator: inout SeededGenerator) -> [Event] {
+    var offset = 0
+    var events: [Event] = []
+    while offset < bytes.count {
+        let length = Int.random(in: 1...min(pieceMax, bytes.count - offset), using: &generator)
+        events.append(.bytes(stream, Array(bytes[offset..<offset + length])))
+        offset += length
+    }
+    events.append(.end(stream))
+    return events
+}
+
+private func randomInterleaving(_ a: [Event], _ b: [Event], _ generator: inout SeededGenerator) -> [Event] {
+    var result: [Event] = []
+    var (i, j) = (0, 0)
+    while i < a.count || j < b.count {
+        if j == b.count || (i < a.count && Bool.random(using: &generator)) {
+            result.append(a[i]); i += 1
+        } else {
+            result.append(b[j]); j += 1
+        }
+    }
+    return result
+}
+
+@Suite("ReplyComparisonTests")
+struct ReplyComparisonTests {
+    @Test("each verdict, at the offset where the streams part")
+    func verdicts() {
+        let cases: [([UInt8], [UInt8], ReplyComparison.Verdict, UInt64)] = [
+            (Array("+OK\r\n".utf8), Array("+OK\r\n".utf8), .match, 0),
+            ([], [], .match, 0),
+            (Array("$3\r\nfoo\r\n".utf8), Array("$3\r\nbar\r\n".utf8), .diverged, 4),
+            (Array("abc".utf8), Array("xbc".utf8), .diverged, 0),
+            (Array("hello world".utf8), Array("hello".utf8), .shorter, 0),
+            (Array("hello".utf8), [], .shorter, 0),
+            (Array("hello".utf8), Array("hello world".utf8), .longer, 0),
+            ([], Array("x".utf8), .longer, 0),
+        ]
+        for (main, mirror, verdict, offset) in cases {
+            let events = pieces(main, main.isEmpty ? [] : [main.count], .main)
+                + pieces(mirror, mirror.isEmpty ? [] : [mirror.count], .mirror)
+            let (got, gotOffset, _) = play(events, windowBytes: 64)
+            #expect(got == verdict, "\(main) vs \(mirror)")
+            if verdict == .diverged { #expect(gotOffset == offset, "\(main) vs \(mirror)") }
+        }
+    }
+
+    @Test("a stream that does not end is incomplete; so is a pair given up")
+    func incomplete() {
+        let bytes = Array("same".utf8)
+        #expect(play([.bytes(.main, bytes), .bytes(.mirror, bytes), .end(.main)], windowBytes: 16).0 == .incomplete)
+        #expect(play([.bytes(.main, bytes), .bytes(.mirror, bytes), .end(.mirror)], windowBytes: 16).0 == .incomplete)
+        let window = UnsafeMutableRawPointer.allocate(byteCount: 16, alignment: 16)
+        defer { window.deallocate() }
+        var comparison = ReplyComparison(window: window, windowBytes: 16)
+        bytes.withUnsafeBytes { comparison.append(.main, $0) }
+        comparison.abandon()
+        bytes.withUnsafeBytes { comparison.append(.mirror, $0) }
+        comparison.end(.main)
+        comparison.end(.mirror)
+        #expect(comparison.verdict == .incomplete)
+        // A verdict decided stays: giving up after a divergence does not hide it.
+        comparison.reset()
+        Array("ab".utf8).withUnsafeBytes { comparison.append(.main, $0) }
+        Array("ax".utf8).withUnsafeBytes { comparison.append(.mirror, $0) }
+        comparison.abandon()
+        #expect(comparison.verdict == .diverged && comparison.divergenceOffset == 1)
+    }
+
+    @Test("one stream more than the window ahead is incomplete, never a mismatch")
+    func windowBound() {
+        let bytes = [UInt8](repeating: 7, count: 100)
+        let events = pieces(bytes, [60, 40], .main) + pieces(bytes, [100], .mirror)
+        #expect(play(events, windowBytes: 64).0 == .incomplete)
+        #expect(play(events, windowBytes: 100).0 == .match)
+    }
+
+    /// Streams of up to 3 bytes over {a, b}: every pair, every split of each,
+    /// every interleaving of the two (ends included), in windows of 1, 2 and
+    /// 16 bytes. The verdict is the whole streams' whenever no stream ran
+    /// more than the window ahead, and otherwise that or `incomplete`.
+    @Test("every split and interleaving of small streams")
+    func exhaustive() {
+        var strings: [[UInt8]] = [[]]
+        for length in 1...3 {
+            var next: [[UInt8]] = []
+            for prefix in strings where prefix.count == length - 1 {
+                next.append(prefix + [0x61])
+                next.append(prefix + [0x62])
+            }
+            strings += next
+        }
+        var runs = 0
+        for main in strings {
+            for mirror in strings {
+                let (verdict, offset) = expectedVerdict(main: main, mirror: mirror)
+                for mainSplit in splits(main.count) {
+                    for mirrorSplit in splits(mirror.count) {
+                        let schedules = interleavings(pieces(main, mainSplit, .main), pieces(mirror, mirrorSplit, .mirror))
+                        for schedule in schedules {
+                            for windowBytes in [1, 2, 16] {
+                                runs += 1
+                                let (got, gotOffset, lead) = play(schedule, windowBytes: windowBytes)
+                                if lead <= windowBytes {
+                                    #expect(got == verdict, "\(main) vs \(mirror), window \(windowBytes)")
+                                    if verdict == .diverged { #expect(gotOffset == offset) }
+                                } else {
+                                    #expect(got == verdict || got == .incomplete)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        #expect(runs > 100_000)
+    }
+
+    /// Large streams (up to 20 KB) with one change: equal, a byte flipped, cut
+    /// short, or bytes added; random pieces, random interleaving (seeded),
+    /// windows from 1 byte to larger than either stream.
+    @Test("seeded random splits and interleavings of large streams", arguments: 0..<8)
+    func seeded(shard: Int) {
+        for round in 0..<50 {
+            var generator = SeededGenerator(seed: UInt64(shard * 1000 + round))
+            let main = TestBytes.random(Int.random(in: 0...20_000, using: &generator), using: &generator)
+            var mirror = main
+            switch Int.random(in: 0..<4, using: &generator) {
+            case 1 where !mirror.isEmpty:
+                mirror[Int.random(in: 0..<mirror.count, using: &generator)] ^= 0x20
+            case 2 where !mirror.isEmpty:
+                mirror.removeLast(Int.random(in: 1...mirror.count, using: &generator))
+            case 3:
+                mirror += TestBytes.random(Int.random(in: 1...500, using: &generator), using: &generator)
+            default:
+                break
+            }
+            let (verdict, offset) = expectedVerdict(main: main, mirror: mirror)
+            let pieceMax = [1, 7, 1500, 16384].randomElement(using: &generator)!
+            let schedule = randomInterleaving(randomPieces(main, .main, pieceMax: pieceMax, &generator),
+                                              randomPieces(mirror, .mirror, pieceMax: pieceMax, &generator), &generator)
+            let windowBytes = [1, 100, 4096, 65536].randomElement(using: &generator)!
+            let (got, gotOffset, lead) = play(schedule, windowBytes: windowBytes)
+            let context = "seed \(shard * 1000 + round): \(main.count) vs \(mirror.count) bytes, window \(windowBytes)"
+            if lead <= windowBytes {
+                #expect(got == verdict, "\(context)")
+                if verdict == .diverged { #expect(gotOffset == offset, "\(context)") }
+            } else {
+                #expect(got == verdict || got == .incomplete, "\(context)")
+            }
+        }
+    }
+}
