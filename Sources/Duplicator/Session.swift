@@ -147,7 +147,7 @@ public final class Session {
 
     @inline(__always)
     func tag(_ kind: OperationKind, _ leg: Int) -> CompletionTag {
-        CompletionTag(kind: kind.rawValue, endpoint: UInt8(leg), generation: generation, slot: index)
+        CompletionTag(kind: kind.rawValue, leg: UInt8(leg), generation: generation, session: index)
     }
 
     // MARK: - Events

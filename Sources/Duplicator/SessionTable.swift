@@ -92,8 +92,8 @@ public final class SessionTable {
     /// retaining it; nil, and `body` not run, when the completion is stale.
     @inline(__always)
     public func withSession<Result>(for tag: CompletionTag, _ body: (Session) -> Result) -> Result? {
-        guard Int(tag.slot) < sessions.count else { return nil }
-        return unretained[Int(tag.slot)]._withUnsafeGuaranteedRef { session in
+        guard Int(tag.session) < sessions.count else { return nil }
+        return unretained[Int(tag.session)]._withUnsafeGuaranteedRef { session in
             session.isActive && session.generation == tag.generation ? body(session) : nil
         }
     }
@@ -115,10 +115,10 @@ public final class SessionTable {
     @inline(__always)
     public func deliver<IO: SessionIO>(_ kind: OperationKind, tag: CompletionTag, result: Int32, selectedBuffer: UInt32?,
                                        io: IO) -> Delivery {
-        guard Int(tag.slot) < sessions.count else { return .stale }
-        return unretained[Int(tag.slot)]._withUnsafeGuaranteedRef { session in
+        guard Int(tag.session) < sessions.count else { return .stale }
+        return unretained[Int(tag.session)]._withUnsafeGuaranteedRef { session in
             guard session.isActive && session.generation == tag.generation else { return .stale }
-            session.handle(kind: kind, leg: Int(tag.endpoint), result: result, selectedBuffer: selectedBuffer, io: io)
+            session.handle(kind: kind, leg: Int(tag.leg), result: result, selectedBuffer: selectedBuffer, io: io)
             guard !session.isActive else { return .handled }
             free(session)
             return .ended(session)

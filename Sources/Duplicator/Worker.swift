@@ -293,7 +293,7 @@ final class Worker: WorkerBackend {
     }
 
     func shutdownWrite(fd: Int32, tag: CompletionTag) {
-        if Int(tag.endpoint) >= Session.firstMirror && config.mirrorReceiveLowWaterBytes > 0 {
+        if Int(tag.leg) >= Session.firstMirror && config.mirrorReceiveLowWaterBytes > 0 {
             // The mirror has the whole stream: from now on drain its replies
             // as they come (lowering SO_RCVLOWAT wakes the drain for what
             // waits), so that closing it at the end of its linger finds no

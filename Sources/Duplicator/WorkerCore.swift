@@ -98,10 +98,10 @@ public final class WorkerCore<Backend: WorkerBackend> {
     /// How often sessions are checked against the idle timeout.
     static var idleCheckMs: UInt64 { 1_000 }
     public static var acceptTag: CompletionTag {
-        CompletionTag(kind: OperationKind.accept.rawValue, endpoint: 0, generation: 0, slot: 0)
+        CompletionTag(kind: OperationKind.accept.rawValue, leg: 0, generation: 0, session: 0)
     }
     public static var acceptCancelTag: CompletionTag {
-        CompletionTag(kind: OperationKind.acceptCancel.rawValue, endpoint: 0, generation: 0, slot: 0)
+        CompletionTag(kind: OperationKind.acceptCancel.rawValue, leg: 0, generation: 0, session: 0)
     }
 
     /// The backend owns this and outlives it.
@@ -173,7 +173,7 @@ public final class WorkerCore<Backend: WorkerBackend> {
         if let slot = completion.selectedBuffer { backend.bufferTaken(slot) }
         var result = completion.result
         if kind == .connect && backend.loopCheckNeeded, let session = table.session(for: tag) {
-            let leg = Int(tag.endpoint)
+            let leg = Int(tag.leg)
             if backend.connectLooped(fd: session.legs[leg].fd, target: leg - 1, result: result) { result = -ELOOP }
         }
         if case .stale = table.deliver(kind, tag: tag, result: result, selectedBuffer: completion.selectedBuffer, io: backend),

@@ -1,8 +1,10 @@
-/// The 64-bit `user_data` of every SQE: which operation, on which session
-/// slot, of which generation of that slot, on which endpoint (leg) of it.
+/// The 64-bit `user_data` of every SQE: which operation, on which leg
+/// (connection) of which session, of which generation of that session's
+/// place in its table. The ring only carries it; the proxy gives the fields
+/// their meaning.
 ///
-/// Layout (high to low): kind 8 bits | endpoint 8 bits | generation 16 bits |
-/// slot 32 bits. A session slot is reused after its session ends; its
+/// Layout (high to low): kind 8 bits | leg 8 bits | generation 16 bits |
+/// session 32 bits. A session's place is reused after it ends; its
 /// generation is bumped, so a late completion for the previous occupant
 /// carries an old generation and is recognised as stale.
 public struct CompletionTag: Equatable, Hashable, Sendable, CustomStringConvertible {
@@ -11,17 +13,18 @@ public struct CompletionTag: Equatable, Hashable, Sendable, CustomStringConverti
     @inlinable public init(rawValue: UInt64) { self.rawValue = rawValue }
 
     @inlinable
-    public init(kind: UInt8, endpoint: UInt8, generation: UInt16, slot: UInt32) {
-        rawValue = UInt64(kind) << 56 | UInt64(endpoint) << 48 | UInt64(generation) << 32 | UInt64(slot)
+    public init(kind: UInt8, leg: UInt8, generation: UInt16, session: UInt32) {
+        rawValue = UInt64(kind) << 56 | UInt64(leg) << 48 | UInt64(generation) << 32 | UInt64(session)
     }
 
     @inlinable public var kind: UInt8 { UInt8(truncatingIfNeeded: rawValue >> 56) }
-    @inlinable public var endpoint: UInt8 { UInt8(truncatingIfNeeded: rawValue >> 48) }
+    @inlinable public var leg: UInt8 { UInt8(truncatingIfNeeded: rawValue >> 48) }
     @inlinable public var generation: UInt16 { UInt16(truncatingIfNeeded: rawValue >> 32) }
-    @inlinable public var slot: UInt32 { UInt32(truncatingIfNeeded: rawValue) }
+    /// The session's index in its worker's table (not a buffer slot).
+    @inlinable public var session: UInt32 { UInt32(truncatingIfNeeded: rawValue) }
 
     public var description: String {
-        "tag(kind: \(kind), endpoint: \(endpoint), generation: \(generation), slot: \(slot))"
+        "tag(kind: \(kind), leg: \(leg), generation: \(generation), session: \(session))"
     }
 }
 

@@ -18,7 +18,7 @@ struct FakeChecksTests {
     }
 
     private func tag(_ kind: OperationKind, _ peer: Peer, _ op: FakeOp) -> CompletionTag {
-        CompletionTag(kind: kind.rawValue, endpoint: UInt8(peer.leg), generation: op.key.generation, slot: op.key.index)
+        CompletionTag(kind: kind.rawValue, leg: UInt8(peer.leg), generation: op.key.generation, session: op.key.index)
     }
 
     @Test("close with an operation in flight, and a second close, are reported")

@@ -80,7 +80,7 @@ struct SessionKey: Hashable, CustomStringConvertible, Sendable {
         self.generation = generation
     }
     init(_ session: Session) { self.init(index: session.index, generation: session.generation) }
-    init(_ tag: CompletionTag) { self.init(index: tag.slot, generation: tag.generation) }
+    init(_ tag: CompletionTag) { self.init(index: tag.session, generation: tag.generation) }
     var description: String { "session(\(index)#\(generation))" }
 }
 
@@ -102,7 +102,7 @@ struct FakeOp: CustomStringConvertible {
     var timeoutMs = 0
     var timeoutTag = CompletionTag(rawValue: 0)
 
-    var peer: Peer { Peer(leg: Int(tag.endpoint)) }
+    var peer: Peer { Peer(leg: Int(tag.leg)) }
     var key: SessionKey { SessionKey(tag) }
 
     var description: String {
@@ -590,7 +590,7 @@ final class FakeSessionIO: WorkerBackend {
             return nil
         }
         if tag.kind != kind.rawValue { violation("\(op) carries a tag of kind \(tag.kind)") }
-        if SessionKey(tag) != record.key || Int(tag.endpoint) != record.leg {
+        if SessionKey(tag) != record.key || Int(tag.leg) != record.leg {
             violation("\(op): tag \(tag) does not belong to fd \(fd) (\(record.key) leg \(record.leg))")
         }
         if record.closeCount > 0 { violation("\(op) after fd \(fd) was closed") }
@@ -618,7 +618,7 @@ final class FakeSessionIO: WorkerBackend {
             // Mirrors are drained; so is main once the client failed (it flushes like a mirror).
             // With `--compare` a mirror's replies are received instead (drained once given up).
             let isMirror = record.leg >= Session.firstMirror
-            let mainFlushing = record.leg == Session.main && table.sessions[Int(op.tag.slot)].endCause == .clientError
+            let mainFlushing = record.leg == Session.main && table.sessions[Int(op.tag.session)].endCause == .clientError
             let comparing = limits.compareWindowBytes > 0
             if kind == .drain ? !(isMirror || mainFlushing) : (isMirror && !comparing) {
                 violation("\(op) on leg \(record.leg)")
@@ -658,7 +658,7 @@ final class FakeSessionIO: WorkerBackend {
             $0.timeoutTag = timeoutTag
         }) else { return }
         if timeoutTag.kind != OperationKind.connectTimeout.rawValue || SessionKey(timeoutTag) != SessionKey(tag)
-            || timeoutTag.endpoint != tag.endpoint {
+            || timeoutTag.leg != tag.leg {
             violation("\(op): its timeout tag \(timeoutTag) does not match")
         }
         pending.append(op)

@@ -296,8 +296,8 @@ extension SessionTests {
         let firstKey = SessionKey(first)
         io.connectAll()
         let oldRecv = try #require(io.pendingOp(.recv, .client)).tag
-        let oldSend = CompletionTag(kind: OperationKind.send.rawValue, endpoint: 1,
-                                    generation: firstKey.generation, slot: firstKey.index)
+        let oldSend = CompletionTag(kind: OperationKind.send.rawValue, leg: 1,
+                                    generation: firstKey.generation, session: firstKey.index)
         finish(io)
         #expect(!first.isActive)
         #expect(io.table.session(for: oldRecv) == nil, "ended, not yet reused")
@@ -307,12 +307,12 @@ extension SessionTests {
         #expect(second.generation == firstKey.generation &+ 1)
         io.connectAll()
         let newRecv = try #require(io.pendingOp(.recv, .client)).tag
-        #expect(newRecv.slot == oldRecv.slot && newRecv.generation != oldRecv.generation)
+        #expect(newRecv.session == oldRecv.session && newRecv.generation != oldRecv.generation)
         #expect(io.table.session(for: newRecv) === second)
         #expect(io.table.session(for: oldRecv) == nil)
         #expect(io.table.session(for: oldSend) == nil)
-        let beyond = CompletionTag(kind: OperationKind.recv.rawValue, endpoint: 0, generation: newRecv.generation,
-                                   slot: UInt32(io.table.capacity))
+        let beyond = CompletionTag(kind: OperationKind.recv.rawValue, leg: 0, generation: newRecv.generation,
+                                   session: UInt32(io.table.capacity))
         #expect(io.table.session(for: beyond) == nil)
 
         // A late completion of the old recv that took a slot: the slot goes straight back.

@@ -71,7 +71,7 @@ struct WorkerCoreTests {
         let before = io.requests.count
         io.resumeWaiters()
         #expect(io.waiters.isEmpty)
-        let resumed = io.requests.dropFirst(before).filter { $0.kind == .recv && $0.tag.endpoint == 0 }.map { SessionKey($0.tag) }
+        let resumed = io.requests.dropFirst(before).filter { $0.kind == .recv && $0.tag.leg == 0 }.map { SessionKey($0.tag) }
         #expect(resumed == [secondKey, firstKey])
         finish(io)
         io.expectQuiescent()
@@ -126,7 +126,7 @@ struct WorkerCoreTests {
         let io = try FakeSessionIO(limits: testLimits(mirrors: 0))
         let slot = try #require(io.freeSlots.last)
         io.takeFreeSlotForTest(slot)
-        io.core.deliver(WorkerCompletion(tag: CompletionTag(kind: 200, endpoint: 0, generation: 0, slot: 0), result: 5,
+        io.core.deliver(WorkerCompletion(tag: CompletionTag(kind: 200, leg: 0, generation: 0, session: 0), result: 5,
                                          selectedBuffer: slot))
         #expect(io.stats.completionsUnknown.value == 1)
         #expect(io.freeSlots.contains(slot))

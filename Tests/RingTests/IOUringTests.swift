@@ -69,8 +69,8 @@ struct IOUringTests {
         let message = Array("through the ring".utf8)
         let inbox = UnsafeMutableRawPointer.allocate(byteCount: 256, alignment: 8)
         defer { inbox.deallocate() }
-        let sendTag = CompletionTag(kind: 4, endpoint: 1, generation: 9, slot: 3)
-        let recvTag = CompletionTag(kind: 2, endpoint: 0, generation: 9, slot: 3)
+        let sendTag = CompletionTag(kind: 4, leg: 1, generation: 9, session: 3)
+        let recvTag = CompletionTag(kind: 2, leg: 0, generation: 9, session: 3)
         ring.prepareRecv(fd: b, into: inbox, length: 256, tag: recvTag)
         message.withUnsafeBytes { ring.prepareSend(fd: a, from: $0.baseAddress!, length: $0.count, tag: sendTag) }
         let completions = try reap(ring, count: 2)
@@ -94,7 +94,7 @@ struct IOUringTests {
         for round in 0..<6 {
             let message = Array("round \(round) of the provided buffers".utf8)
             writeAll(a, message)
-            let tag = CompletionTag(kind: 2, endpoint: 0, generation: 1, slot: UInt32(round))
+            let tag = CompletionTag(kind: 2, leg: 0, generation: 1, session: UInt32(round))
             ring.prepareRecv(fd: b, group: 3, length: pool.slotSize, tag: tag)
             let completion = try #require(try reap(ring, count: 1).first)
             #expect(completion.tag == tag)
@@ -184,7 +184,7 @@ struct IOUringTests {
         defer { close(client); close(server) }
         let message = Array("zero copy from slot 5".utf8)
         message.withUnsafeBytes { pool.pointer(5).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-        let tag = CompletionTag(kind: 4, endpoint: 1, generation: 2, slot: 5)
+        let tag = CompletionTag(kind: 4, leg: 1, generation: 2, session: 5)
         ring.prepareSendZeroCopy(fd: client, from: pool.pointer(5), length: message.count, bufferIndex: 5, tag: tag)
         let completions = try reap(ring, count: 2)
         #expect(completions.count == 2)
@@ -363,7 +363,7 @@ struct IOUringTests {
         let listener = try loopbackListener()
         defer { close(listener.fd) }
         let ring = try Ring(entries: 8, completionEntries: 16)
-        let acceptTag = CompletionTag(kind: 1, endpoint: 0, generation: 0, slot: 0)
+        let acceptTag = CompletionTag(kind: 1, leg: 0, generation: 0, session: 0)
         ring.prepareAcceptMultishot(fd: listener.fd, tag: acceptTag)
         ring.submit()
         let clients = try (0..<3).map { _ in try tcpSocket() }

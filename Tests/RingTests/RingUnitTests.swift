@@ -10,27 +10,27 @@ struct CompletionTagTests {
         var rng = SeededGenerator(seed: 42)
         for _ in 0..<10_000 {
             let kind = UInt8.random(in: .min ... .max, using: &rng)
-            let endpoint = UInt8.random(in: .min ... .max, using: &rng)
+            let leg = UInt8.random(in: .min ... .max, using: &rng)
             let generation = UInt16.random(in: .min ... .max, using: &rng)
-            let slot = UInt32.random(in: .min ... .max, using: &rng)
-            let tag = CompletionTag(kind: kind, endpoint: endpoint, generation: generation, slot: slot)
-            #expect(tag.kind == kind && tag.endpoint == endpoint && tag.generation == generation && tag.slot == slot)
+            let session = UInt32.random(in: .min ... .max, using: &rng)
+            let tag = CompletionTag(kind: kind, leg: leg, generation: generation, session: session)
+            #expect(tag.kind == kind && tag.leg == leg && tag.generation == generation && tag.session == session)
             let again = CompletionTag(rawValue: tag.rawValue)
             #expect(again == tag && again.hashValue == tag.hashValue)
         }
     }
 
-    @Test("extreme values and the documented layout: kind | endpoint | generation | slot")
+    @Test("extreme values and the documented layout: kind | leg | generation | session")
     func layout() {
-        let tag = CompletionTag(kind: 0xAB, endpoint: 0xCD, generation: 0x1234, slot: 0x5678_9ABC)
+        let tag = CompletionTag(kind: 0xAB, leg: 0xCD, generation: 0x1234, session: 0x5678_9ABC)
         #expect(tag.rawValue == 0xABCD_1234_5678_9ABC)
-        let all = CompletionTag(kind: .max, endpoint: .max, generation: .max, slot: .max)
+        let all = CompletionTag(kind: .max, leg: .max, generation: .max, session: .max)
         #expect(all.rawValue == .max)
-        #expect(CompletionTag(kind: 0, endpoint: 0, generation: 0, slot: 0).rawValue == 0)
+        #expect(CompletionTag(kind: 0, leg: 0, generation: 0, session: 0).rawValue == 0)
         // A generation change alone changes the tag: that is how stale completions are told apart.
-        #expect(CompletionTag(kind: 2, endpoint: 1, generation: 7, slot: 3)
-                != CompletionTag(kind: 2, endpoint: 1, generation: 8, slot: 3))
-        #expect(tag.description == "tag(kind: 171, endpoint: 205, generation: 4660, slot: 1450744508)")
+        #expect(CompletionTag(kind: 2, leg: 1, generation: 7, session: 3)
+                != CompletionTag(kind: 2, leg: 1, generation: 8, session: 3))
+        #expect(tag.description == "tag(kind: 171, leg: 205, generation: 4660, session: 1450744508)")
     }
 
     @Test("completion flags: more, notification and the selected buffer")

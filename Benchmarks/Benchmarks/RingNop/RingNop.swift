@@ -30,7 +30,7 @@ let benchmarks: @Sendable () -> Void = {
             } catch {
                 fatalError("Ring setup failed: \(error)")
             }
-            let tag = CompletionTag(kind: 1, endpoint: 0, generation: 1, slot: 7)
+            let tag = CompletionTag(kind: 1, leg: 0, generation: 1, session: 7)
             var checksum: UInt64 = 0
             benchmark.startMeasurement()
             for _ in benchmark.scaledIterations {

@@ -72,21 +72,21 @@ final class ScriptedIO: SessionIO {
     }
 
     func connect(fd: Int32, target: Int, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {
-        pendingConnect[Int(tag.endpoint)] = tag.rawValue
+        pendingConnect[Int(tag.leg)] = tag.rawValue
     }
 
-    func recv(fd: Int32, tag: CompletionTag) { pendingRecv[Int(tag.endpoint)] = tag.rawValue }
+    func recv(fd: Int32, tag: CompletionTag) { pendingRecv[Int(tag.leg)] = tag.rawValue }
 
-    func drain(fd: Int32, tag: CompletionTag) { pendingDrain[Int(tag.endpoint)] = tag.rawValue }
+    func drain(fd: Int32, tag: CompletionTag) { pendingDrain[Int(tag.leg)] = tag.rawValue }
 
     func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag) {
-        pendingSend[Int(tag.endpoint)] = tag.rawValue
-        pendingSendLength[Int(tag.endpoint)] = Int32(length)
+        pendingSend[Int(tag.leg)] = tag.rawValue
+        pendingSendLength[Int(tag.leg)] = Int32(length)
     }
 
     func send(fd: Int32, from bytes: UnsafeRawPointer, length: Int, tag: CompletionTag) {
-        pendingSend[Int(tag.endpoint)] = tag.rawValue
-        pendingSendLength[Int(tag.endpoint)] = Int32(length)
+        pendingSend[Int(tag.leg)] = tag.rawValue
+        pendingSendLength[Int(tag.leg)] = Int32(length)
     }
 
     func addresses(fd: Int32) -> ProxyAddresses? { nil }
