@@ -52,9 +52,8 @@ final class Worker: WorkerBackend {
     private var growthErrorLogged = false
     private let waiters: BufferWaiters
     /// The worker's logic; it drives the sessions, this carries out their operations.
-    private(set) var core: WorkerCore<Worker>!
-    var context: SessionContext { core.context }
-    var table: SessionTable { core.table }
+    let core: WorkerCore<Worker>
+    let context: SessionContext
 
     /// Creates the ring and the memory of a worker; runs on the worker's own thread.
     init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, mirrorHealth: MirrorHealth, listenerFD: Int32,
@@ -78,7 +77,7 @@ final class Worker: WorkerBackend {
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
         provided = try ProvidedBuffers(ring: ring, pool: pool, windowSlots: config.providedWindowSlotsPerWorker,
                                        registerSegments: true)
-        let context = SessionContext(limits: config.limits, pool: pool, stats: stats, mirrorHealth: mirrorHealth)
+        context = SessionContext(limits: config.limits, pool: pool, stats: stats, mirrorHealth: mirrorHealth)
         // Admission control: the table holds only as many sessions as the
         // pool can serve at once, whatever their peers do.
         let table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
@@ -86,7 +85,7 @@ final class Worker: WorkerBackend {
         drainBuffer = .allocate(byteCount: Self.drainBufferBytes, alignment: 4096)
         connectTimeouts = [RingTimeout(milliseconds: config.mainConnectTimeoutMs),
                            RingTimeout(milliseconds: config.mirrorConnectTimeoutMs)]
-        core = WorkerCore(backend: self, context: context, table: table, waiters: waiters,
+        core = WorkerCore(context: context, table: table, waiters: waiters,
                           idleTimeoutMs: config.idleTimeoutMs, drainTimeoutMs: config.drainTimeoutMs, stats: stats,
                           allStats: allStats, mirrorNames: config.mirrors.map(\.text), logger: logger)
     }
@@ -101,7 +100,7 @@ final class Worker: WorkerBackend {
 
     func run() throws {
         context.nowMs = MonotonicClock.coarseMs()
-        core.start()
+        core.start(io: self)
         while true {
             provided.commit()
             var count = try waitForCompletions()
@@ -110,14 +109,15 @@ final class Worker: WorkerBackend {
                 for index in 0..<count {
                     let completion = ring.completion(at: index)
                     core.deliver(WorkerCompletion(tag: completion.tag, result: completion.result,
-                                                  selectedBuffer: completion.selectedBuffer, hasMore: completion.hasMore))
+                                                  selectedBuffer: completion.selectedBuffer, hasMore: completion.hasMore),
+                                 io: self)
                 }
                 provided.commit()
                 count = ring.reap()
             }
-            core.afterCompletions()
+            core.afterCompletions(io: self)
             if context.nowMs >= core.nextTickMs {
-                core.tick(stopMode: StopMode(rawValue: control.stopMode.load(ordering: .relaxed)) ?? .running)
+                core.tick(stopMode: StopMode(rawValue: control.stopMode.load(ordering: .relaxed)) ?? .running, io: self)
             }
             if core.isFinished { break }
         }

@@ -89,7 +89,9 @@ public enum StopMode: Int, Sendable { case running = 0, graceful = 1, immediate 
 /// completion (accept a client, or hand it to its session through the
 /// table), the sessions waiting for buffers, the tick (idle and PROXY
 /// header deadlines, mirrors lingering, the stop), and the stop itself.
-/// The thread's loop (`Worker`) waits for completions and hands them here.
+/// The thread's loop (`Worker`) waits for completions and hands them here,
+/// with its backend as `io`, as a `Session` takes its IO: per call, so that
+/// nothing here holds the backend that holds this.
 public final class WorkerCore<Backend: WorkerBackend> {
     public static var tickMs: UInt64 { 100 }
     /// After an accept error (out of descriptors or memory), clients wait in
@@ -104,8 +106,6 @@ public final class WorkerCore<Backend: WorkerBackend> {
         CompletionTag(kind: OperationKind.acceptCancel.rawValue, leg: 0, generation: 0, session: 0)
     }
 
-    /// The backend owns this and outlives it.
-    public unowned(unsafe) let backend: Backend
     public let context: SessionContext
     public let table: SessionTable
     public let waiters: BufferWaiters
@@ -128,10 +128,9 @@ public final class WorkerCore<Backend: WorkerBackend> {
     private var acceptErrorLog = RateLimitedLog(intervalMs: 5_000)
     private var unknownCompletionLogged = false
 
-    public init(backend: Backend, context: SessionContext, table: SessionTable, waiters: BufferWaiters,
+    public init(context: SessionContext, table: SessionTable, waiters: BufferWaiters,
                 idleTimeoutMs: Int, drainTimeoutMs: Int, stats: WorkerStats, allStats: [WorkerStats],
                 mirrorNames: [String], logger: Logger = Logger(label: "duplicator")) {
-        self.backend = backend
         self.context = context
         self.table = table
         self.waiters = waiters
@@ -146,59 +145,59 @@ public final class WorkerCore<Backend: WorkerBackend> {
     /// Every session has ended and nothing more will be accepted: the loop may end.
     public var isFinished: Bool { stopping && table.activeCount == 0 && !acceptArmed }
 
-    public func start() {
+    public func start(io: Backend) {
         nextTickMs = context.nowMs + Self.tickMs
-        armAccept()
+        armAccept(io: io)
     }
 
     // MARK: - Completions
 
     /// What to do with one completion: the accept's, or a session's.
     @inline(__always)
-    public func deliver(_ completion: WorkerCompletion) {
+    public func deliver(_ completion: WorkerCompletion, io: Backend) {
         let tag = completion.tag
         guard let kind = OperationKind(rawValue: tag.kind) else {
-            unknownCompletion(completion)
+            unknownCompletion(completion, io: io)
             return
         }
         switch kind {
         case .accept:
-            accepted(completion)
+            accepted(completion, io: io)
             return
         case .acceptCancel:
             return
         default:
             break
         }
-        if let slot = completion.selectedBuffer { backend.bufferTaken(slot) }
+        if let slot = completion.selectedBuffer { io.bufferTaken(slot) }
         var result = completion.result
-        if kind == .connect && backend.loopCheckNeeded, let session = table.session(for: tag) {
+        if kind == .connect && io.loopCheckNeeded, let session = table.session(for: tag) {
             let leg = Int(tag.leg)
-            if backend.connectLooped(fd: session.legs[leg].fd, target: leg - 1, result: result) { result = -ELOOP }
+            if io.connectLooped(fd: session.legs[leg].fd, target: leg - 1, result: result) { result = -ELOOP }
         }
-        if case .stale = table.deliver(kind, tag: tag, result: result, selectedBuffer: completion.selectedBuffer, io: backend),
+        if case .stale = table.deliver(kind, tag: tag, result: result, selectedBuffer: completion.selectedBuffer, io: io),
            let slot = completion.selectedBuffer {
             // A late completion of a session that has ended: its buffer, if
             // one was picked for it, goes straight back.
-            backend.recycle(slot: slot)
+            io.recycle(slot: slot)
         }
     }
 
     /// After a batch of completions: the sessions that waited for buffers
     /// read again, in the order they asked, while any are lent.
-    public func afterCompletions() {
-        while backend.buffersLent, let index = waiters.next() {
-            table.sessions[Int(index)].resumeReceiving(io: backend)
+    public func afterCompletions(io: Backend) {
+        while io.buffersLent, let index = waiters.next() {
+            table.sessions[Int(index)].resumeReceiving(io: io)
         }
     }
 
     /// A completion of no operation we submit: count it, say so once, and
     /// give back the buffer that may have been picked for it.
-    private func unknownCompletion(_ completion: WorkerCompletion) {
+    private func unknownCompletion(_ completion: WorkerCompletion, io: Backend) {
         stats.completionsUnknown.bump()
         if let slot = completion.selectedBuffer {
-            backend.bufferTaken(slot)
-            backend.recycle(slot: slot)
+            io.bufferTaken(slot)
+            io.recycle(slot: slot)
         }
         guard !unknownCompletionLogged else { return }
         unknownCompletionLogged = true
@@ -207,23 +206,23 @@ public final class WorkerCore<Backend: WorkerBackend> {
 
     // MARK: - Accepting
 
-    private func armAccept() {
-        acceptArmed = backend.armAccept()
+    private func armAccept(io: Backend) {
+        acceptArmed = io.armAccept()
     }
 
-    private func accepted(_ completion: WorkerCompletion) {
+    private func accepted(_ completion: WorkerCompletion, io: Backend) {
         if completion.result >= 0 {
             let fd = completion.result
-            if backend.isLoop(acceptedFD: fd) {
+            if io.isLoop(acceptedFD: fd) {
                 stats.loopsRefused.bump()
-                backend.refuse(fd: fd)
+                io.refuse(fd: fd)
             } else if !stopping, let session = table.take() {
-                backend.admit(fd: fd, session: session)
-                session.start(clientFD: fd, io: backend)
+                io.admit(fd: fd, session: session)
+                session.start(clientFD: fd, io: io)
                 if !session.isActive { table.free(session) }
             } else {
                 stats.sessionsRejected.bump()
-                backend.refuse(fd: fd)
+                io.refuse(fd: fd)
                 if !stopping && rejectLog.allow(nowMs: context.nowMs) {
                     let note = "refusing clients: all \(table.capacity) sessions this worker's memory bound admits are live "
                         + "(--max-memory, --max-sessions)\(rejectLog.suppressedNote)"
@@ -240,13 +239,13 @@ public final class WorkerCore<Backend: WorkerBackend> {
         // The accept ended.
         acceptArmed = false
         if stopping {
-            backend.closeListener()
+            io.closeListener()
         } else if completion.result < 0 {
             // Out of descriptors or memory: retrying at once would spin a
             // core. Clients wait in the listen backlog meanwhile.
             acceptPausedUntilMs = context.nowMs + Self.acceptPauseMs
         } else {
-            armAccept()
+            armAccept(io: io)
         }
     }
 
@@ -254,9 +253,9 @@ public final class WorkerCore<Backend: WorkerBackend> {
 
     /// Once `nextTickMs` has come: gauges and logs, the stop, the accept
     /// after a pause, and the sessions' deadlines.
-    public func tick(stopMode mode: StopMode) {
+    public func tick(stopMode mode: StopMode, io: Backend) {
         nextTickMs = context.nowMs + Self.tickMs
-        backend.tick(nowMs: context.nowMs)
+        io.tick(nowMs: context.nowMs)
         for (index, mirror) in stats.mirrors.enumerated() {
             mirror.backingOff.store(context.mirrorIsBackingOff(index) ? 1 : 0, ordering: .relaxed)
         }
@@ -264,22 +263,22 @@ public final class WorkerCore<Backend: WorkerBackend> {
         if mode != .running && !stopping {
             stopping = true
             drainDeadlineMs = context.nowMs + UInt64(drainTimeoutMs)
-            if acceptArmed { backend.cancelAccept() } else { backend.closeListener() }
+            if acceptArmed { io.cancelAccept() } else { io.closeListener() }
         }
         if stopping && !aborted && (mode == .immediate || context.nowMs >= drainDeadlineMs) {
             aborted = true
-            forEachSession(where: { _ in true }) { $0.abort(io: backend) }
+            forEachSession(where: { _ in true }) { $0.abort(io: io) }
         }
-        if !stopping && !acceptArmed && context.nowMs >= acceptPausedUntilMs { armAccept() }
+        if !stopping && !acceptArmed && context.nowMs >= acceptPausedUntilMs { armAccept(io: io) }
         if idleTimeoutMs > 0 && context.nowMs >= nextIdleCheckMs {
             nextIdleCheckMs = context.nowMs + min(Self.idleCheckMs, UInt64(max(1, idleTimeoutMs / 4)))
-            forEachSession(where: { !$0.isEnding }) { $0.checkIdle(io: backend) }
+            forEachSession(where: { !$0.isEnding }) { $0.checkIdle(io: io) }
         }
         if context.sessionsAwaitingProxyHeader > 0 {
-            forEachSession(where: { $0.isAwaitingProxyHeader }) { $0.checkProxyHeaderDeadline(io: backend) }
+            forEachSession(where: { $0.isAwaitingProxyHeader }) { $0.checkProxyHeaderDeadline(io: io) }
         }
         if context.sessionsEnding > 0 {
-            forEachSession(where: { $0.isEnding }) { $0.tick(io: backend) }
+            forEachSession(where: { $0.isEnding }) { $0.tick(io: io) }
         }
     }
 

@@ -151,7 +151,7 @@ final class FakeSessionIO: WorkerBackend {
     let table: SessionTable
     /// The worker's own logic, over this fake: clients are accepted and
     /// every completion is delivered through it, as in the real worker.
-    private(set) var core: WorkerCore<FakeSessionIO>!
+    let core: WorkerCore<FakeSessionIO>
     var limits: SessionLimits { context.limits }
 
     /// Slots lent out to "the kernel": a recv completion takes one (LIFO, so a
@@ -203,10 +203,10 @@ final class FakeSessionIO: WorkerBackend {
         context = SessionContext(limits: limits, pool: pool, stats: stats, samplingSeed: samplingSeed)
         table = try SessionTable(capacity: sessions, context: context)
         freeSlots = (0..<UInt32(slotCount)).reversed()
-        core = WorkerCore(backend: self, context: context, table: table, waiters: BufferWaiters(capacity: sessions),
+        core = WorkerCore(context: context, table: table, waiters: BufferWaiters(capacity: sessions),
                           idleTimeoutMs: limits.idleTimeoutMs, drainTimeoutMs: drainTimeoutMs, stats: stats,
                           allStats: [stats], mirrorNames: (0..<limits.mirrorCount).map { "mirror\($0)" })
-        core.start()
+        core.start(io: self)
     }
 
     // MARK: Violations
@@ -224,7 +224,7 @@ final class FakeSessionIO: WorkerBackend {
     func start(clientFD: Int32? = nil) -> Session? {
         let fd = clientFD ?? allocateFD()
         admitted = nil
-        core.deliver(WorkerCompletion(tag: WorkerCore<FakeSessionIO>.acceptTag, result: fd, hasMore: true))
+        core.deliver(WorkerCompletion(tag: WorkerCore<FakeSessionIO>.acceptTag, result: fd, hasMore: true), io: self)
         starting = nil
         guard let (session, key) = admitted else { return nil }
         admitted = nil
@@ -246,7 +246,7 @@ final class FakeSessionIO: WorkerBackend {
     /// sessions' deadlines), with the fake's account of the sessions it ends.
     func workerTick(_ mode: StopMode = .running) {
         let active = table.sessions.filter(\.isActive)
-        core.tick(stopMode: mode)
+        core.tick(stopMode: mode, io: self)
         for session in active where !session.isActive { sessionEnded(session, freed: true) }
     }
 
@@ -284,7 +284,7 @@ final class FakeSessionIO: WorkerBackend {
 
     /// Gives slots back to sessions that waited for them: the worker's own step.
     func resumeWaiters() {
-        core.afterCompletions()
+        core.afterCompletions(io: self)
     }
 
     private func sessionEnded(_ session: Session, freed: Bool = false) {
@@ -516,7 +516,7 @@ final class FakeSessionIO: WorkerBackend {
         // With --accept-proxy, main and the mirrors open once the client's header arrives.
         let outer = starting
         if let session { starting = (session, SessionKey(session)) }
-        core.deliver(WorkerCompletion(tag: tag, result: result, selectedBuffer: selectedBuffer))
+        core.deliver(WorkerCompletion(tag: tag, result: result, selectedBuffer: selectedBuffer), io: self)
         starting = outer
         if let session, !session.isActive { sessionEnded(session, freed: true) }
     }
@@ -888,7 +888,7 @@ final class Simulation {
             }
             if stopMode != .running && !acceptEnded && rng.chance(1, in: 8) {
                 acceptEnded = true
-                io.core.deliver(WorkerCompletion(tag: WorkerCore<FakeSessionIO>.acceptTag, result: -ECANCELED))
+                io.core.deliver(WorkerCompletion(tag: WorkerCore<FakeSessionIO>.acceptTag, result: -ECANCELED), io: io)
                 continue
             }
             if sessionsToStart > 0, io.table.freeCount > 0,
@@ -924,7 +924,7 @@ final class Simulation {
             }
             if stopMode != .running && !acceptEnded {
                 acceptEnded = true
-                io.core.deliver(WorkerCompletion(tag: WorkerCore<FakeSessionIO>.acceptTag, result: -ECANCELED))
+                io.core.deliver(WorkerCompletion(tag: WorkerCore<FakeSessionIO>.acceptTag, result: -ECANCELED), io: io)
                 continue
             }
             guard io.table.activeCount > 0 else { return true }

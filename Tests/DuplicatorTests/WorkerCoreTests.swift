@@ -19,9 +19,9 @@ struct WorkerCoreTests {
         let io = try FakeSessionIO(limits: testLimits(mirrors: 1))
         #expect(io.acceptArms == 1 && io.core.acceptArmed)
         // A multishot accept that goes on after an error is left alone.
-        io.core.deliver(WorkerCompletion(tag: Core.acceptTag, result: -ENFILE, hasMore: true))
+        io.core.deliver(WorkerCompletion(tag: Core.acceptTag, result: -ENFILE, hasMore: true), io: io)
         #expect(io.core.acceptArmed && io.acceptArms == 1)
-        io.core.deliver(WorkerCompletion(tag: Core.acceptTag, result: -EMFILE, hasMore: false))
+        io.core.deliver(WorkerCompletion(tag: Core.acceptTag, result: -EMFILE, hasMore: false), io: io)
         #expect(!io.core.acceptArmed)
         #expect(io.stats.acceptErrors.value == 2)
         io.context.nowMs += Core.acceptPauseMs - 1
@@ -31,7 +31,7 @@ struct WorkerCoreTests {
         io.workerTick()
         #expect(io.core.acceptArmed && io.acceptArms == 2)
         // An accept that ends without an error is armed again at once.
-        io.core.deliver(WorkerCompletion(tag: Core.acceptTag, result: 77, hasMore: false))
+        io.core.deliver(WorkerCompletion(tag: Core.acceptTag, result: 77, hasMore: false), io: io)
         #expect(io.core.acceptArmed && io.acceptArms == 3)
         finish(io)
         io.expectQuiescent()
@@ -87,7 +87,7 @@ struct WorkerCoreTests {
         // A client the kernel accepted before the cancel landed.
         #expect(io.start(clientFD: 901) == nil)
         #expect(io.refused == [901])
-        io.core.deliver(WorkerCompletion(tag: Core.acceptTag, result: -ECANCELED))
+        io.core.deliver(WorkerCompletion(tag: Core.acceptTag, result: -ECANCELED), io: io)
         #expect(io.listenerClosed && !io.core.acceptArmed)
         #expect(io.stats.acceptErrors.value == 0, "the cancel is not an accept error")
         #expect(!io.core.isFinished, "a session is live")
@@ -107,7 +107,7 @@ struct WorkerCoreTests {
             io.connectAll(key)
         }
         io.workerTick(mode)
-        io.core.deliver(WorkerCompletion(tag: Core.acceptTag, result: -ECANCELED))
+        io.core.deliver(WorkerCompletion(tag: Core.acceptTag, result: -ECANCELED), io: io)
         if mode == .graceful {
             io.context.nowMs += 999
             io.workerTick(mode)
@@ -127,7 +127,7 @@ struct WorkerCoreTests {
         let slot = try #require(io.freeSlots.last)
         io.takeFreeSlotForTest(slot)
         io.core.deliver(WorkerCompletion(tag: CompletionTag(kind: 200, leg: 0, generation: 0, session: 0), result: 5,
-                                         selectedBuffer: slot))
+                                         selectedBuffer: slot), io: io)
         #expect(io.stats.completionsUnknown.value == 1)
         #expect(io.freeSlots.contains(slot))
         io.expectQuiescent()

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Instructions the proxy executes per request of the seed workload (10
+# connections x 1 KiB ping-pong, echo main, one echo mirror unless MIRRORS=0),
+# counted by callgrind: repeatable whatever else the machine does, unlike
+# requests/s or CPU time. The counters are zeroed after a warm-up and dumped
+# after a measured run, so start-up is not counted.
+#
+#   Benchmarks/instructions_per_request.sh BIN [BIN...]    (each a duplicator binary)
+#
+# Env: SECONDS_MEASURED (default 6), MIRRORS (0 or 1, default 1). Loopback only.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+tools=${TOOLS_DIR:-$here/../.build/release}
+seconds=${SECONDS_MEASURED:-6}
+mirrors=${MIRRORS:-1}
+command -v valgrind >/dev/null && command -v callgrind_control >/dev/null || {
+    echo "instructions_per_request.sh: valgrind is required (apt-get install valgrind)" >&2; exit 2; }
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT INT TERM
+main_port=$(port); mirror_port=$(port)
+"$tools/duplicator-testserver" -l "127.0.0.1:$main_port" -q >"$work/servers.log" 2>&1 & pids+=($!)
+"$tools/duplicator-testserver" -l "127.0.0.1:$mirror_port" -q >>"$work/servers.log" 2>&1 & pids+=($!)
+sleep 0.3
+for bin in "$@"; do
+    proxy_port=$(port)
+    mirror_args=()
+    [[ $mirrors == 1 ]] && mirror_args=(-m "127.0.0.1:$mirror_port")
+    valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
+        "$bin" -l "127.0.0.1:$proxy_port" -f "127.0.0.1:$main_port" "${mirror_args[@]}" --threads 1 \
+        >"$work/proxy.log" 2>&1 &
+    proxy=$!
+    for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $proxy_port), 1)" 2>/dev/null && break; sleep 0.2; done
+    timeout 60 "$tools/duplicator-testclient" -a "127.0.0.1:$proxy_port" -d 2 >/dev/null 2>&1 || true
+    callgrind_control -z "$proxy" >/dev/null
+    requests=$(timeout 120 "$tools/duplicator-testclient" -a "127.0.0.1:$proxy_port" -d "$seconds" --json 2>/dev/null \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
+    callgrind_control -d "$proxy" >/dev/null
+    kill -INT "$proxy"; wait "$proxy" 2>/dev/null || true
+    instructions=$(python3 - "$work" "$proxy" <<'PY'
+import glob, sys
+# The dump taken after the measured run: the file with the highest part number.
+files = sorted(glob.glob(f"{sys.argv[1]}/cg.{sys.argv[2]}.*"), key=lambda p: int(p.rsplit(".", 1)[1]))
+total = 0
+for line in open(files[-1]):
+    if line.startswith("summary:") or line.startswith("totals:"):
+        total = int(line.split()[1])
+print(total)
+PY
+)
+    python3 -c "import sys; i, r = int(sys.argv[1]), int(sys.argv[2]); print(f'{sys.argv[3]}: {r} requests, {i} instructions, {i / max(r, 1):.0f} per request')" \
+        "$instructions" "$requests" "$bin"
+    if [[ -n ${KEEP_DIR:-} ]]; then mkdir -p "$KEEP_DIR"; cp "$work"/cg.* "$KEEP_DIR/"; fi
+    rm -f "$work"/cg.*
+done
