@@ -44,7 +44,8 @@ public struct Config: Sendable {
     public var ringEntries = 1024
     /// A CQ large enough that bursts never overflow it.
     var completionEntries: Int { max(16384, ringEntries * 4) }
-    public var listenBacklog = 4096
+    /// listen(2)'s queue of connections not yet accepted (not a mirror's backlog).
+    public var listenQueueLength = 4096
     /// Tuning: the ring setup to try first. SINGLE_ISSUER|DEFER_TASKRUN runs
     /// completions' task work in order and only when the worker waits; with
     /// COOP_TASKRUN, 1000 busy connections saw a p99 ten times higher
