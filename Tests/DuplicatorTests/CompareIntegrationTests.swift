@@ -168,7 +168,7 @@ struct CompareIntegrationTests {
         defer { stalled.stop() }
         let proxy = try startProxy(main: main.boundPort, mirrors: [resetting.port, stalled.boundPort]) {
             $0.compare = true
-            $0.compareWindowBytes = 4096
+            $0.compareWindowBytes = 256 << 10
             $0.mirrorLingerMs = 200
         }
         defer { proxy.shutdown() }
@@ -184,6 +184,57 @@ struct CompareIntegrationTests {
         let snapshot = proxy.snapshot()
         for index in 0..<2 {
             #expect(snapshot.mirrors[index].compared == [0, 0, 0, 0, UInt64(sessions)], "mirror \(index)")
+        }
+    }
+
+    /// A healthy mirror must never be reported as a mismatch, however the
+    /// load splits and delays its replies: 50 concurrent sessions of up to
+    /// 2 MB each way. At the default window a pair whose streams ran more
+    /// than 64 KiB apart may only be `incomplete`; with a window larger than
+    /// any stream, every pair matches.
+    @Test("healthy echo mirrors under load: match or incomplete, never a mismatch; all match in a large window",
+          arguments: [nil, 16 << 20] as [Int?])
+    func healthyUnderLoad(windowBytes: Int?) throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let mirror = try startServer(.echo)
+        defer { mirror.stop() }
+        let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.boundPort]) {
+            $0.compare = true
+            if let windowBytes { $0.compareWindowBytes = windowBytes }
+            $0.poolSlots = 8192
+            $0.backlogBytesMax = 64 << 20
+            $0.backlogChunksMax = 4096
+            $0.mirrorLingerMs = 10_000
+        }
+        defer { proxy.shutdown() }
+        let sessions = 50
+        let failures = Mutex<[String]>([])
+        let port = proxy.port
+        try concurrently(sessions) { index in
+            var generator = SeededGenerator(seed: UInt64(7000 + index))
+            let fraction = Double.random(in: 0...1, using: &generator)
+            let payload = generator.bytes(1 + Int(fraction * fraction * fraction * 2_000_000))
+            do {
+                let connection = try TestConnection(port: port)
+                let (received, end) = connection.exchange(payload, seed: UInt64(index))
+                if end != .eof || received != payload {
+                    failures.withLock { $0.append("session \(index): \(end), \(received.count)/\(payload.count)") }
+                }
+            } catch {
+                failures.withLock { $0.append("session \(index): \(error)") }
+            }
+        }
+        #expect(failures.withLock { $0 } == [])
+        #expect(eventually(timeoutSeconds: 20) { proxy.activeSessions == 0 })
+        let verdicts = proxy.snapshot().mirrors[0]
+        #expect(verdicts.compared(.diverged) == 0 && verdicts.compared(.shorter) == 0
+                && verdicts.compared(.longer) == 0, "\(verdicts.compared)")
+        #expect(verdicts.compared(.match) + verdicts.compared(.incomplete) == UInt64(sessions))
+        if windowBytes != nil {
+            #expect(verdicts.compared(.match) == UInt64(sessions), "\(verdicts.compared)")
+        } else {
+            #expect(verdicts.compared(.match) > 0, "\(verdicts.compared)")
         }
     }
 
