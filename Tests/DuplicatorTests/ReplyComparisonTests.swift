@@ -22,6 +22,12 @@ private enum Event {
 /// Plays `events` into a comparison with a window of `windowBytes`; returns
 /// its verdict and the most one stream was ahead of the other.
 private func play(_ events: [Event], windowBytes: Int) -> (ReplyComparison.Verdict, UInt64, Int) {
+    let (verdict, offset, lead, _) = playDetailed(events, windowBytes: windowBytes)
+    return (verdict, offset, lead)
+}
+
+/// `play`, also giving the comparison as it ended (what it kept verbatim at most, whether the offset is exact).
+private func playDetailed(_ events: [Event], windowBytes: Int) -> (ReplyComparison.Verdict, UInt64, Int, ReplyComparison) {
     let window = UnsafeMutableRawPointer.allocate(byteCount: windowBytes, alignment: 16)
     defer { window.deallocate() }
     var comparison = ReplyComparison(window: window, windowBytes: windowBytes)
@@ -37,9 +43,9 @@ private func play(_ events: [Event], windowBytes: Int) -> (ReplyComparison.Verdi
         case .end(let stream):
             comparison.end(stream)
         }
-        #expect(comparison.pendingBytes <= windowBytes)
+        #expect(comparison.keptBytes <= comparison.keptBytesMax && comparison.keptBytesMax <= windowBytes)
     }
-    return (comparison.verdict, comparison.divergenceOffset, lead)
+    return (comparison.verdict, comparison.divergenceOffset, lead, comparison)
 }
 
 /// Every way to cut `count` bytes into non-empty pieces (as lengths).
@@ -192,6 +198,84 @@ struct ReplyComparisonTests {
         #expect(runs > 100_000)
     }
 
+    /// One stream all first, then the other: a lead of up to 3 MB, past the
+    /// 56 KiB kept verbatim of a 64 KiB window, decided through the digests:
+    /// equal streams match, a flipped byte diverges in its 4 KiB block, a
+    /// mirror cut at a block boundary is shorter, one with bytes added is
+    /// longer (when main led); a lagging stream that ends inside a digested
+    /// block cannot be decided (incomplete).
+    @Test("a lead past the kept bytes is compared by block digests", arguments: [false, true])
+    func spill(mirrorFirst: Bool) {
+        var generator = SeededGenerator(seed: mirrorFirst ? 77 : 78)
+        let main = TestBytes.random(3_000_000, using: &generator)
+        var flipped = main
+        flipped[2_000_123] ^= 0x40
+        var early = main
+        early[100] ^= 1
+        let blockCut = Array(main[..<(57_344 + 300 * 4096)])
+        let cases: [([UInt8], ReplyComparison.Verdict)] = [
+            (main, .match),
+            (flipped, .diverged),
+            (early, .diverged),
+            (main + [1, 2, 3], .longer),
+            (mirrorFirst ? main : blockCut, mirrorFirst ? .match : .shorter),
+            (Array(main[..<1_000_001]), .incomplete),
+        ]
+        for (index, (mirror, expected)) in cases.enumerated() {
+            let mainEvents = randomPieces(main, .main, pieceMax: 16384, &generator)
+            let mirrorEvents = randomPieces(mirror, .mirror, pieceMax: 16384, &generator)
+            let events = mirrorFirst ? mirrorEvents + mainEvents : mainEvents + mirrorEvents
+            let (got, offset, _, comparison) = playDetailed(events, windowBytes: 65536)
+            if mirrorFirst && index == 5 {
+                // The mirror led and ended first: main passes its end at once (shorter).
+                #expect(got == .shorter, "case \(index)")
+                continue
+            }
+            if mirrorFirst && index == 3 {
+                // Main, the shorter, lags and ends inside a digested block of
+                // the mirror's: whether it is a prefix cannot be checked.
+                #expect(got == .incomplete, "case \(index)")
+                continue
+            }
+            #expect(got == expected, "case \(index), mirror first \(mirrorFirst)")
+            if index == 1 {
+                #expect(!comparison.divergenceIsExact && offset <= 2_000_123 && 2_000_123 - offset < 4096)
+            }
+            if index == 2 { #expect(comparison.divergenceIsExact && offset == 100) }
+        }
+        // Beyond the digests' reach (8 KiB of digests: 4 MiB of lead): incomplete.
+        let long = TestBytes.random(5_000_000, using: &generator)
+        let events = randomPieces(long, .main, pieceMax: 65536, &generator) + randomPieces(long, .mirror, pieceMax: 65536, &generator)
+        #expect(play(events, windowBytes: 65536).0 == .incomplete)
+    }
+
+    @Test("a block's digest does not depend on how its bytes were split, and one changed byte changes it")
+    func blockHashSplits() {
+        let bytes = TestBytes.random(64, seed: 5)
+        func digest(_ cuts: [Int], _ bytes: [UInt8]) -> ReplyComparison.BlockHash {
+            var hash = ReplyComparison.BlockHash()
+            var offset = 0
+            bytes.withUnsafeBytes { raw in
+                for cut in cuts + [bytes.count] {
+                    hash.add(raw.baseAddress! + offset, cut - offset)
+                    offset = cut
+                }
+            }
+            return hash
+        }
+        let whole = digest([], bytes)
+        for first in 0...64 {
+            for second in first...64 where second % 7 == 0 || second == first {
+                #expect(digest([first, second], bytes) == whole, "cut at \(first), \(second)")
+            }
+        }
+        for index in 0..<64 {
+            var changed = bytes
+            changed[index] ^= 0x80
+            #expect(digest([], changed).digest != whole.digest, "byte \(index)")
+        }
+    }
+
     /// Large streams (up to 20 KB) with one change: equal, a byte flipped, cut
     /// short, or bytes added; random pieces, random interleaving (seeded),
     /// windows from 1 byte to larger than either stream.
@@ -215,14 +299,19 @@ struct ReplyComparisonTests {
             let pieceMax = [1, 7, 1500, 16384].randomElement(using: &generator)!
             let schedule = randomInterleaving(randomPieces(main, .main, pieceMax: pieceMax, &generator),
                                               randomPieces(mirror, .mirror, pieceMax: pieceMax, &generator), &generator)
-            let windowBytes = [1, 100, 4096, 65536].randomElement(using: &generator)!
-            let (got, gotOffset, lead) = play(schedule, windowBytes: windowBytes)
+            let windowBytes = [1, 100, 4096, 16384, 65536].randomElement(using: &generator)!
+            let (got, gotOffset, lead, comparison) = playDetailed(schedule, windowBytes: windowBytes)
             let context = "seed \(shard * 1000 + round): \(main.count) vs \(mirror.count) bytes, window \(windowBytes)"
-            if lead <= windowBytes {
+            if lead <= comparison.keptBytesMax {
                 #expect(got == verdict, "\(context)")
-                if verdict == .diverged { #expect(gotOffset == offset, "\(context)") }
+                if verdict == .diverged { #expect(gotOffset == offset && comparison.divergenceIsExact, "\(context)") }
             } else {
-                #expect(got == verdict || got == .incomplete, "\(context)")
+                // Past the kept bytes: digests, or incomplete; never another verdict.
+                #expect(got == verdict || got == .incomplete, "\(context): \(got), expected \(verdict)")
+                if got == .diverged {
+                    #expect(gotOffset <= offset && offset - gotOffset < UInt64(ReplyComparison.blockBytes), "\(context)")
+                    if comparison.divergenceIsExact { #expect(gotOffset == offset, "\(context)") }
+                }
             }
         }
     }
