@@ -39,8 +39,8 @@ public struct ReplyComparison {
 
     /// The block a digest covers.
     public static let blockBytes = 4096
-    /// Windows smaller than this keep bytes only (no digests).
-    static let digestWindowBytesMin = 16384
+    /// The block of this comparison (a multiple of 8; smaller in tests).
+    public let blockBytes: Int
 
     private let window: UnsafeMutableRawPointer
     public let windowBytes: Int
@@ -116,11 +116,14 @@ public struct ReplyComparison {
         var digest: UInt64 { hash }
     }
 
-    public init(window: UnsafeMutableRawPointer, windowBytes: Int) {
-        precondition(windowBytes > 0)
+    /// - Parameter blockBytes: what a digest covers; windows smaller than
+    ///   four blocks keep bytes only.
+    public init(window: UnsafeMutableRawPointer, windowBytes: Int, blockBytes: Int = Self.blockBytes) {
+        precondition(windowBytes > 0 && blockBytes > 0 && blockBytes % 8 == 0)
         self.window = window
         self.windowBytes = windowBytes
-        if windowBytes >= Self.digestWindowBytesMin {
+        self.blockBytes = blockBytes
+        if windowBytes >= 4 * blockBytes && windowBytes >= 64 {
             let digestBytes = windowBytes / 8 / 8 * 8
             digestCapacity = digestBytes / 8
             keptBytesMax = windowBytes - digestBytes
@@ -248,11 +251,11 @@ public struct ReplyComparison {
     private mutating func spill(_ source: UnsafeRawPointer, _ count: Int) {
         var done = 0
         while done < count {
-            let piece = min(count - done, Self.blockBytes - leaderPartialBytes)
+            let piece = min(count - done, blockBytes - leaderPartialBytes)
             leaderHash.add(source + done, piece)
             leaderPartialBytes += piece
             done += piece
-            if leaderPartialBytes == Self.blockBytes {
+            if leaderPartialBytes == blockBytes {
                 guard digestCount < digestCapacity else {
                     decide(.incomplete)
                     return
@@ -273,7 +276,7 @@ public struct ReplyComparison {
     private mutating func checkAgainstDigests(_ source: UnsafeRawPointer, _ count: Int) -> Int {
         var done = 0
         while done < count {
-            let blockEnd = digestCount > 0 ? Self.blockBytes : leaderPartialBytes
+            let blockEnd = digestCount > 0 ? blockBytes : leaderPartialBytes
             let piece = min(count - done, blockEnd - laggerPartialBytes)
             laggerHash.add(source + done, piece)
             laggerPartialBytes += piece

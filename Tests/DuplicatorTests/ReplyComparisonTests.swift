@@ -27,10 +27,11 @@ private func play(_ events: [Event], windowBytes: Int) -> (ReplyComparison.Verdi
 }
 
 /// `play`, also giving the comparison as it ended (what it kept verbatim at most, whether the offset is exact).
-private func playDetailed(_ events: [Event], windowBytes: Int) -> (ReplyComparison.Verdict, UInt64, Int, ReplyComparison) {
+private func playDetailed(_ events: [Event], windowBytes: Int,
+                          blockBytes: Int = ReplyComparison.blockBytes) -> (ReplyComparison.Verdict, UInt64, Int, ReplyComparison) {
     let window = UnsafeMutableRawPointer.allocate(byteCount: windowBytes, alignment: 16)
     defer { window.deallocate() }
-    var comparison = ReplyComparison(window: window, windowBytes: windowBytes)
+    var comparison = ReplyComparison(window: window, windowBytes: windowBytes, blockBytes: blockBytes)
     var mainBytes = 0
     var mirrorBytes = 0
     var lead = 0
@@ -247,6 +248,55 @@ struct ReplyComparisonTests {
         let long = TestBytes.random(5_000_000, using: &generator)
         let events = randomPieces(long, .main, pieceMax: 65536, &generator) + randomPieces(long, .mirror, pieceMax: 65536, &generator)
         #expect(play(events, windowBytes: 65536).0 == .incomplete)
+    }
+
+    /// Blocks of 8 to 24 bytes in windows of 64 to 256: streams of a few
+    /// hundred bytes go in and out of the digests many times, in random
+    /// pieces and interleavings (seeded). Whatever happens, the verdict is
+    /// the streams' own or `incomplete`, exact while the lead fit in the
+    /// kept bytes, a divergence found by digest within its block; and the
+    /// digests do decide pairs that the bytes alone could not.
+    @Test("seeded leads in and out of small block digests", arguments: 0..<4)
+    func smallBlocks(shard: Int) {
+        var decidedPastBytes = 0
+        var pastBytes = 0
+        for round in 0..<400 {
+            var generator = SeededGenerator(seed: UInt64(90_000 + shard * 1000 + round))
+            let main = TestBytes.random(Int.random(in: 0...400, using: &generator), using: &generator)
+            var mirror = main
+            switch Int.random(in: 0..<5, using: &generator) {
+            case 1 where !mirror.isEmpty:
+                mirror[Int.random(in: 0..<mirror.count, using: &generator)] ^= 0x08
+            case 2 where !mirror.isEmpty:
+                mirror.removeLast(Int.random(in: 1...mirror.count, using: &generator))
+            case 3:
+                mirror += TestBytes.random(Int.random(in: 1...40, using: &generator), using: &generator)
+            default:
+                break
+            }
+            let (verdict, offset) = expectedVerdict(main: main, mirror: mirror)
+            let pieceMax = [1, 5, 30, 120].randomElement(using: &generator)!
+            let schedule = randomInterleaving(randomPieces(main, .main, pieceMax: pieceMax, &generator),
+                                              randomPieces(mirror, .mirror, pieceMax: pieceMax, &generator), &generator)
+            let blockBytes = [8, 16, 24].randomElement(using: &generator)!
+            let windowBytes = [64, 100, 256].randomElement(using: &generator)!
+            let (got, gotOffset, lead, comparison) = playDetailed(schedule, windowBytes: windowBytes, blockBytes: blockBytes)
+            let context = "seed \(90_000 + shard * 1000 + round): \(main.count) vs \(mirror.count), window \(windowBytes), block \(blockBytes): \(got), expected \(verdict)"
+            #expect(got == verdict || got == .incomplete, "\(context)")
+            if lead <= comparison.keptBytesMax {
+                #expect(got == verdict, "\(context)")
+            } else {
+                pastBytes += 1
+                if got == verdict { decidedPastBytes += 1 }
+            }
+            if got == .diverged {
+                #expect(gotOffset <= offset && offset - gotOffset < UInt64(blockBytes), "\(context) at \(gotOffset), not \(offset)")
+                if comparison.divergenceIsExact { #expect(gotOffset == offset, "\(context)") }
+            }
+        }
+        #expect(pastBytes > 100, "leads past the kept bytes: \(pastBytes)")
+        // With one to four digests the reach is short: about a third are decided (0 without digests).
+        #expect(decidedPastBytes * 5 > pastBytes, "decided past the kept bytes: \(decidedPastBytes) of \(pastBytes)")
     }
 
     @Test("a block's digest does not depend on how its bytes were split, and one changed byte changes it")
