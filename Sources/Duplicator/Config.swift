@@ -36,8 +36,10 @@ public struct Config: Sendable {
     /// `--compare`: compare each mirror's reply stream with main's, per session.
     public var compare = false
     /// With `compare`: what each (session, mirror) may keep of the stream
-    /// that runs ahead; a pair further apart is `incomplete`. Reserved per
-    /// session at start (address space; resident only where a mirror lags).
+    /// that runs ahead: seven eighths as bytes, the rest as block digests
+    /// that reach 64 times as far; a pair further apart is `incomplete`.
+    /// Reserved per session at start (address space; resident only where a
+    /// mirror lags).
     public var compareWindowBytes = Defaults.compareWindowBytes
     /// How long a graceful stop waits for live sessions.
     public var drainTimeoutMs = Defaults.drainTimeoutMs

@@ -3,12 +3,19 @@ import Glibc
 /// Whether a mirror's reply stream equals main's, for one session: the
 /// bytes of each are compared as they arrive, however TCP split them.
 ///
-/// Only the part of the leading stream that the other has not reached yet is
-/// kept, in a fixed window (a ring); bytes both streams have are compared and
-/// forgotten. When one stream runs more than the window ahead, the pair
-/// cannot be compared within its bound: `incomplete`. A verdict is decided
-/// as soon as it is certain (the first differing byte, or one stream going
-/// past the other's end) and then nothing more is kept or compared.
+/// Only what the leading stream is ahead is kept, in a fixed window; bytes
+/// both streams have are compared and forgotten. The window is a ring of
+/// bytes (seven eighths) and a ring of block digests (the rest): while the
+/// lead fits in the bytes, every byte is compared and a divergence's offset
+/// is exact; past that, the leader's further bytes are kept only as digests
+/// of `blockBytes` blocks (`BlockHash`), which the other stream's blocks are
+/// checked against, so a lead up to `blockBytes` per 8 bytes of digests
+/// (4 MiB for the default 64 KiB window) is still compared, a divergence
+/// found there being placed at the start of its block. A lead beyond both,
+/// or a stream that ends inside a digested block, cannot be decided:
+/// `incomplete`. A verdict is decided as soon as it is certain (a
+/// difference, or one stream past the other's end) and then nothing more is
+/// kept or compared.
 ///
 /// A value type over memory its owner provides (`window`), so that the
 /// session table can lay out every pair's window at start; no allocation.
@@ -30,36 +37,114 @@ public struct ReplyComparison {
 
     public enum Stream: Sendable { case main, mirror }
 
+    /// The block a digest covers.
+    public static let blockBytes = 4096
+    /// The block of this comparison (a multiple of 8; smaller in tests).
+    public let blockBytes: Int
+
     private let window: UnsafeMutableRawPointer
     public let windowBytes: Int
-    /// Where the kept bytes begin in the window, and how many there are.
+    /// The leader's bytes kept verbatim, at most.
+    public let keptBytesMax: Int
+    private let digests: UnsafeMutableRawPointer
+    private let digestCapacity: Int
+
+    /// Where the kept bytes begin in the ring, and how many there are: the
+    /// leader's bytes from the lagger's position on (up to `spillStart` when spilling).
     private var start = 0
-    public private(set) var pendingBytes = 0
-    /// The stream whose bytes are kept (meaningful while `pendingBytes` > 0).
+    public private(set) var keptBytes = 0
+    /// The stream whose bytes are kept (meaningful while it is ahead).
     private var ahead = Stream.main
-    /// Bytes both streams have, and that are equal.
+    /// Bytes both streams have, and that are equal (the lagger's position).
     public private(set) var matchedBytes: UInt64 = 0
     private var mainEnded = false
     private var mirrorEnded = false
     public private(set) var decided: Verdict?
-    /// With `diverged`: the offset of the first byte that differs.
+    /// With `diverged`: the offset of the first byte that differs, or the
+    /// start of its block when it was found by digest (`divergenceIsExact` false).
     public private(set) var divergenceOffset: UInt64 = 0
+    public private(set) var divergenceIsExact = true
 
-    public init(window: UnsafeMutableRawPointer, windowBytes: Int) {
-        precondition(windowBytes > 0)
+    // The spill: the leader's bytes past the kept ones, as digests.
+    private var spilling = false
+    private var digestHead = 0
+    private var digestCount = 0
+    private var leaderHash = BlockHash()
+    private var leaderPartialBytes = 0
+    private var laggerHash = BlockHash()
+    private var laggerPartialBytes = 0
+
+    /// A block's digest, taken 8 bytes at a time (bytes carried over
+    /// between appends), so that it does not depend on how TCP split the
+    /// stream. Each word goes through a multiply and a shift, both
+    /// bijections: two blocks that differ in one word never collide.
+    struct BlockHash: Equatable {
+        private var hash: UInt64 = 0x243F_6A88_85A3_08D3
+        private var word: UInt64 = 0
+        private var wordBytes = 0
+
+        @inline(__always)
+        private mutating func mix(_ value: UInt64) {
+            hash = (hash ^ value) &* 0x9E37_79B9_7F4A_7C15
+            hash ^= hash >> 32
+        }
+
+        mutating func add(_ source: UnsafeRawPointer, _ count: Int) {
+            var index = 0
+            while wordBytes != 0 && index < count {
+                word |= UInt64(source.load(fromByteOffset: index, as: UInt8.self)) << (8 * UInt64(wordBytes))
+                wordBytes += 1
+                index += 1
+                if wordBytes == 8 {
+                    mix(word)
+                    word = 0
+                    wordBytes = 0
+                }
+            }
+            while count - index >= 8 {
+                mix(UInt64(littleEndian: source.loadUnaligned(fromByteOffset: index, as: UInt64.self)))
+                index += 8
+            }
+            while index < count {
+                word |= UInt64(source.load(fromByteOffset: index, as: UInt8.self)) << (8 * UInt64(wordBytes))
+                wordBytes += 1
+                index += 1
+            }
+        }
+
+        /// The digest of a whole block (a multiple of 8 bytes).
+        var digest: UInt64 { hash }
+    }
+
+    /// - Parameter blockBytes: what a digest covers; windows smaller than
+    ///   four blocks keep bytes only.
+    public init(window: UnsafeMutableRawPointer, windowBytes: Int, blockBytes: Int = Self.blockBytes) {
+        precondition(windowBytes > 0 && blockBytes > 0 && blockBytes % 8 == 0)
         self.window = window
         self.windowBytes = windowBytes
+        self.blockBytes = blockBytes
+        if windowBytes >= 4 * blockBytes && windowBytes >= 64 {
+            let digestBytes = windowBytes / 8 / 8 * 8
+            digestCapacity = digestBytes / 8
+            keptBytesMax = windowBytes - digestBytes
+        } else {
+            digestCapacity = 0
+            keptBytesMax = windowBytes
+        }
+        digests = window + keptBytesMax
     }
 
     /// Forgets everything: a new session.
     public mutating func reset() {
         start = 0
-        pendingBytes = 0
+        keptBytes = 0
         matchedBytes = 0
         mainEnded = false
         mirrorEnded = false
         decided = nil
         divergenceOffset = 0
+        divergenceIsExact = true
+        endSpill()
     }
 
     /// The verdict once both streams are over (or will never be compared
@@ -67,8 +152,8 @@ public struct ReplyComparison {
     /// stream did not end.
     public var verdict: Verdict {
         if let decided { return decided }
-        guard mainEnded && mirrorEnded else { return .incomplete }
-        if pendingBytes == 0 { return .match }
+        guard mainEnded && mirrorEnded, !spilling else { return .incomplete }
+        if keptBytes == 0 { return .match }
         return ahead == .main ? .shorter : .longer
     }
 
@@ -89,28 +174,50 @@ public struct ReplyComparison {
         case .main: mainEnded = true
         case .mirror: mirrorEnded = true
         }
-        // The other stream already has bytes past this end.
-        if pendingBytes > 0 && ahead != stream { decide(Self.past(ahead)) }
+        let isLagging = (keptBytes > 0 || spilling) && ahead != stream
+        guard isLagging else { return }
+        // The other stream already has bytes past this end. Within the
+        // kept bytes, or at a block boundary of the spill, every byte of
+        // this one was checked: it is a strict prefix. Inside a digested
+        // block it was not.
+        if keptBytes > 0 || laggerPartialBytes == 0 {
+            decide(Self.past(ahead))
+        } else {
+            decide(.incomplete)
+        }
     }
 
     /// Bytes of `stream`, in order.
     public mutating func append(_ stream: Stream, _ bytes: UnsafeRawBufferPointer) {
         guard decided == nil, var source = bytes.baseAddress else { return }
         var count = bytes.count
-        if pendingBytes > 0 && ahead != stream {
-            // The other stream is ahead: compare with what it left.
-            let compared = min(count, pendingBytes)
-            if let difference = firstDifference(source, compared) {
-                divergenceOffset = matchedBytes + UInt64(difference)
-                decide(.diverged)
-                return
+        if (keptBytes > 0 || spilling) && ahead != stream {
+            // The other stream is ahead: compare with the bytes it left.
+            let compared = min(count, keptBytes)
+            if compared > 0 {
+                if let difference = firstDifference(source, compared) {
+                    divergenceOffset = matchedBytes + UInt64(difference)
+                    decide(.diverged)
+                    return
+                }
+                matchedBytes += UInt64(compared)
+                keptBytes -= compared
+                start = keptBytes == 0 ? 0 : (start + compared) % keptBytesMax
+                source += compared
+                count -= compared
             }
-            matchedBytes += UInt64(compared)
-            pendingBytes -= compared
-            start = pendingBytes == 0 ? 0 : (start + compared) % windowBytes
-            source += compared
-            count -= compared
+            if spilling && keptBytes == 0 && count > 0 {
+                let used = checkAgainstDigests(source, count)
+                guard decided == nil else { return }
+                source += used
+                count -= used
+            }
             if count == 0 { return }
+        }
+        if spilling {
+            // Still the leader, past the kept bytes: digests only.
+            spill(source, count)
+            return
         }
         // `stream` is now ahead, or level: keep its bytes for the other.
         let otherEnded = stream == .main ? mirrorEnded : mainEnded
@@ -118,20 +225,101 @@ public struct ReplyComparison {
             decide(Self.past(stream))
             return
         }
-        guard pendingBytes + count <= windowBytes else {
+        ahead = stream
+        let fits = min(count, keptBytesMax - keptBytes)
+        var end = (start + keptBytes) % keptBytesMax
+        keptBytes += fits
+        var left = fits
+        while left > 0 {
+            let piece = min(left, keptBytesMax - end)
+            (window + end).copyMemory(from: source, byteCount: piece)
+            source += piece
+            left -= piece
+            end = 0
+        }
+        count -= fits
+        guard count > 0 else { return }
+        guard digestCapacity > 0 else {
             decide(.incomplete)
             return
         }
-        ahead = stream
-        var end = (start + pendingBytes) % windowBytes
-        pendingBytes += count
-        while count > 0 {
-            let piece = min(count, windowBytes - end)
-            (window + end).copyMemory(from: source, byteCount: piece)
-            source += piece
-            count -= piece
-            end = 0
+        spilling = true
+        spill(source, count)
+    }
+
+    /// The leader's bytes past the kept ones: hashed into blocks.
+    private mutating func spill(_ source: UnsafeRawPointer, _ count: Int) {
+        var done = 0
+        while done < count {
+            let piece = min(count - done, blockBytes - leaderPartialBytes)
+            leaderHash.add(source + done, piece)
+            leaderPartialBytes += piece
+            done += piece
+            if leaderPartialBytes == blockBytes {
+                guard digestCount < digestCapacity else {
+                    decide(.incomplete)
+                    return
+                }
+                digests.storeBytes(of: leaderHash.digest, toByteOffset: 8 * ((digestHead + digestCount) % digestCapacity),
+                                   as: UInt64.self)
+                digestCount += 1
+                leaderHash = BlockHash()
+                leaderPartialBytes = 0
+            }
         }
+    }
+
+    /// The lagger's bytes in the spill: each block is checked against the
+    /// leader's digest; on reaching the leader's position the partial
+    /// blocks are compared and the streams are level again. Returns the
+    /// bytes used (the rest are past the leader).
+    private mutating func checkAgainstDigests(_ source: UnsafeRawPointer, _ count: Int) -> Int {
+        var done = 0
+        while done < count {
+            let blockEnd = digestCount > 0 ? blockBytes : leaderPartialBytes
+            let piece = min(count - done, blockEnd - laggerPartialBytes)
+            laggerHash.add(source + done, piece)
+            laggerPartialBytes += piece
+            matchedBytes += UInt64(piece)
+            done += piece
+            guard laggerPartialBytes == blockEnd else { continue }
+            // A whole block against its digest, or the same part of the leader's current block.
+            let same = digestCount > 0
+                ? laggerHash.digest == digests.loadUnaligned(fromByteOffset: 8 * digestHead, as: UInt64.self)
+                : laggerHash == leaderHash
+            guard same else {
+                divergenceOffset = matchedBytes - UInt64(laggerPartialBytes)
+                divergenceIsExact = false
+                decide(.diverged)
+                return done
+            }
+            if digestCount > 0 {
+                digestHead = (digestHead + 1) % digestCapacity
+                digestCount -= 1
+                laggerHash = BlockHash()
+                laggerPartialBytes = 0
+                if digestCount == 0 && leaderPartialBytes == 0 {
+                    // Level with the leader at a block boundary.
+                    endSpill()
+                    return done
+                }
+            } else {
+                // Level with the leader: back to comparing bytes.
+                endSpill()
+                return done
+            }
+        }
+        return done
+    }
+
+    private mutating func endSpill() {
+        spilling = false
+        digestHead = 0
+        digestCount = 0
+        leaderHash = BlockHash()
+        leaderPartialBytes = 0
+        laggerHash = BlockHash()
+        laggerPartialBytes = 0
     }
 
     /// `stream` has bytes past the other's end.
@@ -139,8 +327,9 @@ public struct ReplyComparison {
 
     private mutating func decide(_ verdict: Verdict) {
         decided = verdict
-        pendingBytes = 0
+        keptBytes = 0
         start = 0
+        endSpill()
     }
 
     /// The index of the first of `count` bytes at `source` that differs
@@ -149,7 +338,7 @@ public struct ReplyComparison {
         var done = 0
         var position = start
         while done < count {
-            let piece = min(count - done, windowBytes - position)
+            let piece = min(count - done, keptBytesMax - position)
             if memcmp(window + position, source + done, piece) != 0 {
                 let kept = (window + position).assumingMemoryBound(to: UInt8.self)
                 let given = (source + done).assumingMemoryBound(to: UInt8.self)

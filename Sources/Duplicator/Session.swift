@@ -13,6 +13,8 @@ import Ring
 /// first reference) and each live mirror's backlog (one more reference
 /// each) -> each completed send releases its reference -> the last one
 /// recycles the slot. Main's bytes go to the client's queue the same way.
+/// With `--compare`, main's bytes and each mirror's replies also go through
+/// that mirror's `ReplyComparison` as they arrive (no copy kept beyond its window).
 public final class Session {
     public enum EndCause: Sendable {
         case completed, clientError, mainConnectFailure, mainError, idleTimeout, aborted

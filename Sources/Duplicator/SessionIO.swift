@@ -30,9 +30,12 @@ public protocol SessionIO: AnyObject {
     func openSocket(target: Int) -> Int32
     /// Connect to `target`, cancelled after `timeoutMs` (0: none).
     func connect(fd: Int32, target: Int, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag)
-    /// Receive into a pool slot chosen when data arrives (`selectedBuffer`).
+    /// Receive into a pool slot chosen when data arrives (`selectedBuffer`):
+    /// client and main, and with `--compare` a mirror whose replies are
+    /// still being compared (its slot is given back in the same completion).
     func recv(fd: Int32, tag: CompletionTag)
-    /// Receive into scratch memory; the bytes are thrown away.
+    /// Receive into scratch memory; the bytes are thrown away (a mirror's
+    /// replies, unless compared).
     func drain(fd: Int32, tag: CompletionTag)
     func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag)
     /// Send from the session's own memory (its PROXY protocol header), which

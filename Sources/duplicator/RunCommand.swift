@@ -111,7 +111,7 @@ struct ProxyOptions: ParsableArguments {
     @Flag(name: .customLong("compare"), help: "Compare each mirror's reply stream with main's, per session: match, diverged (at which offset), shorter, longer or incomplete (in the metrics and the --stats-interval line).")
     var compare = false
 
-    @Option(name: .customLong("compare-window"), parsing: .unconditional, help: "With --compare: bytes one reply stream may run ahead of the other per session and mirror; further apart is 'incomplete'. Reserved per session at start, resident only where a mirror lags.")
+    @Option(name: .customLong("compare-window"), parsing: .unconditional, help: "With --compare: memory per session and mirror for the reply stream that runs ahead: 7/8 kept as bytes, the rest as digests of 4KiB blocks that reach 64 times the window; further apart is 'incomplete'. Reserved per session at start, resident only where a mirror lags.")
     var compareWindow: String = "64KiB"
 
     @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, io_uring, locked memory), then exit.")

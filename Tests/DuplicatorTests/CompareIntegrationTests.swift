@@ -169,7 +169,7 @@ struct CompareIntegrationTests {
         defer { stalled.stop() }
         let proxy = try startProxy(main: main.boundPort, mirrors: [resetting.port, stalled.boundPort]) {
             $0.compare = true
-            $0.compareWindowBytes = 4096
+            $0.compareWindowBytes = 256 << 10
             $0.mirrorLingerMs = 200
         }
         defer { proxy.shutdown() }
@@ -186,6 +186,55 @@ struct CompareIntegrationTests {
         for index in 0..<2 {
             #expect(snapshot.mirrors[index].compared == [0, 0, 0, 0, UInt64(sessions)], "mirror \(index)")
         }
+    }
+
+    /// A healthy mirror must never be reported as a mismatch, however the
+    /// load splits and delays its replies: 30 concurrent sessions of up to
+    /// 1.5 MB each way, whose echo mirror lags main by up to megabytes (kept
+    /// this small because the other loopback suites run beside it). In the
+    /// default window (56 KiB of bytes, then block digests) and in one larger
+    /// than any stream, every pair matches.
+    @Test("healthy echo mirrors under load: every pair matches, in the default window and a large one",
+          arguments: [nil, 16 << 20] as [Int?])
+    func healthyUnderLoad(windowBytes: Int?) throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let mirror = try startServer(.echo)
+        defer { mirror.stop() }
+        let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.boundPort]) {
+            $0.compare = true
+            if let windowBytes { $0.compareWindowBytes = windowBytes }
+            $0.poolSlots = 8192
+            $0.backlogBytesMax = 64 << 20
+            $0.backlogChunksMax = 4096
+            $0.mirrorLingerMs = 10_000
+        }
+        defer { proxy.shutdown() }
+        let sessions = 30
+        let failures = Mutex<[String]>([])
+        let port = proxy.port
+        try concurrently(sessions) { index in
+            var generator = SeededGenerator(seed: UInt64(7000 + index))
+            let fraction = Double.random(in: 0...1, using: &generator)
+            let payload = generator.bytes(1 + Int(fraction * fraction * fraction * 1_500_000))
+            do {
+                let connection = try TestConnection(port: port)
+                let (received, end) = connection.exchange(payload, seed: UInt64(index))
+                if end != .eof || received != payload {
+                    failures.withLock { $0.append("session \(index): \(end), \(received.count)/\(payload.count)") }
+                }
+            } catch {
+                failures.withLock { $0.append("session \(index): \(error)") }
+            }
+        }
+        #expect(failures.withLock { $0 } == [])
+        #expect(eventually(timeoutSeconds: 20) { proxy.activeSessions == 0 })
+        let verdicts = proxy.snapshot().mirrors[0]
+        #expect(verdicts.compared(.diverged) == 0 && verdicts.compared(.shorter) == 0
+                && verdicts.compared(.longer) == 0, "\(verdicts.compared)")
+        #expect(verdicts.compared(.match) + verdicts.compared(.incomplete) == UInt64(sessions))
+        // Streams of at most 1.5 MB: within the default window's digest reach (4 MiB of lead).
+        #expect(verdicts.compared(.match) == UInt64(sessions), "\(verdicts.compared)")
     }
 
     @Test("without --compare the mirror's replies are drained and nothing is compared")

@@ -23,9 +23,16 @@ private enum Event {
 /// Plays `events` into a comparison with a window of `windowBytes`; returns
 /// its verdict and the most one stream was ahead of the other.
 private func play(_ events: [Event], windowBytes: Int) -> (ReplyComparison.Verdict, UInt64, Int) {
+    let (verdict, offset, lead, _) = playDetailed(events, windowBytes: windowBytes)
+    return (verdict, offset, lead)
+}
+
+/// `play`, also giving the comparison as it ended (what it kept verbatim at most, whether the offset is exact).
+private func playDetailed(_ events: [Event], windowBytes: Int,
+                          blockBytes: Int = ReplyComparison.blockBytes) -> (ReplyComparison.Verdict, UInt64, Int, ReplyComparison) {
     let window = UnsafeMutableRawPointer.allocate(byteCount: windowBytes, alignment: 16)
     defer { window.deallocate() }
-    var comparison = ReplyComparison(window: window, windowBytes: windowBytes)
+    var comparison = ReplyComparison(window: window, windowBytes: windowBytes, blockBytes: blockBytes)
     var mainBytes = 0
     var mirrorBytes = 0
     var lead = 0
@@ -38,9 +45,9 @@ private func play(_ events: [Event], windowBytes: Int) -> (ReplyComparison.Verdi
         case .end(let stream):
             comparison.end(stream)
         }
-        #expect(comparison.pendingBytes <= windowBytes)
+        #expect(comparison.keptBytes <= comparison.keptBytesMax && comparison.keptBytesMax <= windowBytes)
     }
-    return (comparison.verdict, comparison.divergenceOffset, lead)
+    return (comparison.verdict, comparison.divergenceOffset, lead, comparison)
 }
 
 /// Every way to cut `count` bytes into non-empty pieces (as lengths).
@@ -193,6 +200,133 @@ struct ReplyComparisonTests {
         #expect(runs > 100_000)
     }
 
+    /// One stream all first, then the other: a lead of up to 3 MB, past the
+    /// 56 KiB kept verbatim of a 64 KiB window, decided through the digests:
+    /// equal streams match, a flipped byte diverges in its 4 KiB block, a
+    /// mirror cut at a block boundary is shorter, one with bytes added is
+    /// longer (when main led); a lagging stream that ends inside a digested
+    /// block cannot be decided (incomplete).
+    @Test("a lead past the kept bytes is compared by block digests", arguments: [false, true])
+    func spill(mirrorFirst: Bool) {
+        var generator = SeededGenerator(seed: mirrorFirst ? 77 : 78)
+        let main = TestBytes.random(3_000_000, using: &generator)
+        var flipped = main
+        flipped[2_000_123] ^= 0x40
+        var early = main
+        early[100] ^= 1
+        let blockCut = Array(main[..<(57_344 + 300 * 4096)])
+        let cases: [([UInt8], ReplyComparison.Verdict)] = [
+            (main, .match),
+            (flipped, .diverged),
+            (early, .diverged),
+            (main + [1, 2, 3], .longer),
+            (mirrorFirst ? main : blockCut, mirrorFirst ? .match : .shorter),
+            (Array(main[..<1_000_001]), .incomplete),
+        ]
+        for (index, (mirror, expected)) in cases.enumerated() {
+            let mainEvents = randomPieces(main, .main, pieceMax: 16384, &generator)
+            let mirrorEvents = randomPieces(mirror, .mirror, pieceMax: 16384, &generator)
+            let events = mirrorFirst ? mirrorEvents + mainEvents : mainEvents + mirrorEvents
+            let (got, offset, _, comparison) = playDetailed(events, windowBytes: 65536)
+            if mirrorFirst && index == 5 {
+                // The mirror led and ended first: main passes its end at once (shorter).
+                #expect(got == .shorter, "case \(index)")
+                continue
+            }
+            if mirrorFirst && index == 3 {
+                // Main, the shorter, lags and ends inside a digested block of
+                // the mirror's: whether it is a prefix cannot be checked.
+                #expect(got == .incomplete, "case \(index)")
+                continue
+            }
+            #expect(got == expected, "case \(index), mirror first \(mirrorFirst)")
+            if index == 1 {
+                #expect(!comparison.divergenceIsExact && offset <= 2_000_123 && 2_000_123 - offset < 4096)
+            }
+            if index == 2 { #expect(comparison.divergenceIsExact && offset == 100) }
+        }
+        // Beyond the digests' reach (8 KiB of digests: 4 MiB of lead): incomplete.
+        let long = TestBytes.random(5_000_000, using: &generator)
+        let events = randomPieces(long, .main, pieceMax: 65536, &generator) + randomPieces(long, .mirror, pieceMax: 65536, &generator)
+        #expect(play(events, windowBytes: 65536).0 == .incomplete)
+    }
+
+    /// Blocks of 8 to 24 bytes in windows of 64 to 256: streams of a few
+    /// hundred bytes go in and out of the digests many times, in random
+    /// pieces and interleavings (seeded). Whatever happens, the verdict is
+    /// the streams' own or `incomplete`, exact while the lead fit in the
+    /// kept bytes, a divergence found by digest within its block; and the
+    /// digests do decide pairs that the bytes alone could not.
+    @Test("seeded leads in and out of small block digests", arguments: 0..<4)
+    func smallBlocks(shard: Int) {
+        var decidedPastBytes = 0
+        var pastBytes = 0
+        for round in 0..<400 {
+            var generator = SeededGenerator(seed: UInt64(90_000 + shard * 1000 + round))
+            let main = TestBytes.random(Int.random(in: 0...400, using: &generator), using: &generator)
+            var mirror = main
+            switch Int.random(in: 0..<5, using: &generator) {
+            case 1 where !mirror.isEmpty:
+                mirror[Int.random(in: 0..<mirror.count, using: &generator)] ^= 0x08
+            case 2 where !mirror.isEmpty:
+                mirror.removeLast(Int.random(in: 1...mirror.count, using: &generator))
+            case 3:
+                mirror += TestBytes.random(Int.random(in: 1...40, using: &generator), using: &generator)
+            default:
+                break
+            }
+            let (verdict, offset) = expectedVerdict(main: main, mirror: mirror)
+            let pieceMax = [1, 5, 30, 120].randomElement(using: &generator)!
+            let schedule = randomInterleaving(randomPieces(main, .main, pieceMax: pieceMax, &generator),
+                                              randomPieces(mirror, .mirror, pieceMax: pieceMax, &generator), &generator)
+            let blockBytes = [8, 16, 24].randomElement(using: &generator)!
+            let windowBytes = [64, 100, 256].randomElement(using: &generator)!
+            let (got, gotOffset, lead, comparison) = playDetailed(schedule, windowBytes: windowBytes, blockBytes: blockBytes)
+            let context = "seed \(90_000 + shard * 1000 + round): \(main.count) vs \(mirror.count), window \(windowBytes), block \(blockBytes): \(got), expected \(verdict)"
+            #expect(got == verdict || got == .incomplete, "\(context)")
+            if lead <= comparison.keptBytesMax {
+                #expect(got == verdict, "\(context)")
+            } else {
+                pastBytes += 1
+                if got == verdict { decidedPastBytes += 1 }
+            }
+            if got == .diverged {
+                #expect(gotOffset <= offset && offset - gotOffset < UInt64(blockBytes), "\(context) at \(gotOffset), not \(offset)")
+                if comparison.divergenceIsExact { #expect(gotOffset == offset, "\(context)") }
+            }
+        }
+        #expect(pastBytes > 100, "leads past the kept bytes: \(pastBytes)")
+        // With one to four digests the reach is short: about a third are decided (0 without digests).
+        #expect(decidedPastBytes * 5 > pastBytes, "decided past the kept bytes: \(decidedPastBytes) of \(pastBytes)")
+    }
+
+    @Test("a block's digest does not depend on how its bytes were split, and one changed byte changes it")
+    func blockHashSplits() {
+        let bytes = TestBytes.random(64, seed: 5)
+        func digest(_ cuts: [Int], _ bytes: [UInt8]) -> ReplyComparison.BlockHash {
+            var hash = ReplyComparison.BlockHash()
+            var offset = 0
+            bytes.withUnsafeBytes { raw in
+                for cut in cuts + [bytes.count] {
+                    hash.add(raw.baseAddress! + offset, cut - offset)
+                    offset = cut
+                }
+            }
+            return hash
+        }
+        let whole = digest([], bytes)
+        for first in 0...64 {
+            for second in first...64 where second % 7 == 0 || second == first {
+                #expect(digest([first, second], bytes) == whole, "cut at \(first), \(second)")
+            }
+        }
+        for index in 0..<64 {
+            var changed = bytes
+            changed[index] ^= 0x80
+            #expect(digest([], changed).digest != whole.digest, "byte \(index)")
+        }
+    }
+
     /// Large streams (up to 20 KB) with one change: equal, a byte flipped, cut
     /// short, or bytes added; random pieces, random interleaving (seeded),
     /// windows from 1 byte to larger than either stream.
@@ -216,14 +350,19 @@ struct ReplyComparisonTests {
             let pieceMax = [1, 7, 1500, 16384].randomElement(using: &generator)!
             let schedule = randomInterleaving(randomPieces(main, .main, pieceMax: pieceMax, &generator),
                                               randomPieces(mirror, .mirror, pieceMax: pieceMax, &generator), &generator)
-            let windowBytes = [1, 100, 4096, 65536].randomElement(using: &generator)!
-            let (got, gotOffset, lead) = play(schedule, windowBytes: windowBytes)
+            let windowBytes = [1, 100, 4096, 16384, 65536].randomElement(using: &generator)!
+            let (got, gotOffset, lead, comparison) = playDetailed(schedule, windowBytes: windowBytes)
             let context = "seed \(shard * 1000 + round): \(main.count) vs \(mirror.count) bytes, window \(windowBytes)"
-            if lead <= windowBytes {
+            if lead <= comparison.keptBytesMax {
                 #expect(got == verdict, "\(context)")
-                if verdict == .diverged { #expect(gotOffset == offset, "\(context)") }
+                if verdict == .diverged { #expect(gotOffset == offset && comparison.divergenceIsExact, "\(context)") }
             } else {
-                #expect(got == verdict || got == .incomplete, "\(context)")
+                // Past the kept bytes: digests, or incomplete; never another verdict.
+                #expect(got == verdict || got == .incomplete, "\(context): \(got), expected \(verdict)")
+                if got == .diverged {
+                    #expect(gotOffset <= offset && offset - gotOffset < UInt64(ReplyComparison.blockBytes), "\(context)")
+                    if comparison.divergenceIsExact { #expect(gotOffset == offset, "\(context)") }
+                }
             }
         }
     }
