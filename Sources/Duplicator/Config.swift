@@ -31,6 +31,13 @@ public struct Config: Sendable {
     /// (SO_RCVLOWAT on the mirror's socket); its EOF and errors wake it at
     /// once. 0: every reply wakes it.
     public var mirrorDrainBatchBytes = 64 * 1024
+    /// A mirror's queued bytes go out together, in one gathered send, once
+    /// this many wait or the oldest has waited `mirrorBatchDelayUs`: its
+    /// server wakes once per batch, not once per client receive. 0: off,
+    /// one send per receive as it arrives. Measured in BENCHMARKS.md.
+    public var mirrorBatchBytes = 64 * 1024
+    /// 0: gather what queued behind a send in flight, never wait.
+    public var mirrorBatchDelayUs = 1_000
     /// How long a graceful stop waits for live sessions.
     public var drainTimeoutMs = 5_000
     public var ringEntries = 1024
@@ -119,6 +126,12 @@ public struct Config: Sendable {
         guard (0...(1 << 20)).contains(mirrorDrainBatchBytes) else {
             throw ConfigError("--mirror-drain-batch must be from 0 to 1MiB, got \(mirrorDrainBatchBytes)")
         }
+        guard (0...(16 << 20)).contains(mirrorBatchBytes) else {
+            throw ConfigError("--mirror-batch-bytes must be from 0 to 16MiB, got \(mirrorBatchBytes)")
+        }
+        guard (0...100_000).contains(mirrorBatchDelayUs) else {
+            throw ConfigError("--mirror-batch-delay must be from 0 to 100ms")
+        }
         guard backlogBytesMax >= 1 else { throw ConfigError("--backlog must be positive") }
         guard (1...4096).contains(backlogChunksMax) else {
             throw ConfigError("--backlog-chunks must be from 1 to 4096, got \(backlogChunksMax)")
@@ -138,6 +151,7 @@ public struct Config: Sendable {
                       backlogChunksMax: backlogChunksMax, readAheadChunks: Self.readAheadChunks,
                       mirrorLingerMs: mirrorLingerMs, idleTimeoutMs: idleTimeoutMs,
                       mirrorFailuresBeforeBackoff: mirrorFailuresBeforeBackoff,
-                      mirrorBackoffInitialMs: mirrorBackoffInitialMs, mirrorBackoffMaxMs: mirrorBackoffMaxMs)
+                      mirrorBackoffInitialMs: mirrorBackoffInitialMs, mirrorBackoffMaxMs: mirrorBackoffMaxMs,
+                      mirrorBatchBytes: mirrorBatchBytes, mirrorBatchDelayUs: mirrorBatchDelayUs)
     }
 }

@@ -51,8 +51,20 @@ public final class Session {
         /// Main after the client failed: like a mirror, it gets what the
         /// client sent before the failure, then SHUT_WR, its replies drained.
         var flushing = false
+        /// Chunks and bytes the send in flight reads from the front of `queue`.
+        var sendingChunks = 0
+        var sendingBytes = 0
+        /// A mirror's batch: when its oldest unsent byte must go out (0:
+        /// none waits; `dueNow`: at once).
+        var batchDeadlineUs: UInt64 = 0
         var queue: SendQueue
     }
+
+    /// The most chunks one gathered send takes (the iovec entries a worker
+    /// keeps per mirror leg).
+    public static let gatherChunksMax = 32
+    /// A batch deadline that has passed, whatever the clock says.
+    static let dueNow: UInt64 = 1
 
     static let client = 0
     static let main = 1
@@ -71,6 +83,9 @@ public final class Session {
     private var lingerDeadlineMs: UInt64 = 0
     /// When a byte last moved between client and main (the idle timeout's clock).
     private var lastActivityMs: UInt64 = 0
+    /// `flushMirrors` was asked of the IO and not called yet. Kept across a
+    /// restart of the session: the IO calls whichever generation is there.
+    private var flushRequested = false
     var legs: UnsafeMutablePointer<Leg>
     let legCount: Int
     private let context: SessionContext
@@ -184,6 +199,14 @@ public final class Session {
             return
         }
         settle(leg, io: io)
+    }
+
+    /// A batch delay asked for (`SessionIO.flushMirrors`) has passed: send
+    /// what is due to mirrors, and ask again for what is not.
+    public func flushMirrors<IO: SessionIO>(io: IO) {
+        flushRequested = false
+        guard isActive else { return }
+        for leg in Self.firstMirror..<legCount { kickSend(leg, io: io) }
     }
 
     /// Slots are back after the session found none.
@@ -316,6 +339,9 @@ public final class Session {
             }
             context.pool.retain(slot)
             legs[leg].queue.append(slot: slot, length: length)
+            if legs[leg].batchDeadlineUs == 0 {
+                legs[leg].batchDeadlineUs = context.nowUs &+ UInt64(limits.mirrorBatchDelayUs)
+            }
             kickSend(leg, io: io)
         }
     }
@@ -376,9 +402,13 @@ public final class Session {
 
     private func kickSend<IO: SessionIO>(_ leg: Int, io: IO) {
         guard legs[leg].phase == .open, !legs[leg].sending else { return }
-        if let chunk = legs[leg].queue.first {
+        if leg >= Self.firstMirror && context.limits.mirrorBatchBytes > 0 && !legs[leg].queue.isEmpty {
+            kickMirrorBatch(leg, io: io)
+        } else if let chunk = legs[leg].queue.first {
             legs[leg].sending = true
             legs[leg].inFlight &+= 1
+            legs[leg].sendingChunks = 1
+            legs[leg].sendingBytes = Int(chunk.length)
             io.send(fd: legs[leg].fd, slot: chunk.slot, offset: Int(chunk.offset), length: Int(chunk.length),
                     tag: tag(.send, leg))
         } else if legs[leg].shutdownWanted, !legs[leg].shutdownIssued {
@@ -388,8 +418,47 @@ public final class Session {
         }
     }
 
+    /// A mirror is a throughput leg: its queued chunks go out together in
+    /// one gathered send once `mirrorBatchBytes` wait, the oldest has waited
+    /// `mirrorBatchDelayUs`, or the stream ends; until then the session asks
+    /// to be woken at the deadline. Its reader wakes once per batch instead
+    /// of once per client receive.
+    private func kickMirrorBatch<IO: SessionIO>(_ leg: Int, io: IO) {
+        let limits = context.limits
+        let queue = legs[leg].queue
+        if legs[leg].batchDeadlineUs == 0 {
+            legs[leg].batchDeadlineUs = context.nowUs &+ UInt64(limits.mirrorBatchDelayUs)
+        }
+        let deadlineUs = legs[leg].batchDeadlineUs
+        guard legs[leg].shutdownWanted || queue.bytes >= limits.mirrorBatchBytes || context.nowUs >= deadlineUs else {
+            if !flushRequested {
+                flushRequested = true
+                io.flushMirrors(session: index, atUs: deadlineUs)
+            }
+            return
+        }
+        let chunks = min(queue.count, Self.gatherChunksMax)
+        var length = 0
+        for position in 0..<chunks { length &+= Int(queue.chunk(at: position).length) }
+        // What this send leaves behind is due as soon as it completes.
+        legs[leg].batchDeadlineUs = chunks == queue.count ? 0 : Self.dueNow
+        legs[leg].sending = true
+        legs[leg].inFlight &+= 1
+        legs[leg].sendingChunks = chunks
+        legs[leg].sendingBytes = length
+        if chunks == 1 {
+            let chunk = queue.chunk(at: 0)
+            io.send(fd: legs[leg].fd, slot: chunk.slot, offset: Int(chunk.offset), length: length, tag: tag(.send, leg))
+        } else {
+            io.sendGathered(fd: legs[leg].fd, queue: queue, chunks: chunks, length: length, tag: tag(.send, leg))
+        }
+    }
+
     private func sent<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
         legs[leg].sending = false
+        let sendingBytes = legs[leg].sendingBytes
+        legs[leg].sendingChunks = 0
+        legs[leg].sendingBytes = 0
         guard legs[leg].phase == .open else {
             dropQueue(leg, io: io)
             return
@@ -411,10 +480,18 @@ public final class Session {
         let length = Int(result)
         if leg >= Self.firstMirror {
             context.stats.mirrors[leg - Self.firstMirror].bytesSent.bump(length)
+            context.stats.mirrors[leg - Self.firstMirror].sends.bump()
         } else {
             lastActivityMs = context.nowMs
         }
-        if let slot = legs[leg].queue.consume(length) { releaseSlot(slot, from: leg, io: io) }
+        var unconsumed = min(length, sendingBytes)
+        while unconsumed > 0, let first = legs[leg].queue.first {
+            let part = min(unconsumed, Int(first.length))
+            unconsumed &-= part
+            if let slot = legs[leg].queue.consume(part) { releaseSlot(slot, from: leg, io: io) }
+        }
+        // A short send: the rest of what went together is due now.
+        if length < sendingBytes { legs[leg].batchDeadlineUs = Self.dueNow }
         kickSend(leg, io: io)
         // The queue has room again: the other side may be read.
         if leg == Self.main { armReceive(Self.client, io: io) }
@@ -447,14 +524,11 @@ public final class Session {
         return laggiest
     }
 
-    /// Releases the queued chunks of a closing leg, but not one that a send
-    /// in flight is still reading (that one goes when the send completes).
+    /// Releases the queued chunks of a closing leg, but not those that a
+    /// send in flight is still reading (they go when the send completes).
     private func dropQueue<IO: SessionIO>(_ leg: Int, io: IO) {
-        let keep = legs[leg].sending ? 1 : 0
+        let keep = legs[leg].sending ? legs[leg].sendingChunks : 0
         while legs[leg].queue.count > keep, let chunk = legs[leg].queue.removeLast() {
-            releaseSlot(chunk.slot, from: leg, io: io)
-        }
-        if keep == 0, let chunk = legs[leg].queue.removeFirst() {
             releaseSlot(chunk.slot, from: leg, io: io)
         }
     }

@@ -22,11 +22,18 @@ public struct SessionLimits: Sendable {
     public var mirrorFailuresBeforeBackoff: Int
     public var mirrorBackoffInitialMs: Int
     public var mirrorBackoffMaxMs: Int
+    /// A mirror's queued bytes go out in one gathered send once this many
+    /// wait, or once the oldest has waited `mirrorBatchDelayUs`. 0: no
+    /// batching, one send per receive as it arrives.
+    public var mirrorBatchBytes: Int
+    /// 0: gather only what queued behind the send in flight, never wait.
+    public var mirrorBatchDelayUs: Int
 
     public init(mirrorCount: Int, mainConnectTimeoutMs: Int = 10_000, mirrorConnectTimeoutMs: Int = 500,
                 backlogBytesMax: Int = 4 << 20, backlogChunksMax: Int = 256, readAheadChunks: Int = 2,
                 mirrorLingerMs: Int = 2_000, idleTimeoutMs: Int = 0, mirrorFailuresBeforeBackoff: Int = 3,
-                mirrorBackoffInitialMs: Int = 250, mirrorBackoffMaxMs: Int = 30_000) {
+                mirrorBackoffInitialMs: Int = 250, mirrorBackoffMaxMs: Int = 30_000,
+                mirrorBatchBytes: Int = 0, mirrorBatchDelayUs: Int = 0) {
         self.mirrorCount = mirrorCount
         self.mainConnectTimeoutMs = mainConnectTimeoutMs
         self.mirrorConnectTimeoutMs = mirrorConnectTimeoutMs
@@ -38,6 +45,8 @@ public struct SessionLimits: Sendable {
         self.mirrorFailuresBeforeBackoff = mirrorFailuresBeforeBackoff
         self.mirrorBackoffInitialMs = mirrorBackoffInitialMs
         self.mirrorBackoffMaxMs = mirrorBackoffMaxMs
+        self.mirrorBatchBytes = mirrorBatchBytes
+        self.mirrorBatchDelayUs = mirrorBatchDelayUs
     }
 }
 
@@ -50,6 +59,8 @@ public final class SessionContext {
     public let stats: WorkerStats
     /// Milliseconds on a monotonic clock; the owner advances it.
     public var nowMs: UInt64 = 0
+    /// Microseconds on a monotonic clock (the mirror batch delay's), advanced by the owner too.
+    public var nowUs: UInt64 = 0
     /// Sessions whose client side is over but whose mirrors still flush:
     /// the only ones a tick has work for.
     public internal(set) var sessionsEnding = 0

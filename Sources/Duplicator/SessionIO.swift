@@ -33,6 +33,14 @@ public protocol SessionIO: AnyObject {
     /// Receive into scratch memory; the bytes are thrown away.
     func drain(fd: Int32, tag: CompletionTag)
     func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag)
+    /// One send of the first `chunks` chunks of `queue` (`length` bytes in
+    /// all), in order; it may send fewer bytes, as any send may. The chunks
+    /// stay in the queue, untouched, until it completes.
+    func sendGathered(fd: Int32, queue: SendQueue, chunks: Int, length: Int, tag: CompletionTag)
+    /// Call `flushMirrors` on the session at `index` once the clock
+    /// (`SessionContext.nowUs`) reaches `deadlineUs`. Asked at most once per
+    /// session until called; the session may have ended and restarted by then.
+    func flushMirrors(session index: UInt32, atUs deadlineUs: UInt64)
     func shutdownWrite(fd: Int32, tag: CompletionTag)
     /// Cancel every operation in flight on `fd`.
     func cancel(fd: Int32, tag: CompletionTag)

@@ -56,6 +56,26 @@ final class Worker: SessionIO {
     private var waiters: [UInt32]
     private var waitersHead = 0
     private var waitersCount = 0
+    /// Whether mirror sends wait to be batched (the clock in microseconds is then read).
+    private let batching: Bool
+    /// Sessions that asked to send their mirrors' batches at a deadline, in
+    /// the order asked (a ring of table indices; one entry per session at
+    /// most). Deadlines come nearly in order, all being now plus one delay;
+    /// one queued behind a later one fires with it, less than a delay late.
+    private var flushSessions: [UInt32]
+    private var flushDeadlinesUs: [UInt64]
+    private var flushHead = 0
+    private var flushCount = 0
+    /// Gathered mirror sends: a msghdr and `Session.gatherChunksMax` iovec
+    /// entries per (session, mirror), read by the kernel until the send
+    /// completes. An anonymous mapping: only pages that sends use become resident.
+    private let gatherMessages: UnsafeMutablePointer<msghdr>
+    private let gatherVectors: UnsafeMutablePointer<iovec>
+    private let gatherMemory: UnsafeMutableRawPointer
+    private let gatherMemoryBytes: Int
+    /// IORING_OP_SENDMSG is there (5.3 and later); without it a gathered send
+    /// sends its first chunk, and the session sends the rest as after a short send.
+    private let sendMessageSupported: Bool
 
     private var acceptArmed = false
     private var acceptPausedUntilMs: UInt64 = 0
@@ -98,12 +118,28 @@ final class Worker: SessionIO {
         // pool can serve at once, whatever their peers do.
         table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
         waiters = Array(repeating: 0, count: config.sessionsPerWorker)
+        batching = config.mirrorBatchBytes > 0 && !config.mirrors.isEmpty
+        flushSessions = Array(repeating: 0, count: config.sessionsPerWorker)
+        flushDeadlinesUs = Array(repeating: 0, count: config.sessionsPerWorker)
+        let gatherLegs = max(1, config.sessionsPerWorker * config.mirrors.count)
+        let messagesBytes = gatherLegs * MemoryLayout<msghdr>.stride
+        let vectorsOffset = (messagesBytes + 15) & ~15
+        gatherMemoryBytes = vectorsOffset + gatherLegs * Session.gatherChunksMax * MemoryLayout<iovec>.stride
+        guard let gatherMemory = mmap(nil, gatherMemoryBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+              gatherMemory != MAP_FAILED else {
+            throw RingError("mmap of \(gatherMemoryBytes) bytes for gathered mirror sends", errno: errno)
+        }
+        self.gatherMemory = gatherMemory
+        gatherMessages = gatherMemory.bindMemory(to: msghdr.self, capacity: gatherLegs)
+        gatherVectors = (gatherMemory + vectorsOffset).bindMemory(to: iovec.self, capacity: gatherLegs * Session.gatherChunksMax)
+        sendMessageSupported = ring.supportsSendMessage
         drainBuffer = .allocate(byteCount: Self.drainBufferBytes, alignment: 4096)
         mainTimeout = RingTimeout(milliseconds: config.mainConnectTimeoutMs)
         mirrorTimeout = RingTimeout(milliseconds: config.mirrorConnectTimeoutMs)
     }
 
     deinit {
+        munmap(gatherMemory, gatherMemoryBytes)
         drainBuffer.deallocate()
         targetAddresses.deallocate()
         closeListener()
@@ -115,21 +151,31 @@ final class Worker: SessionIO {
         return UInt64(now.tv_sec) * 1000 + UInt64(now.tv_nsec) / 1_000_000
     }
 
+    /// The fine clock of mirror batches (the coarse one moves in jiffies, too slow for a delay of microseconds).
+    static func monotonicUs() -> UInt64 {
+        var now = Glibc.timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
+    }
+
     // MARK: - The loop
 
     func run() throws {
         context.nowMs = Self.monotonicMs()
+        context.nowUs = Self.monotonicUs()
         nextTickMs = context.nowMs + Self.tickMs
         armAccept()
         while true {
             provided.commit()
             var count = try waitForCompletions()
             context.nowMs = Self.monotonicMs()
+            if batching { context.nowUs = Self.monotonicUs() }
             while count > 0 {
                 for index in 0..<count { dispatch(ring.completion(at: index)) }
                 provided.commit()
                 count = ring.reap()
             }
+            if flushCount > 0 { flushDueMirrors() }
             resumeWaiters()
             if context.nowMs >= nextTickMs { tick() }
             if stopping && table.activeCount == 0 && !acceptArmed { break }
@@ -147,8 +193,26 @@ final class Worker: SessionIO {
             let count = ring.reap()
             if count > 0 { return count }
         }
-        try ring.submitAndWait(count: 1, timeoutNanoseconds: Int64(Self.tickMs) * 1_000_000)
+        var timeoutNanoseconds = Int64(Self.tickMs) * 1_000_000
+        if flushCount > 0 {
+            // Wake for the next mirror batch deadline; at least 1 us, since 0 means "no timeout".
+            let untilUs = flushDeadlinesUs[flushHead] &- context.nowUs
+            let untilNanoseconds = flushDeadlinesUs[flushHead] > context.nowUs ? Int64(untilUs) * 1000 : 1000
+            timeoutNanoseconds = max(1000, min(timeoutNanoseconds, untilNanoseconds))
+        }
+        try ring.submitAndWait(count: 1, timeoutNanoseconds: timeoutNanoseconds)
         return ring.reap()
+    }
+
+    /// Sends the mirror batches whose delay has passed.
+    private func flushDueMirrors() {
+        context.nowUs = Self.monotonicUs()
+        while flushCount > 0 && flushDeadlinesUs[flushHead] <= context.nowUs {
+            let index = flushSessions[flushHead]
+            flushHead = (flushHead + 1) % flushSessions.count
+            flushCount -= 1
+            table.sessions[Int(index)].flushMirrors(io: self)
+        }
     }
 
     @inline(__always)
@@ -385,6 +449,35 @@ final class Worker: SessionIO {
     @inline(__always)
     func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag) {
         ring.prepareSend(fd: fd, from: pool.pointer(slot) + offset, length: length, tag: tag)
+    }
+
+    @inline(__always)
+    func sendGathered(fd: Int32, queue: SendQueue, chunks: Int, length: Int, tag: CompletionTag) {
+        guard sendMessageSupported else {
+            let chunk = queue.chunk(at: 0)
+            ring.prepareSend(fd: fd, from: pool.pointer(chunk.slot) + Int(chunk.offset), length: Int(chunk.length), tag: tag)
+            return
+        }
+        // One msghdr per (session, mirror): one send in flight per leg.
+        let leg = Int(tag.slot) &* config.mirrors.count &+ Int(tag.endpoint) &- Session.firstMirror
+        let vectors = gatherVectors + leg &* Session.gatherChunksMax
+        for position in 0..<chunks {
+            let chunk = queue.chunk(at: position)
+            vectors[position] = iovec(iov_base: pool.pointer(chunk.slot) + Int(chunk.offset), iov_len: Int(chunk.length))
+        }
+        let message = gatherMessages + leg
+        message.pointee = msghdr()
+        message.pointee.msg_iov = vectors
+        message.pointee.msg_iovlen = chunks
+        ring.prepareSendMessage(fd: fd, message: message, tag: tag)
+    }
+
+    func flushMirrors(session index: UInt32, atUs deadlineUs: UInt64) {
+        guard flushCount < flushSessions.count else { return }  // one per session: never full
+        let position = (flushHead + flushCount) % flushSessions.count
+        flushSessions[position] = index
+        flushDeadlinesUs[position] = deadlineUs
+        flushCount += 1
     }
 
     func shutdownWrite(fd: Int32, tag: CompletionTag) {

@@ -83,6 +83,12 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("mirror-drain-batch"), parsing: .unconditional, help: "Drain a mirror's replies once this many bytes wait (its EOF and errors at once); 0: every reply.")
     var mirrorDrainBatch: String = "64KiB"
 
+    @Option(name: .customLong("mirror-batch-bytes"), parsing: .unconditional, help: "Send a mirror's queued bytes together once this many wait (or --mirror-batch-delay passed); 0: one send per receive, no batching.")
+    var mirrorBatchBytes: String = "64KiB"
+
+    @Option(name: .customLong("mirror-batch-delay"), parsing: .unconditional, help: "The longest a client byte waits for its mirror batch; a mirror sees bytes up to this much later (0: never wait).")
+    var mirrorBatchDelay: String = "1ms"
+
     @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, io_uring, locked memory), then exit.")
     var check = false
 
@@ -134,6 +140,11 @@ struct RunCommand: ParsableCommand {
         config.ringMode = mode
         config.mirrorDrainBatchBytes = try SizeParser.bytes(mirrorDrainBatch)
         config.waitBatch = waitBatch
+        config.mirrorBatchBytes = try SizeParser.bytes(mirrorBatchBytes)
+        if mirrorBatchDelay.hasPrefix("-") {
+            throw ConfigError("--mirror-batch-delay '\(mirrorBatchDelay)': negative durations are refused")
+        }
+        config.mirrorBatchDelayUs = Int((try DurationParser.nanoseconds(mirrorBatchDelay) + 999) / 1000)
         if waitBatchTimeout.hasPrefix("-") {
             throw ConfigError("--wait-batch-timeout '\(waitBatchTimeout)': negative durations are refused")
         }
@@ -180,7 +191,9 @@ struct RunCommand: ParsableCommand {
             print("configuration ok: listening on \(proxy.listenAddress) would work, main \(config.main), "
                 + "\(config.mirrors.count) mirrors, \(config.threads) workers with io_uring (\(proxy.ringSetupMode)), "
                 + "each admitting \(config.sessionsPerWorker) sessions with a pool of up to "
-                + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB")
+                + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB; "
+                + (config.mirrorBatchBytes == 0 ? "mirror sends not batched"
+                   : "mirror sends batched up to \(config.mirrorBatchBytes) bytes or \(config.mirrorBatchDelayUs) us"))
             return
         }
         let metricsNote = metricsServer.map { ", metrics on http://\($0.address)/metrics" } ?? ""

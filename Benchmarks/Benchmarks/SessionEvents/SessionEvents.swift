@@ -84,6 +84,13 @@ final class ScriptedIO: SessionIO {
         pendingSendLength[Int(tag.endpoint)] = Int32(length)
     }
 
+    func sendGathered(fd: Int32, queue: SendQueue, chunks: Int, length: Int, tag: CompletionTag) {
+        pendingSend[Int(tag.endpoint)] = tag.rawValue
+        pendingSendLength[Int(tag.endpoint)] = Int32(length)
+    }
+
+    func flushMirrors(session index: UInt32, atUs deadlineUs: UInt64) {}
+
     func shutdownWrite(fd: Int32, tag: CompletionTag) {}
     func cancel(fd: Int32, tag: CompletionTag) {}
     func close(fd: Int32, tag: CompletionTag) {}
