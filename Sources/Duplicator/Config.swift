@@ -38,6 +38,12 @@ public struct Config: Sendable {
     public var mirrorBatchBytes = 64 * 1024
     /// 0: gather what queued behind a send in flight, never wait.
     public var mirrorBatchDelayUs = 1_000
+    /// The client's first turns (bytes after main replied) that a mirror
+    /// gets only once it has answered the turn before, as main did: SSL and
+    /// STARTTLS negotiations and greetings keep their order. 0: none.
+    public var mirrorTurns = 4
+    /// A mirror that has not answered a turn by then gets the next anyway.
+    public var mirrorTurnTimeoutUs = 250_000
     /// How long a graceful stop waits for live sessions.
     public var drainTimeoutMs = 5_000
     public var ringEntries = 1024
@@ -132,6 +138,10 @@ public struct Config: Sendable {
         guard (0...100_000).contains(mirrorBatchDelayUs) else {
             throw ConfigError("--mirror-batch-delay must be from 0 to 100ms")
         }
+        guard (0...64).contains(mirrorTurns) else { throw ConfigError("--mirror-turns must be from 0 to 64, got \(mirrorTurns)") }
+        guard (1_000...60_000_000).contains(mirrorTurnTimeoutUs) else {
+            throw ConfigError("--mirror-turn-timeout must be from 1ms to 1m")
+        }
         guard backlogBytesMax >= 1 else { throw ConfigError("--backlog must be positive") }
         guard (1...4096).contains(backlogChunksMax) else {
             throw ConfigError("--backlog-chunks must be from 1 to 4096, got \(backlogChunksMax)")
@@ -152,6 +162,7 @@ public struct Config: Sendable {
                       mirrorLingerMs: mirrorLingerMs, idleTimeoutMs: idleTimeoutMs,
                       mirrorFailuresBeforeBackoff: mirrorFailuresBeforeBackoff,
                       mirrorBackoffInitialMs: mirrorBackoffInitialMs, mirrorBackoffMaxMs: mirrorBackoffMaxMs,
-                      mirrorBatchBytes: mirrorBatchBytes, mirrorBatchDelayUs: mirrorBatchDelayUs)
+                      mirrorBatchBytes: mirrorBatchBytes, mirrorBatchDelayUs: mirrorBatchDelayUs,
+                      mirrorTurns: mirrorTurns, mirrorTurnTimeoutUs: mirrorTurnTimeoutUs)
     }
 }

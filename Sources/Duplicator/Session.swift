@@ -57,6 +57,23 @@ public final class Session {
         /// A mirror's batch: when its oldest unsent byte must go out (0:
         /// none waits; `dueNow`: at once).
         var batchDeadlineUs: UInt64 = 0
+        /// Turns (mirrors): client bytes ever queued to this leg, and sent.
+        var queuedBytesTotal: UInt64 = 0
+        var sentBytesTotal: UInt64 = 0
+        /// One more than the stream offset up to which the mirror had been
+        /// handed our bytes when it last replied (0: it never replied): it
+        /// answered every turn that starts before.
+        var answeredBeforeBytes: UInt64 = 0
+        /// Turn starts recorded for this leg (in `turnStarts`), and the first
+        /// one it has not been let past.
+        var turnCount = 0
+        var turnNext = 0
+        /// When the mirror, having been sent all of a turn, must have
+        /// answered it (0: not waiting).
+        var turnDeadlineUs: UInt64 = 0
+        /// The leg waits for answers to the first turns; off once they are
+        /// past, or once the mirror let one time out.
+        var keepsTurns = false
         var queue: SendQueue
     }
 
@@ -83,9 +100,19 @@ public final class Session {
     private var lingerDeadlineMs: UInt64 = 0
     /// When a byte last moved between client and main (the idle timeout's clock).
     private var lastActivityMs: UInt64 = 0
-    /// `flushMirrors` was asked of the IO and not called yet. Kept across a
-    /// restart of the session: the IO calls whichever generation is there.
-    private var flushRequested = false
+    /// A wake-up of each `SessionTimer` was asked of the IO and has not
+    /// come yet. Kept across a restart of the session: the IO calls
+    /// whichever generation is there, which checks its own deadlines.
+    private var batchWakeRequested = false
+    private var turnWakeRequested = false
+    /// Main sent bytes since the client's last receive: the client's next
+    /// bytes begin a new turn.
+    private var mainRepliedSinceClient = false
+    /// Turns begun after the client's first, while turns are kept.
+    private var turnsBegun = 0
+    /// Per mirror leg, the stream offsets at which its kept turns begin:
+    /// `limits.mirrorTurns` entries from `turnStarts + leg * mirrorTurns`.
+    private let turnStarts: UnsafeMutablePointer<UInt64>
     var legs: UnsafeMutablePointer<Leg>
     let legCount: Int
     private let context: SessionContext
@@ -111,9 +138,11 @@ public final class Session {
             legs.advanced(by: leg).initialize(to: Leg(queue: SendQueue(storage: storage, stride: stride, capacity: capacity)))
             storage += capacity * stride
         }
+        turnStarts = .allocate(capacity: max(1, legCount * limits.mirrorTurns))
     }
 
     deinit {
+        turnStarts.deallocate()
         legs.deinitialize(count: legCount)
         legs.deallocate()
     }
@@ -137,10 +166,13 @@ public final class Session {
         mainToClientDone = false
         lingerDeadlineMs = 0
         lastActivityMs = context.nowMs
+        mainRepliedSinceClient = false
+        turnsBegun = 0
         for leg in 0..<legCount {
             let queue = legs[leg].queue
             precondition(queue.isEmpty)
             legs[leg] = Leg(queue: queue)
+            legs[leg].keepsTurns = leg >= Self.firstMirror && context.limits.mirrorTurns > 0
         }
         let stats = context.stats
         stats.sessionsAccepted.bump()
@@ -201,10 +233,14 @@ public final class Session {
         settle(leg, io: io)
     }
 
-    /// A batch delay asked for (`SessionIO.flushMirrors`) has passed: send
-    /// what is due to mirrors, and ask again for what is not.
-    public func flushMirrors<IO: SessionIO>(io: IO) {
-        flushRequested = false
+    /// A wake-up asked for (`SessionIO.wake`) has come: send what is due to
+    /// mirrors (a batch, or a turn a mirror did not answer in time), and ask
+    /// again for what is not.
+    public func timerFired<IO: SessionIO>(_ timer: SessionTimer, io: IO) {
+        switch timer {
+        case .mirrorBatch: batchWakeRequested = false
+        case .mirrorTurn: turnWakeRequested = false
+        }
         guard isActive else { return }
         for leg in Self.firstMirror..<legCount { kickSend(leg, io: io) }
     }
@@ -312,8 +348,17 @@ public final class Session {
             // loopback send also wakes its reader).
             legs[Self.main].queue.append(slot: slot, length: length)
             kickSend(Self.main, io: io)
-            copyToMirrors(slot: slot, length: length, io: io)
+            var newTurn = false
+            if mainRepliedSinceClient {
+                mainRepliedSinceClient = false
+                if turnsBegun < context.limits.mirrorTurns {
+                    turnsBegun += 1
+                    newTurn = true
+                }
+            }
+            copyToMirrors(slot: slot, length: length, newTurn: newTurn, io: io)
         } else {
+            mainRepliedSinceClient = true
             context.stats.bytesMainToClient.bump(length)
             legs[Self.client].queue.append(slot: slot, length: length)
             kickSend(Self.client, io: io)
@@ -323,7 +368,7 @@ public final class Session {
 
     /// The same slot goes into each live mirror's backlog: no copy.
     @inline(__always)
-    private func copyToMirrors<IO: SessionIO>(slot: UInt32, length: Int, io: IO) {
+    private func copyToMirrors<IO: SessionIO>(slot: UInt32, length: Int, newTurn: Bool, io: IO) {
         let limits = context.limits
         for leg in Self.firstMirror..<legCount {
             if legs[leg].missing {
@@ -338,6 +383,11 @@ public final class Session {
                 continue
             }
             context.pool.retain(slot)
+            if newTurn && legs[leg].keepsTurns {
+                turnStarts[leg &* limits.mirrorTurns &+ legs[leg].turnCount] = legs[leg].queuedBytesTotal
+                legs[leg].turnCount &+= 1
+            }
+            legs[leg].queuedBytesTotal &+= UInt64(length)
             legs[leg].queue.append(slot: slot, length: length)
             if legs[leg].batchDeadlineUs == 0 {
                 legs[leg].batchDeadlineUs = context.nowUs &+ UInt64(limits.mirrorBatchDelayUs)
@@ -371,6 +421,11 @@ public final class Session {
             let stats = context.stats.mirrors[leg - Self.firstMirror]
             stats.replyBytes.bump(Int(result))
             stats.drains.bump()
+            if legs[leg].keepsTurns {
+                // It answered what it had been handed so far.
+                legs[leg].answeredBeforeBytes = legs[leg].sentBytesTotal &+ UInt64(legs[leg].sendingBytes) &+ 1
+                kickSend(leg, io: io)
+            }
             armReceive(leg, io: io)
         } else if result == 0 {
             // The mirror finished writing. Once ours is shut too, it is done;
@@ -402,8 +457,13 @@ public final class Session {
 
     private func kickSend<IO: SessionIO>(_ leg: Int, io: IO) {
         guard legs[leg].phase == .open, !legs[leg].sending else { return }
+        var turnLimit = Int.max
+        if legs[leg].keepsTurns && !legs[leg].queue.isEmpty {
+            turnLimit = mirrorTurnLimit(leg, io: io)
+            if turnLimit == 0 { return }
+        }
         if leg >= Self.firstMirror && context.limits.mirrorBatchBytes > 0 && !legs[leg].queue.isEmpty {
-            kickMirrorBatch(leg, io: io)
+            kickMirrorBatch(leg, turnLimit: turnLimit, io: io)
         } else if let chunk = legs[leg].queue.first {
             legs[leg].sending = true
             legs[leg].inFlight &+= 1
@@ -423,24 +483,32 @@ public final class Session {
     /// `mirrorBatchDelayUs`, or the stream ends; until then the session asks
     /// to be woken at the deadline. Its reader wakes once per batch instead
     /// of once per client receive.
-    private func kickMirrorBatch<IO: SessionIO>(_ leg: Int, io: IO) {
+    private func kickMirrorBatch<IO: SessionIO>(_ leg: Int, turnLimit: Int, io: IO) {
         let limits = context.limits
         let queue = legs[leg].queue
         if legs[leg].batchDeadlineUs == 0 {
             legs[leg].batchDeadlineUs = context.nowUs &+ UInt64(limits.mirrorBatchDelayUs)
         }
         let deadlineUs = legs[leg].batchDeadlineUs
-        guard legs[leg].shutdownWanted || queue.bytes >= limits.mirrorBatchBytes || context.nowUs >= deadlineUs else {
-            if !flushRequested {
-                flushRequested = true
-                io.flushMirrors(session: index, atUs: deadlineUs)
+        // The end of a kept turn is due at once: the client has waited for main's answer to it.
+        guard legs[leg].shutdownWanted || queue.bytes >= limits.mirrorBatchBytes || context.nowUs >= deadlineUs
+                || turnLimit < queue.bytes else {
+            if !batchWakeRequested {
+                batchWakeRequested = true
+                io.wake(session: index, atUs: deadlineUs, for: .mirrorBatch)
             }
             return
         }
-        let chunks = min(queue.count, Self.gatherChunksMax)
+        var chunks = 0
         var length = 0
-        for position in 0..<chunks { length &+= Int(queue.chunk(at: position).length) }
-        // What this send leaves behind is due as soon as it completes.
+        while chunks < min(queue.count, Self.gatherChunksMax) {
+            let next = Int(queue.chunk(at: chunks).length)
+            guard length &+ next <= turnLimit else { break }
+            length &+= next
+            chunks &+= 1
+        }
+        // What this send leaves behind is due as soon as it completes (a
+        // kept turn's start waits for the mirror's answer instead).
         legs[leg].batchDeadlineUs = chunks == queue.count ? 0 : Self.dueNow
         legs[leg].sending = true
         legs[leg].inFlight &+= 1
@@ -452,6 +520,58 @@ public final class Session {
         } else {
             io.sendGathered(fd: legs[leg].fd, queue: queue, chunks: chunks, length: length, tag: tag(.send, leg))
         }
+    }
+
+    // MARK: - Turns
+
+    // A protocol may depend on the order of the conversation's turns: with
+    // libpq's defaults the client sends an 8-byte SSLRequest, waits for main's
+    // "N", then its startup message; a PostgreSQL mirror that gets both before
+    // its backend has read the first refuses the session ("received
+    // unencrypted data after SSL request"). So for the first
+    // `mirrorTurns` turns (client bytes after main replied), a mirror gets a
+    // turn only once it has answered the one before (a drain with bytes after
+    // that turn was handed to it), or after `mirrorTurnTimeoutUs`; a mirror
+    // that lets a turn time out is not waited for again in the session. Then
+    // its sends batch freely. Main never waits for any of it.
+
+    /// The bytes this mirror may be sent now: up to the start of the first
+    /// kept turn it has not been let past (0: it waits for an answer).
+    private func mirrorTurnLimit<IO: SessionIO>(_ leg: Int, io: IO) -> Int {
+        while legs[leg].turnNext < legs[leg].turnCount {
+            let start = turnStarts[leg &* context.limits.mirrorTurns &+ legs[leg].turnNext]
+            let sent = legs[leg].sentBytesTotal
+            if start > sent { return Int(start &- sent) }
+            // All of the previous turn is sent: has the mirror answered it?
+            if legs[leg].answeredBeforeBytes > start {
+                legs[leg].turnNext &+= 1
+                legs[leg].turnDeadlineUs = 0
+                continue
+            }
+            if legs[leg].turnDeadlineUs == 0 {
+                legs[leg].turnDeadlineUs = context.nowUs &+ UInt64(context.limits.mirrorTurnTimeoutUs)
+            }
+            if context.nowUs >= legs[leg].turnDeadlineUs {
+                // No answer in time: this mirror is not waited for again.
+                legs[leg].turnNext = legs[leg].turnCount
+                stopKeepingTurns(leg, io: io)
+                return Int.max
+            }
+            if !turnWakeRequested {
+                turnWakeRequested = true
+                io.wake(session: index, atUs: legs[leg].turnDeadlineUs, for: .mirrorTurn)
+            }
+            return 0
+        }
+        if turnsBegun >= context.limits.mirrorTurns { stopKeepingTurns(leg, io: io) }
+        return Int.max
+    }
+
+    /// The kept turns are past: the mirror's replies are drained in batches again.
+    private func stopKeepingTurns<IO: SessionIO>(_ leg: Int, io: IO) {
+        legs[leg].keepsTurns = false
+        legs[leg].turnDeadlineUs = 0
+        if !legs[leg].shutdownIssued { io.drainInBatches(fd: legs[leg].fd) }
     }
 
     private func sent<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
@@ -484,6 +604,7 @@ public final class Session {
         } else {
             lastActivityMs = context.nowMs
         }
+        legs[leg].sentBytesTotal &+= UInt64(length)
         var unconsumed = min(length, sendingBytes)
         while unconsumed > 0, let first = legs[leg].queue.first {
             let part = min(unconsumed, Int(first.length))

@@ -28,12 +28,19 @@ public struct SessionLimits: Sendable {
     public var mirrorBatchBytes: Int
     /// 0: gather only what queued behind the send in flight, never wait.
     public var mirrorBatchDelayUs: Int
+    /// The client's first turns that a mirror must answer before it gets
+    /// the next (see `Session`, "Turns"); 0: none.
+    public var mirrorTurns: Int
+    /// A mirror that has not answered a turn in this long gets the next
+    /// anyway, and is not waited for again in the session.
+    public var mirrorTurnTimeoutUs: Int
 
     public init(mirrorCount: Int, mainConnectTimeoutMs: Int = 10_000, mirrorConnectTimeoutMs: Int = 500,
                 backlogBytesMax: Int = 4 << 20, backlogChunksMax: Int = 256, readAheadChunks: Int = 2,
                 mirrorLingerMs: Int = 2_000, idleTimeoutMs: Int = 0, mirrorFailuresBeforeBackoff: Int = 3,
                 mirrorBackoffInitialMs: Int = 250, mirrorBackoffMaxMs: Int = 30_000,
-                mirrorBatchBytes: Int = 0, mirrorBatchDelayUs: Int = 0) {
+                mirrorBatchBytes: Int = 0, mirrorBatchDelayUs: Int = 0, mirrorTurns: Int = 0,
+                mirrorTurnTimeoutUs: Int = 250_000) {
         self.mirrorCount = mirrorCount
         self.mainConnectTimeoutMs = mainConnectTimeoutMs
         self.mirrorConnectTimeoutMs = mirrorConnectTimeoutMs
@@ -47,6 +54,8 @@ public struct SessionLimits: Sendable {
         self.mirrorBackoffMaxMs = mirrorBackoffMaxMs
         self.mirrorBatchBytes = mirrorBatchBytes
         self.mirrorBatchDelayUs = mirrorBatchDelayUs
+        self.mirrorTurns = mirrorTurns
+        self.mirrorTurnTimeoutUs = mirrorTurnTimeoutUs
     }
 }
 

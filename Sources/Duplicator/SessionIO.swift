@@ -13,6 +13,14 @@ public enum OperationKind: UInt8, Sendable {
     case close
 }
 
+/// The session's timers: each has one delay, so its deadlines come in order.
+public enum SessionTimer: UInt8, Sendable {
+    /// A mirror's batch is due (`mirrorBatchDelayUs`).
+    case mirrorBatch
+    /// A mirror has not answered a turn in time (`mirrorTurnTimeoutUs`).
+    case mirrorTurn
+}
+
 /// The IO a `Session` asks for. The session is sans-IO: it never calls the
 /// kernel itself, it asks through this interface and is told of outcomes as
 /// completions. The `Worker` implements it over a real `Ring`; tests
@@ -37,10 +45,15 @@ public protocol SessionIO: AnyObject {
     /// all), in order; it may send fewer bytes, as any send may. The chunks
     /// stay in the queue, untouched, until it completes.
     func sendGathered(fd: Int32, queue: SendQueue, chunks: Int, length: Int, tag: CompletionTag)
-    /// Call `flushMirrors` on the session at `index` once the clock
+    /// Call `timerFired(timer)` on the session at `index` once the clock
     /// (`SessionContext.nowUs`) reaches `deadlineUs`. Asked at most once per
-    /// session until called; the session may have ended and restarted by then.
-    func flushMirrors(session index: UInt32, atUs deadlineUs: UInt64)
+    /// session and timer until called; every request of one timer is for
+    /// now plus the same delay, so they come in order of deadline. The
+    /// session may have ended and restarted by then.
+    func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer)
+    /// A mirror's replies need no longer wake the session one by one: drain
+    /// them in batches (`--mirror-drain-batch`) from now on.
+    func drainInBatches(fd: Int32)
     func shutdownWrite(fd: Int32, tag: CompletionTag)
     /// Cancel every operation in flight on `fd`.
     func cancel(fd: Int32, tag: CompletionTag)

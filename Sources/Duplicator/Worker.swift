@@ -56,16 +56,12 @@ final class Worker: SessionIO {
     private var waiters: [UInt32]
     private var waitersHead = 0
     private var waitersCount = 0
-    /// Whether mirror sends wait to be batched (the clock in microseconds is then read).
-    private let batching: Bool
-    /// Sessions that asked to send their mirrors' batches at a deadline, in
-    /// the order asked (a ring of table indices; one entry per session at
-    /// most). Deadlines come nearly in order, all being now plus one delay;
-    /// one queued behind a later one fires with it, less than a delay late.
-    private var flushSessions: [UInt32]
-    private var flushDeadlinesUs: [UInt64]
-    private var flushHead = 0
-    private var flushCount = 0
+    /// Whether sessions have mirror timers (the clock in microseconds is then read).
+    private let mirrorTimers: Bool
+    /// Sessions waiting for a mirror batch's deadline, and for a mirror's
+    /// turn timeout, each in the order asked.
+    private var batchWakes: SessionWakeQueue
+    private var turnWakes: SessionWakeQueue
     /// Gathered mirror sends: a msghdr and `Session.gatherChunksMax` iovec
     /// entries per (session, mirror), read by the kernel until the send
     /// completes. An anonymous mapping: only pages that sends use become resident.
@@ -118,9 +114,9 @@ final class Worker: SessionIO {
         // pool can serve at once, whatever their peers do.
         table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
         waiters = Array(repeating: 0, count: config.sessionsPerWorker)
-        batching = config.mirrorBatchBytes > 0 && !config.mirrors.isEmpty
-        flushSessions = Array(repeating: 0, count: config.sessionsPerWorker)
-        flushDeadlinesUs = Array(repeating: 0, count: config.sessionsPerWorker)
+        mirrorTimers = !config.mirrors.isEmpty && (config.mirrorBatchBytes > 0 || config.mirrorTurns > 0)
+        batchWakes = SessionWakeQueue(capacity: config.sessionsPerWorker)
+        turnWakes = SessionWakeQueue(capacity: config.sessionsPerWorker)
         let gatherLegs = max(1, config.sessionsPerWorker * config.mirrors.count)
         let messagesBytes = gatherLegs * MemoryLayout<msghdr>.stride
         let vectorsOffset = (messagesBytes + 15) & ~15
@@ -169,13 +165,13 @@ final class Worker: SessionIO {
             provided.commit()
             var count = try waitForCompletions()
             context.nowMs = Self.monotonicMs()
-            if batching { context.nowUs = Self.monotonicUs() }
+            if mirrorTimers { context.nowUs = Self.monotonicUs() }
             while count > 0 {
                 for index in 0..<count { dispatch(ring.completion(at: index)) }
                 provided.commit()
                 count = ring.reap()
             }
-            if flushCount > 0 { flushDueMirrors() }
+            if !batchWakes.isEmpty || !turnWakes.isEmpty { wakeDueSessions() }
             resumeWaiters()
             if context.nowMs >= nextTickMs { tick() }
             if stopping && table.activeCount == 0 && !acceptArmed { break }
@@ -194,24 +190,24 @@ final class Worker: SessionIO {
             if count > 0 { return count }
         }
         var timeoutNanoseconds = Int64(Self.tickMs) * 1_000_000
-        if flushCount > 0 {
-            // Wake for the next mirror batch deadline; at least 1 us, since 0 means "no timeout".
-            let untilUs = flushDeadlinesUs[flushHead] &- context.nowUs
-            let untilNanoseconds = flushDeadlinesUs[flushHead] > context.nowUs ? Int64(untilUs) * 1000 : 1000
+        let deadlineUs = min(batchWakes.firstDeadlineUs ?? .max, turnWakes.firstDeadlineUs ?? .max)
+        if deadlineUs != .max {
+            // Wake for the next mirror deadline; at least 1 us, since 0 means "no timeout".
+            let untilNanoseconds = deadlineUs > context.nowUs ? Int64(deadlineUs &- context.nowUs) * 1000 : 1000
             timeoutNanoseconds = max(1000, min(timeoutNanoseconds, untilNanoseconds))
         }
         try ring.submitAndWait(count: 1, timeoutNanoseconds: timeoutNanoseconds)
         return ring.reap()
     }
 
-    /// Sends the mirror batches whose delay has passed.
-    private func flushDueMirrors() {
+    /// Tells the sessions whose mirror deadlines have passed.
+    private func wakeDueSessions() {
         context.nowUs = Self.monotonicUs()
-        while flushCount > 0 && flushDeadlinesUs[flushHead] <= context.nowUs {
-            let index = flushSessions[flushHead]
-            flushHead = (flushHead + 1) % flushSessions.count
-            flushCount -= 1
-            table.sessions[Int(index)].flushMirrors(io: self)
+        while let index = batchWakes.popDue(nowUs: context.nowUs) {
+            table.sessions[Int(index)].timerFired(.mirrorBatch, io: self)
+        }
+        while let index = turnWakes.popDue(nowUs: context.nowUs) {
+            table.sessions[Int(index)].timerFired(.mirrorTurn, io: self)
         }
     }
 
@@ -415,7 +411,9 @@ final class Worker: SessionIO {
 
     func openSocket(target: Int) -> Int32 {
         let fd = Sockets.openStream(family: targets[target].family)
-        if target > 0 && fd >= 0 && config.mirrorDrainBatchBytes > 0 {
+        // While a mirror's first turns are kept, each reply must wake its
+        // drain; the session asks for batches (`drainInBatches`) after.
+        if target > 0 && fd >= 0 && config.mirrorDrainBatchBytes > 0 && config.mirrorTurns == 0 {
             Sockets.setReceiveLowWater(fd, bytes: config.mirrorDrainBatchBytes)
         }
         return fd
@@ -472,12 +470,15 @@ final class Worker: SessionIO {
         ring.prepareSendMessage(fd: fd, message: message, tag: tag)
     }
 
-    func flushMirrors(session index: UInt32, atUs deadlineUs: UInt64) {
-        guard flushCount < flushSessions.count else { return }  // one per session: never full
-        let position = (flushHead + flushCount) % flushSessions.count
-        flushSessions[position] = index
-        flushDeadlinesUs[position] = deadlineUs
-        flushCount += 1
+    func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer) {
+        switch timer {
+        case .mirrorBatch: batchWakes.append(session: index, deadlineUs: deadlineUs)
+        case .mirrorTurn: turnWakes.append(session: index, deadlineUs: deadlineUs)
+        }
+    }
+
+    func drainInBatches(fd: Int32) {
+        if config.mirrorDrainBatchBytes > 0 { Sockets.setReceiveLowWater(fd, bytes: config.mirrorDrainBatchBytes) }
     }
 
     func shutdownWrite(fd: Int32, tag: CompletionTag) {

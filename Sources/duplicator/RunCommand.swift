@@ -89,6 +89,12 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("mirror-batch-delay"), parsing: .unconditional, help: "The longest a client byte waits for its mirror batch; a mirror sees bytes up to this much later (0: never wait).")
     var mirrorBatchDelay: String = "1ms"
 
+    @Option(name: .customLong("mirror-turns"), parsing: .unconditional, help: "The client's first turns (bytes after main replied) a mirror gets only once it answered the turn before (SSL/STARTTLS negotiation, greetings); 0: none.")
+    var mirrorTurns: Int = 4
+
+    @Option(name: .customLong("mirror-turn-timeout"), parsing: .unconditional, help: "A mirror that has not answered a kept turn by then gets the next anyway, and is not waited for again in the session.")
+    var mirrorTurnTimeout: String = "250ms"
+
     @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, io_uring, locked memory), then exit.")
     var check = false
 
@@ -145,6 +151,8 @@ struct RunCommand: ParsableCommand {
             throw ConfigError("--mirror-batch-delay '\(mirrorBatchDelay)': negative durations are refused")
         }
         config.mirrorBatchDelayUs = Int((try DurationParser.nanoseconds(mirrorBatchDelay) + 999) / 1000)
+        config.mirrorTurns = mirrorTurns
+        config.mirrorTurnTimeoutUs = try Self.milliseconds(mirrorTurnTimeout, "--mirror-turn-timeout") * 1000
         if waitBatchTimeout.hasPrefix("-") {
             throw ConfigError("--wait-batch-timeout '\(waitBatchTimeout)': negative durations are refused")
         }
@@ -193,7 +201,8 @@ struct RunCommand: ParsableCommand {
                 + "each admitting \(config.sessionsPerWorker) sessions with a pool of up to "
                 + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB; "
                 + (config.mirrorBatchBytes == 0 ? "mirror sends not batched"
-                   : "mirror sends batched up to \(config.mirrorBatchBytes) bytes or \(config.mirrorBatchDelayUs) us"))
+                   : "mirror sends batched up to \(config.mirrorBatchBytes) bytes or \(config.mirrorBatchDelayUs) us")
+                + "; the first \(config.mirrorTurns) turns kept for mirrors")
             return
         }
         let metricsNote = metricsServer.map { ", metrics on http://\($0.address)/metrics" } ?? ""

@@ -181,8 +181,10 @@ final class FakeSessionIO: SessionIO {
     private(set) var startedKeys: [SessionKey] = []
     private(set) var staleCompletions = 0
     private(set) var lastKey: SessionKey?
-    /// Sessions that asked to be told when a mirror batch is due, with the deadline.
-    private(set) var flushRequests: [(index: UInt32, deadlineUs: UInt64)] = []
+    /// Sessions that asked to be woken by a timer, with the deadline.
+    private(set) var flushRequests: [(index: UInt32, deadlineUs: UInt64, timer: SessionTimer)] = []
+    /// Descriptors whose replies the session asked to drain in batches.
+    private(set) var drainingInBatches: Set<Int32> = []
     private(set) var gatheredSends = 0
     /// `openSocket(target:)` fails with this errno for a target while set.
     var openFailures: [Int: Int32] = [:]
@@ -648,18 +650,23 @@ final class FakeSessionIO: SessionIO {
         pending.append(op)
     }
 
-    func flushMirrors(session index: UInt32, atUs deadlineUs: UInt64) {
-        if flushRequests.contains(where: { $0.index == index }) {
-            violation("session \(index) asked for a second mirror flush before the first was called")
+    func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer) {
+        if flushRequests.contains(where: { $0.index == index && $0.timer == timer }) {
+            violation("session \(index) asked for a second \(timer) wake-up before the first came")
         }
-        flushRequests.append((index, deadlineUs))
+        flushRequests.append((index, deadlineUs, timer))
     }
 
-    /// Calls `flushMirrors` on every session whose deadline the clock has reached, as the worker does.
+    func drainInBatches(fd: Int32) {
+        if fds[fd]?.closeCount != 0 { violation("drainInBatches(fd: \(fd)) of a descriptor that is not open") }
+        drainingInBatches.insert(fd)
+    }
+
+    /// Wakes every session whose deadline the clock has reached, as the worker does.
     func fireDueFlushes() {
         while let position = flushRequests.firstIndex(where: { $0.deadlineUs <= context.nowUs }) {
             let request = flushRequests.remove(at: position)
-            table.sessions[Int(request.index)].flushMirrors(io: self)
+            table.sessions[Int(request.index)].timerFired(request.timer, io: self)
         }
     }
 

@@ -234,7 +234,7 @@ struct MirrorBatchTests {
         io.expectQuiescent()
     }
 
-    @Test("random interleavings, short gathered sends, delays and mirror faults keep every promise",
+    @Test("random interleavings, short gathered sends, delays, kept turns and mirror faults keep every promise",
           arguments: 0..<6)
     func randomizedWithBatching(shard: Int) throws {
         var gathered = 0
@@ -249,7 +249,9 @@ struct MirrorBatchTests {
                 readAheadChunks: Int.random(in: 1...3, using: &setup), mirrorLingerMs: 1_000,
                 mirrorFailuresBeforeBackoff: 1_000,
                 mirrorBatchBytes: [1, 1_000, 8_000, 65_536].randomElement(using: &setup)!,
-                mirrorBatchDelayUs: [0, 50, 1_000].randomElement(using: &setup)!)
+                mirrorBatchDelayUs: [0, 50, 1_000].randomElement(using: &setup)!,
+                mirrorTurns: [0, 2, 4].randomElement(using: &setup)!,
+                mirrorTurnTimeoutUs: [1_000, 250_000].randomElement(using: &setup)!)
             let io = try FakeSessionIO(limits: limits, slotCount: [8, 16, 32].randomElement(using: &setup)!,
                                        sessions: Int.random(in: 1...3, using: &setup))
             let simulation = Simulation(io: io, seed: seed)

@@ -89,7 +89,8 @@ final class ScriptedIO: SessionIO {
         pendingSendLength[Int(tag.endpoint)] = Int32(length)
     }
 
-    func flushMirrors(session index: UInt32, atUs deadlineUs: UInt64) {}
+    func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer) {}
+    func drainInBatches(fd: Int32) {}
 
     func shutdownWrite(fd: Int32, tag: CompletionTag) {}
     func cancel(fd: Int32, tag: CompletionTag) {}
