@@ -43,7 +43,7 @@ public struct Config: Sendable {
     /// STARTTLS negotiations and greetings keep their order. 0: none.
     public var mirrorTurns = 4
     /// A mirror that has not answered a turn by then gets the next anyway.
-    public var mirrorTurnTimeoutUs = 250_000
+    public var mirrorTurnTimeoutUs = 100_000
     /// How long a graceful stop waits for live sessions.
     public var drainTimeoutMs = 5_000
     public var ringEntries = 1024

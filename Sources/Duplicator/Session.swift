@@ -82,6 +82,10 @@ public final class Session {
     public static let gatherChunksMax = 32
     /// A batch deadline that has passed, whatever the clock says.
     static let dueNow: UInt64 = 1
+    /// Bytes and receives that may wait behind a turn a mirror has not
+    /// answered; past either, turns are no longer kept for that mirror.
+    static let turnHeldBytesMax = 16 * 1024
+    static let turnHeldChunksMax = 4
 
     static let client = 0
     static let main = 1
@@ -532,8 +536,9 @@ public final class Session {
     // `mirrorTurns` turns (client bytes after main replied), a mirror gets a
     // turn only once it has answered the one before (a drain with bytes after
     // that turn was handed to it), or after `mirrorTurnTimeoutUs`; a mirror
-    // that lets a turn time out is not waited for again in the session. Then
-    // its sends batch freely. Main never waits for any of it.
+    // that lets a turn time out, or lets more than `turnHeldBytesMax` or
+    // `turnHeldChunksMax` pile up behind one, is not waited for again in the
+    // session. Then its sends batch freely. Main never waits for any of it.
 
     /// The bytes this mirror may be sent now: up to the start of the first
     /// kept turn it has not been let past (0: it waits for an answer).
@@ -551,7 +556,13 @@ public final class Session {
             if legs[leg].turnDeadlineUs == 0 {
                 legs[leg].turnDeadlineUs = context.nowUs &+ UInt64(context.limits.mirrorTurnTimeoutUs)
             }
-            if context.nowUs >= legs[leg].turnDeadlineUs {
+            // Negotiation turns are a few bytes; a stream piling up behind an
+            // unanswered turn is not one, and must not pin slots (a mirror
+            // that never replies would otherwise hold a fast stream for the
+            // whole timeout).
+            let held = legs[leg].queue
+            if context.nowUs >= legs[leg].turnDeadlineUs || held.bytes > Self.turnHeldBytesMax
+                || held.count > Self.turnHeldChunksMax {
                 // No answer in time: this mirror is not waited for again.
                 legs[leg].turnNext = legs[leg].turnCount
                 stopKeepingTurns(leg, io: io)

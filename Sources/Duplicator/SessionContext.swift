@@ -40,7 +40,7 @@ public struct SessionLimits: Sendable {
                 mirrorLingerMs: Int = 2_000, idleTimeoutMs: Int = 0, mirrorFailuresBeforeBackoff: Int = 3,
                 mirrorBackoffInitialMs: Int = 250, mirrorBackoffMaxMs: Int = 30_000,
                 mirrorBatchBytes: Int = 0, mirrorBatchDelayUs: Int = 0, mirrorTurns: Int = 0,
-                mirrorTurnTimeoutUs: Int = 250_000) {
+                mirrorTurnTimeoutUs: Int = 100_000) {
         self.mirrorCount = mirrorCount
         self.mainConnectTimeoutMs = mainConnectTimeoutMs
         self.mirrorConnectTimeoutMs = mirrorConnectTimeoutMs

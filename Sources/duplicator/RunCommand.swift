@@ -93,7 +93,7 @@ struct RunCommand: ParsableCommand {
     var mirrorTurns: Int = 4
 
     @Option(name: .customLong("mirror-turn-timeout"), parsing: .unconditional, help: "A mirror that has not answered a kept turn by then gets the next anyway, and is not waited for again in the session.")
-    var mirrorTurnTimeout: String = "250ms"
+    var mirrorTurnTimeout: String = "100ms"
 
     @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, io_uring, locked memory), then exit.")
     var check = false

@@ -104,6 +104,32 @@ struct MirrorTurnTests {
         io.expectQuiescent()
     }
 
+    @Test("a stream piling up behind an unanswered turn is not held: past 16 KiB or 4 receives it goes at once",
+          arguments: [(9_000, 2), (100, 5)])
+    func heldStreamIsNotATurn(pieceBytes: Int, pieces: Int) throws {
+        let io = try FakeSessionIO(limits: turnLimits(), slotCount: 32, slotSize: 16 * 1024)
+        try #require(io.start() != nil)
+        io.connectAll()
+        let mirrorFD = try #require(io.fd(.mirror(0)))
+        let ping = Array("ping\n".utf8)
+        clientTurn(io, ping)
+        passBatchDelay(io)
+        mainReplies(io, ping)
+        // The mirror (a sink) never answers; the client streams.
+        var stream = ping
+        for index in 0..<pieces {
+            let piece = TestBytes.random(pieceBytes, seed: UInt64(60 + index))
+            stream += piece
+            clientTurn(io, piece)
+        }
+        passBatchDelay(io)
+        io.flushSends(.mirror(0))
+        #expect(io.sent(to: .mirror(0)) == stream, "no turn timeout was waited for")
+        #expect(io.drainingInBatches.contains(mirrorFD))
+        finish(io)
+        io.expectQuiescent()
+    }
+
     @Test("after the kept turns, turns no longer wait and replies drain in batches")
     func turnsEnd() throws {
         let io = try FakeSessionIO(limits: turnLimits(turns: 2), slotCount: 16)
