@@ -54,7 +54,14 @@ WORKLOADS = {
              "bulk: 1 connection, 64 KiB messages"),
     "many": (1000, 1024, ["direct", "dup0", "dup1", "haproxy", "nginx", "socat"],
              "many: 1000 connections, 1 KiB messages"),
+    # Open loop at a fixed rate (--rate, well under saturation): latency
+    # counted from each request's due time, which closed-loop figures hide.
+    "fixed": (1, 1024, ["direct", "dup0", "dup1", "dup4", "haproxy", "nginx"],
+              "fixed rate: 1 connection, 1 KiB messages, open loop"),
 }
+
+# Requests/s of the open-loop workloads (set by --rate).
+WORKLOAD_RATES = {"fixed": 20000.0}
 
 CONFIG_TITLES = {
     "direct": "direct (no proxy)",
@@ -358,9 +365,11 @@ def peer_missing(kind):
 CURRENT_CLIENT = [None]
 
 
-def run_client(bins, port, connections, size, duration_s):
+def run_client(bins, port, connections, size, duration_s, rate=None):
     command = [bins["duplicator-testclient"], "-a", f"{LOOPBACK}:{port}", "-p", str(connections),
                "-s", str(size), "-d", str(duration_s), "--json"]
+    if rate:
+        command += ["--rate", f"{rate:g}"]
     client = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     CURRENT_CLIENT[0] = client
@@ -379,13 +388,13 @@ def run_client(bins, port, connections, size, duration_s):
     return json.loads(lines[-1])
 
 
-def measure(bins, kind, process, port, connections, size, duration_s, server_pids=()):
+def measure(bins, kind, process, port, connections, size, duration_s, server_pids=(), rate=None):
     """One client run against `port`; the proxy tree's CPU over it, and the
     echo servers' (main and mirrors), which share the cores with the proxy."""
     before = tree_cpu_ticks(process.pid) if process else 0
     servers_before = tree_cpu_ticks(*server_pids)
     started = time.monotonic()
-    result = run_client(bins, port, connections, size, duration_s)
+    result = run_client(bins, port, connections, size, duration_s, rate)
     proxy_ticks = None
     if process:
         # Let the proxy finish the sessions the client closed (socat's children
@@ -407,6 +416,8 @@ def measure(bins, kind, process, port, connections, size, duration_s, server_pid
         "connections_established": result.get("connections_established", connections),
         "p50_us": result.get("p50_us"),
         "p99_us": result.get("p99_us"),
+        "p999_us": result.get("p999_us"),
+        "p9999_us": result.get("p9999_us"),
         "client_cpu_us_per_req": result.get("client_cpu_us_per_req"),
         "proxy_cpu_s": None if proxy_ticks is None else proxy_ticks / CLOCK_TICKS,
         "proxy_cpu_us_per_req": (None if proxy_ticks is None or requests == 0
@@ -439,6 +450,13 @@ def summarize(workload, runs, configs):
                 if config in round_runs and other in round_runs and round_runs[other]["rps"] > 0:
                     ratios.append(round_runs[config]["rps"] / round_runs[other]["rps"])
             return median(ratios)
+
+        def latency_ratio(field, other):
+            ratios = []
+            for round_runs in by_round.values():
+                if config in round_runs and other in round_runs and round_runs[other].get(field):
+                    ratios.append(round_runs[config][field] / round_runs[other][field])
+            return median(ratios)
         rows.append({
             "config": config,
             "rps": median([run["rps"] for run in mine]),
@@ -448,6 +466,9 @@ def summarize(workload, runs, configs):
             "proxy_cpu_us_per_req": median([run["proxy_cpu_us_per_req"] for run in mine]),
             "p50_us": median([run["p50_us"] for run in mine]),
             "p99_us": median([run["p99_us"] for run in mine]),
+            "p999_us": median([run.get("p999_us") for run in mine]),
+            "p9999_us": median([run.get("p9999_us") for run in mine]),
+            "p99_vs_dup0": latency_ratio("p99_us", "dup0"),
             "client_cpu_us_per_req": median([run["client_cpu_us_per_req"] for run in mine]),
             "servers_cpu_us_per_req": median([run.get("servers_cpu_us_per_req") for run in mine]),
             "errors": sum(run["errors"] for run in mine),
@@ -463,6 +484,23 @@ def number(value, digits=0, thousands=True):
     if thousands:
         return f"{value:,.{digits}f}"
     return f"{value:.{digits}f}"
+
+
+def latency_table(rows):
+    """The open-loop workloads: latency percentiles, and p99 against the proxy without mirrors."""
+    lines = ["| configuration | requests/s | p50 us | p99 us | p99.9 us | p99.99 us | p99 vs duplicator 0 mirrors "
+             "| proxy CPU us/req |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        title = CONFIG_TITLES[row["config"]]
+        if row["errors"]:
+            title += f" ({row['errors']} errors)"
+        lines.append("| " + " | ".join([
+            title, number(row["rps"]), number(row["p50_us"]), number(row["p99_us"]), number(row["p999_us"]),
+            number(row["p9999_us"]), number(row["p99_vs_dup0"], 2),
+            "–" if row["config"] == "direct" else number(row["proxy_cpu_us_per_req"], 1),
+        ]) + " |")
+    return "\n".join(lines)
 
 
 def markdown_table(rows):
@@ -562,7 +600,10 @@ def parse_arguments(argv):
     parser.add_argument("-r", "--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("-d", "--duration", type=float, default=5.0, help="seconds per run (default 5)")
     parser.add_argument("-w", "--workloads", default="seed,bulk,many",
-                        help="comma-separated, of: seed, bulk, many (default: all)")
+                        help="comma-separated, of: seed, bulk, many, fixed (default: seed,bulk,many)")
+    parser.add_argument("--rate", type=float, default=WORKLOAD_RATES["fixed"],
+                        help="requests/s of the open-loop 'fixed' workload (default 20000: one connection, "
+                             "about half of a core idle here)")
     parser.add_argument("--configs", default="",
                         help="comma-separated subset of: " + ", ".join(CONFIG_TITLES) + " (default: all)")
     parser.add_argument("--bin-dir", default=os.environ.get("DUPLICATOR_BIN_DIR", ".build/release"),
@@ -591,7 +632,10 @@ def parse_arguments(argv):
     arguments.workloads = [name.strip() for name in arguments.workloads.split(",") if name.strip()]
     for name in arguments.workloads:
         if name not in WORKLOADS:
-            parser.error(f"unknown workload '{name}' (seed, bulk, many)")
+            parser.error(f"unknown workload '{name}' (seed, bulk, many, fixed)")
+    if not arguments.rate > 0:
+        parser.error("--rate must be positive")
+    WORKLOAD_RATES["fixed"] = arguments.rate
     for variant in arguments.variant:
         name, separator, flags = variant.partition("=")
         if not separator or not name.strip():
@@ -707,7 +751,7 @@ def main(argv):
                 for kind in configs:
                     process, port = target(kind)
                     try:
-                        run_client(bins, port, connections, size, arguments.warmup)
+                        run_client(bins, port, connections, size, arguments.warmup, WORKLOAD_RATES.get(workload))
                     except (RuntimeError, subprocess.TimeoutExpired) as error:
                         log(f"  warm-up of {kind} failed: {error}")
             runs = []
@@ -720,7 +764,8 @@ def main(argv):
                         log(f"  {kind} exited (status {process.returncode}); no more runs of it")
                         continue
                     try:
-                        run = measure(bins, kind, process, port, connections, size, arguments.duration, server_pids)
+                        run = measure(bins, kind, process, port, connections, size, arguments.duration, server_pids,
+                                      WORKLOAD_RATES.get(workload))
                     except (RuntimeError, subprocess.TimeoutExpired) as error:
                         log(f"  round {round_index + 1} {kind}: failed: {error}")
                         continue
@@ -732,7 +777,7 @@ def main(argv):
                         f"{'-' if cpu is None else f'{cpu:.1f}'} us/req  errors {run['errors']}")
             all_runs.extend(runs)
             rows = summarize(workload, runs, configs)
-            table = markdown_table(rows)
+            table = latency_table(rows) if workload in WORKLOAD_RATES else markdown_table(rows)
             print(f"\n### {title}\n\n{table}\n", flush=True)
             sections.append((workload, title, table))
     finally:

@@ -6,6 +6,7 @@
 #ifndef SWIFT_DUPLICATOR_CLINUXSYSTEM_SHIM_H
 #define SWIFT_DUPLICATOR_CLINUXSYSTEM_SHIM_H
 
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
@@ -14,6 +15,7 @@
 #include <sys/socket.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <time.h>
 
 extern int accept4(int fd, struct sockaddr *address, socklen_t *length, int flags);
 extern int pthread_setname_np(pthread_t thread, const char *name);
@@ -37,6 +39,23 @@ static inline int shim_epoll_wait(int epoll, shim_epoll_ready *ready, int capaci
     struct epoll_event events[256];
     if (capacity > 256) capacity = 256;
     int count = epoll_wait(epoll, events, capacity, timeout_ms);
+    for (int index = 0; index < count; index++) {
+        ready[index].events = events[index].events;
+        ready[index].token = events[index].data.u64;
+    }
+    return count;
+}
+
+/// As shim_epoll_wait, with a timeout in nanoseconds (epoll_pwait2, Linux 5.11);
+/// on an older kernel, rounded up to milliseconds.
+static inline int shim_epoll_wait_ns(int epoll, shim_epoll_ready *ready, int capacity, long long timeout_ns) {
+    struct epoll_event events[256];
+    if (capacity > 256) capacity = 256;
+    struct timespec timeout = { (time_t)(timeout_ns / 1000000000LL), (long)(timeout_ns % 1000000000LL) };
+    int count = epoll_pwait2(epoll, events, capacity, &timeout, NULL);
+    if (count < 0 && errno == ENOSYS) {
+        count = epoll_wait(epoll, events, capacity, (int)((timeout_ns + 999999LL) / 1000000LL));
+    }
     for (int index = 0; index < count; index++) {
         ready[index].events = events[index].events;
         ready[index].token = events[index].data.u64;

@@ -41,6 +41,19 @@ public struct Config: Sendable {
     /// Reserved per session at start (address space; resident only where a
     /// mirror lags).
     public var compareWindowBytes = Defaults.compareWindowBytes
+    /// A mirror's queued bytes go out together, in one gathered send, once
+    /// this many wait or the oldest has waited `mirrorBatchDelayUs`: its
+    /// server wakes once per batch, not once per client receive. 0: off,
+    /// one send per receive as it arrives. Measured in BENCHMARKS.md.
+    public var mirrorBatchBytes = Defaults.mirrorBatchBytes
+    /// 0: gather what queued behind a send in flight, never wait.
+    public var mirrorBatchDelayUs = Defaults.mirrorBatchDelayUs
+    /// The client's first turns (bytes after main replied) that a mirror
+    /// gets only once it has answered the turn before, as main did: SSL and
+    /// STARTTLS negotiations and greetings keep their order. 0: none.
+    public var mirrorTurns = Defaults.mirrorTurns
+    /// A mirror that has not answered a turn by then gets the next anyway.
+    public var mirrorTurnTimeoutUs = Defaults.mirrorTurnTimeoutUs
     /// How long a graceful stop waits for live sessions.
     public var drainTimeoutMs = Defaults.drainTimeoutMs
     public var ringEntries = 1024
@@ -161,6 +174,16 @@ public struct Config: Sendable {
         guard (4096...(16 << 20)).contains(compareWindowBytes) else {
             throw ConfigError("--compare-window must be from 4KiB to 16MiB, got \(compareWindowBytes)")
         }
+        guard (0...(16 << 20)).contains(mirrorBatchBytes) else {
+            throw ConfigError("--mirror-batch-bytes must be from 0 to 16MiB, got \(mirrorBatchBytes)")
+        }
+        guard (0...100_000).contains(mirrorBatchDelayUs) else {
+            throw ConfigError("--mirror-batch-delay must be from 0 to 100ms")
+        }
+        guard (0...64).contains(mirrorTurns) else { throw ConfigError("--mirror-turns must be from 0 to 64, got \(mirrorTurns)") }
+        guard (1_000...60_000_000).contains(mirrorTurnTimeoutUs) else {
+            throw ConfigError("--mirror-turn-timeout must be from 1ms to 1m")
+        }
         guard backlogBytesMax >= 1 else { throw ConfigError("--backlog must be positive") }
         guard (1...4096).contains(backlogChunksMax) else {
             throw ConfigError("--backlog-chunks must be from 1 to 4096, got \(backlogChunksMax)")
@@ -184,7 +207,9 @@ public struct Config: Sendable {
                       mirrorLingerMs: mirrorLingerMs, idleTimeoutMs: idleTimeoutMs,
                       mirrorFailuresBeforeBackoff: mirrorFailuresBeforeBackoff,
                       mirrorBackoffInitialMs: mirrorBackoffInitialMs, mirrorBackoffMaxMs: mirrorBackoffMaxMs,
-                      sendProxy: sendProxy, acceptProxy: acceptProxy, proxyHeaderTimeoutMs: proxyHeaderTimeoutMs)
+                      sendProxy: sendProxy, acceptProxy: acceptProxy, proxyHeaderTimeoutMs: proxyHeaderTimeoutMs,
+                      mirrorBatchBytes: mirrorBatchBytes, mirrorBatchDelayUs: mirrorBatchDelayUs,
+                      mirrorTurns: mirrorTurns, mirrorTurnTimeoutUs: mirrorTurnTimeoutUs)
         limits.mirrorSampleThresholds = mirrorSamplePercents.map { MirrorSampling.threshold(percent: $0) }
         limits.compareWindowBytes = compare && !mirrors.isEmpty ? compareWindowBytes : 0
         return limits

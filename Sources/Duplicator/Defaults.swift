@@ -19,6 +19,13 @@ public enum Defaults {
     /// `--compare-window`: what each (session, mirror) may keep of the reply
     /// stream that runs ahead of the other.
     public static let compareWindowBytes = 64 << 10
+    /// A mirror's queued bytes go out in one gathered send once this many
+    /// wait, or once the oldest has waited the delay (BENCHMARKS.md).
+    public static let mirrorBatchBytes = 64 << 10
+    public static let mirrorBatchDelayUs = 1_000
+    /// The client's first turns a mirror must answer before it gets the next.
+    public static let mirrorTurns = 4
+    public static let mirrorTurnTimeoutUs = 100_000
     public static let waitBatch = 1
     public static let waitBatchTimeoutUs = 50
     /// Balancers send the PROXY protocol header with the connection's first

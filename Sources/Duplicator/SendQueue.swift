@@ -8,20 +8,20 @@ import Ring
 /// of every session's queue sits side by side (see `SessionTable`), and the
 /// ring restarts at position 0 whenever it empties: shallow queues, the
 /// usual case, touch only the first few rows of the table's memory.
-struct SendQueue {
-    struct Chunk {
-        var slot: UInt32
-        var offset: UInt32
-        var length: UInt32
+public struct SendQueue {
+    public struct Chunk {
+        public var slot: UInt32
+        public var offset: UInt32
+        public var length: UInt32
     }
 
     private let storage: UnsafeMutablePointer<Chunk>
     private let stride: Int
     let capacity: Int
     private var head = 0
-    private(set) var count = 0
+    public private(set) var count = 0
     /// Bytes queued and not yet sent.
-    private(set) var bytes = 0
+    public private(set) var bytes = 0
 
     init(storage: UnsafeMutablePointer<Chunk>, stride: Int = 1, capacity: Int) {
         precondition(capacity > 0 && stride > 0)
@@ -48,6 +48,14 @@ struct SendQueue {
 
     @inline(__always)
     var first: Chunk? { count > 0 ? entry(head).pointee : nil }
+
+    /// The chunk `index` places behind the first (0: the first), for a
+    /// gathered send of several chunks at once.
+    @inline(__always)
+    public func chunk(at index: Int) -> Chunk {
+        precondition(index >= 0 && index < count)
+        return entry((head &+ index) % capacity).pointee
+    }
 
     /// Marks `sent` bytes of the first chunk as sent. Returns the chunk's slot
     /// when the chunk is now wholly sent and removed, so its holder can release it.

@@ -61,8 +61,41 @@ public final class Session {
         var proxyHeaderSent = 0
         /// A mirror this session was not chosen for (`-m ADDR@P%`): closed, nothing missed.
         var sampledOut = false
+        /// Chunks and bytes the send in flight reads from the front of `queue`.
+        var sendingChunks = 0
+        var sendingBytes = 0
+        /// A mirror's batch: when its oldest unsent byte must go out (0:
+        /// none waits; `dueNow`: at once).
+        var batchDeadlineUs: UInt64 = 0
+        /// Turns (mirrors): client bytes ever queued to this leg, and sent.
+        var queuedBytesTotal: UInt64 = 0
+        var sentBytesTotal: UInt64 = 0
+        /// One more than the stream offset up to which the mirror had been
+        /// handed our bytes when it last replied (0: it never replied): it
+        /// answered every turn that starts before.
+        var answeredBeforeBytes: UInt64 = 0
+        /// Turn starts recorded for this leg (in `turnStarts`), and the first
+        /// one it has not been let past.
+        var turnCount = 0
+        var turnNext = 0
+        /// When the mirror, having been sent all of a turn, must have
+        /// answered it (0: not waiting).
+        var turnDeadlineUs: UInt64 = 0
+        /// The leg waits for answers to the first turns; off once they are
+        /// past, or once the mirror let one time out.
+        var keepsTurns = false
         var queue: SendQueue
     }
+
+    /// The most chunks one gathered send takes (the iovec entries a worker
+    /// keeps per mirror leg).
+    public static let gatherChunksMax = 32
+    /// A batch deadline that has passed, whatever the clock says.
+    static let dueNow: UInt64 = 1
+    /// Bytes and receives that may wait behind a turn a mirror has not
+    /// answered; past either, turns are no longer kept for that mirror.
+    static let turnHeldBytesMax = 16 * 1024
+    static let turnHeldChunksMax = 4
 
     static let client = 0
     static let main = 1
@@ -92,6 +125,19 @@ public final class Session {
     /// per session into memory the session owns, sent from there to each.
     private let proxyHeaderOut: UnsafeMutableRawBufferPointer?
     private var proxyHeaderOutLength = 0
+    /// A wake-up of each `SessionTimer` was asked of the IO and has not
+    /// come yet. Kept across a restart of the session: the IO calls
+    /// whichever generation is there, which checks its own deadlines.
+    private var batchWakeRequested = false
+    private var turnWakeRequested = false
+    /// Main sent bytes since the client's last receive: the client's next
+    /// bytes begin a new turn.
+    private var mainRepliedSinceClient = false
+    /// Turns begun after the client's first, while turns are kept.
+    private var turnsBegun = 0
+    /// Per mirror leg, the stream offsets at which its kept turns begin:
+    /// `limits.mirrorTurns` entries from `turnStarts + leg * mirrorTurns`.
+    private let turnStarts: UnsafeMutablePointer<UInt64>
     var legs: UnsafeMutablePointer<Leg>
     let legCount: Int
     private let context: SessionContext
@@ -135,9 +181,11 @@ public final class Session {
         } else {
             comparisons = nil
         }
+        turnStarts = .allocate(capacity: max(1, legCount * limits.mirrorTurns))
     }
 
     deinit {
+        turnStarts.deallocate()
         legs.deinitialize(count: legCount)
         legs.deallocate()
         proxyHeaderOut?.deallocate()
@@ -166,10 +214,13 @@ public final class Session {
         mainToClientDone = false
         lingerDeadlineMs = 0
         lastActivityMs = context.nowMs
+        mainRepliedSinceClient = false
+        turnsBegun = 0
         for leg in 0..<legCount {
             let queue = legs[leg].queue
             precondition(queue.isEmpty)
             legs[leg] = Leg(queue: queue)
+            legs[leg].keepsTurns = leg >= Self.firstMirror && context.limits.mirrorTurns > 0
         }
         if let comparisons {
             for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].reset() }
@@ -266,6 +317,18 @@ public final class Session {
             return
         }
         settle(leg, io: io)
+    }
+
+    /// A wake-up asked for (`SessionIO.wake`) has come: send what is due to
+    /// mirrors (a batch, or a turn a mirror did not answer in time), and ask
+    /// again for what is not.
+    public func timerFired<IO: SessionIO>(_ timer: SessionTimer, io: IO) {
+        switch timer {
+        case .mirrorBatch: batchWakeRequested = false
+        case .mirrorTurn: turnWakeRequested = false
+        }
+        guard isActive else { return }
+        for leg in Self.firstMirror..<legCount { kickSend(leg, io: io) }
     }
 
     /// Slots are back after the session found none.
@@ -386,6 +449,7 @@ public final class Session {
         } else if leg == Self.client {
             forwardFromClient(slot: slot, offset: 0, length: length, io: io)
         } else {
+            mainRepliedSinceClient = true
             context.stats.bytesMainToClient.bump(length)
             if let comparisons { compare(.main, slot: slot, length: length, comparisons) }
             legs[Self.client].queue.append(slot: slot, length: length)
@@ -402,12 +466,21 @@ public final class Session {
         // loopback send also wakes its reader).
         legs[Self.main].queue.append(slot: slot, offset: offset, length: length)
         kickSend(Self.main, io: io)
-        copyToMirrors(slot: slot, offset: offset, length: length, io: io)
+        // Bytes after main replied begin a new turn (see "Turns").
+        var newTurn = false
+        if mainRepliedSinceClient {
+            mainRepliedSinceClient = false
+            if turnsBegun < context.limits.mirrorTurns {
+                turnsBegun += 1
+                newTurn = true
+            }
+        }
+        copyToMirrors(slot: slot, offset: offset, length: length, newTurn: newTurn, io: io)
     }
 
     /// The same slot goes into each live mirror's backlog: no copy.
     @inline(__always)
-    private func copyToMirrors<IO: SessionIO>(slot: UInt32, offset: Int, length: Int, io: IO) {
+    private func copyToMirrors<IO: SessionIO>(slot: UInt32, offset: Int, length: Int, newTurn: Bool, io: IO) {
         let limits = context.limits
         for leg in Self.firstMirror..<legCount {
             if legs[leg].missing {
@@ -422,7 +495,15 @@ public final class Session {
                 continue
             }
             context.pool.retain(slot)
+            if newTurn && legs[leg].keepsTurns {
+                turnStarts[leg &* limits.mirrorTurns &+ legs[leg].turnCount] = legs[leg].queuedBytesTotal
+                legs[leg].turnCount &+= 1
+            }
+            legs[leg].queuedBytesTotal &+= UInt64(length)
             legs[leg].queue.append(slot: slot, offset: offset, length: length)
+            if legs[leg].batchDeadlineUs == 0 {
+                legs[leg].batchDeadlineUs = context.nowUs &+ UInt64(limits.mirrorBatchDelayUs)
+            }
             kickSend(leg, io: io)
         }
     }
@@ -500,6 +581,11 @@ public final class Session {
             let stats = context.stats.mirrors[leg - Self.firstMirror]
             stats.replyBytes.bump(Int(result))
             stats.drains.bump()
+            if legs[leg].keepsTurns {
+                // It answered what it had been handed so far.
+                legs[leg].answeredBeforeBytes = legs[leg].sentBytesTotal &+ UInt64(legs[leg].sendingBytes) &+ 1
+                kickSend(leg, io: io)
+            }
             armReceive(leg, io: io)
         } else if result == 0 {
             // The mirror finished writing. Once ours is shut too, it is done;
@@ -597,9 +683,20 @@ public final class Session {
             legs[leg].inFlight &+= 1
             io.send(fd: legs[leg].fd, from: UnsafeRawPointer(proxyHeaderOut.baseAddress! + sent),
                     length: proxyHeaderOutLength - sent, tag: tag(.send, leg))
+            return
+        }
+        var turnLimit = Int.max
+        if legs[leg].keepsTurns && !legs[leg].queue.isEmpty {
+            turnLimit = mirrorTurnLimit(leg, io: io)
+            if turnLimit == 0 { return }
+        }
+        if leg >= Self.firstMirror && context.limits.mirrorBatchBytes > 0 && !legs[leg].queue.isEmpty {
+            kickMirrorBatch(leg, turnLimit: turnLimit, io: io)
         } else if let chunk = legs[leg].queue.first {
             legs[leg].sending = true
             legs[leg].inFlight &+= 1
+            legs[leg].sendingChunks = 1
+            legs[leg].sendingBytes = Int(chunk.length)
             io.send(fd: legs[leg].fd, slot: chunk.slot, offset: Int(chunk.offset), length: Int(chunk.length),
                     tag: tag(.send, leg))
         } else if legs[leg].shutdownWanted, !legs[leg].shutdownIssued {
@@ -609,8 +706,114 @@ public final class Session {
         }
     }
 
+    /// A mirror is a throughput leg: its queued chunks go out together in
+    /// one gathered send once `mirrorBatchBytes` wait, the oldest has waited
+    /// `mirrorBatchDelayUs`, or the stream ends; until then the session asks
+    /// to be woken at the deadline. Its reader wakes once per batch instead
+    /// of once per client receive.
+    private func kickMirrorBatch<IO: SessionIO>(_ leg: Int, turnLimit: Int, io: IO) {
+        let limits = context.limits
+        let queue = legs[leg].queue
+        if legs[leg].batchDeadlineUs == 0 {
+            legs[leg].batchDeadlineUs = context.nowUs &+ UInt64(limits.mirrorBatchDelayUs)
+        }
+        let deadlineUs = legs[leg].batchDeadlineUs
+        // The end of a kept turn is due at once: the client has waited for main's answer to it.
+        guard legs[leg].shutdownWanted || queue.bytes >= limits.mirrorBatchBytes || context.nowUs >= deadlineUs
+                || turnLimit < queue.bytes else {
+            if !batchWakeRequested {
+                batchWakeRequested = true
+                io.wake(session: index, atUs: deadlineUs, for: .mirrorBatch)
+            }
+            return
+        }
+        var chunks = 0
+        var length = 0
+        while chunks < min(queue.count, Self.gatherChunksMax) {
+            let next = Int(queue.chunk(at: chunks).length)
+            guard length &+ next <= turnLimit else { break }
+            length &+= next
+            chunks &+= 1
+        }
+        // What this send leaves behind is due as soon as it completes (a
+        // kept turn's start waits for the mirror's answer instead).
+        legs[leg].batchDeadlineUs = chunks == queue.count ? 0 : Self.dueNow
+        legs[leg].sending = true
+        legs[leg].inFlight &+= 1
+        legs[leg].sendingChunks = chunks
+        legs[leg].sendingBytes = length
+        if chunks == 1 {
+            let chunk = queue.chunk(at: 0)
+            io.send(fd: legs[leg].fd, slot: chunk.slot, offset: Int(chunk.offset), length: length, tag: tag(.send, leg))
+        } else {
+            io.sendGathered(fd: legs[leg].fd, queue: queue, chunks: chunks, length: length, tag: tag(.send, leg))
+        }
+    }
+
+    // MARK: - Turns
+
+    // A protocol may depend on the order of the conversation's turns: with
+    // libpq's defaults the client sends an 8-byte SSLRequest, waits for main's
+    // "N", then its startup message; a PostgreSQL mirror that gets both before
+    // its backend has read the first refuses the session ("received
+    // unencrypted data after SSL request"). So for the first
+    // `mirrorTurns` turns (client bytes after main replied), a mirror gets a
+    // turn only once it has answered the one before (a drain with bytes after
+    // that turn was handed to it), or after `mirrorTurnTimeoutUs`; a mirror
+    // that lets a turn time out, or lets more than `turnHeldBytesMax` or
+    // `turnHeldChunksMax` pile up behind one, is not waited for again in the
+    // session. Then its sends batch freely. Main never waits for any of it.
+
+    /// The bytes this mirror may be sent now: up to the start of the first
+    /// kept turn it has not been let past (0: it waits for an answer).
+    private func mirrorTurnLimit<IO: SessionIO>(_ leg: Int, io: IO) -> Int {
+        while legs[leg].turnNext < legs[leg].turnCount {
+            let start = turnStarts[leg &* context.limits.mirrorTurns &+ legs[leg].turnNext]
+            let sent = legs[leg].sentBytesTotal
+            if start > sent { return Int(start &- sent) }
+            // All of the previous turn is sent: has the mirror answered it?
+            if legs[leg].answeredBeforeBytes > start {
+                legs[leg].turnNext &+= 1
+                legs[leg].turnDeadlineUs = 0
+                continue
+            }
+            if legs[leg].turnDeadlineUs == 0 {
+                legs[leg].turnDeadlineUs = context.nowUs &+ UInt64(context.limits.mirrorTurnTimeoutUs)
+            }
+            // Negotiation turns are a few bytes; a stream piling up behind an
+            // unanswered turn is not one, and must not pin slots (a mirror
+            // that never replies would otherwise hold a fast stream for the
+            // whole timeout).
+            let held = legs[leg].queue
+            if context.nowUs >= legs[leg].turnDeadlineUs || held.bytes > Self.turnHeldBytesMax
+                || held.count > Self.turnHeldChunksMax {
+                // No answer in time: this mirror is not waited for again.
+                legs[leg].turnNext = legs[leg].turnCount
+                stopKeepingTurns(leg, io: io)
+                return Int.max
+            }
+            if !turnWakeRequested {
+                turnWakeRequested = true
+                io.wake(session: index, atUs: legs[leg].turnDeadlineUs, for: .mirrorTurn)
+            }
+            return 0
+        }
+        if turnsBegun >= context.limits.mirrorTurns { stopKeepingTurns(leg, io: io) }
+        return Int.max
+    }
+
+    /// The kept turns are past: the mirror's replies are drained in batches again.
+    private func stopKeepingTurns<IO: SessionIO>(_ leg: Int, io: IO) {
+        legs[leg].keepsTurns = false
+        legs[leg].turnDeadlineUs = 0
+        if !legs[leg].shutdownIssued { io.drainInBatches(fd: legs[leg].fd) }
+    }
+
     private func sent<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
         legs[leg].sending = false
+        let sendingBytes = legs[leg].sendingBytes
+        legs[leg].sendingChunks = 0
+        legs[leg].sendingBytes = 0
         guard legs[leg].phase == .open else {
             dropQueue(leg, io: io)
             return
@@ -638,10 +841,19 @@ public final class Session {
         }
         if leg >= Self.firstMirror {
             context.stats.mirrors[leg - Self.firstMirror].bytesSent.bump(length)
+            context.stats.mirrors[leg - Self.firstMirror].sends.bump()
         } else {
             lastActivityMs = context.nowMs
         }
-        if let slot = legs[leg].queue.consume(length) { releaseSlot(slot, from: leg, io: io) }
+        legs[leg].sentBytesTotal &+= UInt64(length)
+        var unconsumed = min(length, sendingBytes)
+        while unconsumed > 0, let first = legs[leg].queue.first {
+            let part = min(unconsumed, Int(first.length))
+            unconsumed &-= part
+            if let slot = legs[leg].queue.consume(part) { releaseSlot(slot, from: leg, io: io) }
+        }
+        // A short send: the rest of what went together is due now.
+        if length < sendingBytes { legs[leg].batchDeadlineUs = Self.dueNow }
         kickSend(leg, io: io)
         // The queue has room again: the other side may be read.
         if leg == Self.main { armReceive(Self.client, io: io) }
@@ -674,14 +886,11 @@ public final class Session {
         return laggiest
     }
 
-    /// Releases the queued chunks of a closing leg, but not one that a send
-    /// in flight is still reading (that one goes when the send completes).
+    /// Releases the queued chunks of a closing leg, but not those that a
+    /// send in flight is still reading (they go when the send completes).
     private func dropQueue<IO: SessionIO>(_ leg: Int, io: IO) {
-        let keep = legs[leg].sending ? 1 : 0
+        let keep = legs[leg].sending ? legs[leg].sendingChunks : 0
         while legs[leg].queue.count > keep, let chunk = legs[leg].queue.removeLast() {
-            releaseSlot(chunk.slot, from: leg, io: io)
-        }
-        if keep == 0, let chunk = legs[leg].queue.removeFirst() {
             releaseSlot(chunk.slot, from: leg, io: io)
         }
     }

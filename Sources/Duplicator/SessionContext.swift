@@ -36,6 +36,19 @@ public struct SessionLimits: Sendable {
     /// runs ahead, to compare the mirror's replies with main's; 0: off.
     public var compareWindowBytes = 0
 
+    /// A mirror's queued bytes go out in one gathered send once this many
+    /// wait, or once the oldest has waited `mirrorBatchDelayUs`. 0: no
+    /// batching, one send per receive as it arrives.
+    public var mirrorBatchBytes: Int
+    /// 0: gather only what queued behind the send in flight, never wait.
+    public var mirrorBatchDelayUs: Int
+    /// The client's first turns that a mirror must answer before it gets
+    /// the next (see `Session`, "Turns"); 0: none.
+    public var mirrorTurns: Int
+    /// A mirror that has not answered a turn in this long gets the next
+    /// anyway, and is not waited for again in the session.
+    public var mirrorTurnTimeoutUs: Int
+
     /// `idleTimeoutMs` is 0 (none) unless given: a session alone has no
     /// idle timeout; the proxy's comes from `Config`.
     public init(mirrorCount: Int, mainConnectTimeoutMs: Int = Defaults.mainConnectTimeoutMs,
@@ -46,7 +59,9 @@ public struct SessionLimits: Sendable {
                 mirrorBackoffInitialMs: Int = Defaults.mirrorBackoffInitialMs,
                 mirrorBackoffMaxMs: Int = Defaults.mirrorBackoffMaxMs,
                 sendProxy: ProxyProtocol.Version? = nil, acceptProxy: Bool = false,
-                proxyHeaderTimeoutMs: Int = Defaults.proxyHeaderTimeoutMs) {
+                proxyHeaderTimeoutMs: Int = Defaults.proxyHeaderTimeoutMs,
+                mirrorBatchBytes: Int = 0, mirrorBatchDelayUs: Int = 0, mirrorTurns: Int = 0,
+                mirrorTurnTimeoutUs: Int = Defaults.mirrorTurnTimeoutUs) {
         self.sendProxy = sendProxy
         self.acceptProxy = acceptProxy
         self.proxyHeaderTimeoutMs = proxyHeaderTimeoutMs
@@ -61,6 +76,10 @@ public struct SessionLimits: Sendable {
         self.mirrorFailuresBeforeBackoff = mirrorFailuresBeforeBackoff
         self.mirrorBackoffInitialMs = mirrorBackoffInitialMs
         self.mirrorBackoffMaxMs = mirrorBackoffMaxMs
+        self.mirrorBatchBytes = mirrorBatchBytes
+        self.mirrorBatchDelayUs = mirrorBatchDelayUs
+        self.mirrorTurns = mirrorTurns
+        self.mirrorTurnTimeoutUs = mirrorTurnTimeoutUs
     }
 }
 
@@ -73,6 +92,8 @@ public final class SessionContext {
     public let stats: WorkerStats
     /// Milliseconds on a monotonic clock; the owner advances it.
     public var nowMs: UInt64 = 0
+    /// Microseconds on a monotonic clock (the mirror batch delay's), advanced by the owner too.
+    public var nowUs: UInt64 = 0
     /// Sessions whose client side is over but whose mirrors still flush:
     /// the only ones a tick has work for.
     public internal(set) var sessionsEnding = 0

@@ -15,6 +15,14 @@ public enum OperationKind: UInt8, Sendable {
     case acceptCancel
 }
 
+/// The session's timers: each has one delay, so its deadlines come in order.
+public enum SessionTimer: UInt8, Sendable {
+    /// A mirror's batch is due (`mirrorBatchDelayUs`).
+    case mirrorBatch
+    /// A mirror has not answered a turn in time (`mirrorTurnTimeoutUs`).
+    case mirrorTurn
+}
+
 /// The IO a `Session` asks for. The session is sans-IO: it never calls the
 /// kernel itself, it asks through this interface and is told of outcomes as
 /// completions. The `Worker` implements it over a real `Ring`; tests
@@ -44,6 +52,19 @@ public protocol SessionIO: AnyObject {
     /// Whom the accepted `fd` is from and the address it reached (for
     /// `--send-proxy`); nil if the kernel cannot say.
     func addresses(fd: Int32) -> ProxyAddresses?
+    /// One send of the first `chunks` chunks of `queue` (`length` bytes in
+    /// all), in order; it may send fewer bytes, as any send may. The chunks
+    /// stay in the queue, untouched, until it completes.
+    func sendGathered(fd: Int32, queue: SendQueue, chunks: Int, length: Int, tag: CompletionTag)
+    /// Call `timerFired(timer)` on the session at `index` once the clock
+    /// (`SessionContext.nowUs`) reaches `deadlineUs`. Asked at most once per
+    /// session and timer until called; every request of one timer is for
+    /// now plus the same delay, so they come in order of deadline. The
+    /// session may have ended and restarted by then.
+    func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer)
+    /// A mirror's replies need no longer wake the session one by one: drain
+    /// them in batches (`--mirror-drain-batch`) from now on.
+    func drainInBatches(fd: Int32)
     func shutdownWrite(fd: Int32, tag: CompletionTag)
     /// Cancel every operation in flight on `fd`.
     func cancel(fd: Int32, tag: CompletionTag)

@@ -45,6 +45,9 @@ public final class MirrorStats: Sendable {
     /// Sessions whose connect to this mirror succeeded.
     public let sessionsMirrored = Atomic<UInt64>(0)
     public let bytesSent = Atomic<UInt64>(0)
+    /// Send completions that carried bytes to this mirror: with batching,
+    /// far fewer than the client's receives.
+    public let sends = Atomic<UInt64>(0)
     /// Sessions in which this mirror fell more than its backlog behind and was cut.
     public let sessionsCutForLag = Atomic<UInt64>(0)
     /// Sessions in which this mirror was cut because mirrors together held

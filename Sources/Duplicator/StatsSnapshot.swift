@@ -14,6 +14,7 @@ public struct StatsSnapshot: Sendable, Equatable {
         public var sessionsSkipped: UInt64 = 0
         public var replyBytes: UInt64 = 0
         public var drains: UInt64 = 0
+        public var sends: UInt64 = 0
         /// Workers that are not trying this mirror now (back-off after failures).
         public var workersBackingOff: UInt64 = 0
         /// `--compare`: (session, mirror) pairs per verdict, by `ReplyComparison.Verdict.rawValue`.
@@ -83,6 +84,7 @@ public struct StatsSnapshot: Sendable, Equatable {
                 mirrors[index].sessionsSkipped += mirror.sessionsSkipped.value
                 mirrors[index].replyBytes += mirror.replyBytes.value
                 mirrors[index].drains += mirror.drains.value
+                mirrors[index].sends += mirror.sends.value
                 mirrors[index].workersBackingOff += mirror.backingOff.value
                 for verdict in ReplyComparison.Verdict.allCases {
                     mirrors[index].compared[verdict.rawValue] += mirror.comparisons.count(verdict)

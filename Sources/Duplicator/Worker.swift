@@ -49,6 +49,19 @@ final class Worker: WorkerBackend {
     /// The kernel reads a linked timeout's duration at submission: one
     /// stable copy per duration the sessions ask for (main's and the mirrors').
     private var connectTimeouts: [RingTimeout]
+    /// Whether sessions have mirror timers (the clock in microseconds is then read).
+    private let mirrorTimers: Bool
+    /// Gathered mirror sends: a msghdr and `Session.gatherChunksMax` iovec
+    /// entries per (session, mirror), read by the kernel until the send
+    /// completes. An anonymous mapping: only pages that sends use become resident.
+    private let gatherMessages: UnsafeMutablePointer<msghdr>
+    private let gatherVectors: UnsafeMutablePointer<iovec>
+    private let gatherMemory: UnsafeMutableRawPointer
+    private let gatherMemoryBytes: Int
+    /// IORING_OP_SENDMSG is there (5.3 and later); without it a gathered send
+    /// sends its first chunk, and the session sends the rest as after a short send.
+    private let sendMessageSupported: Bool
+    private let timers: SessionTimers
     private var growthErrorLogged = false
     private let waiters: BufferWaiters
     /// The worker's logic; it drives the sessions, this carries out their operations.
@@ -82,15 +95,30 @@ final class Worker: WorkerBackend {
         // pool can serve at once, whatever their peers do.
         let table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
         waiters = BufferWaiters(capacity: config.sessionsPerWorker)
+        mirrorTimers = !config.mirrors.isEmpty && (config.mirrorBatchBytes > 0 || config.mirrorTurns > 0)
+        timers = SessionTimers(capacity: config.sessionsPerWorker)
+        let gatherLegs = max(1, config.sessionsPerWorker * config.mirrors.count)
+        let messagesBytes = gatherLegs * MemoryLayout<msghdr>.stride
+        let vectorsOffset = (messagesBytes + 15) & ~15
+        gatherMemoryBytes = vectorsOffset + gatherLegs * Session.gatherChunksMax * MemoryLayout<iovec>.stride
+        guard let gatherMemory = mmap(nil, gatherMemoryBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+              gatherMemory != MAP_FAILED else {
+            throw RingError("mmap of \(gatherMemoryBytes) bytes for gathered mirror sends", errno: errno)
+        }
+        self.gatherMemory = gatherMemory
+        gatherMessages = gatherMemory.bindMemory(to: msghdr.self, capacity: gatherLegs)
+        gatherVectors = (gatherMemory + vectorsOffset).bindMemory(to: iovec.self, capacity: gatherLegs * Session.gatherChunksMax)
+        sendMessageSupported = ring.supportsSendMessage
         drainBuffer = .allocate(byteCount: Self.drainBufferBytes, alignment: 4096)
         connectTimeouts = [RingTimeout(milliseconds: config.mainConnectTimeoutMs),
                            RingTimeout(milliseconds: config.mirrorConnectTimeoutMs)]
-        core = WorkerCore(context: context, table: table, waiters: waiters,
+        core = WorkerCore(context: context, table: table, waiters: waiters, timers: timers,
                           idleTimeoutMs: config.idleTimeoutMs, drainTimeoutMs: config.drainTimeoutMs, stats: stats,
                           allStats: allStats, mirrorNames: config.mirrors.map(\.text), logger: logger)
     }
 
     deinit {
+        munmap(gatherMemory, gatherMemoryBytes)
         drainBuffer.deallocate()
         targetAddresses.deallocate()
         closeListener()
@@ -100,11 +128,13 @@ final class Worker: WorkerBackend {
 
     func run() throws {
         context.nowMs = MonotonicClock.coarseMs()
+        context.nowUs = MonotonicClock.nowMicros()
         core.start(io: self)
         while true {
             provided.commit()
             var count = try waitForCompletions()
             context.nowMs = MonotonicClock.coarseMs()
+            if mirrorTimers { context.nowUs = MonotonicClock.nowMicros() }
             while count > 0 {
                 for index in 0..<count {
                     let completion = ring.completion(at: index)
@@ -115,6 +145,8 @@ final class Worker: WorkerBackend {
                 provided.commit()
                 count = ring.reap()
             }
+            // The mirrors' timers fire against the clock after this batch's work.
+            if !timers.isEmpty { context.nowUs = MonotonicClock.nowMicros() }
             core.afterCompletions(io: self)
             if context.nowMs >= core.nextTickMs {
                 core.tick(stopMode: StopMode(rawValue: control.stopMode.load(ordering: .relaxed)) ?? .running, io: self)
@@ -134,7 +166,13 @@ final class Worker: WorkerBackend {
             let count = ring.reap()
             if count > 0 { return count }
         }
-        try ring.submitAndWait(count: 1, timeoutNanoseconds: Int64(WorkerCore<Worker>.tickMs) * 1_000_000)
+        var timeoutNanoseconds = Int64(WorkerCore<Worker>.tickMs) * 1_000_000
+        if let deadlineUs = timers.nextDeadlineUs {
+            // Wake for the next mirror deadline; at least 1 us, since 0 means "no timeout".
+            let untilNanoseconds = deadlineUs > context.nowUs ? Int64(deadlineUs &- context.nowUs) * 1000 : 1000
+            timeoutNanoseconds = max(1000, min(timeoutNanoseconds, untilNanoseconds))
+        }
+        try ring.submitAndWait(count: 1, timeoutNanoseconds: timeoutNanoseconds)
         return ring.reap()
     }
 
@@ -240,7 +278,9 @@ final class Worker: WorkerBackend {
 
     func openSocket(target: Int) -> Int32 {
         let fd = Sockets.openStream(family: targets[target].family)
-        if target > 0 && fd >= 0 && config.mirrorReceiveLowWaterBytes > 0 {
+        // While a mirror's first turns are kept, each reply must wake its
+        // drain; the session asks for batches (`drainInBatches`) after.
+        if target > 0 && fd >= 0 && config.mirrorReceiveLowWaterBytes > 0 && config.mirrorTurns == 0 {
             Sockets.setReceiveLowWater(fd, bytes: config.mirrorReceiveLowWaterBytes)
         }
         return fd
@@ -290,6 +330,35 @@ final class Worker: WorkerBackend {
 
     func addresses(fd: Int32) -> ProxyAddresses? {
         Sockets.connectionAddresses(fd)
+    }
+
+    @inline(__always)
+    func sendGathered(fd: Int32, queue: SendQueue, chunks: Int, length: Int, tag: CompletionTag) {
+        guard sendMessageSupported else {
+            let chunk = queue.chunk(at: 0)
+            ring.prepareSend(fd: fd, from: pool.pointer(chunk.slot) + Int(chunk.offset), length: Int(chunk.length), tag: tag)
+            return
+        }
+        // One msghdr per (session, mirror): one send in flight per leg.
+        let leg = Int(tag.session) &* config.mirrors.count &+ Int(tag.leg) &- Session.firstMirror
+        let vectors = gatherVectors + leg &* Session.gatherChunksMax
+        for position in 0..<chunks {
+            let chunk = queue.chunk(at: position)
+            vectors[position] = iovec(iov_base: pool.pointer(chunk.slot) + Int(chunk.offset), iov_len: Int(chunk.length))
+        }
+        let message = gatherMessages + leg
+        message.pointee = msghdr()
+        message.pointee.msg_iov = vectors
+        message.pointee.msg_iovlen = chunks
+        ring.prepareSendMessage(fd: fd, message: message, tag: tag)
+    }
+
+    func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer) {
+        timers.add(session: index, atUs: deadlineUs, for: timer)
+    }
+
+    func drainInBatches(fd: Int32) {
+        if config.mirrorReceiveLowWaterBytes > 0 { Sockets.setReceiveLowWater(fd, bytes: config.mirrorReceiveLowWaterBytes) }
     }
 
     func shutdownWrite(fd: Int32, tag: CompletionTag) {

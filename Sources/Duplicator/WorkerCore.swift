@@ -109,6 +109,7 @@ public final class WorkerCore<Backend: WorkerBackend> {
     public let context: SessionContext
     public let table: SessionTable
     public let waiters: BufferWaiters
+    public let timers: SessionTimers
     private let stats: WorkerStats
     private let logger: Logger
     private let idleTimeoutMs: Int
@@ -128,12 +129,13 @@ public final class WorkerCore<Backend: WorkerBackend> {
     private var acceptErrorLog = RateLimitedLog(intervalMs: 5_000)
     private var unknownCompletionLogged = false
 
-    public init(context: SessionContext, table: SessionTable, waiters: BufferWaiters,
+    public init(context: SessionContext, table: SessionTable, waiters: BufferWaiters, timers: SessionTimers,
                 idleTimeoutMs: Int, drainTimeoutMs: Int, stats: WorkerStats, allStats: [WorkerStats],
                 mirrorNames: [String], logger: Logger = Logger(label: "duplicator")) {
         self.context = context
         self.table = table
         self.waiters = waiters
+        self.timers = timers
         self.idleTimeoutMs = idleTimeoutMs
         self.drainTimeoutMs = drainTimeoutMs
         self.stats = stats
@@ -183,12 +185,29 @@ public final class WorkerCore<Backend: WorkerBackend> {
         }
     }
 
-    /// After a batch of completions: the sessions that waited for buffers
+    /// After a batch of completions: the sessions' timers that are due
+    /// (`context.nowUs`) fire, and the sessions that waited for buffers
     /// read again, in the order they asked, while any are lent.
     public func afterCompletions(io: Backend) {
+        if !timers.isEmpty { fireDueTimers(io: io) }
         while io.buffersLent, let index = waiters.next() {
             table.sessions[Int(index)].resumeReceiving(io: io)
         }
+    }
+
+    /// Tells the sessions whose mirror deadlines have passed.
+    public func fireDueTimers(io: Backend) {
+        while let index = timers.batch.popDue(nowUs: context.nowUs) { fire(.mirrorBatch, index, io: io) }
+        while let index = timers.turn.popDue(nowUs: context.nowUs) { fire(.mirrorTurn, index, io: io) }
+    }
+
+    /// The session may have ended (and its place been taken) since it asked:
+    /// it checks its own deadlines; one that ends now is freed.
+    private func fire(_ timer: SessionTimer, _ index: UInt32, io: Backend) {
+        let session = table.sessions[Int(index)]
+        let wasActive = session.isActive
+        session.timerFired(timer, io: io)
+        if wasActive && !session.isActive { table.free(session) }
     }
 
     /// A completion of no operation we submit: count it, say so once, and

@@ -13,6 +13,8 @@ final class ClientConnection {
     var sendOffset = 0
     var receiveOffset = 0
     var requestStartNanos: UInt64 = 0
+    /// Open loop: when this connection's next request is due (0: none waits).
+    var nextRequestNanos: UInt64 = 0
     /// EPOLLOUT is in the interest set: only while a connect or a send is blocked, so the
     /// steady state needs no epoll_ctl per request.
     var wantsWritable = false

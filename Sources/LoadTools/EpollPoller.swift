@@ -47,6 +47,12 @@ final class EpollPoller {
         return count > 0 ? Int(count) : 0
     }
 
+    /// Waits up to `timeoutNanos`: the open-loop client's schedule needs finer than milliseconds.
+    func wait(timeoutNanos: UInt64) -> Int {
+        let count = shim_epoll_wait_ns(fd, eventBuffer, Int32(eventCapacity), Int64(min(timeoutNanos, 1_000_000_000)))
+        return count > 0 ? Int(count) : 0
+    }
+
     func event(at index: Int) -> Event {
         Event(flags: eventBuffer[index].events, token: eventBuffer[index].token)
     }

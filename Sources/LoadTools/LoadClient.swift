@@ -14,18 +14,26 @@ public final class LoadClient: Sendable {
     public let connections: Int
     public let messageSizeBytes: Int
     public let durationSeconds: Double
+    /// Open loop: requests per second over all connections, sent at fixed
+    /// times whatever the replies do; nil: closed loop.
+    public let requestsPerSecond: Double?
 
     public static let messageSizeBytesMax = 1 << 30
 
     private let control: LoadClientControl
 
     /// Throws `LoadClientError` for a bad parameter.
-    public init(address: LoadAddress, connections: Int = 10, messageSizeBytes: Int = 1024, durationSeconds: Double = 10) throws {
+    public init(address: LoadAddress, connections: Int = 10, messageSizeBytes: Int = 1024, durationSeconds: Double = 10,
+                requestsPerSecond: Double? = nil) throws {
         guard connections >= 1 else { throw LoadClientError.invalidConnections(connections) }
         guard messageSizeBytes >= 1, messageSizeBytes <= Self.messageSizeBytesMax else {
             throw LoadClientError.invalidMessageSize(messageSizeBytes)
         }
         guard durationSeconds > 0, durationSeconds.isFinite else { throw LoadClientError.invalidDuration(durationSeconds) }
+        if let requestsPerSecond, !(requestsPerSecond > 0 && requestsPerSecond.isFinite && requestsPerSecond <= 1e8) {
+            throw LoadClientError.invalidRate(requestsPerSecond)
+        }
+        self.requestsPerSecond = requestsPerSecond
         self.address = address
         self.connections = connections
         self.messageSizeBytes = messageSizeBytes
@@ -43,7 +51,7 @@ public final class LoadClient: Sendable {
         let target = try address.resolve(for: .connect)
         let loop = try LoadClientLoop(
             target: target, connections: connections, messageSizeBytes: messageSizeBytes,
-            durationSeconds: durationSeconds, control: control)
+            durationSeconds: durationSeconds, requestsPerSecond: requestsPerSecond, control: control)
         return loop.run(onSecond: onSecond)
     }
 
@@ -59,6 +67,7 @@ public enum LoadClientError: Error, Sendable, Equatable, CustomStringConvertible
     case invalidConnections(Int)
     case invalidMessageSize(Int)
     case invalidDuration(Double)
+    case invalidRate(Double)
     case alreadyRunning
 
     public var description: String {
@@ -69,6 +78,8 @@ public enum LoadClientError: Error, Sendable, Equatable, CustomStringConvertible
             "message size must be from 1 to \(LoadClient.messageSizeBytesMax) bytes (got \(size))"
         case .invalidDuration(let seconds):
             "duration must be a positive number of seconds (got \(seconds))"
+        case .invalidRate(let rate):
+            "the rate must be a positive number of requests per second, at most 1e8 (got \(rate))"
         case .alreadyRunning:
             "this load client is already running"
         }

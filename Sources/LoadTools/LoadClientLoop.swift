@@ -12,6 +12,11 @@ final class LoadClientLoop {
 
     private let target: SocketAddress
     private let durationNanos: UInt64
+    /// Open loop (`--rate`): nanoseconds between one connection's requests;
+    /// 0: closed loop, each request sent as the previous reply arrives.
+    private let intervalNanos: UInt64
+    /// Open loop: connections whose next request waits for its time.
+    private var waitingCount = 0
     private let control: LoadClientControl
     private let poller: EpollPoller
     private let message: LoadMessage
@@ -33,9 +38,10 @@ final class LoadClientLoop {
     private var connectionsLive = 0  // connecting or active
 
     init(target: SocketAddress, connections count: Int, messageSizeBytes: Int, durationSeconds: Double,
-         control: LoadClientControl) throws(SystemCallError) {
+         requestsPerSecond: Double? = nil, control: LoadClientControl) throws(SystemCallError) {
         self.target = target
         durationNanos = UInt64(min(durationSeconds, 1e9) * 1e9)
+        intervalNanos = requestsPerSecond.map { UInt64(max(1, (1e9 * Double(count) / $0).rounded())) } ?? 0
         self.control = control
         poller = try EpollPoller()
         try poller.add(control.wakeup.fd, flags: EpollFlag.readable, token: Self.wakeupToken)
@@ -80,8 +86,15 @@ final class LoadClientLoop {
                 while tickNanos <= nowNanos { tickNanos += Self.tickNanos }
             }
             if nowNanos >= deadlineNanos { break }
-            let waitNanos = min(tickNanos, deadlineNanos) - nowNanos
-            let count = poller.wait(timeoutMs: Int32(min((waitNanos + 999_999) / 1_000_000, 1000)))
+            var waitNanos = min(tickNanos, deadlineNanos) - nowNanos
+            let count: Int
+            if intervalNanos > 0 {
+                let nextNanos = sendDueRequests(nowNanos: nowNanos)
+                waitNanos = min(waitNanos, nextNanos > nowNanos ? nextNanos - nowNanos : 0)
+                count = poller.wait(timeoutNanos: waitNanos)
+            } else {
+                count = poller.wait(timeoutMs: Int32(min((waitNanos + 999_999) / 1_000_000, 1000)))
+            }
             for index in 0..<count {
                 let event = poller.event(at: index)
                 if event.token == Self.wakeupToken {
@@ -150,7 +163,46 @@ final class LoadClientLoop {
         connection.state = .active
         connectionsEstablished += 1
         connectionsActive += 1
-        startRequest(connection, nowNanos: MonotonicClock.nowNanos())
+        let nowNanos = MonotonicClock.nowNanos()
+        guard intervalNanos > 0 else {
+            startRequest(connection, nowNanos: nowNanos)
+            return
+        }
+        // Open loop: nothing to send or receive until the first request is
+        // due; the connections' schedules are spread evenly over one interval.
+        connection.sendOffset = message.sizeBytes
+        connection.receiveOffset = message.sizeBytes
+        setWritableInterest(connection, false)
+        scheduleRequest(connection, atNanos: nowNanos &+ intervalNanos * UInt64(connection.index) / UInt64(connections.count))
+    }
+
+    // MARK: Open loop
+
+    /// Requests are due at fixed times, whatever the replies do, and each
+    /// latency counts from its request's due time, not from when it could be
+    /// sent: a reply that comes late delays the requests behind it on its
+    /// connection, and their latencies include that wait (wrk2's correction
+    /// of coordinated omission).
+    private func scheduleRequest(_ connection: ClientConnection, atNanos dueNanos: UInt64) {
+        connection.nextRequestNanos = dueNanos
+        waitingCount += 1
+    }
+
+    /// Sends the requests that are due; returns when the next one is (UInt64.max: none waits).
+    private func sendDueRequests(nowNanos: UInt64) -> UInt64 {
+        guard waitingCount > 0 else { return .max }
+        var nextNanos = UInt64.max
+        for connection in connections where connection.nextRequestNanos != 0 && connection.state == .active {
+            let dueNanos = connection.nextRequestNanos
+            if dueNanos <= nowNanos {
+                connection.nextRequestNanos = 0
+                waitingCount -= 1
+                startRequest(connection, nowNanos: dueNanos)
+            } else {
+                nextNanos = min(nextNanos, dueNanos)
+            }
+        }
+        return nextNanos
     }
 
     // MARK: Requests
@@ -188,6 +240,11 @@ final class LoadClientLoop {
     }
 
     private func receive(_ connection: ClientConnection) {
+        guard connection.receiveOffset < message.sizeBytes else {
+            // Open loop, between requests: an echo has nothing to say now.
+            fail(connection, "bytes or EOF arrived with no request in flight")
+            return
+        }
         while true {
             let wanted = min(message.sizeBytes - connection.receiveOffset, receiveBuffer.count)
             let count = recv(connection.fd, receiveBuffer.baseAddress, wanted, 0)
@@ -231,6 +288,15 @@ final class LoadClientLoop {
         let nowNanos = MonotonicClock.nowNanos()
         latencyNanos.record(min(nowNanos - connection.requestStartNanos, Self.latencyNanosMax))
         requests += 1
+        if intervalNanos > 0 {
+            let dueNanos = connection.requestStartNanos &+ intervalNanos
+            if dueNanos <= nowNanos {
+                startRequest(connection, nowNanos: dueNanos)
+            } else {
+                scheduleRequest(connection, atNanos: dueNanos)
+            }
+            return
+        }
         startRequest(connection, nowNanos: nowNanos)
     }
 
@@ -247,6 +313,10 @@ final class LoadClientLoop {
 
     private func fail(_ connection: ClientConnection, _ reason: String) {
         if connection.state == .active { connectionsActive -= 1 }
+        if connection.nextRequestNanos != 0 {
+            connection.nextRequestNanos = 0
+            waitingCount -= 1
+        }
         if connection.state != .closed { close(connection.fd) }
         connection.state = .closed
         recordFailure(connection, reason)
@@ -272,6 +342,7 @@ final class LoadClientLoop {
             latencyP90Micros: micros(latencyNanos.valueAtPercentile(90)),
             latencyP99Micros: micros(latencyNanos.valueAtPercentile(99)),
             latencyP999Micros: micros(latencyNanos.valueAtPercentile(99.9)),
+            latencyP9999Micros: micros(latencyNanos.valueAtPercentile(99.99)),
             latencyMaxMicros: empty ? 0 : micros(latencyNanos.max),
             latencyMeanMicros: empty ? 0 : latencyNanos.mean / 1000,
             errors: errors,
@@ -281,6 +352,7 @@ final class LoadClientLoop {
             messageSizeBytes: message.sizeBytes,
             bytesSent: bytesSent,
             bytesReceived: bytesReceived,
-            clientCPUSeconds: Double(cpuNanos) / 1e9)
+            clientCPUSeconds: Double(cpuNanos) / 1e9,
+            requestsPerSecondAsked: intervalNanos > 0 ? 1e9 * Double(connections.count) / Double(intervalNanos) : 0)
     }
 }

@@ -8,6 +8,7 @@ public struct LoadResult: Sendable, Equatable {
     public let latencyP90Micros: Double
     public let latencyP99Micros: Double
     public let latencyP999Micros: Double
+    public let latencyP9999Micros: Double
     public let latencyMaxMicros: Double
     public let latencyMeanMicros: Double
     /// Connections that failed (each once): refused, reset, closed, or a wrong reply.
@@ -20,17 +21,24 @@ public struct LoadResult: Sendable, Equatable {
     public let bytesReceived: UInt64
     /// CPU time (user and system) of the client's thread during the run.
     public let clientCPUSeconds: Double
+    /// Open loop (`--rate`): the fixed rate asked for; latencies then count
+    /// from each request's due time. 0: closed loop.
+    public let requestsPerSecondAsked: Double
 
     public init(requests: UInt64, durationSeconds: Double, latencyP50Micros: Double, latencyP90Micros: Double,
-                latencyP99Micros: Double, latencyP999Micros: Double, latencyMaxMicros: Double, latencyMeanMicros: Double,
+                latencyP99Micros: Double, latencyP999Micros: Double, latencyP9999Micros: Double = 0,
+                latencyMaxMicros: Double, latencyMeanMicros: Double,
                 errors: UInt64, firstErrorDescription: String?, connectionsRequested: Int, connectionsEstablished: Int,
-                messageSizeBytes: Int, bytesSent: UInt64, bytesReceived: UInt64, clientCPUSeconds: Double) {
+                messageSizeBytes: Int, bytesSent: UInt64, bytesReceived: UInt64, clientCPUSeconds: Double,
+                requestsPerSecondAsked: Double = 0) {
         self.requests = requests
         self.durationSeconds = durationSeconds
         self.latencyP50Micros = latencyP50Micros
         self.latencyP90Micros = latencyP90Micros
         self.latencyP99Micros = latencyP99Micros
         self.latencyP999Micros = latencyP999Micros
+        self.latencyP9999Micros = latencyP9999Micros
+        self.requestsPerSecondAsked = requestsPerSecondAsked
         self.latencyMaxMicros = latencyMaxMicros
         self.latencyMeanMicros = latencyMeanMicros
         self.errors = errors
@@ -64,8 +72,11 @@ public struct LoadResult: Sendable, Equatable {
         var lines = [
             "\(fixed(requestsPerSecond, 1)) requests/s (\(requests) requests in \(fixed(durationSeconds, 2)) s,"
                 + " \(connectionsEstablished) of \(connectionsRequested) connections, \(messageSizeBytes)-byte messages)",
-            "latency us: p50 \(fixed(latencyP50Micros, 1))  p90 \(fixed(latencyP90Micros, 1))"
-                + "  p99 \(fixed(latencyP99Micros, 1))  p99.9 \(fixed(latencyP999Micros, 1))  max \(fixed(latencyMaxMicros, 1))",
+            (requestsPerSecondAsked > 0 ? "open loop at \(fixed(requestsPerSecondAsked, 0)) requests/s, latency from each request's due time\n" : "")
+                + "latency us: p50 \(fixed(latencyP50Micros, 1))  p90 \(fixed(latencyP90Micros, 1))"
+                + "  p99 \(fixed(latencyP99Micros, 1))  p99.9 \(fixed(latencyP999Micros, 1))"
+                + (requestsPerSecondAsked > 0 ? "  p99.99 \(fixed(latencyP9999Micros, 1))" : "")
+                + "  max \(fixed(latencyMaxMicros, 1))",
             "errors: \(errors)   client CPU: \(fixed(clientCPUMicrosPerRequest, 2)) us/request"
                 + " (\(fixed(clientCPUCoreFraction * 100, 0))% of a core)",
         ]
@@ -86,6 +97,8 @@ public struct LoadResult: Sendable, Equatable {
             ("p90_us", fixed(latencyP90Micros, 3)),
             ("p99_us", fixed(latencyP99Micros, 3)),
             ("p999_us", fixed(latencyP999Micros, 3)),
+            ("p9999_us", fixed(latencyP9999Micros, 3)),
+            ("rate", fixed(requestsPerSecondAsked, 1)),
             ("max_us", fixed(latencyMaxMicros, 3)),
             ("mean_us", fixed(latencyMeanMicros, 3)),
             ("client_cpu_us_per_req", fixed(clientCPUMicrosPerRequest, 3)),

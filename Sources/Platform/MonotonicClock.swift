@@ -10,6 +10,10 @@ public enum MonotonicClock {
         nowNanos() / 1_000_000
     }
 
+    public static func nowMicros() -> UInt64 {
+        nowNanos() / 1_000
+    }
+
     public static func nowSeconds() -> Double {
         Double(nowNanos()) / 1e9
     }

@@ -221,6 +221,24 @@ public final class Ring {
         finish(sqe, tag)
     }
 
+    /// A gathered send: one `sendmsg` over `message`'s iovec, which must
+    /// stay valid (and unchanged) until the completion arrives, since the
+    /// kernel may read it again when the socket becomes writable.
+    @inline(__always)
+    public func prepareSendMessage(fd: Int32, message: UnsafePointer<msghdr>, tag: CompletionTag) {
+        let sqe = nextSQE()
+        io_uring_prep_sendmsg(sqe, fd, message, UInt32(shim_MSG_NOSIGNAL))
+        finish(sqe, tag)
+    }
+
+    /// Whether this kernel's io_uring has `IORING_OP_SENDMSG` (5.3 and later);
+    /// asked once, at setup.
+    public private(set) lazy var supportsSendMessage: Bool = {
+        guard let probe = io_uring_get_probe_ring(&ring) else { return false }
+        defer { io_uring_free_probe(probe) }
+        return io_uring_opcode_supported(probe, Int32(IORING_OP_SENDMSG.rawValue)) != 0
+    }()
+
     /// Zero-copy send from a registered buffer. Completes twice: the send
     /// (with `hasMore` set) and later a notification once the kernel no
     /// longer reads the buffer; only then may the buffer be reused.

@@ -43,6 +43,9 @@ struct TestClientCommand: ParsableCommand {
     @Option(name: [.customShort("d"), .long], help: "Duration in seconds (fractions allowed).")
     var duration: Double = 10
 
+    @Option(help: ArgumentHelp("Open loop: send this many requests per second over the connections, each at a fixed time whatever the replies do; latency counts from that time (coordinated omission corrected, as wrk2 does), percentiles to p99.99. Default: closed loop.", valueName: "N"))
+    var rate: Double?
+
     @Flag(help: "Print the result as one JSON object line on stdout (per-second lines go to stderr).")
     var json = false
 
@@ -83,6 +86,9 @@ struct TestClientCommand: ParsableCommand {
         guard duration > 0, duration.isFinite else {
             throw ValidationError("-d/--duration must be a positive number of seconds (got \(duration)).")
         }
+        if let rate, !(rate > 0 && rate.isFinite && rate <= 1e8) {
+            throw ValidationError("--rate must be a positive number of requests per second, at most 1e8 (got \(rate)).")
+        }
     }
 
     var hostilePlan: HostilePlan {
@@ -107,7 +113,7 @@ struct TestClientCommand: ParsableCommand {
         do {
             try checkDescriptorLimit()
             client = try LoadClient(address: try LoadAddress(parsing: address), connections: connections,
-                                    messageSizeBytes: size, durationSeconds: duration)
+                                    messageSizeBytes: size, durationSeconds: duration, requestsPerSecond: rate)
             try stopOnSignals { client.stop() }
         } catch {
             StandardStream.error.writeLine("duplicator-testclient: \(error)")

@@ -114,6 +114,18 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: .customLong("compare-window"), parsing: .unconditional, help: "With --compare: memory per session and mirror for the reply stream that runs ahead: 7/8 kept as bytes, the rest as digests of 4KiB blocks that reach 64 times the window; further apart is 'incomplete'. Reserved per session at start, resident only where a mirror lags.")
     var compareWindow: String = "64KiB"
 
+    @Option(name: .customLong("mirror-batch-bytes"), parsing: .unconditional, help: "Send a mirror's queued bytes together once this many wait (or --mirror-batch-delay passed); 0: one send per receive, no batching.")
+    var mirrorBatchBytes: String = "64KiB"
+
+    @Option(name: .customLong("mirror-batch-delay"), parsing: .unconditional, help: "The longest a client byte waits for its mirror batch; a mirror sees bytes up to this much later (0: never wait).")
+    var mirrorBatchDelay: String = "1ms"
+
+    @Option(name: .customLong("mirror-turns"), parsing: .unconditional, help: "The client's first turns (bytes after main replied) a mirror gets only once it answered the turn before (SSL/STARTTLS negotiation, greetings); 0: none.")
+    var mirrorTurns: Int = 4
+
+    @Option(name: .customLong("mirror-turn-timeout"), parsing: .unconditional, help: "A mirror that has not answered a kept turn by then gets the next anyway, and is not waited for again in the session.")
+    var mirrorTurnTimeout: String = "100ms"
+
     @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, io_uring, locked memory), then exit.")
     var check = false
 
@@ -174,6 +186,13 @@ struct ProxyOptions: ParsableArguments {
         config.sendProxy = sendProxy
         config.acceptProxy = acceptProxy
         config.proxyHeaderTimeoutMs = try Self.milliseconds(proxyHeaderTimeout, "--proxy-header-timeout")
+        config.mirrorBatchBytes = try SizeParser.bytes(mirrorBatchBytes)
+        if mirrorBatchDelay.hasPrefix("-") {
+            throw ConfigError("--mirror-batch-delay '\(mirrorBatchDelay)': negative durations are refused")
+        }
+        config.mirrorBatchDelayUs = Int((try DurationParser.nanoseconds(mirrorBatchDelay) + 999) / 1000)
+        config.mirrorTurns = mirrorTurns
+        config.mirrorTurnTimeoutUs = try Self.milliseconds(mirrorTurnTimeout, "--mirror-turn-timeout") * 1000
         if waitBatchTimeout.hasPrefix("-") {
             throw ConfigError("--wait-batch-timeout '\(waitBatchTimeout)': negative durations are refused")
         }
@@ -221,7 +240,10 @@ struct ProxyOptions: ParsableArguments {
                 + "\(config.mirrors.count) mirrors, \(config.threads) workers with io_uring (\(proxy.ringSetupMode)), "
                 + "each admitting \(config.sessionsPerWorker) sessions with a pool of up to "
                 + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB" + Self.proxyProtocolNote(config)
-                + (config.compare ? "; comparing replies in windows of up to \(config.compareMemoryBytesMax >> 20) MiB in all" : ""))
+                + (config.compare ? "; comparing replies in windows of up to \(config.compareMemoryBytesMax >> 20) MiB in all" : "")
+                + (config.mirrorBatchBytes == 0 ? "; mirror sends not batched"
+                   : "; mirror sends batched up to \(config.mirrorBatchBytes) bytes or \(config.mirrorBatchDelayUs) us")
+                + "; the first \(config.mirrorTurns) turns kept for mirrors")
             return
         }
         let metricsNote = metricsServer.map { ", metrics on http://\($0.address)/metrics" } ?? ""

@@ -77,6 +77,10 @@ struct CLITests {
         (["-l", ":1", "-f", ":2", "--slot-size", "12q"], "size '12q'"),
         (["-l", ":1", "-f", ":2", "--threads", "0"], "--threads"),
         (["-l", ":1", "-f", ":2", "--mirror-drain-batch", "2MiB"], "--mirror-drain-batch must be from 0 to 1MiB"),
+        (["-l", ":1", "-f", ":2", "--mirror-batch-bytes", "1GiB"], "--mirror-batch-bytes must be from 0 to 16MiB"),
+        (["-l", ":1", "-f", ":2", "--mirror-batch-delay", "1s"], "--mirror-batch-delay must be from 0 to 100ms"),
+        (["-l", ":1", "-f", ":2", "--mirror-batch-delay", "-1ms"], "--mirror-batch-delay '-1ms': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--mirror-batch-delay", "soon"], "duration 'soon'"),
         (["-l", ":1", "-f", ":2", "--log-level", "loud"], "--log-level"),
         (["-l", "127.0.0.1:0", "-f", "no-such-host.invalid:80"], "cannot resolve"),
         (["-l", "127.0.0.1:0", "-f", ":80", "-m", "[::1"], "missing ']'"),
@@ -316,7 +320,7 @@ struct CLIPrivilegedTests {
 struct CLIFuzzTests {
     static let flags = ["-l", "-f", "-m", "-t", "--listen", "--forward", "--mirror", "--timeout", "--backlog",
                         "--backlog-chunks", "--slot-size", "--max-memory", "--idle-timeout", "--threads", "--max-sessions",
-                        "--mirror-linger", "--mirror-drain-batch", "--drain-timeout", "--main-connect-timeout", "--stats-interval",
+                        "--mirror-linger", "--mirror-drain-batch", "--mirror-batch-bytes", "--mirror-batch-delay", "--drain-timeout", "--main-connect-timeout", "--stats-interval",
                         "--metrics", "--log-level", "--check", "-h", "--bogus", "-", "--", "demo", "--compare",
                         "--compare-window"]
     static let values = ["127.0.0.1:0", "[::1]:0", "127.0.0.1:9", ":9", ":0", "[::1", "1.2.3.4.5:6", "host", "::1:80",

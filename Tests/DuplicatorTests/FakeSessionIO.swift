@@ -98,6 +98,9 @@ struct FakeOp: CustomStringConvertible {
     /// A send from the session's own memory (its PROXY protocol header), not from a slot.
     var fromSessionMemory = false
     var memory: UnsafeRawPointer?
+    /// For a gathered send: every (slot, offset, length) it reads, in order
+    /// (`slot`, `offset` are the first's; `length` and `bytes` cover all).
+    var segments: [(slot: UInt32, offset: Int, length: Int)] = []
     var target = -1
     var timeoutMs = 0
     var timeoutTag = CompletionTag(rawValue: 0)
@@ -108,6 +111,7 @@ struct FakeOp: CustomStringConvertible {
     var description: String {
         var text = "#\(id) \(kind) fd \(fd) \(peer) \(key)"
         if kind == .send { text += " slot \(slot) offset \(offset) length \(length)" }
+        if segments.count > 1 { text += " gathered over \(segments.count) chunks" }
         return text
     }
 }
@@ -180,6 +184,11 @@ final class FakeSessionIO: WorkerBackend {
     private(set) var startedKeys: [SessionKey] = []
     private(set) var staleCompletions = 0
     private(set) var lastKey: SessionKey?
+    /// Sessions that asked to be woken by a timer, with the deadline.
+    private(set) var flushRequests: [(index: UInt32, deadlineUs: UInt64, timer: SessionTimer)] = []
+    /// Descriptors whose replies the session asked to drain in batches.
+    private(set) var drainingInBatches: Set<Int32> = []
+    private(set) var gatheredSends = 0
     /// `openSocket(target:)` fails with this errno for a target while set.
     var openFailures: [Int: Int32] = [:]
     /// What the simulated peers of each session will do (see `Simulation`).
@@ -204,6 +213,7 @@ final class FakeSessionIO: WorkerBackend {
         table = try SessionTable(capacity: sessions, context: context)
         freeSlots = (0..<UInt32(slotCount)).reversed()
         core = WorkerCore(context: context, table: table, waiters: BufferWaiters(capacity: sessions),
+                          timers: SessionTimers(capacity: sessions),
                           idleTimeoutMs: limits.idleTimeoutMs, drainTimeoutMs: drainTimeoutMs, stats: stats,
                           allStats: [stats], mirrorNames: (0..<limits.mirrorCount).map { "mirror\($0)" })
         core.start(io: self)
@@ -490,11 +500,14 @@ final class FakeSessionIO: WorkerBackend {
             fds[op.fd]!.sendCompletions += 1
         case .send where result > 0:
             if Int(result) > op.length { violation("test bug: \(op) completed with \(result) bytes") }
-            if pool.referenceCount(op.slot) == 0 {
-                violation("\(op) completed but its slot had been let go while the send was in flight")
+            var now: [UInt8] = []
+            for segment in op.segments {
+                if pool.referenceCount(segment.slot) == 0 {
+                    violation("\(op) completed but slot \(segment.slot) had been let go while the send was in flight")
+                }
+                now += UnsafeRawBufferPointer(start: pool.pointer(segment.slot) + segment.offset, count: segment.length)
             }
-            let now = [UInt8](UnsafeRawBufferPointer(start: pool.pointer(op.slot) + op.offset, count: op.length))
-            if now != op.bytes { violation("\(op): the slot was overwritten while the send was in flight") }
+            if now != op.bytes { violation("\(op): a slot was overwritten while the send was in flight") }
             fds[op.fd]!.sent += op.bytes[..<Int(result)]
             fds[op.fd]!.sendCompletions += 1
         case .shutdown where result == 0:
@@ -633,11 +646,13 @@ final class FakeSessionIO: WorkerBackend {
                 if op.length <= 0 || op.memory == nil { violation("\(op) of nothing") }
                 break
             }
-            if op.length <= 0 || op.offset < 0 || op.offset + op.length > pool.slotSize || Int(op.slot) >= pool.slotCount {
+            if op.length <= 0 || op.segments.isEmpty || op.segments.contains(where: {
+                $0.length <= 0 || $0.offset < 0 || $0.offset + $0.length > pool.slotSize || Int($0.slot) >= pool.slotCount
+            }) {
                 violation("\(op) is out of its slot's bounds")
                 return nil
             }
-            if pool.referenceCount(op.slot) == 0 { violation("\(op) from a slot no one holds") }
+            if op.segments.contains(where: { pool.referenceCount($0.slot) == 0 }) { violation("\(op) from a slot no one holds") }
         case .shutdown:
             if record.shutdownRequested > 0 { violation("second shutdown of fd \(fd)") }
             if inFlight.contains(where: { $0.kind == .send }) {
@@ -678,11 +693,65 @@ final class FakeSessionIO: WorkerBackend {
             $0.slot = slot
             $0.offset = offset
             $0.length = length
+            $0.segments = [(slot, offset, length)]
             if length > 0, offset >= 0, offset + length <= pool.slotSize, Int(slot) < pool.slotCount {
                 $0.bytes = [UInt8](UnsafeRawBufferPointer(start: pool.pointer(slot) + offset, count: length))
             }
         }) else { return }
         pending.append(op)
+    }
+
+    func sendGathered(fd: Int32, queue: SendQueue, chunks: Int, length: Int, tag: CompletionTag) {
+        let pool = pool
+        gatheredSends += 1
+        guard chunks >= 1, chunks <= queue.count, chunks <= Session.gatherChunksMax else {
+            violation("gathered send of \(chunks) chunks from a queue of \(queue.count)")
+            return
+        }
+        guard let op = request(.send, fd: fd, tag: tag, {
+            var total = 0
+            for position in 0..<chunks {
+                let chunk = queue.chunk(at: position)
+                $0.segments.append((chunk.slot, Int(chunk.offset), Int(chunk.length)))
+                total += Int(chunk.length)
+                if Int(chunk.offset) + Int(chunk.length) <= pool.slotSize, Int(chunk.slot) < pool.slotCount {
+                    $0.bytes += UnsafeRawBufferPointer(start: pool.pointer(chunk.slot) + Int(chunk.offset), count: Int(chunk.length))
+                }
+            }
+            $0.slot = $0.segments[0].slot
+            $0.offset = $0.segments[0].offset
+            $0.length = length
+            if total != length { self.violation("gathered send of \(length) bytes over chunks of \(total)") }
+        }) else { return }
+        pending.append(op)
+    }
+
+    func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer) {
+        if flushRequests.contains(where: { $0.index == index && $0.timer == timer }) {
+            violation("session \(index) asked for a second \(timer) wake-up before the first came")
+        }
+        flushRequests.append((index, deadlineUs, timer))
+        core.timers.add(session: index, atUs: deadlineUs, for: timer)
+    }
+
+    func drainInBatches(fd: Int32) {
+        if fds[fd]?.closeCount != 0 { violation("drainInBatches(fd: \(fd)) of a descriptor that is not open") }
+        drainingInBatches.insert(fd)
+    }
+
+    /// Wakes every session whose deadline the clock has reached: the worker's own step.
+    func fireDueFlushes() {
+        flushRequests.removeAll { $0.deadlineUs <= context.nowUs }
+        let active = table.sessions.filter(\.isActive)
+        core.fireDueTimers(io: self)
+        for session in active where !session.isActive { sessionEnded(session, freed: true) }
+    }
+
+    /// Moves the clock to the earliest mirror flush deadline and fires what is due.
+    func advanceToNextFlush() {
+        guard let earliest = flushRequests.map(\.deadlineUs).min() else { return }
+        context.nowUs = max(context.nowUs, earliest)
+        fireDueFlushes()
     }
 
     func shutdownWrite(fd: Int32, tag: CompletionTag) {
@@ -849,6 +918,8 @@ final class Simulation {
     var sessionsToStart = 0
     /// When > 0: each step aborts a random active session with chance 1 in this.
     var abortOneIn = 0
+    /// Each step moves the microsecond clock by up to this (mirror batch delays).
+    var microsecondsPerStep: UInt64 = 0
     private(set) var aborted: Set<SessionKey> = []
     var makeScript: (inout SeededGenerator) -> PeerScript = { _ in PeerScript() }
     /// The worker is asked to stop at this step (its tick sees the request),
@@ -904,6 +975,10 @@ final class Simulation {
                 io.abort(key)
                 continue
             }
+            if microsecondsPerStep > 0 {
+                io.context.nowUs += UInt64.random(in: 0...microsecondsPerStep, using: &rng)
+                io.fireDueFlushes()
+            }
             let candidates = io.pending.filter(isEligible)
             if let op = candidates.randomElement(using: &rng) {
                 idleRounds = 0
@@ -927,7 +1002,12 @@ final class Simulation {
                 io.core.deliver(WorkerCompletion(tag: WorkerCore<FakeSessionIO>.acceptTag, result: -ECANCELED), io: io)
                 continue
             }
-            guard io.table.activeCount > 0 else { return true }
+            if !io.flushRequests.isEmpty {
+                // Only a mirror batch waits: let its delay pass.
+                io.advanceToNextFlush()
+                continue
+            }
+            guard io.table.activeCount > 0 else { return io.flushRequests.isEmpty }
             // Only lingering mirrors (or nothing) can move: let time pass.
             idleRounds += 1
             if idleRounds > 3 { return false }

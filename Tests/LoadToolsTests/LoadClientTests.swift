@@ -149,12 +149,42 @@ extension LoadToolsTests {
             #expect(result.errors == 0)
         }
 
+        @Test("open loop: requests go out at the fixed rate, spread over the connections, all answered")
+        func openLoopKeepsTheRate() throws {
+            let server = try startedServer(.echo)
+            defer { server.stop() }
+            let result = try LoadClient(address: address(server), connections: 4, messageSizeBytes: 1024,
+                                        durationSeconds: 1.0, requestsPerSecond: 2_000).run()
+            #expect(result.errors == 0, "\(result.firstErrorDescription ?? "")")
+            #expect(result.requestsPerSecondAsked == 2_000)
+            // Never ahead of the schedule; behind it only by what a busy machine delays.
+            #expect(result.requests <= 2_004 && result.requests >= 1_200, "\(result.requests) requests")
+            expectOrdered(result)
+            #expect(result.latencyP999Micros <= result.latencyP9999Micros && result.latencyP9999Micros <= result.latencyMaxMicros)
+            #expect(result.jsonLine.contains(#""rate":2000.0"#))
+            #expect(result.summary.contains("open loop at 2000 requests/s"))
+        }
+
+        @Test("open loop past what the server can do: latency counts from each request's due time, so it grows")
+        func openLoopCorrectsCoordinatedOmission() throws {
+            let server = try startedServer(.echo)
+            defer { server.stop() }
+            // One connection cannot do a million round trips a second: each
+            // request is sent later than due, and its wait counts.
+            let result = try LoadClient(address: address(server), connections: 1, messageSizeBytes: 1024,
+                                        durationSeconds: 1.0, requestsPerSecond: 1_000_000).run()
+            #expect(result.errors == 0, "\(result.firstErrorDescription ?? "")")
+            #expect(result.requests > 100)
+            #expect(result.latencyP99Micros > 100_000, "a closed loop would report round trips of microseconds")
+        }
+
         @Test func rejectsBadParameters() throws {
             let target = try LoadAddress(parsing: ":1")
             #expect(throws: LoadClientError.invalidConnections(0)) { try LoadClient(address: target, connections: 0) }
             #expect(throws: LoadClientError.invalidMessageSize(0)) { try LoadClient(address: target, messageSizeBytes: 0) }
             #expect(throws: LoadClientError.invalidDuration(0)) { try LoadClient(address: target, durationSeconds: 0) }
             #expect(throws: LoadClientError.self) { try LoadClient(address: target, durationSeconds: .infinity) }
+            #expect(throws: LoadClientError.invalidRate(0)) { try LoadClient(address: target, requestsPerSecond: 0) }
         }
 
         @Test func resultPrintsAsSummaryAndJSON() throws {

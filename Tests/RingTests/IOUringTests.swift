@@ -82,6 +82,37 @@ struct IOUringTests {
         #expect(Array(UnsafeRawBufferPointer(start: inbox, count: Int(recv.result))) == message)
     }
 
+    @Test("a gathered send (sendmsg over several iovec entries) sends them in order, as one operation")
+    func gatheredSend() throws {
+        let (a, b) = try unixStreamPair()
+        defer { close(a); close(b) }
+        let ring = try Ring(entries: 8, completionEntries: 16)
+        #expect(ring.supportsSendMessage, "IORING_OP_SENDMSG is in every kernel since 5.3")
+        let parts = ["one ", "two, ", "three"].map { Array($0.utf8) }
+        let buffers = parts.map { part -> UnsafeMutableRawPointer in
+            let buffer = UnsafeMutableRawPointer.allocate(byteCount: part.count, alignment: 8)
+            part.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress!, byteCount: part.count) }
+            return buffer
+        }
+        defer { buffers.forEach { $0.deallocate() } }
+        let vectors = UnsafeMutablePointer<iovec>.allocate(capacity: parts.count)
+        defer { vectors.deallocate() }
+        for index in parts.indices { vectors[index] = iovec(iov_base: buffers[index], iov_len: parts[index].count) }
+        let message = UnsafeMutablePointer<msghdr>.allocate(capacity: 1)
+        defer { message.deallocate() }
+        message.pointee = msghdr()
+        message.pointee.msg_iov = vectors
+        message.pointee.msg_iovlen = parts.count
+        let sendTag = CompletionTag(kind: 4, leg: 2, generation: 1, session: 7)
+        ring.prepareSendMessage(fd: a, message: message, tag: sendTag)
+        let completions = try reap(ring, count: 1)
+        #expect(completions.first?.tag == sendTag)
+        #expect(completions.first?.result == Int32(parts.joined().count))
+        var inbox = [UInt8](repeating: 0, count: 64)
+        let count = inbox.withUnsafeMutableBytes { recv(b, $0.baseAddress, $0.count, 0) }
+        #expect(Array(inbox[0..<max(0, count)]) == Array(parts.joined()))
+    }
+
     @Test("a buffer-select recv picks a provided slot that holds the bytes; a slot is lent again after provide")
     func providedBuffers() throws {
         let (a, b) = try unixStreamPair()

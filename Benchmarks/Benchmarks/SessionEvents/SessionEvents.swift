@@ -91,6 +91,14 @@ final class ScriptedIO: SessionIO {
 
     func addresses(fd: Int32) -> ProxyAddresses? { nil }
 
+    func sendGathered(fd: Int32, queue: SendQueue, chunks: Int, length: Int, tag: CompletionTag) {
+        pendingSend[Int(tag.leg)] = tag.rawValue
+        pendingSendLength[Int(tag.leg)] = Int32(length)
+    }
+
+    func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer) {}
+    func drainInBatches(fd: Int32) {}
+
     func shutdownWrite(fd: Int32, tag: CompletionTag) {}
     func cancel(fd: Int32, tag: CompletionTag) {}
     func close(fd: Int32, tag: CompletionTag) {}
