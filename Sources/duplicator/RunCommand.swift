@@ -112,19 +112,19 @@ struct ProxyOptions: ParsableArguments {
     var compare = false
 
     @Option(name: .customLong("compare-window"), parsing: .unconditional, help: "With --compare: memory per session and mirror for the reply stream that runs ahead: 7/8 kept as bytes, the rest as digests of 4KiB blocks that reach 64 times the window; further apart is 'incomplete'. Reserved per session at start, resident only where a mirror lags.")
-    var compareWindow: String = "64KiB"
+    var compareWindow: String = SizeParser.text(Defaults.compareWindowBytes)
 
     @Option(name: .customLong("mirror-batch-bytes"), parsing: .unconditional, help: "Send a mirror's queued bytes together once this many wait (or --mirror-batch-delay passed); 0: one send per receive, no batching.")
-    var mirrorBatchBytes: String = "64KiB"
+    var mirrorBatchBytes: String = SizeParser.text(Defaults.mirrorBatchBytes)
 
     @Option(name: .customLong("mirror-batch-delay"), parsing: .unconditional, help: "The longest a client byte waits for its mirror batch; a mirror sees bytes up to this much later (0: never wait).")
-    var mirrorBatchDelay: String = "1ms"
+    var mirrorBatchDelay: String = DurationParser.text(nanoseconds: Int64(Defaults.mirrorBatchDelayUs) * 1_000)
 
     @Option(name: .customLong("mirror-turns"), parsing: .unconditional, help: "The client's first turns (bytes after main replied) a mirror gets only once it answered the turn before (SSL/STARTTLS negotiation, greetings); 0: none.")
-    var mirrorTurns: Int = 4
+    var mirrorTurns: Int = Defaults.mirrorTurns
 
     @Option(name: .customLong("mirror-turn-timeout"), parsing: .unconditional, help: "A mirror that has not answered a kept turn by then gets the next anyway, and is not waited for again in the session.")
-    var mirrorTurnTimeout: String = "100ms"
+    var mirrorTurnTimeout: String = DurationParser.text(nanoseconds: Int64(Defaults.mirrorTurnTimeoutUs) * 1_000)
 
     @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, io_uring, locked memory), then exit.")
     var check = false

@@ -195,7 +195,7 @@ struct ParserTests {
         var config = try config(mirrors: 2)
         try config.validate()
         for (flag, text, value) in Self.documentedDefaults {
-            let expected = if flag.hasSuffix("timeout") || flag == "--mirror-linger" {
+            let expected = if flag.hasSuffix("timeout") || flag == "--mirror-linger" || flag == "--mirror-batch-delay" {
                 try DurationParser.milliseconds(text)
             } else if let count = Int(text) {
                 count
