@@ -389,6 +389,14 @@ public final class Session {
             io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
             return
         }
+        if leg == Self.main, legs[leg].flushing, let comparisons, anyOpen(comparisons) {
+            // `--compare`: main's replies after the client failed are still
+            // compared with the mirrors' (the servers' streams, whoever read them).
+            legs[leg].receiving = true
+            legs[leg].inFlight &+= 1
+            io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
+            return
+        }
         if leg >= Self.firstMirror || legs[leg].flushing {
             legs[leg].receiving = true
             legs[leg].inFlight &+= 1
@@ -420,6 +428,7 @@ public final class Session {
         guard result > 0, let slot else {
             if let slot { releaseSlot(slot, from: leg, io: io) }
             if legs[leg].flushing {
+                if let comparisons { mainFlushEnded(result: result, comparisons) }
                 flushed(leg, result: result, io: io)
             } else if result == 0 && isAwaitingProxyHeader {
                 fail(.badProxyHeader, io: io)  // closed before its header was whole
@@ -438,8 +447,10 @@ public final class Session {
             return
         }
         guard legs[leg].phase == .open, !isEnding else {
+            // Main's reply after the client failed: still part of main's stream (`--compare`).
+            if legs[leg].flushing, let comparisons { compare(.main, slot: slot, length: Int(result), comparisons) }
             releaseSlot(slot, from: leg, io: io)
-            if legs[leg].flushing { armReceive(leg, io: io) }  // now as a drain
+            if legs[leg].flushing { armReceive(leg, io: io) }  // now as a drain, unless compared
             return
         }
         let length = Int(result)
@@ -538,6 +549,25 @@ public final class Session {
             return
         }
         for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].append(.main, bytes) }
+    }
+
+    /// Whether any mirror's comparison still takes bytes.
+    private func anyOpen(_ comparisons: UnsafeMutablePointer<ReplyComparison>) -> Bool {
+        for mirror in 0..<context.limits.mirrorCount where comparisons[mirror].isOpen { return true }
+        return false
+    }
+
+    /// A receive on main while it flushes ended without bytes: its EOF ends
+    /// main's stream; no free slot gives the comparisons up (main's
+    /// replies are then drained, as without `--compare`).
+    private func mainFlushEnded(result: Int32, _ comparisons: UnsafeMutablePointer<ReplyComparison>) {
+        for mirror in 0..<context.limits.mirrorCount {
+            if result == 0 {
+                comparisons[mirror].end(.main)
+            } else if result == -ENOBUFS {
+                comparisons[mirror].abandon()
+            }
+        }
     }
 
     /// A mirror's reply read into a slot (`--compare`): compared, its slot

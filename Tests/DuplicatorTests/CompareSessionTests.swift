@@ -156,6 +156,35 @@ struct CompareSessionTests {
         io.expectQuiescent()
     }
 
+    /// The client resets mid-session: main flushes (it gets the client's
+    /// bytes and our FIN) and its further replies, which no client reads,
+    /// are still compared with the mirror's: the verdict is about the servers.
+    @Test("after the client fails, main's further replies are still compared", arguments: [false, true])
+    func clientFailureStillCompared(mirrorDiffers: Bool) throws {
+        let io = try FakeSessionIO(limits: compareLimits(), sessions: 1)
+        try #require(io.start() != nil)
+        io.connectAll()
+        io.completeRecv(.client, TestBytes.text("req"))
+        io.completeRecv(.main, TestBytes.text("first "))
+        io.flushAllSends()
+        io.fail(.recv, .client, errno: ECONNRESET)
+        #expect(io.lastEnded == nil && io.session()?.endCause == .clientError)
+        #expect(io.hasPending(.recv, .main), "main's replies are received to be compared, not drained")
+        io.completeRecv(.main, TestBytes.text("second"))
+        #expect(io.hasPending(.recv, .main))
+        io.completeShutdown(.main)
+        io.completeEOF(.main)
+        io.completeRecv(.mirror(0), TestBytes.text("first "))
+        io.completeRecv(.mirror(0), TestBytes.text(mirrorDiffers ? "SECOND" : "second"))
+        io.flushAllSends()
+        io.completeShutdown(.mirror(0))
+        if io.hasPending(.recv, .mirror(0)) { io.completeEOF(.mirror(0)) } else { io.completeDrain(.mirror(0), result: 0) }
+        io.completeCancelled()
+        #expect(io.lastEnded?.cause == .clientError)
+        #expect(io.lastEnded?.mirrorVerdicts == [mirrorDiffers ? .diverged : .match])
+        io.expectQuiescent()
+    }
+
     @Test("a mirror lingering past its time without EOF is incomplete; a refused one too")
     func noEOFIsIncomplete() throws {
         let io = try FakeSessionIO(limits: compareLimits(mirrors: 2), sessions: 1)
