@@ -27,7 +27,13 @@ struct DemoCommand: ParsableCommand {
     var mirrors: Int = 1
 
     @Flag(name: .customLong("compare"), help: "Compare each mirror's replies with main's and show the verdicts (echo mirrors: every session should match).")
-    var compare = false
+    var compareFlag = false
+
+    /// The proxy's own options belong to the root command, which takes a
+    /// `--compare` given after `demo` as its own: read it from there too.
+    @ParentCommand var parent: DuplicatorCommand
+
+    private var compare: Bool { compareFlag || parent.options.compare }
 
     func run() throws {
         // As in `run`: a line written to a pipe whose reader is gone fails; it does not kill.

@@ -57,6 +57,20 @@ struct HelpAndVersionTests {
     }
 }
 
+/// The quick start's first command, and its `--compare`, as a user runs them.
+@Suite("The demo, from outside")
+struct DemoTests {
+    @Test("duplicator demo --compare: exact mirror streams, and every session's replies match")
+    func demoCompares() throws {
+        let result = try runProgram(try builtBinary("duplicator"), ["demo", "-d", "1s", "-p", "4", "--compare"],
+                                    timeoutSeconds: 60)
+        #expect(result.status == 0, "stderr: \(result.standardError)")
+        #expect(result.standardOutput.contains("mirror 1: ") && result.standardOutput.contains("exactly what main got"))
+        #expect(result.standardOutput.contains("mirror 1 replies compared with main's, per session: 4 match, 0 diverged"),
+                "\(result.standardOutput.split(separator: "\n").suffix(3))")
+    }
+}
+
 /// The README's tables of flags against what the binary parses.
 @Suite("README: the flags tables follow the code")
 struct ReadmeFlagsTests {
