@@ -258,13 +258,32 @@ struct CLIPrivilegedTests {
         defer { try? FileManager.default.removeItem(at: directory) }
         let binary = directory.appendingPathComponent("duplicator").path
         try? FileManager.default.removeItem(atPath: binary)
-        try FileManager.default.copyItem(atPath: try builtBinary("duplicator"), toPath: binary)
-        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: binary)
+        try Self.copyClosingOnExec(try builtBinary("duplicator"), to: binary)
         let command = [try Peers.require("setpriv"),
                        "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]
             + prefix + [binary] + arguments
         guard let shell else { return try runProgram(command[0], Array(command.dropFirst())) }
         return try runProgram("/bin/sh", ["-c", shell, "sh"] + command)
+    }
+
+    /// A copy written through a descriptor opened with O_CLOEXEC: a process
+    /// another test spawns meanwhile must not inherit it open for writing,
+    /// or running the copy fails with ETXTBSY for as long as that process
+    /// lives (seen once in a parallel run with FileManager's copy).
+    static func copyClosingOnExec(_ source: String, to destination: String) throws {
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: source))
+        let fd = open(destination, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
+        guard fd >= 0 else { throw TestFailure("open \(destination): errno \(errno)") }
+        defer { close(fd) }
+        try bytes.withUnsafeBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                let written = write(fd, raw.baseAddress! + offset, raw.count - offset)
+                guard written > 0 else { throw TestFailure("write \(destination): errno \(errno)") }
+                offset += written
+            }
+        }
+        guard fchmod(fd, 0o755) == 0 else { throw TestFailure("fchmod \(destination): errno \(errno)") }
     }
 
     /// The pools grow with the load; a limit below their bound is refused at
