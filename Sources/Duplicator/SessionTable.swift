@@ -82,6 +82,13 @@ public final class SessionTable {
         freeSlots.append(session.index)
     }
 
+    /// Runs `body` with the session at `index`, active or not, without
+    /// retaining it (see `unretained`): for the worker's per-batch steps.
+    @inline(__always)
+    public func withSession<Result>(at index: UInt32, _ body: (Session) -> Result) -> Result {
+        unretained[Int(index)]._withUnsafeGuaranteedRef(body)
+    }
+
     /// The session a completion belongs to, or nil when it is stale (its
     /// session ended and the slot may have a new occupant).
     public func session(for tag: CompletionTag) -> Session? {

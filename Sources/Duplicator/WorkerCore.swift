@@ -191,7 +191,7 @@ public final class WorkerCore<Backend: WorkerBackend> {
     public func afterCompletions(io: Backend) {
         if !timers.isEmpty { fireDueTimers(io: io) }
         while io.buffersLent, let index = waiters.next() {
-            table.sessions[Int(index)].resumeReceiving(io: io)
+            table.withSession(at: index) { $0.resumeReceiving(io: io) }
         }
     }
 
@@ -204,10 +204,11 @@ public final class WorkerCore<Backend: WorkerBackend> {
     /// The session may have ended (and its place been taken) since it asked:
     /// it checks its own deadlines; one that ends now is freed.
     private func fire(_ timer: SessionTimer, _ index: UInt32, io: Backend) {
-        let session = table.sessions[Int(index)]
-        let wasActive = session.isActive
-        session.timerFired(timer, io: io)
-        if wasActive && !session.isActive { table.free(session) }
+        table.withSession(at: index) { session in
+            let wasActive = session.isActive
+            session.timerFired(timer, io: io)
+            if wasActive && !session.isActive { table.free(session) }
+        }
     }
 
     /// A completion of no operation we submit: count it, say so once, and
