@@ -132,6 +132,23 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
+    /// "no mirror", "1 mirror", "3 mirrors (:8083 on 10% of sessions)".
+    static func mirrorsNote(_ config: Config) -> String {
+        let count = config.mirrors.count
+        let sampled = zip(config.mirrors, config.mirrorSamplePercents).filter { $0.1 < 100 }
+            .map { "\($0.0) on \($0.1 == $0.1.rounded() ? "\(Int($0.1))" : "\($0.1)")% of sessions" }
+        let base = count == 0 ? "no mirror" : count == 1 ? "1 mirror" : "\(count) mirrors"
+        return sampled.isEmpty ? base : base + " (" + sampled.joined(separator: ", ") + ")"
+    }
+
+    /// How mirrors get their bytes; nothing without mirrors.
+    static func mirrorSendsNote(_ config: Config) -> String {
+        guard !config.mirrors.isEmpty else { return "" }
+        return (config.mirrorBatchBytes == 0 ? "; mirror sends not batched"
+                : "; mirror sends batched up to \(config.mirrorBatchBytes) bytes or \(config.mirrorBatchDelayUs) us")
+            + (config.mirrorTurns == 0 ? "" : "; the first \(config.mirrorTurns) turns kept for mirrors")
+    }
+
     /// The one value of an option that must be given once.
     private static func single(_ values: [String], _ flag: String, _ what: String) throws(ConfigError) -> String {
         guard let value = values.first else { throw ConfigError("Missing expected argument '\(flag) <address>' (\(what))") }
@@ -237,13 +254,11 @@ struct ProxyOptions: ParsableArguments {
             proxy.stop(immediately: true)
             proxy.wait()
             print("configuration ok: listening on \(proxy.listenAddress) would work, main \(config.main), "
-                + "\(config.mirrors.count) mirrors, \(config.threads) workers with io_uring (\(proxy.ringSetupMode)), "
+                + "\(Self.mirrorsNote(config)), \(config.threads) workers with io_uring (\(proxy.ringSetupMode)), "
                 + "each admitting \(config.sessionsPerWorker) sessions with a pool of up to "
                 + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB" + Self.proxyProtocolNote(config)
                 + (config.compare ? "; comparing replies in windows of up to \(config.compareMemoryBytesMax >> 20) MiB in all" : "")
-                + (config.mirrorBatchBytes == 0 ? "; mirror sends not batched"
-                   : "; mirror sends batched up to \(config.mirrorBatchBytes) bytes or \(config.mirrorBatchDelayUs) us")
-                + "; the first \(config.mirrorTurns) turns kept for mirrors")
+                + Self.mirrorSendsNote(config))
             return
         }
         let metricsNote = metricsServer.map { ", metrics on http://\($0.address)/metrics" } ?? ""

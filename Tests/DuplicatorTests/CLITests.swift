@@ -145,6 +145,21 @@ struct CLITests {
                 "stderr: \(result.standardError)")
     }
 
+    @Test("--check names the mirrors, the sampled shares, and how mirrors get their bytes (nothing of it without mirrors)")
+    func checkDescribesMirrors() throws {
+        let binary = try builtBinary("duplicator")
+        let none = try runProgram(binary, ["-l", "127.0.0.1:0", "-f", ":9", "--threads", "1", "--check"])
+        #expect(none.status == 0 && none.standardOutput.contains("main :9, no mirror, "), "\(none.standardOutput)")
+        #expect(!none.standardOutput.contains("mirror sends"), "\(none.standardOutput)")
+        let some = try runProgram(binary, ["-l", "127.0.0.1:0", "-f", ":9", "-m", ":10@10%,:11@2.5%", "-m", ":12",
+                                           "--mirror-turns", "0", "--threads", "1", "--check"])
+        #expect(some.status == 0, "stderr: \(some.standardError)")
+        #expect(some.standardOutput.contains("3 mirrors (:10 on 10% of sessions, :11 on 2.5% of sessions)"),
+                "\(some.standardOutput)")
+        #expect(some.standardOutput.contains("mirror sends batched up to 65536 bytes or 1000 us"))
+        #expect(!some.standardOutput.contains("turns kept"), "--mirror-turns 0 keeps none")
+    }
+
     @Test("--check says how many sessions each worker admits within --max-memory")
     func checkShowsTheMemoryModel() throws {
         let binary = try builtBinary("duplicator")
