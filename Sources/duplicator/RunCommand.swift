@@ -114,6 +114,15 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: .customLong("compare-window"), parsing: .unconditional, help: "With --compare: memory per session and mirror for the reply stream that runs ahead: 7/8 kept as bytes, the rest as digests of 4KiB blocks that reach 64 times the window; further apart is 'incomplete'. Reserved per session at start, resident only where a mirror lags.")
     var compareWindow: String = SizeParser.text(Defaults.compareWindowBytes)
 
+    @Option(name: .customLong("dump-dir"), help: "With --compare: write one pcapng file (mode 0600: production data) per session and mirror whose replies diverged, were shorter or longer, holding client<->main and client<->mirror as two TCP conversations.")
+    var dumpDir: String?
+
+    @Option(name: .customLong("dump-bytes"), parsing: .unconditional, help: "With --dump-dir: bytes recorded per session and direction; later bytes are counted, not kept.")
+    var dumpBytes: String = SizeParser.text(Defaults.dumpBytes)
+
+    @Option(name: .customLong("dump-max-files"), parsing: .unconditional, help: "With --dump-dir: files written at most; later dumps are counted as skipped_limit.")
+    var dumpMaxFiles: Int = Defaults.dumpMaxFiles
+
     @Option(name: .customLong("mirror-batch-bytes"), parsing: .unconditional, help: "Send a mirror's queued bytes together once this many wait (or --mirror-batch-delay passed); 0: one send per receive, no batching.")
     var mirrorBatchBytes: String = SizeParser.text(Defaults.mirrorBatchBytes)
 
@@ -182,6 +191,9 @@ struct ProxyOptions: ParsableArguments {
         config.mirrorDrainBatchBytes = try SizeParser.bytes(mirrorDrainBatch)
         config.compare = compare
         config.compareWindowBytes = try SizeParser.bytes(compareWindow)
+        config.dumpDirectory = dumpDir
+        config.dumpBytes = try SizeParser.bytes(dumpBytes)
+        config.dumpMaxFiles = dumpMaxFiles
         config.waitBatch = waitBatch
         config.sendProxy = sendProxy
         config.acceptProxy = acceptProxy
