@@ -5,7 +5,8 @@
 /// holds and what was not recorded), one Interface Description Block of
 /// LINKTYPE_RAW (packets begin with their IPv4 or IPv6 header, no link
 /// layer; snaplen 0: unlimited; timestamps in microseconds, the default),
-/// then one Enhanced Packet Block per packet. Per conversation: a
+/// then one Enhanced Packet Block per packet, all conversations' packets
+/// in one time order. Per conversation: a
 /// synthetic handshake (SYN, SYN-ACK, ACK) at its start, each recorded
 /// piece of either stream as PSH-ACK segments (at most `segmentBytesMax`
 /// each) at its arrival time with consistent sequence and acknowledgement
@@ -58,7 +59,14 @@ public enum Pcapng {
         })
         sectionHeader(comment: comment, into: &out)
         interfaceDescription(into: &out)
-        for conversation in conversations { packets(of: conversation, into: &out) }
+        // All conversations' packets in one time order (each conversation's
+        // own order kept on a tie), as a capture would have them.
+        var all: [(timeUs: UInt64, order: Int, packet: [UInt8])] = []
+        for conversation in conversations {
+            packets(of: conversation) { timeUs, packet in all.append((timeUs, all.count, packet)) }
+        }
+        all.sort { ($0.timeUs, $0.order) < ($1.timeUs, $1.order) }
+        for entry in all { enhancedPacket(timeUs: entry.timeUs, packet: entry.packet, into: &out) }
         return out
     }
 
@@ -121,7 +129,7 @@ public enum Pcapng {
     }
 
     /// One conversation's packets, in time order (client first on a tie).
-    static func packets(of conversation: Conversation, into out: inout [UInt8]) {
+    static func packets(of conversation: Conversation, _ emitPacket: (UInt64, [UInt8]) -> Void) {
         // One family for both ends: an IPv4 client of an IPv6 server is shown IPv4-mapped.
         var client = conversation.client.unmapped
         var server = conversation.server.unmapped
@@ -135,7 +143,7 @@ public enum Pcapng {
             let packet = fromClient
                 ? ipPacket(source: client, destination: server, seq: seq, ack: ack, flags: flags, payload: payload)
                 : ipPacket(source: server, destination: client, seq: seq, ack: ack, flags: flags, payload: payload)
-            enhancedPacket(timeUs: timeUs, packet: packet, into: &out)
+            emitPacket(timeUs, packet)
         }
         let start = conversation.startUs
         emit(true, start, TCPFlags.syn, seq: clientInitialSequence, ack: 0, [])

@@ -253,6 +253,7 @@ struct ProxyOptions: ParsableArguments {
                 + "each admitting \(config.sessionsPerWorker) sessions with a pool of up to "
                 + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB" + Self.proxyProtocolNote(config)
                 + (config.compare ? "; comparing replies in windows of up to \(config.compareMemoryBytesMax >> 20) MiB in all" : "")
+                + (config.dumpDirectory.map { "; pcapng dumps of differing pairs to \($0) (up to \(config.dumpBytes) bytes per direction, \(config.dumpMaxFiles) files)" } ?? "")
                 + (config.mirrorBatchBytes == 0 ? "; mirror sends not batched"
                    : "; mirror sends batched up to \(config.mirrorBatchBytes) bytes or \(config.mirrorBatchDelayUs) us")
                 + "; the first \(config.mirrorTurns) turns kept for mirrors")
@@ -262,6 +263,9 @@ struct ProxyOptions: ParsableArguments {
         logger.info("listening on \(proxy.listenAddress), main \(config.main), mirrors \(config.mirrors.map(\.text))\(metricsNote)")
         if config.compare {
             logger.info("comparing mirror replies with main's: windows of \(config.compareWindowBytes) bytes per session and mirror, at most \(config.compareMemoryBytesMax >> 20) MiB in all")
+            if let directory = config.dumpDirectory {
+                logger.info("writing a pcapng dump (mode 0600) of each session and mirror whose replies differ to \(directory): at most \(config.dumpBytes) bytes per direction, \(config.dumpMaxFiles) files")
+            }
         }
         serve(proxy, statsIntervalMs: statsIntervalMs, logger: logger)
     }

@@ -135,6 +135,20 @@ struct DumpTests {
         #expect(segments[4].sourcePort == 6379 && segments[4].destinationPort == 40000)
     }
 
+    @Test("two conversations' packets are in one time order")
+    func conversationsInterleave() {
+        func conversation(_ port: UInt16, _ reply: UInt64) -> Pcapng.Conversation {
+            Pcapng.Conversation(client: address("10.0.0.1", 40000), server: address("10.0.0.2", port),
+                                clientSegments: [Pcapng.Segment(timeUs: 10, bytes: TestBytes.text("q"))],
+                                serverSegments: [Pcapng.Segment(timeUs: reply, bytes: TestBytes.text("a"))], startUs: 0, endUs: 50)
+        }
+        let packets = blocks(Pcapng.file([conversation(1, 30), conversation(2, 20)])).dropFirst(2).map { packet($0.body) }
+        let times = packets.map(\.timeUs)
+        #expect(times == times.sorted())
+        let ports = packets.map { tcp($0.bytes) }.map { $0.sourcePort == 40000 ? $0.destinationPort : $0.sourcePort }
+        #expect(ports == [1, 1, 1, 2, 2, 2, 1, 2, 2, 1, 1, 1, 1, 2, 2, 2], "each conversation's own order kept on a tie")
+    }
+
     @Test("an IPv4 client of an IPv6 server is shown IPv4-mapped, in IPv6")
     func mixedFamilies() {
         let conversation = Pcapng.Conversation(client: address("127.0.0.1", 1), server: address("::1", 2),
