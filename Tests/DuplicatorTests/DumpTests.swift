@@ -314,6 +314,23 @@ struct DumpTests {
         rmdir(directory)
     }
 
+    @Test("a full queue drops without waiting, and counts; what was queued is written")
+    func fullQueueDrops() throws {
+        let directory = try Self.temporaryDirectory()
+        let writer = try DumpWriter(directory: directory, maxFiles: 100, servers: [address("127.0.0.1", 1), address("127.0.0.1", 2)],
+                                    mirrorNames: ["127.0.0.1:2"])
+        // The thread is not started yet: nothing leaves the queue.
+        for _ in 0..<(DumpWriter.queueCapacity + 3) { writer.submit(Self.request()) }
+        #expect(writer.count(mirror: 0, .droppedQueue) == 3)
+        try writer.start()
+        writer.stop()
+        #expect(writer.count(mirror: 0, .written) == UInt64(DumpWriter.queueCapacity))
+        let names = Self.files(directory)
+        #expect(names.count == DumpWriter.queueCapacity)
+        for name in names { unlink(directory + "/" + name) }
+        rmdir(directory)
+    }
+
     @Test("a missing or unwritable dump directory is refused with one line")
     func badDirectory() throws {
         #expect(throws: ConfigError.self) {
