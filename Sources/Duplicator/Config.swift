@@ -106,6 +106,13 @@ public struct Config: Sendable {
     /// run ahead past the comparison window.
     var mirrorReceiveLowWaterBytes: Int { compare ? 0 : mirrorDrainBatchBytes }
 
+    /// The most memory `--dump-dir`'s recordings may take, all workers
+    /// together: `dumpBytes` per direction (client, main, each mirror) per
+    /// admitted session, taken only as sessions carry bytes.
+    public var dumpMemoryBytesMax: Int {
+        dumpDirectory != nil && compare ? threads * sessionsPerWorker * (2 + mirrors.count) * dumpBytes : 0
+    }
+
     /// The most memory `--compare` may use, all workers together (one window
     /// per session and mirror); 0 without it.
     public var compareMemoryBytesMax: Int {

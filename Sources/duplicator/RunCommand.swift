@@ -253,7 +253,7 @@ struct ProxyOptions: ParsableArguments {
                 + "each admitting \(config.sessionsPerWorker) sessions with a pool of up to "
                 + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB" + Self.proxyProtocolNote(config)
                 + (config.compare ? "; comparing replies in windows of up to \(config.compareMemoryBytesMax >> 20) MiB in all" : "")
-                + (config.dumpDirectory.map { "; pcapng dumps of differing pairs to \($0) (up to \(config.dumpBytes) bytes per direction, \(config.dumpMaxFiles) files)" } ?? "")
+                + (config.dumpDirectory.map { "; pcapng dumps of differing pairs to \($0) (up to \(config.dumpBytes) bytes per direction, \(config.dumpMaxFiles) files, recordings of up to \(config.dumpMemoryBytesMax >> 20) MiB in all)" } ?? "")
                 + (config.mirrorBatchBytes == 0 ? "; mirror sends not batched"
                    : "; mirror sends batched up to \(config.mirrorBatchBytes) bytes or \(config.mirrorBatchDelayUs) us")
                 + "; the first \(config.mirrorTurns) turns kept for mirrors")
@@ -264,7 +264,7 @@ struct ProxyOptions: ParsableArguments {
         if config.compare {
             logger.info("comparing mirror replies with main's: windows of \(config.compareWindowBytes) bytes per session and mirror, at most \(config.compareMemoryBytesMax >> 20) MiB in all")
             if let directory = config.dumpDirectory {
-                logger.info("writing a pcapng dump (mode 0600) of each session and mirror whose replies differ to \(directory): at most \(config.dumpBytes) bytes per direction, \(config.dumpMaxFiles) files")
+                logger.info("writing a pcapng dump (mode 0600) of each session and mirror whose replies differ to \(directory): at most \(config.dumpBytes) bytes per direction, \(config.dumpMaxFiles) files, recordings of up to \(config.dumpMemoryBytesMax >> 20) MiB in all if every admitted session carried that much")
             }
         }
         serve(proxy, statsIntervalMs: statsIntervalMs, logger: logger)
