@@ -41,6 +41,13 @@ public struct Config: Sendable {
     /// Reserved per session at start (address space; resident only where a
     /// mirror lags).
     public var compareWindowBytes = Defaults.compareWindowBytes
+    /// `--dump-dir`: with `compare`, where a pcapng file is written for each
+    /// (session, mirror) whose replies differ from main's; nil: nothing recorded.
+    public var dumpDirectory: String?
+    /// What a dump keeps of each direction; the rest is counted, not kept.
+    public var dumpBytes = Defaults.dumpBytes
+    /// Dumps written at most; later ones are counted (`skipped_limit`).
+    public var dumpMaxFiles = Defaults.dumpMaxFiles
     /// A mirror's queued bytes go out together, in one gathered send, once
     /// this many wait or the oldest has waited `mirrorBatchDelayUs`: its
     /// server wakes once per batch, not once per client receive. 0: off,
@@ -98,6 +105,13 @@ public struct Config: Sendable {
     /// as it comes: replies held back in the kernel would let main's stream
     /// run ahead past the comparison window.
     var mirrorReceiveLowWaterBytes: Int { compare ? 0 : mirrorDrainBatchBytes }
+
+    /// The most memory `--dump-dir`'s recordings may take, all workers
+    /// together: `dumpBytes` per direction (client, main, each mirror) per
+    /// admitted session, taken only as sessions carry bytes.
+    public var dumpMemoryBytesMax: Int {
+        dumpDirectory != nil && compare ? threads * sessionsPerWorker * (2 + mirrors.count) * dumpBytes : 0
+    }
 
     /// The most memory `--compare` may use, all workers together (one window
     /// per session and mirror); 0 without it.
@@ -174,6 +188,16 @@ public struct Config: Sendable {
         guard (4096...(16 << 20)).contains(compareWindowBytes) else {
             throw ConfigError("--compare-window must be from 4KiB to 16MiB, got \(compareWindowBytes)")
         }
+        if let dumpDirectory {
+            guard compare else { throw ConfigError("--dump-dir \(dumpDirectory): needs --compare (dumps are of replies that differ)") }
+            guard !mirrors.isEmpty else { throw ConfigError("--dump-dir \(dumpDirectory): needs a mirror to compare") }
+        }
+        guard (1...(64 << 20)).contains(dumpBytes) else {
+            throw ConfigError("--dump-bytes must be from 1 byte to 64MiB, got \(dumpBytes)")
+        }
+        guard (1...1_000_000).contains(dumpMaxFiles) else {
+            throw ConfigError("--dump-max-files must be from 1 to 1000000, got \(dumpMaxFiles)")
+        }
         guard (0...(16 << 20)).contains(mirrorBatchBytes) else {
             throw ConfigError("--mirror-batch-bytes must be from 0 to 16MiB, got \(mirrorBatchBytes)")
         }
@@ -212,6 +236,7 @@ public struct Config: Sendable {
                       mirrorTurns: mirrorTurns, mirrorTurnTimeoutUs: mirrorTurnTimeoutUs)
         limits.mirrorSampleThresholds = mirrorSamplePercents.map { MirrorSampling.threshold(percent: $0) }
         limits.compareWindowBytes = compare && !mirrors.isEmpty ? compareWindowBytes : 0
+        limits.dumpBytes = limits.compareWindowBytes > 0 && dumpDirectory != nil ? dumpBytes : 0
         return limits
     }
 }

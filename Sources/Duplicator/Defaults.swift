@@ -19,6 +19,10 @@ public enum Defaults {
     /// `--compare-window`: what each (session, mirror) may keep of the reply
     /// stream that runs ahead of the other.
     public static let compareWindowBytes = 64 << 10
+    /// `--dump-bytes`: what a pcapng dump keeps of each direction of a session.
+    public static let dumpBytes = 1 << 20
+    /// `--dump-max-files`: pcapng dumps written at most, per run.
+    public static let dumpMaxFiles = 1000
     /// A mirror's queued bytes go out in one gathered send once this many
     /// wait, or once the oldest has waited the delay (BENCHMARKS.md).
     public static let mirrorBatchBytes = 64 << 10

@@ -66,6 +66,7 @@ public enum PrometheusText {
         perMirror("duplicator_mirror_sends_total", "counter", "Sends that carried bytes to the mirror (batched: fewer than receives).") { $0.sends }
         perMirror("duplicator_mirror_backing_off", "gauge", "Workers resting the mirror after repeated connect failures.") { $0.workersBackingOff }
         out += renderComparisons(mirrors)
+        if snapshot.dumping { out += renderDumps(mirrors) }
         return out
     }
 
@@ -91,6 +92,23 @@ public enum PrometheusText {
             }
             out += "\(name)_sum{\(label)} \(mirror.divergenceOffsetSum)\n"
             out += "\(name)_count{\(label)} \(cumulative)\n"
+        }
+        return out
+    }
+
+    /// `--dump-dir`: what became of each pcapng dump of a differing pair.
+    static func renderDumps(_ mirrors: [StatsSnapshot.Mirror]) -> String {
+        var name = "duplicator_mirror_dumps_total"
+        var out = "# HELP \(name) With --dump-dir: pcapng dumps of (session, mirror) pairs that diverged, were shorter or longer: written, skipped past --dump-max-files, dropped because the writer's queue was full, or failed.\n# TYPE \(name) counter\n"
+        for mirror in mirrors {
+            for result in DumpWriter.Result.allCases {
+                out += "\(name){mirror=\"\(escape(mirror.name))\",result=\"\(result.label)\"} \(mirror.dumps[result.rawValue])\n"
+            }
+        }
+        name = "duplicator_mirror_dump_truncated_bytes_total"
+        out += "# HELP \(name) With --dump-dir: bytes past --dump-bytes per direction, left out of the dumps written.\n# TYPE \(name) counter\n"
+        for mirror in mirrors {
+            out += "\(name){mirror=\"\(escape(mirror.name))\"} \(mirror.dumpTruncatedBytes)\n"
         }
         return out
     }

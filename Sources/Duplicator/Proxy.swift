@@ -47,6 +47,8 @@ public final class Proxy: Sendable {
     private let control = WorkerControl()
     private let threads = Mutex<[NativeThread]>([])
     private let logger: Logger
+    /// `--dump-dir`: the thread that writes the pcapng dumps; nil without.
+    public let dumpWriter: DumpWriter?
 
     /// Validates, resolves, refuses the operator mistakes of `StartupChecks`,
     /// and binds; nothing runs yet. `metrics` is only checked against the
@@ -73,6 +75,13 @@ public final class Proxy: Sendable {
                               metrics: metrics, localAddresses: localAddresses).check()
             targets = ([main] + mirrors).map { $0.addresses[0] }
             loopGuard = LoopGuard(targets: targets, localAddresses: localAddresses)
+            if let directory = config.dumpDirectory, config.compare, !config.mirrors.isEmpty {
+                let servers = targets.map { $0.proxyAddress ?? ProxyAddress(family: .ipv4, networkBytes: UnsafeRawBufferPointer(start: nil, count: 0), port: $0.port) }
+                dumpWriter = try DumpWriter(directory: directory, maxFiles: config.dumpMaxFiles, servers: servers,
+                                            mirrorNames: config.mirrors.map(\.text))
+            } else {
+                dumpWriter = nil
+            }
         } catch let error as ConfigError {
             throw ProxyError(error.message)
         }
@@ -123,9 +132,11 @@ public final class Proxy: Sendable {
             do { _ = try Ring(entries: 2, completionEntries: 4) } catch let ringError as RingError { throw ProxyError.setup(ringError, config: config) }
             throw error
         }
+        try dumpWriter?.start()
         for (index, fd) in fds.enumerated() {
             let job = WorkerJob(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
-                                listenerFD: fd, stats: stats[index], allStats: stats, control: control, logger: logger)
+                                listenerFD: fd, stats: stats[index], allStats: stats, control: control, logger: logger,
+                                dumpSink: dumpWriter)
             let thread = try startThread("worker \(index)") { job.run() }
             threads.withLock { $0.append(thread) }
         }
@@ -154,6 +165,8 @@ public final class Proxy: Sendable {
             return threads
         }
         for thread in all { thread.join() }
+        // The workers are gone: the dumps they handed over are written, then the writer ends.
+        if !all.isEmpty { dumpWriter?.stop() }
     }
 
     /// How the first worker's ring was set up (the best mode the kernel took).
@@ -183,13 +196,15 @@ private struct WorkerJob: Sendable {
     let allStats: [WorkerStats]
     let control: WorkerControl
     let logger: Logger
+    let dumpSink: DumpSink?
 
     func run() {
         defer { control.exited.add(1, ordering: .releasing) }
         let worker: Worker
         do {
             worker = try Worker(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
-                                listenerFD: listenerFD, stats: stats, allStats: allStats, control: control, logger: logger)
+                                listenerFD: listenerFD, stats: stats, allStats: allStats, control: control, logger: logger,
+                                dumpSink: dumpSink)
         } catch let error as RingError {
             close(listenerFD)
             control.startErrors.withLock { $0.append(ProxyError.setup(error, config: config).message) }

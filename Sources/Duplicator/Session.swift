@@ -143,6 +143,11 @@ public final class Session {
     private let context: SessionContext
     /// `--compare`: one per mirror, or nil (then no byte is compared or kept).
     let comparisons: UnsafeMutablePointer<ReplyComparison>?
+    /// `--dump-dir`: what this session's streams were, up to `dumpBytes`
+    /// each, for the pairs whose replies differ; nil: nothing recorded.
+    var recording: SessionRecording?
+    /// With `recording`: the client's address and the one it reached.
+    private var recordedAddresses: ProxyAddresses?
 
     /// Chunk entries one session's queues need (see `SessionTable`).
     static func chunkCapacity(_ limits: SessionLimits) -> Int {
@@ -182,6 +187,9 @@ public final class Session {
             comparisons = nil
         }
         turnStarts = .allocate(capacity: max(1, legCount * limits.mirrorTurns))
+        if limits.dumpBytes > 0 && comparisons != nil {
+            recording = SessionRecording(mirrorCount: limits.mirrorCount, bytesMax: limits.dumpBytes)
+        }
     }
 
     deinit {
@@ -225,6 +233,10 @@ public final class Session {
         if let comparisons {
             for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].reset() }
         }
+        if recording != nil {
+            recording!.reset(nowUs: context.nowUs)
+            recordedAddresses = nil
+        }
         let stats = context.stats
         stats.sessionsAccepted.bump()
         stats.sessionsActive.bump()
@@ -252,6 +264,7 @@ public final class Session {
         if let version = context.limits.sendProxy, let proxyHeaderOut {
             proxyHeaderOutLength = ProxyProtocol.encode(version, addresses, into: proxyHeaderOut)
         }
+        if recording != nil { recordedAddresses = addresses ?? io.addresses(fd: legs[Self.client].fd) }
         let stats = context.stats
         let mainFD = io.openSocket(target: 0)
         guard mainFD >= 0 else {
@@ -382,7 +395,7 @@ public final class Session {
 
     private func armReceive<IO: SessionIO>(_ leg: Int, io: IO) {
         guard legs[leg].phase == .open, !legs[leg].receiving, !legs[leg].readDone else { return }
-        if leg >= Self.firstMirror, let comparisons, comparisons[leg - Self.firstMirror].isOpen {
+        if leg >= Self.firstMirror, let comparisons, comparisons[leg - Self.firstMirror].isOpen || recordingWants(leg) {
             // `--compare`: the mirror's replies are read into a slot to be compared.
             legs[leg].receiving = true
             legs[leg].inFlight &+= 1
@@ -472,6 +485,10 @@ public final class Session {
     @inline(__always)
     private func forwardFromClient<IO: SessionIO>(slot: UInt32, offset: Int, length: Int, io: IO) {
         context.stats.bytesClientToMain.bump(length)
+        if recording != nil {
+            recording!.append(Self.client, UnsafeRawBufferPointer(start: context.pool.pointer(slot) + offset, count: length),
+                              nowUs: context.nowUs)
+        }
         // Main first: its send goes into the ring ahead of the mirrors',
         // so the client's request never waits behind a mirror's send (each
         // loopback send also wakes its reader).
@@ -544,11 +561,21 @@ public final class Session {
     private func compare(_ stream: ReplyComparison.Stream, slot: UInt32, length: Int,
                          _ comparisons: UnsafeMutablePointer<ReplyComparison>, mirror: Int = 0) {
         let bytes = UnsafeRawBufferPointer(start: context.pool.pointer(slot), count: length)
+        if recording != nil {
+            recording!.append(stream == .mirror ? Self.firstMirror + mirror : Self.main, bytes, nowUs: context.nowUs)
+        }
         if stream == .mirror {
             comparisons[mirror].append(.mirror, bytes)
             return
         }
         for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].append(.main, bytes) }
+    }
+
+    /// `--dump-dir`: the mirror's replies are still read (into slots) to be
+    /// recorded, after its verdict is decided, until its recording is full.
+    private func recordingWants(_ leg: Int) -> Bool {
+        guard let recording else { return false }
+        return recording.streams[leg].bytes.count < recording.bytesMax
     }
 
     /// Whether any mirror's comparison still takes bytes.
@@ -598,6 +625,19 @@ public final class Session {
             let comparison = comparisons[mirror]
             context.stats.mirrors[mirror].comparisons.record(comparison.verdict,
                                                              divergenceOffset: comparison.divergenceOffset)
+            switch comparison.verdict {
+            case .diverged, .shorter, .longer:
+                guard let recording, let sink = context.dumpSink else { continue }
+                // A copy: the recording's memory stays with the slot's next session.
+                sink.submit(DumpRequest(mirror: mirror, verdict: comparison.verdict,
+                                        divergenceOffset: comparison.divergenceOffset,
+                                        clientAddresses: recordedAddresses, startUs: recording.startUs,
+                                        endUs: context.nowUs, client: recording.streams[Self.client],
+                                        main: recording.streams[Self.main],
+                                        mirrorReplies: recording.streams[Self.firstMirror + mirror]))
+            case .match, .incomplete:
+                continue
+            }
         }
     }
 

@@ -35,6 +35,10 @@ public struct SessionLimits: Sendable {
     /// `--compare`: bytes each (session, mirror) may keep of the stream that
     /// runs ahead, to compare the mirror's replies with main's; 0: off.
     public var compareWindowBytes = 0
+    /// `--dump-dir`: what a session records of each direction, for a pcapng
+    /// dump of the pairs whose replies differ (`SessionRecording`); 0: off,
+    /// nothing recorded or allocated.
+    public var dumpBytes = 0
 
     /// A mirror's queued bytes go out in one gathered send once this many
     /// wait, or once the oldest has waited `mirrorBatchDelayUs`. 0: no
@@ -109,6 +113,9 @@ public final class SessionContext {
 
     /// Each mirror's back-off, shared with the other workers.
     public let mirrorHealth: MirrorHealth
+
+    /// `--dump-dir`: where sessions hand the pairs to dump; nil: none.
+    public var dumpSink: DumpSink?
 
     /// The draws that choose which sessions a sampled mirror gets (SplitMix64).
     private var samplingState: UInt64

@@ -22,11 +22,17 @@ public struct StatsSnapshot: Sendable, Equatable {
         /// Diverged pairs per first-divergence offset bucket (`ComparisonStats`), not cumulative.
         public var divergenceOffsetBuckets = [UInt64](repeating: 0, count: ComparisonStats.divergenceOffsetBounds.count + 1)
         public var divergenceOffsetSum: UInt64 = 0
+        /// `--dump-dir`: dumps of this mirror's differing pairs, by `DumpWriter.Result.rawValue`.
+        public var dumps = [UInt64](repeating: 0, count: DumpWriter.Result.allCases.count)
+        /// Bytes past `--dump-bytes` left out of the dumps written.
+        public var dumpTruncatedBytes: UInt64 = 0
 
         public func compared(_ verdict: ReplyComparison.Verdict) -> UInt64 { compared[verdict.rawValue] }
     }
 
     public var sessionsAccepted: UInt64 = 0
+    /// `--dump-dir` is on (the dump metrics are shown).
+    public var dumping = false
     public var sessionsActive: UInt64 = 0
     public var sessionsRejected: UInt64 = 0
     public var sessionsCompleted: UInt64 = 0
@@ -105,6 +111,17 @@ public struct StatsSnapshot: Sendable, Equatable {
 
 extension Proxy {
     public func snapshot() -> StatsSnapshot {
-        StatsSnapshot(workers: stats, mirrorNames: config.mirrors.map(\.text), poolSlotsPerWorker: config.poolSlotsPerWorker)
+        var snapshot = StatsSnapshot(workers: stats, mirrorNames: config.mirrors.map(\.text),
+                                     poolSlotsPerWorker: config.poolSlotsPerWorker)
+        if let dumpWriter {
+            snapshot.dumping = true
+            for index in snapshot.mirrors.indices {
+                for result in DumpWriter.Result.allCases {
+                    snapshot.mirrors[index].dumps[result.rawValue] = dumpWriter.count(mirror: index, result)
+                }
+                snapshot.mirrors[index].dumpTruncatedBytes = dumpWriter.truncated(mirror: index)
+            }
+        }
+        return snapshot
     }
 }

@@ -51,6 +51,8 @@ final class Worker: WorkerBackend {
     private var connectTimeouts: [RingTimeout]
     /// Whether sessions have mirror timers (the clock in microseconds is then read).
     private let mirrorTimers: Bool
+    /// `--dump-dir`: sessions record their streams, with arrival times.
+    private let dumping: Bool
     /// Gathered mirror sends: a msghdr and `Session.gatherChunksMax` iovec
     /// entries per (session, mirror), read by the kernel until the send
     /// completes. An anonymous mapping: only pages that sends use become resident.
@@ -70,7 +72,8 @@ final class Worker: WorkerBackend {
 
     /// Creates the ring and the memory of a worker; runs on the worker's own thread.
     init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, mirrorHealth: MirrorHealth, listenerFD: Int32,
-         stats: WorkerStats, allStats: [WorkerStats], control: WorkerControl, logger: Logger) throws {
+         stats: WorkerStats, allStats: [WorkerStats], control: WorkerControl, logger: Logger,
+         dumpSink: DumpSink? = nil) throws {
         self.config = config
         self.targets = targets
         self.loopGuard = loopGuard
@@ -91,6 +94,8 @@ final class Worker: WorkerBackend {
         provided = try ProvidedBuffers(ring: ring, pool: pool, windowSlots: config.providedWindowSlotsPerWorker,
                                        registerSegments: true)
         context = SessionContext(limits: config.limits, pool: pool, stats: stats, mirrorHealth: mirrorHealth)
+        context.dumpSink = config.limits.dumpBytes > 0 ? dumpSink : nil
+        dumping = context.dumpSink != nil
         // Admission control: the table holds only as many sessions as the
         // pool can serve at once, whatever their peers do.
         let table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
@@ -134,7 +139,7 @@ final class Worker: WorkerBackend {
             provided.commit()
             var count = try waitForCompletions()
             context.nowMs = MonotonicClock.coarseMs()
-            if mirrorTimers { context.nowUs = MonotonicClock.nowMicros() }
+            if mirrorTimers || dumping { context.nowUs = MonotonicClock.nowMicros() }
             while count > 0 {
                 for index in 0..<count {
                     let completion = ring.completion(at: index)

@@ -114,6 +114,15 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: .customLong("compare-window"), parsing: .unconditional, help: "With --compare: memory per session and mirror for the reply stream that runs ahead: 7/8 kept as bytes, the rest as digests of 4KiB blocks that reach 64 times the window; further apart is 'incomplete'. Reserved per session at start, resident only where a mirror lags.")
     var compareWindow: String = SizeParser.text(Defaults.compareWindowBytes)
 
+    @Option(name: .customLong("dump-dir"), help: "With --compare: write one pcapng file (mode 0600: production data) per session and mirror whose replies diverged, were shorter or longer, holding client<->main and client<->mirror as two TCP conversations.")
+    var dumpDir: String?
+
+    @Option(name: .customLong("dump-bytes"), parsing: .unconditional, help: "With --dump-dir: bytes recorded per session and direction; later bytes are counted, not kept.")
+    var dumpBytes: String = SizeParser.text(Defaults.dumpBytes)
+
+    @Option(name: .customLong("dump-max-files"), parsing: .unconditional, help: "With --dump-dir: files written at most; later dumps are counted as skipped_limit.")
+    var dumpMaxFiles: Int = Defaults.dumpMaxFiles
+
     @Option(name: .customLong("mirror-batch-bytes"), parsing: .unconditional, help: "Send a mirror's queued bytes together once this many wait (or --mirror-batch-delay passed); 0: one send per receive, no batching.")
     var mirrorBatchBytes: String = SizeParser.text(Defaults.mirrorBatchBytes)
 
@@ -199,6 +208,9 @@ struct ProxyOptions: ParsableArguments {
         config.mirrorDrainBatchBytes = try SizeParser.bytes(mirrorDrainBatch)
         config.compare = compare
         config.compareWindowBytes = try SizeParser.bytes(compareWindow)
+        config.dumpDirectory = dumpDir
+        config.dumpBytes = try SizeParser.bytes(dumpBytes)
+        config.dumpMaxFiles = dumpMaxFiles
         config.waitBatch = waitBatch
         config.sendProxy = sendProxy
         config.acceptProxy = acceptProxy
@@ -258,6 +270,7 @@ struct ProxyOptions: ParsableArguments {
                 + "each admitting \(config.sessionsPerWorker) sessions with a pool of up to "
                 + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB" + Self.proxyProtocolNote(config)
                 + (config.compare ? "; comparing replies in windows of up to \(config.compareMemoryBytesMax >> 20) MiB in all" : "")
+                + (config.dumpDirectory.map { "; pcapng dumps of differing pairs to \($0) (up to \(config.dumpBytes) bytes per direction, \(config.dumpMaxFiles) files, recordings of up to \(config.dumpMemoryBytesMax >> 20) MiB in all)" } ?? "")
                 + Self.mirrorSendsNote(config))
             return
         }
@@ -265,6 +278,9 @@ struct ProxyOptions: ParsableArguments {
         logger.info("listening on \(proxy.listenAddress), main \(config.main), mirrors \(config.mirrors.map(\.text))\(metricsNote)")
         if config.compare {
             logger.info("comparing mirror replies with main's: windows of \(config.compareWindowBytes) bytes per session and mirror, at most \(config.compareMemoryBytesMax >> 20) MiB in all")
+            if let directory = config.dumpDirectory {
+                logger.info("writing a pcapng dump (mode 0600) of each session and mirror whose replies differ to \(directory): at most \(config.dumpBytes) bytes per direction, \(config.dumpMaxFiles) files, recordings of up to \(config.dumpMemoryBytesMax >> 20) MiB in all if every admitted session carried that much")
+            }
         }
         serve(proxy, statsIntervalMs: statsIntervalMs, logger: logger)
     }

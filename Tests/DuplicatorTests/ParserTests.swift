@@ -172,6 +172,8 @@ struct ParserTests {
         ("--mirror-linger", "2s", { $0.mirrorLingerMs }),
         ("--drain-timeout", "5s", { $0.drainTimeoutMs }),
         ("--compare-window", "64KiB", { $0.compareWindowBytes }),
+        ("--dump-bytes", "1MiB", { $0.dumpBytes }),
+        ("--dump-max-files", "1000", { $0.dumpMaxFiles }),
     ]
 
     /// The help's defaults are text made from the values: it must read back as them.

@@ -1,0 +1,203 @@
+import Glibc
+import Platform
+import Synchronization
+
+/// `--dump-dir`: writes the pcapng dumps (`DumpRequest`) on its own
+/// thread, so that a slow disk never slows a worker. Workers hand requests
+/// over through a bounded queue without waiting: when it is full, or
+/// `--dump-max-files` files are already taken, the request is dropped and
+/// counted. Files are created with mode 0600 (they hold production data)
+/// and O_EXCL (never over another file).
+public final class DumpWriter: DumpSink, @unchecked Sendable {
+    public enum Result: Int, CaseIterable, Sendable {
+        case written, skippedLimit, droppedQueue, failed
+        public var label: String {
+            switch self {
+            case .written: "written"
+            case .skippedLimit: "skipped_limit"
+            case .droppedQueue: "dropped_queue"
+            case .failed: "failed"
+            }
+        }
+    }
+
+    /// Requests waiting for the writer at most (each up to 3 * `--dump-bytes`).
+    public static let queueCapacity = 16
+
+    public let directory: String
+    public let maxFiles: Int
+    /// Main's address, then each mirror's (the servers' ends of the conversations).
+    private let servers: [ProxyAddress]
+    private let mirrorNames: [String]
+    /// Per mirror and `Result.rawValue` (mirror * 4 + result); rare events, so a lock.
+    private let counts: Mutex<[UInt64]>
+    /// Per mirror: bytes past `--dump-bytes` in the dumps written, not kept.
+    private let truncatedBytes: Mutex<[UInt64]>
+    /// Files taken so far (a failed write keeps its place).
+    private let filesTaken = Atomic<Int>(0)
+    private let sequence = Atomic<UInt64>(0)
+    /// The wall clock minus the session clock, in microseconds.
+    private let wallOffsetUs: UInt64
+
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let condition: UnsafeMutablePointer<pthread_cond_t>
+    private var queue: [DumpRequest] = []
+    private var stopping = false
+    private var thread: NativeThread?
+
+    /// Checks that `directory` is a directory this process may write into.
+    public init(directory: String, maxFiles: Int, servers: [ProxyAddress], mirrorNames: [String]) throws(ConfigError) {
+        var status = stat()
+        guard stat(directory, &status) == 0 else {
+            throw ConfigError("--dump-dir \(directory): \(String(cString: strerror(errno)))")
+        }
+        guard status.st_mode & S_IFMT == S_IFDIR else { throw ConfigError("--dump-dir \(directory): not a directory") }
+        guard access(directory, W_OK | X_OK) == 0 else {
+            throw ConfigError("--dump-dir \(directory): not writable: \(String(cString: strerror(errno)))")
+        }
+        self.directory = directory
+        self.maxFiles = maxFiles
+        self.servers = servers
+        self.mirrorNames = mirrorNames
+        counts = Mutex([UInt64](repeating: 0, count: mirrorNames.count * Result.allCases.count))
+        truncatedBytes = Mutex([UInt64](repeating: 0, count: mirrorNames.count))
+        var realtime = timespec()
+        clock_gettime(CLOCK_REALTIME, &realtime)
+        let wallUs = UInt64(realtime.tv_sec) * 1_000_000 + UInt64(realtime.tv_nsec) / 1_000
+        wallOffsetUs = wallUs &- MonotonicClock.nowMicros()
+        mutex = .allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+        condition = .allocate(capacity: 1)
+        pthread_cond_init(condition, nil)
+        queue.reserveCapacity(Self.queueCapacity)
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        condition.deallocate()
+        mutex.deallocate()
+    }
+
+    public func start() throws(ProxyError) {
+        thread = try startThread("dup-dumps") { [self] in run() }
+    }
+
+    /// Writes what is queued, then ends the thread.
+    public func stop() {
+        pthread_mutex_lock(mutex)
+        stopping = true
+        pthread_cond_signal(condition)
+        pthread_mutex_unlock(mutex)
+        thread?.join()
+        thread = nil
+    }
+
+    public func count(mirror: Int, _ result: Result) -> UInt64 {
+        counts.withLock { $0[mirror * Result.allCases.count + result.rawValue] }
+    }
+
+    public func truncated(mirror: Int) -> UInt64 { truncatedBytes.withLock { $0[mirror] } }
+
+    /// On a worker thread: never blocks on the disk (the lock is held only to append).
+    public func submit(_ request: DumpRequest) {
+        guard filesTaken.wrappingAdd(1, ordering: .relaxed).oldValue < maxFiles else {
+            filesTaken.wrappingSubtract(1, ordering: .relaxed)
+            bump(request.mirror, .skippedLimit)
+            return
+        }
+        pthread_mutex_lock(mutex)
+        let accepted = queue.count < Self.queueCapacity && !stopping
+        if accepted {
+            queue.append(request)
+            pthread_cond_signal(condition)
+        }
+        pthread_mutex_unlock(mutex)
+        if !accepted {
+            filesTaken.wrappingSubtract(1, ordering: .relaxed)
+            bump(request.mirror, .droppedQueue)
+        }
+    }
+
+    private func bump(_ mirror: Int, _ result: Result) {
+        counts.withLock { $0[mirror * Result.allCases.count + result.rawValue] += 1 }
+    }
+
+    private func run() {
+        while true {
+            pthread_mutex_lock(mutex)
+            while queue.isEmpty && !stopping { pthread_cond_wait(condition, mutex) }
+            if queue.isEmpty {
+                pthread_mutex_unlock(mutex)
+                return
+            }
+            let request = queue.removeFirst()
+            pthread_mutex_unlock(mutex)
+            write(request)
+        }
+    }
+
+    /// The file's bytes for `request` (also what the tests read).
+    public func fileBytes(_ request: DumpRequest) -> [UInt8] {
+        Self.fileBytes(request, mainAddress: servers[0], mirrorAddress: servers[request.mirror + 1],
+                       mirrorName: mirrorNames[request.mirror], wallOffsetUs: wallOffsetUs)
+    }
+
+    /// Two conversations: the client with main, then the client with the mirror.
+    public static func fileBytes(_ request: DumpRequest, mainAddress: ProxyAddress, mirrorAddress: ProxyAddress,
+                                 mirrorName: String, wallOffsetUs: UInt64) -> [UInt8] {
+        // Without the client's address (the kernel could not say): a documentation address.
+        let client = request.clientAddresses?.source
+            ?? ProxyAddress(family: .ipv4, networkBytes: UnsafeRawBufferPointer(start: [UInt8]([192, 0, 2, 1]), count: 4), port: 1)
+        let start = request.startUs &+ wallOffsetUs
+        let end = request.endUs &+ wallOffsetUs
+        let clientSegments = request.client.segments(offsetUs: wallOffsetUs)
+        let conversations = [
+            Pcapng.Conversation(client: client, server: mainAddress, clientSegments: clientSegments,
+                                serverSegments: request.main.segments(offsetUs: wallOffsetUs), startUs: start, endUs: end),
+            Pcapng.Conversation(client: client, server: mirrorAddress, clientSegments: clientSegments,
+                                serverSegments: request.mirrorReplies.segments(offsetUs: wallOffsetUs), startUs: start, endUs: end),
+        ]
+        var comment = "swift-duplicator --compare: mirror \(mirrorName) \(request.verdict.label)"
+        if request.verdict == .diverged { comment += " at reply byte \(request.divergenceOffset)" }
+        comment += "; conversation 1: client with main, 2: client with the mirror"
+        comment += "; bytes not recorded (past --dump-bytes): client \(request.client.droppedBytes), "
+            + "main \(request.main.droppedBytes), mirror \(request.mirrorReplies.droppedBytes)"
+        comment += "; the proxy's own addresses toward the servers are not shown: each conversation is the client's address and port with the server's"
+        return Pcapng.file(conversations, comment: comment)
+    }
+
+    private func write(_ request: DumpRequest) {
+        let bytes = fileBytes(request)
+        let number = sequence.wrappingAdd(1, ordering: .relaxed).newValue
+        let mirrorPart = mirrorNames[request.mirror].map { $0.isLetter || $0.isNumber || $0 == "." ? $0 : "_" }
+        let path = "\(directory)/dump-\(getpid())-\(number)-\(String(mirrorPart))-\(request.verdict.label).pcapng"
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            bump(request.mirror, .failed)
+            return
+        }
+        var written = 0
+        var ok = true
+        bytes.withUnsafeBytes { raw in
+            while written < raw.count {
+                let result = Glibc.write(fd, raw.baseAddress! + written, raw.count - written)
+                if result < 0 && errno == EINTR { continue }
+                if result <= 0 {
+                    ok = false
+                    return
+                }
+                written += result
+            }
+        }
+        if close(fd) != 0 { ok = false }
+        if ok {
+            bump(request.mirror, .written)
+            let dropped = request.client.droppedBytes + request.main.droppedBytes + request.mirrorReplies.droppedBytes
+            truncatedBytes.withLock { $0[request.mirror] += dropped }
+        } else {
+            unlink(path)
+            bump(request.mirror, .failed)
+        }
+    }
+}
