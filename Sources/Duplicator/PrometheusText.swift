@@ -7,10 +7,7 @@ public enum PrometheusText {
     public static func render(_ snapshot: StatsSnapshot) -> String {
         var out = ""
         func family(_ name: String, _ type: String, _ help: String, _ samples: [(labels: String, value: UInt64)]) {
-            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
-            for sample in samples {
-                out += sample.labels.isEmpty ? "\(name) \(sample.value)\n" : "\(name){\(sample.labels)} \(sample.value)\n"
-            }
+            out += Self.family(name, type, help, samples)
         }
         // The usual build-info idiom: a constant 1 whose label says what runs.
         family("duplicator_build_info", "gauge", "The running build; its version is the label.",
@@ -49,7 +46,7 @@ public enum PrometheusText {
                [("", snapshot.poolExhausted)])
         let mirrors = snapshot.mirrors
         func perMirror(_ name: String, _ type: String, _ help: String, _ value: (StatsSnapshot.Mirror) -> UInt64) {
-            family(name, type, help, mirrors.map { ("mirror=\"\(escape($0.name))\"", value($0)) })
+            family(name, type, help, mirrors.map { (Self.mirrorLabel($0), value($0)) })
         }
         perMirror("duplicator_mirror_sessions_total", "counter", "Sessions whose connect to the mirror succeeded.") { $0.sessionsMirrored }
         perMirror("duplicator_mirror_sampled_out_sessions_total", "counter", "Sessions the mirror was left out of by its sampling (-m ADDR@P%).") { $0.sessionsSampledOut }
@@ -70,47 +67,62 @@ public enum PrometheusText {
         return out
     }
 
+    /// One family: `# HELP` and `# TYPE`, then each sample (its name is the
+    /// family's plus `suffix`, for a histogram's `_bucket`, `_sum` and `_count`).
+    static func family(_ name: String, _ type: String, _ help: String,
+                       _ samples: [(labels: String, value: UInt64)], suffixes: [String]? = nil) -> String {
+        var out = "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+        for (index, sample) in samples.enumerated() {
+            let sampleName = name + (suffixes?[index] ?? "")
+            out += sample.labels.isEmpty ? "\(sampleName) \(sample.value)\n" : "\(sampleName){\(sample.labels)} \(sample.value)\n"
+        }
+        return out
+    }
+
+    static func mirrorLabel(_ mirror: StatsSnapshot.Mirror) -> String { "mirror=\"\(escape(mirror.name))\"" }
+
     /// `--compare`: the verdict of each (session, mirror), and where diverging replies first differed.
     static func renderComparisons(_ mirrors: [StatsSnapshot.Mirror]) -> String {
-        var name = "duplicator_mirror_compared_sessions_total"
-        var out = "# HELP \(name) With --compare: (session, mirror) pairs by how the mirror's reply stream compared with main's; each pair counted once, when its session ends.\n# TYPE \(name) counter\n"
+        var out = family("duplicator_mirror_compared_sessions_total", "counter",
+                         "With --compare: (session, mirror) pairs by how the mirror's reply stream compared with main's; each pair counted once, when its session ends.",
+                         mirrors.flatMap { mirror in
+                             ReplyComparison.Verdict.allCases.map {
+                                 ("\(mirrorLabel(mirror)),result=\"\($0.label)\"", mirror.compared($0))
+                             }
+                         })
+        var samples: [(labels: String, value: UInt64)] = []
+        var suffixes: [String] = []
         for mirror in mirrors {
-            for verdict in ReplyComparison.Verdict.allCases {
-                out += "\(name){mirror=\"\(escape(mirror.name))\",result=\"\(verdict.label)\"} \(mirror.compared(verdict))\n"
-            }
-        }
-        name = "duplicator_mirror_divergence_offset_bytes"
-        out += "# HELP \(name) With --compare: where in the reply stream a diverged mirror first differed from main.\n# TYPE \(name) histogram\n"
-        for mirror in mirrors {
-            let label = "mirror=\"\(escape(mirror.name))\""
+            let label = mirrorLabel(mirror)
             var cumulative: UInt64 = 0
             for (bucket, count) in mirror.divergenceOffsetBuckets.enumerated() {
                 cumulative += count
                 let bound = bucket < ComparisonStats.divergenceOffsetBounds.count
                     ? String(ComparisonStats.divergenceOffsetBounds[bucket]) : "+Inf"
-                out += "\(name)_bucket{\(label),le=\"\(bound)\"} \(cumulative)\n"
+                samples.append(("\(label),le=\"\(bound)\"", cumulative))
+                suffixes.append("_bucket")
             }
-            out += "\(name)_sum{\(label)} \(mirror.divergenceOffsetSum)\n"
-            out += "\(name)_count{\(label)} \(cumulative)\n"
+            samples += [(label, mirror.divergenceOffsetSum), (label, cumulative)]
+            suffixes += ["_sum", "_count"]
         }
+        out += family("duplicator_mirror_divergence_offset_bytes", "histogram",
+                      "With --compare: where in the reply stream a diverged mirror first differed from main.",
+                      samples, suffixes: suffixes)
         return out
     }
 
     /// `--dump-dir`: what became of each pcapng dump of a differing pair.
     static func renderDumps(_ mirrors: [StatsSnapshot.Mirror]) -> String {
-        var name = "duplicator_mirror_dumps_total"
-        var out = "# HELP \(name) With --dump-dir: pcapng dumps of (session, mirror) pairs that diverged, were shorter or longer: written, skipped past --dump-max-files, dropped because the writer's queue was full, or failed.\n# TYPE \(name) counter\n"
-        for mirror in mirrors {
-            for result in DumpWriter.Result.allCases {
-                out += "\(name){mirror=\"\(escape(mirror.name))\",result=\"\(result.label)\"} \(mirror.dumps[result.rawValue])\n"
-            }
-        }
-        name = "duplicator_mirror_dump_truncated_bytes_total"
-        out += "# HELP \(name) With --dump-dir: bytes past --dump-bytes per direction, left out of the dumps written.\n# TYPE \(name) counter\n"
-        for mirror in mirrors {
-            out += "\(name){mirror=\"\(escape(mirror.name))\"} \(mirror.dumpTruncatedBytes)\n"
-        }
-        return out
+        family("duplicator_mirror_dumps_total", "counter",
+               "With --dump-dir: pcapng dumps of (session, mirror) pairs that diverged, were shorter or longer: written, skipped past --dump-max-files, dropped because the writer's queue was full, or failed.",
+               mirrors.flatMap { mirror in
+                   DumpWriter.Result.allCases.map {
+                       ("\(mirrorLabel(mirror)),result=\"\($0.label)\"", mirror.dumps[$0.rawValue])
+                   }
+               })
+            + family("duplicator_mirror_dump_truncated_bytes_total", "counter",
+                     "With --dump-dir: bytes past --dump-bytes per direction, left out of the dumps written.",
+                     mirrors.map { (mirrorLabel($0), $0.dumpTruncatedBytes) })
     }
 
     /// Label values escape backslash, double quote and newline.
