@@ -19,32 +19,16 @@ final class VariantEchoServer: Sendable {
         case addAtEnd([UInt8])
     }
 
-    let port: UInt16
-    private let listener: Int32
+    private let acceptLoop: LoopbackAcceptLoop
+    var port: UInt16 { acceptLoop.port }
     private let variant: Variant
-    private let stopping = Atomic<Bool>(false)
-    private let finished = Atomic<Bool>(false)
     let connectionsEnded = Atomic<Int>(0)
 
     init(_ variant: Variant) throws {
         self.variant = variant
-        (listener, port) = try loopbackListener(backlog: 128)
-        try detachedThread { [self] in serve() }
-    }
-
-    func stop() {
-        stopping.store(true, ordering: .relaxed)
-        while !finished.load(ordering: .acquiring) { usleep(1000) }
-        close(listener)
-    }
-
-    private func serve() {
-        defer { finished.store(true, ordering: .releasing) }
-        while !stopping.load(ordering: .relaxed) {
-            var entry = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
-            guard poll(&entry, 1, 20) > 0 else { continue }
-            let fd = accept(listener, nil, nil)
-            guard fd >= 0 else { continue }
+        acceptLoop = try LoopbackAcceptLoop()
+        // A thread per connection: a mirror's sessions run at once.
+        try acceptLoop.start { [self] fd in
             if let thread = try? spawnThread({ [self] in handle(fd) }) {
                 thread.detach()
             } else {
@@ -52,6 +36,8 @@ final class VariantEchoServer: Sendable {
             }
         }
     }
+
+    func stop() { acceptLoop.stop() }
 
     private func sendAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
         var offset = 0

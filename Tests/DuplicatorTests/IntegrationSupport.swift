@@ -175,6 +175,41 @@ final class TestConnection {
     }
 }
 
+/// A loopback listener whose connections go to a handler on a thread of its
+/// own, polled so that `stop()` is seen within 20 ms: what the tests' own
+/// servers (fault servers, answering mirrors) have in common.
+final class LoopbackAcceptLoop: Sendable {
+    let port: UInt16
+    private let listener: Int32
+    private let stopping = Atomic<Bool>(false)
+    private let finished = Atomic<Bool>(false)
+
+    init(backlog: Int32 = 128) throws {
+        (listener, port) = try loopbackListener(backlog: backlog)
+    }
+
+    /// Accepts until `stop()`, handing each connection to `handle` on the loop's thread.
+    func start(_ handle: @escaping @Sendable (Int32) -> Void) throws {
+        try detachedThread { [self] in
+            defer { finished.store(true, ordering: .releasing) }
+            while !stopping.load(ordering: .relaxed) {
+                var entry = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+                guard poll(&entry, 1, 20) > 0 else { continue }
+                let fd = accept(listener, nil, nil)
+                guard fd >= 0 else { continue }
+                handle(fd)
+            }
+        }
+    }
+
+    /// Stops accepting, waits for the loop to end, and closes the listener.
+    func stop() {
+        stopping.store(true, ordering: .relaxed)
+        while !finished.load(ordering: .acquiring) { usleep(1000) }
+        Glibc.close(listener)
+    }
+}
+
 /// A server that misbehaves in one chosen way, on its own thread.
 final class FaultServer: Sendable {
     enum Behavior: Sendable {
@@ -189,11 +224,9 @@ final class FaultServer: Sendable {
         case slowReader(bytesPerRead: Int, intervalMs: Int)
     }
 
-    let port: UInt16
-    private let listener: Int32
+    private let acceptLoop: LoopbackAcceptLoop
+    var port: UInt16 { acceptLoop.port }
     private let behavior: Behavior
-    private let stopping = Atomic<Bool>(false)
-    private let finished = Atomic<Bool>(false)
     let connections = Atomic<Int>(0)
     /// `slowReader`: bytes read so far, and whether the stream has ended.
     let received = Atomic<Int>(0)
@@ -201,33 +234,20 @@ final class FaultServer: Sendable {
 
     private init(_ behavior: Behavior) throws {
         self.behavior = behavior
-        (listener, port) = try loopbackListener(backlog: 128)
+        acceptLoop = try LoopbackAcceptLoop()
     }
 
-    /// A fault server already serving on its own thread.
+    /// A fault server already serving on its own thread, one connection at a time.
     static func start(_ behavior: Behavior) throws -> FaultServer {
         let server = try FaultServer(behavior)
-        try detachedThread { server.serve() }
+        try server.acceptLoop.start { fd in
+            server.connections.add(1, ordering: .relaxed)
+            server.handle(fd)
+        }
         return server
     }
 
-    func stop() {
-        stopping.store(true, ordering: .relaxed)
-        while !finished.load(ordering: .acquiring) { usleep(1000) }
-        Glibc.close(listener)
-    }
-
-    func serve() {
-        defer { finished.store(true, ordering: .releasing) }
-        while !stopping.load(ordering: .relaxed) {
-            var entry = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
-            guard poll(&entry, 1, 20) > 0 else { continue }
-            let fd = accept(listener, nil, nil)
-            guard fd >= 0 else { continue }
-            connections.add(1, ordering: .relaxed)
-            handle(fd)
-        }
-    }
+    func stop() { acceptLoop.stop() }
 
     private func handle(_ fd: Int32) {
         var timeout = timeval(tv_sec: 2, tv_usec: 0)
