@@ -35,7 +35,7 @@ public final class Session {
         case failure
     }
 
-    struct Leg {
+    struct LegState {
         enum Phase: UInt8 { case idle, connecting, open, closing, closed }
         var phase = Phase.idle
         var fd: Int32 = -1
@@ -97,10 +97,6 @@ public final class Session {
     static let turnHeldBytesMax = 16 * 1024
     static let turnHeldChunksMax = 4
 
-    static let client = 0
-    static let main = 1
-    static let firstMirror = 2
-
     public let index: UInt32
     public private(set) var generation: UInt16 = 0
     public private(set) var isActive = false
@@ -138,7 +134,7 @@ public final class Session {
     /// Per mirror leg, the stream offsets at which its kept turns begin:
     /// `limits.mirrorTurns` entries from `turnStarts + leg * mirrorTurns`.
     private let turnStarts: UnsafeMutablePointer<UInt64>
-    var legs: UnsafeMutablePointer<Leg>
+    var legs: UnsafeMutablePointer<LegState>
     let legCount: Int
     private let context: SessionContext
     /// `--compare`: one per mirror, or nil (then no byte is compared or kept).
@@ -148,6 +144,15 @@ public final class Session {
     var recording: SessionRecording?
     /// With `recording`: the client's address and the one it reached.
     private var recordedAddresses: ProxyAddresses?
+
+    /// Every leg of the session, the client first, then main, then the mirrors.
+    private var allLegs: LazyMapSequence<Range<Int>, Leg> {
+        (0..<legCount).lazy.map { Leg(rawValue: UInt8(truncatingIfNeeded: $0)) }
+    }
+
+    private var mirrorLegs: LazyMapSequence<Range<Int>, Leg> {
+        (Leg.mirror(0).index..<legCount).lazy.map { Leg(rawValue: UInt8(truncatingIfNeeded: $0)) }
+    }
 
     /// Chunk entries one session's queues need (see `SessionTable`).
     static func chunkCapacity(_ limits: SessionLimits) -> Int {
@@ -165,14 +170,15 @@ public final class Session {
         self.index = index
         self.context = context
         let limits = context.limits
-        legCount = Self.firstMirror + limits.mirrorCount
+        legCount = Leg.mirror(0).index + limits.mirrorCount
         legs = .allocate(capacity: legCount)
         proxyHeaderOut = limits.sendProxy == nil ? nil
             : .allocate(byteCount: ProxyProtocol.encodedBytesMax, alignment: 8)
         var storage = chunkStorage
-        for leg in 0..<legCount {
-            let capacity = leg >= Self.firstMirror ? limits.backlogChunksMax : limits.readAheadChunks
-            legs.advanced(by: leg).initialize(to: Leg(queue: SendQueue(storage: storage, stride: stride, capacity: capacity)))
+        for position in 0..<legCount {
+            let leg = Leg(rawValue: UInt8(position))
+            let capacity = leg.isMirror ? limits.backlogChunksMax : limits.readAheadChunks
+            legs.advanced(by: position).initialize(to: LegState(queue: SendQueue(storage: storage, stride: stride, capacity: capacity)))
             storage += capacity * stride
         }
         let windowBytes = limits.compareWindowBytes
@@ -204,8 +210,8 @@ public final class Session {
     }
 
     @inline(__always)
-    func tag(_ kind: OperationKind, _ leg: Int) -> CompletionTag {
-        CompletionTag(kind: kind.rawValue, leg: UInt8(leg), generation: generation, session: index)
+    func tag(_ kind: OperationKind, _ leg: Leg) -> CompletionTag {
+        CompletionTag(kind: kind, leg: leg, generation: generation, session: index)
     }
 
     // MARK: - Events
@@ -224,11 +230,11 @@ public final class Session {
         lastActivityMs = context.nowMs
         mainRepliedSinceClient = false
         turnsBegun = 0
-        for leg in 0..<legCount {
+        for leg in allLegs {
             let queue = legs[leg].queue
             precondition(queue.isEmpty)
-            legs[leg] = Leg(queue: queue)
-            legs[leg].keepsTurns = leg >= Self.firstMirror && context.limits.mirrorTurns > 0
+            legs[leg] = LegState(queue: queue)
+            legs[leg].keepsTurns = leg.isMirror && context.limits.mirrorTurns > 0
         }
         if let comparisons {
             for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].reset() }
@@ -240,8 +246,8 @@ public final class Session {
         let stats = context.stats
         stats.sessionsAccepted.bump()
         stats.sessionsActive.bump()
-        legs[Self.client].fd = clientFD
-        legs[Self.client].phase = .open
+        legs[Leg.client].fd = clientFD
+        legs[Leg.client].phase = .open
         proxyHeaderOutLength = 0
         proxyHeaderSlot = nil
         proxyHeaderBytes = 0
@@ -252,7 +258,7 @@ public final class Session {
             isAwaitingProxyHeader = true
             context.sessionsAwaitingProxyHeader += 1
             proxyHeaderDeadlineMs = context.nowMs + UInt64(context.limits.proxyHeaderTimeoutMs)
-            armReceive(Self.client, io: io)
+            armReceive(Leg.client, io: io)
             return
         }
         connectUpstream(addresses: context.limits.sendProxy == nil ? nil : io.addresses(fd: clientFD), io: io)
@@ -264,17 +270,17 @@ public final class Session {
         if let version = context.limits.sendProxy, let proxyHeaderOut {
             proxyHeaderOutLength = ProxyProtocol.encode(version, addresses, into: proxyHeaderOut)
         }
-        if recording != nil { recordedAddresses = addresses ?? io.addresses(fd: legs[Self.client].fd) }
+        if recording != nil { recordedAddresses = addresses ?? io.addresses(fd: legs[Leg.client].fd) }
         let stats = context.stats
-        let mainFD = io.openSocket(target: 0)
+        let mainFD = io.openSocket(for: .main)
         guard mainFD >= 0 else {
             fail(.mainConnectFailure, io: io)
             return
         }
-        connect(leg: Self.main, fd: mainFD, timeoutMs: context.limits.mainConnectTimeoutMs, io: io)
+        connect(leg: Leg.main, fd: mainFD, timeoutMs: context.limits.mainConnectTimeoutMs, io: io)
 
         for mirror in 0..<context.limits.mirrorCount {
-            let leg = Self.firstMirror + mirror
+            let leg = Leg.mirror(mirror)
             let mirrorStats = stats.mirrors[mirror]
             guard context.mirrorIsSampled(mirror) else {
                 mirrorStats.sessionsSampledOut.bump()
@@ -290,7 +296,7 @@ public final class Session {
                 comparisons?[mirror].abandon()
                 continue
             }
-            let fd = io.openSocket(target: mirror + 1)
+            let fd = io.openSocket(for: leg)
             guard fd >= 0 else {
                 mirrorStats.connectFailures.bump()
                 legs[leg].phase = .closed
@@ -300,16 +306,16 @@ public final class Session {
             }
             connect(leg: leg, fd: fd, timeoutMs: context.limits.mirrorConnectTimeoutMs, io: io)
         }
-        armReceive(Self.client, io: io)
+        armReceive(Leg.client, io: io)
     }
 
     /// A completion for this session (generation already checked by the caller).
-    public func handle<IO: SessionIO>(kind: OperationKind, leg: Int, result: Int32, selectedBuffer: UInt32?, io: IO) {
-        guard leg < legCount else { return }
+    public func handle<IO: SessionIO>(kind: OperationKind, leg: Leg, result: Int32, selectedBuffer: UInt32?, io: IO) {
+        guard leg.index < legCount else { return }
         switch kind {
         case .recv:
             legs[leg].inFlight &-= 1
-            if leg >= Self.firstMirror {
+            if leg.isMirror {
                 mirrorReplied(leg, result: result, slot: selectedBuffer, io: io)
             } else {
                 received(leg, result: result, slot: selectedBuffer, io: io)
@@ -341,15 +347,15 @@ public final class Session {
         case .mirrorTurn: turnWakeRequested = false
         }
         guard isActive else { return }
-        for leg in Self.firstMirror..<legCount { kickSend(leg, io: io) }
+        for leg in mirrorLegs { kickSend(leg, io: io) }
     }
 
     /// Slots are back after the session found none.
     public func resumeReceiving<IO: SessionIO>(io: IO) {
         guard isActive, waitingForBuffers else { return }
         waitingForBuffers = false
-        armReceive(Self.client, io: io)
-        armReceive(Self.main, io: io)
+        armReceive(Leg.client, io: io)
+        armReceive(Leg.main, io: io)
     }
 
     /// Time passed: mirrors still flushing after the session ended get
@@ -363,7 +369,7 @@ public final class Session {
         // gets a reset (TCP aborts a closed socket that is sent data) and
         // loses the rest. Either way it did not keep up: it is cut for lag
         // and those bytes count as missed.
-        for leg in Self.firstMirror..<legCount where legs[leg].phase != .closed && legs[leg].phase != .closing {
+        for leg in mirrorLegs where legs[leg].phase != .closed && legs[leg].phase != .closing {
             let unacknowledged = legs[leg].phase == .open ? io.unsentBytes(fd: legs[leg].fd) : 0
             if legs[leg].queue.isEmpty && unacknowledged == 0 {
                 closeLeg(leg, io: io)  // it has the whole stream; only its EOF is still to come
@@ -371,7 +377,7 @@ public final class Session {
                 cutMirror(leg, .lag, alsoMissed: unacknowledged, io: io)
             }
         }
-        if legs[Self.main].flushing { closeLeg(Self.main, io: io) }
+        if legs[Leg.main].flushing { closeLeg(Leg.main, io: io) }
     }
 
     /// Ends the session when nothing moved between client and main for the
@@ -387,22 +393,22 @@ public final class Session {
     public func abort<IO: SessionIO>(io: IO) {
         guard isActive else { return }
         fail(.aborted, io: io)
-        closeLeg(Self.main, io: io)
-        for leg in Self.firstMirror..<legCount { cutMirror(leg, .failure, io: io) }
+        closeLeg(Leg.main, io: io)
+        for leg in mirrorLegs { cutMirror(leg, .failure, io: io) }
     }
 
     // MARK: - Receiving
 
-    private func armReceive<IO: SessionIO>(_ leg: Int, io: IO) {
+    private func armReceive<IO: SessionIO>(_ leg: Leg, io: IO) {
         guard legs[leg].phase == .open, !legs[leg].receiving, !legs[leg].readDone else { return }
-        if leg >= Self.firstMirror, let comparisons, comparisons[leg - Self.firstMirror].isOpen || recordingWants(leg) {
+        if leg.isMirror, let comparisons, comparisons[leg.mirrorIndex].isOpen || recordingWants(leg) {
             // `--compare`: the mirror's replies are read into a slot to be compared.
             legs[leg].receiving = true
             legs[leg].inFlight &+= 1
             io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
             return
         }
-        if leg == Self.main, legs[leg].flushing, let comparisons, anyOpen(comparisons) {
+        if leg == Leg.main, legs[leg].flushing, let comparisons, anyOpen(comparisons) {
             // `--compare`: main's replies after the client failed are still
             // compared with the mirrors' (the servers' streams, whoever read them).
             legs[leg].receiving = true
@@ -410,7 +416,7 @@ public final class Session {
             io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
             return
         }
-        if leg >= Self.firstMirror || legs[leg].flushing {
+        if leg.isMirror || legs[leg].flushing {
             legs[leg].receiving = true
             legs[leg].inFlight &+= 1
             io.drain(fd: legs[leg].fd, tag: tag(.drain, leg))
@@ -419,14 +425,14 @@ public final class Session {
         guard !isEnding, !waitingForBuffers else { return }
         if isAwaitingProxyHeader {
             // Only the client is open, and only its header is read.
-            guard leg == Self.client else { return }
+            guard leg == Leg.client else { return }
             legs[leg].receiving = true
             legs[leg].inFlight &+= 1
             io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
             return
         }
         // Back-pressure: read from one side only while the other side's queue has room.
-        let peer = leg == Self.client ? Self.main : Self.client
+        let peer = leg == Leg.client ? Leg.main : Leg.client
         let peerPhase = legs[peer].phase
         guard peerPhase == .open || peerPhase == .connecting,
               legs[peer].queue.count < context.limits.readAheadChunks else { return }
@@ -435,7 +441,7 @@ public final class Session {
         io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
     }
 
-    private func received<IO: SessionIO>(_ leg: Int, result: Int32, slot: UInt32?, io: IO) {
+    private func received<IO: SessionIO>(_ leg: Leg, result: Int32, slot: UInt32?, io: IO) {
         legs[leg].receiving = false
         if let slot { context.pool.adopt(slot) }
         guard result > 0, let slot else {
@@ -455,7 +461,7 @@ public final class Session {
                     io.waitForBuffers(session: index)
                 }
             } else if legs[leg].phase == .open {
-                fail(leg == Self.client ? .clientError : .mainError, io: io)
+                fail(leg == Leg.client ? .clientError : .mainError, io: io)
             }
             return
         }
@@ -470,14 +476,14 @@ public final class Session {
         lastActivityMs = context.nowMs
         if isAwaitingProxyHeader {
             receivedProxyHeader(slot: slot, length: length, io: io)
-        } else if leg == Self.client {
+        } else if leg == Leg.client {
             forwardFromClient(slot: slot, offset: 0, length: length, io: io)
         } else {
             mainRepliedSinceClient = true
             context.stats.bytesMainToClient.bump(length)
             if let comparisons { compare(.main, slot: slot, length: length, comparisons) }
-            legs[Self.client].queue.append(slot: slot, length: length)
-            kickSend(Self.client, io: io)
+            legs[Leg.client].queue.append(slot: slot, length: length)
+            kickSend(Leg.client, io: io)
         }
         armReceive(leg, io: io)
     }
@@ -486,14 +492,14 @@ public final class Session {
     private func forwardFromClient<IO: SessionIO>(slot: UInt32, offset: Int, length: Int, io: IO) {
         context.stats.bytesClientToMain.bump(length)
         if recording != nil {
-            recording!.append(Self.client, UnsafeRawBufferPointer(start: context.pool.pointer(slot) + offset, count: length),
+            recording!.append(Leg.client.index, UnsafeRawBufferPointer(start: context.pool.pointer(slot) + offset, count: length),
                               nowUs: context.nowUs)
         }
         // Main first: its send goes into the ring ahead of the mirrors',
         // so the client's request never waits behind a mirror's send (each
         // loopback send also wakes its reader).
-        legs[Self.main].queue.append(slot: slot, offset: offset, length: length)
-        kickSend(Self.main, io: io)
+        legs[Leg.main].queue.append(slot: slot, offset: offset, length: length)
+        kickSend(Leg.main, io: io)
         // Bytes after main replied begin a new turn (see "Turns").
         var newTurn = false
         if mainRepliedSinceClient {
@@ -510,21 +516,21 @@ public final class Session {
     @inline(__always)
     private func copyToMirrors<IO: SessionIO>(slot: UInt32, offset: Int, length: Int, newTurn: Bool, io: IO) {
         let limits = context.limits
-        for leg in Self.firstMirror..<legCount {
+        for leg in mirrorLegs {
             if legs[leg].missing {
-                context.stats.mirrors[leg - Self.firstMirror].bytesMissed.bump(length)
+                context.stats.mirrors[leg.mirrorIndex].bytesMissed.bump(length)
                 continue
             }
             let phase = legs[leg].phase
             guard phase == .open || phase == .connecting else { continue }
             if legs[leg].queue.isFull || legs[leg].queue.bytes + length > limits.backlogBytesMax {
                 cutMirror(leg, .lag, io: io)
-                context.stats.mirrors[leg - Self.firstMirror].bytesMissed.bump(length)
+                context.stats.mirrors[leg.mirrorIndex].bytesMissed.bump(length)
                 continue
             }
             context.pool.retain(slot)
             if newTurn && legs[leg].keepsTurns {
-                turnStarts[leg &* limits.mirrorTurns &+ legs[leg].turnCount] = legs[leg].queuedBytesTotal
+                turnStarts[leg.index &* limits.mirrorTurns &+ legs[leg].turnCount] = legs[leg].queuedBytesTotal
                 legs[leg].turnCount &+= 1
             }
             legs[leg].queuedBytesTotal &+= UInt64(length)
@@ -536,12 +542,12 @@ public final class Session {
         }
     }
 
-    private func endOfStream<IO: SessionIO>(from leg: Int, io: IO) {
+    private func endOfStream<IO: SessionIO>(from leg: Leg, io: IO) {
         legs[leg].readDone = true
-        if leg == Self.client {
-            legs[Self.main].shutdownWanted = true
-            kickSend(Self.main, io: io)
-            for mirror in Self.firstMirror..<legCount {
+        if leg == Leg.client {
+            legs[Leg.main].shutdownWanted = true
+            kickSend(Leg.main, io: io)
+            for mirror in mirrorLegs {
                 legs[mirror].shutdownWanted = true
                 kickSend(mirror, io: io)
             }
@@ -549,8 +555,8 @@ public final class Session {
             if let comparisons {
                 for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].end(.main) }
             }
-            legs[Self.client].shutdownWanted = true
-            kickSend(Self.client, io: io)
+            legs[Leg.client].shutdownWanted = true
+            kickSend(Leg.client, io: io)
         }
     }
 
@@ -562,7 +568,7 @@ public final class Session {
                          _ comparisons: UnsafeMutablePointer<ReplyComparison>, mirror: Int = 0) {
         let bytes = UnsafeRawBufferPointer(start: context.pool.pointer(slot), count: length)
         if recording != nil {
-            recording!.append(stream == .mirror ? Self.firstMirror + mirror : Self.main, bytes, nowUs: context.nowUs)
+            recording!.append(stream == .mirror ? Leg.mirror(mirror).index : Leg.main.index, bytes, nowUs: context.nowUs)
         }
         if stream == .mirror {
             comparisons[mirror].append(.mirror, bytes)
@@ -573,9 +579,9 @@ public final class Session {
 
     /// `--dump-dir`: the mirror's replies are still read (into slots) to be
     /// recorded, after its verdict is decided, until its recording is full.
-    private func recordingWants(_ leg: Int) -> Bool {
+    private func recordingWants(_ leg: Leg) -> Bool {
         guard let recording else { return false }
-        return recording.streams[leg].bytes.count < recording.bytesMax
+        return recording.streams[leg.index].bytes.count < recording.bytesMax
     }
 
     /// Whether any mirror's comparison still takes bytes.
@@ -599,8 +605,8 @@ public final class Session {
 
     /// A mirror's reply read into a slot (`--compare`): compared, its slot
     /// given back at once, then handled as a drained reply.
-    private func mirrorReplied<IO: SessionIO>(_ leg: Int, result: Int32, slot: UInt32?, io: IO) {
-        let mirror = leg - Self.firstMirror
+    private func mirrorReplied<IO: SessionIO>(_ leg: Leg, result: Int32, slot: UInt32?, io: IO) {
+        let mirror = leg.mirrorIndex
         if let slot {
             context.pool.adopt(slot)
             if result > 0, let comparisons { compare(.mirror, slot: slot, length: Int(result), comparisons, mirror: mirror) }
@@ -621,7 +627,7 @@ public final class Session {
     /// Each mirror's verdict, once its session is over (every leg closed):
     /// exactly one per (session, mirror) the mirror was chosen for.
     private func recordVerdicts(_ comparisons: UnsafeMutablePointer<ReplyComparison>) {
-        for mirror in 0..<context.limits.mirrorCount where !legs[Self.firstMirror + mirror].sampledOut {
+        for mirror in 0..<context.limits.mirrorCount where !legs[.mirror(mirror)].sampledOut {
             let comparison = comparisons[mirror]
             context.stats.mirrors[mirror].comparisons.record(comparison.verdict,
                                                              divergenceOffset: comparison.divergenceOffset)
@@ -632,23 +638,23 @@ public final class Session {
                 sink.submit(DumpRequest(mirror: mirror, verdict: comparison.verdict,
                                         divergenceOffset: comparison.divergenceOffset,
                                         clientAddresses: recordedAddresses, startUs: recording.startUs,
-                                        endUs: context.nowUs, client: recording.streams[Self.client],
-                                        main: recording.streams[Self.main],
-                                        mirrorReplies: recording.streams[Self.firstMirror + mirror]))
+                                        endUs: context.nowUs, client: recording.streams[Leg.client.index],
+                                        main: recording.streams[Leg.main.index],
+                                        mirrorReplies: recording.streams[Leg.mirror(mirror).index]))
             case .match, .incomplete:
                 continue
             }
         }
     }
 
-    private func drained<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
+    private func drained<IO: SessionIO>(_ leg: Leg, result: Int32, io: IO) {
         legs[leg].receiving = false
         if legs[leg].flushing {
             flushed(leg, result: result, io: io)
             return
         }
         if result > 0 {
-            let stats = context.stats.mirrors[leg - Self.firstMirror]
+            let stats = context.stats.mirrors[leg.mirrorIndex]
             stats.replyBytes.bump(Int(result))
             stats.drains.bump()
             if legs[leg].keepsTurns {
@@ -660,18 +666,18 @@ public final class Session {
         } else if result == 0 {
             // The mirror finished writing. Once ours is shut too, it is done;
             // before that it may still read, so keep sending.
-            comparisons?[leg - Self.firstMirror].end(.mirror)
+            comparisons?[leg.mirrorIndex].end(.mirror)
             legs[leg].readDone = true
             if legs[leg].shutdownDone { closeLeg(leg, io: io) }
         } else if legs[leg].phase == .open {
-            context.stats.mirrors[leg - Self.firstMirror].errors.bump()
+            context.stats.mirrors[leg.mirrorIndex].errors.bump()
             cutMirror(leg, .failure, io: io)
         }
     }
 
     /// A drain or receive completed on main while it flushes: more replies
     /// are drained; its EOF (after our SHUT_WR) or an error closes it.
-    private func flushed<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
+    private func flushed<IO: SessionIO>(_ leg: Leg, result: Int32, io: IO) {
         if result > 0 {
             armReceive(leg, io: io)
         } else if result == 0 {
@@ -708,20 +714,20 @@ public final class Session {
             if proxyHeaderSlot == nil {
                 proxyHeaderSlot = slot
             } else {
-                releaseSlot(slot, from: Self.client, io: io)
+                releaseSlot(slot, from: Leg.client, io: io)
             }
-            armReceive(Self.client, io: io)
+            armReceive(Leg.client, io: io)
         case .invalid:
-            releaseSlot(slot, from: Self.client, io: io)
+            releaseSlot(slot, from: Leg.client, io: io)
             fail(.badProxyHeader, io: io)
         case .complete(let headerLength, let addresses):
             stopAwaitingProxyHeader(io: io)
-            connectUpstream(addresses: addresses ?? io.addresses(fd: legs[Self.client].fd), io: io)
+            connectUpstream(addresses: addresses ?? io.addresses(fd: legs[Leg.client].fd), io: io)
             let headerPart = headerLength - before
             if length > headerPart && !isEnding {
                 forwardFromClient(slot: slot, offset: headerPart, length: length - headerPart, io: io)
             } else {
-                releaseSlot(slot, from: Self.client, io: io)
+                releaseSlot(slot, from: Leg.client, io: io)
             }
         }
     }
@@ -732,7 +738,7 @@ public final class Session {
         context.sessionsAwaitingProxyHeader -= 1
         if let held = proxyHeaderSlot {
             proxyHeaderSlot = nil
-            releaseSlot(held, from: Self.client, io: io)
+            releaseSlot(held, from: Leg.client, io: io)
         }
     }
 
@@ -744,9 +750,9 @@ public final class Session {
 
     // MARK: - Sending
 
-    private func kickSend<IO: SessionIO>(_ leg: Int, io: IO) {
+    private func kickSend<IO: SessionIO>(_ leg: Leg, io: IO) {
         guard legs[leg].phase == .open, !legs[leg].sending else { return }
-        if leg != Self.client, legs[leg].proxyHeaderSent < proxyHeaderOutLength, let proxyHeaderOut {
+        if leg != Leg.client, legs[leg].proxyHeaderSent < proxyHeaderOutLength, let proxyHeaderOut {
             // The header goes before any client byte, and before our FIN.
             let sent = legs[leg].proxyHeaderSent
             legs[leg].sending = true
@@ -760,7 +766,7 @@ public final class Session {
             turnLimit = mirrorTurnLimit(leg, io: io)
             if turnLimit == 0 { return }
         }
-        if leg >= Self.firstMirror && context.limits.mirrorBatchBytes > 0 && !legs[leg].queue.isEmpty {
+        if leg.isMirror && context.limits.mirrorBatchBytes > 0 && !legs[leg].queue.isEmpty {
             kickMirrorBatch(leg, turnLimit: turnLimit, io: io)
         } else if let chunk = legs[leg].queue.first {
             legs[leg].sending = true
@@ -781,7 +787,7 @@ public final class Session {
     /// `mirrorBatchDelayUs`, or the stream ends; until then the session asks
     /// to be woken at the deadline. Its reader wakes once per batch instead
     /// of once per client receive.
-    private func kickMirrorBatch<IO: SessionIO>(_ leg: Int, turnLimit: Int, io: IO) {
+    private func kickMirrorBatch<IO: SessionIO>(_ leg: Leg, turnLimit: Int, io: IO) {
         let limits = context.limits
         let queue = legs[leg].queue
         if legs[leg].batchDeadlineUs == 0 {
@@ -836,9 +842,9 @@ public final class Session {
 
     /// The bytes this mirror may be sent now: up to the start of the first
     /// kept turn it has not been let past (0: it waits for an answer).
-    private func mirrorTurnLimit<IO: SessionIO>(_ leg: Int, io: IO) -> Int {
+    private func mirrorTurnLimit<IO: SessionIO>(_ leg: Leg, io: IO) -> Int {
         while legs[leg].turnNext < legs[leg].turnCount {
-            let start = turnStarts[leg &* context.limits.mirrorTurns &+ legs[leg].turnNext]
+            let start = turnStarts[leg.index &* context.limits.mirrorTurns &+ legs[leg].turnNext]
             let sent = legs[leg].sentBytesTotal
             if start > sent { return Int(start &- sent) }
             // All of the previous turn is sent: has the mirror answered it?
@@ -873,13 +879,13 @@ public final class Session {
     }
 
     /// The kept turns are past: the mirror's replies are drained in batches again.
-    private func stopKeepingTurns<IO: SessionIO>(_ leg: Int, io: IO) {
+    private func stopKeepingTurns<IO: SessionIO>(_ leg: Leg, io: IO) {
         legs[leg].keepsTurns = false
         legs[leg].turnDeadlineUs = 0
         if !legs[leg].shutdownIssued { io.drainInBatches(fd: legs[leg].fd) }
     }
 
-    private func sent<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
+    private func sent<IO: SessionIO>(_ leg: Leg, result: Int32, io: IO) {
         legs[leg].sending = false
         let sendingBytes = legs[leg].sendingBytes
         legs[leg].sendingChunks = 0
@@ -894,24 +900,24 @@ public final class Session {
                 return
             }
             switch leg {
-            case Self.client: fail(.clientError, io: io)
-            case Self.main: fail(.mainError, io: io)
+            case Leg.client: fail(.clientError, io: io)
+            case Leg.main: fail(.mainError, io: io)
             default:
-                context.stats.mirrors[leg - Self.firstMirror].errors.bump()
+                context.stats.mirrors[leg.mirrorIndex].errors.bump()
                 cutMirror(leg, .failure, io: io)
             }
             return
         }
         let length = Int(result)
-        if leg != Self.client && legs[leg].proxyHeaderSent < proxyHeaderOutLength {
+        if leg != Leg.client && legs[leg].proxyHeaderSent < proxyHeaderOutLength {
             // While a leg owes the header, its one send in flight is the header's.
             legs[leg].proxyHeaderSent += length
             kickSend(leg, io: io)
             return
         }
-        if leg >= Self.firstMirror {
-            context.stats.mirrors[leg - Self.firstMirror].bytesSent.bump(length)
-            context.stats.mirrors[leg - Self.firstMirror].sends.bump()
+        if leg.isMirror {
+            context.stats.mirrors[leg.mirrorIndex].bytesSent.bump(length)
+            context.stats.mirrors[leg.mirrorIndex].sends.bump()
         } else {
             lastActivityMs = context.nowMs
         }
@@ -926,15 +932,15 @@ public final class Session {
         if length < sendingBytes { legs[leg].batchDeadlineUs = Self.dueNow }
         kickSend(leg, io: io)
         // The queue has room again: the other side may be read.
-        if leg == Self.main { armReceive(Self.client, io: io) }
-        else if leg == Self.client { armReceive(Self.main, io: io) }
+        if leg == Leg.main { armReceive(Leg.client, io: io) }
+        else if leg == Leg.client { armReceive(Leg.main, io: io) }
     }
 
-    private func releaseSlot<IO: SessionIO>(_ slot: UInt32, from leg: Int, io: IO) {
+    private func releaseSlot<IO: SessionIO>(_ slot: UInt32, from leg: Leg, io: IO) {
         if context.pool.release(slot) {
             context.slotFreed(slot)
             io.recycle(slot: slot)
-        } else if leg == Self.main {
+        } else if leg == Leg.main {
             // Only mirrors hold it now. If mirrors hold more than their share
             // of the pool, this session's laggiest mirror gives its slots back.
             if !context.markMirrorOnly(slot), let laggiest = laggiestMirror() {
@@ -944,10 +950,10 @@ public final class Session {
     }
 
     /// The live mirror leg with the most bytes queued, if any has some.
-    private func laggiestMirror() -> Int? {
-        var laggiest: Int?
+    private func laggiestMirror() -> Leg? {
+        var laggiest: Leg?
         var most = 0
-        for leg in Self.firstMirror..<legCount where legs[leg].phase != .closed && legs[leg].phase != .closing {
+        for leg in mirrorLegs where legs[leg].phase != .closed && legs[leg].phase != .closing {
             if legs[leg].queue.bytes > most {
                 most = legs[leg].queue.bytes
                 laggiest = leg
@@ -958,22 +964,22 @@ public final class Session {
 
     /// Releases the queued chunks of a closing leg, but not those that a
     /// send in flight is still reading (they go when the send completes).
-    private func dropQueue<IO: SessionIO>(_ leg: Int, io: IO) {
+    private func dropQueue<IO: SessionIO>(_ leg: Leg, io: IO) {
         let keep = legs[leg].sending ? legs[leg].sendingChunks : 0
         while legs[leg].queue.count > keep, let chunk = legs[leg].queue.removeLast() {
             releaseSlot(chunk.slot, from: leg, io: io)
         }
     }
 
-    private func shutDown<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
+    private func shutDown<IO: SessionIO>(_ leg: Leg, result: Int32, io: IO) {
         legs[leg].shutdownDone = true
         if legs[leg].flushing {
             if legs[leg].readDone || result < 0 { closeLeg(leg, io: io) }
             return
         }
         switch leg {
-        case Self.main: clientToMainDone = true
-        case Self.client: mainToClientDone = true
+        case Leg.main: clientToMainDone = true
+        case Leg.client: mainToClientDone = true
         default:
             // The mirror has the whole stream; wait for its EOF (or the linger time) so
             // closing does not reset a connection whose last bytes it has not read.
@@ -987,27 +993,27 @@ public final class Session {
 
     // MARK: - Connecting
 
-    private func connect<IO: SessionIO>(leg: Int, fd: Int32, timeoutMs: Int, io: IO) {
+    private func connect<IO: SessionIO>(leg: Leg, fd: Int32, timeoutMs: Int, io: IO) {
         legs[leg].fd = fd
         legs[leg].phase = .connecting
         legs[leg].inFlight &+= 1
-        io.connect(fd: fd, target: leg - 1, timeoutMs: timeoutMs, tag: tag(.connect, leg),
+        io.connect(fd: fd, leg: leg, timeoutMs: timeoutMs, tag: tag(.connect, leg),
                    timeoutTag: tag(.connectTimeout, leg))
     }
 
-    private func connected<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
+    private func connected<IO: SessionIO>(_ leg: Leg, result: Int32, io: IO) {
         guard legs[leg].phase == .connecting else { return }
         if result == 0 {
             legs[leg].phase = .open
-            if leg >= Self.firstMirror {
-                context.stats.mirrors[leg - Self.firstMirror].sessionsMirrored.bump()
-                context.mirrorConnected(leg - Self.firstMirror)
+            if leg.isMirror {
+                context.stats.mirrors[leg.mirrorIndex].sessionsMirrored.bump()
+                context.mirrorConnected(leg.mirrorIndex)
             }
             kickSend(leg, io: io)
             armReceive(leg, io: io)
             return
         }
-        if leg == Self.main {
+        if leg == Leg.main {
             if legs[leg].flushing {
                 closeLeg(leg, io: io)
             } else {
@@ -1015,7 +1021,7 @@ public final class Session {
             }
             return
         }
-        let mirror = leg - Self.firstMirror
+        let mirror = leg.mirrorIndex
         if result == -ECANCELED || result == -ETIME {
             context.stats.mirrors[mirror].connectTimeouts.bump()
         } else {
@@ -1032,9 +1038,9 @@ public final class Session {
 
     /// Disconnects a mirror for the rest of this session; what it had not
     /// been sent counts as missed, and so will what the client sends later.
-    private func cutMirror<IO: SessionIO>(_ leg: Int, _ cause: MirrorCut, alsoMissed: Int = 0, io: IO) {
+    private func cutMirror<IO: SessionIO>(_ leg: Leg, _ cause: MirrorCut, alsoMissed: Int = 0, io: IO) {
         guard legs[leg].phase != .closed, legs[leg].phase != .closing else { return }
-        let stats = context.stats.mirrors[leg - Self.firstMirror]
+        let stats = context.stats.mirrors[leg.mirrorIndex]
         switch cause {
         case .lag: stats.sessionsCutForLag.bump()
         case .poolShare: stats.sessionsCutForPoolShare.bump()
@@ -1042,7 +1048,7 @@ public final class Session {
         }
         stats.bytesMissed.bump(legs[leg].queue.bytes + alsoMissed)
         legs[leg].missing = true
-        comparisons?[leg - Self.firstMirror].abandon()
+        comparisons?[leg.mirrorIndex].abandon()
         closeLeg(leg, io: io)
     }
 
@@ -1069,22 +1075,22 @@ public final class Session {
         }
         stopAwaitingProxyHeader(io: io)
         lingerDeadlineMs = context.nowMs + UInt64(context.limits.mirrorLingerMs)
-        closeLeg(Self.client, io: io)
-        let mainPhase = legs[Self.main].phase
-        if cause == .clientError && (mainPhase == .open || mainPhase == .connecting) && !legs[Self.main].shutdownIssued {
+        closeLeg(Leg.client, io: io)
+        let mainPhase = legs[Leg.main].phase
+        if cause == .clientError && (mainPhase == .open || mainPhase == .connecting) && !legs[Leg.main].shutdownIssued {
             // The client is gone, but main still gets every byte the client
             // sent before it failed (as the mirrors do), then our FIN; its
             // replies are drained, and the linger bounds all of it.
-            legs[Self.main].flushing = true
-            legs[Self.main].shutdownWanted = true
-            kickSend(Self.main, io: io)
-            armReceive(Self.main, io: io)
+            legs[Leg.main].flushing = true
+            legs[Leg.main].shutdownWanted = true
+            kickSend(Leg.main, io: io)
+            armReceive(Leg.main, io: io)
         } else {
-            closeLeg(Self.main, io: io)
+            closeLeg(Leg.main, io: io)
         }
         // Mirrors, connected or still connecting, get the rest of what they
         // are owed, then shut down; `tick` closes them after the linger time.
-        for leg in Self.firstMirror..<legCount {
+        for leg in mirrorLegs {
             if legs[leg].phase == .idle {
                 // Never started (main failed first): nothing to flush.
                 closeLeg(leg, io: io)
@@ -1096,7 +1102,7 @@ public final class Session {
         settleSession()
     }
 
-    private func closeLeg<IO: SessionIO>(_ leg: Int, io: IO) {
+    private func closeLeg<IO: SessionIO>(_ leg: Leg, io: IO) {
         switch legs[leg].phase {
         case .closing, .closed: return
         case .idle:
@@ -1118,13 +1124,13 @@ public final class Session {
     }
 
     /// After each completion: a closing leg with nothing in flight is closed.
-    private func settle<IO: SessionIO>(_ leg: Int, io: IO) {
+    private func settle<IO: SessionIO>(_ leg: Leg, io: IO) {
         if legs[leg].phase == .closing && legs[leg].inFlight == 0 {
             finishClose(leg, io: io)
         }
     }
 
-    private func finishClose<IO: SessionIO>(_ leg: Int, io: IO) {
+    private func finishClose<IO: SessionIO>(_ leg: Leg, io: IO) {
         dropQueue(leg, io: io)
         io.close(fd: legs[leg].fd, tag: tag(.close, leg))
         legs[leg].fd = -1
@@ -1135,11 +1141,20 @@ public final class Session {
     /// The session is over when every leg is closed.
     private func settleSession() {
         guard isActive, isEnding else { return }
-        for leg in 0..<legCount where legs[leg].phase != .closed { return }
+        for leg in allLegs where legs[leg].phase != .closed { return }
         isActive = false
         waitingForBuffers = false
         if let comparisons { recordVerdicts(comparisons) }
         context.sessionsEnding -= 1
         context.stats.sessionsActive.drop()
+    }
+}
+
+extension UnsafeMutablePointer where Pointee == Session.LegState {
+    /// A session's state of `leg` (`Session.legs`).
+    @inline(__always)
+    subscript(leg: Leg) -> Session.LegState {
+        unsafeAddress { UnsafePointer(self + leg.index) }
+        nonmutating unsafeMutableAddress { self + leg.index }
     }
 }

@@ -33,11 +33,10 @@ public enum SessionTimer: UInt8, Sendable {
 /// are ignored by the session).
 public protocol SessionIO: AnyObject {
     var pool: BufferPool { get }
-    /// A new non-blocking TCP socket for `target` (0: main, 1...: mirror
-    /// `target - 1`), or a negated errno.
-    func openSocket(target: Int) -> Int32
-    /// Connect to `target`, cancelled after `timeoutMs` (0: none).
-    func connect(fd: Int32, target: Int, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag)
+    /// A new non-blocking TCP socket for `leg` (main or a mirror), or a negated errno.
+    func openSocket(for leg: Leg) -> Int32
+    /// Connect to `leg`'s address, cancelled after `timeoutMs` (0: none).
+    func connect(fd: Int32, leg: Leg, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag)
     /// Receive into a pool slot chosen when data arrives (`selectedBuffer`):
     /// client and main, and with `--compare` a mirror whose replies are
     /// still being compared (its slot is given back in the same completion).

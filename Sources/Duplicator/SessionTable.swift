@@ -125,7 +125,7 @@ public final class SessionTable {
         guard Int(tag.session) < sessions.count else { return .stale }
         return unretained[Int(tag.session)]._withUnsafeGuaranteedRef { session in
             guard session.isActive && session.generation == tag.generation else { return .stale }
-            session.handle(kind: kind, leg: Int(tag.leg), result: result, selectedBuffer: selectedBuffer, io: io)
+            session.handle(kind: kind, leg: Leg(tag), result: result, selectedBuffer: selectedBuffer, io: io)
             guard !session.isActive else { return .handled }
             free(session)
             return .ended(session)

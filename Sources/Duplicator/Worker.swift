@@ -237,7 +237,7 @@ final class Worker: WorkerBackend {
 
     /// Tells the loop guard that a session's outbound connect ended; true if
     /// it already arrived at our listener (the session then fails it).
-    func connectLooped(fd: Int32, target: Int, result: Int32) -> Bool {
+    func connectLooped(fd: Int32, leg: Leg, result: Int32) -> Bool {
         var wasConnecting = false
         if case .connecting = loopRecords[fd] {
             loopRecords[fd] = nil
@@ -245,12 +245,12 @@ final class Worker: WorkerBackend {
         }
         var established: LoopGuard.Connection?
         if result == 0 && loopGuard.isArmed, let local = Sockets.localAddress(fd) {
-            established = LoopGuard.Connection(source: local, destination: targets[target])
+            established = LoopGuard.Connection(source: local, destination: targets[leg.targetIndex])
         }
         guard wasConnecting || established != nil else { return false }
         if loopGuard.connected(fd: wasConnecting ? fd : nil, established: established) {
             stats.loopsRefused.bump()
-            logLoop(destination: targets[target])
+            logLoop(destination: targets[leg.targetIndex])
             return true
         }
         if let established { loopRecords[fd] = .outbound(established) }
@@ -281,17 +281,18 @@ final class Worker: WorkerBackend {
 
     // MARK: - SessionIO
 
-    func openSocket(target: Int) -> Int32 {
-        let fd = Sockets.openStream(family: targets[target].family)
+    func openSocket(for leg: Leg) -> Int32 {
+        let fd = Sockets.openStream(family: targets[leg.targetIndex].family)
         // While a mirror's first turns are kept, each reply must wake its
         // drain; the session asks for batches (`drainInBatches`) after.
-        if target > 0 && fd >= 0 && config.mirrorReceiveLowWaterBytes > 0 && config.mirrorTurns == 0 {
+        if leg.isMirror && fd >= 0 && config.mirrorReceiveLowWaterBytes > 0 && config.mirrorTurns == 0 {
             Sockets.setReceiveLowWater(fd, bytes: config.mirrorReceiveLowWaterBytes)
         }
         return fd
     }
 
-    func connect(fd: Int32, target: Int, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {
+    func connect(fd: Int32, leg: Leg, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {
+        let target = leg.targetIndex
         if loopGuard.isArmed {
             loopGuard.connecting(fd: fd, to: targets[target])
             loopRecords[fd] = .connecting
@@ -345,7 +346,7 @@ final class Worker: WorkerBackend {
             return
         }
         // One msghdr per (session, mirror): one send in flight per leg.
-        let leg = Int(tag.session) &* config.mirrors.count &+ Int(tag.leg) &- Session.firstMirror
+        let leg = Int(tag.session) &* config.mirrors.count &+ Leg(tag).mirrorIndex
         let vectors = gatherVectors + leg &* Session.gatherChunksMax
         for position in 0..<chunks {
             let chunk = queue.chunk(at: position)
@@ -367,7 +368,7 @@ final class Worker: WorkerBackend {
     }
 
     func shutdownWrite(fd: Int32, tag: CompletionTag) {
-        if Int(tag.leg) >= Session.firstMirror && config.mirrorReceiveLowWaterBytes > 0 {
+        if Leg(tag).isMirror && config.mirrorReceiveLowWaterBytes > 0 {
             // The mirror has the whole stream: from now on drain its replies
             // as they come (lowering SO_RCVLOWAT wakes the drain for what
             // waits), so that closing it at the end of its linger finds no

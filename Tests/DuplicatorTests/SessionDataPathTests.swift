@@ -14,7 +14,7 @@ extension SessionTests {
         let session = try #require(io.start())
         #expect(session.isActive && !session.isEnding)
         let connects = io.requests(.connect)
-        #expect(connects.map(\.target) == [0, 1, 2])
+        #expect(connects.map(\.connectLeg) == [.main, .mirror(0), .mirror(1)])
         #expect(connects.map(\.peer) == [.main, .mirror(0), .mirror(1)])
         #expect(connects.map(\.timeoutMs) == [1_000, 500, 500])
         #expect(io.hasPending(.recv, .client))

@@ -44,7 +44,7 @@ extension SessionTests {
     @Test("main's socket failing to open ends a session without mirrors at once")
     func mainOpenSocketFailureWithoutMirrors() throws {
         let io = try FakeSessionIO(limits: testLimits(mirrors: 0))
-        io.openFailures[0] = EMFILE
+        io.openFailures[.main] = EMFILE
         let session = try #require(io.start())
         #expect(session.endCause == .mainConnectFailure)
         #expect(!session.isActive)
@@ -58,7 +58,7 @@ extension SessionTests {
     @Test("main's socket failing to open ends a session that has mirrors")
     func mainOpenSocketFailureWithMirrors() throws {
         let io = try FakeSessionIO(limits: testLimits(mirrors: 2))
-        io.openFailures[0] = EMFILE
+        io.openFailures[.main] = EMFILE
         let session = try #require(io.start())
         #expect(session.endCause == .mainConnectFailure)
         #expect(io.record(.client)?.closeCount == 1)
@@ -145,7 +145,7 @@ extension SessionTests {
         io.abort()
         #expect(session.endCause == .aborted)
         #expect(io.stats.sessionsAborted.value == 1)
-        for peer in [Peer.client, .main, .mirror(0), .mirror(1)] {
+        for peer in [Leg.client, .main, .mirror(0), .mirror(1)] {
             #expect(io.record(peer)?.cancelRequested == true, "\(peer)")
             #expect(io.record(peer)?.closeCount == 0, "\(peer) has operations in flight")
         }
@@ -430,7 +430,7 @@ extension SessionTests {
 
     // MARK: - Errors at every stage
 
-    private static let faults: [(OperationKind, Peer, Int32, Session.EndCause)] = [
+    private static let faults: [(OperationKind, Leg, Int32, Session.EndCause)] = [
         (.recv, .client, ECONNRESET, .clientError),
         (.send, .client, EPIPE, .clientError),
         (.shutdown, .client, ENOTCONN, .completed),
@@ -494,7 +494,7 @@ extension SessionTests {
                     #expect(stats.bytesSent.value + stats.bytesMissed.value == io.stats.bytesClientToMain.value,
                             "every client byte is either sent to or missed by mirror\(mirror)")
                 }
-                if case .mirror = peer, kind == .connect {
+                if peer.isMirror, kind == .connect {
                     #expect(ended.mirrorMissing[0])
                 }
             }

@@ -266,9 +266,9 @@ extension SessionTests {
     @Test("a mirror whose socket cannot be opened is skipped for the session")
     func mirrorOpenSocketFailure() throws {
         let io = try FakeSessionIO(limits: testLimits(mirrors: 2))
-        io.openFailures[1] = EMFILE
+        io.openFailures[.mirror(0)] = EMFILE
         try #require(io.start() != nil)
-        #expect(io.requests(.connect).map(\.target) == [0, 2])
+        #expect(io.requests(.connect).map(\.connectLeg) == [.main, .mirror(1)])
         #expect(io.stats.mirrors[0].connectFailures.value == 1)
         io.connectAll()
         io.completeRecv(.client, TestBytes.text("hello"))
@@ -300,7 +300,7 @@ extension SessionTests {
 
         // A session while backing off does not try the mirror and counts the skip.
         io.start()
-        #expect(io.requests(.connect).map(\.target) == [0])
+        #expect(io.requests(.connect).map(\.connectLeg) == [.main])
         #expect(io.stats.mirrors[0].sessionsSkipped.value == 1)
         io.completeConnect(.main)
         io.completeRecv(.client, TestBytes.text("skipped"))
@@ -314,7 +314,7 @@ extension SessionTests {
         io.context.nowMs += 1
         #expect(io.context.mirrorIsTried(0))
         io.start()
-        #expect(io.requests(.connect).map(\.target) == [0, 1])
+        #expect(io.requests(.connect).map(\.connectLeg) == [.main, .mirror(0)])
         io.connectAll()
         finish(io)
         #expect(io.stats.mirrors[0].sessionsMirrored.value == 1)
