@@ -42,15 +42,10 @@ public final class Session {
         /// Operations on `fd` whose completion has not arrived; the fd is
         /// closed only at zero.
         var inFlight: Int32 = 0
-        var receiving = false
-        var sending = false
-        /// The peer sent EOF (or reading from it is over).
-        var readDone = false
+        var read = ReadState.idle
+        var write = WriteState.idle
         /// The other side finished: shut our write side once `queue` is sent.
         var shutdownWanted = false
-        var shutdownIssued = false
-        var shutdownDone = false
-        var cancelIssued = false
         /// A mirror that lost bytes of this session (cut, failed): later client bytes count as missed.
         var missing = false
         /// Main after the client failed: like a mirror, it gets what the
@@ -61,9 +56,6 @@ public final class Session {
         var proxyHeaderSent = 0
         /// A mirror this session was not chosen for (`-m ADDR@P%`): closed, nothing missed.
         var sampledOut = false
-        /// Chunks and bytes the send in flight reads from the front of `queue`.
-        var sendingChunks = 0
-        var sendingBytes = 0
         /// A mirror's batch: when its oldest unsent byte must go out (0:
         /// none waits; `dueNow`: at once).
         var batchDeadlineUs: UInt64 = 0
@@ -85,6 +77,94 @@ public final class Session {
         /// past, or once the mirror let one time out.
         var keepsTurns = false
         var queue: SendQueue
+
+        /// Chunks and bytes the send in flight reads from the front of `queue`.
+        var chunksInFlight: Int {
+            if case .sending(let chunks, _) = write { chunks } else { 0 }
+        }
+        var bytesInFlight: Int {
+            if case .sending(_, let bytes) = write { bytes } else { 0 }
+        }
+        /// Our FIN was asked for: nothing more is sent.
+        var shutdownIssued: Bool {
+            switch write {
+            case .shuttingDown, .shutDown: true
+            case .idle, .sendingHeader, .sending: false
+            }
+        }
+    }
+
+    /// A leg's read side: at most one receive (or discard) in flight, none
+    /// after the peer's EOF.
+    enum ReadState: UInt8 {
+        /// Nothing in flight: one is asked for when the leg may read.
+        case idle
+        case receiving
+        /// The peer sent EOF: nothing more is read.
+        case ended
+    }
+
+    /// A leg's write side: at most one send in flight; the header before
+    /// any queued byte, and our FIN (SHUT_WR) after the last.
+    enum WriteState {
+        /// Nothing in flight: what is queued, or the FIN once `shutdownWanted`, goes when kicked.
+        case idle
+        /// The session's outgoing PROXY protocol header, or its rest.
+        case sendingHeader
+        /// `chunks` chunks, `bytes` bytes from the front of `queue`.
+        case sending(chunks: Int, bytes: Int)
+        /// SHUT_WR is in flight.
+        case shuttingDown
+        /// SHUT_WR completed (whatever its result): nothing more goes out.
+        case shutDown
+    }
+
+    /// What a completion's result means, decoded once where completions are
+    /// dispatched (`handle`), the normal outcomes apart from the errors.
+    enum Outcome {
+        /// A receive or send moved this many bytes (> 0); a connect or
+        /// shutdown succeeded (0).
+        case done(Int)
+        /// A receive found the peer's EOF; a send that moved nothing.
+        case endOfStream
+        /// A receive found no free slot (ENOBUFS).
+        case noBuffer
+        /// Cancelled (ECANCELED), or its timeout passed first (ETIME).
+        case cancelled(errno: Int32)
+        case failed(errno: Int32)
+
+        /// A receive's or send's result: 0 is the end of the stream.
+        @inline(__always)
+        init(transfer result: Int32) {
+            self = result > 0 ? .done(Int(result)) : result == 0 ? .endOfStream : Self(error: result)
+        }
+
+        /// A connect's or shutdown's result: 0 is success.
+        @inline(__always)
+        init(status result: Int32) {
+            self = result >= 0 ? .done(Int(result)) : Self(error: result)
+        }
+
+        private init(error result: Int32) {
+            switch -result {
+            case ENOBUFS: self = .noBuffer
+            case ECANCELED, ETIME: self = .cancelled(errno: -result)
+            default: self = .failed(errno: -result)
+            }
+        }
+
+        var succeeded: Bool {
+            if case .done = self { true } else { false }
+        }
+
+        /// The error's number (0 for the normal outcomes).
+        var errno: Int32 {
+            switch self {
+            case .done, .endOfStream: 0
+            case .noBuffer: ENOBUFS
+            case .cancelled(let code), .failed(let code): code
+            }
+        }
     }
 
     /// The most chunks one gathered send takes (the iovec entries a worker
@@ -316,22 +396,22 @@ public final class Session {
         case .recv:
             legs[leg].inFlight &-= 1
             if leg.isMirror {
-                mirrorReplied(leg, result: result, slot: selectedBuffer, io: io)
+                mirrorReplied(leg, Outcome(transfer: result), slot: selectedBuffer, io: io)
             } else {
-                received(leg, result: result, slot: selectedBuffer, io: io)
+                received(leg, Outcome(transfer: result), slot: selectedBuffer, io: io)
             }
         case .drain:
             legs[leg].inFlight &-= 1
-            drained(leg, result: result, io: io)
+            drained(leg, Outcome(transfer: result), io: io)
         case .send:
             legs[leg].inFlight &-= 1
-            sent(leg, result: result, io: io)
+            sent(leg, Outcome(transfer: result), io: io)
         case .connect:
             legs[leg].inFlight &-= 1
-            connected(leg, result: result, io: io)
+            connected(leg, Outcome(status: result), io: io)
         case .shutdown:
             legs[leg].inFlight &-= 1
-            shutDown(leg, result: result, io: io)
+            shutDown(leg, Outcome(status: result), io: io)
         case .accept, .acceptCancel, .connectTimeout, .cancel, .close:
             return
         }
@@ -400,10 +480,10 @@ public final class Session {
     // MARK: - Receiving
 
     private func armReceive<IO: SessionIO>(_ leg: Leg, io: IO) {
-        guard legs[leg].phase == .open, !legs[leg].receiving, !legs[leg].readDone else { return }
+        guard legs[leg].phase == .open, legs[leg].read == .idle else { return }
         if leg.isMirror, let comparisons, comparisons[leg.mirrorIndex].isOpen || recordingWants(leg) {
             // `--compare`: the mirror's replies are read into a slot to be compared.
-            legs[leg].receiving = true
+            legs[leg].read = .receiving
             legs[leg].inFlight &+= 1
             io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
             return
@@ -411,13 +491,13 @@ public final class Session {
         if leg == Leg.main, legs[leg].flushing, let comparisons, anyOpen(comparisons) {
             // `--compare`: main's replies after the client failed are still
             // compared with the mirrors' (the servers' streams, whoever read them).
-            legs[leg].receiving = true
+            legs[leg].read = .receiving
             legs[leg].inFlight &+= 1
             io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
             return
         }
         if leg.isMirror || legs[leg].flushing {
-            legs[leg].receiving = true
+            legs[leg].read = .receiving
             legs[leg].inFlight &+= 1
             io.drain(fd: legs[leg].fd, tag: tag(.drain, leg))
             return
@@ -426,7 +506,7 @@ public final class Session {
         if isAwaitingProxyHeader {
             // Only the client is open, and only its header is read.
             guard leg == Leg.client else { return }
-            legs[leg].receiving = true
+            legs[leg].read = .receiving
             legs[leg].inFlight &+= 1
             io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
             return
@@ -436,43 +516,26 @@ public final class Session {
         let peerPhase = legs[peer].phase
         guard peerPhase == .open || peerPhase == .connecting,
               legs[peer].queue.count < context.limits.readAheadChunks else { return }
-        legs[leg].receiving = true
+        legs[leg].read = .receiving
         legs[leg].inFlight &+= 1
         io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
     }
 
-    private func received<IO: SessionIO>(_ leg: Leg, result: Int32, slot: UInt32?, io: IO) {
-        legs[leg].receiving = false
+    private func received<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, slot: UInt32?, io: IO) {
+        legs[leg].read = .idle
         if let slot { context.pool.adopt(slot) }
-        guard result > 0, let slot else {
+        guard case .done(let length) = outcome, let slot else {
             if let slot { releaseSlot(slot, from: leg, io: io) }
-            if legs[leg].flushing {
-                if let comparisons { mainFlushEnded(result: result, comparisons) }
-                flushed(leg, result: result, io: io)
-            } else if result == 0 && isAwaitingProxyHeader {
-                fail(.badProxyHeader, io: io)  // closed before its header was whole
-            } else if result == 0 {
-                endOfStream(from: leg, io: io)
-            } else if result == -ENOBUFS {
-                // Client and main may both find the pool dry; ask to be resumed once.
-                context.stats.poolExhausted.bump()
-                if !waitingForBuffers {
-                    waitingForBuffers = true
-                    io.waitForBuffers(session: index)
-                }
-            } else if legs[leg].phase == .open {
-                fail(leg == Leg.client ? .clientError : .mainError, io: io)
-            }
+            receivedNothing(leg, outcome, io: io)
             return
         }
         guard legs[leg].phase == .open, !isEnding else {
             // Main's reply after the client failed: still part of main's stream (`--compare`).
-            if legs[leg].flushing, let comparisons { compare(.main, slot: slot, length: Int(result), comparisons) }
+            if legs[leg].flushing, let comparisons { compare(.main, slot: slot, length: length, comparisons) }
             releaseSlot(slot, from: leg, io: io)
             if legs[leg].flushing { armReceive(leg, io: io) }  // now as a drain, unless compared
             return
         }
-        let length = Int(result)
         lastActivityMs = context.nowMs
         if isAwaitingProxyHeader {
             receivedProxyHeader(slot: slot, length: length, io: io)
@@ -486,6 +549,31 @@ public final class Session {
             kickSend(Leg.client, io: io)
         }
         armReceive(leg, io: io)
+    }
+
+    /// A receive on the client or main that brought no bytes: EOF, no
+    /// free slot, or an error.
+    private func receivedNothing<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, io: IO) {
+        if legs[leg].flushing {
+            if let comparisons { mainFlushEnded(outcome, comparisons) }
+            flushed(leg, outcome, io: io)
+            return
+        }
+        switch outcome {
+        case .endOfStream where isAwaitingProxyHeader:
+            fail(.badProxyHeader, io: io)  // closed before its header was whole
+        case .endOfStream:
+            endOfStream(from: leg, io: io)
+        case .noBuffer:
+            // Client and main may both find the pool dry; ask to be resumed once.
+            context.stats.poolExhausted.bump()
+            if !waitingForBuffers {
+                waitingForBuffers = true
+                io.waitForBuffers(session: index)
+            }
+        case .done, .cancelled, .failed:
+            if legs[leg].phase == .open { fail(leg == Leg.client ? .clientError : .mainError, io: io) }
+        }
     }
 
     @inline(__always)
@@ -543,7 +631,7 @@ public final class Session {
     }
 
     private func endOfStream<IO: SessionIO>(from leg: Leg, io: IO) {
-        legs[leg].readDone = true
+        legs[leg].read = .ended
         if leg == Leg.client {
             legs[Leg.main].shutdownWanted = true
             kickSend(Leg.main, io: io)
@@ -593,35 +681,37 @@ public final class Session {
     /// A receive on main while it flushes ended without bytes: its EOF ends
     /// main's stream; no free slot gives the comparisons up (main's
     /// replies are then drained, as without `--compare`).
-    private func mainFlushEnded(result: Int32, _ comparisons: UnsafeMutablePointer<ReplyComparison>) {
+    private func mainFlushEnded(_ outcome: Outcome, _ comparisons: UnsafeMutablePointer<ReplyComparison>) {
         for mirror in 0..<context.limits.mirrorCount {
-            if result == 0 {
-                comparisons[mirror].end(.main)
-            } else if result == -ENOBUFS {
-                comparisons[mirror].abandon()
+            switch outcome {
+            case .endOfStream: comparisons[mirror].end(.main)
+            case .noBuffer: comparisons[mirror].abandon()
+            case .done, .cancelled, .failed: break
             }
         }
     }
 
     /// A mirror's reply read into a slot (`--compare`): compared, its slot
     /// given back at once, then handled as a drained reply.
-    private func mirrorReplied<IO: SessionIO>(_ leg: Leg, result: Int32, slot: UInt32?, io: IO) {
+    private func mirrorReplied<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, slot: UInt32?, io: IO) {
         let mirror = leg.mirrorIndex
         if let slot {
             context.pool.adopt(slot)
-            if result > 0, let comparisons { compare(.mirror, slot: slot, length: Int(result), comparisons, mirror: mirror) }
-            legs[leg].receiving = false
+            if case .done(let length) = outcome, let comparisons {
+                compare(.mirror, slot: slot, length: length, comparisons, mirror: mirror)
+            }
+            legs[leg].read = .idle
             releaseSlot(slot, from: leg, io: io)
         }
-        if result == -ENOBUFS {
+        if case .noBuffer = outcome {
             // No free slot: main's path comes first, so this pair is given up
             // (incomplete) and the mirror's replies are drained from now on.
-            legs[leg].receiving = false
+            legs[leg].read = .idle
             comparisons?[mirror].abandon()
             armReceive(leg, io: io)
             return
         }
-        drained(leg, result: result, io: io)
+        drained(leg, outcome, io: io)
     }
 
     /// Each mirror's verdict, once its session is over (every leg closed):
@@ -647,46 +737,53 @@ public final class Session {
         }
     }
 
-    private func drained<IO: SessionIO>(_ leg: Leg, result: Int32, io: IO) {
-        legs[leg].receiving = false
+    private func drained<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, io: IO) {
+        legs[leg].read = .idle
         if legs[leg].flushing {
-            flushed(leg, result: result, io: io)
+            flushed(leg, outcome, io: io)
             return
         }
-        if result > 0 {
+        switch outcome {
+        case .done(let length):
             let stats = context.stats.mirrors[leg.mirrorIndex]
-            stats.replyBytes.bump(Int(result))
+            stats.replyBytes.bump(length)
             stats.drains.bump()
             if legs[leg].keepsTurns {
                 // It answered what it had been handed so far.
-                legs[leg].answeredBeforeBytes = legs[leg].sentBytesTotal &+ UInt64(legs[leg].sendingBytes) &+ 1
+                legs[leg].answeredBeforeBytes = legs[leg].sentBytesTotal &+ UInt64(legs[leg].bytesInFlight) &+ 1
                 kickSend(leg, io: io)
             }
             armReceive(leg, io: io)
-        } else if result == 0 {
+        case .endOfStream:
             // The mirror finished writing. Once ours is shut too, it is done;
             // before that it may still read, so keep sending.
             comparisons?[leg.mirrorIndex].end(.mirror)
-            legs[leg].readDone = true
-            if legs[leg].shutdownDone { closeLeg(leg, io: io) }
-        } else if legs[leg].phase == .open {
+            peerEnded(leg, io: io)
+        case .noBuffer, .cancelled, .failed:
+            guard legs[leg].phase == .open else { return }
             context.stats.mirrors[leg.mirrorIndex].errors.bump()
             cutMirror(leg, .failure, io: io)
         }
     }
 
+    /// A flushing main's or a mirror's EOF: closed once our FIN is through too.
+    private func peerEnded<IO: SessionIO>(_ leg: Leg, io: IO) {
+        legs[leg].read = .ended
+        if case .shutDown = legs[leg].write { closeLeg(leg, io: io) }
+    }
+
     /// A drain or receive completed on main while it flushes: more replies
     /// are drained; its EOF (after our SHUT_WR) or an error closes it.
-    private func flushed<IO: SessionIO>(_ leg: Leg, result: Int32, io: IO) {
-        if result > 0 {
+    private func flushed<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, io: IO) {
+        switch outcome {
+        case .done:
             armReceive(leg, io: io)
-        } else if result == 0 {
-            legs[leg].readDone = true
-            if legs[leg].shutdownDone { closeLeg(leg, io: io) }
-        } else if result != -ENOBUFS || legs[leg].phase != .open {
+        case .endOfStream:
+            peerEnded(leg, io: io)
+        case .noBuffer where legs[leg].phase == .open:
+            armReceive(leg, io: io)
+        case .noBuffer, .cancelled, .failed:
             closeLeg(leg, io: io)
-        } else {
-            armReceive(leg, io: io)
         }
     }
 
@@ -751,11 +848,11 @@ public final class Session {
     // MARK: - Sending
 
     private func kickSend<IO: SessionIO>(_ leg: Leg, io: IO) {
-        guard legs[leg].phase == .open, !legs[leg].sending else { return }
+        guard legs[leg].phase == .open, case .idle = legs[leg].write else { return }
         if leg != Leg.client, legs[leg].proxyHeaderSent < proxyHeaderOutLength, let proxyHeaderOut {
             // The header goes before any client byte, and before our FIN.
             let sent = legs[leg].proxyHeaderSent
-            legs[leg].sending = true
+            legs[leg].write = .sendingHeader
             legs[leg].inFlight &+= 1
             io.send(fd: legs[leg].fd, from: UnsafeRawPointer(proxyHeaderOut.baseAddress! + sent),
                     length: proxyHeaderOutLength - sent, tag: tag(.send, leg))
@@ -769,14 +866,12 @@ public final class Session {
         if leg.isMirror && context.limits.mirrorBatchBytes > 0 && !legs[leg].queue.isEmpty {
             kickMirrorBatch(leg, turnLimit: turnLimit, io: io)
         } else if let chunk = legs[leg].queue.first {
-            legs[leg].sending = true
+            legs[leg].write = .sending(chunks: 1, bytes: Int(chunk.length))
             legs[leg].inFlight &+= 1
-            legs[leg].sendingChunks = 1
-            legs[leg].sendingBytes = Int(chunk.length)
             io.send(fd: legs[leg].fd, slot: chunk.slot, offset: Int(chunk.offset), length: Int(chunk.length),
                     tag: tag(.send, leg))
-        } else if legs[leg].shutdownWanted, !legs[leg].shutdownIssued {
-            legs[leg].shutdownIssued = true
+        } else if legs[leg].shutdownWanted {
+            legs[leg].write = .shuttingDown
             legs[leg].inFlight &+= 1
             io.shutdownWrite(fd: legs[leg].fd, tag: tag(.shutdown, leg))
         }
@@ -814,10 +909,8 @@ public final class Session {
         // What this send leaves behind is due as soon as it completes (a
         // kept turn's start waits for the mirror's answer instead).
         legs[leg].batchDeadlineUs = chunks == queue.count ? 0 : Self.dueNow
-        legs[leg].sending = true
+        legs[leg].write = .sending(chunks: chunks, bytes: length)
         legs[leg].inFlight &+= 1
-        legs[leg].sendingChunks = chunks
-        legs[leg].sendingBytes = length
         if chunks == 1 {
             let chunk = queue.chunk(at: 0)
             io.send(fd: legs[leg].fd, slot: chunk.slot, offset: Int(chunk.offset), length: length, tag: tag(.send, leg))
@@ -885,16 +978,22 @@ public final class Session {
         if !legs[leg].shutdownIssued { io.drainInBatches(fd: legs[leg].fd) }
     }
 
-    private func sent<IO: SessionIO>(_ leg: Leg, result: Int32, io: IO) {
-        legs[leg].sending = false
-        let sendingBytes = legs[leg].sendingBytes
-        legs[leg].sendingChunks = 0
-        legs[leg].sendingBytes = 0
+    private func sent<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, io: IO) {
+        let sendingBytes: Int
+        let wasHeader: Bool
+        switch legs[leg].write {
+        case .sending(_, let bytes): (sendingBytes, wasHeader) = (bytes, false)
+        case .sendingHeader: (sendingBytes, wasHeader) = (0, true)
+        case .idle, .shuttingDown, .shutDown:
+            assertionFailure("a send completed on \(leg) with none in flight")
+            return
+        }
+        legs[leg].write = .idle
         guard legs[leg].phase == .open else {
             dropQueue(leg, io: io)
             return
         }
-        guard result > 0 else {
+        guard case .done(let length) = outcome else {
             if legs[leg].flushing {
                 closeLeg(leg, io: io)
                 return
@@ -908,8 +1007,7 @@ public final class Session {
             }
             return
         }
-        let length = Int(result)
-        if leg != Leg.client && legs[leg].proxyHeaderSent < proxyHeaderOutLength {
+        if wasHeader {
             // While a leg owes the header, its one send in flight is the header's.
             legs[leg].proxyHeaderSent += length
             kickSend(leg, io: io)
@@ -965,16 +1063,16 @@ public final class Session {
     /// Releases the queued chunks of a closing leg, but not those that a
     /// send in flight is still reading (they go when the send completes).
     private func dropQueue<IO: SessionIO>(_ leg: Leg, io: IO) {
-        let keep = legs[leg].sending ? legs[leg].sendingChunks : 0
+        let keep = legs[leg].chunksInFlight
         while legs[leg].queue.count > keep, let chunk = legs[leg].queue.removeLast() {
             releaseSlot(chunk.slot, from: leg, io: io)
         }
     }
 
-    private func shutDown<IO: SessionIO>(_ leg: Leg, result: Int32, io: IO) {
-        legs[leg].shutdownDone = true
+    private func shutDown<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, io: IO) {
+        legs[leg].write = .shutDown
         if legs[leg].flushing {
-            if legs[leg].readDone || result < 0 { closeLeg(leg, io: io) }
+            if legs[leg].read == .ended || !outcome.succeeded { closeLeg(leg, io: io) }
             return
         }
         switch leg {
@@ -983,7 +1081,7 @@ public final class Session {
         default:
             // The mirror has the whole stream; wait for its EOF (or the linger time) so
             // closing does not reset a connection whose last bytes it has not read.
-            if legs[leg].readDone || result < 0 { closeLeg(leg, io: io) }
+            if legs[leg].read == .ended || !outcome.succeeded { closeLeg(leg, io: io) }
             return
         }
         if clientToMainDone && mainToClientDone && !isEnding {
@@ -1001,9 +1099,9 @@ public final class Session {
                    timeoutTag: tag(.connectTimeout, leg))
     }
 
-    private func connected<IO: SessionIO>(_ leg: Leg, result: Int32, io: IO) {
+    private func connected<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, io: IO) {
         guard legs[leg].phase == .connecting else { return }
-        if result == 0 {
+        if outcome.succeeded {
             legs[leg].phase = .open
             if leg.isMirror {
                 context.stats.mirrors[leg.mirrorIndex].sessionsMirrored.bump()
@@ -1022,12 +1120,12 @@ public final class Session {
             return
         }
         let mirror = leg.mirrorIndex
-        if result == -ECANCELED || result == -ETIME {
+        if case .cancelled = outcome {
             context.stats.mirrors[mirror].connectTimeouts.bump()
         } else {
             context.stats.mirrors[mirror].connectFailures.bump()
         }
-        context.mirrorConnectFailed(mirror, errno: -result)
+        context.mirrorConnectFailed(mirror, errno: outcome.errno)
         context.stats.mirrors[mirror].bytesMissed.bump(legs[leg].queue.bytes)
         legs[leg].missing = true
         comparisons?[mirror].abandon()
@@ -1114,10 +1212,8 @@ public final class Session {
         }
         dropQueue(leg, io: io)
         if legs[leg].inFlight > 0 {
-            if !legs[leg].cancelIssued {
-                legs[leg].cancelIssued = true
-                io.cancel(fd: legs[leg].fd, tag: tag(.cancel, leg))
-            }
+            // Once: a closing leg is never closed again.
+            io.cancel(fd: legs[leg].fd, tag: tag(.cancel, leg))
         } else {
             finishClose(leg, io: io)
         }
