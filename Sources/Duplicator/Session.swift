@@ -6,7 +6,7 @@ import Ring
 /// A sans-IO state machine: `start`, `handle`, `tick`, `resumeReceiving` and
 /// `abort` take events and ask for operations through a `SessionIO`; it
 /// never touches a socket itself. Sessions live in a fixed table and are
-/// reused; `generation` tells a reused slot's completions from its
+/// reused; `generation` tells a reused place's completions from its
 /// predecessor's.
 ///
 /// Where a byte goes: client recv -> one slot -> main's queue (the slot's
@@ -49,7 +49,7 @@ public final class Session {
         /// A mirror that lost bytes of this session (cut, failed): later client bytes count as missed.
         var missing = false
         /// Main after the client failed: like a mirror, it gets what the
-        /// client sent before the failure, then SHUT_WR, its replies drained.
+        /// client sent before the failure, then SHUT_WR, its replies discarded.
         var flushing = false
         /// Bytes of the session's outgoing PROXY protocol header this leg has
         /// been sent: it owes the rest before any queued byte.
@@ -400,9 +400,9 @@ public final class Session {
             } else {
                 received(leg, Outcome(transfer: result), slot: selectedBuffer, io: io)
             }
-        case .drain:
+        case .discard:
             legs[leg].inFlight &-= 1
-            drained(leg, Outcome(transfer: result), io: io)
+            discarded(leg, Outcome(transfer: result), io: io)
         case .send:
             legs[leg].inFlight &-= 1
             sent(leg, Outcome(transfer: result), io: io)
@@ -499,7 +499,7 @@ public final class Session {
         if leg.isMirror || legs[leg].flushing {
             legs[leg].read = .receiving
             legs[leg].inFlight &+= 1
-            io.drain(fd: legs[leg].fd, tag: tag(.drain, leg))
+            io.discard(fd: legs[leg].fd, tag: tag(.discard, leg))
             return
         }
         guard !isEnding, !waitingForBuffers else { return }
@@ -533,7 +533,7 @@ public final class Session {
             // Main's reply after the client failed: still part of main's stream (`--compare`).
             if legs[leg].flushing, let comparisons { compare(.main, slot: slot, length: length, comparisons) }
             releaseSlot(slot, from: leg, io: io)
-            if legs[leg].flushing { armReceive(leg, io: io) }  // now as a drain, unless compared
+            if legs[leg].flushing { armReceive(leg, io: io) }  // now as a discard, unless compared
             return
         }
         lastActivityMs = context.nowMs
@@ -680,7 +680,7 @@ public final class Session {
 
     /// A receive on main while it flushes ended without bytes: its EOF ends
     /// main's stream; no free slot gives the comparisons up (main's
-    /// replies are then drained, as without `--compare`).
+    /// replies are then discarded, as without `--compare`).
     private func mainFlushEnded(_ outcome: Outcome, _ comparisons: UnsafeMutablePointer<ReplyComparison>) {
         for mirror in 0..<context.limits.mirrorCount {
             switch outcome {
@@ -692,7 +692,7 @@ public final class Session {
     }
 
     /// A mirror's reply read into a slot (`--compare`): compared, its slot
-    /// given back at once, then handled as a drained reply.
+    /// given back at once, then handled as a discarded reply.
     private func mirrorReplied<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, slot: UInt32?, io: IO) {
         let mirror = leg.mirrorIndex
         if let slot {
@@ -705,13 +705,13 @@ public final class Session {
         }
         if case .noBuffer = outcome {
             // No free slot: main's path comes first, so this pair is given up
-            // (incomplete) and the mirror's replies are drained from now on.
+            // (incomplete) and the mirror's replies are discarded from now on.
             legs[leg].read = .idle
             comparisons?[mirror].abandon()
             armReceive(leg, io: io)
             return
         }
-        drained(leg, outcome, io: io)
+        discarded(leg, outcome, io: io)
     }
 
     /// Each mirror's verdict, once its session is over (every leg closed):
@@ -737,7 +737,7 @@ public final class Session {
         }
     }
 
-    private func drained<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, io: IO) {
+    private func discarded<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, io: IO) {
         legs[leg].read = .idle
         if legs[leg].flushing {
             flushed(leg, outcome, io: io)
@@ -747,7 +747,7 @@ public final class Session {
         case .done(let length):
             let stats = context.stats.mirrors[leg.mirrorIndex]
             stats.replyBytes.bump(length)
-            stats.drains.bump()
+            stats.discards.bump()
             if legs[leg].keepsTurns {
                 // It answered what it had been handed so far.
                 legs[leg].answeredBeforeBytes = legs[leg].sentBytesTotal &+ UInt64(legs[leg].bytesInFlight) &+ 1
@@ -772,8 +772,8 @@ public final class Session {
         if case .shutDown = legs[leg].write { closeLeg(leg, io: io) }
     }
 
-    /// A drain or receive completed on main while it flushes: more replies
-    /// are drained; its EOF (after our SHUT_WR) or an error closes it.
+    /// A discard or receive completed on main while it flushes: more replies
+    /// are discarded; its EOF (after our SHUT_WR) or an error closes it.
     private func flushed<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, io: IO) {
         switch outcome {
         case .done:
@@ -927,7 +927,7 @@ public final class Session {
     // its backend has read the first refuses the session ("received
     // unencrypted data after SSL request"). So for the first
     // `mirrorTurns` turns (client bytes after main replied), a mirror gets a
-    // turn only once it has answered the one before (a drain with bytes after
+    // turn only once it has answered the one before (a discard with bytes after
     // that turn was handed to it), or after `mirrorTurnTimeoutUs`; a mirror
     // that lets a turn time out, or lets more than `turnHeldBytesMax` or
     // `turnHeldChunksMax` pile up behind one, is not waited for again in the
@@ -971,11 +971,11 @@ public final class Session {
         return Int.max
     }
 
-    /// The kept turns are past: the mirror's replies are drained in batches again.
+    /// The kept turns are past: the mirror's replies are discarded in batches again.
     private func stopKeepingTurns<IO: SessionIO>(_ leg: Leg, io: IO) {
         legs[leg].keepsTurns = false
         legs[leg].turnDeadlineUs = 0
-        if !legs[leg].shutdownIssued { io.drainInBatches(fd: legs[leg].fd) }
+        if !legs[leg].shutdownIssued { io.discardInBatches(fd: legs[leg].fd) }
     }
 
     private func sent<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, io: IO) {
@@ -1178,7 +1178,7 @@ public final class Session {
         if cause == .clientError && (mainPhase == .open || mainPhase == .connecting) && !legs[Leg.main].shutdownIssued {
             // The client is gone, but main still gets every byte the client
             // sent before it failed (as the mirrors do), then our FIN; its
-            // replies are drained, and the linger bounds all of it.
+            // replies are discarded, and the linger bounds all of it.
             legs[Leg.main].flushing = true
             legs[Leg.main].shutdownWanted = true
             kickSend(Leg.main, io: io)

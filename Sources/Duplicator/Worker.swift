@@ -20,8 +20,8 @@ final class WorkerControl: Sendable {
 /// (`WorkerStats`), the stop request (`WorkerControl`), the loop guard and
 /// the mirrors' health.
 final class Worker: WorkerBackend {
-    static let drainBufferBytes = 4096
-    static let drainBytesMax = 1 << 20
+    static let discardBufferBytes = 4096
+    static let discardBytesMax = 1 << 20
 
     let ring: Ring
     let pool: BufferPool
@@ -45,7 +45,7 @@ final class Worker: WorkerBackend {
     /// connect's address when its SQE is submitted, which may be later.
     private let targetAddresses: UnsafeMutablePointer<sockaddr_storage>
     private var listenerFD: Int32
-    private let drainBuffer: UnsafeMutableRawPointer
+    private let discardBuffer: UnsafeMutableRawPointer
     /// The kernel reads a linked timeout's duration at submission: one
     /// stable copy per duration the sessions ask for (main's and the mirrors').
     private var connectTimeouts: [RingTimeout]
@@ -114,7 +114,7 @@ final class Worker: WorkerBackend {
         gatherMessages = gatherMemory.bindMemory(to: msghdr.self, capacity: gatherLegs)
         gatherVectors = (gatherMemory + vectorsOffset).bindMemory(to: iovec.self, capacity: gatherLegs * Session.gatherChunksMax)
         sendMessageSupported = ring.supportsSendMessage
-        drainBuffer = .allocate(byteCount: Self.drainBufferBytes, alignment: 4096)
+        discardBuffer = .allocate(byteCount: Self.discardBufferBytes, alignment: 4096)
         connectTimeouts = [RingTimeout(milliseconds: config.mainConnectTimeoutMs),
                            RingTimeout(milliseconds: config.mirrorConnectTimeoutMs)]
         core = WorkerCore(context: context, table: table, waiters: waiters, timers: timers,
@@ -124,7 +124,7 @@ final class Worker: WorkerBackend {
 
     deinit {
         munmap(gatherMemory, gatherMemoryBytes)
-        drainBuffer.deallocate()
+        discardBuffer.deallocate()
         targetAddresses.deallocate()
         closeListener()
     }
@@ -284,7 +284,7 @@ final class Worker: WorkerBackend {
     func openSocket(for leg: Leg) -> Int32 {
         let fd = Sockets.openStream(family: targets[leg.targetIndex].family)
         // While a mirror's first turns are kept, each reply must wake its
-        // drain; the session asks for batches (`drainInBatches`) after.
+        // discard; the session asks for batches (`discardInBatches`) after.
         if leg.isMirror && fd >= 0 && config.mirrorReceiveLowWaterBytes > 0 && config.mirrorTurns == 0 {
             Sockets.setReceiveLowWater(fd, bytes: config.mirrorReceiveLowWaterBytes)
         }
@@ -317,12 +317,12 @@ final class Worker: WorkerBackend {
     }
 
     /// TCP discards received bytes for a recv with MSG_TRUNC instead of
-    /// copying them (tcp(7)), so one drain takes up to a MiB of a mirror's
+    /// copying them (tcp(7)), so one discard takes up to a MiB of a mirror's
     /// replies without touching memory; the buffer is only there for the
     /// address check and is never written.
     @inline(__always)
-    func drain(fd: Int32, tag: CompletionTag) {
-        ring.prepareRecv(fd: fd, into: drainBuffer, length: Self.drainBytesMax, tag: tag, flags: Ring.messageTruncate)
+    func discard(fd: Int32, tag: CompletionTag) {
+        ring.prepareRecv(fd: fd, into: discardBuffer, length: Self.discardBytesMax, tag: tag, flags: Ring.messageTruncate)
     }
 
     @inline(__always)
@@ -363,14 +363,14 @@ final class Worker: WorkerBackend {
         timers.add(session: index, atUs: deadlineUs, for: timer)
     }
 
-    func drainInBatches(fd: Int32) {
+    func discardInBatches(fd: Int32) {
         if config.mirrorReceiveLowWaterBytes > 0 { Sockets.setReceiveLowWater(fd, bytes: config.mirrorReceiveLowWaterBytes) }
     }
 
     func shutdownWrite(fd: Int32, tag: CompletionTag) {
         if Leg(tag).isMirror && config.mirrorReceiveLowWaterBytes > 0 {
-            // The mirror has the whole stream: from now on drain its replies
-            // as they come (lowering SO_RCVLOWAT wakes the drain for what
+            // The mirror has the whole stream: from now on discard its replies
+            // as they come (lowering SO_RCVLOWAT wakes the discard for what
             // waits), so that closing it at the end of its linger finds no
             // reply unread, which would turn the FIN into a reset and drop
             // what the kernel has yet to deliver.

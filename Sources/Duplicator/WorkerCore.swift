@@ -95,7 +95,7 @@ public enum StopMode: Int, Sendable { case running = 0, graceful = 1, immediate 
 public final class WorkerCore<Backend: WorkerBackend> {
     public static var tickMs: UInt64 { 100 }
     /// After an accept error (out of descriptors or memory), clients wait in
-    /// the listen backlog this long before the accept is armed again.
+    /// the listen queue this long before the accept is armed again.
     public static var acceptPauseMs: UInt64 { 100 }
     /// How often sessions are checked against the idle timeout.
     static var idleCheckMs: UInt64 { 1_000 }
@@ -262,7 +262,7 @@ public final class WorkerCore<Backend: WorkerBackend> {
             io.closeListener()
         } else if completion.result < 0 {
             // Out of descriptors or memory: retrying at once would spin a
-            // core. Clients wait in the listen backlog meanwhile.
+            // core. Clients wait in the listen queue meanwhile.
             acceptPausedUntilMs = context.nowMs + Self.acceptPauseMs
         } else {
             armAccept(io: io)

@@ -39,7 +39,7 @@ struct FakeChecksTests {
         withKnownIssue { io.shutdownWrite(fd: mainFD, tag: tag(.shutdown, .main, send)) }
         #expect(io.violations.last?.contains("while a send is in flight") == true)
         io.cancel(fd: mainFD, tag: tag(.cancel, .main, send))
-        withKnownIssue { io.drain(fd: mainFD, tag: tag(.drain, .main, send)) }
+        withKnownIssue { io.discard(fd: mainFD, tag: tag(.discard, .main, send)) }
         #expect(io.violations.contains { $0.contains("after a cancel") })
     }
 

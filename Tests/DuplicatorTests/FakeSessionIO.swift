@@ -43,7 +43,7 @@ extension Array where Element == UInt8 {
 }
 
 /// A leg of a session as the tests name it (leg 0: client, 1: main, 2...: mirrors).
-/// A session slot and its generation: one client connection.
+/// A session's index in its table and its generation: one client connection.
 struct SessionKey: Hashable, CustomStringConvertible, Sendable {
     let index: UInt32
     let generation: UInt16
@@ -103,7 +103,7 @@ struct FDRecord {
     /// Every byte this descriptor's peer accepted, in order.
     var sent: [UInt8] = []
     var sendCompletions = 0
-    var drainCompletions = 0
+    var discardCompletions = 0
     var earlyEOFDelivered = false
 }
 
@@ -134,7 +134,7 @@ final class FakeSessionIO: WorkerBackend {
     private(set) var freeSlots: [UInt32]
     /// Every request in order, including cancels and closes.
     private(set) var requests: [FakeOp] = []
-    /// Requests whose completion has not been delivered (recv, drain, send, connect, shutdown).
+    /// Requests whose completion has not been delivered (recv, discard, send, connect, shutdown).
     private(set) var pending: [FakeOp] = []
     /// Cancel requests whose own completion has not been delivered.
     private(set) var pendingCancels: [FakeOp] = []
@@ -157,8 +157,8 @@ final class FakeSessionIO: WorkerBackend {
     private(set) var lastKey: SessionKey?
     /// Sessions that asked to be woken by a timer, with the deadline.
     private(set) var flushRequests: [(index: UInt32, deadlineUs: UInt64, timer: SessionTimer)] = []
-    /// Descriptors whose replies the session asked to drain in batches.
-    private(set) var drainingInBatches: Set<Int32> = []
+    /// Descriptors whose replies the session asked to discard in batches.
+    private(set) var discardingInBatches: Set<Int32> = []
     private(set) var gatheredSends = 0
     /// `openSocket(for:)` fails with this errno for a leg while set.
     var openFailures: [Leg: Int32] = [:]
@@ -410,9 +410,9 @@ final class FakeSessionIO: WorkerBackend {
     }
 
     /// A mirror's reply (`result` > 0: bytes thrown away; 0: its EOF; < 0: an error).
-    func completeDrain(_ peer: Leg, result: Int32, _ key: SessionKey? = nil,
+    func completeDiscard(_ peer: Leg, result: Int32, _ key: SessionKey? = nil,
                        sourceLocation: SourceLocation = #_sourceLocation) {
-        guard let op = require(.drain, peer, key, sourceLocation) else { return }
+        guard let op = require(.discard, peer, key, sourceLocation) else { return }
         deliver(op, result: result)
     }
 
@@ -485,8 +485,8 @@ final class FakeSessionIO: WorkerBackend {
             fds[op.fd]!.shutdownCompleted = true
         case .connect where result == 0:
             fds[op.fd]!.connected = true
-        case .drain:
-            fds[op.fd]!.drainCompletions += 1
+        case .discard:
+            fds[op.fd]!.discardCompletions += 1
         default:
             break
         }
@@ -598,16 +598,16 @@ final class FakeSessionIO: WorkerBackend {
             if record.connectRequested { violation("second connect of fd \(fd)") }
             if op.connectLeg != record.leg { violation("\(op) connects to \(String(describing: op.connectLeg))'s address, the socket was opened for \(record.leg)") }
             record.connectRequested = true
-        case .recv, .drain:
-            // Mirrors are drained; so is main once the client failed (it flushes like a mirror).
-            // With `--compare` a mirror's replies are received instead (drained once given up).
+        case .recv, .discard:
+            // Mirrors are discarded; so is main once the client failed (it flushes like a mirror).
+            // With `--compare` a mirror's replies are received instead (discarded once given up).
             let isMirror = record.leg.isMirror
             let mainFlushing = record.leg == .main && table.sessions[Int(op.tag.session)].endCause == .clientError
             let comparing = limits.compareWindowBytes > 0
-            if kind == .drain ? !(isMirror || mainFlushing) : (isMirror && !comparing) {
+            if kind == .discard ? !(isMirror || mainFlushing) : (isMirror && !comparing) {
                 violation("\(op) on leg \(record.leg)")
             }
-            if inFlight.contains(where: { $0.kind == .recv || $0.kind == .drain }) {
+            if inFlight.contains(where: { $0.kind == .recv || $0.kind == .discard }) {
                 violation("\(op): a second receive in flight on fd \(fd)")
             }
         case .send:
@@ -654,8 +654,8 @@ final class FakeSessionIO: WorkerBackend {
         if let op = request(.recv, fd: fd, tag: tag) { pending.append(op) }
     }
 
-    func drain(fd: Int32, tag: CompletionTag) {
-        if let op = request(.drain, fd: fd, tag: tag) { pending.append(op) }
+    func discard(fd: Int32, tag: CompletionTag) {
+        if let op = request(.discard, fd: fd, tag: tag) { pending.append(op) }
     }
 
     func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag) {
@@ -705,9 +705,9 @@ final class FakeSessionIO: WorkerBackend {
         core.timers.add(session: index, atUs: deadlineUs, for: timer)
     }
 
-    func drainInBatches(fd: Int32) {
-        if fds[fd]?.closeCount != 0 { violation("drainInBatches(fd: \(fd)) of a descriptor that is not open") }
-        drainingInBatches.insert(fd)
+    func discardInBatches(fd: Int32) {
+        if fds[fd]?.closeCount != 0 { violation("discardInBatches(fd: \(fd)) of a descriptor that is not open") }
+        discardingInBatches.insert(fd)
     }
 
     /// Wakes every session whose deadline the clock has reached: the worker's own step.
@@ -814,7 +814,7 @@ enum MirrorBehavior: Equatable, Sendable {
     /// Resets after accepting this many sends.
     case resetAfterSends(Int)
     /// Its reply stream fails with a reset.
-    case drainReset
+    case discardReset
     /// Closes its write side at once (EOF) but keeps reading.
     case earlyEOF
     /// Never completes a send or a receive.
@@ -826,7 +826,7 @@ enum MirrorBehavior: Equatable, Sendable {
     var isHealthy: Bool { self == .healthy || self == .earlyEOF || self == .chatty }
 
     static let all: [MirrorBehavior] = [.healthy, .refuse, .timeout, .resetAfterSends(0), .resetAfterSends(2),
-                                        .drainReset, .earlyEOF, .stall, .chatty]
+                                        .discardReset, .earlyEOF, .stall, .chatty]
 }
 
 /// The bytes the client and main will send in one session, and what each mirror does.
@@ -839,7 +839,7 @@ struct PeerScript {
     var clientOffset = 0
     var mainOffset = 0
     /// With `--compare`, each mirror's reply stream (a mirror's replies are
-    /// then receives, not drains); none by default.
+    /// then receives, not discards); none by default.
     var mirrorReplies: [[UInt8]] = []
     var mirrorReplyOffsets: [Int] = []
 
@@ -1008,16 +1008,16 @@ final class Simulation {
             let index = op.peer.mirrorIndex
             switch behavior {
             case .stall: return false
-            case .drainReset: return true
+            case .discardReset: return true
             case .earlyEOF: return !record.earlyEOFDelivered || record.shutdownCompleted
             default: return (io.scripts[op.key]?.mirrorReplyLeft(index) ?? 0) > 0 || record.shutdownCompleted
             }
-        case .drain:
+        case .discard:
             switch behavior {
             case .stall: return false
-            case .drainReset: return true
+            case .discardReset: return true
             case .earlyEOF: return !record.earlyEOFDelivered || record.shutdownCompleted
-            case .chatty: return record.drainCompletions < 3 || record.shutdownCompleted
+            case .chatty: return record.discardCompletions < 3 || record.shutdownCompleted
             default: return record.shutdownCompleted
             }
         default:
@@ -1073,14 +1073,14 @@ final class Simulation {
             }
             let count = partialSends && rng.chance(1, in: 2) ? Int.random(in: 1...op.length, using: &rng) : op.length
             io.deliver(op, result: Int32(count))
-        case .drain:
+        case .discard:
             switch behavior(op) {
-            case .drainReset?:
+            case .discardReset?:
                 io.deliver(op, result: -ECONNRESET)
             case .earlyEOF? where !record.earlyEOFDelivered:
                 io.markEarlyEOF(op.fd)
                 io.deliver(op, result: 0)
-            case .chatty? where record.drainCompletions < 3 && !record.shutdownCompleted:
+            case .chatty? where record.discardCompletions < 3 && !record.shutdownCompleted:
                 io.deliver(op, result: Int32.random(in: 1...65536, using: &rng))
             default:
                 io.deliver(op, result: 0)
@@ -1099,7 +1099,7 @@ extension Simulation {
     fileprivate func completeMirrorReply(_ op: FakeOp, mirror index: Int, record: FDRecord) {
         var script = io.scripts[op.key] ?? PeerScript()
         switch io.scripts[op.key]?.behavior(ofMirror: index) ?? .healthy {
-        case .drainReset:
+        case .discardReset:
             io.deliver(op, result: -ECONNRESET)
             return
         case .earlyEOF where !record.earlyEOFDelivered:

@@ -126,8 +126,8 @@ extension SessionTests {
         io.flushSends(.main)
         #expect(io.sent(to: .main) == request, "main got every byte the client sent")
         io.completeShutdown(.main)
-        // Main's reply to it is drained, then its EOF closes it.
-        if io.hasPending(.recv, .main) { io.completeEOF(.main) } else { io.completeDrain(.main, result: 0) }
+        // Main's reply to it is discarded, then its EOF closes it.
+        if io.hasPending(.recv, .main) { io.completeEOF(.main) } else { io.completeDiscard(.main, result: 0) }
         #expect(io.record(.main)?.closeCount == 1)
         finish(io)
         #expect(io.sent(to: .mirror(0)) == request)
@@ -225,7 +225,7 @@ extension SessionTests {
         io.completeRecv(.main, TestBytes.text("reply"))
         io.flushSends(.client)
         io.context.nowMs = 9_000
-        io.completeDrain(.mirror(0), result: 100)
+        io.completeDiscard(.mirror(0), result: 100)
         io.context.nowMs = 9_999
         io.checkIdleAll()
         #expect(!session.isEnding, "4999 ms since the reply")
@@ -443,7 +443,7 @@ extension SessionTests {
         (.connect, .mirror(0), ECANCELED, .completed),
         (.send, .mirror(0), EPIPE, .completed),
         (.send, .mirror(0), EAGAIN, .completed),
-        (.drain, .mirror(0), ECONNRESET, .completed),
+        (.discard, .mirror(0), ECONNRESET, .completed),
         (.shutdown, .mirror(0), ENOTCONN, .completed),
     ]
 

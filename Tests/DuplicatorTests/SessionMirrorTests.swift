@@ -205,7 +205,7 @@ extension SessionTests {
         io.fail(.send, .mirror(0), errno: code)
         #expect(io.stats.mirrors[0].errors.value == 1)
         #expect(io.stats.mirrors[0].sessionsCutForLag.value == 0)
-        #expect(io.record(.mirror(0))?.cancelRequested == true, "its drain is still in flight")
+        #expect(io.record(.mirror(0))?.cancelRequested == true, "its discard is still in flight")
         io.completeCancelled()
         #expect(io.record(.mirror(0))?.closeCount == 1)
         io.flushAllSends()
@@ -222,11 +222,11 @@ extension SessionTests {
     }
 
     @Test("a mirror whose reply stream resets is cut; the client goes on")
-    func mirrorDrainReset() throws {
+    func mirrorDiscardReset() throws {
         let io = try FakeSessionIO(limits: testLimits(mirrors: 1))
         try #require(io.start() != nil)
         io.connectAll()
-        io.completeDrain(.mirror(0), result: -ECONNRESET)
+        io.completeDiscard(.mirror(0), result: -ECONNRESET)
         #expect(io.stats.mirrors[0].errors.value == 1)
         #expect(io.record(.mirror(0))?.closeCount == 1)
         io.completeRecv(.client, TestBytes.text("abc"))
@@ -243,8 +243,8 @@ extension SessionTests {
         let io = try FakeSessionIO(limits: testLimits(mirrors: 1))
         try #require(io.start() != nil)
         io.connectAll()
-        io.completeDrain(.mirror(0), result: 0)
-        #expect(!io.hasPending(.drain, .mirror(0)), "no read after its EOF")
+        io.completeDiscard(.mirror(0), result: 0)
+        #expect(!io.hasPending(.discard, .mirror(0)), "no read after its EOF")
         var fromClient: [UInt8] = []
         for index in 0..<3 {
             let bytes = TestBytes.random(1_000, seed: UInt64(index))

@@ -11,7 +11,7 @@ import Ring
 //   client recv (a slot lent by the fake) -> sends to main and each mirror
 //   main send done, each mirror send done (the last one recycles the slot)
 //   main recv (the echo, another slot) -> send to the client
-//   client send done (recycles that slot), each mirror drain done
+//   client send done (recycles that slot), each mirror discard done
 //
 // Each iteration runs 1,000 messages (scaling factor kilo): figures shown
 // with `*` are per client message. `mallocCountTotal` is per 1,000 messages
@@ -31,7 +31,7 @@ final class ScriptedIO: SessionIO {
     let pendingRecv: UnsafeMutablePointer<UInt64>
     let pendingSend: UnsafeMutablePointer<UInt64>
     let pendingSendLength: UnsafeMutablePointer<Int32>
-    let pendingDrain: UnsafeMutablePointer<UInt64>
+    let pendingDiscard: UnsafeMutablePointer<UInt64>
     let pendingConnect: UnsafeMutablePointer<UInt64>
     private let freeSlots: UnsafeMutablePointer<UInt32>
     private var freeCount: Int
@@ -42,9 +42,9 @@ final class ScriptedIO: SessionIO {
         pendingRecv = .allocate(capacity: legCapacity)
         pendingSend = .allocate(capacity: legCapacity)
         pendingSendLength = .allocate(capacity: legCapacity)
-        pendingDrain = .allocate(capacity: legCapacity)
+        pendingDiscard = .allocate(capacity: legCapacity)
         pendingConnect = .allocate(capacity: legCapacity)
-        for pointer in [pendingRecv, pendingSend, pendingDrain, pendingConnect] {
+        for pointer in [pendingRecv, pendingSend, pendingDiscard, pendingConnect] {
             pointer.initialize(repeating: 0, count: legCapacity)
         }
         pendingSendLength.initialize(repeating: 0, count: legCapacity)
@@ -54,7 +54,7 @@ final class ScriptedIO: SessionIO {
     }
 
     deinit {
-        for pointer in [pendingRecv, pendingSend, pendingDrain, pendingConnect] { pointer.deallocate() }
+        for pointer in [pendingRecv, pendingSend, pendingDiscard, pendingConnect] { pointer.deallocate() }
         pendingSendLength.deallocate()
         freeSlots.deallocate()
     }
@@ -77,7 +77,7 @@ final class ScriptedIO: SessionIO {
 
     func recv(fd: Int32, tag: CompletionTag) { pendingRecv[Int(tag.leg)] = tag.rawValue }
 
-    func drain(fd: Int32, tag: CompletionTag) { pendingDrain[Int(tag.leg)] = tag.rawValue }
+    func discard(fd: Int32, tag: CompletionTag) { pendingDiscard[Int(tag.leg)] = tag.rawValue }
 
     func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag) {
         pendingSend[Int(tag.leg)] = tag.rawValue
@@ -97,7 +97,7 @@ final class ScriptedIO: SessionIO {
     }
 
     func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer) {}
-    func drainInBatches(fd: Int32) {}
+    func discardInBatches(fd: Int32) {}
 
     func shutdownWrite(fd: Int32, tag: CompletionTag) {}
     func cancel(fd: Int32, tag: CompletionTag) {}
@@ -162,7 +162,7 @@ final class SessionDriver {
         complete(io.pendingRecv, leg: .main, result: messageBytes, slot: io.lendSlot())
         complete(io.pendingSend, leg: .client, result: io.pendingSendLength[Leg.client.index])
         for mirror in 0..<mirrors {
-            complete(io.pendingDrain, leg: .mirror(mirror), result: messageBytes)
+            complete(io.pendingDiscard, leg: .mirror(mirror), result: messageBytes)
         }
     }
 }
