@@ -326,8 +326,8 @@ public final class Session {
         let stats = context.stats
         stats.sessionsAccepted.bump()
         stats.sessionsActive.bump()
-        legs[Leg.client].fd = clientFD
-        legs[Leg.client].phase = .open
+        legs[.client].fd = clientFD
+        legs[.client].phase = .open
         proxyHeaderOutLength = 0
         proxyHeaderSlot = nil
         proxyHeaderBytes = 0
@@ -338,7 +338,7 @@ public final class Session {
             isAwaitingProxyHeader = true
             context.sessionsAwaitingProxyHeader += 1
             proxyHeaderDeadlineMs = context.nowMs + UInt64(context.limits.proxyHeaderTimeoutMs)
-            armReceive(Leg.client, io: io)
+            armReceive(.client, io: io)
             return
         }
         connectUpstream(addresses: context.limits.sendProxy == nil ? nil : io.addresses(fd: clientFD), io: io)
@@ -350,14 +350,14 @@ public final class Session {
         if let version = context.limits.sendProxy, let proxyHeaderOut {
             proxyHeaderOutLength = ProxyProtocol.encode(version, addresses, into: proxyHeaderOut)
         }
-        if recording != nil { recordedAddresses = addresses ?? io.addresses(fd: legs[Leg.client].fd) }
+        if recording != nil { recordedAddresses = addresses ?? io.addresses(fd: legs[.client].fd) }
         let stats = context.stats
         let mainFD = io.openSocket(for: .main)
         guard mainFD >= 0 else {
             fail(.mainConnectFailure, io: io)
             return
         }
-        connect(leg: Leg.main, fd: mainFD, timeoutMs: context.limits.mainConnectTimeoutMs, io: io)
+        connect(leg: .main, fd: mainFD, timeoutMs: context.limits.mainConnectTimeoutMs, io: io)
 
         for mirror in 0..<context.limits.mirrorCount {
             let leg = Leg.mirror(mirror)
@@ -386,7 +386,7 @@ public final class Session {
             }
             connect(leg: leg, fd: fd, timeoutMs: context.limits.mirrorConnectTimeoutMs, io: io)
         }
-        armReceive(Leg.client, io: io)
+        armReceive(.client, io: io)
     }
 
     /// A completion for this session (generation already checked by the caller).
@@ -434,8 +434,8 @@ public final class Session {
     public func resumeReceiving<IO: SessionIO>(io: IO) {
         guard isActive, waitingForBuffers else { return }
         waitingForBuffers = false
-        armReceive(Leg.client, io: io)
-        armReceive(Leg.main, io: io)
+        armReceive(.client, io: io)
+        armReceive(.main, io: io)
     }
 
     /// Time passed: mirrors still flushing after the session ended get
@@ -457,7 +457,7 @@ public final class Session {
                 cutMirror(leg, .lag, alsoMissed: unacknowledged, io: io)
             }
         }
-        if legs[Leg.main].flushing { closeLeg(Leg.main, io: io) }
+        if legs[.main].flushing { closeLeg(.main, io: io) }
     }
 
     /// Ends the session when nothing moved between client and main for the
@@ -473,7 +473,7 @@ public final class Session {
     public func abort<IO: SessionIO>(io: IO) {
         guard isActive else { return }
         fail(.aborted, io: io)
-        closeLeg(Leg.main, io: io)
+        closeLeg(.main, io: io)
         for leg in mirrorLegs { cutMirror(leg, .failure, io: io) }
     }
 
@@ -488,7 +488,7 @@ public final class Session {
             io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
             return
         }
-        if leg == Leg.main, legs[leg].flushing, let comparisons, anyOpen(comparisons) {
+        if leg == .main, legs[leg].flushing, let comparisons, anyOpen(comparisons) {
             // `--compare`: main's replies after the client failed are still
             // compared with the mirrors' (the servers' streams, whoever read them).
             legs[leg].read = .receiving
@@ -505,14 +505,14 @@ public final class Session {
         guard !isEnding, !waitingForBuffers else { return }
         if isAwaitingProxyHeader {
             // Only the client is open, and only its header is read.
-            guard leg == Leg.client else { return }
+            guard leg == .client else { return }
             legs[leg].read = .receiving
             legs[leg].inFlight &+= 1
             io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
             return
         }
         // Back-pressure: read from one side only while the other side's queue has room.
-        let peer = leg == Leg.client ? Leg.main : Leg.client
+        let peer = leg == .client ? Leg.main : Leg.client
         let peerPhase = legs[peer].phase
         guard peerPhase == .open || peerPhase == .connecting,
               legs[peer].queue.count < context.limits.readAheadChunks else { return }
@@ -539,14 +539,14 @@ public final class Session {
         lastActivityMs = context.nowMs
         if isAwaitingProxyHeader {
             receivedProxyHeader(slot: slot, length: length, io: io)
-        } else if leg == Leg.client {
+        } else if leg == .client {
             forwardFromClient(slot: slot, offset: 0, length: length, io: io)
         } else {
             mainRepliedSinceClient = true
             context.stats.bytesMainToClient.bump(length)
             if let comparisons { compare(.main, slot: slot, length: length, comparisons) }
-            legs[Leg.client].queue.append(slot: slot, length: length)
-            kickSend(Leg.client, io: io)
+            legs[.client].queue.append(slot: slot, length: length)
+            kickSend(.client, io: io)
         }
         armReceive(leg, io: io)
     }
@@ -572,7 +572,7 @@ public final class Session {
                 io.waitForBuffers(session: index)
             }
         case .done, .cancelled, .failed:
-            if legs[leg].phase == .open { fail(leg == Leg.client ? .clientError : .mainError, io: io) }
+            if legs[leg].phase == .open { fail(leg == .client ? .clientError : .mainError, io: io) }
         }
     }
 
@@ -586,8 +586,8 @@ public final class Session {
         // Main first: its send goes into the ring ahead of the mirrors',
         // so the client's request never waits behind a mirror's send (each
         // loopback send also wakes its reader).
-        legs[Leg.main].queue.append(slot: slot, offset: offset, length: length)
-        kickSend(Leg.main, io: io)
+        legs[.main].queue.append(slot: slot, offset: offset, length: length)
+        kickSend(.main, io: io)
         // Bytes after main replied begin a new turn (see "Turns").
         var newTurn = false
         if mainRepliedSinceClient {
@@ -632,9 +632,9 @@ public final class Session {
 
     private func endOfStream<IO: SessionIO>(from leg: Leg, io: IO) {
         legs[leg].read = .ended
-        if leg == Leg.client {
-            legs[Leg.main].shutdownWanted = true
-            kickSend(Leg.main, io: io)
+        if leg == .client {
+            legs[.main].shutdownWanted = true
+            kickSend(.main, io: io)
             for mirror in mirrorLegs {
                 legs[mirror].shutdownWanted = true
                 kickSend(mirror, io: io)
@@ -643,8 +643,8 @@ public final class Session {
             if let comparisons {
                 for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].end(.main) }
             }
-            legs[Leg.client].shutdownWanted = true
-            kickSend(Leg.client, io: io)
+            legs[.client].shutdownWanted = true
+            kickSend(.client, io: io)
         }
     }
 
@@ -811,20 +811,20 @@ public final class Session {
             if proxyHeaderSlot == nil {
                 proxyHeaderSlot = slot
             } else {
-                releaseSlot(slot, from: Leg.client, io: io)
+                releaseSlot(slot, from: .client, io: io)
             }
-            armReceive(Leg.client, io: io)
+            armReceive(.client, io: io)
         case .invalid:
-            releaseSlot(slot, from: Leg.client, io: io)
+            releaseSlot(slot, from: .client, io: io)
             fail(.badProxyHeader, io: io)
         case .complete(let headerLength, let addresses):
             stopAwaitingProxyHeader(io: io)
-            connectUpstream(addresses: addresses ?? io.addresses(fd: legs[Leg.client].fd), io: io)
+            connectUpstream(addresses: addresses ?? io.addresses(fd: legs[.client].fd), io: io)
             let headerPart = headerLength - before
             if length > headerPart && !isEnding {
                 forwardFromClient(slot: slot, offset: headerPart, length: length - headerPart, io: io)
             } else {
-                releaseSlot(slot, from: Leg.client, io: io)
+                releaseSlot(slot, from: .client, io: io)
             }
         }
     }
@@ -835,7 +835,7 @@ public final class Session {
         context.sessionsAwaitingProxyHeader -= 1
         if let held = proxyHeaderSlot {
             proxyHeaderSlot = nil
-            releaseSlot(held, from: Leg.client, io: io)
+            releaseSlot(held, from: .client, io: io)
         }
     }
 
@@ -849,7 +849,7 @@ public final class Session {
 
     private func kickSend<IO: SessionIO>(_ leg: Leg, io: IO) {
         guard legs[leg].phase == .open, case .idle = legs[leg].write else { return }
-        if leg != Leg.client, legs[leg].proxyHeaderSent < proxyHeaderOutLength, let proxyHeaderOut {
+        if leg != .client, legs[leg].proxyHeaderSent < proxyHeaderOutLength, let proxyHeaderOut {
             // The header goes before any client byte, and before our FIN.
             let sent = legs[leg].proxyHeaderSent
             legs[leg].write = .sendingHeader
@@ -999,8 +999,8 @@ public final class Session {
                 return
             }
             switch leg {
-            case Leg.client: fail(.clientError, io: io)
-            case Leg.main: fail(.mainError, io: io)
+            case .client: fail(.clientError, io: io)
+            case .main: fail(.mainError, io: io)
             default:
                 context.stats.mirrors[leg.mirrorIndex].errors.bump()
                 cutMirror(leg, .failure, io: io)
@@ -1030,15 +1030,15 @@ public final class Session {
         if length < sendingBytes { legs[leg].batchDeadlineUs = Self.dueNow }
         kickSend(leg, io: io)
         // The queue has room again: the other side may be read.
-        if leg == Leg.main { armReceive(Leg.client, io: io) }
-        else if leg == Leg.client { armReceive(Leg.main, io: io) }
+        if leg == .main { armReceive(.client, io: io) }
+        else if leg == .client { armReceive(.main, io: io) }
     }
 
     private func releaseSlot<IO: SessionIO>(_ slot: UInt32, from leg: Leg, io: IO) {
         if context.pool.release(slot) {
             context.slotFreed(slot)
             io.recycle(slot: slot)
-        } else if leg == Leg.main {
+        } else if leg == .main {
             // Only mirrors hold it now. If mirrors hold more than their share
             // of the pool, this session's laggiest mirror gives its slots back.
             if !context.markMirrorOnly(slot), let laggiest = laggiestMirror() {
@@ -1076,8 +1076,8 @@ public final class Session {
             return
         }
         switch leg {
-        case Leg.main: clientToMainDone = true
-        case Leg.client: mainToClientDone = true
+        case .main: clientToMainDone = true
+        case .client: mainToClientDone = true
         default:
             // The mirror has the whole stream; wait for its EOF (or the linger time) so
             // closing does not reset a connection whose last bytes it has not read.
@@ -1111,7 +1111,7 @@ public final class Session {
             armReceive(leg, io: io)
             return
         }
-        if leg == Leg.main {
+        if leg == .main {
             if legs[leg].flushing {
                 closeLeg(leg, io: io)
             } else {
@@ -1173,18 +1173,18 @@ public final class Session {
         }
         stopAwaitingProxyHeader(io: io)
         lingerDeadlineMs = context.nowMs + UInt64(context.limits.mirrorLingerMs)
-        closeLeg(Leg.client, io: io)
-        let mainPhase = legs[Leg.main].phase
-        if cause == .clientError && (mainPhase == .open || mainPhase == .connecting) && !legs[Leg.main].shutdownIssued {
+        closeLeg(.client, io: io)
+        let mainPhase = legs[.main].phase
+        if cause == .clientError && (mainPhase == .open || mainPhase == .connecting) && !legs[.main].shutdownIssued {
             // The client is gone, but main still gets every byte the client
             // sent before it failed (as the mirrors do), then our FIN; its
             // replies are discarded, and the linger bounds all of it.
-            legs[Leg.main].flushing = true
-            legs[Leg.main].shutdownWanted = true
-            kickSend(Leg.main, io: io)
-            armReceive(Leg.main, io: io)
+            legs[.main].flushing = true
+            legs[.main].shutdownWanted = true
+            kickSend(.main, io: io)
+            armReceive(.main, io: io)
         } else {
-            closeLeg(Leg.main, io: io)
+            closeLeg(.main, io: io)
         }
         // Mirrors, connected or still connecting, get the rest of what they
         // are owed, then shut down; `tick` closes them after the linger time.
