@@ -214,7 +214,7 @@ public final class Session {
     /// Per mirror leg, the stream offsets at which its kept turns begin:
     /// `limits.mirrorTurns` entries from `turnStarts + leg * mirrorTurns`.
     private let turnStarts: UnsafeMutablePointer<UInt64>
-    var legs: UnsafeMutablePointer<LegState>
+    let legs: UnsafeMutablePointer<LegState>
     let legCount: Int
     private let context: SessionContext
     /// `--compare`: one per mirror, or nil (then no byte is compared or kept).
