@@ -620,7 +620,7 @@ def parse_arguments(argv):
     parser.add_argument("--variant", action="append", default=[], metavar="NAME[@MIRRORS]=ARGS",
                         help="also measure the duplicator with 1 mirror (or MIRRORS, 0 to 4) and these extra "
                              "flags, e.g. --variant batch4='--wait-batch 4' or --variant "
-                             "'nobatch@4=--mirror-drain-batch 0'; ARGS may start with BIN=PATH to run another build, "
+                             "'nobatch@4=--mirror-discard-batch 0'; ARGS may start with BIN=PATH to run another build, "
                              "e.g. 'before@1=BIN=/tmp/old/duplicator' (repeatable; added to every workload)")
     parser.add_argument("--install", action="store_true",
                         help="apt-get install the missing peers (haproxy, nginx, libnginx-mod-stream, socat) first")

@@ -32,7 +32,7 @@ public struct Config: Sendable {
     /// A mirror's replies wake the worker only once this many bytes wait
     /// (SO_RCVLOWAT on the mirror's socket); its EOF and errors wake it at
     /// once. 0: every reply wakes it.
-    public var mirrorDrainBatchBytes = Defaults.mirrorDrainBatchBytes
+    public var mirrorDiscardBatchBytes = Defaults.mirrorDiscardBatchBytes
     /// `--compare`: compare each mirror's reply stream with main's, per session.
     public var compare = false
     /// With `compare`: what each (session, mirror) may keep of the stream
@@ -104,7 +104,7 @@ public struct Config: Sendable {
     /// SO_RCVLOWAT of mirror sockets. With `--compare` each reply is read
     /// as it comes: replies held back in the kernel would let main's stream
     /// run ahead past the comparison window.
-    var mirrorReceiveLowWaterBytes: Int { compare ? 0 : mirrorDrainBatchBytes }
+    var mirrorReceiveLowWaterBytes: Int { compare ? 0 : mirrorDiscardBatchBytes }
 
     /// The most memory `--dump-dir`'s recordings may take, all workers
     /// together: `dumpBytes` per direction (client, main, each mirror) per
@@ -182,8 +182,8 @@ public struct Config: Sendable {
         }
         guard idleTimeoutMs >= 0 else { throw ConfigError("durations must not be negative") }
         guard providedWindowSlots >= 1 else { throw ConfigError("the provided window needs a slot") }
-        guard (0...(1 << 20)).contains(mirrorDrainBatchBytes) else {
-            throw ConfigError("--mirror-drain-batch must be from 0 to 1MiB, got \(mirrorDrainBatchBytes)")
+        guard (0...(1 << 20)).contains(mirrorDiscardBatchBytes) else {
+            throw ConfigError("--mirror-discard-batch must be from 0 to 1MiB, got \(mirrorDiscardBatchBytes)")
         }
         guard (4096...(16 << 20)).contains(compareWindowBytes) else {
             throw ConfigError("--compare-window must be from 4KiB to 16MiB, got \(compareWindowBytes)")

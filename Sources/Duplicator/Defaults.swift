@@ -15,7 +15,7 @@ public enum Defaults {
     public static let idleTimeoutMs = 600_000
     public static let mirrorLingerMs = 2_000
     public static let drainTimeoutMs = 5_000
-    public static let mirrorDrainBatchBytes = 64 << 10
+    public static let mirrorDiscardBatchBytes = 64 << 10
     /// `--compare-window`: what each (session, mirror) may keep of the reply
     /// stream that runs ahead of the other.
     public static let compareWindowBytes = 64 << 10

@@ -33,7 +33,7 @@ public final class MetricsServer: Sendable {
         let resolved: SocketAddress
         do {
             resolved = try endpoint.resolve(role: .listen)
-            listener = try Sockets.listen(on: resolved, backlog: 64)
+            listener = try Sockets.listen(on: resolved, queueLength: 64)
         } catch let error as ConfigError {
             throw ProxyError(error.message)
         } catch let error as RingError {

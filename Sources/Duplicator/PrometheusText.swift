@@ -58,8 +58,8 @@ public enum PrometheusText {
         perMirror("duplicator_mirror_connect_timeouts_total", "counter", "Mirror connects that timed out.") { $0.connectTimeouts }
         perMirror("duplicator_mirror_errors_total", "counter", "Resets and other errors on established mirror connections.") { $0.errors }
         perMirror("duplicator_mirror_skipped_sessions_total", "counter", "Sessions not mirrored while the mirror was backing off.") { $0.sessionsSkipped }
-        perMirror("duplicator_mirror_reply_bytes_total", "counter", "Bytes the mirror replied, drained and dropped.") { $0.replyBytes }
-        perMirror("duplicator_mirror_drains_total", "counter", "Receives that drained the mirror's replies.") { $0.drains }
+        perMirror("duplicator_mirror_reply_bytes_total", "counter", "Bytes the mirror replied (discarded).") { $0.replyBytes }
+        perMirror("duplicator_mirror_drains_total", "counter", "Receives that discarded the mirror's replies (the name is older than --mirror-discard-batch).") { $0.discards }
         perMirror("duplicator_mirror_sends_total", "counter", "Sends that carried bytes to the mirror (batched: fewer than receives).") { $0.sends }
         perMirror("duplicator_mirror_backing_off", "gauge", "Workers resting the mirror after repeated connect failures.") { $0.workersBackingOff }
         out += renderComparisons(mirrors)

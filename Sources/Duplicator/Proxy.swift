@@ -99,7 +99,7 @@ public final class Proxy: Sendable {
             // Port 0 needs no probe: the kernel picks a free port.
             if listenAddress.port != 0 { try Sockets.probeUnshared(listenAddress) }
             for _ in 0..<config.threads {
-                let fd = try Sockets.listen(on: bound, backlog: Int32(config.listenQueueLength), reusePort: true)
+                let fd = try Sockets.listen(on: bound, queueLength: Int32(config.listenQueueLength), reusePort: true)
                 fds.append(fd)
                 // With port 0 the first listener picks a port; the others share it.
                 if let local = Sockets.localAddress(fd) { bound = local }

@@ -6,7 +6,7 @@ import Ring
 /// A sans-IO state machine: `start`, `handle`, `tick`, `resumeReceiving` and
 /// `abort` take events and ask for operations through a `SessionIO`; it
 /// never touches a socket itself. Sessions live in a fixed table and are
-/// reused; `generation` tells a reused slot's completions from its
+/// reused; `generation` tells a reused place's completions from its
 /// predecessor's.
 ///
 /// Where a byte goes: client recv -> one slot -> main's queue (the slot's
@@ -35,35 +35,27 @@ public final class Session {
         case failure
     }
 
-    struct Leg {
+    struct LegState {
         enum Phase: UInt8 { case idle, connecting, open, closing, closed }
         var phase = Phase.idle
         var fd: Int32 = -1
         /// Operations on `fd` whose completion has not arrived; the fd is
         /// closed only at zero.
         var inFlight: Int32 = 0
-        var receiving = false
-        var sending = false
-        /// The peer sent EOF (or reading from it is over).
-        var readDone = false
+        var read = ReadState.idle
+        var write = WriteState.idle
         /// The other side finished: shut our write side once `queue` is sent.
         var shutdownWanted = false
-        var shutdownIssued = false
-        var shutdownDone = false
-        var cancelIssued = false
         /// A mirror that lost bytes of this session (cut, failed): later client bytes count as missed.
         var missing = false
         /// Main after the client failed: like a mirror, it gets what the
-        /// client sent before the failure, then SHUT_WR, its replies drained.
+        /// client sent before the failure, then SHUT_WR, its replies discarded.
         var flushing = false
         /// Bytes of the session's outgoing PROXY protocol header this leg has
         /// been sent: it owes the rest before any queued byte.
         var proxyHeaderSent = 0
         /// A mirror this session was not chosen for (`-m ADDR@P%`): closed, nothing missed.
         var sampledOut = false
-        /// Chunks and bytes the send in flight reads from the front of `queue`.
-        var sendingChunks = 0
-        var sendingBytes = 0
         /// A mirror's batch: when its oldest unsent byte must go out (0:
         /// none waits; `dueNow`: at once).
         var batchDeadlineUs: UInt64 = 0
@@ -85,6 +77,94 @@ public final class Session {
         /// past, or once the mirror let one time out.
         var keepsTurns = false
         var queue: SendQueue
+
+        /// Chunks and bytes the send in flight reads from the front of `queue`.
+        var chunksInFlight: Int {
+            if case .sending(let chunks, _) = write { chunks } else { 0 }
+        }
+        var bytesInFlight: Int {
+            if case .sending(_, let bytes) = write { bytes } else { 0 }
+        }
+        /// Our FIN was asked for: nothing more is sent.
+        var shutdownIssued: Bool {
+            switch write {
+            case .shuttingDown, .shutDown: true
+            case .idle, .sendingHeader, .sending: false
+            }
+        }
+    }
+
+    /// A leg's read side: at most one receive (or discard) in flight, none
+    /// after the peer's EOF.
+    enum ReadState: UInt8 {
+        /// Nothing in flight: one is asked for when the leg may read.
+        case idle
+        case receiving
+        /// The peer sent EOF: nothing more is read.
+        case ended
+    }
+
+    /// A leg's write side: at most one send in flight; the header before
+    /// any queued byte, and our FIN (SHUT_WR) after the last.
+    enum WriteState {
+        /// Nothing in flight: what is queued, or the FIN once `shutdownWanted`, goes when kicked.
+        case idle
+        /// The session's outgoing PROXY protocol header, or its rest.
+        case sendingHeader
+        /// `chunks` chunks, `bytes` bytes from the front of `queue`.
+        case sending(chunks: Int, bytes: Int)
+        /// SHUT_WR is in flight.
+        case shuttingDown
+        /// SHUT_WR completed (whatever its result): nothing more goes out.
+        case shutDown
+    }
+
+    /// What a completion's result means, decoded once where completions are
+    /// dispatched (`handle`), the normal outcomes apart from the errors.
+    enum Outcome {
+        /// A receive or send moved this many bytes (> 0); a connect or
+        /// shutdown succeeded (0).
+        case done(Int)
+        /// A receive found the peer's EOF; a send that moved nothing.
+        case endOfStream
+        /// A receive found no free slot (ENOBUFS).
+        case noBuffer
+        /// Cancelled (ECANCELED), or its timeout passed first (ETIME).
+        case cancelled(errno: Int32)
+        case failed(errno: Int32)
+
+        /// A receive's or send's result: 0 is the end of the stream.
+        @inline(__always)
+        init(transfer result: Int32) {
+            self = result > 0 ? .done(Int(result)) : result == 0 ? .endOfStream : Self(error: result)
+        }
+
+        /// A connect's or shutdown's result: 0 is success.
+        @inline(__always)
+        init(status result: Int32) {
+            self = result >= 0 ? .done(Int(result)) : Self(error: result)
+        }
+
+        private init(error result: Int32) {
+            switch -result {
+            case ENOBUFS: self = .noBuffer
+            case ECANCELED, ETIME: self = .cancelled(errno: -result)
+            default: self = .failed(errno: -result)
+            }
+        }
+
+        var succeeded: Bool {
+            if case .done = self { true } else { false }
+        }
+
+        /// The error's number (0 for the normal outcomes).
+        var errno: Int32 {
+            switch self {
+            case .done, .endOfStream: 0
+            case .noBuffer: ENOBUFS
+            case .cancelled(let code), .failed(let code): code
+            }
+        }
     }
 
     /// The most chunks one gathered send takes (the iovec entries a worker
@@ -96,10 +176,6 @@ public final class Session {
     /// answered; past either, turns are no longer kept for that mirror.
     static let turnHeldBytesMax = 16 * 1024
     static let turnHeldChunksMax = 4
-
-    static let client = 0
-    static let main = 1
-    static let firstMirror = 2
 
     public let index: UInt32
     public private(set) var generation: UInt16 = 0
@@ -138,7 +214,7 @@ public final class Session {
     /// Per mirror leg, the stream offsets at which its kept turns begin:
     /// `limits.mirrorTurns` entries from `turnStarts + leg * mirrorTurns`.
     private let turnStarts: UnsafeMutablePointer<UInt64>
-    var legs: UnsafeMutablePointer<Leg>
+    let legs: UnsafeMutablePointer<LegState>
     let legCount: Int
     private let context: SessionContext
     /// `--compare`: one per mirror, or nil (then no byte is compared or kept).
@@ -148,6 +224,15 @@ public final class Session {
     var recording: SessionRecording?
     /// With `recording`: the client's address and the one it reached.
     private var recordedAddresses: ProxyAddresses?
+
+    /// Every leg of the session, the client first, then main, then the mirrors.
+    private var allLegs: LazyMapSequence<Range<Int>, Leg> {
+        (0..<legCount).lazy.map { Leg(rawValue: UInt8(truncatingIfNeeded: $0)) }
+    }
+
+    private var mirrorLegs: LazyMapSequence<Range<Int>, Leg> {
+        (Leg.mirror(0).index..<legCount).lazy.map { Leg(rawValue: UInt8(truncatingIfNeeded: $0)) }
+    }
 
     /// Chunk entries one session's queues need (see `SessionTable`).
     static func chunkCapacity(_ limits: SessionLimits) -> Int {
@@ -165,14 +250,15 @@ public final class Session {
         self.index = index
         self.context = context
         let limits = context.limits
-        legCount = Self.firstMirror + limits.mirrorCount
+        legCount = Leg.mirror(0).index + limits.mirrorCount
         legs = .allocate(capacity: legCount)
         proxyHeaderOut = limits.sendProxy == nil ? nil
             : .allocate(byteCount: ProxyProtocol.encodedBytesMax, alignment: 8)
         var storage = chunkStorage
-        for leg in 0..<legCount {
-            let capacity = leg >= Self.firstMirror ? limits.backlogChunksMax : limits.readAheadChunks
-            legs.advanced(by: leg).initialize(to: Leg(queue: SendQueue(storage: storage, stride: stride, capacity: capacity)))
+        for position in 0..<legCount {
+            let leg = Leg(rawValue: UInt8(position))
+            let capacity = leg.isMirror ? limits.backlogChunksMax : limits.readAheadChunks
+            legs.advanced(by: position).initialize(to: LegState(queue: SendQueue(storage: storage, stride: stride, capacity: capacity)))
             storage += capacity * stride
         }
         let windowBytes = limits.compareWindowBytes
@@ -204,8 +290,8 @@ public final class Session {
     }
 
     @inline(__always)
-    func tag(_ kind: OperationKind, _ leg: Int) -> CompletionTag {
-        CompletionTag(kind: kind.rawValue, leg: UInt8(leg), generation: generation, session: index)
+    func tag(_ kind: OperationKind, _ leg: Leg) -> CompletionTag {
+        CompletionTag(kind: kind, leg: leg, generation: generation, session: index)
     }
 
     // MARK: - Events
@@ -224,11 +310,11 @@ public final class Session {
         lastActivityMs = context.nowMs
         mainRepliedSinceClient = false
         turnsBegun = 0
-        for leg in 0..<legCount {
+        for leg in allLegs {
             let queue = legs[leg].queue
             precondition(queue.isEmpty)
-            legs[leg] = Leg(queue: queue)
-            legs[leg].keepsTurns = leg >= Self.firstMirror && context.limits.mirrorTurns > 0
+            legs[leg] = LegState(queue: queue)
+            legs[leg].keepsTurns = leg.isMirror && context.limits.mirrorTurns > 0
         }
         if let comparisons {
             for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].reset() }
@@ -240,8 +326,8 @@ public final class Session {
         let stats = context.stats
         stats.sessionsAccepted.bump()
         stats.sessionsActive.bump()
-        legs[Self.client].fd = clientFD
-        legs[Self.client].phase = .open
+        legs[.client].fd = clientFD
+        legs[.client].phase = .open
         proxyHeaderOutLength = 0
         proxyHeaderSlot = nil
         proxyHeaderBytes = 0
@@ -252,7 +338,7 @@ public final class Session {
             isAwaitingProxyHeader = true
             context.sessionsAwaitingProxyHeader += 1
             proxyHeaderDeadlineMs = context.nowMs + UInt64(context.limits.proxyHeaderTimeoutMs)
-            armReceive(Self.client, io: io)
+            armReceive(.client, io: io)
             return
         }
         connectUpstream(addresses: context.limits.sendProxy == nil ? nil : io.addresses(fd: clientFD), io: io)
@@ -264,17 +350,17 @@ public final class Session {
         if let version = context.limits.sendProxy, let proxyHeaderOut {
             proxyHeaderOutLength = ProxyProtocol.encode(version, addresses, into: proxyHeaderOut)
         }
-        if recording != nil { recordedAddresses = addresses ?? io.addresses(fd: legs[Self.client].fd) }
+        if recording != nil { recordedAddresses = addresses ?? io.addresses(fd: legs[.client].fd) }
         let stats = context.stats
-        let mainFD = io.openSocket(target: 0)
+        let mainFD = io.openSocket(for: .main)
         guard mainFD >= 0 else {
             fail(.mainConnectFailure, io: io)
             return
         }
-        connect(leg: Self.main, fd: mainFD, timeoutMs: context.limits.mainConnectTimeoutMs, io: io)
+        connect(leg: .main, fd: mainFD, timeoutMs: context.limits.mainConnectTimeoutMs, io: io)
 
         for mirror in 0..<context.limits.mirrorCount {
-            let leg = Self.firstMirror + mirror
+            let leg = Leg.mirror(mirror)
             let mirrorStats = stats.mirrors[mirror]
             guard context.mirrorIsSampled(mirror) else {
                 mirrorStats.sessionsSampledOut.bump()
@@ -290,7 +376,7 @@ public final class Session {
                 comparisons?[mirror].abandon()
                 continue
             }
-            let fd = io.openSocket(target: mirror + 1)
+            let fd = io.openSocket(for: leg)
             guard fd >= 0 else {
                 mirrorStats.connectFailures.bump()
                 legs[leg].phase = .closed
@@ -300,32 +386,32 @@ public final class Session {
             }
             connect(leg: leg, fd: fd, timeoutMs: context.limits.mirrorConnectTimeoutMs, io: io)
         }
-        armReceive(Self.client, io: io)
+        armReceive(.client, io: io)
     }
 
     /// A completion for this session (generation already checked by the caller).
-    public func handle<IO: SessionIO>(kind: OperationKind, leg: Int, result: Int32, selectedBuffer: UInt32?, io: IO) {
-        guard leg < legCount else { return }
+    public func handle<IO: SessionIO>(kind: OperationKind, leg: Leg, result: Int32, selectedBuffer: UInt32?, io: IO) {
+        guard leg.index < legCount else { return }
         switch kind {
         case .recv:
             legs[leg].inFlight &-= 1
-            if leg >= Self.firstMirror {
-                mirrorReplied(leg, result: result, slot: selectedBuffer, io: io)
+            if leg.isMirror {
+                mirrorReplied(leg, Outcome(transfer: result), slot: selectedBuffer, io: io)
             } else {
-                received(leg, result: result, slot: selectedBuffer, io: io)
+                received(leg, Outcome(transfer: result), slot: selectedBuffer, io: io)
             }
-        case .drain:
+        case .discard:
             legs[leg].inFlight &-= 1
-            drained(leg, result: result, io: io)
+            discarded(leg, Outcome(transfer: result), io: io)
         case .send:
             legs[leg].inFlight &-= 1
-            sent(leg, result: result, io: io)
+            sent(leg, Outcome(transfer: result), io: io)
         case .connect:
             legs[leg].inFlight &-= 1
-            connected(leg, result: result, io: io)
+            connected(leg, Outcome(status: result), io: io)
         case .shutdown:
             legs[leg].inFlight &-= 1
-            shutDown(leg, result: result, io: io)
+            shutDown(leg, Outcome(status: result), io: io)
         case .accept, .acceptCancel, .connectTimeout, .cancel, .close:
             return
         }
@@ -341,15 +427,15 @@ public final class Session {
         case .mirrorTurn: turnWakeRequested = false
         }
         guard isActive else { return }
-        for leg in Self.firstMirror..<legCount { kickSend(leg, io: io) }
+        for leg in mirrorLegs { kickSend(leg, io: io) }
     }
 
     /// Slots are back after the session found none.
     public func resumeReceiving<IO: SessionIO>(io: IO) {
         guard isActive, waitingForBuffers else { return }
         waitingForBuffers = false
-        armReceive(Self.client, io: io)
-        armReceive(Self.main, io: io)
+        armReceive(.client, io: io)
+        armReceive(.main, io: io)
     }
 
     /// Time passed: mirrors still flushing after the session ended get
@@ -363,7 +449,7 @@ public final class Session {
         // gets a reset (TCP aborts a closed socket that is sent data) and
         // loses the rest. Either way it did not keep up: it is cut for lag
         // and those bytes count as missed.
-        for leg in Self.firstMirror..<legCount where legs[leg].phase != .closed && legs[leg].phase != .closing {
+        for leg in mirrorLegs where legs[leg].phase != .closed && legs[leg].phase != .closing {
             let unacknowledged = legs[leg].phase == .open ? io.unsentBytes(fd: legs[leg].fd) : 0
             if legs[leg].queue.isEmpty && unacknowledged == 0 {
                 closeLeg(leg, io: io)  // it has the whole stream; only its EOF is still to come
@@ -371,7 +457,7 @@ public final class Session {
                 cutMirror(leg, .lag, alsoMissed: unacknowledged, io: io)
             }
         }
-        if legs[Self.main].flushing { closeLeg(Self.main, io: io) }
+        if legs[.main].flushing { closeLeg(.main, io: io) }
     }
 
     /// Ends the session when nothing moved between client and main for the
@@ -387,113 +473,121 @@ public final class Session {
     public func abort<IO: SessionIO>(io: IO) {
         guard isActive else { return }
         fail(.aborted, io: io)
-        closeLeg(Self.main, io: io)
-        for leg in Self.firstMirror..<legCount { cutMirror(leg, .failure, io: io) }
+        closeLeg(.main, io: io)
+        for leg in mirrorLegs { cutMirror(leg, .failure, io: io) }
     }
 
     // MARK: - Receiving
 
-    private func armReceive<IO: SessionIO>(_ leg: Int, io: IO) {
-        guard legs[leg].phase == .open, !legs[leg].receiving, !legs[leg].readDone else { return }
-        if leg >= Self.firstMirror, let comparisons, comparisons[leg - Self.firstMirror].isOpen || recordingWants(leg) {
+    private func armReceive<IO: SessionIO>(_ leg: Leg, io: IO) {
+        guard legs[leg].phase == .open, legs[leg].read == .idle else { return }
+        if leg.isMirror, let comparisons, comparisons[leg.mirrorIndex].isOpen || recordingWants(leg) {
             // `--compare`: the mirror's replies are read into a slot to be compared.
-            legs[leg].receiving = true
+            legs[leg].read = .receiving
             legs[leg].inFlight &+= 1
             io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
             return
         }
-        if leg == Self.main, legs[leg].flushing, let comparisons, anyOpen(comparisons) {
+        if leg == .main, legs[leg].flushing, let comparisons, anyOpen(comparisons) {
             // `--compare`: main's replies after the client failed are still
             // compared with the mirrors' (the servers' streams, whoever read them).
-            legs[leg].receiving = true
+            legs[leg].read = .receiving
             legs[leg].inFlight &+= 1
             io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
             return
         }
-        if leg >= Self.firstMirror || legs[leg].flushing {
-            legs[leg].receiving = true
+        if leg.isMirror || legs[leg].flushing {
+            legs[leg].read = .receiving
             legs[leg].inFlight &+= 1
-            io.drain(fd: legs[leg].fd, tag: tag(.drain, leg))
+            io.discard(fd: legs[leg].fd, tag: tag(.discard, leg))
             return
         }
         guard !isEnding, !waitingForBuffers else { return }
         if isAwaitingProxyHeader {
             // Only the client is open, and only its header is read.
-            guard leg == Self.client else { return }
-            legs[leg].receiving = true
+            guard leg == .client else { return }
+            legs[leg].read = .receiving
             legs[leg].inFlight &+= 1
             io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
             return
         }
         // Back-pressure: read from one side only while the other side's queue has room.
-        let peer = leg == Self.client ? Self.main : Self.client
+        let peer = leg == .client ? Leg.main : Leg.client
         let peerPhase = legs[peer].phase
         guard peerPhase == .open || peerPhase == .connecting,
               legs[peer].queue.count < context.limits.readAheadChunks else { return }
-        legs[leg].receiving = true
+        legs[leg].read = .receiving
         legs[leg].inFlight &+= 1
         io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
     }
 
-    private func received<IO: SessionIO>(_ leg: Int, result: Int32, slot: UInt32?, io: IO) {
-        legs[leg].receiving = false
+    private func received<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, slot: UInt32?, io: IO) {
+        legs[leg].read = .idle
         if let slot { context.pool.adopt(slot) }
-        guard result > 0, let slot else {
+        guard case .done(let length) = outcome, let slot else {
             if let slot { releaseSlot(slot, from: leg, io: io) }
-            if legs[leg].flushing {
-                if let comparisons { mainFlushEnded(result: result, comparisons) }
-                flushed(leg, result: result, io: io)
-            } else if result == 0 && isAwaitingProxyHeader {
-                fail(.badProxyHeader, io: io)  // closed before its header was whole
-            } else if result == 0 {
-                endOfStream(from: leg, io: io)
-            } else if result == -ENOBUFS {
-                // Client and main may both find the pool dry; ask to be resumed once.
-                context.stats.poolExhausted.bump()
-                if !waitingForBuffers {
-                    waitingForBuffers = true
-                    io.waitForBuffers(session: index)
-                }
-            } else if legs[leg].phase == .open {
-                fail(leg == Self.client ? .clientError : .mainError, io: io)
-            }
+            receivedNothing(leg, outcome, io: io)
             return
         }
         guard legs[leg].phase == .open, !isEnding else {
             // Main's reply after the client failed: still part of main's stream (`--compare`).
-            if legs[leg].flushing, let comparisons { compare(.main, slot: slot, length: Int(result), comparisons) }
+            if legs[leg].flushing, let comparisons { compare(.main, slot: slot, length: length, comparisons) }
             releaseSlot(slot, from: leg, io: io)
-            if legs[leg].flushing { armReceive(leg, io: io) }  // now as a drain, unless compared
+            if legs[leg].flushing { armReceive(leg, io: io) }  // now as a discard, unless compared
             return
         }
-        let length = Int(result)
         lastActivityMs = context.nowMs
         if isAwaitingProxyHeader {
             receivedProxyHeader(slot: slot, length: length, io: io)
-        } else if leg == Self.client {
+        } else if leg == .client {
             forwardFromClient(slot: slot, offset: 0, length: length, io: io)
         } else {
             mainRepliedSinceClient = true
             context.stats.bytesMainToClient.bump(length)
             if let comparisons { compare(.main, slot: slot, length: length, comparisons) }
-            legs[Self.client].queue.append(slot: slot, length: length)
-            kickSend(Self.client, io: io)
+            legs[.client].queue.append(slot: slot, length: length)
+            kickSend(.client, io: io)
         }
         armReceive(leg, io: io)
+    }
+
+    /// A receive on the client or main that brought no bytes: EOF, no
+    /// free slot, or an error.
+    private func receivedNothing<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, io: IO) {
+        if legs[leg].flushing {
+            if let comparisons { mainFlushEnded(outcome, comparisons) }
+            flushed(leg, outcome, io: io)
+            return
+        }
+        switch outcome {
+        case .endOfStream where isAwaitingProxyHeader:
+            fail(.badProxyHeader, io: io)  // closed before its header was whole
+        case .endOfStream:
+            endOfStream(from: leg, io: io)
+        case .noBuffer:
+            // Client and main may both find the pool dry; ask to be resumed once.
+            context.stats.poolExhausted.bump()
+            if !waitingForBuffers {
+                waitingForBuffers = true
+                io.waitForBuffers(session: index)
+            }
+        case .done, .cancelled, .failed:
+            if legs[leg].phase == .open { fail(leg == .client ? .clientError : .mainError, io: io) }
+        }
     }
 
     @inline(__always)
     private func forwardFromClient<IO: SessionIO>(slot: UInt32, offset: Int, length: Int, io: IO) {
         context.stats.bytesClientToMain.bump(length)
         if recording != nil {
-            recording!.append(Self.client, UnsafeRawBufferPointer(start: context.pool.pointer(slot) + offset, count: length),
+            recording!.append(Leg.client.index, UnsafeRawBufferPointer(start: context.pool.pointer(slot) + offset, count: length),
                               nowUs: context.nowUs)
         }
         // Main first: its send goes into the ring ahead of the mirrors',
         // so the client's request never waits behind a mirror's send (each
         // loopback send also wakes its reader).
-        legs[Self.main].queue.append(slot: slot, offset: offset, length: length)
-        kickSend(Self.main, io: io)
+        legs[.main].queue.append(slot: slot, offset: offset, length: length)
+        kickSend(.main, io: io)
         // Bytes after main replied begin a new turn (see "Turns").
         var newTurn = false
         if mainRepliedSinceClient {
@@ -510,21 +604,21 @@ public final class Session {
     @inline(__always)
     private func copyToMirrors<IO: SessionIO>(slot: UInt32, offset: Int, length: Int, newTurn: Bool, io: IO) {
         let limits = context.limits
-        for leg in Self.firstMirror..<legCount {
+        for leg in mirrorLegs {
             if legs[leg].missing {
-                context.stats.mirrors[leg - Self.firstMirror].bytesMissed.bump(length)
+                context.stats.mirrors[leg.mirrorIndex].bytesMissed.bump(length)
                 continue
             }
             let phase = legs[leg].phase
             guard phase == .open || phase == .connecting else { continue }
             if legs[leg].queue.isFull || legs[leg].queue.bytes + length > limits.backlogBytesMax {
                 cutMirror(leg, .lag, io: io)
-                context.stats.mirrors[leg - Self.firstMirror].bytesMissed.bump(length)
+                context.stats.mirrors[leg.mirrorIndex].bytesMissed.bump(length)
                 continue
             }
             context.pool.retain(slot)
             if newTurn && legs[leg].keepsTurns {
-                turnStarts[leg &* limits.mirrorTurns &+ legs[leg].turnCount] = legs[leg].queuedBytesTotal
+                turnStarts[leg.index &* limits.mirrorTurns &+ legs[leg].turnCount] = legs[leg].queuedBytesTotal
                 legs[leg].turnCount &+= 1
             }
             legs[leg].queuedBytesTotal &+= UInt64(length)
@@ -536,12 +630,12 @@ public final class Session {
         }
     }
 
-    private func endOfStream<IO: SessionIO>(from leg: Int, io: IO) {
-        legs[leg].readDone = true
-        if leg == Self.client {
-            legs[Self.main].shutdownWanted = true
-            kickSend(Self.main, io: io)
-            for mirror in Self.firstMirror..<legCount {
+    private func endOfStream<IO: SessionIO>(from leg: Leg, io: IO) {
+        legs[leg].read = .ended
+        if leg == .client {
+            legs[.main].shutdownWanted = true
+            kickSend(.main, io: io)
+            for mirror in mirrorLegs {
                 legs[mirror].shutdownWanted = true
                 kickSend(mirror, io: io)
             }
@@ -549,8 +643,8 @@ public final class Session {
             if let comparisons {
                 for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].end(.main) }
             }
-            legs[Self.client].shutdownWanted = true
-            kickSend(Self.client, io: io)
+            legs[.client].shutdownWanted = true
+            kickSend(.client, io: io)
         }
     }
 
@@ -562,7 +656,7 @@ public final class Session {
                          _ comparisons: UnsafeMutablePointer<ReplyComparison>, mirror: Int = 0) {
         let bytes = UnsafeRawBufferPointer(start: context.pool.pointer(slot), count: length)
         if recording != nil {
-            recording!.append(stream == .mirror ? Self.firstMirror + mirror : Self.main, bytes, nowUs: context.nowUs)
+            recording!.append(stream == .mirror ? Leg.mirror(mirror).index : Leg.main.index, bytes, nowUs: context.nowUs)
         }
         if stream == .mirror {
             comparisons[mirror].append(.mirror, bytes)
@@ -573,9 +667,9 @@ public final class Session {
 
     /// `--dump-dir`: the mirror's replies are still read (into slots) to be
     /// recorded, after its verdict is decided, until its recording is full.
-    private func recordingWants(_ leg: Int) -> Bool {
+    private func recordingWants(_ leg: Leg) -> Bool {
         guard let recording else { return false }
-        return recording.streams[leg].bytes.count < recording.bytesMax
+        return recording.streams[leg.index].bytes.count < recording.bytesMax
     }
 
     /// Whether any mirror's comparison still takes bytes.
@@ -586,42 +680,44 @@ public final class Session {
 
     /// A receive on main while it flushes ended without bytes: its EOF ends
     /// main's stream; no free slot gives the comparisons up (main's
-    /// replies are then drained, as without `--compare`).
-    private func mainFlushEnded(result: Int32, _ comparisons: UnsafeMutablePointer<ReplyComparison>) {
+    /// replies are then discarded, as without `--compare`).
+    private func mainFlushEnded(_ outcome: Outcome, _ comparisons: UnsafeMutablePointer<ReplyComparison>) {
         for mirror in 0..<context.limits.mirrorCount {
-            if result == 0 {
-                comparisons[mirror].end(.main)
-            } else if result == -ENOBUFS {
-                comparisons[mirror].abandon()
+            switch outcome {
+            case .endOfStream: comparisons[mirror].end(.main)
+            case .noBuffer: comparisons[mirror].abandon()
+            case .done, .cancelled, .failed: break
             }
         }
     }
 
     /// A mirror's reply read into a slot (`--compare`): compared, its slot
-    /// given back at once, then handled as a drained reply.
-    private func mirrorReplied<IO: SessionIO>(_ leg: Int, result: Int32, slot: UInt32?, io: IO) {
-        let mirror = leg - Self.firstMirror
+    /// given back at once, then handled as a discarded reply.
+    private func mirrorReplied<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, slot: UInt32?, io: IO) {
+        let mirror = leg.mirrorIndex
         if let slot {
             context.pool.adopt(slot)
-            if result > 0, let comparisons { compare(.mirror, slot: slot, length: Int(result), comparisons, mirror: mirror) }
-            legs[leg].receiving = false
+            if case .done(let length) = outcome, let comparisons {
+                compare(.mirror, slot: slot, length: length, comparisons, mirror: mirror)
+            }
+            legs[leg].read = .idle
             releaseSlot(slot, from: leg, io: io)
         }
-        if result == -ENOBUFS {
+        if case .noBuffer = outcome {
             // No free slot: main's path comes first, so this pair is given up
-            // (incomplete) and the mirror's replies are drained from now on.
-            legs[leg].receiving = false
+            // (incomplete) and the mirror's replies are discarded from now on.
+            legs[leg].read = .idle
             comparisons?[mirror].abandon()
             armReceive(leg, io: io)
             return
         }
-        drained(leg, result: result, io: io)
+        discarded(leg, outcome, io: io)
     }
 
     /// Each mirror's verdict, once its session is over (every leg closed):
     /// exactly one per (session, mirror) the mirror was chosen for.
     private func recordVerdicts(_ comparisons: UnsafeMutablePointer<ReplyComparison>) {
-        for mirror in 0..<context.limits.mirrorCount where !legs[Self.firstMirror + mirror].sampledOut {
+        for mirror in 0..<context.limits.mirrorCount where !legs[.mirror(mirror)].sampledOut {
             let comparison = comparisons[mirror]
             context.stats.mirrors[mirror].comparisons.record(comparison.verdict,
                                                              divergenceOffset: comparison.divergenceOffset)
@@ -632,55 +728,62 @@ public final class Session {
                 sink.submit(DumpRequest(mirror: mirror, verdict: comparison.verdict,
                                         divergenceOffset: comparison.divergenceOffset,
                                         clientAddresses: recordedAddresses, startUs: recording.startUs,
-                                        endUs: context.nowUs, client: recording.streams[Self.client],
-                                        main: recording.streams[Self.main],
-                                        mirrorReplies: recording.streams[Self.firstMirror + mirror]))
+                                        endUs: context.nowUs, client: recording.streams[Leg.client.index],
+                                        main: recording.streams[Leg.main.index],
+                                        mirrorReplies: recording.streams[Leg.mirror(mirror).index]))
             case .match, .incomplete:
                 continue
             }
         }
     }
 
-    private func drained<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
-        legs[leg].receiving = false
+    private func discarded<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, io: IO) {
+        legs[leg].read = .idle
         if legs[leg].flushing {
-            flushed(leg, result: result, io: io)
+            flushed(leg, outcome, io: io)
             return
         }
-        if result > 0 {
-            let stats = context.stats.mirrors[leg - Self.firstMirror]
-            stats.replyBytes.bump(Int(result))
-            stats.drains.bump()
+        switch outcome {
+        case .done(let length):
+            let stats = context.stats.mirrors[leg.mirrorIndex]
+            stats.replyBytes.bump(length)
+            stats.discards.bump()
             if legs[leg].keepsTurns {
                 // It answered what it had been handed so far.
-                legs[leg].answeredBeforeBytes = legs[leg].sentBytesTotal &+ UInt64(legs[leg].sendingBytes) &+ 1
+                legs[leg].answeredBeforeBytes = legs[leg].sentBytesTotal &+ UInt64(legs[leg].bytesInFlight) &+ 1
                 kickSend(leg, io: io)
             }
             armReceive(leg, io: io)
-        } else if result == 0 {
+        case .endOfStream:
             // The mirror finished writing. Once ours is shut too, it is done;
             // before that it may still read, so keep sending.
-            comparisons?[leg - Self.firstMirror].end(.mirror)
-            legs[leg].readDone = true
-            if legs[leg].shutdownDone { closeLeg(leg, io: io) }
-        } else if legs[leg].phase == .open {
-            context.stats.mirrors[leg - Self.firstMirror].errors.bump()
+            comparisons?[leg.mirrorIndex].end(.mirror)
+            peerEnded(leg, io: io)
+        case .noBuffer, .cancelled, .failed:
+            guard legs[leg].phase == .open else { return }
+            context.stats.mirrors[leg.mirrorIndex].errors.bump()
             cutMirror(leg, .failure, io: io)
         }
     }
 
-    /// A drain or receive completed on main while it flushes: more replies
-    /// are drained; its EOF (after our SHUT_WR) or an error closes it.
-    private func flushed<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
-        if result > 0 {
+    /// A flushing main's or a mirror's EOF: closed once our FIN is through too.
+    private func peerEnded<IO: SessionIO>(_ leg: Leg, io: IO) {
+        legs[leg].read = .ended
+        if case .shutDown = legs[leg].write { closeLeg(leg, io: io) }
+    }
+
+    /// A discard or receive completed on main while it flushes: more replies
+    /// are discarded; its EOF (after our SHUT_WR) or an error closes it.
+    private func flushed<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, io: IO) {
+        switch outcome {
+        case .done:
             armReceive(leg, io: io)
-        } else if result == 0 {
-            legs[leg].readDone = true
-            if legs[leg].shutdownDone { closeLeg(leg, io: io) }
-        } else if result != -ENOBUFS || legs[leg].phase != .open {
+        case .endOfStream:
+            peerEnded(leg, io: io)
+        case .noBuffer where legs[leg].phase == .open:
+            armReceive(leg, io: io)
+        case .noBuffer, .cancelled, .failed:
             closeLeg(leg, io: io)
-        } else {
-            armReceive(leg, io: io)
         }
     }
 
@@ -708,20 +811,20 @@ public final class Session {
             if proxyHeaderSlot == nil {
                 proxyHeaderSlot = slot
             } else {
-                releaseSlot(slot, from: Self.client, io: io)
+                releaseSlot(slot, from: .client, io: io)
             }
-            armReceive(Self.client, io: io)
+            armReceive(.client, io: io)
         case .invalid:
-            releaseSlot(slot, from: Self.client, io: io)
+            releaseSlot(slot, from: .client, io: io)
             fail(.badProxyHeader, io: io)
         case .complete(let headerLength, let addresses):
             stopAwaitingProxyHeader(io: io)
-            connectUpstream(addresses: addresses ?? io.addresses(fd: legs[Self.client].fd), io: io)
+            connectUpstream(addresses: addresses ?? io.addresses(fd: legs[.client].fd), io: io)
             let headerPart = headerLength - before
             if length > headerPart && !isEnding {
                 forwardFromClient(slot: slot, offset: headerPart, length: length - headerPart, io: io)
             } else {
-                releaseSlot(slot, from: Self.client, io: io)
+                releaseSlot(slot, from: .client, io: io)
             }
         }
     }
@@ -732,7 +835,7 @@ public final class Session {
         context.sessionsAwaitingProxyHeader -= 1
         if let held = proxyHeaderSlot {
             proxyHeaderSlot = nil
-            releaseSlot(held, from: Self.client, io: io)
+            releaseSlot(held, from: .client, io: io)
         }
     }
 
@@ -744,12 +847,12 @@ public final class Session {
 
     // MARK: - Sending
 
-    private func kickSend<IO: SessionIO>(_ leg: Int, io: IO) {
-        guard legs[leg].phase == .open, !legs[leg].sending else { return }
-        if leg != Self.client, legs[leg].proxyHeaderSent < proxyHeaderOutLength, let proxyHeaderOut {
+    private func kickSend<IO: SessionIO>(_ leg: Leg, io: IO) {
+        guard legs[leg].phase == .open, case .idle = legs[leg].write else { return }
+        if leg != .client, legs[leg].proxyHeaderSent < proxyHeaderOutLength, let proxyHeaderOut {
             // The header goes before any client byte, and before our FIN.
             let sent = legs[leg].proxyHeaderSent
-            legs[leg].sending = true
+            legs[leg].write = .sendingHeader
             legs[leg].inFlight &+= 1
             io.send(fd: legs[leg].fd, from: UnsafeRawPointer(proxyHeaderOut.baseAddress! + sent),
                     length: proxyHeaderOutLength - sent, tag: tag(.send, leg))
@@ -760,17 +863,15 @@ public final class Session {
             turnLimit = mirrorTurnLimit(leg, io: io)
             if turnLimit == 0 { return }
         }
-        if leg >= Self.firstMirror && context.limits.mirrorBatchBytes > 0 && !legs[leg].queue.isEmpty {
+        if leg.isMirror && context.limits.mirrorBatchBytes > 0 && !legs[leg].queue.isEmpty {
             kickMirrorBatch(leg, turnLimit: turnLimit, io: io)
         } else if let chunk = legs[leg].queue.first {
-            legs[leg].sending = true
+            legs[leg].write = .sending(chunks: 1, bytes: Int(chunk.length))
             legs[leg].inFlight &+= 1
-            legs[leg].sendingChunks = 1
-            legs[leg].sendingBytes = Int(chunk.length)
             io.send(fd: legs[leg].fd, slot: chunk.slot, offset: Int(chunk.offset), length: Int(chunk.length),
                     tag: tag(.send, leg))
-        } else if legs[leg].shutdownWanted, !legs[leg].shutdownIssued {
-            legs[leg].shutdownIssued = true
+        } else if legs[leg].shutdownWanted {
+            legs[leg].write = .shuttingDown
             legs[leg].inFlight &+= 1
             io.shutdownWrite(fd: legs[leg].fd, tag: tag(.shutdown, leg))
         }
@@ -781,7 +882,7 @@ public final class Session {
     /// `mirrorBatchDelayUs`, or the stream ends; until then the session asks
     /// to be woken at the deadline. Its reader wakes once per batch instead
     /// of once per client receive.
-    private func kickMirrorBatch<IO: SessionIO>(_ leg: Int, turnLimit: Int, io: IO) {
+    private func kickMirrorBatch<IO: SessionIO>(_ leg: Leg, turnLimit: Int, io: IO) {
         let limits = context.limits
         let queue = legs[leg].queue
         if legs[leg].batchDeadlineUs == 0 {
@@ -808,10 +909,8 @@ public final class Session {
         // What this send leaves behind is due as soon as it completes (a
         // kept turn's start waits for the mirror's answer instead).
         legs[leg].batchDeadlineUs = chunks == queue.count ? 0 : Self.dueNow
-        legs[leg].sending = true
+        legs[leg].write = .sending(chunks: chunks, bytes: length)
         legs[leg].inFlight &+= 1
-        legs[leg].sendingChunks = chunks
-        legs[leg].sendingBytes = length
         if chunks == 1 {
             let chunk = queue.chunk(at: 0)
             io.send(fd: legs[leg].fd, slot: chunk.slot, offset: Int(chunk.offset), length: length, tag: tag(.send, leg))
@@ -828,7 +927,7 @@ public final class Session {
     // its backend has read the first refuses the session ("received
     // unencrypted data after SSL request"). So for the first
     // `mirrorTurns` turns (client bytes after main replied), a mirror gets a
-    // turn only once it has answered the one before (a drain with bytes after
+    // turn only once it has answered the one before (a discard with bytes after
     // that turn was handed to it), or after `mirrorTurnTimeoutUs`; a mirror
     // that lets a turn time out, or lets more than `turnHeldBytesMax` or
     // `turnHeldChunksMax` pile up behind one, is not waited for again in the
@@ -836,9 +935,9 @@ public final class Session {
 
     /// The bytes this mirror may be sent now: up to the start of the first
     /// kept turn it has not been let past (0: it waits for an answer).
-    private func mirrorTurnLimit<IO: SessionIO>(_ leg: Int, io: IO) -> Int {
+    private func mirrorTurnLimit<IO: SessionIO>(_ leg: Leg, io: IO) -> Int {
         while legs[leg].turnNext < legs[leg].turnCount {
-            let start = turnStarts[leg &* context.limits.mirrorTurns &+ legs[leg].turnNext]
+            let start = turnStarts[leg.index &* context.limits.mirrorTurns &+ legs[leg].turnNext]
             let sent = legs[leg].sentBytesTotal
             if start > sent { return Int(start &- sent) }
             // All of the previous turn is sent: has the mirror answered it?
@@ -872,46 +971,51 @@ public final class Session {
         return Int.max
     }
 
-    /// The kept turns are past: the mirror's replies are drained in batches again.
-    private func stopKeepingTurns<IO: SessionIO>(_ leg: Int, io: IO) {
+    /// The kept turns are past: the mirror's replies are discarded in batches again.
+    private func stopKeepingTurns<IO: SessionIO>(_ leg: Leg, io: IO) {
         legs[leg].keepsTurns = false
         legs[leg].turnDeadlineUs = 0
-        if !legs[leg].shutdownIssued { io.drainInBatches(fd: legs[leg].fd) }
+        if !legs[leg].shutdownIssued { io.discardInBatches(fd: legs[leg].fd) }
     }
 
-    private func sent<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
-        legs[leg].sending = false
-        let sendingBytes = legs[leg].sendingBytes
-        legs[leg].sendingChunks = 0
-        legs[leg].sendingBytes = 0
+    private func sent<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, io: IO) {
+        let sendingBytes: Int
+        let wasHeader: Bool
+        switch legs[leg].write {
+        case .sending(_, let bytes): (sendingBytes, wasHeader) = (bytes, false)
+        case .sendingHeader: (sendingBytes, wasHeader) = (0, true)
+        case .idle, .shuttingDown, .shutDown:
+            assertionFailure("a send completed on \(leg) with none in flight")
+            return
+        }
+        legs[leg].write = .idle
         guard legs[leg].phase == .open else {
             dropQueue(leg, io: io)
             return
         }
-        guard result > 0 else {
+        guard case .done(let length) = outcome else {
             if legs[leg].flushing {
                 closeLeg(leg, io: io)
                 return
             }
             switch leg {
-            case Self.client: fail(.clientError, io: io)
-            case Self.main: fail(.mainError, io: io)
+            case .client: fail(.clientError, io: io)
+            case .main: fail(.mainError, io: io)
             default:
-                context.stats.mirrors[leg - Self.firstMirror].errors.bump()
+                context.stats.mirrors[leg.mirrorIndex].errors.bump()
                 cutMirror(leg, .failure, io: io)
             }
             return
         }
-        let length = Int(result)
-        if leg != Self.client && legs[leg].proxyHeaderSent < proxyHeaderOutLength {
+        if wasHeader {
             // While a leg owes the header, its one send in flight is the header's.
             legs[leg].proxyHeaderSent += length
             kickSend(leg, io: io)
             return
         }
-        if leg >= Self.firstMirror {
-            context.stats.mirrors[leg - Self.firstMirror].bytesSent.bump(length)
-            context.stats.mirrors[leg - Self.firstMirror].sends.bump()
+        if leg.isMirror {
+            context.stats.mirrors[leg.mirrorIndex].bytesSent.bump(length)
+            context.stats.mirrors[leg.mirrorIndex].sends.bump()
         } else {
             lastActivityMs = context.nowMs
         }
@@ -926,15 +1030,15 @@ public final class Session {
         if length < sendingBytes { legs[leg].batchDeadlineUs = Self.dueNow }
         kickSend(leg, io: io)
         // The queue has room again: the other side may be read.
-        if leg == Self.main { armReceive(Self.client, io: io) }
-        else if leg == Self.client { armReceive(Self.main, io: io) }
+        if leg == .main { armReceive(.client, io: io) }
+        else if leg == .client { armReceive(.main, io: io) }
     }
 
-    private func releaseSlot<IO: SessionIO>(_ slot: UInt32, from leg: Int, io: IO) {
+    private func releaseSlot<IO: SessionIO>(_ slot: UInt32, from leg: Leg, io: IO) {
         if context.pool.release(slot) {
             context.slotFreed(slot)
             io.recycle(slot: slot)
-        } else if leg == Self.main {
+        } else if leg == .main {
             // Only mirrors hold it now. If mirrors hold more than their share
             // of the pool, this session's laggiest mirror gives its slots back.
             if !context.markMirrorOnly(slot), let laggiest = laggiestMirror() {
@@ -944,10 +1048,10 @@ public final class Session {
     }
 
     /// The live mirror leg with the most bytes queued, if any has some.
-    private func laggiestMirror() -> Int? {
-        var laggiest: Int?
+    private func laggiestMirror() -> Leg? {
+        var laggiest: Leg?
         var most = 0
-        for leg in Self.firstMirror..<legCount where legs[leg].phase != .closed && legs[leg].phase != .closing {
+        for leg in mirrorLegs where legs[leg].phase != .closed && legs[leg].phase != .closing {
             if legs[leg].queue.bytes > most {
                 most = legs[leg].queue.bytes
                 laggiest = leg
@@ -958,26 +1062,26 @@ public final class Session {
 
     /// Releases the queued chunks of a closing leg, but not those that a
     /// send in flight is still reading (they go when the send completes).
-    private func dropQueue<IO: SessionIO>(_ leg: Int, io: IO) {
-        let keep = legs[leg].sending ? legs[leg].sendingChunks : 0
+    private func dropQueue<IO: SessionIO>(_ leg: Leg, io: IO) {
+        let keep = legs[leg].chunksInFlight
         while legs[leg].queue.count > keep, let chunk = legs[leg].queue.removeLast() {
             releaseSlot(chunk.slot, from: leg, io: io)
         }
     }
 
-    private func shutDown<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
-        legs[leg].shutdownDone = true
+    private func shutDown<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, io: IO) {
+        legs[leg].write = .shutDown
         if legs[leg].flushing {
-            if legs[leg].readDone || result < 0 { closeLeg(leg, io: io) }
+            if legs[leg].read == .ended || !outcome.succeeded { closeLeg(leg, io: io) }
             return
         }
         switch leg {
-        case Self.main: clientToMainDone = true
-        case Self.client: mainToClientDone = true
+        case .main: clientToMainDone = true
+        case .client: mainToClientDone = true
         default:
             // The mirror has the whole stream; wait for its EOF (or the linger time) so
             // closing does not reset a connection whose last bytes it has not read.
-            if legs[leg].readDone || result < 0 { closeLeg(leg, io: io) }
+            if legs[leg].read == .ended || !outcome.succeeded { closeLeg(leg, io: io) }
             return
         }
         if clientToMainDone && mainToClientDone && !isEnding {
@@ -987,27 +1091,27 @@ public final class Session {
 
     // MARK: - Connecting
 
-    private func connect<IO: SessionIO>(leg: Int, fd: Int32, timeoutMs: Int, io: IO) {
+    private func connect<IO: SessionIO>(leg: Leg, fd: Int32, timeoutMs: Int, io: IO) {
         legs[leg].fd = fd
         legs[leg].phase = .connecting
         legs[leg].inFlight &+= 1
-        io.connect(fd: fd, target: leg - 1, timeoutMs: timeoutMs, tag: tag(.connect, leg),
+        io.connect(fd: fd, leg: leg, timeoutMs: timeoutMs, tag: tag(.connect, leg),
                    timeoutTag: tag(.connectTimeout, leg))
     }
 
-    private func connected<IO: SessionIO>(_ leg: Int, result: Int32, io: IO) {
+    private func connected<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, io: IO) {
         guard legs[leg].phase == .connecting else { return }
-        if result == 0 {
+        if outcome.succeeded {
             legs[leg].phase = .open
-            if leg >= Self.firstMirror {
-                context.stats.mirrors[leg - Self.firstMirror].sessionsMirrored.bump()
-                context.mirrorConnected(leg - Self.firstMirror)
+            if leg.isMirror {
+                context.stats.mirrors[leg.mirrorIndex].sessionsMirrored.bump()
+                context.mirrorConnected(leg.mirrorIndex)
             }
             kickSend(leg, io: io)
             armReceive(leg, io: io)
             return
         }
-        if leg == Self.main {
+        if leg == .main {
             if legs[leg].flushing {
                 closeLeg(leg, io: io)
             } else {
@@ -1015,13 +1119,13 @@ public final class Session {
             }
             return
         }
-        let mirror = leg - Self.firstMirror
-        if result == -ECANCELED || result == -ETIME {
+        let mirror = leg.mirrorIndex
+        if case .cancelled = outcome {
             context.stats.mirrors[mirror].connectTimeouts.bump()
         } else {
             context.stats.mirrors[mirror].connectFailures.bump()
         }
-        context.mirrorConnectFailed(mirror, errno: -result)
+        context.mirrorConnectFailed(mirror, errno: outcome.errno)
         context.stats.mirrors[mirror].bytesMissed.bump(legs[leg].queue.bytes)
         legs[leg].missing = true
         comparisons?[mirror].abandon()
@@ -1032,9 +1136,9 @@ public final class Session {
 
     /// Disconnects a mirror for the rest of this session; what it had not
     /// been sent counts as missed, and so will what the client sends later.
-    private func cutMirror<IO: SessionIO>(_ leg: Int, _ cause: MirrorCut, alsoMissed: Int = 0, io: IO) {
+    private func cutMirror<IO: SessionIO>(_ leg: Leg, _ cause: MirrorCut, alsoMissed: Int = 0, io: IO) {
         guard legs[leg].phase != .closed, legs[leg].phase != .closing else { return }
-        let stats = context.stats.mirrors[leg - Self.firstMirror]
+        let stats = context.stats.mirrors[leg.mirrorIndex]
         switch cause {
         case .lag: stats.sessionsCutForLag.bump()
         case .poolShare: stats.sessionsCutForPoolShare.bump()
@@ -1042,7 +1146,7 @@ public final class Session {
         }
         stats.bytesMissed.bump(legs[leg].queue.bytes + alsoMissed)
         legs[leg].missing = true
-        comparisons?[leg - Self.firstMirror].abandon()
+        comparisons?[leg.mirrorIndex].abandon()
         closeLeg(leg, io: io)
     }
 
@@ -1069,22 +1173,22 @@ public final class Session {
         }
         stopAwaitingProxyHeader(io: io)
         lingerDeadlineMs = context.nowMs + UInt64(context.limits.mirrorLingerMs)
-        closeLeg(Self.client, io: io)
-        let mainPhase = legs[Self.main].phase
-        if cause == .clientError && (mainPhase == .open || mainPhase == .connecting) && !legs[Self.main].shutdownIssued {
+        closeLeg(.client, io: io)
+        let mainPhase = legs[.main].phase
+        if cause == .clientError && (mainPhase == .open || mainPhase == .connecting) && !legs[.main].shutdownIssued {
             // The client is gone, but main still gets every byte the client
             // sent before it failed (as the mirrors do), then our FIN; its
-            // replies are drained, and the linger bounds all of it.
-            legs[Self.main].flushing = true
-            legs[Self.main].shutdownWanted = true
-            kickSend(Self.main, io: io)
-            armReceive(Self.main, io: io)
+            // replies are discarded, and the linger bounds all of it.
+            legs[.main].flushing = true
+            legs[.main].shutdownWanted = true
+            kickSend(.main, io: io)
+            armReceive(.main, io: io)
         } else {
-            closeLeg(Self.main, io: io)
+            closeLeg(.main, io: io)
         }
         // Mirrors, connected or still connecting, get the rest of what they
         // are owed, then shut down; `tick` closes them after the linger time.
-        for leg in Self.firstMirror..<legCount {
+        for leg in mirrorLegs {
             if legs[leg].phase == .idle {
                 // Never started (main failed first): nothing to flush.
                 closeLeg(leg, io: io)
@@ -1096,7 +1200,7 @@ public final class Session {
         settleSession()
     }
 
-    private func closeLeg<IO: SessionIO>(_ leg: Int, io: IO) {
+    private func closeLeg<IO: SessionIO>(_ leg: Leg, io: IO) {
         switch legs[leg].phase {
         case .closing, .closed: return
         case .idle:
@@ -1108,23 +1212,21 @@ public final class Session {
         }
         dropQueue(leg, io: io)
         if legs[leg].inFlight > 0 {
-            if !legs[leg].cancelIssued {
-                legs[leg].cancelIssued = true
-                io.cancel(fd: legs[leg].fd, tag: tag(.cancel, leg))
-            }
+            // Once: a closing leg is never closed again.
+            io.cancel(fd: legs[leg].fd, tag: tag(.cancel, leg))
         } else {
             finishClose(leg, io: io)
         }
     }
 
     /// After each completion: a closing leg with nothing in flight is closed.
-    private func settle<IO: SessionIO>(_ leg: Int, io: IO) {
+    private func settle<IO: SessionIO>(_ leg: Leg, io: IO) {
         if legs[leg].phase == .closing && legs[leg].inFlight == 0 {
             finishClose(leg, io: io)
         }
     }
 
-    private func finishClose<IO: SessionIO>(_ leg: Int, io: IO) {
+    private func finishClose<IO: SessionIO>(_ leg: Leg, io: IO) {
         dropQueue(leg, io: io)
         io.close(fd: legs[leg].fd, tag: tag(.close, leg))
         legs[leg].fd = -1
@@ -1135,11 +1237,20 @@ public final class Session {
     /// The session is over when every leg is closed.
     private func settleSession() {
         guard isActive, isEnding else { return }
-        for leg in 0..<legCount where legs[leg].phase != .closed { return }
+        for leg in allLegs where legs[leg].phase != .closed { return }
         isActive = false
         waitingForBuffers = false
         if let comparisons { recordVerdicts(comparisons) }
         context.sessionsEnding -= 1
         context.stats.sessionsActive.drop()
+    }
+}
+
+extension UnsafeMutablePointer where Pointee == Session.LegState {
+    /// A session's state of `leg` (`Session.legs`).
+    @inline(__always)
+    subscript(leg: Leg) -> Session.LegState {
+        unsafeAddress { UnsafePointer(self + leg.index) }
+        nonmutating unsafeMutableAddress { self + leg.index }
     }
 }

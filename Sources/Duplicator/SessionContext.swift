@@ -13,7 +13,7 @@ public struct SessionLimits: Sendable {
     /// Receives from one side allowed ahead of the other side's sends: the
     /// window of end-to-end back-pressure.
     public var readAheadChunks: Int
-    /// How long mirrors may go on flushing and draining after the client's
+    /// How long mirrors may go on flushing and discarding after the client's
     /// session ended, before they are closed.
     public var mirrorLingerMs: Int
     /// A session in which nothing moved between client and main for this long ends; 0: never.

@@ -4,7 +4,7 @@ import Ring
 public enum OperationKind: UInt8, Sendable {
     case accept = 1
     case recv
-    case drain
+    case discard
     case send
     case connect
     case connectTimeout
@@ -33,18 +33,17 @@ public enum SessionTimer: UInt8, Sendable {
 /// are ignored by the session).
 public protocol SessionIO: AnyObject {
     var pool: BufferPool { get }
-    /// A new non-blocking TCP socket for `target` (0: main, 1...: mirror
-    /// `target - 1`), or a negated errno.
-    func openSocket(target: Int) -> Int32
-    /// Connect to `target`, cancelled after `timeoutMs` (0: none).
-    func connect(fd: Int32, target: Int, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag)
+    /// A new non-blocking TCP socket for `leg` (main or a mirror), or a negated errno.
+    func openSocket(for leg: Leg) -> Int32
+    /// Connect to `leg`'s address, cancelled after `timeoutMs` (0: none).
+    func connect(fd: Int32, leg: Leg, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag)
     /// Receive into a pool slot chosen when data arrives (`selectedBuffer`):
     /// client and main, and with `--compare` a mirror whose replies are
     /// still being compared (its slot is given back in the same completion).
     func recv(fd: Int32, tag: CompletionTag)
     /// Receive into scratch memory; the bytes are thrown away (a mirror's
     /// replies, unless compared).
-    func drain(fd: Int32, tag: CompletionTag)
+    func discard(fd: Int32, tag: CompletionTag)
     func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag)
     /// Send from the session's own memory (its PROXY protocol header), which
     /// stays put until the completion.
@@ -62,9 +61,9 @@ public protocol SessionIO: AnyObject {
     /// now plus the same delay, so they come in order of deadline. The
     /// session may have ended and restarted by then.
     func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer)
-    /// A mirror's replies need no longer wake the session one by one: drain
+    /// A mirror's replies need no longer wake the session one by one: discard
     /// them in batches (`--mirror-drain-batch`) from now on.
-    func drainInBatches(fd: Int32)
+    func discardInBatches(fd: Int32)
     func shutdownWrite(fd: Int32, tag: CompletionTag)
     /// Cancel every operation in flight on `fd`.
     func cancel(fd: Int32, tag: CompletionTag)

@@ -2,7 +2,7 @@ import Glibc
 import Ring
 
 /// The fixed-size table of one worker's sessions and the free list of its
-/// slots. All queue storage is one anonymous mapping, laid out by position:
+/// indices. All queue storage is one anonymous mapping, laid out by position:
 /// row `p` holds position `p` of every session's queue of one leg, side by
 /// side. Queues restart at position 0 when empty, so shallow queues share a
 /// few resident rows, and pages of deep rows become resident only when some
@@ -14,7 +14,7 @@ public final class SessionTable {
     /// the table. A lookup through the array retains and releases the
     /// session, once per completion; through these it costs neither.
     private let unretained: UnsafeMutablePointer<Unmanaged<Session>>
-    private var freeSlots: [UInt32]
+    private var freeIndices: [UInt32]
     private let storage: UnsafeMutableRawPointer
     private let storageBytes: Int
     /// `--compare`: one window per session and mirror, or nil.
@@ -55,7 +55,7 @@ public final class SessionTable {
         }
         unretained = .allocate(capacity: capacity)
         unretained.initialize(from: sessions.map { Unmanaged.passUnretained($0) }, count: capacity)
-        freeSlots = (0..<UInt32(capacity)).reversed()
+        freeIndices = (0..<UInt32(capacity)).reversed()
     }
 
     deinit {
@@ -65,13 +65,13 @@ public final class SessionTable {
     }
 
     public var capacity: Int { sessions.count }
-    public var freeCount: Int { freeSlots.count }
-    public var activeCount: Int { sessions.count - freeSlots.count }
+    public var freeCount: Int { freeIndices.count }
+    public var activeCount: Int { sessions.count - freeIndices.count }
 
     /// A free session, or nil when the table is full.
     @inline(__always)
     public func take() -> Session? {
-        guard let index = freeSlots.popLast() else { return nil }
+        guard let index = freeIndices.popLast() else { return nil }
         return sessions[Int(index)]
     }
 
@@ -79,7 +79,7 @@ public final class SessionTable {
     @inline(__always)
     public func free(_ session: Session) {
         precondition(!session.isActive)
-        freeSlots.append(session.index)
+        freeIndices.append(session.index)
     }
 
     /// Runs `body` with the session at `index`, active or not, without
@@ -90,7 +90,7 @@ public final class SessionTable {
     }
 
     /// The session a completion belongs to, or nil when it is stale (its
-    /// session ended and the slot may have a new occupant).
+    /// session ended and its place may have a new occupant).
     public func session(for tag: CompletionTag) -> Session? {
         withSession(for: tag) { $0 }
     }
@@ -107,7 +107,7 @@ public final class SessionTable {
 
     /// What became of a delivered completion.
     public enum Delivery {
-        /// Its session ended and the slot may have a new occupant: the
+        /// Its session ended and its place may have a new occupant: the
         /// caller gives back any buffer the kernel picked for it.
         case stale
         case handled
@@ -125,7 +125,7 @@ public final class SessionTable {
         guard Int(tag.session) < sessions.count else { return .stale }
         return unretained[Int(tag.session)]._withUnsafeGuaranteedRef { session in
             guard session.isActive && session.generation == tag.generation else { return .stale }
-            session.handle(kind: kind, leg: Int(tag.leg), result: result, selectedBuffer: selectedBuffer, io: io)
+            session.handle(kind: kind, leg: Leg(tag), result: result, selectedBuffer: selectedBuffer, io: io)
             guard !session.isActive else { return .handled }
             free(session)
             return .ended(session)

@@ -27,7 +27,7 @@ enum Sockets {
     /// TCP wakes a reader only once `bytes` are queued, or at EOF or an
     /// error (tcp_data_ready checks SO_RCVLOWAT before it wakes anyone): for
     /// the replies of a mirror, which are thrown away, one wakeup and one
-    /// drain per batch instead of one per reply.
+    /// discard per batch instead of one per reply.
     static func setReceiveLowWater(_ fd: Int32, bytes: Int) {
         var value = Int32(clamping: bytes)
         _ = setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &value, socklen_t(MemoryLayout<Int32>.size))
@@ -37,9 +37,9 @@ enum Sockets {
     /// each worker can have its own and the kernel spreads connections over
     /// them; without it, nobody else may listen on the port (the metrics
     /// endpoint has no reason to share its port).
-    static func listen(on address: SocketAddress, backlog: Int32, reusePort: Bool = false) throws(RingError) -> Int32 {
+    static func listen(on address: SocketAddress, queueLength: Int32, reusePort: Bool = false) throws(RingError) -> Int32 {
         let fd = try bound(to: address, reusePort: reusePort)
-        guard Glibc.listen(fd, backlog) == 0 else {
+        guard Glibc.listen(fd, queueLength) == 0 else {
             let error = errno
             close(fd)
             throw RingError("listen on \(address)", errno: error)

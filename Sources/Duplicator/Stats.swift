@@ -62,10 +62,10 @@ public final class MirrorStats: Sendable {
     public let errors = Atomic<UInt64>(0)
     /// Sessions not mirrored because this mirror was backing off after failures.
     public let sessionsSkipped = Atomic<UInt64>(0)
-    /// Bytes the mirror replied, drained and thrown away.
+    /// Bytes the mirror replied (discarded).
     public let replyBytes = Atomic<UInt64>(0)
     /// Drains that took replies: with `--mirror-drain-batch`, far fewer than replies.
-    public let drains = Atomic<UInt64>(0)
+    public let discards = Atomic<UInt64>(0)
     /// 1 while this worker rests this mirror after repeated connect failures.
     public let backingOff = Atomic<UInt64>(0)
     /// `--compare`: the verdicts on this mirror's replies.

@@ -13,7 +13,7 @@ public struct StatsSnapshot: Sendable, Equatable {
         public var errors: UInt64 = 0
         public var sessionsSkipped: UInt64 = 0
         public var replyBytes: UInt64 = 0
-        public var drains: UInt64 = 0
+        public var discards: UInt64 = 0
         public var sends: UInt64 = 0
         /// Workers that are not trying this mirror now (back-off after failures).
         public var workersBackingOff: UInt64 = 0
@@ -89,7 +89,7 @@ public struct StatsSnapshot: Sendable, Equatable {
                 mirrors[index].errors += mirror.errors.value
                 mirrors[index].sessionsSkipped += mirror.sessionsSkipped.value
                 mirrors[index].replyBytes += mirror.replyBytes.value
-                mirrors[index].drains += mirror.drains.value
+                mirrors[index].discards += mirror.discards.value
                 mirrors[index].sends += mirror.sends.value
                 mirrors[index].workersBackingOff += mirror.backingOff.value
                 for verdict in ReplyComparison.Verdict.allCases {

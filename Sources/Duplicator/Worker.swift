@@ -20,8 +20,8 @@ final class WorkerControl: Sendable {
 /// (`WorkerStats`), the stop request (`WorkerControl`), the loop guard and
 /// the mirrors' health.
 final class Worker: WorkerBackend {
-    static let drainBufferBytes = 4096
-    static let drainBytesMax = 1 << 20
+    static let discardBufferBytes = 4096
+    static let discardBytesMax = 1 << 20
 
     let ring: Ring
     let pool: BufferPool
@@ -45,7 +45,7 @@ final class Worker: WorkerBackend {
     /// connect's address when its SQE is submitted, which may be later.
     private let targetAddresses: UnsafeMutablePointer<sockaddr_storage>
     private var listenerFD: Int32
-    private let drainBuffer: UnsafeMutableRawPointer
+    private let discardBuffer: UnsafeMutableRawPointer
     /// The kernel reads a linked timeout's duration at submission: one
     /// stable copy per duration the sessions ask for (main's and the mirrors').
     private var connectTimeouts: [RingTimeout]
@@ -114,7 +114,7 @@ final class Worker: WorkerBackend {
         gatherMessages = gatherMemory.bindMemory(to: msghdr.self, capacity: gatherLegs)
         gatherVectors = (gatherMemory + vectorsOffset).bindMemory(to: iovec.self, capacity: gatherLegs * Session.gatherChunksMax)
         sendMessageSupported = ring.supportsSendMessage
-        drainBuffer = .allocate(byteCount: Self.drainBufferBytes, alignment: 4096)
+        discardBuffer = .allocate(byteCount: Self.discardBufferBytes, alignment: 4096)
         connectTimeouts = [RingTimeout(milliseconds: config.mainConnectTimeoutMs),
                            RingTimeout(milliseconds: config.mirrorConnectTimeoutMs)]
         core = WorkerCore(context: context, table: table, waiters: waiters, timers: timers,
@@ -124,7 +124,7 @@ final class Worker: WorkerBackend {
 
     deinit {
         munmap(gatherMemory, gatherMemoryBytes)
-        drainBuffer.deallocate()
+        discardBuffer.deallocate()
         targetAddresses.deallocate()
         closeListener()
     }
@@ -237,7 +237,7 @@ final class Worker: WorkerBackend {
 
     /// Tells the loop guard that a session's outbound connect ended; true if
     /// it already arrived at our listener (the session then fails it).
-    func connectLooped(fd: Int32, target: Int, result: Int32) -> Bool {
+    func connectLooped(fd: Int32, leg: Leg, result: Int32) -> Bool {
         var wasConnecting = false
         if case .connecting = loopRecords[fd] {
             loopRecords[fd] = nil
@@ -245,12 +245,12 @@ final class Worker: WorkerBackend {
         }
         var established: LoopGuard.Connection?
         if result == 0 && loopGuard.isArmed, let local = Sockets.localAddress(fd) {
-            established = LoopGuard.Connection(source: local, destination: targets[target])
+            established = LoopGuard.Connection(source: local, destination: targets[leg.targetIndex])
         }
         guard wasConnecting || established != nil else { return false }
         if loopGuard.connected(fd: wasConnecting ? fd : nil, established: established) {
             stats.loopsRefused.bump()
-            logLoop(destination: targets[target])
+            logLoop(destination: targets[leg.targetIndex])
             return true
         }
         if let established { loopRecords[fd] = .outbound(established) }
@@ -281,17 +281,18 @@ final class Worker: WorkerBackend {
 
     // MARK: - SessionIO
 
-    func openSocket(target: Int) -> Int32 {
-        let fd = Sockets.openStream(family: targets[target].family)
+    func openSocket(for leg: Leg) -> Int32 {
+        let fd = Sockets.openStream(family: targets[leg.targetIndex].family)
         // While a mirror's first turns are kept, each reply must wake its
-        // drain; the session asks for batches (`drainInBatches`) after.
-        if target > 0 && fd >= 0 && config.mirrorReceiveLowWaterBytes > 0 && config.mirrorTurns == 0 {
+        // discard; the session asks for batches (`discardInBatches`) after.
+        if leg.isMirror && fd >= 0 && config.mirrorReceiveLowWaterBytes > 0 && config.mirrorTurns == 0 {
             Sockets.setReceiveLowWater(fd, bytes: config.mirrorReceiveLowWaterBytes)
         }
         return fd
     }
 
-    func connect(fd: Int32, target: Int, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {
+    func connect(fd: Int32, leg: Leg, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {
+        let target = leg.targetIndex
         if loopGuard.isArmed {
             loopGuard.connecting(fd: fd, to: targets[target])
             loopRecords[fd] = .connecting
@@ -316,12 +317,12 @@ final class Worker: WorkerBackend {
     }
 
     /// TCP discards received bytes for a recv with MSG_TRUNC instead of
-    /// copying them (tcp(7)), so one drain takes up to a MiB of a mirror's
+    /// copying them (tcp(7)), so one discard takes up to a MiB of a mirror's
     /// replies without touching memory; the buffer is only there for the
     /// address check and is never written.
     @inline(__always)
-    func drain(fd: Int32, tag: CompletionTag) {
-        ring.prepareRecv(fd: fd, into: drainBuffer, length: Self.drainBytesMax, tag: tag, flags: Ring.messageTruncate)
+    func discard(fd: Int32, tag: CompletionTag) {
+        ring.prepareRecv(fd: fd, into: discardBuffer, length: Self.discardBytesMax, tag: tag, flags: Ring.messageTruncate)
     }
 
     @inline(__always)
@@ -345,7 +346,7 @@ final class Worker: WorkerBackend {
             return
         }
         // One msghdr per (session, mirror): one send in flight per leg.
-        let leg = Int(tag.session) &* config.mirrors.count &+ Int(tag.leg) &- Session.firstMirror
+        let leg = Int(tag.session) &* config.mirrors.count &+ Leg(tag).mirrorIndex
         let vectors = gatherVectors + leg &* Session.gatherChunksMax
         for position in 0..<chunks {
             let chunk = queue.chunk(at: position)
@@ -362,14 +363,14 @@ final class Worker: WorkerBackend {
         timers.add(session: index, atUs: deadlineUs, for: timer)
     }
 
-    func drainInBatches(fd: Int32) {
+    func discardInBatches(fd: Int32) {
         if config.mirrorReceiveLowWaterBytes > 0 { Sockets.setReceiveLowWater(fd, bytes: config.mirrorReceiveLowWaterBytes) }
     }
 
     func shutdownWrite(fd: Int32, tag: CompletionTag) {
-        if Int(tag.leg) >= Session.firstMirror && config.mirrorReceiveLowWaterBytes > 0 {
-            // The mirror has the whole stream: from now on drain its replies
-            // as they come (lowering SO_RCVLOWAT wakes the drain for what
+        if Leg(tag).isMirror && config.mirrorReceiveLowWaterBytes > 0 {
+            // The mirror has the whole stream: from now on discard its replies
+            // as they come (lowering SO_RCVLOWAT wakes the discard for what
             // waits), so that closing it at the end of its linger finds no
             // reply unread, which would turn the FIN into a reset and drop
             // what the kernel has yet to deliver.

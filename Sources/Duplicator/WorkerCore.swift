@@ -43,10 +43,10 @@ public protocol WorkerBackend: SessionIO {
     /// The loop guard (`LoopGuard`): whether the accepted `fd` is one of our
     /// own connections come back (it is then refused and logged)...
     func isLoop(acceptedFD fd: Int32) -> Bool
-    /// ... whether a connect of `fd` to `target` that completed with
+    /// ... whether a connect of `fd` for `leg` that completed with
     /// `result` turned out to arrive at our own listener (it then fails
     /// with ELOOP); and whether either needs asking now (almost never).
-    func connectLooped(fd: Int32, target: Int, result: Int32) -> Bool
+    func connectLooped(fd: Int32, leg: Leg, result: Int32) -> Bool
     var loopCheckNeeded: Bool { get }
     /// Once a tick, for the backend's own gauges and logs.
     func tick(nowMs: UInt64)
@@ -95,7 +95,7 @@ public enum StopMode: Int, Sendable { case running = 0, graceful = 1, immediate 
 public final class WorkerCore<Backend: WorkerBackend> {
     public static var tickMs: UInt64 { 100 }
     /// After an accept error (out of descriptors or memory), clients wait in
-    /// the listen backlog this long before the accept is armed again.
+    /// the listen queue this long before the accept is armed again.
     public static var acceptPauseMs: UInt64 { 100 }
     /// How often sessions are checked against the idle timeout.
     static var idleCheckMs: UInt64 { 1_000 }
@@ -174,8 +174,8 @@ public final class WorkerCore<Backend: WorkerBackend> {
         if let slot = completion.selectedBuffer { io.bufferTaken(slot) }
         var result = completion.result
         if kind == .connect && io.loopCheckNeeded, let session = table.session(for: tag) {
-            let leg = Int(tag.leg)
-            if io.connectLooped(fd: session.legs[leg].fd, target: leg - 1, result: result) { result = -ELOOP }
+            let leg = Leg(tag)
+            if io.connectLooped(fd: session.legs[leg].fd, leg: leg, result: result) { result = -ELOOP }
         }
         if case .stale = table.deliver(kind, tag: tag, result: result, selectedBuffer: completion.selectedBuffer, io: io),
            let slot = completion.selectedBuffer {
@@ -262,7 +262,7 @@ public final class WorkerCore<Backend: WorkerBackend> {
             io.closeListener()
         } else if completion.result < 0 {
             // Out of descriptors or memory: retrying at once would spin a
-            // core. Clients wait in the listen backlog meanwhile.
+            // core. Clients wait in the listen queue meanwhile.
             acceptPausedUntilMs = context.nowMs + Self.acceptPauseMs
         } else {
             armAccept(io: io)

@@ -1,12 +1,12 @@
 import Glibc
 import Platform
 
-/// Fills the accept queue of a listener made with backlog 0 and never accepted from, so
+/// Fills the accept queue of a listener made with a queue length of 0 (listen(2)'s backlog) and never accepted from, so
 /// that any further connect() hangs in SYN_SENT: the kernel drops SYNs for a full queue.
 ///
-/// Rather than assume how many connections a zero backlog admits (Linux: one), it
+/// Rather than assume how many connections a queue length of 0 admits (Linux: one), it
 /// connects until the listener's TCP_INFO says the queue is over its limit (for a
-/// listener, tcpi_unacked is the queue length and tcpi_sacked the backlog). Where
+/// listener, tcpi_unacked is the queue length and tcpi_sacked the most it may hold). Where
 /// TCP_INFO does not say, a connect that stays pending is the proof.
 enum BlackholeQueueFiller {
     static let fillersMax = 16
@@ -44,7 +44,7 @@ enum BlackholeQueueFiller {
         }
     }
 
-    /// Linux drops SYNs once the queue length exceeds the backlog.
+    /// Linux drops SYNs once the queue length exceeds the most it may hold.
     private static func acceptQueueIsFull(_ listenerFd: Int32) -> Bool {
         var info = tcp_info()
         var length = socklen_t(MemoryLayout<tcp_info>.size)

@@ -7,14 +7,14 @@ enum SocketCalls {
 
     /// A non-blocking listening socket with SO_REUSEADDR (so a restarted server can
     /// bind a port whose old connections linger in TIME_WAIT).
-    static func listen(at address: SocketAddress, backlog: Int32) throws(SystemCallError) -> Int32 {
+    static func listen(at address: SocketAddress, queueLength: Int32) throws(SystemCallError) -> Int32 {
         let fd = socket(address.family, streamNonBlocking, 0)
         guard fd >= 0 else { throw .lastError("socket") }
         do throws(SystemCallError) {
             try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, name: "setsockopt SO_REUSEADDR")
             let bound = address.withSockaddr { Glibc.bind(fd, $0, $1) }
             guard bound == 0 else { throw .lastError("bind \(address)") }
-            guard Glibc.listen(fd, backlog) == 0 else { throw .lastError("listen \(address)") }
+            guard Glibc.listen(fd, queueLength) == 0 else { throw .lastError("listen \(address)") }
             return fd
         } catch {
             close(fd)

@@ -48,7 +48,7 @@ public final class TestServer: Sendable {
             let target = try address.resolve(for: .listen)
             let loop = try TestServerLoop(
                 mode: mode, shared: shared,
-                listenerFd: try SocketCalls.listen(at: target, backlog: mode == .blackhole ? 0 : Self.listenQueueLength))
+                listenerFd: try SocketCalls.listen(at: target, queueLength: mode == .blackhole ? 0 : Self.listenQueueLength))
             let bound = loop.boundAddress
             let wakeup = loop.wakeup
             // On failure the closure, and with it the loop and its descriptors, is released.

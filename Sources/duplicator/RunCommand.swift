@@ -96,8 +96,12 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: .customLong("wait-batch-timeout"), parsing: .unconditional, help: "Tuning: the longest --wait-batch waits before taking fewer.")
     var waitBatchTimeout: String = DurationParser.text(nanoseconds: Int64(Defaults.waitBatchTimeoutUs) * 1_000)
 
-    @Option(name: .customLong("mirror-drain-batch"), parsing: .unconditional, help: "Drain a mirror's replies once this many bytes wait (its EOF and errors at once); 0: every reply.")
-    var mirrorDrainBatch: String = SizeParser.text(Defaults.mirrorDrainBatchBytes)
+    @Option(name: .customLong("mirror-discard-batch"), parsing: .unconditional, help: "Discard a mirror's replies once this many bytes wait (its EOF and errors at once); 0: every reply.")
+    var mirrorDiscardBatch: String = SizeParser.text(Defaults.mirrorDiscardBatchBytes)
+
+    /// `--mirror-discard-batch`'s old name, still read (hidden): when given, it is the value.
+    @Option(name: .customLong("mirror-drain-batch"), parsing: .unconditional, help: .hidden)
+    var mirrorDrainBatch: String?
 
     @Option(name: .customLong("send-proxy"), help: ArgumentHelp("Send a PROXY protocol header (v1: text, v2: binary) with the client's address first to main and to every mirror.", valueName: "version"))
     var sendProxy: ProxyProtocol.Version?
@@ -205,7 +209,7 @@ struct ProxyOptions: ParsableArguments {
             throw ConfigError("--ring-mode '\(ringMode)': expected defer, coop or plain")
         }
         config.ringMode = mode
-        config.mirrorDrainBatchBytes = try SizeParser.bytes(mirrorDrainBatch)
+        config.mirrorDiscardBatchBytes = try SizeParser.bytes(mirrorDrainBatch ?? mirrorDiscardBatch)
         config.compare = compare
         config.compareWindowBytes = try SizeParser.bytes(compareWindow)
         config.dumpDirectory = dumpDir

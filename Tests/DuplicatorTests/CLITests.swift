@@ -84,7 +84,7 @@ struct CLITests {
         (["-l", ":1", "-f", ":2", "--idle-timeout", "soon"], "duration 'soon'"),
         (["-l", ":1", "-f", ":2", "--slot-size", "12q"], "size '12q'"),
         (["-l", ":1", "-f", ":2", "--threads", "0"], "--threads"),
-        (["-l", ":1", "-f", ":2", "--mirror-drain-batch", "2MiB"], "--mirror-drain-batch must be from 0 to 1MiB"),
+        (["-l", ":1", "-f", ":2", "--mirror-discard-batch", "2MiB"], "--mirror-discard-batch must be from 0 to 1MiB"),
         (["-l", ":1", "-f", ":2", "--mirror-batch-bytes", "1GiB"], "--mirror-batch-bytes must be from 0 to 16MiB"),
         (["-l", ":1", "-f", ":2", "--mirror-batch-delay", "1s"], "--mirror-batch-delay must be from 0 to 100ms"),
         (["-l", ":1", "-f", ":2", "--mirror-batch-delay", "-1ms"], "--mirror-batch-delay '-1ms': negative durations are refused"),
@@ -228,6 +228,30 @@ struct CLITests {
         #expect(result.standardOutput.contains("duplicator -l :8080 -f :8081 -m :8082 -m :8083"))
     }
 
+    /// `--mirror-discard-batch` was called `--mirror-drain-batch` ("drain" is
+    /// now only the graceful stop): scripts that use the old spelling keep
+    /// working, and the help shows only the new one.
+    @Test("--mirror-drain-batch, the old name of --mirror-discard-batch, still sets it and is hidden from the help")
+    func mirrorDrainBatchAlias() throws {
+        let binary = try builtBinary("duplicator")
+        let base = ["-l", "127.0.0.1:0", "-f", ":9", "-m", ":10", "--threads", "1", "--check"]
+        for flag in ["--mirror-discard-batch", "--mirror-drain-batch"] {
+            let accepted = try runProgram(binary, base + [flag, "32KiB"], timeoutSeconds: 10)
+            #expect(accepted.status == 0, "\(flag): \(accepted.standardError)")
+            // The value reaches the setting: its bound is checked.
+            let refused = try runProgram(binary, base + [flag, "2MiB"], timeoutSeconds: 10)
+            #expect(refused.status != 0 && refused.errorLines.count == 1
+                    && refused.standardError.contains("--mirror-discard-batch must be from 0 to 1MiB, got 2097152"),
+                    "\(flag): \(refused.standardError)")
+        }
+        for arguments in [["--help"], ["help", "run"]] {
+            let help = try runProgram(binary, arguments)
+            #expect(help.status == 0)
+            #expect(help.standardOutput.contains("--mirror-discard-batch <"), "\(arguments)")
+            #expect(!help.standardOutput.contains("--mirror-drain-batch"), "\(arguments)")
+        }
+    }
+
     /// The help shows each documented default (ParserTests checks that the
     /// engine runs with the same ones).
     @Test("the help shows the documented defaults")
@@ -362,7 +386,7 @@ struct CLIPrivilegedTests {
 struct CLIFuzzTests {
     static let flags = ["-l", "-f", "-m", "-t", "--listen", "--forward", "--mirror", "--timeout", "--backlog",
                         "--backlog-chunks", "--slot-size", "--max-memory", "--idle-timeout", "--threads", "--max-sessions",
-                        "--mirror-linger", "--mirror-drain-batch", "--mirror-batch-bytes", "--mirror-batch-delay", "--drain-timeout", "--main-connect-timeout", "--stats-interval",
+                        "--mirror-linger", "--mirror-discard-batch", "--mirror-drain-batch", "--mirror-batch-bytes", "--mirror-batch-delay", "--drain-timeout", "--main-connect-timeout", "--stats-interval",
                         "--metrics", "--log-level", "--check", "-h", "--bogus", "-", "--", "demo", "--compare",
                         "--compare-window"]
     static let values = ["127.0.0.1:0", "[::1]:0", "127.0.0.1:9", ":9", ":0", "[::1", "1.2.3.4.5:6", "host", "::1:80",

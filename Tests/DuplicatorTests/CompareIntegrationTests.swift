@@ -223,7 +223,7 @@ struct CompareIntegrationTests {
         #expect(verdicts.compared(.match) == UInt64(sessions), "\(verdicts.compared)")
     }
 
-    @Test("without --compare the mirror's replies are drained and nothing is compared")
+    @Test("without --compare the mirror's replies are discarded and nothing is compared")
     func offComparesNothing() throws {
         let main = try startServer(.echo)
         defer { main.stop() }
@@ -239,6 +239,6 @@ struct CompareIntegrationTests {
         let snapshot = proxy.snapshot()
         #expect(snapshot.mirrors[0].compared == [0, 0, 0, 0, 0])
         #expect(snapshot.mirrors[0].replyBytes == 10_000)
-        #expect(snapshot.mirrors[0].drains >= 1)
+        #expect(snapshot.mirrors[0].discards >= 1)
     }
 }

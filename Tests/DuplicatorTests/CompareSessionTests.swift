@@ -34,13 +34,13 @@ private extension FakeSessionIO {
         connectAll()
         completeRecv(.client, request)
         flushAllSends()
-        // Once a verdict is decided the mirror's replies are drained, not read.
+        // Once a verdict is decided the mirror's replies are discarded, not read.
         func mirrorReplies() {
             for piece in mirrorPieces {
                 if hasPending(.recv, .mirror(0)) {
                     completeRecv(.mirror(0), piece)
                 } else {
-                    completeDrain(.mirror(0), result: Int32(piece.count))
+                    completeDiscard(.mirror(0), result: Int32(piece.count))
                 }
             }
         }
@@ -54,7 +54,7 @@ private extension FakeSessionIO {
         flushAllSends()
         completeShutdown(.main)
         completeShutdown(.mirror(0))
-        if hasPending(.recv, .mirror(0)) { completeEOF(.mirror(0)) } else { completeDrain(.mirror(0), result: 0) }
+        if hasPending(.recv, .mirror(0)) { completeEOF(.mirror(0)) } else { completeDiscard(.mirror(0), result: 0) }
         completeEOF(.main)
         flushAllSends()
         completeShutdown(.client)
@@ -63,13 +63,13 @@ private extension FakeSessionIO {
 
 @Suite("CompareSessionTests")
 struct CompareSessionTests {
-    @Test("a mirror's replies are received into slots (not drained) and each slot goes back at once")
+    @Test("a mirror's replies are received into slots (not discarded) and each slot goes back at once")
     func mirrorRepliesAreReceived() throws {
         let io = try FakeSessionIO(limits: compareLimits())
         try #require(io.start() != nil)
         io.connectAll()
         #expect(io.hasPending(.recv, .mirror(0)))
-        #expect(!io.hasPending(.drain, .mirror(0)))
+        #expect(!io.hasPending(.discard, .mirror(0)))
         io.completeRecv(.mirror(0), TestBytes.text("early"))
         #expect(io.pool.inUse == 0, "the mirror's reply slot is recycled once compared")
         #expect(io.stats.mirrors[0].replyBytes.value == 5)
@@ -127,7 +127,7 @@ struct CompareSessionTests {
         io.expectQuiescent()
     }
 
-    @Test("no free slot for a mirror's reply: the pair is given up and the mirror drained; main is not held up")
+    @Test("no free slot for a mirror's reply: the pair is given up and the mirror discarded; main is not held up")
     func noSlotForTheMirror() throws {
         let io = try FakeSessionIO(limits: compareLimits(), slotCount: 4, sessions: 1)
         try #require(io.start() != nil)
@@ -137,9 +137,9 @@ struct CompareSessionTests {
         let op = try #require(io.pendingOp(.recv, .mirror(0)))
         io.deliver(op, result: -ENOBUFS)
         for slot in UInt32(0)..<4 { io.recycle(slot: slot) }
-        #expect(io.hasPending(.drain, .mirror(0)), "the mirror's replies are drained from now on")
+        #expect(io.hasPending(.discard, .mirror(0)), "the mirror's replies are discarded from now on")
         #expect(!io.hasPending(.recv, .mirror(0)))
-        io.completeDrain(.mirror(0), result: 100)
+        io.completeDiscard(.mirror(0), result: 100)
         io.completeRecv(.client, TestBytes.text("x"))
         io.completeRecv(.main, TestBytes.text("y"))
         io.flushAllSends()
@@ -147,7 +147,7 @@ struct CompareSessionTests {
         io.flushAllSends()
         io.completeShutdown(.main)
         io.completeShutdown(.mirror(0))
-        io.completeDrain(.mirror(0), result: 0)
+        io.completeDiscard(.mirror(0), result: 0)
         io.completeEOF(.main)
         io.flushAllSends()
         io.completeShutdown(.client)
@@ -169,7 +169,7 @@ struct CompareSessionTests {
         io.flushAllSends()
         io.fail(.recv, .client, errno: ECONNRESET)
         #expect(io.lastEnded == nil && io.session()?.endCause == .clientError)
-        #expect(io.hasPending(.recv, .main), "main's replies are received to be compared, not drained")
+        #expect(io.hasPending(.recv, .main), "main's replies are received to be compared, not discarded")
         io.completeRecv(.main, TestBytes.text("second"))
         #expect(io.hasPending(.recv, .main))
         io.completeShutdown(.main)
@@ -178,7 +178,7 @@ struct CompareSessionTests {
         io.completeRecv(.mirror(0), TestBytes.text(mirrorDiffers ? "SECOND" : "second"))
         io.flushAllSends()
         io.completeShutdown(.mirror(0))
-        if io.hasPending(.recv, .mirror(0)) { io.completeEOF(.mirror(0)) } else { io.completeDrain(.mirror(0), result: 0) }
+        if io.hasPending(.recv, .mirror(0)) { io.completeEOF(.mirror(0)) } else { io.completeDiscard(.mirror(0), result: 0) }
         io.completeCancelled()
         #expect(io.lastEnded?.cause == .clientError)
         #expect(io.lastEnded?.mirrorVerdicts == [mirrorDiffers ? .diverged : .match])
@@ -257,7 +257,7 @@ struct CompareSessionTests {
                 script.main = TestBytes.random(Int.random(in: 0...6_000, using: &rng), using: &rng)
                 script.chunkMax = [1, 100, 1500].randomElement(using: &rng)!
                 script.mirrors = (0..<mirrorCount).map { _ in
-                    rng.chance(3, in: 4) ? .healthy : [.drainReset, .earlyEOF, .refuse, .stall].randomElement(using: &rng)!
+                    rng.chance(3, in: 4) ? .healthy : [.discardReset, .earlyEOF, .refuse, .stall].randomElement(using: &rng)!
                 }
                 script.mirrorReplies = (0..<mirrorCount).map { _ in
                     var reply = script.main

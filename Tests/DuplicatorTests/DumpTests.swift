@@ -201,13 +201,13 @@ struct DumpTests {
         io.flushAllSends()
         io.context.nowUs = 30
         for piece in mirror {
-            if io.hasPending(.recv, .mirror(0)) { io.completeRecv(.mirror(0), piece) } else { io.completeDrain(.mirror(0), result: Int32(piece.count)) }
+            if io.hasPending(.recv, .mirror(0)) { io.completeRecv(.mirror(0), piece) } else { io.completeDiscard(.mirror(0), result: Int32(piece.count)) }
         }
         io.completeEOF(.client)
         io.flushAllSends()
         io.completeShutdown(.main)
         io.completeShutdown(.mirror(0))
-        if io.hasPending(.recv, .mirror(0)) { io.completeEOF(.mirror(0)) } else { io.completeDrain(.mirror(0), result: 0) }
+        if io.hasPending(.recv, .mirror(0)) { io.completeEOF(.mirror(0)) } else { io.completeDiscard(.mirror(0), result: 0) }
         io.completeEOF(.main)
         io.flushAllSends()
         io.context.nowUs = 40

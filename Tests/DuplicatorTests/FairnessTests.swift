@@ -18,7 +18,7 @@ final class EchoOrSourceServer: @unchecked Sendable {  // state is the serving t
 
     init() throws {
         FileDescriptorLimit.raiseToHardLimit()
-        (listener, port) = try loopbackListener(backlog: 4096, nonBlocking: true)
+        (listener, port) = try loopbackListener(queueLength: 4096, nonBlocking: true)
         try detachedThread { [self] in serveEcho() }
         try detachedThread { [self] in serveSources() }
     }

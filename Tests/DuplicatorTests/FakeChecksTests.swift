@@ -17,8 +17,8 @@ struct FakeChecksTests {
         return (io, try #require(io.fd(.main)), send)
     }
 
-    private func tag(_ kind: OperationKind, _ peer: Peer, _ op: FakeOp) -> CompletionTag {
-        CompletionTag(kind: kind.rawValue, leg: UInt8(peer.leg), generation: op.key.generation, session: op.key.index)
+    private func tag(_ kind: OperationKind, _ peer: Leg, _ op: FakeOp) -> CompletionTag {
+        CompletionTag(kind: kind.rawValue, leg: peer.rawValue, generation: op.key.generation, session: op.key.index)
     }
 
     @Test("close with an operation in flight, and a second close, are reported")
@@ -39,7 +39,7 @@ struct FakeChecksTests {
         withKnownIssue { io.shutdownWrite(fd: mainFD, tag: tag(.shutdown, .main, send)) }
         #expect(io.violations.last?.contains("while a send is in flight") == true)
         io.cancel(fd: mainFD, tag: tag(.cancel, .main, send))
-        withKnownIssue { io.drain(fd: mainFD, tag: tag(.drain, .main, send)) }
+        withKnownIssue { io.discard(fd: mainFD, tag: tag(.discard, .main, send)) }
         #expect(io.violations.contains { $0.contains("after a cancel") })
     }
 

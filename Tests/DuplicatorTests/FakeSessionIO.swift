@@ -43,35 +43,7 @@ extension Array where Element == UInt8 {
 }
 
 /// A leg of a session as the tests name it (leg 0: client, 1: main, 2...: mirrors).
-enum Peer: Hashable, CustomStringConvertible, Sendable {
-    case client, main, mirror(Int)
-
-    init(leg: Int) {
-        switch leg {
-        case 0: self = .client
-        case 1: self = .main
-        default: self = .mirror(leg - 2)
-        }
-    }
-
-    var leg: Int {
-        switch self {
-        case .client: 0
-        case .main: 1
-        case .mirror(let index): 2 + index
-        }
-    }
-
-    var description: String {
-        switch self {
-        case .client: "client"
-        case .main: "main"
-        case .mirror(let index): "mirror\(index)"
-        }
-    }
-}
-
-/// A session slot and its generation: one client connection.
+/// A session's index in its table and its generation: one client connection.
 struct SessionKey: Hashable, CustomStringConvertible, Sendable {
     let index: UInt32
     let generation: UInt16
@@ -101,11 +73,12 @@ struct FakeOp: CustomStringConvertible {
     /// For a gathered send: every (slot, offset, length) it reads, in order
     /// (`slot`, `offset` are the first's; `length` and `bytes` cover all).
     var segments: [(slot: UInt32, offset: Int, length: Int)] = []
-    var target = -1
+    /// For a connect: the leg whose address it connects to.
+    var connectLeg: Leg?
     var timeoutMs = 0
     var timeoutTag = CompletionTag(rawValue: 0)
 
-    var peer: Peer { Peer(leg: Int(tag.leg)) }
+    var peer: Leg { Leg(tag) }
     var key: SessionKey { SessionKey(tag) }
 
     var description: String {
@@ -119,10 +92,8 @@ struct FakeOp: CustomStringConvertible {
 /// What the fake knows about one descriptor.
 struct FDRecord {
     let fd: Int32
-    /// -1: a client; 0: main; 1...: mirror `target - 1`.
-    let target: Int
+    let leg: Leg
     let key: SessionKey
-    var leg: Int { target + 1 }
     var connectRequested = false
     var connected = false
     var cancelRequested = false
@@ -132,7 +103,7 @@ struct FDRecord {
     /// Every byte this descriptor's peer accepted, in order.
     var sent: [UInt8] = []
     var sendCompletions = 0
-    var drainCompletions = 0
+    var discardCompletions = 0
     var earlyEOFDelivered = false
 }
 
@@ -163,7 +134,7 @@ final class FakeSessionIO: WorkerBackend {
     private(set) var freeSlots: [UInt32]
     /// Every request in order, including cancels and closes.
     private(set) var requests: [FakeOp] = []
-    /// Requests whose completion has not been delivered (recv, drain, send, connect, shutdown).
+    /// Requests whose completion has not been delivered (recv, discard, send, connect, shutdown).
     private(set) var pending: [FakeOp] = []
     /// Cancel requests whose own completion has not been delivered.
     private(set) var pendingCancels: [FakeOp] = []
@@ -186,11 +157,11 @@ final class FakeSessionIO: WorkerBackend {
     private(set) var lastKey: SessionKey?
     /// Sessions that asked to be woken by a timer, with the deadline.
     private(set) var flushRequests: [(index: UInt32, deadlineUs: UInt64, timer: SessionTimer)] = []
-    /// Descriptors whose replies the session asked to drain in batches.
-    private(set) var drainingInBatches: Set<Int32> = []
+    /// Descriptors whose replies the session asked to discard in batches.
+    private(set) var discardingInBatches: Set<Int32> = []
     private(set) var gatheredSends = 0
-    /// `openSocket(target:)` fails with this errno for a target while set.
-    var openFailures: [Int: Int32] = [:]
+    /// `openSocket(for:)` fails with this errno for a leg while set.
+    var openFailures: [Leg: Int32] = [:]
     /// What the simulated peers of each session will do (see `Simulation`).
     var scripts: [SessionKey: PeerScript] = [:]
     /// Bytes "the kernel" holds for a descriptor that its peer has not
@@ -299,7 +270,7 @@ final class FakeSessionIO: WorkerBackend {
 
     private func sessionEnded(_ session: Session, freed: Bool = false) {
         let key = SessionKey(session)
-        let mirrors = (0..<limits.mirrorCount).map { session.legs[Session.firstMirror + $0].missing }
+        let mirrors = (0..<limits.mirrorCount).map { session.legs[.mirror($0)].missing }
         ended[key] = EndedSession(key: key, cause: session.endCause, mirrorMissing: mirrors)
         if let comparisons = session.comparisons {
             ended[key]!.mirrorVerdicts = (0..<limits.mirrorCount).map { comparisons[$0].verdict }
@@ -309,7 +280,7 @@ final class FakeSessionIO: WorkerBackend {
             violation("\(key) ended with \(op) still in flight")
         }
         for fd in fdOrder where fds[fd]!.key == key && fds[fd]!.closeCount != 1 {
-            violation("\(key) ended but fd \(fd) (target \(fds[fd]!.target)) was closed \(fds[fd]!.closeCount) times")
+            violation("\(key) ended but fd \(fd) (\(fds[fd]!.leg)) was closed \(fds[fd]!.closeCount) times")
         }
         if table.activeCount == 0 { checkPoolIsBack() }
     }
@@ -326,36 +297,36 @@ final class FakeSessionIO: WorkerBackend {
 
     // MARK: Lookups
 
-    func fd(_ peer: Peer, _ key: SessionKey? = nil) -> Int32? {
+    func fd(_ peer: Leg, _ key: SessionKey? = nil) -> Int32? {
         guard let key = key ?? lastKey else { return nil }
-        return fdOrder.first { fds[$0]!.key == key && fds[$0]!.leg == peer.leg }
+        return fdOrder.first { fds[$0]!.key == key && fds[$0]!.leg == peer }
     }
 
     /// Every byte the peer accepted from the session, in order.
-    func sent(to peer: Peer, _ key: SessionKey? = nil) -> [UInt8] {
+    func sent(to peer: Leg, _ key: SessionKey? = nil) -> [UInt8] {
         guard let fd = fd(peer, key) else { return [] }
         return fds[fd]!.sent
     }
 
-    func record(_ peer: Peer, _ key: SessionKey? = nil) -> FDRecord? {
+    func record(_ peer: Leg, _ key: SessionKey? = nil) -> FDRecord? {
         fd(peer, key).flatMap { fds[$0] }
     }
 
-    func pendingOp(_ kind: OperationKind, _ peer: Peer, _ key: SessionKey? = nil) -> FakeOp? {
+    func pendingOp(_ kind: OperationKind, _ peer: Leg, _ key: SessionKey? = nil) -> FakeOp? {
         let key = key ?? lastKey
         return pending.first { $0.kind == kind && $0.peer == peer && $0.key == key }
     }
 
-    func hasPending(_ kind: OperationKind, _ peer: Peer, _ key: SessionKey? = nil) -> Bool {
+    func hasPending(_ kind: OperationKind, _ peer: Leg, _ key: SessionKey? = nil) -> Bool {
         pendingOp(kind, peer, key) != nil
     }
 
-    func requests(_ kind: OperationKind, _ peer: Peer? = nil, _ key: SessionKey? = nil) -> [FakeOp] {
+    func requests(_ kind: OperationKind, _ peer: Leg? = nil, _ key: SessionKey? = nil) -> [FakeOp] {
         let key = key ?? lastKey
         return requests.filter { $0.kind == kind && (peer == nil || $0.peer == peer) && $0.key == key }
     }
 
-    private func require(_ kind: OperationKind, _ peer: Peer, _ key: SessionKey?,
+    private func require(_ kind: OperationKind, _ peer: Leg, _ key: SessionKey?,
                          _ sourceLocation: SourceLocation) -> FakeOp? {
         if let op = pendingOp(kind, peer, key) { return op }
         Issue.record(Comment(rawValue: "no \(kind) in flight for \(peer); pending: \(pending)"),
@@ -369,21 +340,21 @@ final class FakeSessionIO: WorkerBackend {
     /// chosen, filled and handed to the session. Returns the result delivered
     /// (-ENOBUFS when no slot is free; the bytes then stay unread).
     @discardableResult
-    func completeRecv(_ peer: Peer, _ bytes: [UInt8], _ key: SessionKey? = nil,
+    func completeRecv(_ peer: Leg, _ bytes: [UInt8], _ key: SessionKey? = nil,
                       sourceLocation: SourceLocation = #_sourceLocation) -> Int32? {
         guard let op = require(.recv, peer, key, sourceLocation) else { return nil }
         return deliverRecv(op, bytes)
     }
 
     /// The peer sent EOF; `withBuffer`: the completion also names a slot (with 0 bytes).
-    func completeEOF(_ peer: Peer, _ key: SessionKey? = nil, withBuffer: Bool = false,
+    func completeEOF(_ peer: Leg, _ key: SessionKey? = nil, withBuffer: Bool = false,
                      sourceLocation: SourceLocation = #_sourceLocation) {
         guard let op = require(.recv, peer, key, sourceLocation) else { return }
         deliverEOF(op, withBuffer: withBuffer)
     }
 
     /// The operation of `kind` in flight on `peer` completes with `-errno`.
-    func fail(_ kind: OperationKind, _ peer: Peer, errno code: Int32, _ key: SessionKey? = nil,
+    func fail(_ kind: OperationKind, _ peer: Leg, errno code: Int32, _ key: SessionKey? = nil,
               sourceLocation: SourceLocation = #_sourceLocation) {
         guard let op = require(kind, peer, key, sourceLocation) else { return }
         deliver(op, result: -code)
@@ -391,7 +362,7 @@ final class FakeSessionIO: WorkerBackend {
 
     /// The send in flight on `peer` completes with `count` bytes (all when nil).
     @discardableResult
-    func completeSend(_ peer: Peer, count: Int? = nil, _ key: SessionKey? = nil,
+    func completeSend(_ peer: Leg, count: Int? = nil, _ key: SessionKey? = nil,
                       sourceLocation: SourceLocation = #_sourceLocation) -> Int {
         guard let op = require(.send, peer, key, sourceLocation) else { return 0 }
         let count = count ?? op.length
@@ -400,7 +371,7 @@ final class FakeSessionIO: WorkerBackend {
     }
 
     /// Completes sends on `peer` (all of them) until none is in flight.
-    func flushSends(_ peer: Peer, _ key: SessionKey? = nil) {
+    func flushSends(_ peer: Leg, _ key: SessionKey? = nil) {
         while let op = pendingOp(.send, peer, key) { deliver(op, result: Int32(op.length)) }
     }
 
@@ -414,7 +385,7 @@ final class FakeSessionIO: WorkerBackend {
 
     /// The connect of `peer` completes with `result` (0 or -errno); the
     /// linked timeout's completion follows, as the kernel sends it.
-    func completeConnect(_ peer: Peer, result: Int32 = 0, _ key: SessionKey? = nil,
+    func completeConnect(_ peer: Leg, result: Int32 = 0, _ key: SessionKey? = nil,
                          sourceLocation: SourceLocation = #_sourceLocation) {
         guard let op = require(.connect, peer, key, sourceLocation) else { return }
         deliver(op, result: result)
@@ -432,16 +403,16 @@ final class FakeSessionIO: WorkerBackend {
         }
     }
 
-    func completeShutdown(_ peer: Peer, result: Int32 = 0, _ key: SessionKey? = nil,
+    func completeShutdown(_ peer: Leg, result: Int32 = 0, _ key: SessionKey? = nil,
                           sourceLocation: SourceLocation = #_sourceLocation) {
         guard let op = require(.shutdown, peer, key, sourceLocation) else { return }
         deliver(op, result: result)
     }
 
     /// A mirror's reply (`result` > 0: bytes thrown away; 0: its EOF; < 0: an error).
-    func completeDrain(_ peer: Peer, result: Int32, _ key: SessionKey? = nil,
+    func completeDiscard(_ peer: Leg, result: Int32, _ key: SessionKey? = nil,
                        sourceLocation: SourceLocation = #_sourceLocation) {
-        guard let op = require(.drain, peer, key, sourceLocation) else { return }
+        guard let op = require(.discard, peer, key, sourceLocation) else { return }
         deliver(op, result: result)
     }
 
@@ -514,8 +485,8 @@ final class FakeSessionIO: WorkerBackend {
             fds[op.fd]!.shutdownCompleted = true
         case .connect where result == 0:
             fds[op.fd]!.connected = true
-        case .drain:
-            fds[op.fd]!.drainCompletions += 1
+        case .discard:
+            fds[op.fd]!.discardCompletions += 1
         default:
             break
         }
@@ -553,7 +524,7 @@ final class FakeSessionIO: WorkerBackend {
     func admit(fd: Int32, session: Session) {
         // `start` bumps the generation first; the key is the bumped one.
         let key = SessionKey(index: session.index, generation: session.generation &+ 1)
-        fds[fd] = FDRecord(fd: fd, target: -1, key: key)
+        fds[fd] = FDRecord(fd: fd, leg: .client, key: key)
         fdOrder.append(fd)
         starting = (session, key)
         admitted = (session, key)
@@ -565,7 +536,7 @@ final class FakeSessionIO: WorkerBackend {
 
     func isLoop(acceptedFD fd: Int32) -> Bool { false }
 
-    func connectLooped(fd: Int32, target: Int, result: Int32) -> Bool { false }
+    func connectLooped(fd: Int32, leg: Leg, result: Int32) -> Bool { false }
 
     var loopCheckNeeded: Bool { false }
 
@@ -578,15 +549,15 @@ final class FakeSessionIO: WorkerBackend {
         return nextFD
     }
 
-    func openSocket(target: Int) -> Int32 {
+    func openSocket(for leg: Leg) -> Int32 {
         guard let starting else {
-            violation("openSocket(target: \(target)) outside a session's start or completion")
+            violation("openSocket(for: \(leg)) outside a session's start or completion")
             return -EINVAL
         }
-        if target < 0 || target > limits.mirrorCount { violation("openSocket for unknown target \(target)") }
-        if let code = openFailures[target] { return -code }
+        if leg == .client || leg.index >= Leg.mirror(limits.mirrorCount).index { violation("openSocket for unknown leg \(leg)") }
+        if let code = openFailures[leg] { return -code }
         let fd = allocateFD()
-        fds[fd] = FDRecord(fd: fd, target: target, key: starting.key)
+        fds[fd] = FDRecord(fd: fd, leg: leg, key: starting.key)
         fdOrder.append(fd)
         return fd
     }
@@ -603,7 +574,7 @@ final class FakeSessionIO: WorkerBackend {
             return nil
         }
         if tag.kind != kind.rawValue { violation("\(op) carries a tag of kind \(tag.kind)") }
-        if SessionKey(tag) != record.key || Int(tag.leg) != record.leg {
+        if SessionKey(tag) != record.key || Leg(tag) != record.leg {
             violation("\(op): tag \(tag) does not belong to fd \(fd) (\(record.key) leg \(record.leg))")
         }
         if record.closeCount > 0 { violation("\(op) after fd \(fd) was closed") }
@@ -617,26 +588,26 @@ final class FakeSessionIO: WorkerBackend {
             record.closeCount += 1
         default:
             if record.cancelRequested { violation("\(op) after a cancel of fd \(fd) was asked for") }
-            if kind != .connect && record.target >= 0 && !record.connected {
+            if kind != .connect && record.leg != .client && !record.connected {
                 violation("\(op) before fd \(fd) connected")
             }
         }
         switch kind {
         case .connect:
-            if record.target < 0 { violation("connect of a client descriptor") }
+            if record.leg == .client { violation("connect of a client descriptor") }
             if record.connectRequested { violation("second connect of fd \(fd)") }
-            if op.target != record.target { violation("\(op) connects to target \(op.target), the socket was opened for \(record.target)") }
+            if op.connectLeg != record.leg { violation("\(op) connects to \(String(describing: op.connectLeg))'s address, the socket was opened for \(record.leg)") }
             record.connectRequested = true
-        case .recv, .drain:
-            // Mirrors are drained; so is main once the client failed (it flushes like a mirror).
-            // With `--compare` a mirror's replies are received instead (drained once given up).
-            let isMirror = record.leg >= Session.firstMirror
-            let mainFlushing = record.leg == Session.main && table.sessions[Int(op.tag.session)].endCause == .clientError
+        case .recv, .discard:
+            // Mirrors are discarded; so is main once the client failed (it flushes like a mirror).
+            // With `--compare` a mirror's replies are received instead (discarded once given up).
+            let isMirror = record.leg.isMirror
+            let mainFlushing = record.leg == .main && table.sessions[Int(op.tag.session)].endCause == .clientError
             let comparing = limits.compareWindowBytes > 0
-            if kind == .drain ? !(isMirror || mainFlushing) : (isMirror && !comparing) {
+            if kind == .discard ? !(isMirror || mainFlushing) : (isMirror && !comparing) {
                 violation("\(op) on leg \(record.leg)")
             }
-            if inFlight.contains(where: { $0.kind == .recv || $0.kind == .drain }) {
+            if inFlight.contains(where: { $0.kind == .recv || $0.kind == .discard }) {
                 violation("\(op): a second receive in flight on fd \(fd)")
             }
         case .send:
@@ -666,9 +637,9 @@ final class FakeSessionIO: WorkerBackend {
         return op
     }
 
-    func connect(fd: Int32, target: Int, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {
+    func connect(fd: Int32, leg: Leg, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {
         guard let op = request(.connect, fd: fd, tag: tag, {
-            $0.target = target
+            $0.connectLeg = leg
             $0.timeoutMs = timeoutMs
             $0.timeoutTag = timeoutTag
         }) else { return }
@@ -683,8 +654,8 @@ final class FakeSessionIO: WorkerBackend {
         if let op = request(.recv, fd: fd, tag: tag) { pending.append(op) }
     }
 
-    func drain(fd: Int32, tag: CompletionTag) {
-        if let op = request(.drain, fd: fd, tag: tag) { pending.append(op) }
+    func discard(fd: Int32, tag: CompletionTag) {
+        if let op = request(.discard, fd: fd, tag: tag) { pending.append(op) }
     }
 
     func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag) {
@@ -734,9 +705,9 @@ final class FakeSessionIO: WorkerBackend {
         core.timers.add(session: index, atUs: deadlineUs, for: timer)
     }
 
-    func drainInBatches(fd: Int32) {
-        if fds[fd]?.closeCount != 0 { violation("drainInBatches(fd: \(fd)) of a descriptor that is not open") }
-        drainingInBatches.insert(fd)
+    func discardInBatches(fd: Int32) {
+        if fds[fd]?.closeCount != 0 { violation("discardInBatches(fd: \(fd)) of a descriptor that is not open") }
+        discardingInBatches.insert(fd)
     }
 
     /// Wakes every session whose deadline the clock has reached: the worker's own step.
@@ -778,7 +749,7 @@ final class FakeSessionIO: WorkerBackend {
 
     func addresses(fd: Int32) -> ProxyAddresses? {
         addressQueries += 1
-        if fds[fd]?.target != -1 { violation("addresses(fd: \(fd)) of a descriptor that is not a client") }
+        if fds[fd]?.leg != .client { violation("addresses(fd: \(fd)) of a descriptor that is not a client") }
         return clientAddresses
     }
 
@@ -843,7 +814,7 @@ enum MirrorBehavior: Equatable, Sendable {
     /// Resets after accepting this many sends.
     case resetAfterSends(Int)
     /// Its reply stream fails with a reset.
-    case drainReset
+    case discardReset
     /// Closes its write side at once (EOF) but keeps reading.
     case earlyEOF
     /// Never completes a send or a receive.
@@ -855,7 +826,7 @@ enum MirrorBehavior: Equatable, Sendable {
     var isHealthy: Bool { self == .healthy || self == .earlyEOF || self == .chatty }
 
     static let all: [MirrorBehavior] = [.healthy, .refuse, .timeout, .resetAfterSends(0), .resetAfterSends(2),
-                                        .drainReset, .earlyEOF, .stall, .chatty]
+                                        .discardReset, .earlyEOF, .stall, .chatty]
 }
 
 /// The bytes the client and main will send in one session, and what each mirror does.
@@ -868,7 +839,7 @@ struct PeerScript {
     var clientOffset = 0
     var mainOffset = 0
     /// With `--compare`, each mirror's reply stream (a mirror's replies are
-    /// then receives, not drains); none by default.
+    /// then receives, not discards); none by default.
     var mirrorReplies: [[UInt8]] = []
     var mirrorReplyOffsets: [Int] = []
 
@@ -886,13 +857,13 @@ struct PeerScript {
 /// completion of `kind` on `peer`.
 struct FaultPlan: CustomStringConvertible {
     var kind: OperationKind
-    var peer: Peer
+    var peer: Leg
     var nth: Int
     var result: Int32
     var seen = 0
     var fired = false
 
-    init(kind: OperationKind, peer: Peer, nth: Int, result: Int32) {
+    init(kind: OperationKind, peer: Leg, nth: Int, result: Int32) {
         self.kind = kind
         self.peer = peer
         self.nth = nth
@@ -1020,8 +991,8 @@ final class Simulation {
     }
 
     private func behavior(_ op: FakeOp) -> MirrorBehavior? {
-        guard case .mirror(let index) = op.peer else { return nil }
-        return io.scripts[op.key]?.behavior(ofMirror: index) ?? .healthy
+        guard op.peer.isMirror else { return nil }
+        return io.scripts[op.key]?.behavior(ofMirror: op.peer.mirrorIndex) ?? .healthy
     }
 
     func isEligible(_ op: FakeOp) -> Bool {
@@ -1033,19 +1004,20 @@ final class Simulation {
             return behavior != .stall
         case .recv:
             // A mirror's reply read to be compared (`--compare`).
-            guard case .mirror(let index) = op.peer else { return true }
+            guard op.peer.isMirror else { return true }
+            let index = op.peer.mirrorIndex
             switch behavior {
             case .stall: return false
-            case .drainReset: return true
+            case .discardReset: return true
             case .earlyEOF: return !record.earlyEOFDelivered || record.shutdownCompleted
             default: return (io.scripts[op.key]?.mirrorReplyLeft(index) ?? 0) > 0 || record.shutdownCompleted
             }
-        case .drain:
+        case .discard:
             switch behavior {
             case .stall: return false
-            case .drainReset: return true
+            case .discardReset: return true
             case .earlyEOF: return !record.earlyEOFDelivered || record.shutdownCompleted
-            case .chatty: return record.drainCompletions < 3 || record.shutdownCompleted
+            case .chatty: return record.discardCompletions < 3 || record.shutdownCompleted
             default: return record.shutdownCompleted
             }
         default:
@@ -1076,8 +1048,8 @@ final class Simulation {
             default: io.deliver(op, result: 0)
             }
         case .recv:
-            if case .mirror(let index) = op.peer {
-                completeMirrorReply(op, mirror: index, record: record)
+            if op.peer.isMirror {
+                completeMirrorReply(op, mirror: op.peer.mirrorIndex, record: record)
                 return
             }
             var script = io.scripts[op.key] ?? PeerScript()
@@ -1101,14 +1073,14 @@ final class Simulation {
             }
             let count = partialSends && rng.chance(1, in: 2) ? Int.random(in: 1...op.length, using: &rng) : op.length
             io.deliver(op, result: Int32(count))
-        case .drain:
+        case .discard:
             switch behavior(op) {
-            case .drainReset?:
+            case .discardReset?:
                 io.deliver(op, result: -ECONNRESET)
             case .earlyEOF? where !record.earlyEOFDelivered:
                 io.markEarlyEOF(op.fd)
                 io.deliver(op, result: 0)
-            case .chatty? where record.drainCompletions < 3 && !record.shutdownCompleted:
+            case .chatty? where record.discardCompletions < 3 && !record.shutdownCompleted:
                 io.deliver(op, result: Int32.random(in: 1...65536, using: &rng))
             default:
                 io.deliver(op, result: 0)
@@ -1127,7 +1099,7 @@ extension Simulation {
     fileprivate func completeMirrorReply(_ op: FakeOp, mirror index: Int, record: FDRecord) {
         var script = io.scripts[op.key] ?? PeerScript()
         switch io.scripts[op.key]?.behavior(ofMirror: index) ?? .healthy {
-        case .drainReset:
+        case .discardReset:
             io.deliver(op, result: -ECONNRESET)
             return
         case .earlyEOF where !record.earlyEOFDelivered:

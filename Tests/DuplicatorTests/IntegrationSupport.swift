@@ -184,8 +184,8 @@ final class LoopbackAcceptLoop: Sendable {
     private let stopping = Atomic<Bool>(false)
     private let finished = Atomic<Bool>(false)
 
-    init(backlog: Int32 = 128) throws {
-        (listener, port) = try loopbackListener(backlog: backlog)
+    init(queueLength: Int32 = 128) throws {
+        (listener, port) = try loopbackListener(queueLength: queueLength)
     }
 
     /// Accepts until `stop()`, handing each connection to `handle` on the loop's thread.
@@ -303,7 +303,7 @@ final class FaultServer: Sendable {
 }
 
 /// A listening socket on a free port of 127.0.0.1.
-func loopbackListener(backlog: Int32, nonBlocking: Bool = false) throws -> (fd: Int32, port: UInt16) {
+func loopbackListener(queueLength: Int32, nonBlocking: Bool = false) throws -> (fd: Int32, port: UInt16) {
     let flags = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | (nonBlocking ? Int32(SOCK_NONBLOCK.rawValue) : 0)
     let listener = socket(AF_INET, flags, 0)
     guard listener >= 0 else { throw TestFailure("socket: errno \(errno)") }
@@ -319,7 +319,7 @@ func loopbackListener(backlog: Int32, nonBlocking: Bool = false) throws -> (fd: 
             return getsockname(listener, pointer, &length)
         }
     }
-    guard bound == 0, listen(listener, backlog) == 0 else {
+    guard bound == 0, listen(listener, queueLength) == 0 else {
         let error = errno
         close(listener)
         throw TestFailure("loopback listener: errno \(error)")

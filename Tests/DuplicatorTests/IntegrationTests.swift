@@ -364,17 +364,17 @@ struct IntegrationTests {
         #expect(received == reply)
     }
 
-    /// A mirror's replies wake the worker once per `mirrorDrainBatchBytes`
+    /// A mirror's replies wake the worker once per `mirrorDiscardBatchBytes`
     /// (SO_RCVLOWAT on its socket), not once per reply; the replies still
-    /// waiting when the session ends, and the mirror's EOF, are drained at once.
-    @Test("mirror replies are drained in batches, every byte of them", arguments: [0, 64 * 1024])
-    func mirrorDrainBatch(batchBytes: Int) throws {
+    /// waiting when the session ends, and the mirror's EOF, are discarded at once.
+    @Test("mirror replies are discarded in batches, every byte of them", arguments: [0, 64 * 1024])
+    func mirrorDiscardBatch(batchBytes: Int) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let mirror = try startServer(.echo)
         defer { mirror.stop() }
         let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.boundPort]) {
-            $0.mirrorDrainBatchBytes = batchBytes
+            $0.mirrorDiscardBatchBytes = batchBytes
             $0.mirrorLingerMs = 20_000
             // One send per message, so the echo mirror replies once per message.
             $0.mirrorBatchBytes = 0
@@ -397,13 +397,13 @@ struct IntegrationTests {
         #expect(monotonicSeconds() - start < 10)
         #expect(proxy.mirrorTotal(0) { $0.replyBytes.value } == UInt64(rounds * message.count))
         #expect(proxy.mirrorTotal(0) { $0.sessionsCutForLag.value + $0.bytesMissed.value + $0.errors.value } == 0)
-        let drains = proxy.mirrorTotal(0) { $0.drains.value }
+        let discards = proxy.mirrorTotal(0) { $0.discards.value }
         if batchBytes == 0 {
-            #expect(drains >= UInt64(rounds / 4), "one drain per reply or so: \(drains)")
+            #expect(discards >= UInt64(rounds / 4), "one discard per reply or so: \(discards)")
         } else {
-            // The replies to the first kept turns (--mirror-turns) wake the drain one by one; the rest once, at the end.
-            #expect(drains <= 3 + UInt64(Config(listen: endpoint(1), main: endpoint(2), mirrors: []).mirrorTurns),
-                    "replies drained once, at the end: \(drains)")
+            // The replies to the first kept turns (--mirror-turns) wake the discard one by one; the rest once, at the end.
+            #expect(discards <= 3 + UInt64(Config(listen: endpoint(1), main: endpoint(2), mirrors: []).mirrorTurns),
+                    "replies discarded once, at the end: \(discards)")
         }
     }
 

@@ -57,7 +57,7 @@ struct MirrorTurnTests {
         io.fireDueFlushes()
         #expect(!io.hasPending(.send, .mirror(0)), "the mirror has not answered the SSLRequest yet")
         #expect(io.flushRequests.contains { $0.timer == .mirrorTurn })
-        io.completeDrain(.mirror(0), result: 1)
+        io.completeDiscard(.mirror(0), result: 1)
         #expect(io.pendingOp(.send, .mirror(0))?.length == Self.startup.count, "its answer lets the turn go, at once")
         io.flushSends(.mirror(0))
         #expect(io.sent(to: .mirror(0)) == Self.sslRequest + Self.startup)
@@ -80,12 +80,12 @@ struct MirrorTurnTests {
         passBatchDelay(io)
         let blockedUs = io.context.nowUs
         #expect(!io.hasPending(.send, .mirror(0)))
-        #expect(!io.drainingInBatches.contains(mirrorFD), "a mirror keeping turns wakes on every reply")
+        #expect(!io.discardingInBatches.contains(mirrorFD), "a mirror keeping turns wakes on every reply")
         io.advanceToNextFlush()
         #expect(io.context.nowUs - blockedUs <= 250_000)
         #expect(io.pendingOp(.send, .mirror(0))?.length == Self.startup.count)
         io.flushSends(.mirror(0))
-        #expect(io.drainingInBatches.contains(mirrorFD), "turns are no longer kept: replies drain in batches")
+        #expect(io.discardingInBatches.contains(mirrorFD), "turns are no longer kept: replies discard in batches")
         // The next turn only waits for the batch delay.
         mainReplies(io, Array("R".utf8))
         let query = TestBytes.random(30, seed: 3)
@@ -117,12 +117,12 @@ struct MirrorTurnTests {
         passBatchDelay(io)
         io.flushSends(.mirror(0))
         #expect(io.sent(to: .mirror(0)) == stream, "no turn timeout was waited for")
-        #expect(io.drainingInBatches.contains(mirrorFD))
+        #expect(io.discardingInBatches.contains(mirrorFD))
         finish(io)
         io.expectQuiescent()
     }
 
-    @Test("after the kept turns, turns no longer wait and replies drain in batches")
+    @Test("after the kept turns, turns no longer wait and replies discard in batches")
     func turnsEnd() throws {
         let io = try FakeSessionIO(limits: turnLimits(turns: 2), slotCount: 16)
         try #require(io.start() != nil)
@@ -135,10 +135,10 @@ struct MirrorTurnTests {
             clientTurn(io, bytes)
             passBatchDelay(io)
             #expect(io.sent(to: .mirror(0)) == expected, "turn \(turn): the mirror answered every turn before")
-            io.completeDrain(.mirror(0), result: 5)
+            io.completeDiscard(.mirror(0), result: 5)
             mainReplies(io, Array("ok".utf8))
         }
-        #expect(io.drainingInBatches.contains(mirrorFD))
+        #expect(io.discardingInBatches.contains(mirrorFD))
         finish(io)
         io.expectQuiescent()
     }
@@ -153,7 +153,7 @@ struct MirrorTurnTests {
         clientTurn(io, hello)
         passBatchDelay(io)
         #expect(!io.hasPending(.send, .mirror(0)), "the mirror has not greeted yet")
-        io.completeDrain(.mirror(0), result: 18)
+        io.completeDiscard(.mirror(0), result: 18)
         io.flushSends(.mirror(0))
         #expect(io.sent(to: .mirror(0)) == hello)
         finish(io)
@@ -176,7 +176,7 @@ struct MirrorTurnTests {
         passBatchDelay(io)
         #expect(io.sent(to: .mirror(0)) == first)
         // A short send of the first turn's answer-gated rest is re-issued exactly.
-        io.completeDrain(.mirror(0), result: 3)
+        io.completeDiscard(.mirror(0), result: 3)
         if batchBytes > 0 {
             io.completeSend(.mirror(0), count: 70)
         }

@@ -86,10 +86,10 @@ struct SamplingSessionTests {
             if asked == 1 {
                 #expect(io.sent(to: .mirror(0), key) == bytes)
                 io.completeShutdown(.mirror(0), key)
-                io.completeDrain(.mirror(0), result: 0, key)
+                io.completeDiscard(.mirror(0), result: 0, key)
             }
             io.completeShutdown(.mirror(1), key)
-            io.completeDrain(.mirror(1), result: 0, key)
+            io.completeDiscard(.mirror(1), result: 0, key)
             io.completeEOF(.main, key)
             io.flushAllSends(key)
             io.completeShutdown(.client, key)

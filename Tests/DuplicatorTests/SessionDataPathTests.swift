@@ -14,7 +14,7 @@ extension SessionTests {
         let session = try #require(io.start())
         #expect(session.isActive && !session.isEnding)
         let connects = io.requests(.connect)
-        #expect(connects.map(\.target) == [0, 1, 2])
+        #expect(connects.map(\.connectLeg) == [.main, .mirror(0), .mirror(1)])
         #expect(connects.map(\.peer) == [.main, .mirror(0), .mirror(1)])
         #expect(connects.map(\.timeoutMs) == [1_000, 500, 500])
         #expect(io.hasPending(.recv, .client))
@@ -23,7 +23,7 @@ extension SessionTests {
         #expect(io.stats.sessionsActive.value == 1)
         io.connectAll()
         #expect(io.hasPending(.recv, .main))
-        #expect(io.hasPending(.drain, .mirror(0)) && io.hasPending(.drain, .mirror(1)))
+        #expect(io.hasPending(.discard, .mirror(0)) && io.hasPending(.discard, .mirror(1)))
         #expect(io.stats.mirrors.map { $0.sessionsMirrored.value } == [1, 1])
         finish(io)
         #expect(io.lastEnded?.cause == .completed)
@@ -59,8 +59,8 @@ extension SessionTests {
             fromMain += down
             io.flushAllSends()
             // Mirror replies are read into scratch memory and thrown away.
-            io.completeDrain(.mirror(0), result: 4_096)
-            io.completeDrain(.mirror(1), result: 17)
+            io.completeDiscard(.mirror(0), result: 4_096)
+            io.completeDiscard(.mirror(1), result: 17)
         }
         #expect(io.sent(to: .main) == fromClient)
         #expect(io.sent(to: .mirror(0)) == fromClient)
@@ -70,7 +70,7 @@ extension SessionTests {
         #expect(io.stats.bytesMainToClient.value == UInt64(fromMain.count))
         #expect(io.stats.mirrors.map { $0.bytesSent.value } == [UInt64(fromClient.count), UInt64(fromClient.count)])
         #expect(io.stats.mirrors.map { $0.bytesMissed.value } == [0, 0])
-        // Every client send came from a slot main's recv filled, never from a drain.
+        // Every client send came from a slot main's recv filled, never from a discard.
         #expect(io.requests(.send, .client).count == 6)
         finish(io)
         #expect(io.sent(to: .client) == fromMain, "no byte reached the client after main's stream")
@@ -280,9 +280,9 @@ extension SessionTests {
         // Mirrors are closed when they too are done (their EOF after our shutdown).
         #expect(session.isActive)
         #expect(io.record(.mirror(0))?.closeCount == 0)
-        io.completeDrain(.mirror(0), result: 0)
+        io.completeDiscard(.mirror(0), result: 0)
         #expect(io.record(.mirror(0))?.closeCount == 1)
-        io.completeDrain(.mirror(1), result: 0)
+        io.completeDiscard(.mirror(1), result: 0)
         #expect(!session.isActive)
         #expect(io.sent(to: .main) == request)
         #expect(io.sent(to: .mirror(0)) == request)

@@ -44,7 +44,7 @@ extension SessionTests {
     @Test("main's socket failing to open ends a session without mirrors at once")
     func mainOpenSocketFailureWithoutMirrors() throws {
         let io = try FakeSessionIO(limits: testLimits(mirrors: 0))
-        io.openFailures[0] = EMFILE
+        io.openFailures[.main] = EMFILE
         let session = try #require(io.start())
         #expect(session.endCause == .mainConnectFailure)
         #expect(!session.isActive)
@@ -58,7 +58,7 @@ extension SessionTests {
     @Test("main's socket failing to open ends a session that has mirrors")
     func mainOpenSocketFailureWithMirrors() throws {
         let io = try FakeSessionIO(limits: testLimits(mirrors: 2))
-        io.openFailures[0] = EMFILE
+        io.openFailures[.main] = EMFILE
         let session = try #require(io.start())
         #expect(session.endCause == .mainConnectFailure)
         #expect(io.record(.client)?.closeCount == 1)
@@ -126,8 +126,8 @@ extension SessionTests {
         io.flushSends(.main)
         #expect(io.sent(to: .main) == request, "main got every byte the client sent")
         io.completeShutdown(.main)
-        // Main's reply to it is drained, then its EOF closes it.
-        if io.hasPending(.recv, .main) { io.completeEOF(.main) } else { io.completeDrain(.main, result: 0) }
+        // Main's reply to it is discarded, then its EOF closes it.
+        if io.hasPending(.recv, .main) { io.completeEOF(.main) } else { io.completeDiscard(.main, result: 0) }
         #expect(io.record(.main)?.closeCount == 1)
         finish(io)
         #expect(io.sent(to: .mirror(0)) == request)
@@ -145,7 +145,7 @@ extension SessionTests {
         io.abort()
         #expect(session.endCause == .aborted)
         #expect(io.stats.sessionsAborted.value == 1)
-        for peer in [Peer.client, .main, .mirror(0), .mirror(1)] {
+        for peer in [Leg.client, .main, .mirror(0), .mirror(1)] {
             #expect(io.record(peer)?.cancelRequested == true, "\(peer)")
             #expect(io.record(peer)?.closeCount == 0, "\(peer) has operations in flight")
         }
@@ -225,7 +225,7 @@ extension SessionTests {
         io.completeRecv(.main, TestBytes.text("reply"))
         io.flushSends(.client)
         io.context.nowMs = 9_000
-        io.completeDrain(.mirror(0), result: 100)
+        io.completeDiscard(.mirror(0), result: 100)
         io.context.nowMs = 9_999
         io.checkIdleAll()
         #expect(!session.isEnding, "4999 ms since the reply")
@@ -430,7 +430,7 @@ extension SessionTests {
 
     // MARK: - Errors at every stage
 
-    private static let faults: [(OperationKind, Peer, Int32, Session.EndCause)] = [
+    private static let faults: [(OperationKind, Leg, Int32, Session.EndCause)] = [
         (.recv, .client, ECONNRESET, .clientError),
         (.send, .client, EPIPE, .clientError),
         (.shutdown, .client, ENOTCONN, .completed),
@@ -443,7 +443,7 @@ extension SessionTests {
         (.connect, .mirror(0), ECANCELED, .completed),
         (.send, .mirror(0), EPIPE, .completed),
         (.send, .mirror(0), EAGAIN, .completed),
-        (.drain, .mirror(0), ECONNRESET, .completed),
+        (.discard, .mirror(0), ECONNRESET, .completed),
         (.shutdown, .mirror(0), ENOTCONN, .completed),
     ]
 
@@ -494,7 +494,7 @@ extension SessionTests {
                     #expect(stats.bytesSent.value + stats.bytesMissed.value == io.stats.bytesClientToMain.value,
                             "every client byte is either sent to or missed by mirror\(mirror)")
                 }
-                if case .mirror = peer, kind == .connect {
+                if peer.isMirror, kind == .connect {
                     #expect(ended.mirrorMissing[0])
                 }
             }

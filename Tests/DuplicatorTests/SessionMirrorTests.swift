@@ -205,7 +205,7 @@ extension SessionTests {
         io.fail(.send, .mirror(0), errno: code)
         #expect(io.stats.mirrors[0].errors.value == 1)
         #expect(io.stats.mirrors[0].sessionsCutForLag.value == 0)
-        #expect(io.record(.mirror(0))?.cancelRequested == true, "its drain is still in flight")
+        #expect(io.record(.mirror(0))?.cancelRequested == true, "its discard is still in flight")
         io.completeCancelled()
         #expect(io.record(.mirror(0))?.closeCount == 1)
         io.flushAllSends()
@@ -222,11 +222,11 @@ extension SessionTests {
     }
 
     @Test("a mirror whose reply stream resets is cut; the client goes on")
-    func mirrorDrainReset() throws {
+    func mirrorDiscardReset() throws {
         let io = try FakeSessionIO(limits: testLimits(mirrors: 1))
         try #require(io.start() != nil)
         io.connectAll()
-        io.completeDrain(.mirror(0), result: -ECONNRESET)
+        io.completeDiscard(.mirror(0), result: -ECONNRESET)
         #expect(io.stats.mirrors[0].errors.value == 1)
         #expect(io.record(.mirror(0))?.closeCount == 1)
         io.completeRecv(.client, TestBytes.text("abc"))
@@ -243,8 +243,8 @@ extension SessionTests {
         let io = try FakeSessionIO(limits: testLimits(mirrors: 1))
         try #require(io.start() != nil)
         io.connectAll()
-        io.completeDrain(.mirror(0), result: 0)
-        #expect(!io.hasPending(.drain, .mirror(0)), "no read after its EOF")
+        io.completeDiscard(.mirror(0), result: 0)
+        #expect(!io.hasPending(.discard, .mirror(0)), "no read after its EOF")
         var fromClient: [UInt8] = []
         for index in 0..<3 {
             let bytes = TestBytes.random(1_000, seed: UInt64(index))
@@ -266,9 +266,9 @@ extension SessionTests {
     @Test("a mirror whose socket cannot be opened is skipped for the session")
     func mirrorOpenSocketFailure() throws {
         let io = try FakeSessionIO(limits: testLimits(mirrors: 2))
-        io.openFailures[1] = EMFILE
+        io.openFailures[.mirror(0)] = EMFILE
         try #require(io.start() != nil)
-        #expect(io.requests(.connect).map(\.target) == [0, 2])
+        #expect(io.requests(.connect).map(\.connectLeg) == [.main, .mirror(1)])
         #expect(io.stats.mirrors[0].connectFailures.value == 1)
         io.connectAll()
         io.completeRecv(.client, TestBytes.text("hello"))
@@ -300,7 +300,7 @@ extension SessionTests {
 
         // A session while backing off does not try the mirror and counts the skip.
         io.start()
-        #expect(io.requests(.connect).map(\.target) == [0])
+        #expect(io.requests(.connect).map(\.connectLeg) == [.main])
         #expect(io.stats.mirrors[0].sessionsSkipped.value == 1)
         io.completeConnect(.main)
         io.completeRecv(.client, TestBytes.text("skipped"))
@@ -314,7 +314,7 @@ extension SessionTests {
         io.context.nowMs += 1
         #expect(io.context.mirrorIsTried(0))
         io.start()
-        #expect(io.requests(.connect).map(\.target) == [0, 1])
+        #expect(io.requests(.connect).map(\.connectLeg) == [.main, .mirror(0)])
         io.connectAll()
         finish(io)
         #expect(io.stats.mirrors[0].sessionsMirrored.value == 1)

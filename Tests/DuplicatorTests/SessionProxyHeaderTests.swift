@@ -35,7 +35,7 @@ struct SessionProxyHeaderTests {
         io.completeRecv(.client, first)
         io.connectAll()
         let header = ProxyProtocolTests.encode(version, client6)
-        for peer in [Peer.main, .mirror(0), .mirror(1)] {
+        for peer in [Leg.main, .mirror(0), .mirror(1)] {
             let sends = io.requests(.send, peer)
             #expect(sends.first?.fromSessionMemory == true, "\(peer): the header is sent first")
             #expect(sends.first?.bytes == header, "\(peer)")
@@ -47,7 +47,7 @@ struct SessionProxyHeaderTests {
         let second = TestBytes.random(4000, seed: 2)
         io.completeRecv(.client, second)
         io.flushAllSends()
-        for peer in [Peer.main, .mirror(0), .mirror(1)] {
+        for peer in [Leg.main, .mirror(0), .mirror(1)] {
             #expect(io.sent(to: peer) == header + first + second, "\(peer)")
         }
         #expect(io.stats.bytesClientToMain.value == UInt64(first.count + second.count), "the header is not client bytes")
@@ -101,7 +101,7 @@ struct SessionProxyHeaderTests {
         #expect(io.context.sessionsAwaitingProxyHeader == 0)
         io.connectAll()
         io.flushAllSends()
-        for peer in [Peer.main, .mirror(0), .mirror(1)] { #expect(io.sent(to: peer) == data, "\(peer)") }
+        for peer in [Leg.main, .mirror(0), .mirror(1)] { #expect(io.sent(to: peer) == data, "\(peer)") }
         #expect(io.stats.bytesClientToMain.value == UInt64(data.count))
         #expect(io.addressQueries == 0)
         finish(io)

@@ -71,7 +71,7 @@ struct WorkerCoreTests {
         let before = io.requests.count
         io.resumeWaiters()
         #expect(io.waiters.isEmpty)
-        let resumed = io.requests.dropFirst(before).filter { $0.kind == .recv && $0.tag.leg == 0 }.map { SessionKey($0.tag) }
+        let resumed = io.requests.dropFirst(before).filter { $0.kind == .recv && Leg($0.tag) == .client }.map { SessionKey($0.tag) }
         #expect(resumed == [secondKey, firstKey])
         finish(io)
         io.expectQuiescent()

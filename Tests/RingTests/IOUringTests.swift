@@ -323,7 +323,7 @@ struct IOUringTests {
     @Test("a connect that gets no answer is cancelled by its linked timeout")
     func connectTimesOut() throws {
         // A listener with a full accept queue drops SYNs: the connect hangs.
-        let listener = try loopbackListener(backlog: 0)
+        let listener = try loopbackListener(queueLength: 0)
         defer { close(listener.fd) }
         let filler = try tcpSocket(nonBlocking: true)
         defer { close(filler) }

@@ -53,14 +53,14 @@ func loopbackAddress(port: UInt16) -> sockaddr_in {
 }
 
 /// A TCP listener on 127.0.0.1 and an ephemeral port.
-func loopbackListener(backlog: Int32 = 16) throws -> (fd: Int32, port: UInt16) {
+func loopbackListener(queueLength: Int32 = 16) throws -> (fd: Int32, port: UInt16) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     guard fd >= 0 else { throw RingError("socket", errno: errno) }
     var address = loopbackAddress(port: 0)
     let bound = withUnsafePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     }
-    guard bound == 0, listen(fd, backlog) == 0 else {
+    guard bound == 0, listen(fd, queueLength) == 0 else {
         let code = errno
         close(fd)
         throw RingError("bind/listen", errno: code)

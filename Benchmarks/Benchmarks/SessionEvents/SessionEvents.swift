@@ -11,7 +11,7 @@ import Ring
 //   client recv (a slot lent by the fake) -> sends to main and each mirror
 //   main send done, each mirror send done (the last one recycles the slot)
 //   main recv (the echo, another slot) -> send to the client
-//   client send done (recycles that slot), each mirror drain done
+//   client send done (recycles that slot), each mirror discard done
 //
 // Each iteration runs 1,000 messages (scaling factor kilo): figures shown
 // with `*` are per client message. `mallocCountTotal` is per 1,000 messages
@@ -31,7 +31,7 @@ final class ScriptedIO: SessionIO {
     let pendingRecv: UnsafeMutablePointer<UInt64>
     let pendingSend: UnsafeMutablePointer<UInt64>
     let pendingSendLength: UnsafeMutablePointer<Int32>
-    let pendingDrain: UnsafeMutablePointer<UInt64>
+    let pendingDiscard: UnsafeMutablePointer<UInt64>
     let pendingConnect: UnsafeMutablePointer<UInt64>
     private let freeSlots: UnsafeMutablePointer<UInt32>
     private var freeCount: Int
@@ -42,9 +42,9 @@ final class ScriptedIO: SessionIO {
         pendingRecv = .allocate(capacity: legCapacity)
         pendingSend = .allocate(capacity: legCapacity)
         pendingSendLength = .allocate(capacity: legCapacity)
-        pendingDrain = .allocate(capacity: legCapacity)
+        pendingDiscard = .allocate(capacity: legCapacity)
         pendingConnect = .allocate(capacity: legCapacity)
-        for pointer in [pendingRecv, pendingSend, pendingDrain, pendingConnect] {
+        for pointer in [pendingRecv, pendingSend, pendingDiscard, pendingConnect] {
             pointer.initialize(repeating: 0, count: legCapacity)
         }
         pendingSendLength.initialize(repeating: 0, count: legCapacity)
@@ -54,7 +54,7 @@ final class ScriptedIO: SessionIO {
     }
 
     deinit {
-        for pointer in [pendingRecv, pendingSend, pendingDrain, pendingConnect] { pointer.deallocate() }
+        for pointer in [pendingRecv, pendingSend, pendingDiscard, pendingConnect] { pointer.deallocate() }
         pendingSendLength.deallocate()
         freeSlots.deallocate()
     }
@@ -66,18 +66,18 @@ final class ScriptedIO: SessionIO {
         return freeSlots[freeCount]
     }
 
-    func openSocket(target: Int) -> Int32 {
+    func openSocket(for leg: Leg) -> Int32 {
         nextFD += 1
         return nextFD
     }
 
-    func connect(fd: Int32, target: Int, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {
+    func connect(fd: Int32, leg: Leg, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {
         pendingConnect[Int(tag.leg)] = tag.rawValue
     }
 
     func recv(fd: Int32, tag: CompletionTag) { pendingRecv[Int(tag.leg)] = tag.rawValue }
 
-    func drain(fd: Int32, tag: CompletionTag) { pendingDrain[Int(tag.leg)] = tag.rawValue }
+    func discard(fd: Int32, tag: CompletionTag) { pendingDiscard[Int(tag.leg)] = tag.rawValue }
 
     func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag) {
         pendingSend[Int(tag.leg)] = tag.rawValue
@@ -97,7 +97,7 @@ final class ScriptedIO: SessionIO {
     }
 
     func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer) {}
-    func drainInBatches(fd: Int32) {}
+    func discardInBatches(fd: Int32) {}
 
     func shutdownWrite(fd: Int32, tag: CompletionTag) {}
     func cancel(fd: Int32, tag: CompletionTag) {}
@@ -117,9 +117,6 @@ final class ScriptedIO: SessionIO {
 
 /// One session and the fake kernel under it.
 final class SessionDriver {
-    static let client = 0
-    static let main = 1
-    static let firstMirror = 2
     let io: ScriptedIO
     let table: SessionTable
     let mirrors: Int
@@ -135,18 +132,18 @@ final class SessionDriver {
         table = try SessionTable(capacity: 4, context: context)
         guard let session = table.take() else { fatalError("empty session table") }
         session.start(clientFD: 50, io: io)
-        complete(io.pendingConnect, leg: Self.main, result: 0)
-        for leg in Self.firstMirror..<(Self.firstMirror + mirrors) {
-            complete(io.pendingConnect, leg: leg, result: 0)
+        complete(io.pendingConnect, leg: .main, result: 0)
+        for mirror in 0..<mirrors {
+            complete(io.pendingConnect, leg: .mirror(mirror), result: 0)
         }
     }
 
     /// Delivers the completion of the operation pending on `leg` in `pending`.
     @inline(__always)
-    func complete(_ pending: UnsafeMutablePointer<UInt64>, leg: Int, result: Int32, slot: UInt32? = nil) {
-        let raw = pending[leg]
+    func complete(_ pending: UnsafeMutablePointer<UInt64>, leg: Leg, result: Int32, slot: UInt32? = nil) {
+        let raw = pending[leg.index]
         precondition(raw != 0, "no operation pending on leg \(leg)")
-        pending[leg] = 0
+        pending[leg.index] = 0
         let tag = CompletionTag(rawValue: raw)
         guard let kind = OperationKind(rawValue: tag.kind) else { fatalError("unknown completion") }
         if case .stale = table.deliver(kind, tag: tag, result: result, selectedBuffer: slot, io: io) {
@@ -157,15 +154,15 @@ final class SessionDriver {
     /// One client message through the proxy and its echo back.
     @inline(__always)
     func message() {
-        complete(io.pendingRecv, leg: Self.client, result: messageBytes, slot: io.lendSlot())
-        complete(io.pendingSend, leg: Self.main, result: io.pendingSendLength[Self.main])
-        for leg in Self.firstMirror..<(Self.firstMirror + mirrors) {
-            complete(io.pendingSend, leg: leg, result: io.pendingSendLength[leg])
+        complete(io.pendingRecv, leg: .client, result: messageBytes, slot: io.lendSlot())
+        complete(io.pendingSend, leg: .main, result: io.pendingSendLength[Leg.main.index])
+        for mirror in 0..<mirrors {
+            complete(io.pendingSend, leg: .mirror(mirror), result: io.pendingSendLength[Leg.mirror(mirror).index])
         }
-        complete(io.pendingRecv, leg: Self.main, result: messageBytes, slot: io.lendSlot())
-        complete(io.pendingSend, leg: Self.client, result: io.pendingSendLength[Self.client])
-        for leg in Self.firstMirror..<(Self.firstMirror + mirrors) {
-            complete(io.pendingDrain, leg: leg, result: messageBytes)
+        complete(io.pendingRecv, leg: .main, result: messageBytes, slot: io.lendSlot())
+        complete(io.pendingSend, leg: .client, result: io.pendingSendLength[Leg.client.index])
+        for mirror in 0..<mirrors {
+            complete(io.pendingDiscard, leg: .mirror(mirror), result: messageBytes)
         }
     }
 }
