@@ -178,13 +178,24 @@ public final class Session {
     static let turnHeldChunksMax = 4
 
     public let index: UInt32
-    public private(set) var generation: UInt16 = 0
-    public private(set) var isActive = false
+    // The state other modules read is stored privately and read through
+    // computed properties: Swift checks every access to a class's stored
+    // `var` that other modules can see at run time (swift_beginAccess), while
+    // it proves a private one's accesses exclusive when it compiles the
+    // module. Per request, that was most of the proxy's instructions
+    // (BENCHMARKS.md, "Exclusivity checks on the hot path").
+    private var currentGeneration: UInt16 = 0
+    private var active = false
+    private var ending = false
+    private var waitsForBuffers = false
+    private var awaitsProxyHeader = false
+    public var generation: UInt16 { currentGeneration }
+    public var isActive: Bool { active }
     /// The client's session is over (both directions done, or failed); mirrors may still be flushing.
-    public private(set) var isEnding = false
+    public var isEnding: Bool { ending }
     public private(set) var endCause: EndCause?
     /// The session asked to be resumed when slots are back.
-    public private(set) var waitingForBuffers = false
+    public var waitingForBuffers: Bool { waitsForBuffers }
     private var clientToMainDone = false
     private var mainToClientDone = false
     private var lingerDeadlineMs: UInt64 = 0
@@ -192,7 +203,7 @@ public final class Session {
     private var lastActivityMs: UInt64 = 0
     /// `--accept-proxy`: the client's header has not been read whole yet;
     /// main and the mirrors are not connected until it has.
-    public private(set) var isAwaitingProxyHeader = false
+    public var isAwaitingProxyHeader: Bool { awaitsProxyHeader }
     private var proxyHeaderDeadlineMs: UInt64 = 0
     /// A slot holding the first bytes of a header that came in pieces, and how many.
     private var proxyHeaderSlot: UInt32?
@@ -222,6 +233,9 @@ public final class Session {
     /// `--dump-dir`: what this session's streams were, up to `dumpBytes`
     /// each, for the pairs whose replies differ; nil: nothing recorded.
     var recording: SessionRecording?
+    /// Whether `recording` is there: fixed at init, so the paths that ask
+    /// need no run-time exclusivity check of `recording` when it is not.
+    private let records: Bool
     /// With `recording`: the client's address and the one it reached.
     private var recordedAddresses: ProxyAddresses?
 
@@ -273,7 +287,8 @@ public final class Session {
             comparisons = nil
         }
         turnStarts = .allocate(capacity: max(1, legCount * limits.mirrorTurns))
-        if limits.dumpBytes > 0 && comparisons != nil {
+        records = limits.dumpBytes > 0 && comparisons != nil
+        if records {
             recording = SessionRecording(mirrorCount: limits.mirrorCount, bytesMax: limits.dumpBytes)
         }
     }
@@ -299,11 +314,11 @@ public final class Session {
     /// A client was accepted on `clientFD`: connect main and the mirrors, start reading.
     public func start<IO: SessionIO>(clientFD: Int32, io: IO) {
         precondition(!isActive)
-        generation &+= 1
-        isActive = true
-        isEnding = false
+        currentGeneration &+= 1
+        active = true
+        ending = false
         endCause = nil
-        waitingForBuffers = false
+        waitsForBuffers = false
         clientToMainDone = false
         mainToClientDone = false
         lingerDeadlineMs = 0
@@ -319,7 +334,7 @@ public final class Session {
         if let comparisons {
             for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].reset() }
         }
-        if recording != nil {
+        if records {
             recording!.reset(nowUs: context.nowUs)
             recordedAddresses = nil
         }
@@ -335,7 +350,7 @@ public final class Session {
         if context.limits.acceptProxy {
             // Main and the mirrors wait for the header: they get its client's
             // address, and a connection without one never reaches them.
-            isAwaitingProxyHeader = true
+            awaitsProxyHeader = true
             context.sessionsAwaitingProxyHeader += 1
             proxyHeaderDeadlineMs = context.nowMs + UInt64(context.limits.proxyHeaderTimeoutMs)
             armReceive(.client, io: io)
@@ -350,7 +365,7 @@ public final class Session {
         if let version = context.limits.sendProxy, let proxyHeaderOut {
             proxyHeaderOutLength = ProxyProtocol.encode(version, addresses, into: proxyHeaderOut)
         }
-        if recording != nil { recordedAddresses = addresses ?? io.addresses(fd: legs[.client].fd) }
+        if records { recordedAddresses = addresses ?? io.addresses(fd: legs[.client].fd) }
         let stats = context.stats
         let mainFD = io.openSocket(for: .main)
         guard mainFD >= 0 else {
@@ -433,7 +448,7 @@ public final class Session {
     /// Slots are back after the session found none.
     public func resumeReceiving<IO: SessionIO>(io: IO) {
         guard isActive, waitingForBuffers else { return }
-        waitingForBuffers = false
+        waitsForBuffers = false
         armReceive(.client, io: io)
         armReceive(.main, io: io)
     }
@@ -568,7 +583,7 @@ public final class Session {
             // Client and main may both find the pool dry; ask to be resumed once.
             context.stats.poolExhausted.bump()
             if !waitingForBuffers {
-                waitingForBuffers = true
+                waitsForBuffers = true
                 io.waitForBuffers(session: index)
             }
         case .done, .cancelled, .failed:
@@ -579,7 +594,7 @@ public final class Session {
     @inline(__always)
     private func forwardFromClient<IO: SessionIO>(slot: UInt32, offset: Int, length: Int, io: IO) {
         context.stats.bytesClientToMain.bump(length)
-        if recording != nil {
+        if records {
             recording!.append(Leg.client.index, UnsafeRawBufferPointer(start: context.pool.pointer(slot) + offset, count: length),
                               nowUs: context.nowUs)
         }
@@ -655,7 +670,7 @@ public final class Session {
     private func compare(_ stream: ReplyComparison.Stream, slot: UInt32, length: Int,
                          _ comparisons: UnsafeMutablePointer<ReplyComparison>, mirror: Int = 0) {
         let bytes = UnsafeRawBufferPointer(start: context.pool.pointer(slot), count: length)
-        if recording != nil {
+        if records {
             recording!.append(stream == .mirror ? Leg.mirror(mirror).index : Leg.main.index, bytes, nowUs: context.nowUs)
         }
         if stream == .mirror {
@@ -668,7 +683,7 @@ public final class Session {
     /// `--dump-dir`: the mirror's replies are still read (into slots) to be
     /// recorded, after its verdict is decided, until its recording is full.
     private func recordingWants(_ leg: Leg) -> Bool {
-        guard let recording else { return false }
+        guard records, let recording else { return false }
         return recording.streams[leg.index].bytes.count < recording.bytesMax
     }
 
@@ -831,7 +846,7 @@ public final class Session {
 
     private func stopAwaitingProxyHeader<IO: SessionIO>(io: IO) {
         guard isAwaitingProxyHeader else { return }
-        isAwaitingProxyHeader = false
+        awaitsProxyHeader = false
         context.sessionsAwaitingProxyHeader -= 1
         if let held = proxyHeaderSlot {
             proxyHeaderSlot = nil
@@ -1158,7 +1173,7 @@ public final class Session {
     }
 
     private func end<IO: SessionIO>(_ cause: EndCause, io: IO) {
-        isEnding = true
+        ending = true
         context.sessionsEnding += 1
         endCause = cause
         let stats = context.stats
@@ -1238,8 +1253,8 @@ public final class Session {
     private func settleSession() {
         guard isActive, isEnding else { return }
         for leg in allLegs where legs[leg].phase != .closed { return }
-        isActive = false
-        waitingForBuffers = false
+        active = false
+        waitsForBuffers = false
         if let comparisons { recordVerdicts(comparisons) }
         context.sessionsEnding -= 1
         context.stats.sessionsActive.drop()

@@ -94,19 +94,41 @@ public final class SessionContext {
     public let limits: SessionLimits
     public let pool: BufferPool
     public let stats: WorkerStats
+    // What other modules see of the changing state goes through computed
+    // properties over private storage: Swift checks each access to a stored
+    // `var` other modules can see at run time, which the sessions' hot
+    // paths cannot afford (see `Session`, and BENCHMARKS.md).
+    private var clockMs: UInt64 = 0
+    private var clockUs: UInt64 = 0
+    private var endingCount = 0
+    private var awaitingProxyHeaderCount = 0
+    private var mirrorOnlyCount = 0
+
     /// Milliseconds on a monotonic clock; the owner advances it.
-    public var nowMs: UInt64 = 0
+    public var nowMs: UInt64 {
+        get { clockMs }
+        set { clockMs = newValue }
+    }
     /// Microseconds on a monotonic clock (the mirror batch delay's), advanced by the owner too.
-    public var nowUs: UInt64 = 0
+    public var nowUs: UInt64 {
+        get { clockUs }
+        set { clockUs = newValue }
+    }
     /// Sessions whose client side is over but whose mirrors still flush:
     /// the only ones a tick has work for.
-    public internal(set) var sessionsEnding = 0
+    public internal(set) var sessionsEnding: Int {
+        get { endingCount }
+        set { endingCount = newValue }
+    }
     /// Sessions still waiting for their client's PROXY protocol header: the
     /// worker checks their deadline while there are any.
-    public internal(set) var sessionsAwaitingProxyHeader = 0
+    public internal(set) var sessionsAwaitingProxyHeader: Int {
+        get { awaitingProxyHeaderCount }
+        set { awaitingProxyHeaderCount = newValue }
+    }
 
     /// Slots that main has finished with but a mirror backlog still holds.
-    public private(set) var mirrorOnlySlots = 0
+    public var mirrorOnlySlots: Int { mirrorOnlyCount }
     /// At most this many: half the pool, so main's path always has the rest.
     public let mirrorOnlySlotsMax: Int
     private let mirrorOnly: UnsafeMutablePointer<Bool>
@@ -140,8 +162,8 @@ public final class SessionContext {
     @inline(__always)
     func markMirrorOnly(_ slot: UInt32) -> Bool {
         mirrorOnly[Int(slot)] = true
-        mirrorOnlySlots &+= 1
-        return mirrorOnlySlots <= mirrorOnlySlotsMax
+        mirrorOnlyCount &+= 1
+        return mirrorOnlyCount <= mirrorOnlySlotsMax
     }
 
     /// `slot` went back to the pool.
@@ -149,7 +171,7 @@ public final class SessionContext {
     func slotFreed(_ slot: UInt32) {
         if mirrorOnly[Int(slot)] {
             mirrorOnly[Int(slot)] = false
-            mirrorOnlySlots &-= 1
+            mirrorOnlyCount &-= 1
         }
     }
 

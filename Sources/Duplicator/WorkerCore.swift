@@ -118,12 +118,17 @@ public final class WorkerCore<Backend: WorkerBackend> {
     private let allStats: [WorkerStats]
     private let mirrorNames: [String]
 
-    public private(set) var acceptArmed = false
+    // Read by the loop once per batch: private storage behind the public
+    // reads, so that no access is checked at run time (see `Session`).
+    private var accepting = false
+    private var stopRequested = false
+    private var tickDueMs: UInt64 = 0
+    public var acceptArmed: Bool { accepting }
     private var acceptPausedUntilMs: UInt64 = 0
-    public private(set) var stopping = false
+    public var stopping: Bool { stopRequested }
     private var aborted = false
     private var drainDeadlineMs: UInt64 = 0
-    public private(set) var nextTickMs: UInt64 = 0
+    public var nextTickMs: UInt64 { tickDueMs }
     private var nextIdleCheckMs: UInt64 = 0
     private var rejectLog = RateLimitedLog(intervalMs: 10_000)
     private var acceptErrorLog = RateLimitedLog(intervalMs: 5_000)
@@ -148,7 +153,7 @@ public final class WorkerCore<Backend: WorkerBackend> {
     public var isFinished: Bool { stopping && table.activeCount == 0 && !acceptArmed }
 
     public func start(io: Backend) {
-        nextTickMs = context.nowMs + Self.tickMs
+        tickDueMs = context.nowMs + Self.tickMs
         armAccept(io: io)
     }
 
@@ -227,7 +232,7 @@ public final class WorkerCore<Backend: WorkerBackend> {
     // MARK: - Accepting
 
     private func armAccept(io: Backend) {
-        acceptArmed = io.armAccept()
+        accepting = io.armAccept()
     }
 
     private func accepted(_ completion: WorkerCompletion, io: Backend) {
@@ -257,7 +262,7 @@ public final class WorkerCore<Backend: WorkerBackend> {
         }
         guard !completion.hasMore else { return }
         // The accept ended.
-        acceptArmed = false
+        accepting = false
         if stopping {
             io.closeListener()
         } else if completion.result < 0 {
@@ -274,14 +279,14 @@ public final class WorkerCore<Backend: WorkerBackend> {
     /// Once `nextTickMs` has come: gauges and logs, the stop, the accept
     /// after a pause, and the sessions' deadlines.
     public func tick(stopMode mode: StopMode, io: Backend) {
-        nextTickMs = context.nowMs + Self.tickMs
+        tickDueMs = context.nowMs + Self.tickMs
         io.tick(nowMs: context.nowMs)
         for (index, mirror) in stats.mirrors.enumerated() {
             mirror.backingOff.store(context.mirrorIsBackingOff(index) ? 1 : 0, ordering: .relaxed)
         }
         context.mirrorHealth.log(workers: allStats, names: mirrorNames, nowMs: context.nowMs, logger: logger)
         if mode != .running && !stopping {
-            stopping = true
+            stopRequested = true
             drainDeadlineMs = context.nowMs + UInt64(drainTimeoutMs)
             if acceptArmed { io.cancelAccept() } else { io.closeListener() }
         }

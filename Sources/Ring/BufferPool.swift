@@ -26,7 +26,10 @@ public final class BufferPool {
     public let segmentSlots: Int
     private let references: UnsafeMutablePointer<UInt32>
     /// Slots with at least one holder.
-    public private(set) var inUse = 0
+    public var inUse: Int { held }
+    /// `inUse`'s storage, private: Swift checks each access to a stored
+    /// `var` other modules can see at run time, and this one changes per receive.
+    private var held = 0
 
     /// - Parameters:
     ///   - slotSize: rounded up to whole pages.
@@ -72,7 +75,7 @@ public final class BufferPool {
     public func adopt(_ slot: UInt32) {
         precondition(references[Int(slot)] == 0, "adopt of a held slot")
         references[Int(slot)] = 1
-        inUse &+= 1
+        held &+= 1
     }
 
     @inline(__always)
@@ -88,7 +91,7 @@ public final class BufferPool {
         precondition(count > 0, "release of a free slot")
         references[Int(slot)] = count &- 1
         guard count == 1 else { return false }
-        inUse &-= 1
+        held &-= 1
         return true
     }
 

@@ -31,13 +31,19 @@ public final class ProvidedBuffers {
     /// Free slots not lent to the kernel, the most recently freed on top.
     private let freeStack: UnsafeMutablePointer<UInt32>
     private var freeCount = 0
+    // Private storage behind the public counters: Swift checks each access
+    // to a stored `var` that other modules can see at run time
+    // (swift_beginAccess), and `lent` changes on every receive.
+    private var grown = 0
+    private var lentCount = 0
+    private var refusal: RingError?
     /// Slots below this index belong to segments in use; the rest were never used.
-    public private(set) var grownSlots = 0
+    public var grownSlots: Int { grown }
     /// Slots lent to the kernel now.
-    public private(set) var lent = 0
+    public var lent: Int { lentCount }
     /// Why the pool stopped growing before its size (registration refused,
     /// e.g. RLIMIT_MEMLOCK), if it did.
-    public private(set) var growthError: RingError?
+    public var growthError: RingError? { refusal }
 
     /// Registers a buffer ring for `pool`, and a sparse table of fixed
     /// buffers (one per segment) when `registerSegments`; lends the first window.
@@ -47,7 +53,7 @@ public final class ProvidedBuffers {
         var entries = 1
         while entries < window { entries <<= 1 }
         var error: Int32 = 0
-        guard let bufferRing = shim_setup_buf_ring(&ring.ring, UInt32(entries), Int32(group), &error) else {
+        guard let bufferRing = shim_setup_buf_ring(ring.ring, UInt32(entries), Int32(group), &error) else {
             throw RingError("io_uring_register_buf_ring with \(entries) entries", errno: error)
         }
         self.bufferRing = bufferRing
@@ -65,7 +71,7 @@ public final class ProvidedBuffers {
                 // The first segment at once: a limit too low for even that is an error at start.
                 try grow()
             } catch {
-                shim_free_buf_ring(&ring.ring, bufferRing, UInt32(entries), Int32(group))
+                shim_free_buf_ring(ring.ring, bufferRing, UInt32(entries), Int32(group))
                 freeStack.deallocate()
                 throw error
             }
@@ -74,7 +80,7 @@ public final class ProvidedBuffers {
     }
 
     deinit {
-        shim_free_buf_ring(&ring.ring, bufferRing, entries, Int32(group))
+        shim_free_buf_ring(ring.ring, bufferRing, entries, Int32(group))
         freeStack.deallocate()
     }
 
@@ -90,7 +96,7 @@ public final class ProvidedBuffers {
 
     /// The kernel chose `slot` for a completion: it is ours until provided again.
     @inline(__always)
-    public func taken(_ slot: UInt32) { lent &-= 1 }
+    public func taken(_ slot: UInt32) { lentCount &-= 1 }
 
     /// Tops the window up and publishes it with one store-release; call
     /// before submitting.
@@ -99,7 +105,7 @@ public final class ProvidedBuffers {
         while lent < windowSlots, let slot = nextFree() {
             io_uring_buf_ring_add(bufferRing, pool.pointer(slot), UInt32(pool.slotSize), UInt16(slot), mask, pending)
             pending &+= 1
-            lent &+= 1
+            lentCount &+= 1
         }
         guard pending > 0 else { return }
         io_uring_buf_ring_advance(bufferRing, pending)
@@ -127,7 +133,7 @@ public final class ProvidedBuffers {
                 try ring.registerBuffer(at: segment, base: pool.pointer(UInt32(slots.lowerBound)),
                                         length: slots.count * pool.slotSize)
             } catch let error as RingError {
-                growthError = error
+                refusal = error
                 throw error
             }
         }
@@ -136,6 +142,6 @@ public final class ProvidedBuffers {
             freeStack[freeCount] = UInt32(slot)
             freeCount += 1
         }
-        grownSlots = slots.upperBound
+        grown = slots.upperBound
     }
 }

@@ -27,7 +27,10 @@ public final class Ring {
     public static let sqeFlagLink = shim_IOSQE_IO_LINK
     public static let sqeFlagSkipSuccess = shim_IOSQE_CQE_SKIP_SUCCESS
 
-    @usableFromInline var ring = io_uring()
+    /// liburing's state of the ring, in memory of its own that stays put:
+    /// C takes it by pointer, and a stored `var` passed `&ring` would have
+    /// its exclusive access checked at run time on every SQE and reap.
+    @usableFromInline let ring: UnsafeMutablePointer<io_uring>
     public let setupMode: SetupMode
     public let submissionEntries: UInt32
     public let completionEntriesGranted: UInt32
@@ -49,6 +52,8 @@ public final class Ring {
         if let first = modes.firstIndex(of: preferred) { modes.removeFirst(first) }
         var lastError: Int32 = EINVAL
         var chosen: SetupMode?
+        let ring = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
+        ring.initialize(to: io_uring())
         for mode in modes {
             var params = io_uring_params()
             // SUBMIT_ALL (5.18) keeps submitting past a failed SQE; the plain
@@ -62,7 +67,7 @@ public final class Ring {
             case .plain: break
             }
             params.cq_entries = completionEntries
-            let result = io_uring_queue_init_params(entries, &ring, &params)
+            let result = io_uring_queue_init_params(entries, ring, &params)
             if result == 0 {
                 chosen = mode
                 break
@@ -72,17 +77,22 @@ public final class Ring {
             // Anything else (ENOSYS, EPERM, ENOMEM) is the answer.
             if lastError != EINVAL { break }
         }
-        guard let chosen else { throw RingError("io_uring_setup", errno: lastError) }
+        guard let chosen else {
+            ring.deallocate()
+            throw RingError("io_uring_setup", errno: lastError)
+        }
+        self.ring = ring
         setupMode = chosen
-        submissionEntries = ring.sq.ring_entries
-        completionEntriesGranted = ring.cq.ring_entries
+        submissionEntries = ring.pointee.sq.ring_entries
+        completionEntriesGranted = ring.pointee.cq.ring_entries
         self.reapBatchMax = reapBatchMax
         reaped = .allocate(capacity: reapBatchMax)
     }
 
     deinit {
-        if registeredBufferCount > 0 { io_uring_unregister_buffers(&ring) }
-        io_uring_queue_exit(&ring)
+        if registeredBufferCount > 0 { io_uring_unregister_buffers(ring) }
+        io_uring_queue_exit(ring)
+        ring.deallocate()
         reaped.deallocate()
     }
 
@@ -98,7 +108,7 @@ public final class Ring {
             vectors.append(iovec(iov_base: pool.pointer(UInt32(slot)), iov_len: pool.slotSize))
         }
         let result = vectors.withUnsafeBufferPointer {
-            io_uring_register_buffers(&ring, $0.baseAddress, UInt32($0.count))
+            io_uring_register_buffers(ring, $0.baseAddress, UInt32($0.count))
         }
         guard result == 0 else {
             throw RingError("io_uring_register_buffers", errno: -result)
@@ -109,7 +119,7 @@ public final class Ring {
     /// Reserves `count` empty fixed-buffer entries (a sparse table), to be
     /// filled one at a time by `registerBuffer(at:base:length:)` as a pool grows.
     public func registerBufferTable(count: Int) throws {
-        let result = io_uring_register_buffers_sparse(&ring, UInt32(count))
+        let result = io_uring_register_buffers_sparse(ring, UInt32(count))
         guard result == 0 else {
             throw RingError("io_uring_register_buffers_sparse of \(count) entries", errno: -result)
         }
@@ -121,7 +131,7 @@ public final class Ring {
     /// unless the process has CAP_IPC_LOCK.
     public func registerBuffer(at index: Int, base: UnsafeMutableRawPointer, length: Int) throws {
         var vector = iovec(iov_base: base, iov_len: length)
-        let result = io_uring_register_buffers_update_tag(&ring, UInt32(index), &vector, nil, 1)
+        let result = io_uring_register_buffers_update_tag(ring, UInt32(index), &vector, nil, 1)
         guard result >= 0 else {
             throw RingError("io_uring_register_buffers_update_tag of \(length) bytes", errno: -result)
         }
@@ -132,24 +142,24 @@ public final class Ring {
     /// A cleared SQE, submitting what is queued first when the SQ is full.
     @inlinable @inline(__always)
     public func nextSQE() -> UnsafeMutablePointer<io_uring_sqe> {
-        if let sqe = io_uring_get_sqe(&ring) { return sqe }
+        if let sqe = io_uring_get_sqe(ring) { return sqe }
         return nextSQEAfterFlush()
     }
 
     @usableFromInline
     func nextSQEAfterFlush() -> UnsafeMutablePointer<io_uring_sqe> {
         while true {
-            _ = io_uring_submit(&ring)
-            if let sqe = io_uring_get_sqe(&ring) { return sqe }
+            _ = io_uring_submit(ring)
+            if let sqe = io_uring_get_sqe(ring) { return sqe }
             // The kernel could not take any (CQ overflow back-pressure): wait a little.
-            _ = io_uring_submit_and_wait(&ring, 1)
+            _ = io_uring_submit_and_wait(ring, 1)
         }
     }
 
     /// Submits queued SQEs without waiting. Returns how many were taken.
     @discardableResult
     public func submit() -> Int32 {
-        io_uring_submit(&ring)
+        io_uring_submit(ring)
     }
 
     /// Submits queued SQEs and waits until at least `count` completions are
@@ -161,9 +171,9 @@ public final class Ring {
             var timeout = __kernel_timespec(tv_sec: timeoutNanoseconds / 1_000_000_000,
                                             tv_nsec: timeoutNanoseconds % 1_000_000_000)
             var cqe: UnsafeMutablePointer<io_uring_cqe>?
-            result = io_uring_submit_and_wait_timeout(&ring, &cqe, count, &timeout, nil)
+            result = io_uring_submit_and_wait_timeout(ring, &cqe, count, &timeout, nil)
         } else {
-            result = io_uring_submit_and_wait(&ring, count)
+            result = io_uring_submit_and_wait(ring, count)
         }
         if result < 0 {
             switch -result {
@@ -179,7 +189,7 @@ public final class Ring {
     /// advances its head once. Read them with `completion(at:)`.
     @inline(__always)
     public func reap() -> Int {
-        Int(shim_reap_batch(&ring, reaped, UInt32(reapBatchMax)))
+        Int(shim_reap_batch(ring, reaped, UInt32(reapBatchMax)))
     }
 
     @inline(__always)
@@ -234,7 +244,7 @@ public final class Ring {
     /// Whether this kernel's io_uring has `IORING_OP_SENDMSG` (5.3 and later);
     /// asked once, at setup.
     public private(set) lazy var supportsSendMessage: Bool = {
-        guard let probe = io_uring_get_probe_ring(&ring) else { return false }
+        guard let probe = io_uring_get_probe_ring(ring) else { return false }
         defer { io_uring_free_probe(probe) }
         return io_uring_opcode_supported(probe, Int32(IORING_OP_SENDMSG.rawValue)) != 0
     }()
