@@ -4,35 +4,49 @@
 /// delay", so they come nearly in order; one asked behind a later deadline
 /// (it was set while a send was in flight) fires with that one, less than a
 /// delay late. No allocation after init.
-struct SessionWakeQueue {
-    private var sessions: [UInt32]
-    private var deadlinesUs: [UInt64]
+///
+/// A class over fixed memory rather than a struct of arrays held in a `var`:
+/// changing such a struct in place calls into the array's code, so each
+/// access to the `var` was checked for exclusivity at run time, several
+/// times per request (BENCHMARKS.md, "Exclusivity checks on the hot path").
+final class SessionWakeQueue {
+    private let sessions: UnsafeMutablePointer<UInt32>
+    private let deadlinesUs: UnsafeMutablePointer<UInt64>
+    private let capacity: Int
     private var head = 0
     private(set) var count = 0
 
     init(capacity: Int) {
-        sessions = Array(repeating: 0, count: max(1, capacity))
-        deadlinesUs = Array(repeating: 0, count: max(1, capacity))
+        self.capacity = max(1, capacity)
+        sessions = .allocate(capacity: self.capacity)
+        sessions.initialize(repeating: 0, count: self.capacity)
+        deadlinesUs = .allocate(capacity: self.capacity)
+        deadlinesUs.initialize(repeating: 0, count: self.capacity)
+    }
+
+    deinit {
+        sessions.deallocate()
+        deadlinesUs.deallocate()
     }
 
     var isEmpty: Bool { count == 0 }
 
     var firstDeadlineUs: UInt64? { count > 0 ? deadlinesUs[head] : nil }
 
-    mutating func append(session index: UInt32, deadlineUs: UInt64) {
+    func append(session index: UInt32, deadlineUs: UInt64) {
         // A session asks once until woken, so the ring is never full.
-        guard count < sessions.count else { return }
-        let position = (head + count) % sessions.count
+        guard count < capacity else { return }
+        let position = (head + count) % capacity
         sessions[position] = index
         deadlinesUs[position] = deadlineUs
         count += 1
     }
 
     /// The first session if its deadline has passed, removed.
-    mutating func popDue(nowUs: UInt64) -> UInt32? {
+    func popDue(nowUs: UInt64) -> UInt32? {
         guard count > 0, deadlinesUs[head] <= nowUs else { return nil }
         let index = sessions[head]
-        head = (head + 1) % sessions.count
+        head = (head + 1) % capacity
         count -= 1
         return index
     }
@@ -42,8 +56,8 @@ struct SessionWakeQueue {
 /// Shared by the worker's logic, which fires them (`WorkerCore`), and its
 /// backend, which takes the sessions' `wake` requests.
 public final class SessionTimers {
-    var batch: SessionWakeQueue
-    var turn: SessionWakeQueue
+    let batch: SessionWakeQueue
+    let turn: SessionWakeQueue
 
     public init(capacity: Int) {
         batch = SessionWakeQueue(capacity: capacity)
