@@ -57,15 +57,18 @@ public protocol WorkerBackend: SessionIO {
 public final class BufferWaiters {
     private var indices: [UInt32]
     private var head = 0
-    public private(set) var count = 0
+    /// `count`'s storage, private so that the loop's look at it, once per
+    /// batch, is not checked for exclusivity at run time (see `Session`).
+    private var waiting = 0
+    public var count: Int { waiting }
 
     public init(capacity: Int) { indices = Array(repeating: 0, count: max(1, capacity)) }
 
     /// One entry per session at most (a session asks once until resumed).
     public func add(_ index: UInt32) {
-        guard count < indices.count else { return }
-        indices[(head + count) % indices.count] = index
-        count += 1
+        guard waiting < indices.count else { return }
+        indices[(head + waiting) % indices.count] = index
+        waiting += 1
     }
 
     /// The waiting sessions' indices, first first.
@@ -75,7 +78,7 @@ public final class BufferWaiters {
         guard count > 0 else { return nil }
         defer {
             head = (head + 1) % indices.count
-            count -= 1
+            waiting -= 1
         }
         return indices[head]
     }
