@@ -3,7 +3,8 @@
 # connections x 1 KiB ping-pong, echo main, one echo mirror unless MIRRORS=0),
 # counted by callgrind: repeatable whatever else the machine does, unlike
 # requests/s or CPU time. The counters are zeroed after a warm-up and dumped
-# after a measured run, so start-up is not counted.
+# after a measured run, so start-up is not counted. Also counted: the calls of
+# swift_beginAccess, Swift's run-time exclusivity checks.
 #
 #   Benchmarks/instructions_per_request.sh BIN [BIN...]    (each a duplicator binary)
 #
@@ -39,19 +40,31 @@ for bin in "$@"; do
         | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
     callgrind_control -d "$proxy" >/dev/null
     kill -INT "$proxy"; wait "$proxy" 2>/dev/null || true
-    instructions=$(python3 - "$work" "$proxy" <<'PY'
-import glob, sys
+    read -r instructions accesses < <(python3 - "$work" "$proxy" <<'PY'
+import glob, re, sys
 # The dump taken after the measured run: the file with the highest part number.
 files = sorted(glob.glob(f"{sys.argv[1]}/cg.{sys.argv[2]}.*"), key=lambda p: int(p.rsplit(".", 1)[1]))
 total = 0
+# Calls of swift_beginAccess: the run-time exclusivity checks (BENCHMARKS.md).
+# Callgrind names a function once in full, "(id) name", then by "(id)".
+names, callee, accesses = {}, "", 0
 for line in open(files[-1]):
     if line.startswith("summary:") or line.startswith("totals:"):
         total = int(line.split()[1])
-print(total)
+    elif line.startswith(("fn=", "cfn=")):
+        text = line.split("=", 1)[1].strip()
+        m = re.match(r"\((\d+)\)(?: (.*))?", text)
+        if m and m.group(2):
+            names[m.group(1)] = m.group(2)
+        if line.startswith("cfn="):
+            callee = names.get(m.group(1), "") if m else text
+    elif line.startswith("calls=") and callee == "swift_beginAccess":
+        accesses += int(line[6:].split()[0])
+print(total, accesses)
 PY
 )
-    python3 -c "import sys; i, r = int(sys.argv[1]), int(sys.argv[2]); print(f'{sys.argv[3]}: {r} requests, {i} instructions, {i / max(r, 1):.0f} per request')" \
-        "$instructions" "$requests" "$bin"
+    python3 -c "import sys; i, r, a = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[4]); r = max(r, 1); print(f'{sys.argv[3]}: {r} requests, {i} instructions, {i / r:.0f} per request, {a / r:.1f} swift_beginAccess calls per request')" \
+        "$instructions" "$requests" "$bin" "$accesses"
     if [[ -n ${KEEP_DIR:-} ]]; then mkdir -p "$KEEP_DIR"; cp "$work"/cg.* "$KEEP_DIR/"; fi
     rm -f "$work"/cg.*
 done
