@@ -514,6 +514,14 @@ final class Worker: WorkerBackend {
 
     func close(fd: Int32, tag: CompletionTag) {
         forgetLoopRecord(fd)
+        if zeroCopy != nil && Int(tag.leg) >= Session.firstMirror && zeroCopyLegs[zeroCopyLeg(tag)]
+            && unsentBytes(fd: fd) > 0 {
+            // A mirror closed with bytes it has not acknowledged was cut (the
+            // session counted them missed). Sent zero-copy, those bytes are
+            // pool slots, which an orphaned socket would hold for minutes if
+            // its peer stopped reading: reset it, and they come back now.
+            Sockets.setResetOnClose(fd)
+        }
         ring.prepareClose(fd: fd, tag: tag)
     }
 
