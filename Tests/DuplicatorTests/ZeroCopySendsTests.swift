@@ -9,6 +9,13 @@ import Testing
 struct ZeroCopySendsTests {
     let sessionTag = CompletionTag(kind: OperationKind.send.rawValue, leg: 2, generation: 7, session: 42)
 
+    /// A record of a send that read `slots`.
+    private func send(_ sends: ZeroCopySends, slots: [UInt32]) throws -> UInt32 {
+        let record = try #require(sends.open(sessionTag: sessionTag))
+        for slot in slots { sends.add(slot: slot, to: record) }
+        return record
+    }
+
     /// Completes `record` as the ring would, collecting the slots given back.
     private func complete(_ sends: ZeroCopySends, _ record: UInt32, notification: Bool, hasMore: Bool = true,
                           recycled: inout [UInt32]) -> CompletionTag? {
@@ -21,9 +28,7 @@ struct ZeroCopySendsTests {
     @Test("the result goes to the session; a slot let go meanwhile comes back only with the notification")
     func resultThenNotification() throws {
         let sends = ZeroCopySends(capacity: 4, slotsPerRecord: 4, poolSlots: 16)
-        let record = try #require(sends.open(sessionTag: sessionTag))
-        sends.add(slot: 3, to: record)
-        sends.add(slot: 5, to: record)
+        let record = try send(sends, slots: [3, 5])
         #expect(sends.tag(of: record).kind == ZeroCopySends.completionKind)
         #expect(sends.tag(of: record).session == record)
         var recycled: [UInt32] = []
@@ -41,8 +46,7 @@ struct ZeroCopySendsTests {
     @Test("a slot still held by another leg when notified is not given back; its last release recycles it at once")
     func slotReleasedAfterNotification() throws {
         let sends = ZeroCopySends(capacity: 4, slotsPerRecord: 4, poolSlots: 16)
-        let record = try #require(sends.open(sessionTag: sessionTag))
-        sends.add(slot: 9, to: record)
+        let record = try send(sends, slots: [9])
         var recycled: [UInt32] = []
         _ = complete(sends, record, notification: false, recycled: &recycled)
         _ = complete(sends, record, notification: true, recycled: &recycled)
@@ -53,11 +57,8 @@ struct ZeroCopySendsTests {
     @Test("a slot read by two sends (main's and a mirror's) waits for both notifications")
     func twoHolders() throws {
         let sends = ZeroCopySends(capacity: 4, slotsPerRecord: 4, poolSlots: 16)
-        let main = try #require(sends.open(sessionTag: sessionTag))
-        sends.add(slot: 1, to: main)
-        let mirror = try #require(sends.open(sessionTag: sessionTag))
-        sends.add(slot: 1, to: mirror)
-        sends.add(slot: 2, to: mirror)
+        let main = try send(sends, slots: [1])
+        let mirror = try send(sends, slots: [1, 2])
         var recycled: [UInt32] = []
         _ = complete(sends, main, notification: false, recycled: &recycled)
         _ = complete(sends, mirror, notification: false, recycled: &recycled)
@@ -72,8 +73,7 @@ struct ZeroCopySendsTests {
     @Test("a result without hasMore has no notification: its slots and record are free at once")
     func resultWithoutNotification() throws {
         let sends = ZeroCopySends(capacity: 1, slotsPerRecord: 2, poolSlots: 4)
-        let record = try #require(sends.open(sessionTag: sessionTag))
-        sends.add(slot: 0, to: record)
+        let record = try send(sends, slots: [0])
         var recycled: [UInt32] = []
         #expect(complete(sends, record, notification: false, hasMore: false, recycled: &recycled) == sessionTag)
         #expect(sends.openRecords == 0)
@@ -84,8 +84,7 @@ struct ZeroCopySendsTests {
     @Test("a notification before its result still gives the session one completion")
     func notificationFirst() throws {
         let sends = ZeroCopySends(capacity: 1, slotsPerRecord: 2, poolSlots: 4)
-        let record = try #require(sends.open(sessionTag: sessionTag))
-        sends.add(slot: 2, to: record)
+        let record = try send(sends, slots: [2])
         var recycled: [UInt32] = []
         #expect(complete(sends, record, notification: true, recycled: &recycled) == nil)
         #expect(sends.openRecords == 1)
