@@ -306,7 +306,9 @@ public final class Ring {
             var awaiting = 1
             while awaiting > 0 {
                 var cqe: UnsafeMutablePointer<io_uring_cqe>?
-                guard io_uring_wait_cqe(&ring, &cqe) == 0, let cqe else { break }
+                let waited = io_uring_wait_cqe(&ring, &cqe)
+                if waited == -EINTR { continue }
+                guard waited == 0, let cqe else { break }
                 awaiting -= 1
                 if cqe.pointee.user_data == probeTag.rawValue && cqe.pointee.flags & shim_IORING_CQE_F_NOTIF == 0 {
                     answer = cqe.pointee.res
