@@ -151,10 +151,13 @@ struct IntegrationTests {
 
     /// The same with every send zero-copy: a mirror cut while the kernel
     /// still holds its sends' slots gives them back with the notifications.
+    /// Mirrors that never read are all the mirrors here: beside them, the
+    /// healthy (debug-build, hashing) sinks could not take 64 MiB within
+    /// their linger on a loaded machine, and zero copy costs more CPU.
     @Test("a broken mirror never hurts the client, with --zerocopy on",
-          arguments: ["closes at once", "resets mid-stream", "never reads"])
-    func brokenMirrorZeroCopy(kind: String) throws {
-        try brokenMirror(kind: kind, allBroken: false, zeroCopy: .on)
+          arguments: [("closes at once", false), ("resets mid-stream", false), ("never reads", true)])
+    func brokenMirrorZeroCopy(kind: String, allBroken: Bool) throws {
+        try brokenMirror(kind: kind, allBroken: allBroken, zeroCopy: .on)
     }
 
     private func brokenMirror(kind: String, allBroken: Bool, zeroCopy: ZeroCopyMode) throws {
