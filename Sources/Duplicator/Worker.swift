@@ -137,6 +137,8 @@ final class Worker: WorkerBackend {
             // slots (each holds at least one), and at least one per leg.
             zeroCopy = ZeroCopySends(capacity: max(pool.slotCount, config.sessionsPerWorker * legsPerSession),
                                      slotsPerRecord: Session.gatherChunksMax, poolSlots: pool.slotCount)
+            // Whether the kernel says it copied (6.2+); 6.1 refuses a send that asks.
+            ring.probeZeroCopyUsageReport()
             zeroCopyFixedVectored = ring.probeFixedVectoredZeroCopy()
         } else {
             zeroCopy = nil

@@ -257,7 +257,7 @@ public final class Ring {
         } else {
             io_uring_prep_send_zc(sqe, fd, buffer, length, shim_MSG_NOSIGNAL, 0)
         }
-        shim_sqe_add_send_flags(sqe, shim_IORING_SEND_ZC_REPORT_USAGE)
+        if reportsZeroCopyUsage { shim_sqe_add_send_flags(sqe, shim_IORING_SEND_ZC_REPORT_USAGE) }
         finish(sqe, tag)
     }
 
@@ -274,9 +274,14 @@ public final class Ring {
         } else {
             io_uring_prep_sendmsg_zc(sqe, fd, message, UInt32(shim_MSG_NOSIGNAL))
         }
-        shim_sqe_add_send_flags(sqe, shim_IORING_SEND_ZC_REPORT_USAGE)
+        if reportsZeroCopyUsage { shim_sqe_add_send_flags(sqe, shim_IORING_SEND_ZC_REPORT_USAGE) }
         finish(sqe, tag)
     }
+
+    /// Whether zero-copy sends ask the kernel to say in the notification
+    /// whether it copied after all (`IORING_SEND_ZC_REPORT_USAGE`, 6.2 and
+    /// later; 6.1 fails a send that asks). Set by `probeZeroCopyUsageReport`.
+    public private(set) var reportsZeroCopyUsage = false
 
     /// Whether this kernel's io_uring has the zero-copy sends, `SEND_ZC`
     /// and `SENDMSG_ZC` (6.1 and later); asked once, at setup.
@@ -287,38 +292,56 @@ public final class Ring {
             && io_uring_opcode_supported(probe, Int32(IORING_OP_SENDMSG_ZC.rawValue)) != 0
     }()
 
+    /// Whether zero-copy notifications can say the kernel copied (6.2 and
+    /// later): sets `reportsZeroCopyUsage`. Call at setup, on an empty ring.
+    @discardableResult
+    public func probeZeroCopyUsageReport() -> Bool {
+        guard supportsZeroCopySend else { return false }
+        reportsZeroCopyUsage = probeFailsWithBadDescriptor { sqe in
+            io_uring_prep_send_zc(sqe, -1, nil, 0, 0, 0)
+            shim_sqe_add_send_flags(sqe, shim_IORING_SEND_ZC_REPORT_USAGE)
+        }
+        return reportsZeroCopyUsage
+    }
+
     /// Whether `SENDMSG_ZC` takes a registered buffer (6.15 and later).
-    /// The opcode probe cannot tell: a fixed-buffer sendmsg to descriptor -1
-    /// is submitted and waited for, before any other operation: a kernel
-    /// that knows the flag fails it with EBADF, an older one with EINVAL.
     /// Needs registered buffer 0 and an empty ring (call at setup).
     public func probeFixedVectoredZeroCopy() -> Bool {
         guard supportsZeroCopySend else { return false }
         var message = msghdr()
-        let probeTag = CompletionTag(rawValue: UInt64.max)
-        let result: Int32 = withUnsafePointer(to: &message) { message in
-            let sqe = nextSQE()
-            shim_prep_sendmsg_zc_fixed(sqe, -1, message, UInt32(shim_MSG_NOSIGNAL), 0)
-            finish(sqe, probeTag)
-            _ = io_uring_submit(&ring)
-            var answer = -EINVAL
-            // The result, and its notification when one is announced.
-            var awaiting = 1
-            while awaiting > 0 {
-                var cqe: UnsafeMutablePointer<io_uring_cqe>?
-                let waited = io_uring_wait_cqe(&ring, &cqe)
-                if waited == -EINTR { continue }
-                guard waited == 0, let cqe else { break }
-                awaiting -= 1
-                if cqe.pointee.user_data == probeTag.rawValue && cqe.pointee.flags & shim_IORING_CQE_F_NOTIF == 0 {
-                    answer = cqe.pointee.res
-                    if cqe.pointee.flags & shim_IORING_CQE_F_MORE != 0 { awaiting += 1 }
-                }
-                io_uring_cqe_seen(&ring, cqe)
+        return withUnsafePointer(to: &message) { message in
+            probeFailsWithBadDescriptor { sqe in
+                shim_prep_sendmsg_zc_fixed(sqe, -1, message, UInt32(shim_MSG_NOSIGNAL), 0)
             }
-            return answer
         }
-        return result == -EBADF
+    }
+
+    /// What the opcode probe cannot tell, whether a kernel takes a flag of
+    /// an operation: the operation, prepared by `prepare` for descriptor -1,
+    /// is submitted and waited for (with the notification a zero-copy send
+    /// announces). A kernel that takes the flag fails it at issue with
+    /// EBADF; an older one refuses the flag first, with EINVAL.
+    private func probeFailsWithBadDescriptor(_ prepare: (UnsafeMutablePointer<io_uring_sqe>) -> Void) -> Bool {
+        let probeTag = CompletionTag(rawValue: UInt64.max)
+        let sqe = nextSQE()
+        prepare(sqe)
+        finish(sqe, probeTag)
+        _ = io_uring_submit(&ring)
+        var answer = -EINVAL
+        var awaiting = 1
+        while awaiting > 0 {
+            var cqe: UnsafeMutablePointer<io_uring_cqe>?
+            let waited = io_uring_wait_cqe(&ring, &cqe)
+            if waited == -EINTR { continue }
+            guard waited == 0, let cqe else { break }
+            awaiting -= 1
+            if cqe.pointee.user_data == probeTag.rawValue && cqe.pointee.flags & shim_IORING_CQE_F_NOTIF == 0 {
+                answer = cqe.pointee.res
+                if cqe.pointee.flags & shim_IORING_CQE_F_MORE != 0 { awaiting += 1 }
+            }
+            io_uring_cqe_seen(&ring, cqe)
+        }
+        return answer == -EBADF
     }
 
     /// Multishot accept: one SQE, one completion per accepted connection
