@@ -35,7 +35,7 @@ final class ZeroCopySends {
     /// (their memory untouched).
     private var usedRecords = 0
     /// Per pool slot: records that hold it.
-    private let holders: UnsafeMutablePointer<UInt16>
+    private let holders: UnsafeMutablePointer<UInt32>
     /// Per pool slot: its last holder in the pool let go while records held it.
     private let deferred: UnsafeMutablePointer<Bool>
     private let slotCount: Int
