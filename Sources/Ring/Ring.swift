@@ -264,7 +264,7 @@ public final class Ring {
     /// A gathered zero-copy send (`SENDMSG_ZC`), completing as
     /// `prepareSendZeroCopy` does; `message` stays valid until the result.
     /// With `bufferIndex` every iovec must lie in that registered buffer,
-    /// and the kernel must have `supportsFixedVectoredZeroCopy`.
+    /// and the kernel must take it (`probeFixedVectoredZeroCopy`).
     @inline(__always)
     public func prepareSendMessageZeroCopy(fd: Int32, message: UnsafePointer<msghdr>, bufferIndex: UInt32?,
                                            tag: CompletionTag) {
