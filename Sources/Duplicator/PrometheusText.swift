@@ -44,6 +44,10 @@ public enum PrometheusText {
         family("duplicator_pool_slots_in_use", "gauge", "Buffer pool slots held now.", [("", snapshot.poolSlotsInUse)])
         family("duplicator_pool_exhausted_total", "counter", "Receives that found no free slot and waited.",
                [("", snapshot.poolExhausted)])
+        family("duplicator_zerocopy_sends_total", "counter", "Sends made zero-copy from the registered pool (--zerocopy).",
+               [("", snapshot.zeroCopySends)])
+        family("duplicator_zerocopy_copied_total", "counter", "Zero-copy sends the kernel copied after all (every one towards this host).",
+               [("", snapshot.zeroCopyCopied)])
         let mirrors = snapshot.mirrors
         func perMirror(_ name: String, _ type: String, _ help: String, _ value: (StatsSnapshot.Mirror) -> UInt64) {
             family(name, type, help, mirrors.map { (Self.mirrorLabel($0), value($0)) })

@@ -174,6 +174,11 @@ public final class Proxy: Sendable {
         control.setupMode.withLock { $0 }
     }
 
+    /// What `--zerocopy` came to on this kernel (`Worker.zeroCopyNote`).
+    public var zeroCopyNote: String {
+        control.zeroCopyNote.withLock { $0 }
+    }
+
     /// Every worker has exited (after a stop, or a worker's fatal error).
     public var hasExited: Bool {
         control.exited.load(ordering: .acquiring) >= config.threads
@@ -209,12 +214,17 @@ private struct WorkerJob: Sendable {
             close(listenerFD)
             control.startErrors.withLock { $0.append(ProxyError.setup(error, config: config).message) }
             return
+        } catch let error as ProxyError {
+            close(listenerFD)
+            control.startErrors.withLock { $0.append(error.message) }
+            return
         } catch {
             close(listenerFD)
             control.startErrors.withLock { $0.append("cannot start a worker: \(error)") }
             return
         }
         control.setupMode.withLock { $0 = worker.ring.setupMode.rawValue }
+        control.zeroCopyNote.withLock { $0 = worker.zeroCopyNote }
         control.ready.add(1, ordering: .releasing)
         do {
             try worker.run()

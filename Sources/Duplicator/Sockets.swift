@@ -33,6 +33,13 @@ enum Sockets {
         _ = setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &value, socklen_t(MemoryLayout<Int32>.size))
     }
 
+    /// Closing resets the connection (SO_LINGER 0) and drops what it has
+    /// not sent, instead of leaving it to an orphaned socket.
+    static func setResetOnClose(_ fd: Int32) {
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+    }
+
     /// A listening socket bound to `address`. With `reusePort` (SO_REUSEPORT)
     /// each worker can have its own and the kernel spreads connections over
     /// them; without it, nobody else may listen on the port (the metrics

@@ -31,6 +31,10 @@ public final class WorkerStats: Sendable {
     public let poolSlotsGrown = Atomic<UInt64>(0)
     /// Times a receive found no free slot and waited (back-pressure).
     public let poolExhausted = Atomic<UInt64>(0)
+    /// `--zerocopy`: sends made zero-copy, and those whose notification
+    /// said the kernel copied after all (every one towards this host).
+    public let zeroCopySends = Atomic<UInt64>(0)
+    public let zeroCopyCopied = Atomic<UInt64>(0)
     public let mirrors: [MirrorStats]
 
     public init(mirrorCount: Int) {

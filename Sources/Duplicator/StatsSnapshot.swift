@@ -51,6 +51,8 @@ public struct StatsSnapshot: Sendable, Equatable {
     public var poolSlotsGrown: UInt64 = 0
     public var poolSlots: UInt64 = 0
     public var poolExhausted: UInt64 = 0
+    public var zeroCopySends: UInt64 = 0
+    public var zeroCopyCopied: UInt64 = 0
     public var workers = 0
     public var mirrors: [Mirror]
 
@@ -77,6 +79,8 @@ public struct StatsSnapshot: Sendable, Equatable {
             poolSlotsInUse += worker.poolSlotsInUse.value
             poolSlotsGrown += worker.poolSlotsGrown.value
             poolExhausted += worker.poolExhausted.value
+            zeroCopySends += worker.zeroCopySends.value
+            zeroCopyCopied += worker.zeroCopyCopied.value
             for (index, mirror) in worker.mirrors.enumerated() where index < mirrors.count {
                 mirrors[index].sessionsMirrored += mirror.sessionsMirrored.value
                 mirrors[index].sessionsSampledOut += mirror.sessionsSampledOut.value

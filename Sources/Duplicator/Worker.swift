@@ -11,6 +11,7 @@ final class WorkerControl: Sendable {
     let exited = Atomic<Int>(0)
     let startErrors = Mutex<[String]>([])
     let setupMode = Mutex<String>("")
+    let zeroCopyNote = Mutex<String>("")
 }
 
 /// One thread, one ring, one listener, one session table: the completion
@@ -64,6 +65,16 @@ final class Worker: WorkerBackend {
     /// sends its first chunk, and the session sends the rest as after a short send.
     private let sendMessageSupported: Bool
     private let timers: SessionTimers
+    /// `--zerocopy`: the zero-copy sends awaiting their notifications (nil:
+    /// every send copies), per (session, leg) whether its sends may be
+    /// zero-copy (decided when it connects), the smallest such send, and
+    /// whether a gathered send may use a registered buffer (Linux 6.15+).
+    private let zeroCopy: ZeroCopySends?
+    private let zeroCopyLegs: UnsafeMutablePointer<Bool>
+    private let zeroCopyBytesMin: Int
+    private let zeroCopyFixedVectored: Bool
+    /// When a finished worker stops waiting for notifications (0: not yet finished).
+    private var zeroCopyWaitDeadlineMs: UInt64 = 0
     private var growthErrorLogged = false
     private let waiters: BufferWaiters
     /// The worker's logic; it drives the sessions, this carries out their operations.
@@ -90,6 +101,10 @@ final class Worker: WorkerBackend {
         }
         ring = try Ring(entries: UInt32(config.ringEntries), completionEntries: UInt32(config.completionEntries),
                         preferred: preferred)
+        if config.zeroCopy == .on && !ring.supportsZeroCopySend {
+            throw ProxyError("--zerocopy on: this kernel's io_uring has no zero-copy send (IORING_OP_SEND_ZC and "
+                + "SENDMSG_ZC, Linux 6.1 and later); use --zerocopy auto or off")
+        }
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
         provided = try ProvidedBuffers(ring: ring, pool: pool, windowSlots: config.providedWindowSlotsPerWorker,
                                        registerSegments: true)
@@ -114,6 +129,22 @@ final class Worker: WorkerBackend {
         gatherMessages = gatherMemory.bindMemory(to: msghdr.self, capacity: gatherLegs)
         gatherVectors = (gatherMemory + vectorsOffset).bindMemory(to: iovec.self, capacity: gatherLegs * Session.gatherChunksMax)
         sendMessageSupported = ring.supportsSendMessage
+        let legsPerSession = Leg.mirror(config.mirrors.count).index
+        zeroCopyLegs = .allocate(capacity: config.sessionsPerWorker * legsPerSession)
+        zeroCopyLegs.initialize(repeating: false, count: config.sessionsPerWorker * legsPerSession)
+        if config.zeroCopy != .off && ring.supportsZeroCopySend {
+            // A record per send whose notification is to come: as many as
+            // slots (each holds at least one), and at least one per leg.
+            zeroCopy = ZeroCopySends(capacity: max(pool.slotCount, config.sessionsPerWorker * legsPerSession),
+                                     slotsPerRecord: Session.gatherChunksMax, poolSlots: pool.slotCount)
+            // Whether the kernel says it copied (6.2+); 6.1 refuses a send that asks.
+            ring.probeZeroCopyUsageReport()
+            zeroCopyFixedVectored = ring.probeFixedVectoredZeroCopy()
+        } else {
+            zeroCopy = nil
+            zeroCopyFixedVectored = false
+        }
+        zeroCopyBytesMin = config.zeroCopy == .on ? 1 : config.zeroCopyBytesMin
         discardBuffer = .allocate(byteCount: Self.discardBufferBytes, alignment: 4096)
         connectTimeouts = [RingTimeout(milliseconds: config.mainConnectTimeoutMs),
                            RingTimeout(milliseconds: config.mirrorConnectTimeoutMs)]
@@ -123,6 +154,7 @@ final class Worker: WorkerBackend {
     }
 
     deinit {
+        zeroCopyLegs.deallocate()
         munmap(gatherMemory, gatherMemoryBytes)
         discardBuffer.deallocate()
         targetAddresses.deallocate()
@@ -143,6 +175,10 @@ final class Worker: WorkerBackend {
             while count > 0 {
                 for index in 0..<count {
                     let completion = ring.completion(at: index)
+                    if completion.tag.kind == ZeroCopySends.completionKind {
+                        zeroCopyCompleted(completion)
+                        continue
+                    }
                     core.deliver(WorkerCompletion(tag: completion.tag, result: completion.result,
                                                   selectedBuffer: completion.selectedBuffer, hasMore: completion.hasMore),
                                  io: self)
@@ -156,7 +192,7 @@ final class Worker: WorkerBackend {
             if context.nowMs >= core.nextTickMs {
                 core.tick(stopMode: StopMode(rawValue: control.stopMode.load(ordering: .relaxed)) ?? .running, io: self)
             }
-            if core.isFinished { break }
+            if core.isFinished && !awaitingZeroCopyNotifications() { break }
         }
         closeListener()
         ring.submit()
@@ -181,10 +217,81 @@ final class Worker: WorkerBackend {
         return ring.reap()
     }
 
+    // MARK: - Zero-copy sends
+
+    /// What `--zerocopy` came to on this kernel, for `--check` and the log.
+    var zeroCopyNote: String {
+        guard zeroCopy != nil else {
+            return config.zeroCopy == .off ? "zero-copy sends off" : "no zero-copy sends (this kernel has none)"
+        }
+        let gathered = zeroCopyFixedVectored ? "registered buffers for gathered sends too"
+            : "gathered sends without registered buffers (Linux 6.15+ has them)"
+        return config.zeroCopy == .on ? "zero-copy sends for every send (\(gathered))"
+            : "zero-copy sends of \(SizeParser.text(zeroCopyBytesMin)) or more to peers not on this host (\(gathered))"
+    }
+
+    /// The result of a zero-copy send goes to its session as any send's;
+    /// its notification lets go of the slots the send read.
+    private func zeroCopyCompleted(_ completion: Completion) {
+        guard let zeroCopy else { return }
+        if completion.isNotification && completion.zeroCopyCopied { stats.zeroCopyCopied.bump() }
+        let sessionTag = zeroCopy.completed(completion.tag.session, isNotification: completion.isNotification,
+                                            hasMore: completion.hasMore) { provided.provide($0) }
+        if let sessionTag {
+            core.deliver(WorkerCompletion(tag: sessionTag, result: completion.result), io: self)
+        }
+    }
+
+    /// Every session has ended: the worker still waits for the
+    /// notifications of its zero-copy sends (the kernel may read the pool
+    /// until then), but not forever: an orphaned socket whose peer stopped
+    /// acknowledging holds them for minutes. The registration keeps those
+    /// pages pinned after the worker exits, so no one reuses them.
+    private func awaitingZeroCopyNotifications() -> Bool {
+        guard let zeroCopy, zeroCopy.openRecords > 0 else { return false }
+        if zeroCopyWaitDeadlineMs == 0 {
+            zeroCopyWaitDeadlineMs = context.nowMs + Self.zeroCopyNotificationWaitMs
+            return true
+        }
+        guard context.nowMs >= zeroCopyWaitDeadlineMs else { return true }
+        let note = "stopping with \(zeroCopy.openRecords) zero-copy sends not yet notified by the kernel "
+            + "(peers that stopped acknowledging); their pages stay pinned until the kernel lets go"
+        logger.warning("\(note)")
+        return false
+    }
+
+    static let zeroCopyNotificationWaitMs: UInt64 = 2_000
+
+    /// Whether a send of `length` bytes on the leg of `tag` goes zero-copy,
+    /// and the record to send it with.
+    @inline(__always)
+    private func zeroCopyRecord(length: Int, tag: CompletionTag) -> UInt32? {
+        guard let zeroCopy, length >= zeroCopyBytesMin, zeroCopyLegs[zeroCopyLeg(tag)] else { return nil }
+        return zeroCopy.open(sessionTag: tag)
+    }
+
+    @inline(__always)
+    private func zeroCopyLeg(_ tag: CompletionTag) -> Int {
+        Int(tag.session) &* Leg.mirror(config.mirrors.count).index &+ Int(tag.leg)
+    }
+
+    /// Decides, as a leg connects, whether its sends may be zero-copy: with
+    /// `auto`, never towards this host, where the kernel copies anyway.
+    private func decideZeroCopy(tag: CompletionTag, peer: () -> SocketAddress?) {
+        guard zeroCopy != nil else { return }
+        let peerIsLocal = config.zeroCopy == .auto ? peer().map { loopGuard.isLocal($0) } : nil
+        zeroCopyLegs[zeroCopyLeg(tag)] = ZeroCopySends.eligible(mode: config.zeroCopy, peerIsLocal: peerIsLocal)
+    }
+
+    /// The registered buffer (pool segment) that holds `slot`.
+    @inline(__always)
+    private func segment(_ slot: UInt32) -> UInt32 { slot / UInt32(pool.segmentSlots) }
+
     // MARK: - WorkerBackend
 
     func tick(nowMs: UInt64) {
-        stats.poolSlotsInUse.store(UInt64(pool.inUse), ordering: .relaxed)
+        // Slots that wait for zero-copy notifications are not free yet either.
+        stats.poolSlotsInUse.store(UInt64(pool.inUse + (zeroCopy?.slotsDeferred ?? 0)), ordering: .relaxed)
         stats.poolSlotsGrown.store(UInt64(provided.grownSlots), ordering: .relaxed)
         if let error = provided.growthError, !growthErrorLogged {
             growthErrorLogged = true
@@ -209,7 +316,12 @@ final class Worker: WorkerBackend {
     @inline(__always)
     func bufferTaken(_ slot: UInt32) { provided.taken(slot) }
 
-    func admit(fd: Int32, session: Session) { Sockets.setNoDelay(fd) }
+    func admit(fd: Int32, session: Session) {
+        Sockets.setNoDelay(fd)
+        decideZeroCopy(tag: CompletionTag(kind: 0, leg: Leg.client.rawValue, generation: 0, session: session.index)) {
+            Sockets.peerAddress(fd)
+        }
+    }
 
     func refuse(fd: Int32) {
         forgetLoopRecord(fd)
@@ -297,6 +409,7 @@ final class Worker: WorkerBackend {
             loopGuard.connecting(fd: fd, to: targets[target])
             loopRecords[fd] = .connecting
         }
+        decideZeroCopy(tag: tag) { targets[target] }
         let timeout = timeoutMs == 0 ? nil : connectTimeout(milliseconds: timeoutMs)
         let address = UnsafeRawPointer(targetAddresses + target).assumingMemoryBound(to: sockaddr.self)
         ring.prepareConnect(fd: fd, address: address, length: targets[target].length, tag: tag, timeout: timeout,
@@ -327,6 +440,13 @@ final class Worker: WorkerBackend {
 
     @inline(__always)
     func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag) {
+        if let zeroCopy, let record = zeroCopyRecord(length: length, tag: tag) {
+            zeroCopy.add(slot: slot, to: record)
+            stats.zeroCopySends.bump()
+            ring.prepareSendZeroCopy(fd: fd, from: pool.pointer(slot) + offset, length: length,
+                                     bufferIndex: segment(slot), tag: zeroCopy.tag(of: record))
+            return
+        }
         ring.prepareSend(fd: fd, from: pool.pointer(slot) + offset, length: length, tag: tag)
     }
 
@@ -356,6 +476,18 @@ final class Worker: WorkerBackend {
         message.pointee = msghdr()
         message.pointee.msg_iov = vectors
         message.pointee.msg_iovlen = chunks
+        if let zeroCopy, let record = zeroCopyRecord(length: length, tag: tag) {
+            // A registered buffer only if every chunk lies in one segment.
+            var bufferIndex: UInt32? = zeroCopyFixedVectored ? segment(queue.chunk(at: 0).slot) : nil
+            for position in 0..<chunks {
+                let slot = queue.chunk(at: position).slot
+                zeroCopy.add(slot: slot, to: record)
+                if bufferIndex != nil && segment(slot) != bufferIndex { bufferIndex = nil }
+            }
+            stats.zeroCopySends.bump()
+            ring.prepareSendMessageZeroCopy(fd: fd, message: message, bufferIndex: bufferIndex, tag: zeroCopy.tag(of: record))
+            return
+        }
         ring.prepareSendMessage(fd: fd, message: message, tag: tag)
     }
 
@@ -385,6 +517,14 @@ final class Worker: WorkerBackend {
 
     func close(fd: Int32, tag: CompletionTag) {
         forgetLoopRecord(fd)
+        if zeroCopy != nil && Leg(tag).isMirror && zeroCopyLegs[zeroCopyLeg(tag)]
+            && unsentBytes(fd: fd) > 0 {
+            // A mirror closed with bytes it has not acknowledged was cut (the
+            // session counted them missed). Sent zero-copy, those bytes are
+            // pool slots, which an orphaned socket would hold for minutes if
+            // its peer stopped reading: reset it, and they come back now.
+            Sockets.setResetOnClose(fd)
+        }
         ring.prepareClose(fd: fd, tag: tag)
     }
 
@@ -396,8 +536,10 @@ final class Worker: WorkerBackend {
         return ioctl(fd, Self.socketOutputQueueRequest, &count) == 0 ? Int(count) : 0
     }
 
+    /// A slot a zero-copy send still reads goes back with its notification.
     @inline(__always)
     func recycle(slot: UInt32) {
+        if let zeroCopy, zeroCopy.deferRecycle(slot) { return }
         provided.provide(slot)
     }
 

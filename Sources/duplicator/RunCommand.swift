@@ -90,6 +90,9 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: .customLong("ring-mode"), help: "Tuning: io_uring setup to try first: defer, coop or plain (falls back when refused).")
     var ringMode: String = Config.RingMode.deferTaskrun.rawValue
 
+    @Option(name: .customLong("zerocopy"), help: "Tuning: zero-copy sends from the registered pool: auto (sends of \(SizeParser.text(Defaults.zeroCopyBytesMin)) or more to peers not on this host, where the kernel has them), on (every send; an error where the kernel has none) or off.")
+    var zeroCopy: String = Defaults.zeroCopy.rawValue
+
     @Option(name: .customLong("wait-batch"), parsing: .unconditional, help: "Tuning: completions to wait for per wakeup under load (1: every one).")
     var waitBatch: Int = Defaults.waitBatch
 
@@ -209,6 +212,10 @@ struct ProxyOptions: ParsableArguments {
             throw ConfigError("--ring-mode '\(ringMode)': expected defer, coop or plain")
         }
         config.ringMode = mode
+        guard let zeroCopyMode = ZeroCopyMode(rawValue: zeroCopy) else {
+            throw ConfigError("--zerocopy '\(zeroCopy)': expected auto, on or off")
+        }
+        config.zeroCopy = zeroCopyMode
         config.mirrorDiscardBatchBytes = try SizeParser.bytes(mirrorDrainBatch ?? mirrorDiscardBatch)
         config.compare = compare
         config.compareWindowBytes = try SizeParser.bytes(compareWindow)
@@ -275,11 +282,12 @@ struct ProxyOptions: ParsableArguments {
                 + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB" + Self.proxyProtocolNote(config)
                 + (config.compare ? "; comparing replies in windows of up to \(config.compareMemoryBytesMax >> 20) MiB in all" : "")
                 + (config.dumpDirectory.map { "; pcapng dumps of differing pairs to \($0) (up to \(config.dumpBytes) bytes per direction, \(config.dumpMaxFiles) files, recordings of up to \(config.dumpMemoryBytesMax >> 20) MiB in all)" } ?? "")
-                + Self.mirrorSendsNote(config))
+                + Self.mirrorSendsNote(config) + "; " + proxy.zeroCopyNote)
             return
         }
         let metricsNote = metricsServer.map { ", metrics on http://\($0.address)/metrics" } ?? ""
         logger.info("listening on \(proxy.listenAddress), main \(config.main), mirrors \(config.mirrors.map(\.text))\(metricsNote)")
+        if config.zeroCopy == .on { logger.info("\(proxy.zeroCopyNote)") }
         if config.compare {
             logger.info("comparing mirror replies with main's: windows of \(config.compareWindowBytes) bytes per session and mirror, at most \(config.compareMemoryBytesMax >> 20) MiB in all")
             if let directory = config.dumpDirectory {

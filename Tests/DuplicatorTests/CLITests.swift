@@ -90,6 +90,7 @@ struct CLITests {
         (["-l", ":1", "-f", ":2", "--mirror-batch-delay", "-1ms"], "--mirror-batch-delay '-1ms': negative durations are refused"),
         (["-l", ":1", "-f", ":2", "--mirror-batch-delay", "soon"], "duration 'soon'"),
         (["-l", ":1", "-f", ":2", "--log-level", "loud"], "--log-level"),
+        (["-l", ":1", "-f", ":2", "--zerocopy", "maybe"], "--zerocopy 'maybe': expected auto, on or off"),
         (["-l", "127.0.0.1:0", "-f", "no-such-host.invalid:80"], "cannot resolve"),
         (["-l", "127.0.0.1:0", "-f", ":80", "-m", "[::1"], "missing ']'"),
         // Given twice: the last one used to win silently.
@@ -166,6 +167,18 @@ struct CLITests {
                 "\(some.standardOutput)")
         #expect(some.standardOutput.contains("mirror sends batched up to 65536 bytes or 1000 us"))
         #expect(!some.standardOutput.contains("turns kept"), "--mirror-turns 0 keeps none")
+    }
+
+    @Test("--check says what --zerocopy comes to on this kernel", arguments: [
+        ([] as [String], "zero-copy sends of 16KiB or more to peers not on this host ("),
+        (["--zerocopy", "on"], "zero-copy sends for every send ("),
+        (["--zerocopy", "off"], "zero-copy sends off"),
+    ])
+    func checkDescribesZeroCopy(extra: [String], expected: String) throws {
+        let result = try runProgram(try builtBinary("duplicator"),
+                                    ["-l", "127.0.0.1:0", "-f", ":9", "-m", ":10", "--threads", "1", "--check"] + extra)
+        #expect(result.status == 0, "stderr: \(result.standardError)")
+        #expect(result.standardOutput.contains(expected), "stdout: \(result.standardOutput)")
     }
 
     @Test("--check says how many sessions each worker admits within --max-memory")

@@ -12,8 +12,10 @@ struct IntegrationTests {
     /// Promises 1 and 2 (and 3 for healthy mirrors): 50 concurrent sessions,
     /// random payloads up to several MiB written in random pieces; the client
     /// gets exactly main's echo, main and every mirror exactly the client's bytes.
-    @Test("exact streams to main, client and every mirror", arguments: [1, 3])
-    func exactStreams(mirrorCount: Int) throws {
+    /// With `--zerocopy on` too (every send zero-copy, slots held until the
+    /// kernel's notification); `auto` sends none towards this host.
+    @Test("exact streams to main, client and every mirror", arguments: [1, 3], [ZeroCopyMode.auto, .on])
+    func exactStreams(mirrorCount: Int, zeroCopy: ZeroCopyMode) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let mirrors = try (0..<mirrorCount).map { _ in try startServer(.sink) }
@@ -25,6 +27,7 @@ struct IntegrationTests {
             $0.backlogBytesMax = 64 << 20
             $0.backlogChunksMax = 4096
             $0.mirrorLingerMs = 10_000
+            $0.zeroCopy = zeroCopy
         }
         defer { proxy.shutdown() }
 
@@ -60,15 +63,16 @@ struct IntegrationTests {
         }
         #expect(eventually { proxy.activeSessions == 0 })
         #expect(proxy.total { $0.sessionsCompleted.value } == UInt64(sessions))
-        #expect(proxy.total { $0.poolSlotsInUse.value } == 0 || eventually { proxy.total { $0.poolSlotsInUse.value } == 0 })
+        expectZeroCopyAccounting(proxy, zeroCopy)
     }
 
     /// Promise 3 with coalesced mirror sends: many small client writes, so
     /// several receives wait in a mirror's backlog and go out as one gathered
     /// sendmsg (short ones too, when a sink falls behind); every mirror still
     /// gets exactly the client's bytes.
-    @Test("coalesced mirror sends: exact streams from many small writes", arguments: [0, 1_000, 5_000])
-    func coalescedMirrorSends(delayUs: Int) throws {
+    @Test("coalesced mirror sends: exact streams from many small writes",
+          arguments: [(0, ZeroCopyMode.auto), (1_000, .auto), (5_000, .auto), (0, .on), (1_000, .on)])
+    func coalescedMirrorSends(delayUs: Int, zeroCopy: ZeroCopyMode) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let mirrors = try (0..<2).map { _ in try startServer(.sink) }
@@ -80,6 +84,7 @@ struct IntegrationTests {
             $0.mirrorLingerMs = 10_000
             $0.mirrorBatchBytes = 16 * 1024
             $0.mirrorBatchDelayUs = delayUs
+            $0.zeroCopy = zeroCopy
         }
         defer { proxy.shutdown() }
 
@@ -115,12 +120,47 @@ struct IntegrationTests {
             #expect(sends > 0 && total / sends > 300, "mirror \(index): \(total) bytes in \(sends) sends")
         }
         #expect(eventually { proxy.activeSessions == 0 })
+        expectZeroCopyAccounting(proxy, zeroCopy)
+    }
+
+    /// After every session: each slot is back in the pool, those that zero-copy
+    /// sends read included (they come back with the kernel's notification);
+    /// `on` sent zero-copy, and the kernel copied each (loopback), while
+    /// `auto` sent none towards this host.
+    private func expectZeroCopyAccounting(_ proxy: Proxy, _ zeroCopy: ZeroCopyMode,
+                                          sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(eventually { proxy.total { $0.poolSlotsInUse.value } == 0 },
+                "\(proxy.total { $0.poolSlotsInUse.value }) slots still in use", sourceLocation: sourceLocation)
+        let sends = proxy.total { $0.zeroCopySends.value }
+        let copied = proxy.total { $0.zeroCopyCopied.value }
+        switch zeroCopy {
+        case .on:
+            #expect(sends > 0 && copied > 0 && copied <= sends, "\(sends) zero-copy sends, \(copied) copied",
+                    sourceLocation: sourceLocation)
+        case .auto, .off:
+            #expect(sends == 0 && copied == 0, "\(sends) zero-copy sends towards loopback", sourceLocation: sourceLocation)
+        }
     }
 
     /// Promise 4: each kind of broken mirror leaves the client's session whole.
     @Test("a broken mirror never hurts the client",
           arguments: ["refuses", "closes at once", "resets mid-stream", "never reads", "black-holes its connect"], [false, true])
     func brokenMirror(kind: String, allBroken: Bool) throws {
+        try brokenMirror(kind: kind, allBroken: allBroken, zeroCopy: .auto)
+    }
+
+    /// The same with every send zero-copy: a mirror cut while the kernel
+    /// still holds its sends' slots gives them back with the notifications.
+    /// Mirrors that never read are all the mirrors here: beside them, the
+    /// healthy (debug-build, hashing) sinks could not take 64 MiB within
+    /// their linger on a loaded machine, and zero copy costs more CPU.
+    @Test("a broken mirror never hurts the client, with --zerocopy on",
+          arguments: [("closes at once", false), ("resets mid-stream", false), ("never reads", true)])
+    func brokenMirrorZeroCopy(kind: String, allBroken: Bool) throws {
+        try brokenMirror(kind: kind, allBroken: allBroken, zeroCopy: .on)
+    }
+
+    private func brokenMirror(kind: String, allBroken: Bool, zeroCopy: ZeroCopyMode) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         // Each healthy mirror has a server (a thread) of its own, as fast as main's.
@@ -139,6 +179,7 @@ struct IntegrationTests {
             $0.backlogChunksMax = 4096
             $0.poolSlots = 16384
             $0.mirrorLingerMs = 10_000
+            $0.zeroCopy = zeroCopy
         }
         defer { proxy.shutdown() }
 
@@ -169,6 +210,7 @@ struct IntegrationTests {
             #expect(failures >= 1, "broken mirror \(index)'s failure was counted")
             #expect(proxy.mirrorTotal(index) { $0.bytesMissed.value } > 0)
         }
+        expectZeroCopyAccounting(proxy, zeroCopy)
     }
 
     private func brokenMirrorPort(_ kind: String, cleanup: inout [() -> Void]) throws -> UInt16 {
@@ -233,11 +275,15 @@ struct IntegrationTests {
     /// A graceful stop cancels each worker's accept and lets the live session
     /// finish; every completion on the way is one the workers know (an unknown
     /// one is counted: a bug).
-    @Test("a graceful stop finishes the live session and meets no unknown completion")
-    func gracefulStopCompletions() throws {
+    /// With `--zerocopy on`, the workers also wait for their sends' notifications.
+    @Test("a graceful stop finishes the live session and meets no unknown completion", arguments: [ZeroCopyMode.auto, .on])
+    func gracefulStopCompletions(zeroCopy: ZeroCopyMode) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
-        let proxy = try startProxy(main: main.boundPort, mirrors: []) { $0.threads = 2 }
+        let proxy = try startProxy(main: main.boundPort, mirrors: []) {
+            $0.threads = 2
+            $0.zeroCopy = zeroCopy
+        }
         defer { proxy.shutdown() }
         let connection = try TestConnection(port: proxy.port)
         let first = connection.exchange(Array("before ".utf8), shutdownAfterSending: false, timeoutSeconds: 5, expectBytes: 7)
@@ -249,6 +295,7 @@ struct IntegrationTests {
         proxy.wait()
         #expect(proxy.total { $0.sessionsCompleted.value } == 1)
         #expect(proxy.total { $0.completionsUnknown.value } == 0)
+        #expect((proxy.total { $0.zeroCopySends.value } > 0) == (zeroCopy == .on))
     }
 
     /// Promise 4 and 3: a mirror that never reads cannot slow a 64 MiB stream,
