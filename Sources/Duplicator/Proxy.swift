@@ -126,15 +126,25 @@ public final class Proxy: Sendable {
             return fds
         }
         precondition(!fds.isEmpty, "start() called twice")
-        if let error = LockedMemory.check(config, limitBytes: LockedMemory.limitBytes()) {
-            fds.forEach { _ = close($0) }
-            // io_uring being forbidden is what a user should hear first.
-            do { _ = try Ring(entries: 2, completionEntries: 4) } catch let ringError as RingError { throw ProxyError.setup(ringError, config: config) }
-            throw error
+        var backend = Config.Backend.epoll
+        if config.backend != .epoll {
+            if let problem = Self.ioUringProblem(config) {
+                guard config.backend == .auto else {
+                    fds.forEach { _ = close($0) }
+                    throw problem
+                }
+                logger.warning("running on epoll (--backend auto): \(problem.message)")
+                control.backend.withLock { $0 = (.epoll, problem.message) }
+            } else {
+                backend = .ioUring
+                control.backend.withLock { $0 = (.ioUring, nil) }
+            }
+        } else {
+            control.backend.withLock { $0 = (.epoll, nil) }
         }
         try dumpWriter?.start()
         for (index, fd) in fds.enumerated() {
-            let job = WorkerJob(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
+            let job = WorkerJob(backend: backend, config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
                                 listenerFD: fd, stats: stats[index], allStats: stats, control: control, logger: logger,
                                 dumpSink: dumpWriter)
             let thread = try startThread("worker \(index)") { job.run() }
@@ -149,6 +159,26 @@ public final class Proxy: Sendable {
             wait()
             throw ProxyError(first)
         }
+    }
+
+    /// Why io_uring cannot run this configuration here, worded as `--backend
+    /// io_uring` refuses it; nil when it can. io_uring being forbidden is
+    /// what a user should hear first, then the locked memory of the pools.
+    static func ioUringProblem(_ config: Config) -> ProxyError? {
+        do {
+            _ = try Ring(entries: 2, completionEntries: 4)
+        } catch let error as RingError {
+            return ProxyError.setup(error, config: config)
+        } catch {
+            return ProxyError("cannot set up io_uring: \(error)")
+        }
+        return LockedMemory.check(config, limitBytes: LockedMemory.limitBytes())
+    }
+
+    /// The backend the workers run on (after `start`), and why epoll when
+    /// `--backend auto` fell back to it.
+    public var backend: (kind: Config.Backend, fallbackReason: String?) {
+        control.backend.withLock { $0 }
     }
 
     /// Graceful: stop accepting, let live sessions finish for
@@ -169,10 +199,13 @@ public final class Proxy: Sendable {
         if !all.isEmpty { dumpWriter?.stop() }
     }
 
-    /// How the first worker's ring was set up (the best mode the kernel took).
+    /// How the first worker's ring was set up (the best mode the kernel took; `epoll` on epoll).
     public var ringSetupMode: String {
         control.setupMode.withLock { $0 }
     }
+
+    /// `start` has chosen the backend.
+    var hasStarted: Bool { listenerFDs.withLock { $0.isEmpty } }
 
     /// Every worker has exited (after a stop, or a worker's fatal error).
     public var hasExited: Bool {
@@ -187,6 +220,7 @@ public final class Proxy: Sendable {
 
 /// What a worker thread needs, handed over as one Sendable value.
 private struct WorkerJob: Sendable {
+    let backend: Config.Backend
     let config: Config
     let targets: [SocketAddress]
     let loopGuard: LoopGuard
@@ -200,11 +234,21 @@ private struct WorkerJob: Sendable {
 
     func run() {
         defer { control.exited.add(1, ordering: .releasing) }
-        let worker: Worker
+        let loop: () throws -> Void
         do {
-            worker = try Worker(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
-                                listenerFD: listenerFD, stats: stats, allStats: allStats, control: control, logger: logger,
-                                dumpSink: dumpSink)
+            if backend == .epoll {
+                let worker = try EpollWorker(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
+                                             listenerFD: listenerFD, stats: stats, allStats: allStats, control: control,
+                                             logger: logger, dumpSink: dumpSink)
+                control.setupMode.withLock { $0 = "epoll" }
+                loop = worker.run
+            } else {
+                let worker = try Worker(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
+                                        listenerFD: listenerFD, stats: stats, allStats: allStats, control: control,
+                                        logger: logger, dumpSink: dumpSink)
+                control.setupMode.withLock { $0 = worker.ring.setupMode.rawValue }
+                loop = worker.run
+            }
         } catch let error as RingError {
             close(listenerFD)
             control.startErrors.withLock { $0.append(ProxyError.setup(error, config: config).message) }
@@ -214,10 +258,9 @@ private struct WorkerJob: Sendable {
             control.startErrors.withLock { $0.append("cannot start a worker: \(error)") }
             return
         }
-        control.setupMode.withLock { $0 = worker.ring.setupMode.rawValue }
         control.ready.add(1, ordering: .releasing)
         do {
-            try worker.run()
+            try loop()
         } catch {
             logger.critical("worker stopped: \(error)")
         }

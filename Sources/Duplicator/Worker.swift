@@ -11,6 +11,8 @@ final class WorkerControl: Sendable {
     let exited = Atomic<Int>(0)
     let startErrors = Mutex<[String]>([])
     let setupMode = Mutex<String>("")
+    /// The backend the workers run on (never `auto`), and why epoll when it was not asked for.
+    let backend = Mutex<(Config.Backend, String?)>((.ioUring, nil))
 }
 
 /// One thread, one ring, one listener, one session table: the completion
@@ -30,20 +32,8 @@ final class Worker: WorkerBackend {
     private let control: WorkerControl
     private let logger: Logger
     private let config: Config
-    private let targets: [SocketAddress]
-    private let loopGuard: LoopGuard
-    /// What this worker recorded with the loop guard, by descriptor,
-    /// forgotten when closed (empty unless a loop was suspected).
-    private var loopRecords: [Int32: LoopRecord] = [:]
-    private enum LoopRecord {
-        case connecting
-        case outbound(LoopGuard.Connection)
-        case suspect(LoopGuard.Connection)
-    }
-    private var loopLog = RateLimitedLog(intervalMs: 10_000)
-    /// The targets' addresses in memory that stays put: the kernel reads a
-    /// connect's address when its SQE is submitted, which may be later.
-    private let targetAddresses: UnsafeMutablePointer<sockaddr_storage>
+    /// Targets, loop guard records, gathered-send memory: as the epoll backend's.
+    private let sockets: WorkerSockets
     private var listenerFD: Int32
     private let drainBuffer: UnsafeMutableRawPointer
     /// The kernel reads a linked timeout's duration at submission: one
@@ -53,13 +43,6 @@ final class Worker: WorkerBackend {
     private let mirrorTimers: Bool
     /// `--dump-dir`: sessions record their streams, with arrival times.
     private let dumping: Bool
-    /// Gathered mirror sends: a msghdr and `Session.gatherChunksMax` iovec
-    /// entries per (session, mirror), read by the kernel until the send
-    /// completes. An anonymous mapping: only pages that sends use become resident.
-    private let gatherMessages: UnsafeMutablePointer<msghdr>
-    private let gatherVectors: UnsafeMutablePointer<iovec>
-    private let gatherMemory: UnsafeMutableRawPointer
-    private let gatherMemoryBytes: Int
     /// IORING_OP_SENDMSG is there (5.3 and later); without it a gathered send
     /// sends its first chunk, and the session sends the rest as after a short send.
     private let sendMessageSupported: Bool
@@ -75,10 +58,8 @@ final class Worker: WorkerBackend {
          stats: WorkerStats, allStats: [WorkerStats], control: WorkerControl, logger: Logger,
          dumpSink: DumpSink? = nil) throws {
         self.config = config
-        self.targets = targets
-        self.loopGuard = loopGuard
-        targetAddresses = .allocate(capacity: targets.count)
-        targetAddresses.initialize(from: targets.map(\.storage), count: targets.count)
+        sockets = try WorkerSockets(config: config, targets: targets, loopGuard: loopGuard, stats: stats, logger: logger,
+                                    nonBlocking: false)
         self.listenerFD = listenerFD
         self.stats = stats
         self.control = control
@@ -102,17 +83,6 @@ final class Worker: WorkerBackend {
         waiters = BufferWaiters(capacity: config.sessionsPerWorker)
         mirrorTimers = !config.mirrors.isEmpty && (config.mirrorBatchBytes > 0 || config.mirrorTurns > 0)
         timers = SessionTimers(capacity: config.sessionsPerWorker)
-        let gatherLegs = max(1, config.sessionsPerWorker * config.mirrors.count)
-        let messagesBytes = gatherLegs * MemoryLayout<msghdr>.stride
-        let vectorsOffset = (messagesBytes + 15) & ~15
-        gatherMemoryBytes = vectorsOffset + gatherLegs * Session.gatherChunksMax * MemoryLayout<iovec>.stride
-        guard let gatherMemory = mmap(nil, gatherMemoryBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
-              gatherMemory != MAP_FAILED else {
-            throw RingError("mmap of \(gatherMemoryBytes) bytes for gathered mirror sends", errno: errno)
-        }
-        self.gatherMemory = gatherMemory
-        gatherMessages = gatherMemory.bindMemory(to: msghdr.self, capacity: gatherLegs)
-        gatherVectors = (gatherMemory + vectorsOffset).bindMemory(to: iovec.self, capacity: gatherLegs * Session.gatherChunksMax)
         sendMessageSupported = ring.supportsSendMessage
         drainBuffer = .allocate(byteCount: Self.drainBufferBytes, alignment: 4096)
         connectTimeouts = [RingTimeout(milliseconds: config.mainConnectTimeoutMs),
@@ -123,9 +93,7 @@ final class Worker: WorkerBackend {
     }
 
     deinit {
-        munmap(gatherMemory, gatherMemoryBytes)
         drainBuffer.deallocate()
-        targetAddresses.deallocate()
         closeListener()
     }
 
@@ -212,65 +180,20 @@ final class Worker: WorkerBackend {
     func admit(fd: Int32, session: Session) { Sockets.setNoDelay(fd) }
 
     func refuse(fd: Int32) {
-        forgetLoopRecord(fd)
+        sockets.forgetLoopRecord(fd)
         Glibc.close(fd)
     }
 
-    var loopCheckNeeded: Bool { loopGuard.isArmed || !loopRecords.isEmpty }
+    var loopCheckNeeded: Bool { sockets.loopCheckNeeded }
 
     // MARK: - Loops made at run time
 
-    /// Asks the loop guard about a client from this host that was addressed
-    /// to one of our targets; records it (until closed) unless it is one of
-    /// our own connections, which is refused and logged.
     func isLoop(acceptedFD fd: Int32) -> Bool {
-        guard let peer = Sockets.peerAddress(fd), loopGuard.isLocal(peer),
-              let destination = Sockets.originalDestination(fd, family: peer.family),
-              let suspect = loopGuard.suspect(source: peer, destination: destination) else { return false }
-        if loopGuard.accepted(suspect, localAddress: Sockets.localAddress) {
-            logLoop(destination: destination)
-            return true
-        }
-        loopRecords[fd] = .suspect(suspect)
-        return false
+        sockets.isLoop(acceptedFD: fd, nowMs: context.nowMs)
     }
 
-    /// Tells the loop guard that a session's outbound connect ended; true if
-    /// it already arrived at our listener (the session then fails it).
     func connectLooped(fd: Int32, target: Int, result: Int32) -> Bool {
-        var wasConnecting = false
-        if case .connecting = loopRecords[fd] {
-            loopRecords[fd] = nil
-            wasConnecting = true
-        }
-        var established: LoopGuard.Connection?
-        if result == 0 && loopGuard.isArmed, let local = Sockets.localAddress(fd) {
-            established = LoopGuard.Connection(source: local, destination: targets[target])
-        }
-        guard wasConnecting || established != nil else { return false }
-        if loopGuard.connected(fd: wasConnecting ? fd : nil, established: established) {
-            stats.loopsRefused.bump()
-            logLoop(destination: targets[target])
-            return true
-        }
-        if let established { loopRecords[fd] = .outbound(established) }
-        return false
-    }
-
-    private func forgetLoopRecord(_ fd: Int32) {
-        guard !loopRecords.isEmpty, let record = loopRecords.removeValue(forKey: fd) else { return }
-        switch record {
-        case .connecting: _ = loopGuard.connected(fd: fd, established: nil)
-        case .outbound(let connection): loopGuard.closed(connection, outbound: true)
-        case .suspect(let connection): loopGuard.closed(connection, outbound: false)
-        }
-    }
-
-    private func logLoop(destination: SocketAddress) {
-        guard loopLog.allow(nowMs: context.nowMs) else { return }
-        let note = "refusing a loop: this proxy's own connections to \(destination) arrive back at its listener "
-            + "(a NAT rule, or an address of this host since start?)\(loopLog.suppressedNote)"
-        logger.error("\(note)")
+        sockets.connectLooped(fd: fd, target: target, result: result, nowMs: context.nowMs)
     }
 
     func closeListener() {
@@ -281,25 +204,12 @@ final class Worker: WorkerBackend {
 
     // MARK: - SessionIO
 
-    func openSocket(target: Int) -> Int32 {
-        let fd = Sockets.openStream(family: targets[target].family)
-        // While a mirror's first turns are kept, each reply must wake its
-        // drain; the session asks for batches (`drainInBatches`) after.
-        if target > 0 && fd >= 0 && config.mirrorReceiveLowWaterBytes > 0 && config.mirrorTurns == 0 {
-            Sockets.setReceiveLowWater(fd, bytes: config.mirrorReceiveLowWaterBytes)
-        }
-        return fd
-    }
+    func openSocket(target: Int) -> Int32 { sockets.openSocket(target: target) }
 
     func connect(fd: Int32, target: Int, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {
-        if loopGuard.isArmed {
-            loopGuard.connecting(fd: fd, to: targets[target])
-            loopRecords[fd] = .connecting
-        }
+        let (address, length) = sockets.connecting(fd: fd, target: target)
         let timeout = timeoutMs == 0 ? nil : connectTimeout(milliseconds: timeoutMs)
-        let address = UnsafeRawPointer(targetAddresses + target).assumingMemoryBound(to: sockaddr.self)
-        ring.prepareConnect(fd: fd, address: address, length: targets[target].length, tag: tag, timeout: timeout,
-                            timeoutTag: timeoutTag)
+        ring.prepareConnect(fd: fd, address: address, length: length, tag: tag, timeout: timeout, timeoutTag: timeoutTag)
     }
 
     /// The timeout of `milliseconds` the session asked for, whatever leg it is for.
@@ -344,37 +254,17 @@ final class Worker: WorkerBackend {
             ring.prepareSend(fd: fd, from: pool.pointer(chunk.slot) + Int(chunk.offset), length: Int(chunk.length), tag: tag)
             return
         }
-        // One msghdr per (session, mirror): one send in flight per leg.
-        let leg = Int(tag.session) &* config.mirrors.count &+ Int(tag.leg) &- Session.firstMirror
-        let vectors = gatherVectors + leg &* Session.gatherChunksMax
-        for position in 0..<chunks {
-            let chunk = queue.chunk(at: position)
-            vectors[position] = iovec(iov_base: pool.pointer(chunk.slot) + Int(chunk.offset), iov_len: Int(chunk.length))
-        }
-        let message = gatherMessages + leg
-        message.pointee = msghdr()
-        message.pointee.msg_iov = vectors
-        message.pointee.msg_iovlen = chunks
-        ring.prepareSendMessage(fd: fd, message: message, tag: tag)
+        ring.prepareSendMessage(fd: fd, message: sockets.gatherMessage(tag: tag, queue: queue, chunks: chunks, pool: pool), tag: tag)
     }
 
     func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer) {
         timers.add(session: index, atUs: deadlineUs, for: timer)
     }
 
-    func drainInBatches(fd: Int32) {
-        if config.mirrorReceiveLowWaterBytes > 0 { Sockets.setReceiveLowWater(fd, bytes: config.mirrorReceiveLowWaterBytes) }
-    }
+    func drainInBatches(fd: Int32) { sockets.drainInBatches(fd: fd) }
 
     func shutdownWrite(fd: Int32, tag: CompletionTag) {
-        if Int(tag.leg) >= Session.firstMirror && config.mirrorReceiveLowWaterBytes > 0 {
-            // The mirror has the whole stream: from now on drain its replies
-            // as they come (lowering SO_RCVLOWAT wakes the drain for what
-            // waits), so that closing it at the end of its linger finds no
-            // reply unread, which would turn the FIN into a reset and drop
-            // what the kernel has yet to deliver.
-            Sockets.setReceiveLowWater(fd, bytes: 1)
-        }
+        sockets.shuttingDown(fd: fd, tag: tag)
         ring.prepareShutdown(fd: fd, how: Int32(SHUT_WR), tag: tag)
     }
 
@@ -383,17 +273,11 @@ final class Worker: WorkerBackend {
     }
 
     func close(fd: Int32, tag: CompletionTag) {
-        forgetLoopRecord(fd)
+        sockets.forgetLoopRecord(fd)
         ring.prepareClose(fd: fd, tag: tag)
     }
 
-    /// SIOCOUTQ (linux/sockios.h, equal to TIOCOUTQ), which Glibc's module does not export.
-    private static let socketOutputQueueRequest: UInt = 0x5411
-
-    func unsentBytes(fd: Int32) -> Int {
-        var count: Int32 = 0
-        return ioctl(fd, Self.socketOutputQueueRequest, &count) == 0 ? Int(count) : 0
-    }
+    func unsentBytes(fd: Int32) -> Int { sockets.unsentBytes(fd: fd) }
 
     @inline(__always)
     func recycle(slot: UInt32) {
