@@ -51,8 +51,14 @@ final class EpollWorker: WorkerBackend {
     private var connectSerial: UInt32 = 0
 
     /// Free pool slots, lowest on top at first so that the pool's resident
-    /// part grows with the load; no registration, nothing lent in advance.
+    /// part grows with the load; no registration.
     private var freeSlots: [UInt32]
+    /// Of the free slots, how many receives may take before the next round,
+    /// as with io_uring's window of provided buffers (`ProvidedBuffers`):
+    /// topped up to `windowSlots` between rounds; a receive that finds none
+    /// completes with -ENOBUFS and its session waits for `resumeReceiving`.
+    private var lentSlots = 0
+    private let windowSlots: Int
     /// The most slots ever held at once (`duplicator_pool_slots_grown`).
     private var slotsTouched = 0
     private let drainBuffer: UnsafeMutableRawPointer
@@ -82,6 +88,7 @@ final class EpollWorker: WorkerBackend {
                                     nonBlocking: true)
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
         freeSlots = (0..<UInt32(pool.slotCount)).reversed()
+        windowSlots = config.providedWindowSlotsPerWorker
         context = SessionContext(limits: config.limits, pool: pool, stats: stats, mirrorHealth: mirrorHealth)
         context.dumpSink = config.limits.dumpBytes > 0 ? dumpSink : nil
         dumping = context.dumpSink != nil
@@ -116,8 +123,10 @@ final class EpollWorker: WorkerBackend {
     func run() {
         context.nowMs = MonotonicClock.coarseMs()
         context.nowUs = MonotonicClock.nowMicros()
+        lendSlots()
         core.start(io: self)
         while true {
+            lendSlots()
             let count = poller.wait(timeoutNanos: waitNanoseconds())
             context.nowMs = MonotonicClock.coarseMs()
             if mirrorTimers || dumping { context.nowUs = MonotonicClock.nowMicros() }
@@ -125,6 +134,7 @@ final class EpollWorker: WorkerBackend {
             if acceptArmed && listenerReadable { acceptClients() }
             if !connectDeadlines.isEmpty { expireConnects() }
             deliverQueued()
+            lendSlots()
             // The mirrors' timers fire against the clock after this round's work.
             if !timers.isEmpty { context.nowUs = MonotonicClock.nowMicros() }
             core.afterCompletions(io: self)
@@ -168,6 +178,9 @@ final class EpollWorker: WorkerBackend {
         }
         completionsHead = 0
     }
+
+    @inline(__always)
+    private func lendSlots() { lentSlots = min(windowSlots, freeSlots.count) }
 
     @inline(__always)
     private func complete(_ tag: CompletionTag, _ result: Int32, slot: UInt32? = nil, hasMore: Bool = false) {
@@ -279,7 +292,7 @@ final class EpollWorker: WorkerBackend {
 
     // MARK: - WorkerBackend
 
-    var buffersLent: Bool { !freeSlots.isEmpty }
+    var buffersLent: Bool { lentSlots > 0 }
 
     /// The slot was taken off the free list when the bytes were received.
     @inline(__always)
@@ -389,7 +402,11 @@ final class EpollWorker: WorkerBackend {
     private func tryReceive(_ fd: Int32) {
         let index = Int(fd)
         guard let pending = descriptors[index].receive, descriptors[index].readable else { return }
-        var slot = pending.drain ? nil : freeSlots.popLast()
+        var slot: UInt32?
+        if !pending.drain && lentSlots > 0 {
+            slot = freeSlots.popLast()
+            lentSlots -= 1
+        }
         var result: Int
         repeat {
             if pending.drain {
@@ -405,14 +422,14 @@ final class EpollWorker: WorkerBackend {
         if result == -1 {
             let error = errno
             if error == EAGAIN || error == EWOULDBLOCK {
-                if let taken = slot { freeSlots.append(taken) }
+                if let taken = slot { giveBack(taken) }
                 descriptors[index].readable = false
                 return  // parked until the next edge
             }
             result = -Int(error)
         }
         if result <= 0, let taken = slot {
-            freeSlots.append(taken)
+            giveBack(taken)
             slot = nil
         }
         if slot != nil { slotsTouched = max(slotsTouched, pool.slotCount - freeSlots.count) }
@@ -421,6 +438,13 @@ final class EpollWorker: WorkerBackend {
         if result > 0 && result < length && !descriptors[index].peerClosed { descriptors[index].readable = false }
         descriptors[index].receive = nil
         complete(pending.tag, Int32(truncatingIfNeeded: result), slot: slot)
+    }
+
+    /// A slot taken for a receive that brought no bytes: still lent.
+    @inline(__always)
+    private func giveBack(_ slot: UInt32) {
+        freeSlots.append(slot)
+        lentSlots += 1
     }
 
     // MARK: - SessionIO: sending

@@ -148,7 +148,7 @@ struct ProxyOptions: ParsableArguments {
     static func backendNote(_ proxy: Proxy) -> String {
         let (kind, fallbackReason) = proxy.backend
         if kind == .ioUring { return "with io_uring (\(proxy.ringSetupMode))" }
-        if let fallbackReason { return "with epoll, since io_uring cannot be used here (\(fallbackReason))" }
+        if let fallbackReason { return "with epoll (io_uring cannot be used here: \(fallbackReason))" }
         return "with epoll (--backend epoll)"
     }
 
