@@ -130,9 +130,7 @@ final class EpollWorker: WorkerBackend {
             let count = poller.wait(timeoutNanos: waitNanoseconds())
             context.nowMs = MonotonicClock.coarseMs()
             if mirrorTimers || dumping { context.nowUs = MonotonicClock.nowMicros() }
-            for index in 0..<count { ready(poller.event(at: index)) }
-            if acceptArmed && listenerReadable { acceptClients() }
-            if !connectDeadlines.isEmpty { expireConnects() }
+            takeEdges(count)
             deliverQueued()
             lendSlots()
             // The mirrors' timers fire against the clock after this round's work.
@@ -144,6 +142,29 @@ final class EpollWorker: WorkerBackend {
             if core.isFinished { break }
         }
         closeListener()
+    }
+
+    /// What became ready: the sockets' edges, the clients waiting, the connects timed out.
+    private func takeEdges(_ count: Int) {
+        for index in 0..<count { ready(poller.event(at: index)) }
+        if acceptArmed && listenerReadable { acceptClients() }
+        if !connectDeadlines.isEmpty { expireConnects() }
+    }
+
+    /// One round without the core, for the tests of the emulation: the
+    /// edges that come within `timeoutNanoseconds` (none to wait for when
+    /// completions are queued), taken; the completions queued, handed back
+    /// instead of delivered.
+    func completionsOfOneRound(timeoutNanoseconds: UInt64) -> [WorkerCompletion] {
+        lendSlots()
+        let count = poller.wait(timeoutNanos: completions.isEmpty ? timeoutNanoseconds : 0)
+        context.nowMs = MonotonicClock.coarseMs()
+        takeEdges(count)
+        defer {
+            completions.removeAll(keepingCapacity: true)
+            completionsHead = 0
+        }
+        return completions
     }
 
     /// Not at all while completions or clients wait; else until the tick,
@@ -654,14 +675,16 @@ struct ConnectDeadlines {
         return next
     }
 
-    /// The next entry whose deadline is not after `nowMs`.
+    /// The earliest entry whose deadline is not after `nowMs`.
     mutating func popDue(nowMs: UInt64) -> (fd: Int32, serial: UInt32)? {
+        var earliest: Int?
         for index in queues.indices where heads[index] < queues[index].count {
-            let entry = queues[index][heads[index]]
-            guard entry.deadlineMs <= nowMs else { continue }
-            heads[index] += 1
-            return (entry.fd, entry.serial)
+            let deadline = queues[index][heads[index]].deadlineMs
+            if deadline <= nowMs && earliest.map({ deadline < queues[$0][heads[$0]].deadlineMs }) ?? true { earliest = index }
         }
-        return nil
+        guard let index = earliest else { return nil }
+        let entry = queues[index][heads[index]]
+        heads[index] += 1
+        return (entry.fd, entry.serial)
     }
 }
