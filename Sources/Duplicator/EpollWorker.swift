@@ -26,21 +26,20 @@ import Synchronization
 /// -ECANCELED and the timeout -ETIME, or the timeout -ECANCELED when the
 /// connect ends first); `cancel` completes every pending operation of its
 /// descriptor with -ECANCELED before its own completion.
-final class EpollWorker: WorkerBackend {
-    let pool: BufferPool
-    let stats: WorkerStats
-    let core: WorkerCore<EpollWorker>
-    let context: SessionContext
-    private let control: WorkerControl
-    private let logger: Logger
+final class EpollWorker: KernelBackend {
     private let poller: EpollPoller
-    private let sockets: WorkerSockets
     private var listenerFD: Int32
     /// The listener had clients when the accept loop last stopped early.
     private var listenerReadable = false
     private var acceptArmed = false
     /// Clients taken per round at most, so that a burst of them cannot hold up the sessions' completions.
     private static let acceptsPerRound = 256
+    /// The worker's logic, and what it runs on (context, table, waiters, timers).
+    let core: WorkerCore<EpollWorker>
+    let parts: WorkerParts
+    let sockets: WorkerSockets
+    let stats: WorkerStats, control: WorkerControl
+    private let logger: Logger
 
     /// By descriptor number; `generation` tells a stale event from one for a reused number.
     private var descriptors: [Descriptor] = []
@@ -50,8 +49,9 @@ final class EpollWorker: WorkerBackend {
     private var connectDeadlines = ConnectDeadlines()
     private var connectSerial: UInt32 = 0
 
-    /// Free pool slots, lowest on top at first so that the pool's resident
-    /// part grows with the load; no registration.
+    /// The slots receives take, not registered, and the free ones, lowest on
+    /// top at first so that the pool's resident part grows with the load.
+    let pool: BufferPool
     private var freeSlots: [UInt32]
     /// Of the free slots, how many receives may take before the next round,
     /// as with io_uring's window of provided buffers (`ProvidedBuffers`):
@@ -64,10 +64,6 @@ final class EpollWorker: WorkerBackend {
     private let drainBuffer: UnsafeMutableRawPointer
     /// One byte to peek at when a receive finds no free slot.
     private let peekByte: UnsafeMutableRawPointer
-    private let timers: SessionTimers
-    private let waiters: BufferWaiters
-    private let mirrorTimers: Bool
-    private let dumping: Bool
 
     private static let listenerToken = UInt64.max
     private static let socketEvents = EpollFlag.readable | EpollFlag.writable | EpollFlag.peerShutdown | EpollFlag.edgeTriggered
@@ -89,18 +85,10 @@ final class EpollWorker: WorkerBackend {
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
         freeSlots = (0..<UInt32(pool.slotCount)).reversed()
         windowSlots = config.providedWindowSlotsPerWorker
-        context = SessionContext(limits: config.limits, pool: pool, stats: stats, mirrorHealth: mirrorHealth)
-        context.dumpSink = config.limits.dumpBytes > 0 ? dumpSink : nil
-        dumping = context.dumpSink != nil
-        let table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
-        waiters = BufferWaiters(capacity: config.sessionsPerWorker)
-        mirrorTimers = !config.mirrors.isEmpty && (config.mirrorBatchBytes > 0 || config.mirrorTurns > 0)
-        timers = SessionTimers(capacity: config.sessionsPerWorker)
+        parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth, dumpSink: dumpSink)
         drainBuffer = .allocate(byteCount: Worker.drainBufferBytes, alignment: 4096)
         peekByte = .allocate(byteCount: 1, alignment: 1)
-        core = WorkerCore(context: context, table: table, waiters: waiters, timers: timers,
-                          idleTimeoutMs: config.idleTimeoutMs, drainTimeoutMs: config.drainTimeoutMs, stats: stats,
-                          allStats: allStats, mirrorNames: config.mirrors.map(\.text), logger: logger)
+        core = parts.core(config: config, stats: stats, allStats: allStats, logger: logger)
         if listenerFD >= 0 {
             let flags = fcntl(listenerFD, F_GETFL)
             _ = fcntl(listenerFD, F_SETFL, flags | O_NONBLOCK)
@@ -128,18 +116,11 @@ final class EpollWorker: WorkerBackend {
         while true {
             lendSlots()
             let count = poller.wait(timeoutNanos: waitNanoseconds())
-            context.nowMs = MonotonicClock.coarseMs()
-            if mirrorTimers || dumping { context.nowUs = MonotonicClock.nowMicros() }
+            startRound()
             takeEdges(count)
             deliverQueued()
             lendSlots()
-            // The mirrors' timers fire against the clock after this round's work.
-            if !timers.isEmpty { context.nowUs = MonotonicClock.nowMicros() }
-            core.afterCompletions(io: self)
-            if context.nowMs >= core.nextTickMs {
-                core.tick(stopMode: StopMode(rawValue: control.stopMode.load(ordering: .relaxed)) ?? .running, io: self)
-            }
-            if core.isFinished { break }
+            if finishRound() { break }
         }
         closeListener()
     }
@@ -173,7 +154,7 @@ final class EpollWorker: WorkerBackend {
         if completionsHead < completions.count || (acceptArmed && listenerReadable) { return 0 }
         let nowMs = MonotonicClock.coarseMs()
         var nanoseconds = (core.nextTickMs > nowMs ? core.nextTickMs - nowMs : 0) * 1_000_000
-        if let deadlineUs = timers.nextDeadlineUs {
+        if let deadlineUs = parts.timers.nextDeadlineUs {
             let nowUs = MonotonicClock.nowMicros()
             nanoseconds = min(nanoseconds, deadlineUs > nowUs ? (deadlineUs - nowUs) * 1000 : 0)
         }
@@ -319,22 +300,10 @@ final class EpollWorker: WorkerBackend {
     @inline(__always)
     func bufferTaken(_ slot: UInt32) {}
 
-    func admit(fd: Int32, session: Session) { Sockets.setNoDelay(fd) }
-
     func refuse(fd: Int32) {
         sockets.forgetLoopRecord(fd)
         forget(fd)
         Glibc.close(fd)
-    }
-
-    var loopCheckNeeded: Bool { sockets.loopCheckNeeded }
-
-    func isLoop(acceptedFD fd: Int32) -> Bool {
-        sockets.isLoop(acceptedFD: fd, nowMs: context.nowMs)
-    }
-
-    func connectLooped(fd: Int32, target: Int, result: Int32) -> Bool {
-        sockets.connectLooped(fd: fd, target: target, result: result, nowMs: context.nowMs)
     }
 
     func tick(nowMs: UInt64) {
@@ -517,16 +486,6 @@ final class EpollWorker: WorkerBackend {
 
     // MARK: - SessionIO: the rest
 
-    func addresses(fd: Int32) -> ProxyAddresses? {
-        Sockets.connectionAddresses(fd)
-    }
-
-    func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer) {
-        timers.add(session: index, atUs: deadlineUs, for: timer)
-    }
-
-    func drainInBatches(fd: Int32) { sockets.drainInBatches(fd: fd) }
-
     func shutdownWrite(fd: Int32, tag: CompletionTag) {
         sockets.shuttingDown(fd: fd, tag: tag)
         complete(tag, Glibc.shutdown(fd, Int32(SHUT_WR)) == 0 ? 0 : -errno)
@@ -565,15 +524,9 @@ final class EpollWorker: WorkerBackend {
         complete(tag, Glibc.close(fd) == 0 ? 0 : -errno)
     }
 
-    func unsentBytes(fd: Int32) -> Int { sockets.unsentBytes(fd: fd) }
-
     @inline(__always)
     func recycle(slot: UInt32) {
         freeSlots.append(slot)
-    }
-
-    func waitForBuffers(session index: UInt32) {
-        waiters.add(index)
     }
 }
 

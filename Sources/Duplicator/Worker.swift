@@ -21,7 +21,7 @@ final class WorkerControl: Sendable {
 /// Nothing here is shared with other threads but the counters
 /// (`WorkerStats`), the stop request (`WorkerControl`), the loop guard and
 /// the mirrors' health.
-final class Worker: WorkerBackend {
+final class Worker: KernelBackend {
     static let drainBufferBytes = 4096
     static let drainBytesMax = 1 << 20
 
@@ -29,29 +29,24 @@ final class Worker: WorkerBackend {
     let pool: BufferPool
     let provided: ProvidedBuffers
     let stats: WorkerStats
-    private let control: WorkerControl
+    let control: WorkerControl
     private let logger: Logger
     private let config: Config
     /// Targets, loop guard records, gathered-send memory: as the epoll backend's.
-    private let sockets: WorkerSockets
+    let sockets: WorkerSockets
     private var listenerFD: Int32
     private let drainBuffer: UnsafeMutableRawPointer
     /// The kernel reads a linked timeout's duration at submission: one
     /// stable copy per duration the sessions ask for (main's and the mirrors').
     private var connectTimeouts: [RingTimeout]
-    /// Whether sessions have mirror timers (the clock in microseconds is then read).
-    private let mirrorTimers: Bool
-    /// `--dump-dir`: sessions record their streams, with arrival times.
-    private let dumping: Bool
     /// IORING_OP_SENDMSG is there (5.3 and later); without it a gathered send
     /// sends its first chunk, and the session sends the rest as after a short send.
     private let sendMessageSupported: Bool
-    private let timers: SessionTimers
     private var growthErrorLogged = false
-    private let waiters: BufferWaiters
+    /// The context, table, waiters and timers of the worker's logic.
+    let parts: WorkerParts
     /// The worker's logic; it drives the sessions, this carries out their operations.
     let core: WorkerCore<Worker>
-    let context: SessionContext
 
     /// Creates the ring and the memory of a worker; runs on the worker's own thread.
     init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, mirrorHealth: MirrorHealth, listenerFD: Int32,
@@ -74,22 +69,12 @@ final class Worker: WorkerBackend {
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
         provided = try ProvidedBuffers(ring: ring, pool: pool, windowSlots: config.providedWindowSlotsPerWorker,
                                        registerSegments: true)
-        context = SessionContext(limits: config.limits, pool: pool, stats: stats, mirrorHealth: mirrorHealth)
-        context.dumpSink = config.limits.dumpBytes > 0 ? dumpSink : nil
-        dumping = context.dumpSink != nil
-        // Admission control: the table holds only as many sessions as the
-        // pool can serve at once, whatever their peers do.
-        let table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
-        waiters = BufferWaiters(capacity: config.sessionsPerWorker)
-        mirrorTimers = !config.mirrors.isEmpty && (config.mirrorBatchBytes > 0 || config.mirrorTurns > 0)
-        timers = SessionTimers(capacity: config.sessionsPerWorker)
+        parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth, dumpSink: dumpSink)
         sendMessageSupported = ring.supportsSendMessage
         drainBuffer = .allocate(byteCount: Self.drainBufferBytes, alignment: 4096)
         connectTimeouts = [RingTimeout(milliseconds: config.mainConnectTimeoutMs),
                            RingTimeout(milliseconds: config.mirrorConnectTimeoutMs)]
-        core = WorkerCore(context: context, table: table, waiters: waiters, timers: timers,
-                          idleTimeoutMs: config.idleTimeoutMs, drainTimeoutMs: config.drainTimeoutMs, stats: stats,
-                          allStats: allStats, mirrorNames: config.mirrors.map(\.text), logger: logger)
+        core = parts.core(config: config, stats: stats, allStats: allStats, logger: logger)
     }
 
     deinit {
@@ -106,8 +91,7 @@ final class Worker: WorkerBackend {
         while true {
             provided.commit()
             var count = try waitForCompletions()
-            context.nowMs = MonotonicClock.coarseMs()
-            if mirrorTimers || dumping { context.nowUs = MonotonicClock.nowMicros() }
+            startRound()
             while count > 0 {
                 for index in 0..<count {
                     let completion = ring.completion(at: index)
@@ -118,13 +102,7 @@ final class Worker: WorkerBackend {
                 provided.commit()
                 count = ring.reap()
             }
-            // The mirrors' timers fire against the clock after this batch's work.
-            if !timers.isEmpty { context.nowUs = MonotonicClock.nowMicros() }
-            core.afterCompletions(io: self)
-            if context.nowMs >= core.nextTickMs {
-                core.tick(stopMode: StopMode(rawValue: control.stopMode.load(ordering: .relaxed)) ?? .running, io: self)
-            }
-            if core.isFinished { break }
+            if finishRound() { break }
         }
         closeListener()
         ring.submit()
@@ -140,7 +118,7 @@ final class Worker: WorkerBackend {
             if count > 0 { return count }
         }
         var timeoutNanoseconds = Int64(WorkerCore<Worker>.tickMs) * 1_000_000
-        if let deadlineUs = timers.nextDeadlineUs {
+        if let deadlineUs = parts.timers.nextDeadlineUs {
             // Wake for the next mirror deadline; at least 1 us, since 0 means "no timeout".
             let untilNanoseconds = deadlineUs > context.nowUs ? Int64(deadlineUs &- context.nowUs) * 1000 : 1000
             timeoutNanoseconds = max(1000, min(timeoutNanoseconds, untilNanoseconds))
@@ -177,23 +155,9 @@ final class Worker: WorkerBackend {
     @inline(__always)
     func bufferTaken(_ slot: UInt32) { provided.taken(slot) }
 
-    func admit(fd: Int32, session: Session) { Sockets.setNoDelay(fd) }
-
     func refuse(fd: Int32) {
         sockets.forgetLoopRecord(fd)
         Glibc.close(fd)
-    }
-
-    var loopCheckNeeded: Bool { sockets.loopCheckNeeded }
-
-    // MARK: - Loops made at run time
-
-    func isLoop(acceptedFD fd: Int32) -> Bool {
-        sockets.isLoop(acceptedFD: fd, nowMs: context.nowMs)
-    }
-
-    func connectLooped(fd: Int32, target: Int, result: Int32) -> Bool {
-        sockets.connectLooped(fd: fd, target: target, result: result, nowMs: context.nowMs)
     }
 
     func closeListener() {
@@ -243,10 +207,6 @@ final class Worker: WorkerBackend {
         ring.prepareSend(fd: fd, from: bytes, length: length, tag: tag)
     }
 
-    func addresses(fd: Int32) -> ProxyAddresses? {
-        Sockets.connectionAddresses(fd)
-    }
-
     @inline(__always)
     func sendGathered(fd: Int32, queue: SendQueue, chunks: Int, length: Int, tag: CompletionTag) {
         guard sendMessageSupported else {
@@ -256,12 +216,6 @@ final class Worker: WorkerBackend {
         }
         ring.prepareSendMessage(fd: fd, message: sockets.gatherMessage(tag: tag, queue: queue, chunks: chunks, pool: pool), tag: tag)
     }
-
-    func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer) {
-        timers.add(session: index, atUs: deadlineUs, for: timer)
-    }
-
-    func drainInBatches(fd: Int32) { sockets.drainInBatches(fd: fd) }
 
     func shutdownWrite(fd: Int32, tag: CompletionTag) {
         sockets.shuttingDown(fd: fd, tag: tag)
@@ -277,14 +231,8 @@ final class Worker: WorkerBackend {
         ring.prepareClose(fd: fd, tag: tag)
     }
 
-    func unsentBytes(fd: Int32) -> Int { sockets.unsentBytes(fd: fd) }
-
     @inline(__always)
     func recycle(slot: UInt32) {
         provided.provide(slot)
-    }
-
-    func waitForBuffers(session index: UInt32) {
-        waiters.add(index)
     }
 }

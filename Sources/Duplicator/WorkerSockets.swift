@@ -2,6 +2,7 @@ import Glibc
 import Logging
 import Platform
 import Ring
+import Synchronization
 
 /// What both backends of a worker (`Worker` on io_uring, `EpollWorker` on
 /// epoll) do alike around their loops: the targets' addresses, the loop
@@ -190,4 +191,93 @@ final class WorkerSockets {
             + "(a NAT rule, or an address of this host since start?)\(loopLog.suppressedNote)"
         logger.error("\(note)")
     }
+}
+
+/// What a worker's logic runs on, built alike by both backends: the
+/// sessions' shared context, the session table, the sessions waiting for
+/// buffers and their timers.
+struct WorkerParts {
+    let context: SessionContext
+    let table: SessionTable
+    let waiters: BufferWaiters
+    let timers: SessionTimers
+    /// The clock in microseconds is read each round: sessions have mirror
+    /// timers, or record arrival times (`--dump-dir`).
+    let readsMicroseconds: Bool
+
+    init(config: Config, pool: BufferPool, stats: WorkerStats, mirrorHealth: MirrorHealth, dumpSink: DumpSink?) throws {
+        context = SessionContext(limits: config.limits, pool: pool, stats: stats, mirrorHealth: mirrorHealth)
+        context.dumpSink = config.limits.dumpBytes > 0 ? dumpSink : nil
+        // Admission control: the table holds only as many sessions as the
+        // pool can serve at once, whatever their peers do.
+        table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
+        waiters = BufferWaiters(capacity: config.sessionsPerWorker)
+        timers = SessionTimers(capacity: config.sessionsPerWorker)
+        let mirrorTimers = !config.mirrors.isEmpty && (config.mirrorBatchBytes > 0 || config.mirrorTurns > 0)
+        readsMicroseconds = mirrorTimers || context.dumpSink != nil
+    }
+
+    func core<Backend: WorkerBackend>(config: Config, stats: WorkerStats, allStats: [WorkerStats],
+                                      logger: Logger) -> WorkerCore<Backend> {
+        WorkerCore(context: context, table: table, waiters: waiters, timers: timers,
+                   idleTimeoutMs: config.idleTimeoutMs, drainTimeoutMs: config.drainTimeoutMs, stats: stats,
+                   allStats: allStats, mirrorNames: config.mirrors.map(\.text), logger: logger)
+    }
+}
+
+/// A backend over the kernel's sockets, io_uring's (`Worker`) or epoll's
+/// (`EpollWorker`), as opposed to the tests' fake: the operations and
+/// loop steps both do alike.
+protocol KernelBackend: WorkerBackend {
+    var sockets: WorkerSockets { get }
+    var parts: WorkerParts { get }
+    var core: WorkerCore<Self> { get }
+    var control: WorkerControl { get }
+}
+
+extension KernelBackend {
+    var context: SessionContext { parts.context }
+
+    /// A round starts: the clocks the sessions read.
+    func startRound() {
+        context.nowMs = MonotonicClock.coarseMs()
+        if parts.readsMicroseconds { context.nowUs = MonotonicClock.nowMicros() }
+    }
+
+    /// A round's completions are delivered: the sessions' timers that are
+    /// due, the sessions waiting for buffers, the tick. True once the
+    /// worker has finished (stopped, every session ended).
+    func finishRound() -> Bool {
+        // The mirrors' timers fire against the clock after this round's work.
+        if !parts.timers.isEmpty { context.nowUs = MonotonicClock.nowMicros() }
+        core.afterCompletions(io: self)
+        if context.nowMs >= core.nextTickMs {
+            core.tick(stopMode: StopMode(rawValue: control.stopMode.load(ordering: .relaxed)) ?? .running, io: self)
+        }
+        return core.isFinished
+    }
+
+    func admit(fd: Int32, session: Session) { Sockets.setNoDelay(fd) }
+
+    var loopCheckNeeded: Bool { sockets.loopCheckNeeded }
+
+    func isLoop(acceptedFD fd: Int32) -> Bool {
+        sockets.isLoop(acceptedFD: fd, nowMs: context.nowMs)
+    }
+
+    func connectLooped(fd: Int32, target: Int, result: Int32) -> Bool {
+        sockets.connectLooped(fd: fd, target: target, result: result, nowMs: context.nowMs)
+    }
+
+    func addresses(fd: Int32) -> ProxyAddresses? { Sockets.connectionAddresses(fd) }
+
+    func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer) {
+        parts.timers.add(session: index, atUs: deadlineUs, for: timer)
+    }
+
+    func drainInBatches(fd: Int32) { sockets.drainInBatches(fd: fd) }
+
+    func unsentBytes(fd: Int32) -> Int { sockets.unsentBytes(fd: fd) }
+
+    func waitForBuffers(session index: UInt32) { parts.waiters.add(index) }
 }
