@@ -126,22 +126,21 @@ public final class Proxy: Sendable {
             return fds
         }
         precondition(!fds.isEmpty, "start() called twice")
-        var backend = Config.Backend.epoll
-        if config.backend != .epoll {
-            if let problem = Self.ioUringProblem(config) {
-                guard config.backend == .auto else {
-                    fds.forEach { _ = close($0) }
-                    throw problem
-                }
-                logger.warning("running on epoll (--backend auto): \(problem.message)")
-                control.backend.withLock { $0 = (.epoll, problem.message) }
-            } else {
-                backend = .ioUring
-                control.backend.withLock { $0 = (.ioUring, nil) }
-            }
-        } else {
-            control.backend.withLock { $0 = (.epoll, nil) }
+        let backend: Config.Backend
+        switch (config.backend, Self.ioUringProblem(config)) {
+        case (.epoll, _):
+            backend = .epoll
+        case (.ioUring, let problem?):
+            fds.forEach { _ = close($0) }
+            throw problem
+        case (.auto, let problem?):
+            backend = .epoll
+            logger.warning("running on epoll (--backend auto): \(problem.message)")
+            control.backend.withLock { $0 = (.epoll, problem.message) }
+        case (.auto, nil), (.ioUring, nil):
+            backend = .ioUring
         }
+        control.backend.withLock { $0 = ($0?.kind == backend ? $0 : (backend, nil)) }
         try dumpWriter?.start()
         for (index, fd) in fds.enumerated() {
             let job = WorkerJob(backend: backend, config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
@@ -162,22 +161,36 @@ public final class Proxy: Sendable {
     }
 
     /// Why io_uring cannot run this configuration here, worded as `--backend
-    /// io_uring` refuses it; nil when it can. io_uring being forbidden is
-    /// what a user should hear first, then the locked memory of the pools.
+    /// io_uring` refuses it; nil when it can (or is not asked about). io_uring
+    /// being forbidden is what a user should hear first, then the locked
+    /// memory of the pools.
     static func ioUringProblem(_ config: Config) -> ProxyError? {
+        guard config.backend != .epoll else { return nil }
+        // The probe ring lives and dies on a thread of its own: its teardown
+        // can leave task work for the thread that made it, which interrupts
+        // that thread's next blocking call (EINTR, not restarted for a socket
+        // with a timeout), and the caller's thread goes on to serve.
+        let problem = Mutex<ProxyError?>(nil)
         do {
-            _ = try Ring(entries: 2, completionEntries: 4)
-        } catch let error as RingError {
-            return ProxyError.setup(error, config: config)
+            let probe = try NativeThread.start(name: "io_uring probe") {
+                do {
+                    _ = try Ring(entries: 2, completionEntries: 4)
+                } catch let error as RingError {
+                    problem.withLock { $0 = ProxyError.setup(error, config: config) }
+                } catch {
+                    problem.withLock { $0 = ProxyError("cannot set up io_uring: \(error)") }
+                }
+            }
+            probe.join()
         } catch {
-            return ProxyError("cannot set up io_uring: \(error)")
+            return ProxyError("cannot start a thread: \(RingError.describe(errno: error.errorNumber))")
         }
-        return LockedMemory.check(config, limitBytes: LockedMemory.limitBytes())
+        return problem.withLock { $0 } ?? LockedMemory.check(config, limitBytes: LockedMemory.limitBytes())
     }
 
-    /// The backend the workers run on (after `start`), and why epoll when
-    /// `--backend auto` fell back to it.
-    public var backend: (kind: Config.Backend, fallbackReason: String?) {
+    /// The backend the workers run on (nil before `start`), and why epoll
+    /// when `--backend auto` fell back to it.
+    public var backend: (kind: Config.Backend, fallbackReason: String?)? {
         control.backend.withLock { $0 }
     }
 
@@ -203,9 +216,6 @@ public final class Proxy: Sendable {
     public var ringSetupMode: String {
         control.setupMode.withLock { $0 }
     }
-
-    /// `start` has chosen the backend.
-    var hasStarted: Bool { listenerFDs.withLock { $0.isEmpty } }
 
     /// Every worker has exited (after a stop, or a worker's fatal error).
     public var hasExited: Bool {

@@ -115,7 +115,7 @@ extension Proxy {
     public func snapshot() -> StatsSnapshot {
         var snapshot = StatsSnapshot(workers: stats, mirrorNames: config.mirrors.map(\.text),
                                      poolSlotsPerWorker: config.poolSlotsPerWorker)
-        if hasStarted { snapshot.backend = backend.kind.rawValue }
+        if let backend { snapshot.backend = backend.kind.rawValue }
         if let dumpWriter {
             snapshot.dumping = true
             for index in snapshot.mirrors.indices {

@@ -12,7 +12,7 @@ final class WorkerControl: Sendable {
     let startErrors = Mutex<[String]>([])
     let setupMode = Mutex<String>("")
     /// The backend the workers run on (never `auto`), and why epoll when it was not asked for.
-    let backend = Mutex<(Config.Backend, String?)>((.ioUring, nil))
+    let backend = Mutex<(kind: Config.Backend, fallbackReason: String?)?>(nil)
 }
 
 /// One thread, one ring, one listener, one session table: the completion

@@ -146,7 +146,7 @@ struct ProxyOptions: ParsableArguments {
 
     /// "with io_uring (defer)", "with epoll (--backend epoll)", or epoll and why io_uring cannot run.
     static func backendNote(_ proxy: Proxy) -> String {
-        let (kind, fallbackReason) = proxy.backend
+        let (kind, fallbackReason) = proxy.backend ?? (.ioUring, nil)
         if kind == .ioUring { return "with io_uring (\(proxy.ringSetupMode))" }
         if let fallbackReason { return "with epoll (io_uring cannot be used here: \(fallbackReason))" }
         return "with epoll (--backend epoll)"
@@ -290,7 +290,7 @@ struct ProxyOptions: ParsableArguments {
             return
         }
         let metricsNote = metricsServer.map { ", metrics on http://\($0.address)/metrics" } ?? ""
-        logger.info("listening on \(proxy.listenAddress), main \(config.main), mirrors \(config.mirrors.map(\.text)), on \(proxy.backend.kind.rawValue)\(metricsNote)")
+        logger.info("listening on \(proxy.listenAddress), main \(config.main), mirrors \(config.mirrors.map(\.text)), on \(proxy.backend?.kind.rawValue ?? "?")\(metricsNote)")
         if config.compare {
             logger.info("comparing mirror replies with main's: windows of \(config.compareWindowBytes) bytes per session and mirror, at most \(config.compareMemoryBytesMax >> 20) MiB in all")
             if let directory = config.dumpDirectory {

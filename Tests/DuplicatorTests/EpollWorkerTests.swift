@@ -10,7 +10,7 @@ import Ring
 /// loopback sockets but without the worker's logic: its completions are
 /// collected round by round (`EpollWorker.completionsOfOneRound`) and
 /// compared with what a ring gives the sessions (`SessionIO`).
-@Suite("Epoll backend: io_uring's completions emulated on readiness", .timeLimit(.minutes(2)))
+@Suite("Epoll backend: io_uring's completions emulated on readiness", .timeLimit(.minutes(6)))
 struct EpollWorkerTests {
     static let connectTag = CompletionTag(kind: OperationKind.connect.rawValue, leg: 1, generation: 1, session: 0)
     static let timeoutTag = CompletionTag(kind: OperationKind.connectTimeout.rawValue, leg: 1, generation: 1, session: 0)

@@ -379,9 +379,9 @@ func startProxy(backend: Config.Backend = .auto, main: UInt16, mirrors: [UInt16]
     configure(&config)
     let proxy = try Proxy(config: config)
     try proxy.start()
-    if backend != .auto && proxy.backend.kind != backend {
+    if backend != .auto && proxy.backend?.kind != backend {
         proxy.shutdown()
-        throw TestFailure("asked for \(backend.rawValue), the proxy runs on \(proxy.backend.kind.rawValue)")
+        throw TestFailure("asked for \(backend.rawValue), the proxy runs on \(proxy.backend?.kind.rawValue ?? "nothing")")
     }
     return proxy
 }

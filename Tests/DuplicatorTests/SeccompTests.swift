@@ -39,7 +39,7 @@ enum IOUringDeniedLauncher {
 /// Promise 8 in a container: where io_uring is forbidden, `--backend auto`
 /// runs on epoll, says why in one line, and keeps the promises;
 /// `--backend io_uring` refuses to start instead.
-@Suite("Containers: io_uring denied by seccomp", .timeLimit(.minutes(3)),
+@Suite("Containers: io_uring denied by seccomp", .timeLimit(.minutes(6)),
        .enabled(if: Peers.underCI || IOUringDeniedLauncher.python != nil, "needs python3-seccomp"))
 struct SeccompTests {
     @Test("--backend auto falls back to epoll with one line naming the reason, and serves exact streams to main and a mirror")
