@@ -111,7 +111,6 @@ final class EpollWorker: KernelBackend {
     func run() {
         context.nowMs = MonotonicClock.coarseMs()
         context.nowUs = MonotonicClock.nowMicros()
-        lendSlots()
         core.start(io: self)
         while true {
             lendSlots()

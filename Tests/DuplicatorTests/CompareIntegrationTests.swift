@@ -88,7 +88,7 @@ final class VariantEchoServer: Sendable {
 /// Promise 9 over loopback and real io_uring: mirrors that answer like main,
 /// flip a byte, stop early or add bytes each get their verdict, once per
 /// session, and the client still gets exactly main's bytes.
-@Suite("Compare: verdicts over loopback", .timeLimit(.minutes(4)))
+@Suite("Compare: verdicts over loopback", .timeLimit(.minutes(6)))
 struct CompareIntegrationTests {
     @Test("identical, flipped, cut short and extended mirrors: match, diverged, shorter, longer", arguments: Config.Backend.tested)
     func verdicts(backend: Config.Backend) throws {

@@ -10,7 +10,7 @@ import LoadTools
 /// tshark reads as two TCP conversations (client with main, client with the
 /// mirror) carrying the request and each server's reply; an identical
 /// mirror gets none.
-@Suite("Compare: pcapng dumps read back by tshark", .timeLimit(.minutes(4)),
+@Suite("Compare: pcapng dumps read back by tshark", .timeLimit(.minutes(6)),
        .enabled(if: Peers.runnable("tshark"), "needs tshark"))
 struct DumpIntegrationTests {
     /// The payload bytes each direction carried: (source port, destination port) -> bytes.

@@ -5,7 +5,7 @@ import Testing
 
 /// What an operator sees first, from outside: the built binary's help,
 /// version and build-info metric.
-@Suite("CLI: help and version", .timeLimit(.minutes(2)))
+@Suite("CLI: help and version", .timeLimit(.minutes(6)))
 struct HelpAndVersionTests {
     @Test("duplicator --help shows the proxy's options, examples and the demo")
     func rootHelp() throws {

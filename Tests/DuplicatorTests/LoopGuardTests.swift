@@ -129,7 +129,7 @@ func inPrivateNetwork<Result: Sendable>(_ body: @escaping @Sendable (_ run: (Str
 /// own connections back into its listener, which the start-up checks cannot
 /// see. Needs root (a network namespace and nft) and is skipped without it;
 /// under CI the tools must be there.
-@Suite("Loop guard: loops made by NAT at run time", .serialized, .timeLimit(.minutes(2)))
+@Suite("Loop guard: loops made by NAT at run time", .serialized, .timeLimit(.minutes(6)))
 struct LoopGuardNATTests {
     static var available: Bool { geteuid() == 0 && Peers.runnable("ip", "nft") }
 

@@ -117,7 +117,7 @@ final class RecordingServer: Sendable {
     }
 }
 
-@Suite("PROXY protocol with real peers", .serialized, .timeLimit(.minutes(4)))
+@Suite("PROXY protocol with real peers", .serialized, .timeLimit(.minutes(6)))
 struct ProxyProtocolPeerTests {
     /// haproxy in TCP mode on IPv4 and IPv6 loopback, passing every client
     /// to `proxyPort` with a PROXY protocol header of `version`.
