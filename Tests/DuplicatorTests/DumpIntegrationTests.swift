@@ -33,8 +33,8 @@ struct DumpIntegrationTests {
         return streams
     }
 
-    @Test("a diverging mirror's sessions are dumped (up to the limit), read back by tshark; a matching one's are not")
-    func dumpsReadBackByTshark() throws {
+    @Test("a diverging mirror's sessions are dumped (up to the limit), read back by tshark; a matching one's are not", arguments: Config.Backend.tested)
+    func dumpsReadBackByTshark(backend: Config.Backend) throws {
         let tshark = try Peers.require("tshark")
         var template = Array("/tmp/dump-integration-XXXXXX".utf8CString)
         let directory = String(cString: try #require(template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }))
@@ -47,7 +47,7 @@ struct DumpIntegrationTests {
         let identical = try VariantEchoServer(.identical)
         let flipping = try VariantEchoServer(.flipByte(at: 10))
         defer { identical.stop(); flipping.stop() }
-        let proxy = try startProxy(main: main.boundPort, mirrors: [identical.port, flipping.port]) {
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [identical.port, flipping.port]) {
             $0.compare = true
             $0.dumpDirectory = directory
             $0.dumpMaxFiles = 3
