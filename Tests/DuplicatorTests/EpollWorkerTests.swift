@@ -113,14 +113,21 @@ struct EpollWorkerTests {
         #expect(Self.summary(worker.completionsOfOneRound(timeoutNanoseconds: 0)) == ["recv \(-ECANCELED)", "cancel 1"])
     }
 
+    /// A worker whose connect to `port`, with a timeout of `timeoutMs`, is asked for now.
+    static func connecting(to port: UInt16, timeoutMs: Int) throws -> (worker: EpollWorker, fd: Int32) {
+        let worker = try Self.worker(main: port)
+        let fd = worker.openSocket(target: 0)
+        #expect(fd >= 0)
+        worker.connect(fd: fd, target: 0, timeoutMs: timeoutMs, tag: Self.connectTag, timeoutTag: Self.timeoutTag)
+        return (worker, fd)
+    }
+
     @Test("a connect that times out completes as a linked timeout cancels it: the connect -ECANCELED, the timeout -ETIME")
     func connectTimeout() throws {
         let server = try startServer(.blackhole)
         defer { server.stop() }
-        let worker = try Self.worker(main: server.boundPort)
-        let fd = worker.openSocket(target: 0)
         let start = monotonicSeconds()
-        worker.connect(fd: fd, target: 0, timeoutMs: 200, tag: Self.connectTag, timeoutTag: Self.timeoutTag)
+        let (worker, fd) = try Self.connecting(to: server.boundPort, timeoutMs: 200)
         #expect(Self.summary(Self.completions(worker, 2)) == ["connect \(-ECANCELED)", "connectTimeout \(-ETIME)"])
         #expect(monotonicSeconds() - start >= 0.15)
         worker.close(fd: fd, tag: Self.closeTag)
@@ -129,9 +136,7 @@ struct EpollWorkerTests {
     @Test("a refused connect completes with -ECONNREFUSED and its timeout with -ECANCELED")
     func connectRefused() throws {
         let refusing = RefusingPort()
-        let worker = try Self.worker(main: refusing.port)
-        let fd = worker.openSocket(target: 0)
-        worker.connect(fd: fd, target: 0, timeoutMs: 2_000, tag: Self.connectTag, timeoutTag: Self.timeoutTag)
+        let (worker, fd) = try Self.connecting(to: refusing.port, timeoutMs: 2_000)
         #expect(Self.summary(Self.completions(worker, 2)) == ["connect \(-ECONNREFUSED)", "connectTimeout \(-ECANCELED)"])
         worker.close(fd: fd, tag: Self.closeTag)
     }
@@ -140,9 +145,7 @@ struct EpollWorkerTests {
     func cancelPending() throws {
         let server = try startServer(.blackhole)
         defer { server.stop() }
-        let worker = try Self.worker(main: server.boundPort)
-        let fd = worker.openSocket(target: 0)
-        worker.connect(fd: fd, target: 0, timeoutMs: 10_000, tag: Self.connectTag, timeoutTag: Self.timeoutTag)
+        let (worker, fd) = try Self.connecting(to: server.boundPort, timeoutMs: 10_000)
         worker.cancel(fd: fd, tag: Self.cancelTag)
         #expect(Self.summary(worker.completionsOfOneRound(timeoutNanoseconds: 0))
                 == ["connect \(-ECANCELED)", "connectTimeout \(-ECANCELED)", "cancel 1"])
