@@ -84,6 +84,8 @@ public struct Config: Sendable {
     /// COOP_TASKRUN, 1000 busy connections saw a p99 ten times higher
     /// (BENCHMARKS.md, "Tuning").
     public var ringMode = RingMode.deferTaskrun
+    /// The workers' IO: io_uring, or epoll where io_uring is forbidden or missing.
+    public var backend = Defaults.backend
     /// Tuning: wait for this many completions per wakeup, but no longer than
     /// `waitBatchTimeoutUs` before settling for one. 1: wake on every completion.
     public var waitBatch = Defaults.waitBatch
@@ -166,6 +168,12 @@ public struct Config: Sendable {
 
     public enum RingMode: String, Sendable, CaseIterable {
         case deferTaskrun = "defer", coopTaskrun = "coop", plain
+    }
+
+    /// `auto`: io_uring when a ring can be set up and the pool locked, else
+    /// epoll (saying why); `io_uring`: that, or an error; `epoll`: epoll.
+    public enum Backend: String, Sendable, CaseIterable {
+        case auto, ioUring = "io_uring", epoll
     }
 
     public func validate() throws(ConfigError) {

@@ -3,6 +3,8 @@
 /// values by `SizeParser.text` and `DurationParser.text`), and the sans-IO
 /// `SessionLimits` takes the session's share of them.
 public enum Defaults {
+    /// `--backend`: io_uring where it can be used, else epoll.
+    public static let backend = Config.Backend.auto
     /// `-t`, goduplicator's mirror connect timeout.
     public static let mirrorConnectTimeoutMs = 500
     public static let mainConnectTimeoutMs = 10_000

@@ -12,6 +12,10 @@ public enum PrometheusText {
         // The usual build-info idiom: a constant 1 whose label says what runs.
         family("duplicator_build_info", "gauge", "The running build; its version is the label.",
                [("version=\"\(escape(BuildInfo.version))\"", 1)])
+        if !snapshot.backend.isEmpty {
+            family("duplicator_backend", "gauge", "The IO backend the workers run on: io_uring, or epoll where io_uring cannot be used (--backend).",
+                   [("backend=\"\(escape(snapshot.backend))\"", 1)])
+        }
         family("duplicator_sessions_accepted_total", "counter", "Client connections accepted.",
                [("", snapshot.sessionsAccepted)])
         family("duplicator_sessions_active", "gauge", "Sessions open now, including mirrors still flushing.",

@@ -68,7 +68,7 @@ public final class MirrorStats: Sendable {
     public let sessionsSkipped = Atomic<UInt64>(0)
     /// Bytes the mirror replied (discarded).
     public let replyBytes = Atomic<UInt64>(0)
-    /// Drains that took replies: with `--mirror-drain-batch`, far fewer than replies.
+    /// Discards that took replies: with `--mirror-discard-batch`, far fewer than replies.
     public let discards = Atomic<UInt64>(0)
     /// 1 while this worker rests this mirror after repeated connect failures.
     public let backingOff = Atomic<UInt64>(0)

@@ -31,6 +31,8 @@ public struct StatsSnapshot: Sendable, Equatable {
     }
 
     public var sessionsAccepted: UInt64 = 0
+    /// The IO backend the workers run on (`io_uring`, `epoll`); empty before they start.
+    public var backend = ""
     /// `--dump-dir` is on (the dump metrics are shown).
     public var dumping = false
     public var sessionsActive: UInt64 = 0
@@ -117,6 +119,7 @@ extension Proxy {
     public func snapshot() -> StatsSnapshot {
         var snapshot = StatsSnapshot(workers: stats, mirrorNames: config.mirrors.map(\.text),
                                      poolSlotsPerWorker: config.poolSlotsPerWorker)
+        if let backend { snapshot.backend = backend.kind.rawValue }
         if let dumpWriter {
             snapshot.dumping = true
             for index in snapshot.mirrors.indices {

@@ -144,11 +144,11 @@ struct LoopGuardNATTests {
     }
 
     @Test("main redirected to our own listener: the client's session ends at once and the loop stops at the second hop",
-          .enabled(if: available, "needs root, ip (iproute2) and nft (nftables)"))
-    func mainLoop() throws {
+          .enabled(if: available, "needs root, ip (iproute2) and nft (nftables)"), arguments: Config.Backend.tested)
+    func mainLoop(backend: Config.Backend) throws {
         let report = try inPrivateNetwork { run -> String in
             // Nobody listens on 9999 here; the rule sends it to the proxy.
-            let proxy = try startProxy(main: 9999, mirrors: []) { $0.threads = 2 }
+            let proxy = try startProxy(backend: backend, main: 9999, mirrors: []) { $0.threads = 2 }
             defer { proxy.shutdown() }
             try Self.redirect(9999, to: proxy.port, run: run)
             let started = monotonicSeconds()
@@ -174,12 +174,12 @@ struct LoopGuardNATTests {
     }
 
     @Test("a mirror redirected to our own listener: the client's session is untouched, the loop is cut",
-          .enabled(if: available, "needs root, ip (iproute2) and nft (nftables)"))
-    func mirrorLoop() throws {
+          .enabled(if: available, "needs root, ip (iproute2) and nft (nftables)"), arguments: Config.Backend.tested)
+    func mirrorLoop(backend: Config.Backend) throws {
         let report = try inPrivateNetwork { run -> String in
             let main = try startServer(.echo)
             defer { main.stop() }
-            let proxy = try startProxy(main: main.boundPort, mirrors: [9998]) { $0.threads = 2 }
+            let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [9998]) { $0.threads = 2 }
             defer { proxy.shutdown() }
             try Self.redirect(9998, to: proxy.port, run: run)
             var seeded = SeededGenerator(seed: 7)
