@@ -92,6 +92,8 @@ struct CLITests {
         (["-l", ":1", "-f", ":2", "--mirror-batch-delay", "soon"], "duration 'soon'"),
         (["-l", ":1", "-f", ":2", "--log-level", "loud"], "--log-level"),
         (["-l", ":1", "-f", ":2", "--zerocopy", "maybe"], "--zerocopy 'maybe': expected auto, on or off"),
+        (["-l", "127.0.0.1:0", "-f", ":9", "--backend", "epoll", "--zerocopy", "on"],
+         "--zerocopy on: zero-copy sends need the io_uring backend, and this worker runs on epoll"),
         (["-l", "127.0.0.1:0", "-f", "no-such-host.invalid:80"], "cannot resolve"),
         (["-l", "127.0.0.1:0", "-f", ":80", "-m", "[::1"], "missing ']'"),
         // Given twice: the last one used to win silently.
@@ -174,6 +176,7 @@ struct CLITests {
         ([] as [String], "zero-copy sends of 16KiB or more to peers not on this host ("),
         (["--zerocopy", "on"], "zero-copy sends for every send ("),
         (["--zerocopy", "off"], "zero-copy sends off"),
+        (["--backend", "epoll"], "no zero-copy sends (the epoll backend has none)"),
     ])
     func checkDescribesZeroCopy(extra: [String], expected: String) throws {
         let result = try runProgram(try builtBinary("duplicator"),
