@@ -614,12 +614,20 @@ struct ConnectDeadlines {
             heads.append(0)
             index = queues.count - 1
         }
+        // Under steady load a queue is never empty: drop its taken front
+        // once it is most of the storage, or the storage would grow forever.
         if heads[index] == queues[index].count {
             queues[index].removeAll(keepingCapacity: true)
+            heads[index] = 0
+        } else if heads[index] >= 64 && heads[index] * 2 >= queues[index].count {
+            queues[index].removeFirst(heads[index])
             heads[index] = 0
         }
         queues[index].append(Entry(deadlineMs: deadlineMs, fd: fd, serial: serial))
     }
+
+    /// Entries held, due or not (at most about twice those not yet due).
+    var storedCount: Int { queues.reduce(0) { $0 + $1.count } }
 
     var nextDeadlineMs: UInt64? {
         var next: UInt64?

@@ -170,4 +170,20 @@ struct EpollWorkerTests {
         #expect(deadlines.popDue(nowMs: 20_000).map { [$0.fd, Int32($0.serial)] } == [5, 1])
         #expect(deadlines.isEmpty)
     }
+
+    /// Under steady load some connects are always pending, so a queue is
+    /// never empty: its storage must still stay near what is pending.
+    @Test("connect deadlines under steady load keep bounded storage")
+    func connectDeadlinesStayBounded() {
+        var deadlines = ConnectDeadlines()
+        var nowMs: UInt64 = 0
+        for serial in 0..<100_000 {
+            nowMs += 1
+            deadlines.add(fd: Int32(serial % 1000), serial: UInt32(serial), deadlineMs: nowMs + 100, timeoutMs: 100)
+            while deadlines.popDue(nowMs: nowMs) != nil {}
+        }
+        // 100 pending at any time.
+        #expect(deadlines.storedCount <= 300, "\(deadlines.storedCount) entries stored for 100 pending")
+        #expect(deadlines.nextDeadlineMs == nowMs - 99 + 100)
+    }
 }
