@@ -26,7 +26,7 @@ let package = Package(
             pkgConfig: "liburing",
             providers: [.apt(["liburing-dev"])]
         ),
-        // epoll, eventfd and accept4 for the load tools (not in Swift's Glibc module).
+        // epoll, eventfd and accept4 for the load tools and the proxy's epoll backend (not in Swift's Glibc module).
         .systemLibrary(name: "CLinuxSystem"),
         // What the proxy and the load tools both need of the system: socket
         // addresses, host:port text, errno errors, threads, clocks, signals.

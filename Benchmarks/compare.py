@@ -48,15 +48,15 @@ MARK_END = "<!-- compare.sh results: end -->"
 
 WORKLOADS = {
     # name: (connections, message bytes, configurations, title)
-    "seed": (10, 1024, ["direct", "dup0", "dup1", "dup2", "dup4", "haproxy", "nginx", "socat"],
+    "seed": (10, 1024, ["direct", "dup0", "dup1", "dup2", "dup4", "epoll1", "haproxy", "nginx", "socat"],
              "seed: 10 connections, 1 KiB messages, closed-loop ping-pong"),
-    "bulk": (1, 65536, ["direct", "dup0", "dup1", "haproxy", "nginx", "socat"],
+    "bulk": (1, 65536, ["direct", "dup0", "dup1", "epoll1", "haproxy", "nginx", "socat"],
              "bulk: 1 connection, 64 KiB messages"),
-    "many": (1000, 1024, ["direct", "dup0", "dup1", "haproxy", "nginx", "socat"],
+    "many": (1000, 1024, ["direct", "dup0", "dup1", "epoll1", "haproxy", "nginx", "socat"],
              "many: 1000 connections, 1 KiB messages"),
     # Open loop at a fixed rate (--rate, well under saturation): latency
     # counted from each request's due time, which closed-loop figures hide.
-    "fixed": (1, 1024, ["direct", "dup0", "dup1", "dup4", "haproxy", "nginx"],
+    "fixed": (1, 1024, ["direct", "dup0", "dup1", "dup4", "epoll1", "haproxy", "nginx"],
               "fixed rate: 1 connection, 1 KiB messages, open loop"),
 }
 
@@ -69,6 +69,8 @@ CONFIG_TITLES = {
     "dup1": "duplicator, 1 mirror",
     "dup2": "duplicator, 2 mirrors",
     "dup4": "duplicator, 4 mirrors",
+    # The epoll backend (--backend epoll), where io_uring is forbidden; the dupN run on io_uring.
+    "epoll1": "duplicator-epoll, 1 mirror (--backend epoll)",
     "haproxy": "haproxy (mode tcp, nbthread 1)",
     "nginx": "nginx stream (1 worker)",
     "socat": "socat (fork)",
@@ -310,9 +312,14 @@ stream {{
 
 def start_proxy(kind, processes, bins, workdir, main_port, mirror_ports):
     """Starts one proxy in front of the echo server on `main_port`; returns (process, port)."""
-    if kind.startswith("dup") or kind in VARIANT_ARGS:
-        mirrors = int(kind[3:]) if kind.startswith("dup") else VARIANT_MIRRORS[kind]
+    if kind.startswith("dup") or kind == "epoll1" or kind in VARIANT_ARGS:
+        mirrors = int(kind[3:]) if kind.startswith("dup") else 1 if kind == "epoll1" else VARIANT_MIRRORS[kind]
         extra = shlex.split(VARIANT_ARGS.get(kind, ""))
+        # dupN measure io_uring or fail (never epoll in their place); epoll1 the epoll backend.
+        if kind.startswith("dup"):
+            extra = ["--backend", "io_uring"] + extra
+        elif kind == "epoll1":
+            extra = ["--backend", "epoll"]
         binary = bins["duplicator"]
         # A variant may name another build first (BIN=PATH): before and after a change, side by side.
         if extra and extra[0].startswith("BIN="):

@@ -7,6 +7,7 @@
 #   Benchmarks/hot_loop_counts.sh [BIN_DIR] [SECONDS]     (default .build/release, 3)
 #   DUPLICATOR_ARGS='--compare' Benchmarks/hot_loop_counts.sh   (extra flags for the proxy)
 set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin_dir=${1:-.build/release}
 seconds=${2:-3}
 command -v perf >/dev/null || { echo "hot_loop_counts.sh: perf is required (apt-get install linux-perf)" >&2; exit 2; }
@@ -45,18 +46,10 @@ stat=$!
 sleep 0.2
 "$bin_dir/duplicator-testclient" -a "127.0.0.1:$proxy_port" -d "$seconds" --json 2>/dev/null | head -c 80; echo
 kill -INT "$stat"; wait "$stat" || true
-python3 - "$work/counts" <<'PY'
+PYTHONPATH="$here" python3 - "$work/counts" <<'PY'
 import sys
-counts = {}
-for line in open(sys.argv[1]):
-    fields = line.strip().split(",")
-    if len(fields) > 2 and fields[2]:
-        name = fields[2].split(":")[-1]
-        # "<not counted>" or "<not supported>" is not zero: fail, never read it as "no call".
-        try:
-            counts[name] = float(fields[0])
-        except ValueError:
-            sys.exit(f"hot_loop_counts.sh: perf did not count {name}: {fields[0]}")
+from perf_counts import read_counts
+counts = read_counts(sys.argv[1], "hot_loop_counts.sh")
 for name in ["io_uring_complete", "malloc", "swift_retain", "swift_release"]:
     if name not in counts:
         sys.exit(f"hot_loop_counts.sh: perf reported no count for {name}")

@@ -62,6 +62,12 @@
 #ifndef IORING_RECVSEND_FIXED_BUF
 #define IORING_RECVSEND_FIXED_BUF (1U << 2)
 #endif
+#ifndef IORING_SEND_ZC_REPORT_USAGE
+#define IORING_SEND_ZC_REPORT_USAGE (1U << 3)
+#endif
+#ifndef IORING_NOTIF_USAGE_ZC_COPIED
+#define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31)
+#endif
 #ifndef IORING_ASYNC_CANCEL_ALL
 #define IORING_ASYNC_CANCEL_ALL (1U << 0)
 #endif
@@ -89,6 +95,8 @@ static const uint32_t shim_IORING_CQE_F_BUFFER = IORING_CQE_F_BUFFER;
 static const uint32_t shim_IORING_CQE_BUFFER_SHIFT = IORING_CQE_BUFFER_SHIFT;
 static const uint16_t shim_IORING_RECVSEND_FIXED_BUF = IORING_RECVSEND_FIXED_BUF;
 static const uint32_t shim_IORING_ASYNC_CANCEL_ALL = IORING_ASYNC_CANCEL_ALL;
+static const uint16_t shim_IORING_SEND_ZC_REPORT_USAGE = IORING_SEND_ZC_REPORT_USAGE;
+static const uint32_t shim_IORING_NOTIF_USAGE_ZC_COPIED = IORING_NOTIF_USAGE_ZC_COPIED;
 
 // Socket constants that Glibc's Swift overlay exposes awkwardly or not at all.
 static const int shim_SOCK_STREAM_CLOEXEC_NONBLOCK = SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK;
@@ -120,6 +128,21 @@ static inline unsigned shim_reap_batch(struct io_uring *ring, shim_completion *o
     }
     if (count > 0) io_uring_cq_advance(ring, count);
     return count;
+}
+
+/// A zero-copy sendmsg whose iovec lies in registered buffer `buf_index`
+/// (IORING_RECVSEND_FIXED_BUF on SENDMSG_ZC: Linux 6.15 and later; older
+/// kernels fail it with -EINVAL). liburing 2.3 has no helper for it.
+static inline void shim_prep_sendmsg_zc_fixed(struct io_uring_sqe *sqe, int fd, const struct msghdr *msg,
+                                              unsigned flags, unsigned buf_index) {
+    io_uring_prep_sendmsg_zc(sqe, fd, msg, flags);
+    sqe->ioprio |= IORING_RECVSEND_FIXED_BUF;
+    sqe->buf_index = (__u16)buf_index;
+}
+
+/// Zero-copy send flags (IORING_RECVSEND_*, IORING_SEND_ZC_*) live in the SQE's ioprio.
+static inline void shim_sqe_add_send_flags(struct io_uring_sqe *sqe, uint16_t flags) {
+    sqe->ioprio |= flags;
 }
 
 /// Sets the SQE flags (IOSQE_*) of a prepared SQE.

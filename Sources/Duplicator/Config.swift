@@ -1,3 +1,14 @@
+/// `--zerocopy`: when sends are zero-copy (io_uring's `SEND_ZC`/`SENDMSG_ZC`
+/// from the registered pool). Towards a peer on this host the kernel copies
+/// anyway, and the notification makes it slower (BENCHMARKS.md).
+public enum ZeroCopyMode: String, Sendable, CaseIterable {
+    /// Sends of `zeroCopyBytesMin` or more, to peers not on this host, where the kernel has them.
+    case auto
+    /// Every send from the pool; refused at start where the kernel has none.
+    case on
+    case off
+}
+
 /// Everything the proxy runs with, validated. Built by the CLI or by a test.
 public struct Config: Sendable {
     public var listen: Endpoint
@@ -73,6 +84,8 @@ public struct Config: Sendable {
     /// COOP_TASKRUN, 1000 busy connections saw a p99 ten times higher
     /// (BENCHMARKS.md, "Tuning").
     public var ringMode = RingMode.deferTaskrun
+    /// The workers' IO: io_uring, or epoll where io_uring is forbidden or missing.
+    public var backend = Defaults.backend
     /// Tuning: wait for this many completions per wakeup, but no longer than
     /// `waitBatchTimeoutUs` before settling for one. 1: wake on every completion.
     public var waitBatch = Defaults.waitBatch
@@ -89,6 +102,11 @@ public struct Config: Sendable {
     public var acceptProxy = false
     /// With `acceptProxy`, a client whose whole header has not arrived by then is closed.
     public var proxyHeaderTimeoutMs = Defaults.proxyHeaderTimeoutMs
+    /// Zero-copy sends from the registered pool: `auto` only for sends of
+    /// `zeroCopyBytesMin` or more to peers not on this host, `on` for every
+    /// send (an error at start where the kernel has none), `off` never.
+    public var zeroCopy = Defaults.zeroCopy
+    public var zeroCopyBytesMin = Defaults.zeroCopyBytesMin
     /// Free slots lent to the kernel at a time, at most (see `ProvidedBuffers`).
     public var providedWindowSlots = 512
 
@@ -150,6 +168,12 @@ public struct Config: Sendable {
 
     public enum RingMode: String, Sendable, CaseIterable {
         case deferTaskrun = "defer", coopTaskrun = "coop", plain
+    }
+
+    /// `auto`: io_uring when a ring can be set up and the pool locked, else
+    /// epoll (saying why); `io_uring`: that, or an error; `epoll`: epoll.
+    public enum Backend: String, Sendable, CaseIterable {
+        case auto, ioUring = "io_uring", epoll
     }
 
     public func validate() throws(ConfigError) {

@@ -3,6 +3,8 @@
 /// values by `SizeParser.text` and `DurationParser.text`), and the sans-IO
 /// `SessionLimits` takes the session's share of them.
 public enum Defaults {
+    /// `--backend`: io_uring where it can be used, else epoll.
+    public static let backend = Config.Backend.auto
     /// `-t`, goduplicator's mirror connect timeout.
     public static let mirrorConnectTimeoutMs = 500
     public static let mainConnectTimeoutMs = 10_000
@@ -36,6 +38,12 @@ public enum Defaults {
     /// segment: a few seconds is ample, and short enough that idle probes
     /// do not pile up.
     public static let proxyHeaderTimeoutMs = 3_000
+    /// `--zerocopy`: zero-copy sends where they can pay (BENCHMARKS.md, "Zero copy").
+    public static let zeroCopy = ZeroCopyMode.auto
+    /// With `--zerocopy auto`, the smallest send made zero-copy: below about
+    /// 10 KB pinning and the notification cost more than the copy they save
+    /// (the kernel's msg_zerocopy.rst); not measurable here (no NIC).
+    public static let zeroCopyBytesMin = 16 << 10
     public static let mirrorFailuresBeforeBackoff = 3
     public static let mirrorBackoffInitialMs = 250
     public static let mirrorBackoffMaxMs = 30_000

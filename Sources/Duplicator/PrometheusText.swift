@@ -12,6 +12,10 @@ public enum PrometheusText {
         // The usual build-info idiom: a constant 1 whose label says what runs.
         family("duplicator_build_info", "gauge", "The running build; its version is the label.",
                [("version=\"\(escape(BuildInfo.version))\"", 1)])
+        if !snapshot.backend.isEmpty {
+            family("duplicator_backend", "gauge", "The IO backend the workers run on: io_uring, or epoll where io_uring cannot be used (--backend).",
+                   [("backend=\"\(escape(snapshot.backend))\"", 1)])
+        }
         family("duplicator_sessions_accepted_total", "counter", "Client connections accepted.",
                [("", snapshot.sessionsAccepted)])
         family("duplicator_sessions_active", "gauge", "Sessions open now, including mirrors still flushing.",
@@ -44,6 +48,10 @@ public enum PrometheusText {
         family("duplicator_pool_slots_in_use", "gauge", "Buffer pool slots held now.", [("", snapshot.poolSlotsInUse)])
         family("duplicator_pool_exhausted_total", "counter", "Receives that found no free slot and waited.",
                [("", snapshot.poolExhausted)])
+        family("duplicator_zerocopy_sends_total", "counter", "Sends made zero-copy from the registered pool (--zerocopy).",
+               [("", snapshot.zeroCopySends)])
+        family("duplicator_zerocopy_copied_total", "counter", "Zero-copy sends the kernel copied after all (every one towards this host).",
+               [("", snapshot.zeroCopyCopied)])
         let mirrors = snapshot.mirrors
         func perMirror(_ name: String, _ type: String, _ help: String, _ value: (StatsSnapshot.Mirror) -> UInt64) {
             family(name, type, help, mirrors.map { (Self.mirrorLabel($0), value($0)) })

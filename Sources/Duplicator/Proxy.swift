@@ -126,15 +126,24 @@ public final class Proxy: Sendable {
             return fds
         }
         precondition(!fds.isEmpty, "start() called twice")
-        if let error = LockedMemory.check(config, limitBytes: LockedMemory.limitBytes()) {
+        let backend: Config.Backend
+        switch (config.backend, Self.ioUringProblem(config)) {
+        case (.epoll, _):
+            backend = .epoll
+        case (.ioUring, let problem?):
             fds.forEach { _ = close($0) }
-            // io_uring being forbidden is what a user should hear first.
-            do { _ = try Ring(entries: 2, completionEntries: 4) } catch let ringError as RingError { throw ProxyError.setup(ringError, config: config) }
-            throw error
+            throw problem
+        case (.auto, let problem?):
+            backend = .epoll
+            logger.warning("running on epoll (--backend auto): \(problem.message)")
+            control.backend.withLock { $0 = (.epoll, problem.message) }
+        case (.auto, nil), (.ioUring, nil):
+            backend = .ioUring
         }
+        control.backend.withLock { $0 = ($0?.kind == backend ? $0 : (backend, nil)) }
         try dumpWriter?.start()
         for (index, fd) in fds.enumerated() {
-            let job = WorkerJob(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
+            let job = WorkerJob(backend: backend, config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
                                 listenerFD: fd, stats: stats[index], allStats: stats, control: control, logger: logger,
                                 dumpSink: dumpWriter)
             let thread = try startThread("worker \(index)") { job.run() }
@@ -149,6 +158,40 @@ public final class Proxy: Sendable {
             wait()
             throw ProxyError(first)
         }
+    }
+
+    /// Why io_uring cannot run this configuration here, worded as `--backend
+    /// io_uring` refuses it; nil when it can (or is not asked about). io_uring
+    /// being forbidden is what a user should hear first, then the locked
+    /// memory of the pools.
+    static func ioUringProblem(_ config: Config) -> ProxyError? {
+        guard config.backend != .epoll else { return nil }
+        // The probe ring lives and dies on a thread of its own: its teardown
+        // can leave task work for the thread that made it, which interrupts
+        // that thread's next blocking call (EINTR, not restarted for a socket
+        // with a timeout), and the caller's thread goes on to serve.
+        let problem = Mutex<ProxyError?>(nil)
+        do {
+            let probe = try NativeThread.start(name: "io_uring probe") {
+                do {
+                    _ = try Ring(entries: 2, completionEntries: 4)
+                } catch let error as RingError {
+                    problem.withLock { $0 = ProxyError.setup(error, config: config) }
+                } catch {
+                    problem.withLock { $0 = ProxyError("cannot set up io_uring: \(error)") }
+                }
+            }
+            probe.join()
+        } catch {
+            return ProxyError("cannot start a thread: \(RingError.describe(errno: error.errorNumber))")
+        }
+        return problem.withLock { $0 } ?? LockedMemory.check(config, limitBytes: LockedMemory.limitBytes())
+    }
+
+    /// The backend the workers run on (nil before `start`), and why epoll
+    /// when `--backend auto` fell back to it.
+    public var backend: (kind: Config.Backend, fallbackReason: String?)? {
+        control.backend.withLock { $0 }
     }
 
     /// Graceful: stop accepting, let live sessions finish for
@@ -169,9 +212,14 @@ public final class Proxy: Sendable {
         if !all.isEmpty { dumpWriter?.stop() }
     }
 
-    /// How the first worker's ring was set up (the best mode the kernel took).
+    /// How the first worker's ring was set up (the best mode the kernel took; `epoll` on epoll).
     public var ringSetupMode: String {
         control.setupMode.withLock { $0 }
+    }
+
+    /// What `--zerocopy` came to on this kernel (`Worker.zeroCopyNote`).
+    public var zeroCopyNote: String {
+        control.zeroCopyNote.withLock { $0 }
     }
 
     /// Every worker has exited (after a stop, or a worker's fatal error).
@@ -187,6 +235,7 @@ public final class Proxy: Sendable {
 
 /// What a worker thread needs, handed over as one Sendable value.
 private struct WorkerJob: Sendable {
+    let backend: Config.Backend
     let config: Config
     let targets: [SocketAddress]
     let loopGuard: LoopGuard
@@ -200,24 +249,39 @@ private struct WorkerJob: Sendable {
 
     func run() {
         defer { control.exited.add(1, ordering: .releasing) }
-        let worker: Worker
+        let loop: () throws -> Void
         do {
-            worker = try Worker(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
-                                listenerFD: listenerFD, stats: stats, allStats: allStats, control: control, logger: logger,
-                                dumpSink: dumpSink)
+            if backend == .epoll {
+                let worker = try EpollWorker(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
+                                             listenerFD: listenerFD, stats: stats, allStats: allStats, control: control,
+                                             logger: logger, dumpSink: dumpSink)
+                control.setupMode.withLock { $0 = "epoll" }
+                control.zeroCopyNote.withLock { $0 = "no zero-copy sends (the epoll backend has none)" }
+                loop = worker.run
+            } else {
+                let worker = try Worker(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
+                                        listenerFD: listenerFD, stats: stats, allStats: allStats, control: control,
+                                        logger: logger, dumpSink: dumpSink)
+                control.setupMode.withLock { $0 = worker.ring.setupMode.rawValue }
+                control.zeroCopyNote.withLock { $0 = worker.zeroCopyNote }
+                loop = worker.run
+            }
         } catch let error as RingError {
             close(listenerFD)
             control.startErrors.withLock { $0.append(ProxyError.setup(error, config: config).message) }
+            return
+        } catch let error as ProxyError {
+            close(listenerFD)
+            control.startErrors.withLock { $0.append(error.message) }
             return
         } catch {
             close(listenerFD)
             control.startErrors.withLock { $0.append("cannot start a worker: \(error)") }
             return
         }
-        control.setupMode.withLock { $0 = worker.ring.setupMode.rawValue }
         control.ready.add(1, ordering: .releasing)
         do {
-            try worker.run()
+            try loop()
         } catch {
             logger.critical("worker stopped: \(error)")
         }

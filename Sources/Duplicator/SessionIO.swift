@@ -62,7 +62,7 @@ public protocol SessionIO: AnyObject {
     /// session may have ended and restarted by then.
     func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer)
     /// A mirror's replies need no longer wake the session one by one: discard
-    /// them in batches (`--mirror-drain-batch`) from now on.
+    /// them in batches (`--mirror-discard-batch`) from now on.
     func discardInBatches(fd: Int32)
     func shutdownWrite(fd: Int32, tag: CompletionTag)
     /// Cancel every operation in flight on `fd`.

@@ -8,12 +8,14 @@ enum Sockets {
     /// A close-on-exec TCP socket with TCP_NODELAY (a proxy must not add
     /// Nagle's delay to small replies), or a negated errno.
     ///
-    /// Blocking, like the accepted ones: io_uring polls for readiness by
-    /// itself, but it honours O_NONBLOCK, and a connect that io_uring runs
-    /// from its worker threads (as it may with a linked timeout) would then
-    /// complete with -EINPROGRESS instead of the outcome (seen under load).
-    static func openStream(family: Int32) -> Int32 {
-        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    /// Blocking for io_uring, like the accepted ones: io_uring polls for
+    /// readiness by itself, but it honours O_NONBLOCK, and a connect that
+    /// io_uring runs from its worker threads (as it may with a linked
+    /// timeout) would then complete with -EINPROGRESS instead of the outcome
+    /// (seen under load). Non-blocking for the epoll backend.
+    static func openStream(family: Int32, nonBlocking: Bool = false) -> Int32 {
+        let flags = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | (nonBlocking ? Int32(SOCK_NONBLOCK.rawValue) : 0)
+        let fd = socket(family, flags, 0)
         guard fd >= 0 else { return -errno }
         setNoDelay(fd)
         return fd
@@ -31,6 +33,13 @@ enum Sockets {
     static func setReceiveLowWater(_ fd: Int32, bytes: Int) {
         var value = Int32(clamping: bytes)
         _ = setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &value, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// Closing resets the connection (SO_LINGER 0) and drops what it has
+    /// not sent, instead of leaving it to an orphaned socket.
+    static func setResetOnClose(_ fd: Int32) {
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
     }
 
     /// A listening socket bound to `address`. With `reusePort` (SO_REUSEPORT)

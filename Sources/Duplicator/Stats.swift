@@ -31,6 +31,10 @@ public final class WorkerStats: Sendable {
     public let poolSlotsGrown = Atomic<UInt64>(0)
     /// Times a receive found no free slot and waited (back-pressure).
     public let poolExhausted = Atomic<UInt64>(0)
+    /// `--zerocopy`: sends made zero-copy, and those whose notification
+    /// said the kernel copied after all (every one towards this host).
+    public let zeroCopySends = Atomic<UInt64>(0)
+    public let zeroCopyCopied = Atomic<UInt64>(0)
     public let mirrors: [MirrorStats]
 
     public init(mirrorCount: Int) {
@@ -64,7 +68,7 @@ public final class MirrorStats: Sendable {
     public let sessionsSkipped = Atomic<UInt64>(0)
     /// Bytes the mirror replied (discarded).
     public let replyBytes = Atomic<UInt64>(0)
-    /// Drains that took replies: with `--mirror-drain-batch`, far fewer than replies.
+    /// Discards that took replies: with `--mirror-discard-batch`, far fewer than replies.
     public let discards = Atomic<UInt64>(0)
     /// 1 while this worker rests this mirror after repeated connect failures.
     public let backingOff = Atomic<UInt64>(0)

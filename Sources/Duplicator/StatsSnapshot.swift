@@ -31,6 +31,8 @@ public struct StatsSnapshot: Sendable, Equatable {
     }
 
     public var sessionsAccepted: UInt64 = 0
+    /// The IO backend the workers run on (`io_uring`, `epoll`); empty before they start.
+    public var backend = ""
     /// `--dump-dir` is on (the dump metrics are shown).
     public var dumping = false
     public var sessionsActive: UInt64 = 0
@@ -51,6 +53,8 @@ public struct StatsSnapshot: Sendable, Equatable {
     public var poolSlotsGrown: UInt64 = 0
     public var poolSlots: UInt64 = 0
     public var poolExhausted: UInt64 = 0
+    public var zeroCopySends: UInt64 = 0
+    public var zeroCopyCopied: UInt64 = 0
     public var workers = 0
     public var mirrors: [Mirror]
 
@@ -77,6 +81,8 @@ public struct StatsSnapshot: Sendable, Equatable {
             poolSlotsInUse += worker.poolSlotsInUse.value
             poolSlotsGrown += worker.poolSlotsGrown.value
             poolExhausted += worker.poolExhausted.value
+            zeroCopySends += worker.zeroCopySends.value
+            zeroCopyCopied += worker.zeroCopyCopied.value
             for (index, mirror) in worker.mirrors.enumerated() where index < mirrors.count {
                 mirrors[index].sessionsMirrored += mirror.sessionsMirrored.value
                 mirrors[index].sessionsSampledOut += mirror.sessionsSampledOut.value
@@ -113,6 +119,7 @@ extension Proxy {
     public func snapshot() -> StatsSnapshot {
         var snapshot = StatsSnapshot(workers: stats, mirrorNames: config.mirrors.map(\.text),
                                      poolSlotsPerWorker: config.poolSlotsPerWorker)
+        if let backend { snapshot.backend = backend.kind.rawValue }
         if let dumpWriter {
             snapshot.dumping = true
             for index in snapshot.mirrors.indices {

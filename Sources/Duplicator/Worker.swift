@@ -11,6 +11,9 @@ final class WorkerControl: Sendable {
     let exited = Atomic<Int>(0)
     let startErrors = Mutex<[String]>([])
     let setupMode = Mutex<String>("")
+    let zeroCopyNote = Mutex<String>("")
+    /// The backend the workers run on (never `auto`), and why epoll when it was not asked for.
+    let backend = Mutex<(kind: Config.Backend, fallbackReason: String?)?>(nil)
 }
 
 /// One thread, one ring, one listener, one session table: the completion
@@ -19,7 +22,7 @@ final class WorkerControl: Sendable {
 /// Nothing here is shared with other threads but the counters
 /// (`WorkerStats`), the stop request (`WorkerControl`), the loop guard and
 /// the mirrors' health.
-final class Worker: WorkerBackend {
+final class Worker: KernelBackend {
     static let discardBufferBytes = 4096
     static let discardBytesMax = 1 << 20
 
@@ -27,58 +30,42 @@ final class Worker: WorkerBackend {
     let pool: BufferPool
     let provided: ProvidedBuffers
     let stats: WorkerStats
-    private let control: WorkerControl
+    let control: WorkerControl
     private let logger: Logger
     private let config: Config
-    private let targets: [SocketAddress]
-    private let loopGuard: LoopGuard
-    /// What this worker recorded with the loop guard, by descriptor,
-    /// forgotten when closed (empty unless a loop was suspected).
-    private var loopRecords: [Int32: LoopRecord] = [:]
-    private enum LoopRecord {
-        case connecting
-        case outbound(LoopGuard.Connection)
-        case suspect(LoopGuard.Connection)
-    }
-    private var loopLog = RateLimitedLog(intervalMs: 10_000)
-    /// The targets' addresses in memory that stays put: the kernel reads a
-    /// connect's address when its SQE is submitted, which may be later.
-    private let targetAddresses: UnsafeMutablePointer<sockaddr_storage>
+    /// Targets, loop guard records, gathered-send memory: as the epoll backend's.
+    let sockets: WorkerSockets
     private var listenerFD: Int32
     private let discardBuffer: UnsafeMutableRawPointer
     /// The kernel reads a linked timeout's duration at submission: one
     /// stable copy per duration the sessions ask for (main's and the mirrors').
     private var connectTimeouts: [RingTimeout]
-    /// Whether sessions have mirror timers (the clock in microseconds is then read).
-    private let mirrorTimers: Bool
-    /// `--dump-dir`: sessions record their streams, with arrival times.
-    private let dumping: Bool
-    /// Gathered mirror sends: a msghdr and `Session.gatherChunksMax` iovec
-    /// entries per (session, mirror), read by the kernel until the send
-    /// completes. An anonymous mapping: only pages that sends use become resident.
-    private let gatherMessages: UnsafeMutablePointer<msghdr>
-    private let gatherVectors: UnsafeMutablePointer<iovec>
-    private let gatherMemory: UnsafeMutableRawPointer
-    private let gatherMemoryBytes: Int
     /// IORING_OP_SENDMSG is there (5.3 and later); without it a gathered send
     /// sends its first chunk, and the session sends the rest as after a short send.
     private let sendMessageSupported: Bool
-    private let timers: SessionTimers
+    /// `--zerocopy`: the zero-copy sends awaiting their notifications (nil:
+    /// every send copies), per (session, leg) whether its sends may be
+    /// zero-copy (decided when it connects), the smallest such send, and
+    /// whether a gathered send may use a registered buffer (Linux 6.15+).
+    private let zeroCopy: ZeroCopySends?
+    private let zeroCopyLegs: UnsafeMutablePointer<Bool>
+    private let zeroCopyBytesMin: Int
+    private let zeroCopyFixedVectored: Bool
+    /// When a finished worker stops waiting for notifications (0: not yet finished).
+    private var zeroCopyWaitDeadlineMs: UInt64 = 0
     private var growthErrorLogged = false
-    private let waiters: BufferWaiters
+    /// The context, table, waiters and timers of the worker's logic.
+    let parts: WorkerParts
     /// The worker's logic; it drives the sessions, this carries out their operations.
     let core: WorkerCore<Worker>
-    let context: SessionContext
 
     /// Creates the ring and the memory of a worker; runs on the worker's own thread.
     init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, mirrorHealth: MirrorHealth, listenerFD: Int32,
          stats: WorkerStats, allStats: [WorkerStats], control: WorkerControl, logger: Logger,
          dumpSink: DumpSink? = nil) throws {
         self.config = config
-        self.targets = targets
-        self.loopGuard = loopGuard
-        targetAddresses = .allocate(capacity: targets.count)
-        targetAddresses.initialize(from: targets.map(\.storage), count: targets.count)
+        sockets = try WorkerSockets(config: config, targets: targets, loopGuard: loopGuard, stats: stats, logger: logger,
+                                    nonBlocking: false)
         self.listenerFD = listenerFD
         self.stats = stats
         self.control = control
@@ -90,42 +77,40 @@ final class Worker: WorkerBackend {
         }
         ring = try Ring(entries: UInt32(config.ringEntries), completionEntries: UInt32(config.completionEntries),
                         preferred: preferred)
+        if config.zeroCopy == .on && !ring.supportsZeroCopySend {
+            throw ProxyError("--zerocopy on: this kernel's io_uring has no zero-copy send (IORING_OP_SEND_ZC and "
+                + "SENDMSG_ZC, Linux 6.1 and later); use --zerocopy auto or off")
+        }
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
         provided = try ProvidedBuffers(ring: ring, pool: pool, windowSlots: config.providedWindowSlotsPerWorker,
                                        registerSegments: true)
-        context = SessionContext(limits: config.limits, pool: pool, stats: stats, mirrorHealth: mirrorHealth)
-        context.dumpSink = config.limits.dumpBytes > 0 ? dumpSink : nil
-        dumping = context.dumpSink != nil
-        // Admission control: the table holds only as many sessions as the
-        // pool can serve at once, whatever their peers do.
-        let table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
-        waiters = BufferWaiters(capacity: config.sessionsPerWorker)
-        mirrorTimers = !config.mirrors.isEmpty && (config.mirrorBatchBytes > 0 || config.mirrorTurns > 0)
-        timers = SessionTimers(capacity: config.sessionsPerWorker)
-        let gatherLegs = max(1, config.sessionsPerWorker * config.mirrors.count)
-        let messagesBytes = gatherLegs * MemoryLayout<msghdr>.stride
-        let vectorsOffset = (messagesBytes + 15) & ~15
-        gatherMemoryBytes = vectorsOffset + gatherLegs * Session.gatherChunksMax * MemoryLayout<iovec>.stride
-        guard let gatherMemory = mmap(nil, gatherMemoryBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
-              gatherMemory != MAP_FAILED else {
-            throw RingError("mmap of \(gatherMemoryBytes) bytes for gathered mirror sends", errno: errno)
-        }
-        self.gatherMemory = gatherMemory
-        gatherMessages = gatherMemory.bindMemory(to: msghdr.self, capacity: gatherLegs)
-        gatherVectors = (gatherMemory + vectorsOffset).bindMemory(to: iovec.self, capacity: gatherLegs * Session.gatherChunksMax)
+        parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth, dumpSink: dumpSink)
         sendMessageSupported = ring.supportsSendMessage
+        let legsPerSession = Leg.mirror(config.mirrors.count).index
+        zeroCopyLegs = .allocate(capacity: config.sessionsPerWorker * legsPerSession)
+        zeroCopyLegs.initialize(repeating: false, count: config.sessionsPerWorker * legsPerSession)
+        if config.zeroCopy != .off && ring.supportsZeroCopySend {
+            // A record per send whose notification is to come: as many as
+            // slots (each holds at least one), and at least one per leg.
+            zeroCopy = ZeroCopySends(capacity: max(pool.slotCount, config.sessionsPerWorker * legsPerSession),
+                                     slotsPerRecord: Session.gatherChunksMax, poolSlots: pool.slotCount)
+            // Whether the kernel says it copied (6.2+); 6.1 refuses a send that asks.
+            ring.probeZeroCopyUsageReport()
+            zeroCopyFixedVectored = ring.probeFixedVectoredZeroCopy()
+        } else {
+            zeroCopy = nil
+            zeroCopyFixedVectored = false
+        }
+        zeroCopyBytesMin = config.zeroCopy == .on ? 1 : config.zeroCopyBytesMin
         discardBuffer = .allocate(byteCount: Self.discardBufferBytes, alignment: 4096)
         connectTimeouts = [RingTimeout(milliseconds: config.mainConnectTimeoutMs),
                            RingTimeout(milliseconds: config.mirrorConnectTimeoutMs)]
-        core = WorkerCore(context: context, table: table, waiters: waiters, timers: timers,
-                          idleTimeoutMs: config.idleTimeoutMs, drainTimeoutMs: config.drainTimeoutMs, stats: stats,
-                          allStats: allStats, mirrorNames: config.mirrors.map(\.text), logger: logger)
+        core = parts.core(config: config, stats: stats, allStats: allStats, logger: logger)
     }
 
     deinit {
-        munmap(gatherMemory, gatherMemoryBytes)
+        zeroCopyLegs.deallocate()
         discardBuffer.deallocate()
-        targetAddresses.deallocate()
         closeListener()
     }
 
@@ -138,11 +123,14 @@ final class Worker: WorkerBackend {
         while true {
             provided.commit()
             var count = try waitForCompletions()
-            context.nowMs = MonotonicClock.coarseMs()
-            if mirrorTimers || dumping { context.nowUs = MonotonicClock.nowMicros() }
+            startRound()
             while count > 0 {
                 for index in 0..<count {
                     let completion = ring.completion(at: index)
+                    if completion.tag.kind == ZeroCopySends.completionKind {
+                        zeroCopyCompleted(completion)
+                        continue
+                    }
                     core.deliver(WorkerCompletion(tag: completion.tag, result: completion.result,
                                                   selectedBuffer: completion.selectedBuffer, hasMore: completion.hasMore),
                                  io: self)
@@ -150,13 +138,7 @@ final class Worker: WorkerBackend {
                 provided.commit()
                 count = ring.reap()
             }
-            // The mirrors' timers fire against the clock after this batch's work.
-            if !timers.isEmpty { context.nowUs = MonotonicClock.nowMicros() }
-            core.afterCompletions(io: self)
-            if context.nowMs >= core.nextTickMs {
-                core.tick(stopMode: StopMode(rawValue: control.stopMode.load(ordering: .relaxed)) ?? .running, io: self)
-            }
-            if core.isFinished { break }
+            if finishRound() && !awaitingZeroCopyNotifications() { break }
         }
         closeListener()
         ring.submit()
@@ -172,7 +154,7 @@ final class Worker: WorkerBackend {
             if count > 0 { return count }
         }
         var timeoutNanoseconds = Int64(WorkerCore<Worker>.tickMs) * 1_000_000
-        if let deadlineUs = timers.nextDeadlineUs {
+        if let deadlineUs = parts.timers.nextDeadlineUs {
             // Wake for the next mirror deadline; at least 1 us, since 0 means "no timeout".
             let untilNanoseconds = deadlineUs > context.nowUs ? Int64(deadlineUs &- context.nowUs) * 1000 : 1000
             timeoutNanoseconds = max(1000, min(timeoutNanoseconds, untilNanoseconds))
@@ -181,10 +163,81 @@ final class Worker: WorkerBackend {
         return ring.reap()
     }
 
+    // MARK: - Zero-copy sends
+
+    /// What `--zerocopy` came to on this kernel, for `--check` and the log.
+    var zeroCopyNote: String {
+        guard zeroCopy != nil else {
+            return config.zeroCopy == .off ? "zero-copy sends off" : "no zero-copy sends (this kernel has none)"
+        }
+        let gathered = zeroCopyFixedVectored ? "registered buffers for gathered sends too"
+            : "gathered sends without registered buffers (Linux 6.15+ has them)"
+        return config.zeroCopy == .on ? "zero-copy sends for every send (\(gathered))"
+            : "zero-copy sends of \(SizeParser.text(zeroCopyBytesMin)) or more to peers not on this host (\(gathered))"
+    }
+
+    /// The result of a zero-copy send goes to its session as any send's;
+    /// its notification lets go of the slots the send read.
+    private func zeroCopyCompleted(_ completion: Completion) {
+        guard let zeroCopy else { return }
+        if completion.isNotification && completion.zeroCopyCopied { stats.zeroCopyCopied.bump() }
+        let sessionTag = zeroCopy.completed(completion.tag.session, isNotification: completion.isNotification,
+                                            hasMore: completion.hasMore) { provided.provide($0) }
+        if let sessionTag {
+            core.deliver(WorkerCompletion(tag: sessionTag, result: completion.result), io: self)
+        }
+    }
+
+    /// Every session has ended: the worker still waits for the
+    /// notifications of its zero-copy sends (the kernel may read the pool
+    /// until then), but not forever: an orphaned socket whose peer stopped
+    /// acknowledging holds them for minutes. The registration keeps those
+    /// pages pinned after the worker exits, so no one reuses them.
+    private func awaitingZeroCopyNotifications() -> Bool {
+        guard let zeroCopy, zeroCopy.openRecords > 0 else { return false }
+        if zeroCopyWaitDeadlineMs == 0 {
+            zeroCopyWaitDeadlineMs = context.nowMs + Self.zeroCopyNotificationWaitMs
+            return true
+        }
+        guard context.nowMs >= zeroCopyWaitDeadlineMs else { return true }
+        let note = "stopping with \(zeroCopy.openRecords) zero-copy sends not yet notified by the kernel "
+            + "(peers that stopped acknowledging); their pages stay pinned until the kernel lets go"
+        logger.warning("\(note)")
+        return false
+    }
+
+    static let zeroCopyNotificationWaitMs: UInt64 = 2_000
+
+    /// Whether a send of `length` bytes on the leg of `tag` goes zero-copy,
+    /// and the record to send it with.
+    @inline(__always)
+    private func zeroCopyRecord(length: Int, tag: CompletionTag) -> UInt32? {
+        guard let zeroCopy, length >= zeroCopyBytesMin, zeroCopyLegs[zeroCopyLeg(tag)] else { return nil }
+        return zeroCopy.open(sessionTag: tag)
+    }
+
+    @inline(__always)
+    private func zeroCopyLeg(_ tag: CompletionTag) -> Int {
+        Int(tag.session) &* Leg.mirror(config.mirrors.count).index &+ Int(tag.leg)
+    }
+
+    /// Decides, as a leg connects, whether its sends may be zero-copy: with
+    /// `auto`, never towards this host, where the kernel copies anyway.
+    private func decideZeroCopy(tag: CompletionTag, peer: () -> SocketAddress?) {
+        guard zeroCopy != nil else { return }
+        let peerIsLocal = config.zeroCopy == .auto ? peer().map { sockets.isLocal($0) } : nil
+        zeroCopyLegs[zeroCopyLeg(tag)] = ZeroCopySends.eligible(mode: config.zeroCopy, peerIsLocal: peerIsLocal)
+    }
+
+    /// The registered buffer (pool segment) that holds `slot`.
+    @inline(__always)
+    private func segment(_ slot: UInt32) -> UInt32 { slot / UInt32(pool.segmentSlots) }
+
     // MARK: - WorkerBackend
 
     func tick(nowMs: UInt64) {
-        stats.poolSlotsInUse.store(UInt64(pool.inUse), ordering: .relaxed)
+        // Slots that wait for zero-copy notifications are not free yet either.
+        stats.poolSlotsInUse.store(UInt64(pool.inUse + (zeroCopy?.slotsDeferred ?? 0)), ordering: .relaxed)
         stats.poolSlotsGrown.store(UInt64(provided.grownSlots), ordering: .relaxed)
         if let error = provided.growthError, !growthErrorLogged {
             growthErrorLogged = true
@@ -209,68 +262,16 @@ final class Worker: WorkerBackend {
     @inline(__always)
     func bufferTaken(_ slot: UInt32) { provided.taken(slot) }
 
-    func admit(fd: Int32, session: Session) { Sockets.setNoDelay(fd) }
+    func admit(fd: Int32, session: Session) {
+        Sockets.setNoDelay(fd)
+        decideZeroCopy(tag: CompletionTag(kind: 0, leg: Leg.client.rawValue, generation: 0, session: session.index)) {
+            Sockets.peerAddress(fd)
+        }
+    }
 
     func refuse(fd: Int32) {
-        forgetLoopRecord(fd)
+        sockets.forgetLoopRecord(fd)
         Glibc.close(fd)
-    }
-
-    var loopCheckNeeded: Bool { loopGuard.isArmed || !loopRecords.isEmpty }
-
-    // MARK: - Loops made at run time
-
-    /// Asks the loop guard about a client from this host that was addressed
-    /// to one of our targets; records it (until closed) unless it is one of
-    /// our own connections, which is refused and logged.
-    func isLoop(acceptedFD fd: Int32) -> Bool {
-        guard let peer = Sockets.peerAddress(fd), loopGuard.isLocal(peer),
-              let destination = Sockets.originalDestination(fd, family: peer.family),
-              let suspect = loopGuard.suspect(source: peer, destination: destination) else { return false }
-        if loopGuard.accepted(suspect, localAddress: Sockets.localAddress) {
-            logLoop(destination: destination)
-            return true
-        }
-        loopRecords[fd] = .suspect(suspect)
-        return false
-    }
-
-    /// Tells the loop guard that a session's outbound connect ended; true if
-    /// it already arrived at our listener (the session then fails it).
-    func connectLooped(fd: Int32, leg: Leg, result: Int32) -> Bool {
-        var wasConnecting = false
-        if case .connecting = loopRecords[fd] {
-            loopRecords[fd] = nil
-            wasConnecting = true
-        }
-        var established: LoopGuard.Connection?
-        if result == 0 && loopGuard.isArmed, let local = Sockets.localAddress(fd) {
-            established = LoopGuard.Connection(source: local, destination: targets[leg.targetIndex])
-        }
-        guard wasConnecting || established != nil else { return false }
-        if loopGuard.connected(fd: wasConnecting ? fd : nil, established: established) {
-            stats.loopsRefused.bump()
-            logLoop(destination: targets[leg.targetIndex])
-            return true
-        }
-        if let established { loopRecords[fd] = .outbound(established) }
-        return false
-    }
-
-    private func forgetLoopRecord(_ fd: Int32) {
-        guard !loopRecords.isEmpty, let record = loopRecords.removeValue(forKey: fd) else { return }
-        switch record {
-        case .connecting: _ = loopGuard.connected(fd: fd, established: nil)
-        case .outbound(let connection): loopGuard.closed(connection, outbound: true)
-        case .suspect(let connection): loopGuard.closed(connection, outbound: false)
-        }
-    }
-
-    private func logLoop(destination: SocketAddress) {
-        guard loopLog.allow(nowMs: context.nowMs) else { return }
-        let note = "refusing a loop: this proxy's own connections to \(destination) arrive back at its listener "
-            + "(a NAT rule, or an address of this host since start?)\(loopLog.suppressedNote)"
-        logger.error("\(note)")
     }
 
     func closeListener() {
@@ -281,26 +282,13 @@ final class Worker: WorkerBackend {
 
     // MARK: - SessionIO
 
-    func openSocket(for leg: Leg) -> Int32 {
-        let fd = Sockets.openStream(family: targets[leg.targetIndex].family)
-        // While a mirror's first turns are kept, each reply must wake its
-        // discard; the session asks for batches (`discardInBatches`) after.
-        if leg.isMirror && fd >= 0 && config.mirrorReceiveLowWaterBytes > 0 && config.mirrorTurns == 0 {
-            Sockets.setReceiveLowWater(fd, bytes: config.mirrorReceiveLowWaterBytes)
-        }
-        return fd
-    }
+    func openSocket(for leg: Leg) -> Int32 { sockets.openSocket(for: leg) }
 
     func connect(fd: Int32, leg: Leg, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {
-        let target = leg.targetIndex
-        if loopGuard.isArmed {
-            loopGuard.connecting(fd: fd, to: targets[target])
-            loopRecords[fd] = .connecting
-        }
+        let (address, length) = sockets.connecting(fd: fd, leg: leg)
+        decideZeroCopy(tag: tag) { sockets.targets[leg.targetIndex] }
         let timeout = timeoutMs == 0 ? nil : connectTimeout(milliseconds: timeoutMs)
-        let address = UnsafeRawPointer(targetAddresses + target).assumingMemoryBound(to: sockaddr.self)
-        ring.prepareConnect(fd: fd, address: address, length: targets[target].length, tag: tag, timeout: timeout,
-                            timeoutTag: timeoutTag)
+        ring.prepareConnect(fd: fd, address: address, length: length, tag: tag, timeout: timeout, timeoutTag: timeoutTag)
     }
 
     /// The timeout of `milliseconds` the session asked for, whatever leg it is for.
@@ -327,15 +315,18 @@ final class Worker: WorkerBackend {
 
     @inline(__always)
     func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag) {
+        if let zeroCopy, let record = zeroCopyRecord(length: length, tag: tag) {
+            zeroCopy.add(slot: slot, to: record)
+            stats.zeroCopySends.bump()
+            ring.prepareSendZeroCopy(fd: fd, from: pool.pointer(slot) + offset, length: length,
+                                     bufferIndex: segment(slot), tag: zeroCopy.tag(of: record))
+            return
+        }
         ring.prepareSend(fd: fd, from: pool.pointer(slot) + offset, length: length, tag: tag)
     }
 
     func send(fd: Int32, from bytes: UnsafeRawPointer, length: Int, tag: CompletionTag) {
         ring.prepareSend(fd: fd, from: bytes, length: length, tag: tag)
-    }
-
-    func addresses(fd: Int32) -> ProxyAddresses? {
-        Sockets.connectionAddresses(fd)
     }
 
     @inline(__always)
@@ -345,37 +336,24 @@ final class Worker: WorkerBackend {
             ring.prepareSend(fd: fd, from: pool.pointer(chunk.slot) + Int(chunk.offset), length: Int(chunk.length), tag: tag)
             return
         }
-        // One msghdr per (session, mirror): one send in flight per leg.
-        let leg = Int(tag.session) &* config.mirrors.count &+ Leg(tag).mirrorIndex
-        let vectors = gatherVectors + leg &* Session.gatherChunksMax
-        for position in 0..<chunks {
-            let chunk = queue.chunk(at: position)
-            vectors[position] = iovec(iov_base: pool.pointer(chunk.slot) + Int(chunk.offset), iov_len: Int(chunk.length))
+        let message = sockets.gatherMessage(tag: tag, queue: queue, chunks: chunks, pool: pool)
+        if let zeroCopy, let record = zeroCopyRecord(length: length, tag: tag) {
+            // A registered buffer only if every chunk lies in one segment.
+            var bufferIndex: UInt32? = zeroCopyFixedVectored ? segment(queue.chunk(at: 0).slot) : nil
+            for position in 0..<chunks {
+                let slot = queue.chunk(at: position).slot
+                zeroCopy.add(slot: slot, to: record)
+                if bufferIndex != nil && segment(slot) != bufferIndex { bufferIndex = nil }
+            }
+            stats.zeroCopySends.bump()
+            ring.prepareSendMessageZeroCopy(fd: fd, message: message, bufferIndex: bufferIndex, tag: zeroCopy.tag(of: record))
+            return
         }
-        let message = gatherMessages + leg
-        message.pointee = msghdr()
-        message.pointee.msg_iov = vectors
-        message.pointee.msg_iovlen = chunks
         ring.prepareSendMessage(fd: fd, message: message, tag: tag)
     }
 
-    func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer) {
-        timers.add(session: index, atUs: deadlineUs, for: timer)
-    }
-
-    func discardInBatches(fd: Int32) {
-        if config.mirrorReceiveLowWaterBytes > 0 { Sockets.setReceiveLowWater(fd, bytes: config.mirrorReceiveLowWaterBytes) }
-    }
-
     func shutdownWrite(fd: Int32, tag: CompletionTag) {
-        if Leg(tag).isMirror && config.mirrorReceiveLowWaterBytes > 0 {
-            // The mirror has the whole stream: from now on discard its replies
-            // as they come (lowering SO_RCVLOWAT wakes the discard for what
-            // waits), so that closing it at the end of its linger finds no
-            // reply unread, which would turn the FIN into a reset and drop
-            // what the kernel has yet to deliver.
-            Sockets.setReceiveLowWater(fd, bytes: 1)
-        }
+        sockets.shuttingDown(fd: fd, tag: tag)
         ring.prepareShutdown(fd: fd, how: Int32(SHUT_WR), tag: tag)
     }
 
@@ -384,24 +362,22 @@ final class Worker: WorkerBackend {
     }
 
     func close(fd: Int32, tag: CompletionTag) {
-        forgetLoopRecord(fd)
+        sockets.forgetLoopRecord(fd)
+        if zeroCopy != nil && Leg(tag).isMirror && zeroCopyLegs[zeroCopyLeg(tag)]
+            && unsentBytes(fd: fd) > 0 {
+            // A mirror closed with bytes it has not acknowledged was cut (the
+            // session counted them missed). Sent zero-copy, those bytes are
+            // pool slots, which an orphaned socket would hold for minutes if
+            // its peer stopped reading: reset it, and they come back now.
+            Sockets.setResetOnClose(fd)
+        }
         ring.prepareClose(fd: fd, tag: tag)
     }
 
-    /// SIOCOUTQ (linux/sockios.h, equal to TIOCOUTQ), which Glibc's module does not export.
-    private static let socketOutputQueueRequest: UInt = 0x5411
-
-    func unsentBytes(fd: Int32) -> Int {
-        var count: Int32 = 0
-        return ioctl(fd, Self.socketOutputQueueRequest, &count) == 0 ? Int(count) : 0
-    }
-
+    /// A slot a zero-copy send still reads goes back with its notification.
     @inline(__always)
     func recycle(slot: UInt32) {
+        if let zeroCopy, zeroCopy.deferRecycle(slot) { return }
         provided.provide(slot)
-    }
-
-    func waitForBuffers(session index: UInt32) {
-        waiters.add(index)
     }
 }

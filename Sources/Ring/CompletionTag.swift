@@ -45,10 +45,15 @@ public struct Completion: Sendable {
 
     /// More completions will follow for this multishot operation.
     @inlinable public var hasMore: Bool { flags & Ring.completionFlagMore != 0 }
-    /// This is a zero-copy send's notification: its buffer is free again.
     /// The provided buffer (slot) the kernel chose for a buffer-select recv.
     @inlinable public var selectedBuffer: UInt32? {
         flags & Ring.completionFlagBuffer != 0 ? flags >> Ring.completionBufferShift : nil
     }
+    /// This is a zero-copy send's notification: its buffer is free again.
     @inlinable public var isNotification: Bool { flags & Ring.completionFlagNotification != 0 }
+    /// A zero-copy send's notification saying the kernel copied the bytes
+    /// after all (as it does towards a local socket).
+    @inlinable public var zeroCopyCopied: Bool {
+        isNotification && UInt32(bitPattern: result) & Ring.zeroCopyCopiedFlag != 0
+    }
 }

@@ -20,6 +20,8 @@ public final class Ring {
 
     public static let completionFlagMore = shim_IORING_CQE_F_MORE
     public static let completionFlagNotification = shim_IORING_CQE_F_NOTIF
+    /// In a zero-copy notification's result: the kernel copied instead.
+    public static let zeroCopyCopiedFlag = shim_IORING_NOTIF_USAGE_ZC_COPIED
     public static let completionFlagBuffer = shim_IORING_CQE_F_BUFFER
     public static let completionBufferShift = shim_IORING_CQE_BUFFER_SHIFT
     /// recv flag: on TCP, discard the bytes instead of copying them out.
@@ -249,15 +251,107 @@ public final class Ring {
         return io_uring_opcode_supported(probe, Int32(IORING_OP_SENDMSG.rawValue)) != 0
     }()
 
-    /// Zero-copy send from a registered buffer. Completes twice: the send
-    /// (with `hasMore` set) and later a notification once the kernel no
-    /// longer reads the buffer; only then may the buffer be reused.
+    /// Zero-copy send: completes twice with the same tag, first with the
+    /// result (`hasMore` set when a notification follows), later with the
+    /// notification (`isNotification`) once the kernel no longer reads the
+    /// buffer; only then may it be written again. From registered buffer
+    /// `bufferIndex` when given (the kernel then pins nothing per send).
+    /// The notification says whether the kernel copied after all
+    /// (`Completion.zeroCopyCopied`).
     @inline(__always)
     public func prepareSendZeroCopy(fd: Int32, from buffer: UnsafeRawPointer, length: Int,
-                                    bufferIndex: UInt32, tag: CompletionTag) {
+                                    bufferIndex: UInt32?, tag: CompletionTag) {
         let sqe = nextSQE()
-        io_uring_prep_send_zc_fixed(sqe, fd, buffer, length, shim_MSG_NOSIGNAL, 0, bufferIndex)
+        if let bufferIndex {
+            io_uring_prep_send_zc_fixed(sqe, fd, buffer, length, shim_MSG_NOSIGNAL, 0, bufferIndex)
+        } else {
+            io_uring_prep_send_zc(sqe, fd, buffer, length, shim_MSG_NOSIGNAL, 0)
+        }
+        if reportsZeroCopyUsage { shim_sqe_add_send_flags(sqe, shim_IORING_SEND_ZC_REPORT_USAGE) }
         finish(sqe, tag)
+    }
+
+    /// A gathered zero-copy send (`SENDMSG_ZC`), completing as
+    /// `prepareSendZeroCopy` does; `message` stays valid until the result.
+    /// With `bufferIndex` every iovec must lie in that registered buffer,
+    /// and the kernel must take it (`probeFixedVectoredZeroCopy`).
+    @inline(__always)
+    public func prepareSendMessageZeroCopy(fd: Int32, message: UnsafePointer<msghdr>, bufferIndex: UInt32?,
+                                           tag: CompletionTag) {
+        let sqe = nextSQE()
+        if let bufferIndex {
+            shim_prep_sendmsg_zc_fixed(sqe, fd, message, UInt32(shim_MSG_NOSIGNAL), bufferIndex)
+        } else {
+            io_uring_prep_sendmsg_zc(sqe, fd, message, UInt32(shim_MSG_NOSIGNAL))
+        }
+        if reportsZeroCopyUsage { shim_sqe_add_send_flags(sqe, shim_IORING_SEND_ZC_REPORT_USAGE) }
+        finish(sqe, tag)
+    }
+
+    /// Whether zero-copy sends ask the kernel to say in the notification
+    /// whether it copied after all (`IORING_SEND_ZC_REPORT_USAGE`, 6.2 and
+    /// later; 6.1 fails a send that asks). Set by `probeZeroCopyUsageReport`.
+    public private(set) var reportsZeroCopyUsage = false
+
+    /// Whether this kernel's io_uring has the zero-copy sends, `SEND_ZC`
+    /// and `SENDMSG_ZC` (6.1 and later); asked once, at setup.
+    public private(set) lazy var supportsZeroCopySend: Bool = {
+        guard let probe = io_uring_get_probe_ring(&ring) else { return false }
+        defer { io_uring_free_probe(probe) }
+        return io_uring_opcode_supported(probe, Int32(IORING_OP_SEND_ZC.rawValue)) != 0
+            && io_uring_opcode_supported(probe, Int32(IORING_OP_SENDMSG_ZC.rawValue)) != 0
+    }()
+
+    /// Whether zero-copy notifications can say the kernel copied (6.2 and
+    /// later): sets `reportsZeroCopyUsage`. Call at setup, on an empty ring.
+    @discardableResult
+    public func probeZeroCopyUsageReport() -> Bool {
+        guard supportsZeroCopySend else { return false }
+        reportsZeroCopyUsage = probeFailsWithBadDescriptor { sqe in
+            io_uring_prep_send_zc(sqe, -1, nil, 0, 0, 0)
+            shim_sqe_add_send_flags(sqe, shim_IORING_SEND_ZC_REPORT_USAGE)
+        }
+        return reportsZeroCopyUsage
+    }
+
+    /// Whether `SENDMSG_ZC` takes a registered buffer (6.15 and later).
+    /// Needs registered buffer 0 and an empty ring (call at setup).
+    public func probeFixedVectoredZeroCopy() -> Bool {
+        guard supportsZeroCopySend else { return false }
+        var message = msghdr()
+        return withUnsafePointer(to: &message) { message in
+            probeFailsWithBadDescriptor { sqe in
+                shim_prep_sendmsg_zc_fixed(sqe, -1, message, UInt32(shim_MSG_NOSIGNAL), 0)
+            }
+        }
+    }
+
+    /// What the opcode probe cannot tell, whether a kernel takes a flag of
+    /// an operation: the operation, prepared by `prepare` for descriptor -1,
+    /// is submitted and waited for (with the notification a zero-copy send
+    /// announces). A kernel that takes the flag fails it at issue with
+    /// EBADF; an older one refuses the flag first, with EINVAL.
+    private func probeFailsWithBadDescriptor(_ prepare: (UnsafeMutablePointer<io_uring_sqe>) -> Void) -> Bool {
+        let probeTag = CompletionTag(rawValue: UInt64.max)
+        let sqe = nextSQE()
+        prepare(sqe)
+        finish(sqe, probeTag)
+        _ = io_uring_submit(&ring)
+        var answer = -EINVAL
+        var awaiting = 1
+        while awaiting > 0 {
+            var cqe: UnsafeMutablePointer<io_uring_cqe>?
+            let waited = io_uring_wait_cqe(&ring, &cqe)
+            if waited == -EINTR { continue }
+            guard waited == 0, let cqe else { break }
+            awaiting -= 1
+            if cqe.pointee.user_data == probeTag.rawValue && cqe.pointee.flags & shim_IORING_CQE_F_NOTIF == 0 {
+                answer = cqe.pointee.res
+                if cqe.pointee.flags & shim_IORING_CQE_F_MORE != 0 { awaiting += 1 }
+            }
+            io_uring_cqe_seen(&ring, cqe)
+        }
+        return answer == -EBADF
     }
 
     /// Multishot accept: one SQE, one completion per accepted connection

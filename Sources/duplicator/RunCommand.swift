@@ -87,8 +87,14 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: .customLong("metrics"), help: "Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100).")
     var metrics: String?
 
+    @Option(name: .customLong("backend"), help: "IO backend: auto (io_uring where it is allowed, else epoll, saying why), io_uring (an error where it is not) or epoll.")
+    var backend: String = Defaults.backend.rawValue
+
     @Option(name: .customLong("ring-mode"), help: "Tuning: io_uring setup to try first: defer, coop or plain (falls back when refused).")
     var ringMode: String = Config.RingMode.deferTaskrun.rawValue
+
+    @Option(name: .customLong("zerocopy"), help: "Tuning: zero-copy sends from the registered pool: auto (sends of \(SizeParser.text(Defaults.zeroCopyBytesMin)) or more to peers not on this host, where the kernel has them), on (every send; an error where the kernel has none) or off.")
+    var zeroCopy: String = Defaults.zeroCopy.rawValue
 
     @Option(name: .customLong("wait-batch"), parsing: .unconditional, help: "Tuning: completions to wait for per wakeup under load (1: every one).")
     var waitBatch: Int = Defaults.waitBatch
@@ -139,11 +145,19 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: .customLong("mirror-turn-timeout"), parsing: .unconditional, help: "A mirror that has not answered a kept turn by then gets the next anyway, and is not waited for again in the session.")
     var mirrorTurnTimeout: String = DurationParser.text(nanoseconds: Int64(Defaults.mirrorTurnTimeoutUs) * 1_000)
 
-    @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, io_uring, locked memory), then exit.")
+    @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, the IO backend, locked memory), then exit.")
     var check = false
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
+
+    /// "with io_uring (defer)", "with epoll (--backend epoll)", or epoll and why io_uring cannot run.
+    static func backendNote(_ proxy: Proxy) -> String {
+        let (kind, fallbackReason) = proxy.backend ?? (.ioUring, nil)
+        if kind == .ioUring { return "with io_uring (\(proxy.ringSetupMode))" }
+        if let fallbackReason { return "with epoll (io_uring cannot be used here: \(fallbackReason))" }
+        return "with epoll (--backend epoll)"
+    }
 
     /// "no mirror", "1 mirror", "3 mirrors (:8083 on 10% of sessions)".
     static func mirrorsNote(_ config: Config) -> String {
@@ -209,6 +223,14 @@ struct ProxyOptions: ParsableArguments {
             throw ConfigError("--ring-mode '\(ringMode)': expected defer, coop or plain")
         }
         config.ringMode = mode
+        guard let backendChoice = Config.Backend(rawValue: backend) else {
+            throw ConfigError("--backend '\(backend)': expected auto, io_uring or epoll")
+        }
+        config.backend = backendChoice
+        guard let zeroCopyMode = ZeroCopyMode(rawValue: zeroCopy) else {
+            throw ConfigError("--zerocopy '\(zeroCopy)': expected auto, on or off")
+        }
+        config.zeroCopy = zeroCopyMode
         config.mirrorDiscardBatchBytes = try SizeParser.bytes(mirrorDrainBatch ?? mirrorDiscardBatch)
         config.compare = compare
         config.compareWindowBytes = try SizeParser.bytes(compareWindow)
@@ -270,16 +292,17 @@ struct ProxyOptions: ParsableArguments {
             proxy.stop(immediately: true)
             proxy.wait()
             print("configuration ok: listening on \(proxy.listenAddress) would work, main \(config.main), "
-                + "\(Self.mirrorsNote(config)), \(config.threads) workers with io_uring (\(proxy.ringSetupMode)), "
+                + "\(Self.mirrorsNote(config)), \(config.threads) workers \(Self.backendNote(proxy)), "
                 + "each admitting \(config.sessionsPerWorker) sessions with a pool of up to "
                 + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB" + Self.proxyProtocolNote(config)
                 + (config.compare ? "; comparing replies in windows of up to \(config.compareMemoryBytesMax >> 20) MiB in all" : "")
                 + (config.dumpDirectory.map { "; pcapng dumps of differing pairs to \($0) (up to \(config.dumpBytes) bytes per direction, \(config.dumpMaxFiles) files, recordings of up to \(config.dumpMemoryBytesMax >> 20) MiB in all)" } ?? "")
-                + Self.mirrorSendsNote(config))
+                + Self.mirrorSendsNote(config) + "; " + proxy.zeroCopyNote)
             return
         }
         let metricsNote = metricsServer.map { ", metrics on http://\($0.address)/metrics" } ?? ""
-        logger.info("listening on \(proxy.listenAddress), main \(config.main), mirrors \(config.mirrors.map(\.text))\(metricsNote)")
+        logger.info("listening on \(proxy.listenAddress), main \(config.main), mirrors \(config.mirrors.map(\.text)), on \(proxy.backend?.kind.rawValue ?? "?")\(metricsNote)")
+        if config.zeroCopy == .on { logger.info("\(proxy.zeroCopyNote)") }
         if config.compare {
             logger.info("comparing mirror replies with main's: windows of \(config.compareWindowBytes) bytes per session and mirror, at most \(config.compareMemoryBytesMax >> 20) MiB in all")
             if let directory = config.dumpDirectory {

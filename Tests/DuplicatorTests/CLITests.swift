@@ -58,6 +58,7 @@ struct CLITests {
         (["-l", "::1:80", "-f", ":2"], "brackets"),
         (["-l", ":1"], "Missing expected argument"),
         (["-l", ":1", "-f", ":2", "-m", ":3,,:4"], "empty mirror address"),
+        (["-l", ":1", "-f", ":2", "--backend", "uring"], "--backend 'uring': expected auto, io_uring or epoll"),
         // Sampling: `-m ADDR@P%`, also inside a comma list.
         (["-l", ":1", "-f", ":2", "-m", ":3@"], "-m ':3@': expected a percentage above 0 and at most 100 after '@'"),
         (["-l", ":1", "-f", ":2", "-m", ":3@10"], "-m ':3@10': expected a percentage"),
@@ -90,6 +91,9 @@ struct CLITests {
         (["-l", ":1", "-f", ":2", "--mirror-batch-delay", "-1ms"], "--mirror-batch-delay '-1ms': negative durations are refused"),
         (["-l", ":1", "-f", ":2", "--mirror-batch-delay", "soon"], "duration 'soon'"),
         (["-l", ":1", "-f", ":2", "--log-level", "loud"], "--log-level"),
+        (["-l", ":1", "-f", ":2", "--zerocopy", "maybe"], "--zerocopy 'maybe': expected auto, on or off"),
+        (["-l", "127.0.0.1:0", "-f", ":9", "--backend", "epoll", "--zerocopy", "on"],
+         "--zerocopy on: zero-copy sends need the io_uring backend, and this worker runs on epoll"),
         (["-l", "127.0.0.1:0", "-f", "no-such-host.invalid:80"], "cannot resolve"),
         (["-l", "127.0.0.1:0", "-f", ":80", "-m", "[::1"], "missing ']'"),
         // Given twice: the last one used to win silently.
@@ -166,6 +170,19 @@ struct CLITests {
                 "\(some.standardOutput)")
         #expect(some.standardOutput.contains("mirror sends batched up to 65536 bytes or 1000 us"))
         #expect(!some.standardOutput.contains("turns kept"), "--mirror-turns 0 keeps none")
+    }
+
+    @Test("--check says what --zerocopy comes to on this kernel", arguments: [
+        ([] as [String], "zero-copy sends of 16KiB or more to peers not on this host ("),
+        (["--zerocopy", "on"], "zero-copy sends for every send ("),
+        (["--zerocopy", "off"], "zero-copy sends off"),
+        (["--backend", "epoll"], "no zero-copy sends (the epoll backend has none)"),
+    ])
+    func checkDescribesZeroCopy(extra: [String], expected: String) throws {
+        let result = try runProgram(try builtBinary("duplicator"),
+                                    ["-l", "127.0.0.1:0", "-f", ":9", "-m", ":10", "--threads", "1", "--check"] + extra)
+        #expect(result.status == 0, "stderr: \(result.standardError)")
+        #expect(result.standardOutput.contains(expected), "stdout: \(result.standardOutput)")
     }
 
     @Test("--check says how many sessions each worker admits within --max-memory")
@@ -335,12 +352,14 @@ struct CLIPrivilegedTests {
 
     /// The pools grow with the load; a limit below their bound is refused at
     /// start, not found under load.
-    @Test("too little locked memory for the buffers names the bytes needed", .enabled(if: isRoot, "needs root to drop to nobody"))
+    @Test("too little locked memory for the buffers names the bytes needed (--backend io_uring), or runs on epoll (auto)",
+          .enabled(if: isRoot, "needs root to drop to nobody"))
     func lockedMemoryTooLow() throws {
         // 4 MiB: enough for the rings and the pool's first segment, not for its 64 MiB bound.
         for extra in [[], ["--check"]] {
             let result = try runAsNobody([try Peers.require("prlimit"), "--memlock=4194304:4194304"],
-                                         ["-l", "127.0.0.1:0", "-f", ":9", "--max-memory", "64MiB", "--threads", "1"] + extra)
+                                         ["-l", "127.0.0.1:0", "-f", ":9", "--max-memory", "64MiB", "--threads", "1",
+                                          "--backend", "io_uring"] + extra)
             #expect(result.status != 0)
             #expect(result.errorLines.count == 1, "stderr: \(result.standardError)")
             #expect(result.standardError.contains("not enough locked memory: 1 workers need up to"), "stderr: \(result.standardError)")
@@ -349,13 +368,19 @@ struct CLIPrivilegedTests {
         }
         // Below even the rings and the first segment, the setup itself fails, and says the same.
         let tiny = try runAsNobody([try Peers.require("prlimit"), "--memlock=65536:65536"],
-                                   ["-l", "127.0.0.1:0", "-f", ":9", "--max-memory", "4MiB", "--threads", "1"])
+                                   ["-l", "127.0.0.1:0", "-f", ":9", "--max-memory", "4MiB", "--threads", "1", "--backend", "io_uring"])
         #expect(tiny.status != 0 && tiny.errorLines.count == 1, "stderr: \(tiny.standardError)")
         #expect(tiny.standardError.contains("not enough locked memory"), "stderr: \(tiny.standardError)")
         #expect(tiny.standardError.contains("RLIMIT_MEMLOCK is 65536 bytes"), "stderr: \(tiny.standardError)")
+        // --backend auto (the default) runs on epoll instead, whose pool is not locked, and says why.
+        let auto = try runAsNobody([try Peers.require("prlimit"), "--memlock=4194304:4194304"],
+                                   ["-l", "127.0.0.1:0", "-f", ":9", "--max-memory", "64MiB", "--threads", "1", "--check"])
+        #expect(auto.status == 0, "stderr: \(auto.standardError)")
+        #expect(auto.standardOutput.contains("with epoll (io_uring cannot be used here: not enough locked memory: 1 workers need up to"),
+                "stdout: \(auto.standardOutput)")
     }
 
-    @Test("kernel.io_uring_disabled gives a clear line",
+    @Test("kernel.io_uring_disabled gives a clear line with --backend io_uring; auto runs on epoll and says why",
           .enabled(if: isRoot && FileManager.default.isWritableFile(atPath: "/proc/sys/kernel/io_uring_disabled"),
                    "needs root and a kernel with kernel.io_uring_disabled"))
     func ioUringDisabled() throws {
@@ -370,12 +395,18 @@ struct CLIPrivilegedTests {
             trap 'echo "$original" > "$setting"' EXIT
             trap 'exit 1' HUP INT TERM
             echo 1 > "$setting"
-            "$@"
+            "$@" --backend io_uring && exit 3
+            "$@" --check
             """
         let result = try runAsNobody([try Peers.require("timeout"), "10"], ["-l", "127.0.0.1:0", "-f", ":9"], shell: script)
-        #expect(result.status != 0)
-        #expect(result.errorLines.count == 1, "stderr: \(result.standardError)")
-        #expect(result.standardError.contains("io_uring is forbidden"), "stderr: \(result.standardError)")
+        #expect(result.status == 0, "stderr: \(result.standardError)")
+        // One line from the refusal, one from auto's fallback.
+        #expect(result.errorLines.count == 2, "stderr: \(result.standardError)")
+        #expect(result.errorLines.first?.hasPrefix("duplicator: io_uring is forbidden") == true, "stderr: \(result.standardError)")
+        #expect(result.errorLines.last?.contains("running on epoll (--backend auto): io_uring is forbidden") == true,
+                "stderr: \(result.standardError)")
+        #expect(result.standardOutput.contains("with epoll (io_uring cannot be used here: io_uring is forbidden"),
+                "stdout: \(result.standardOutput)")
     }
 }
 

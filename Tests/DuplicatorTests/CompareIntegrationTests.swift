@@ -88,17 +88,17 @@ final class VariantEchoServer: Sendable {
 /// Promise 9 over loopback and real io_uring: mirrors that answer like main,
 /// flip a byte, stop early or add bytes each get their verdict, once per
 /// session, and the client still gets exactly main's bytes.
-@Suite("Compare: verdicts over loopback", .timeLimit(.minutes(4)))
+@Suite("Compare: verdicts over loopback", .timeLimit(.minutes(6)))
 struct CompareIntegrationTests {
-    @Test("identical, flipped, cut short and extended mirrors: match, diverged, shorter, longer")
-    func verdicts() throws {
+    @Test("identical, flipped, cut short and extended mirrors: match, diverged, shorter, longer", arguments: Config.Backend.tested)
+    func verdicts(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let variants: [VariantEchoServer.Variant] = [.identical, .flipByte(at: 1000), .stopAfter(500),
                                                      .addAtEnd(Array("extra\n".utf8))]
         let mirrors = try variants.map { try VariantEchoServer($0) }
         defer { mirrors.forEach { $0.stop() } }
-        let proxy = try startProxy(main: main.boundPort, mirrors: mirrors.map(\.port)) {
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: mirrors.map(\.port)) {
             $0.compare = true
             $0.mirrorLingerMs = 5_000
         }
@@ -145,15 +145,15 @@ struct CompareIntegrationTests {
         #expect(line.contains("compared \(sessions) diverged"), "\(line)")
     }
 
-    @Test("a mirror that resets and one that never reads are incomplete; the client gets main's bytes")
-    func incomplete() throws {
+    @Test("a mirror that resets and one that never reads are incomplete; the client gets main's bytes", arguments: Config.Backend.tested)
+    func incomplete(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let resetting = try FaultServer.start(.resetAfterReading(10))
         defer { resetting.stop() }
         let stalled = try startServer(.stall)
         defer { stalled.stop() }
-        let proxy = try startProxy(main: main.boundPort, mirrors: [resetting.port, stalled.boundPort]) {
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [resetting.port, stalled.boundPort]) {
             $0.compare = true
             $0.compareWindowBytes = 256 << 10
             $0.mirrorLingerMs = 200
@@ -181,13 +181,13 @@ struct CompareIntegrationTests {
     /// default window (56 KiB of bytes, then block digests) and in one larger
     /// than any stream, every pair matches.
     @Test("healthy echo mirrors under load: every pair matches, in the default window and a large one",
-          arguments: [nil, 16 << 20] as [Int?])
-    func healthyUnderLoad(windowBytes: Int?) throws {
+          arguments: Config.Backend.tested, [nil, 16 << 20] as [Int?])
+    func healthyUnderLoad(backend: Config.Backend, windowBytes: Int?) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let mirror = try startServer(.echo)
         defer { mirror.stop() }
-        let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.boundPort]) {
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [mirror.boundPort]) {
             $0.compare = true
             if let windowBytes { $0.compareWindowBytes = windowBytes }
             $0.poolSlots = 8192
@@ -223,13 +223,13 @@ struct CompareIntegrationTests {
         #expect(verdicts.compared(.match) == UInt64(sessions), "\(verdicts.compared)")
     }
 
-    @Test("without --compare the mirror's replies are discarded and nothing is compared")
-    func offComparesNothing() throws {
+    @Test("without --compare the mirror's replies are discarded and nothing is compared", arguments: Config.Backend.tested)
+    func offComparesNothing(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let mirror = try VariantEchoServer(.flipByte(at: 3))
         defer { mirror.stop() }
-        let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.port])
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [mirror.port])
         defer { proxy.shutdown() }
         let payload = Array(repeating: UInt8(0x41), count: 10_000)
         let connection = try TestConnection(port: proxy.port)

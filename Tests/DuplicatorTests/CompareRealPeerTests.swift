@@ -7,7 +7,7 @@ import Testing
 /// same data, and a candidate redis whose data differs in one key. Only the
 /// sessions that read that key diverge on the candidate; the baseline
 /// matches everywhere (Diffy's noise method, with no noise).
-@Suite("Compare: redis baseline and candidate", .serialized, .timeLimit(.minutes(3)))
+@Suite("Compare: redis baseline and candidate", .serialized, .timeLimit(.minutes(6)))
 struct CompareRealPeerTests {
     @Test("sessions that read the changed key diverge on the candidate; the others match, and the baseline matches",
           .enabled(if: Peers.runnable("redis-server", "redis-cli"), "needs redis-server and redis-tools"))

@@ -10,7 +10,7 @@ import LoadTools
 /// tshark reads as two TCP conversations (client with main, client with the
 /// mirror) carrying the request and each server's reply; an identical
 /// mirror gets none.
-@Suite("Compare: pcapng dumps read back by tshark", .timeLimit(.minutes(4)),
+@Suite("Compare: pcapng dumps read back by tshark", .timeLimit(.minutes(6)),
        .enabled(if: Peers.runnable("tshark"), "needs tshark"))
 struct DumpIntegrationTests {
     /// The payload bytes each direction carried: (source port, destination port) -> bytes.
@@ -33,8 +33,8 @@ struct DumpIntegrationTests {
         return streams
     }
 
-    @Test("a diverging mirror's sessions are dumped (up to the limit), read back by tshark; a matching one's are not")
-    func dumpsReadBackByTshark() throws {
+    @Test("a diverging mirror's sessions are dumped (up to the limit), read back by tshark; a matching one's are not", arguments: Config.Backend.tested)
+    func dumpsReadBackByTshark(backend: Config.Backend) throws {
         let tshark = try Peers.require("tshark")
         var template = Array("/tmp/dump-integration-XXXXXX".utf8CString)
         let directory = String(cString: try #require(template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }))
@@ -47,7 +47,7 @@ struct DumpIntegrationTests {
         let identical = try VariantEchoServer(.identical)
         let flipping = try VariantEchoServer(.flipByte(at: 10))
         defer { identical.stop(); flipping.stop() }
-        let proxy = try startProxy(main: main.boundPort, mirrors: [identical.port, flipping.port]) {
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [identical.port, flipping.port]) {
             $0.compare = true
             $0.dumpDirectory = directory
             $0.dumpMaxFiles = 3

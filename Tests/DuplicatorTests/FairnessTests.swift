@@ -168,13 +168,13 @@ struct FairnessTests {
     /// measured beside a control: the same client through a second proxy
     /// with no stalled clients, at the same time, so that the machine's load
     /// (other tests, other work) weighs on both alike.
-    @Test("a well-behaved client keeps at least half its throughput beside 700 clients that stopped reading")
-    func stalledReadersDoNotStarveOthers() throws {
+    @Test("a well-behaved client keeps at least half its throughput beside 700 clients that stopped reading", arguments: Config.Backend.tested)
+    func stalledReadersDoNotStarveOthers(backend: Config.Backend) throws {
         let main = try EchoOrSourceServer()
         defer { main.stop() }
-        let proxy = try startProxy(main: main.port, mirrors: [])
+        let proxy = try startProxy(backend: backend, main: main.port, mirrors: [])
         defer { proxy.shutdown() }
-        let control = try startProxy(main: main.port, mirrors: [])
+        let control = try startProxy(backend: backend, main: main.port, mirrors: [])
         defer { control.shutdown() }
         let stalled = try StalledClients(port: proxy.port, count: 700, requestBytes: 1)
         #expect(eventually { proxy.activeSessions >= 700 })
@@ -211,11 +211,11 @@ struct FairnessTests {
     /// With a small memory bound the worker admits 64 sessions (256 slots of
     /// 16 KiB, 4 each); the clients beyond are refused at once and counted,
     /// and the sessions admitted before them keep their throughput.
-    @Test("when the memory bound admits no more sessions, new clients are refused and live ones keep their throughput")
-    func admissionRefusesBeyondTheMemoryBound() throws {
+    @Test("when the memory bound admits no more sessions, new clients are refused and live ones keep their throughput", arguments: Config.Backend.tested)
+    func admissionRefusesBeyondTheMemoryBound(backend: Config.Backend) throws {
         let main = try EchoOrSourceServer()
         defer { main.stop() }
-        let proxy = try startProxy(main: main.port, mirrors: []) { $0.maxMemoryBytes = 4 << 20 }
+        let proxy = try startProxy(backend: backend, main: main.port, mirrors: []) { $0.maxMemoryBytes = 4 << 20 }
         defer { proxy.shutdown() }
         #expect(proxy.config.sessionsPerWorker == 64)
         let client = try LoadClient(address: LoadAddress(host: "127.0.0.1", port: proxy.port), connections: 4,
@@ -244,11 +244,11 @@ struct FairnessTests {
         #expect(proxy.total { $0.poolSlotsInUse.value } <= 256)
     }
 
-    @Test("a session with no byte moving for --idle-timeout is closed and counted; a busy one is not")
-    func idleTimeout() throws {
+    @Test("a session with no byte moving for --idle-timeout is closed and counted; a busy one is not", arguments: Config.Backend.tested)
+    func idleTimeout(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
-        let proxy = try startProxy(main: main.boundPort, mirrors: []) { $0.idleTimeoutMs = 600 }
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: []) { $0.idleTimeoutMs = 600 }
         defer { proxy.shutdown() }
         let idle = try TestConnection(port: proxy.port)
         let busy = try TestConnection(port: proxy.port)

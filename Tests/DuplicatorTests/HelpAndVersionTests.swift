@@ -5,7 +5,7 @@ import Testing
 
 /// What an operator sees first, from outside: the built binary's help,
 /// version and build-info metric.
-@Suite("CLI: help and version", .timeLimit(.minutes(2)))
+@Suite("CLI: help and version", .timeLimit(.minutes(6)))
 struct HelpAndVersionTests {
     @Test("duplicator --help shows the proxy's options, examples and the demo")
     func rootHelp() throws {
@@ -39,18 +39,21 @@ struct HelpAndVersionTests {
         #expect(BuildInfo.version.split(separator: ".").count == 3)
     }
 
-    @Test("the metrics endpoint says the version: duplicator_build_info{version=...} 1")
-    func buildInfoMetric() throws {
+    @Test("the metrics endpoint says the version and the backend: duplicator_build_info{version=...} 1, duplicator_backend{backend=...} 1",
+          arguments: Config.Backend.tested)
+    func buildInfoMetric(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let metricsPort = freePort()
-        let proxy = try ProxyProcess(["-f", "127.0.0.1:\(main.boundPort)", "--threads", "1",
-                                      "--metrics", "127.0.0.1:\(metricsPort)"], port: freePort())
+        let proxy = try ProxyProcess(backend: backend, ["-f", "127.0.0.1:\(main.boundPort)", "--threads", "1",
+                                                        "--metrics", "127.0.0.1:\(metricsPort)"], port: freePort())
+        // The listener (and the metrics) are up before the workers start, when the backend is chosen.
+        let backendLine = "\nduplicator_backend{backend=\"\(backend.rawValue)\"} 1\n"
         var response: String?
-        #expect(eventually(timeoutSeconds: 5) {
+        #expect(eventually(timeoutSeconds: 10) {
             response = scrape(metricsPort, timeoutSeconds: 1)
-            return response != nil
-        })
+            return response?.contains(backendLine) == true
+        }, "\(response ?? "no response")")
         #expect(response?.contains("\nduplicator_build_info{version=\"\(BuildInfo.version)\"} 1\n") == true,
                 "\(response ?? "no response")")
         #expect(proxy.signalAndWait(SIGTERM) == 0)

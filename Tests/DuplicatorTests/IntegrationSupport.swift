@@ -362,15 +362,40 @@ func endpoint(_ port: UInt16) -> Endpoint {
     try! Endpoint(parsing: "127.0.0.1:\(port)", role: .connect)
 }
 
+extension Config.Backend {
+    /// The backends every promise is tested on: the integration tests take
+    /// them as arguments (the same test on each, not a copy).
+    static let tested: [Config.Backend] = [.ioUring, .epoll]
+}
+
+/// The ways bytes leave the proxy that the exact-stream tests run on:
+/// io_uring with its default sends, io_uring with every send zero-copy
+/// (`--zerocopy on`), and epoll (which has no zero-copy sends).
+struct IOPath: Sendable, CustomTestStringConvertible {
+    let backend: Config.Backend
+    let zeroCopy: ZeroCopyMode
+
+    static let all = [IOPath(backend: .ioUring, zeroCopy: .auto), IOPath(backend: .ioUring, zeroCopy: .on),
+                      IOPath(backend: .epoll, zeroCopy: .auto)]
+
+    var testDescription: String { zeroCopy == .on ? "\(backend.rawValue), zero-copy" : backend.rawValue }
+}
+
 /// A proxy on a free loopback port in front of `main` with `mirrors`.
-func startProxy(main: UInt16, mirrors: [UInt16], configure: (inout Config) -> Void = { _ in }) throws -> Proxy {
+func startProxy(backend: Config.Backend = .auto, main: UInt16, mirrors: [UInt16],
+                configure: (inout Config) -> Void = { _ in }) throws -> Proxy {
     var config = Config(listen: try Endpoint(parsing: "127.0.0.1:0", role: .listen),
                         main: endpoint(main), mirrors: mirrors.map(endpoint))
+    config.backend = backend
     config.sessionsMax = 2048
     config.mirrorLingerMs = 500
     configure(&config)
     let proxy = try Proxy(config: config)
     try proxy.start()
+    if backend != .auto && proxy.backend?.kind != backend {
+        proxy.shutdown()
+        throw TestFailure("asked for \(backend.rawValue), the proxy runs on \(proxy.backend?.kind.rawValue ?? "nothing")")
+    }
     return proxy
 }
 
@@ -453,10 +478,11 @@ final class ProxyProcess {
     let errorPipe = Pipe()
 
     /// - Parameter launcher: a program and its arguments to run the binary with (e.g. prlimit).
-    init(_ arguments: [String], port: UInt16, launcher: [String] = []) throws {
+    init(backend: Config.Backend? = nil, _ arguments: [String], port: UInt16, launcher: [String] = []) throws {
         self.port = port
         process = Process()
         let command = launcher + [try builtBinary("duplicator"), "-l", "127.0.0.1:\(port)"] + arguments
+            + (backend.map { ["--backend", $0.rawValue] } ?? [])
         process.executableURL = URL(fileURLWithPath: command[0])
         process.arguments = Array(command.dropFirst())
         process.standardError = errorPipe

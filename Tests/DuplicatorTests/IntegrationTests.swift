@@ -6,25 +6,30 @@ import TestSupport
 import LoadTools
 import Platform
 
-/// The promises (README, "How it works") over real loopback sockets and real io_uring.
+/// The promises (README, "How it works") over real loopback sockets, on io_uring and on epoll.
 @Suite("Integration: the proxy's promises", .timeLimit(.minutes(6)))
 struct IntegrationTests {
     /// Promises 1 and 2 (and 3 for healthy mirrors): 50 concurrent sessions,
     /// random payloads up to several MiB written in random pieces; the client
     /// gets exactly main's echo, main and every mirror exactly the client's bytes.
-    @Test("exact streams to main, client and every mirror", arguments: [1, 3])
-    func exactStreams(mirrorCount: Int) throws {
+    /// On each IO path (`IOPath`): with `--zerocopy on`, every send is
+    /// zero-copy and its slots are held until the kernel's notification;
+    /// `auto` sends none towards this host.
+    @Test("exact streams to main, client and every mirror", arguments: IOPath.all, [1, 3])
+    func exactStreams(path: IOPath, mirrorCount: Int) throws {
+        let (backend, zeroCopy) = (path.backend, path.zeroCopy)
         let main = try startServer(.echo)
         defer { main.stop() }
         let mirrors = try (0..<mirrorCount).map { _ in try startServer(.sink) }
         defer { mirrors.forEach { $0.stop() } }
         // These debug-build sinks hash every byte and share 2 cores with 50
         // sessions: give healthy mirrors room to lag (pool, linger) without a cut.
-        let proxy = try startProxy(main: main.boundPort, mirrors: mirrors.map(\.boundPort)) {
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: mirrors.map(\.boundPort)) {
             $0.poolSlots = 16384
             $0.backlogBytesMax = 64 << 20
             $0.backlogChunksMax = 4096
             $0.mirrorLingerMs = 10_000
+            $0.zeroCopy = zeroCopy
         }
         defer { proxy.shutdown() }
 
@@ -60,26 +65,28 @@ struct IntegrationTests {
         }
         #expect(eventually { proxy.activeSessions == 0 })
         #expect(proxy.total { $0.sessionsCompleted.value } == UInt64(sessions))
-        #expect(proxy.total { $0.poolSlotsInUse.value } == 0 || eventually { proxy.total { $0.poolSlotsInUse.value } == 0 })
+        expectZeroCopyAccounting(proxy, zeroCopy)
     }
 
     /// Promise 3 with coalesced mirror sends: many small client writes, so
     /// several receives wait in a mirror's backlog and go out as one gathered
     /// sendmsg (short ones too, when a sink falls behind); every mirror still
     /// gets exactly the client's bytes.
-    @Test("coalesced mirror sends: exact streams from many small writes", arguments: [0, 1_000, 5_000])
-    func coalescedMirrorSends(delayUs: Int) throws {
+    @Test("coalesced mirror sends: exact streams from many small writes", arguments: IOPath.all, [0, 1_000, 5_000])
+    func coalescedMirrorSends(path: IOPath, delayUs: Int) throws {
+        let (backend, zeroCopy) = (path.backend, path.zeroCopy)
         let main = try startServer(.echo)
         defer { main.stop() }
         let mirrors = try (0..<2).map { _ in try startServer(.sink) }
         defer { mirrors.forEach { $0.stop() } }
-        let proxy = try startProxy(main: main.boundPort, mirrors: mirrors.map(\.boundPort)) {
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: mirrors.map(\.boundPort)) {
             $0.poolSlots = 16384
             $0.backlogBytesMax = 64 << 20
             $0.backlogChunksMax = 4096
             $0.mirrorLingerMs = 10_000
             $0.mirrorBatchBytes = 16 * 1024
             $0.mirrorBatchDelayUs = delayUs
+            $0.zeroCopy = zeroCopy
         }
         defer { proxy.shutdown() }
 
@@ -115,12 +122,53 @@ struct IntegrationTests {
             #expect(sends > 0 && total / sends > 300, "mirror \(index): \(total) bytes in \(sends) sends")
         }
         #expect(eventually { proxy.activeSessions == 0 })
+        expectZeroCopyAccounting(proxy, zeroCopy)
     }
+
+    /// After every session: each slot is back in the pool, those that zero-copy
+    /// sends read included (they come back with the kernel's notification);
+    /// `on` sent zero-copy, and the kernel copied each (loopback), while
+    /// `auto` sent none towards this host.
+    private func expectZeroCopyAccounting(_ proxy: Proxy, _ zeroCopy: ZeroCopyMode,
+                                          sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(eventually { proxy.total { $0.poolSlotsInUse.value } == 0 },
+                "\(proxy.total { $0.poolSlotsInUse.value }) slots still in use", sourceLocation: sourceLocation)
+        let sends = proxy.total { $0.zeroCopySends.value }
+        let copied = proxy.total { $0.zeroCopyCopied.value }
+        switch zeroCopy {
+        case .on:
+            #expect(sends > 0 && copied > 0 && copied <= sends, "\(sends) zero-copy sends, \(copied) copied",
+                    sourceLocation: sourceLocation)
+        case .auto, .off:
+            #expect(sends == 0 && copied == 0, "\(sends) zero-copy sends towards loopback", sourceLocation: sourceLocation)
+        }
+    }
+
+    /// Each kind of broken mirror, alone beside a healthy one or as the only mirror.
+    static let brokenMirrorCases: [(kind: String, allBroken: Bool)] =
+        ["refuses", "closes at once", "resets mid-stream", "never reads", "black-holes its connect"].flatMap { kind in
+            [false, true].map { (kind, $0) }
+        }
 
     /// Promise 4: each kind of broken mirror leaves the client's session whole.
     @Test("a broken mirror never hurts the client",
-          arguments: ["refuses", "closes at once", "resets mid-stream", "never reads", "black-holes its connect"], [false, true])
-    func brokenMirror(kind: String, allBroken: Bool) throws {
+          arguments: Config.Backend.tested, Self.brokenMirrorCases)
+    func brokenMirror(backend: Config.Backend, brokenCase: (kind: String, allBroken: Bool)) throws {
+        try brokenMirror(backend: backend, kind: brokenCase.kind, allBroken: brokenCase.allBroken, zeroCopy: .auto)
+    }
+
+    /// The same with every send zero-copy: a mirror cut while the kernel
+    /// still holds its sends' slots gives them back with the notifications.
+    /// Mirrors that never read are all the mirrors here: beside them, the
+    /// healthy (debug-build, hashing) sinks could not take 64 MiB within
+    /// their linger on a loaded machine, and zero copy costs more CPU.
+    @Test("a broken mirror never hurts the client, with --zerocopy on",
+          arguments: [("closes at once", false), ("resets mid-stream", false), ("never reads", true)])
+    func brokenMirrorZeroCopy(kind: String, allBroken: Bool) throws {
+        try brokenMirror(backend: .ioUring, kind: kind, allBroken: allBroken, zeroCopy: .on)
+    }
+
+    private func brokenMirror(backend: Config.Backend, kind: String, allBroken: Bool, zeroCopy: ZeroCopyMode) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         // Each healthy mirror has a server (a thread) of its own, as fast as main's.
@@ -133,12 +181,13 @@ struct IntegrationTests {
         let healthyPorts = healthy.map(\.boundPort)
         // Room for the healthy mirrors (this debug build's sink hashes every
         // byte, on a busy machine) to lag without being cut.
-        let proxy = try startProxy(main: main.boundPort, mirrors: brokenPorts + healthyPorts) {
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: brokenPorts + healthyPorts) {
             $0.mirrorConnectTimeoutMs = 1500
             $0.backlogBytesMax = 32 << 20
             $0.backlogChunksMax = 4096
             $0.poolSlots = 16384
             $0.mirrorLingerMs = 10_000
+            $0.zeroCopy = zeroCopy
         }
         defer { proxy.shutdown() }
 
@@ -169,6 +218,7 @@ struct IntegrationTests {
             #expect(failures >= 1, "broken mirror \(index)'s failure was counted")
             #expect(proxy.mirrorTotal(index) { $0.bytesMissed.value } > 0)
         }
+        expectZeroCopyAccounting(proxy, zeroCopy)
     }
 
     private func brokenMirrorPort(_ kind: String, cleanup: inout [() -> Void]) throws -> UInt16 {
@@ -200,14 +250,14 @@ struct IntegrationTests {
     /// the addresses (its own pool, backlog, linger and thread count), a busy
     /// closed-loop client, and two healthy mirrors. Neither is ever cut, and
     /// each gets exactly the bytes main got, session by session.
-    @Test("healthy mirrors at the default settings are never cut and get every session's exact stream")
-    func healthyMirrorsAtDefaults() throws {
+    @Test("healthy mirrors at the default settings are never cut and get every session's exact stream", arguments: Config.Backend.tested)
+    func healthyMirrorsAtDefaults(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let mirrors = try (0..<2).map { _ in try startServer(.echo) }
         defer { mirrors.forEach { $0.stop() } }
         let metricsPort = freePort()
-        let proxy = try ProxyProcess(["-f", "127.0.0.1:\(main.boundPort)", "--metrics", "127.0.0.1:\(metricsPort)"]
+        let proxy = try ProxyProcess(backend: backend, ["-f", "127.0.0.1:\(main.boundPort)", "--metrics", "127.0.0.1:\(metricsPort)"]
                                         + mirrors.flatMap { ["-m", "127.0.0.1:\($0.boundPort)"] }, port: freePort())
         let client = try LoadClient(address: LoadAddress(host: "127.0.0.1", port: proxy.port), connections: 10,
                                     messageSizeBytes: 1024, durationSeconds: 3)
@@ -233,11 +283,16 @@ struct IntegrationTests {
     /// A graceful stop cancels each worker's accept and lets the live session
     /// finish; every completion on the way is one the workers know (an unknown
     /// one is counted: a bug).
-    @Test("a graceful stop finishes the live session and meets no unknown completion")
-    func gracefulStopCompletions() throws {
+    /// With `--zerocopy on`, the workers also wait for their sends' notifications.
+    @Test("a graceful stop finishes the live session and meets no unknown completion", arguments: IOPath.all)
+    func gracefulStopCompletions(path: IOPath) throws {
+        let zeroCopy = path.zeroCopy
         let main = try startServer(.echo)
         defer { main.stop() }
-        let proxy = try startProxy(main: main.boundPort, mirrors: []) { $0.threads = 2 }
+        let proxy = try startProxy(backend: path.backend, main: main.boundPort, mirrors: []) {
+            $0.threads = 2
+            $0.zeroCopy = zeroCopy
+        }
         defer { proxy.shutdown() }
         let connection = try TestConnection(port: proxy.port)
         let first = connection.exchange(Array("before ".utf8), shutdownAfterSending: false, timeoutSeconds: 5, expectBytes: 7)
@@ -249,12 +304,13 @@ struct IntegrationTests {
         proxy.wait()
         #expect(proxy.total { $0.sessionsCompleted.value } == 1)
         #expect(proxy.total { $0.completionsUnknown.value } == 0)
+        #expect((proxy.total { $0.zeroCopySends.value } > 0) == (zeroCopy == .on))
     }
 
     /// Promise 4 and 3: a mirror that never reads cannot slow a 64 MiB stream,
     /// and is cut for the session once its backlog limit is passed.
-    @Test("a stalled mirror does not slow a 64 MiB stream and is cut")
-    func stalledMirrorDoesNotSlow() throws {
+    @Test("a stalled mirror does not slow a 64 MiB stream and is cut", arguments: Config.Backend.tested)
+    func stalledMirrorDoesNotSlow(backend: Config.Backend) throws {
         let main = try startServer(.sink)
         defer { main.stop() }
         let stalled = try startServer(.stall)
@@ -263,7 +319,7 @@ struct IntegrationTests {
         let payload = generator.bytes(64 << 20)
 
         func timedUpload(mirrors: [UInt16]) throws -> (seconds: Double, proxy: Proxy) {
-            let proxy = try startProxy(main: main.boundPort, mirrors: mirrors)
+            let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: mirrors)
             let connection = try TestConnection(port: proxy.port)
             let start = monotonicSeconds()
             let (_, end) = connection.exchange(payload, timeoutSeconds: 60)
@@ -304,13 +360,13 @@ struct IntegrationTests {
     /// The test's sink servers are slower than its echo path (a debug build
     /// hashing every byte), so the mirrors get room to lag the whole stream
     /// (a 256 MiB pool, 64 MiB of backlog each) and time to catch up after it.
-    @Test("64 MiB through main and two mirrors, exact by digest")
-    func largeStream() throws {
+    @Test("64 MiB through main and two mirrors, exact by digest", arguments: Config.Backend.tested)
+    func largeStream(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let mirrors = try (0..<2).map { _ in try startServer(.sink) }
         defer { mirrors.forEach { $0.stop() } }
-        let proxy = try startProxy(main: main.boundPort, mirrors: mirrors.map(\.boundPort)) {
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: mirrors.map(\.boundPort)) {
             $0.backlogBytesMax = 64 << 20
             $0.backlogChunksMax = 4096
             $0.poolSlots = 16384
@@ -330,8 +386,8 @@ struct IntegrationTests {
     }
 
     /// Promise 5: client EOF travels to main as SHUT_WR and main's reply still comes back.
-    @Test("half-close: the client's EOF reaches main and main's whole reply comes back")
-    func clientHalfClose() throws {
+    @Test("half-close: the client's EOF reaches main and main's whole reply comes back", arguments: Config.Backend.tested)
+    func clientHalfClose(backend: Config.Backend) throws {
         var generator = SeededGenerator(seed: 5)
         let reply = generator.bytes(3 << 20)
         // Main reads until the client's EOF (readBytes beyond what is sent), then replies and closes.
@@ -339,7 +395,7 @@ struct IntegrationTests {
         defer { main.stop() }
         let mirror = try startServer(.sink)
         defer { mirror.stop() }
-        let proxy = try startProxy(main: main.port, mirrors: [mirror.boundPort])
+        let proxy = try startProxy(backend: backend, main: main.port, mirrors: [mirror.boundPort])
         defer { proxy.shutdown() }
         let connection = try TestConnection(port: proxy.port)
         let request = Array("GET / HTTP/1.0\r\n\r\n".utf8)
@@ -349,13 +405,13 @@ struct IntegrationTests {
         #expect(receivedStreams(mirror, count: 1) == [StreamSignature(request): 1])
     }
 
-    @Test("half-close: main's EOF reaches the client after its whole reply")
-    func mainHalfClose() throws {
+    @Test("half-close: main's EOF reaches the client after its whole reply", arguments: Config.Backend.tested)
+    func mainHalfClose(backend: Config.Backend) throws {
         var generator = SeededGenerator(seed: 6)
         let reply = generator.bytes(1 << 20)
         let main = try FaultServer.start(.replyThenClose(readBytes: 4, reply: reply, reset: false))
         defer { main.stop() }
-        let proxy = try startProxy(main: main.port, mirrors: [])
+        let proxy = try startProxy(backend: backend, main: main.port, mirrors: [])
         defer { proxy.shutdown() }
         let connection = try TestConnection(port: proxy.port)
         // The client does not shut down its side: main's close alone ends the reply.
@@ -367,13 +423,13 @@ struct IntegrationTests {
     /// A mirror's replies wake the worker once per `mirrorDiscardBatchBytes`
     /// (SO_RCVLOWAT on its socket), not once per reply; the replies still
     /// waiting when the session ends, and the mirror's EOF, are discarded at once.
-    @Test("mirror replies are discarded in batches, every byte of them", arguments: [0, 64 * 1024])
-    func mirrorDiscardBatch(batchBytes: Int) throws {
+    @Test("mirror replies are discarded in batches, every byte of them", arguments: Config.Backend.tested, [0, 64 * 1024])
+    func mirrorDiscardBatch(backend: Config.Backend, batchBytes: Int) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let mirror = try startServer(.echo)
         defer { mirror.stop() }
-        let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.boundPort]) {
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [mirror.boundPort]) {
             $0.mirrorDiscardBatchBytes = batchBytes
             $0.mirrorLingerMs = 20_000
             // One send per message, so the echo mirror replies once per message.
@@ -412,8 +468,8 @@ struct IntegrationTests {
     /// acknowledged, and as it replies after our close, TCP resets it and
     /// drops them. It is cut for lag and those bytes count as missed; the
     /// client never notices.
-    @Test("a mirror still reading when its linger ends is cut, and what it missed is counted")
-    func slowMirrorAfterLinger() throws {
+    @Test("a mirror still reading when its linger ends is cut, and what it missed is counted", arguments: Config.Backend.tested)
+    func slowMirrorAfterLinger(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         // 128 KiB, which the kernel takes at once (into the mirror's receive
@@ -421,7 +477,7 @@ struct IntegrationTests {
         // 0.6 s, three lingers.
         let mirror = try FaultServer.start(.slowReader(bytesPerRead: 2048, intervalMs: 10))
         defer { mirror.stop() }
-        let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.port]) {
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [mirror.port]) {
             $0.mirrorLingerMs = 200
             // One send per receive, as this test was written for: with batched
             // sends the loopback window often took all 128 KiB at once, so at
@@ -450,10 +506,10 @@ struct IntegrationTests {
     }
 
     /// Promise 5: main refused or reset closes the client at once; others are still served.
-    @Test("main refuses: the client is closed at once and the proxy serves the next client")
-    func mainRefuses() throws {
+    @Test("main refuses: the client is closed at once and the proxy serves the next client", arguments: Config.Backend.tested)
+    func mainRefuses(backend: Config.Backend) throws {
         let refusing = RefusingPort()
-        let proxy = try startProxy(main: refusing.port, mirrors: [])
+        let proxy = try startProxy(backend: backend, main: refusing.port, mirrors: [])
         defer { proxy.shutdown() }
         let start = monotonicSeconds()
         let connection = try TestConnection(port: proxy.port)
@@ -476,13 +532,13 @@ struct IntegrationTests {
     /// A reset drops what main's leg still queued for the client (as the
     /// kernel drops a reset socket's unread bytes): the client may get a
     /// prefix of the reply, never more, and learns of the end at once.
-    @Test("main resets mid-reply: the client gets at most a prefix of the reply, and the end at once")
-    func mainResets() throws {
+    @Test("main resets mid-reply: the client gets at most a prefix of the reply, and the end at once", arguments: Config.Backend.tested)
+    func mainResets(backend: Config.Backend) throws {
         let main = try FaultServer.start(.replyThenClose(readBytes: 4, reply: Array(repeating: 0x61, count: 1000), reset: true))
         defer { main.stop() }
         let mirror = try startServer(.sink)
         defer { mirror.stop() }
-        let proxy = try startProxy(main: main.port, mirrors: [mirror.boundPort])
+        let proxy = try startProxy(backend: backend, main: main.port, mirrors: [mirror.boundPort])
         defer { proxy.shutdown() }
         let connection = try TestConnection(port: proxy.port)
         let start = monotonicSeconds()
@@ -495,13 +551,13 @@ struct IntegrationTests {
         #expect(eventually { proxy.activeSessions == 0 })
     }
 
-    @Test("a client that resets mid-send ends its session; main and mirror see a prefix")
-    func clientResets() throws {
+    @Test("a client that resets mid-send ends its session; main and mirror see a prefix", arguments: Config.Backend.tested)
+    func clientResets(backend: Config.Backend) throws {
         let main = try startServer(.sink)
         defer { main.stop() }
         let mirror = try startServer(.sink)
         defer { mirror.stop() }
-        let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.boundPort])
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [mirror.boundPort])
         defer { proxy.shutdown() }
         var generator = SeededGenerator(seed: 9)
         let payload = generator.bytes(1 << 20)

@@ -8,15 +8,15 @@ import LoadTools
 struct OperabilityTests {
     /// A real HTTP client (curl) scrapes /metrics from the running binary;
     /// every line follows the Prometheus text format.
-    @Test("GET /metrics with curl", .enabled(if: Peers.runnable("curl"), "needs curl"))
-    func metricsWithCurl() throws {
+    @Test("GET /metrics with curl", .enabled(if: Peers.runnable("curl"), "needs curl"), arguments: Config.Backend.tested)
+    func metricsWithCurl(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let mirror = try startServer(.sink)
         defer { mirror.stop() }
         let refusing = RefusingPort()
         let metricsPort = freePort()
-        let proxy = try ProxyProcess(["-f", "127.0.0.1:\(main.boundPort)", "-m", "127.0.0.1:\(mirror.boundPort)",
+        let proxy = try ProxyProcess(backend: backend, ["-f", "127.0.0.1:\(main.boundPort)", "-m", "127.0.0.1:\(mirror.boundPort)",
                                       "-m", "127.0.0.1:\(refusing.port)", "--metrics", "127.0.0.1:\(metricsPort)"],
                                      port: freePort())
         for index in 0..<5 {
@@ -55,13 +55,13 @@ struct OperabilityTests {
 
     /// After repeated connect failures a mirror rests; once it is back, new
     /// sessions use it again without a restart.
-    @Test("mirror back-off, then recovery without a restart")
-    func mirrorBackoffAndRecovery() throws {
+    @Test("mirror back-off, then recovery without a restart", arguments: Config.Backend.tested)
+    func mirrorBackoffAndRecovery(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         var refusing: RefusingPort? = RefusingPort()
         let mirrorPort = refusing!.port
-        let proxy = try startProxy(main: main.boundPort, mirrors: [mirrorPort]) {
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [mirrorPort]) {
             $0.mirrorBackoffInitialMs = 200
             $0.mirrorBackoffMaxMs = 400
         }
@@ -93,12 +93,12 @@ struct OperabilityTests {
     /// One health state per mirror for the whole process: failures on any
     /// worker put the mirror to rest for all of them. With a state per
     /// worker, each of the four would fail three connects of its own first.
-    @Test("four workers back off a refused mirror together")
-    func backoffSharedByWorkers() throws {
+    @Test("four workers back off a refused mirror together", arguments: Config.Backend.tested)
+    func backoffSharedByWorkers(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let refusing = RefusingPort()
-        let proxy = try startProxy(main: main.boundPort, mirrors: [refusing.port]) {
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [refusing.port]) {
             $0.threads = 4
             $0.mirrorBackoffInitialMs = 60_000
             $0.mirrorBackoffMaxMs = 60_000
@@ -119,12 +119,12 @@ struct OperabilityTests {
 
     /// "At most one line per mirror every 10 seconds" holds for the process,
     /// not per worker (four workers logged 8 lines in 3 s for one refused mirror).
-    @Test("a refused mirror is logged once per interval, however many workers")
-    func mirrorLogSharedByWorkers() throws {
+    @Test("a refused mirror is logged once per interval, however many workers", arguments: Config.Backend.tested)
+    func mirrorLogSharedByWorkers(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let refusing = RefusingPort()
-        let proxy = try ProxyProcess(["-f", "127.0.0.1:\(main.boundPort)", "-m", "127.0.0.1:\(refusing.port)",
+        let proxy = try ProxyProcess(backend: backend, ["-f", "127.0.0.1:\(main.boundPort)", "-m", "127.0.0.1:\(refusing.port)",
                                       "--threads", "4"], port: freePort())
         let start = monotonicSeconds()
         var index = 0

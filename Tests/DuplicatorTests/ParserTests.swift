@@ -206,6 +206,8 @@ struct ParserTests {
             }
             #expect(value(config) == expected, "\(flag): the engine's default \(value(config)), documented \(text)")
         }
+        #expect(config.zeroCopy == .auto && config.zeroCopyBytesMin == 16 << 10)
+        #expect(config.backend == .auto, "--backend: documented auto")
         let limits = config.limits
         #expect(limits.mirrorCount == 2)
         #expect(limits.backlogBytesMax == 4 << 20)

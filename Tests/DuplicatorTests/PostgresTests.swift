@@ -10,7 +10,7 @@ import Testing
 /// misses its writes. Two clusters on free loopback ports, trust
 /// authentication, in a temporary folder removed at the end. Skipped when
 /// PostgreSQL is missing (`.ci/run` installs it).
-@Suite("Real peers: PostgreSQL through the proxy", .serialized, .timeLimit(.minutes(4)))
+@Suite("Real peers: PostgreSQL through the proxy", .serialized, .timeLimit(.minutes(6)))
 struct PostgresTests {
     /// The server binaries of the newest PostgreSQL installed, if any.
     static let binDirectory: String? = {

@@ -11,8 +11,8 @@ import LoadTools
 struct ProcessTests {
     /// Promise 5 and the no-leak rule: hundreds of short sessions with failing
     /// mirrors leave the process's descriptor count where it was.
-    @Test("no descriptor leaks after 300 short sessions with failing mirrors")
-    func noDescriptorLeaks() throws {
+    @Test("no descriptor leaks after 300 short sessions with failing mirrors", arguments: Config.Backend.tested)
+    func noDescriptorLeaks(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let sink = try startServer(.sink)
@@ -20,7 +20,7 @@ struct ProcessTests {
         let closing = try FaultServer.start(.closeAtOnce)
         defer { closing.stop() }
         let refusing = RefusingPort()
-        let proxy = try ProxyProcess(["-f", "127.0.0.1:\(main.boundPort)",
+        let proxy = try ProxyProcess(backend: backend, ["-f", "127.0.0.1:\(main.boundPort)",
                                       "-m", "127.0.0.1:\(refusing.port),127.0.0.1:\(closing.port)",
                                       "-m", "127.0.0.1:\(sink.boundPort)", "--mirror-linger", "200ms"],
                                      port: freePort())
@@ -41,11 +41,11 @@ struct ProcessTests {
     }
 
     /// Graceful shutdown: SIGTERM stops accepting but a transfer in flight completes intact.
-    @Test("SIGTERM lets a transfer in flight finish, then exits 0")
-    func gracefulShutdown() throws {
+    @Test("SIGTERM lets a transfer in flight finish, then exits 0", arguments: Config.Backend.tested)
+    func gracefulShutdown(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
-        let proxy = try ProxyProcess(["-f", "127.0.0.1:\(main.boundPort)", "--drain-timeout", "20s"], port: freePort())
+        let proxy = try ProxyProcess(backend: backend, ["-f", "127.0.0.1:\(main.boundPort)", "--drain-timeout", "20s"], port: freePort())
         var generator = SeededGenerator(seed: 11)
         let payload = generator.bytes(8 << 20)
         let connection = try TestConnection(port: proxy.port)
@@ -67,11 +67,11 @@ struct ProcessTests {
         #expect(proxy.process.terminationStatus == 0)
     }
 
-    @Test("a second signal stops at once")
-    func secondSignal() throws {
+    @Test("a second signal stops at once", arguments: Config.Backend.tested)
+    func secondSignal(backend: Config.Backend) throws {
         let main = try startServer(.stall)
         defer { main.stop() }
-        let proxy = try ProxyProcess(["-f", "127.0.0.1:\(main.boundPort)", "--drain-timeout", "60s"], port: freePort())
+        let proxy = try ProxyProcess(backend: backend, ["-f", "127.0.0.1:\(main.boundPort)", "--drain-timeout", "60s"], port: freePort())
         let connection = try TestConnection(port: proxy.port)
         _ = connection.exchange(Array("held open".utf8), shutdownAfterSending: false, timeoutSeconds: 0.3)
         kill(proxy.process.processIdentifier, SIGINT)

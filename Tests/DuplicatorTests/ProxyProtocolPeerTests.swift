@@ -117,7 +117,7 @@ final class RecordingServer: Sendable {
     }
 }
 
-@Suite("PROXY protocol with real peers", .serialized, .timeLimit(.minutes(4)))
+@Suite("PROXY protocol with real peers", .serialized, .timeLimit(.minutes(6)))
 struct ProxyProtocolPeerTests {
     /// haproxy in TCP mode on IPv4 and IPv6 loopback, passing every client
     /// to `proxyPort` with a PROXY protocol header of `version`.
@@ -147,13 +147,13 @@ struct ProxyProtocolPeerTests {
     }
 
     @Test("haproxy send-proxy / send-proxy-v2 in front of --accept-proxy: main and mirror see the client, not haproxy",
-          .enabled(if: Peers.runnable("haproxy"), "needs haproxy"), arguments: ProxyProtocol.Version.allCases)
-    func haproxyInFront(version: ProxyProtocol.Version) throws {
+          .enabled(if: Peers.runnable("haproxy"), "needs haproxy"), arguments: Config.Backend.tested, ProxyProtocol.Version.allCases)
+    func haproxyInFront(backend: Config.Backend, version: ProxyProtocol.Version) throws {
         let directory = try RealPeerTests.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let main = try RecordingServer()
         let mirror = try RecordingServer()
-        let proxy = try startProxy(main: main.port, mirrors: [mirror.port]) {
+        let proxy = try startProxy(backend: backend, main: main.port, mirrors: [mirror.port]) {
             $0.acceptProxy = true
             $0.sendProxy = .v1
             $0.threads = 1
@@ -208,14 +208,15 @@ struct ProxyProtocolPeerTests {
 
     @Test("nginx stream with proxy_protocol as main behind --send-proxy: its log shows the client's address and port",
           .enabled(if: Peers.runnable("nginx"), "needs nginx and its stream module"),
-          arguments: [(ProxyProtocol.Version.v1, "127.0.0.1"), (.v1, "::1"), (.v2, "127.0.0.1"), (.v2, "::1")])
-    func nginxBehind(version: ProxyProtocol.Version, host: String) throws {
+          arguments: Config.Backend.tested, [(ProxyProtocol.Version.v1, "127.0.0.1"), (.v1, "::1"), (.v2, "127.0.0.1"), (.v2, "::1")])
+    func nginxBehind(backend: Config.Backend, peer: (version: ProxyProtocol.Version, host: String)) throws {
+        let (version, host) = peer
         let directory = try RealPeerTests.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let nginx = try startNginxStream(directory, host: host)
         let mirror = try RecordingServer(host: host)
         let listenHost = host.contains(":") ? "[\(host)]" : host
-        let proxy = try startProxy(main: nginx.port, mirrors: [mirror.port]) {
+        let proxy = try startProxy(backend: backend, main: nginx.port, mirrors: [mirror.port]) {
             $0.listen = try! Endpoint(parsing: "\(listenHost):0", role: .listen)
             $0.main = try! Endpoint(parsing: "\(listenHost):\(nginx.port)", role: .connect)
             $0.mirrors = [try! Endpoint(parsing: "\(listenHost):\(mirror.port)", role: .connect)]
@@ -241,10 +242,10 @@ struct ProxyProtocolPeerTests {
                 "mirror got \(mirror.connections.map { String(decoding: $0, as: UTF8.self).debugDescription })")
     }
 
-    @Test("--accept-proxy closes garbage, truncated and oversized headers, counted, and main never sees them")
-    func badHeadersFromARealSocket() throws {
+    @Test("--accept-proxy closes garbage, truncated and oversized headers, counted, and main never sees them", arguments: Config.Backend.tested)
+    func badHeadersFromARealSocket(backend: Config.Backend) throws {
         let main = try RecordingServer()
-        let proxy = try startProxy(main: main.port, mirrors: []) {
+        let proxy = try startProxy(backend: backend, main: main.port, mirrors: []) {
             $0.acceptProxy = true
             $0.proxyHeaderTimeoutMs = 500
             $0.threads = 1
@@ -282,10 +283,10 @@ struct ProxyProtocolPeerTests {
 
 @Suite("PROXY protocol on a dual-stack listener")
 struct ProxyProtocolDualStackTests {
-    @Test("--send-proxy on [::]: an IPv4 client is sent as TCP4, an IPv6 one as TCP6", arguments: ProxyProtocol.Version.allCases)
-    func dualStack(version: ProxyProtocol.Version) throws {
+    @Test("--send-proxy on [::]: an IPv4 client is sent as TCP4, an IPv6 one as TCP6", arguments: Config.Backend.tested, ProxyProtocol.Version.allCases)
+    func dualStack(backend: Config.Backend, version: ProxyProtocol.Version) throws {
         let main = try RecordingServer()
-        let proxy = try startProxy(main: main.port, mirrors: []) {
+        let proxy = try startProxy(backend: backend, main: main.port, mirrors: []) {
             $0.listen = try! Endpoint(parsing: "[::]:0", role: .listen)
             $0.sendProxy = version
             $0.threads = 1

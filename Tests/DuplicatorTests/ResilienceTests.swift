@@ -11,14 +11,14 @@ import LoadTools
 struct ResilienceTests {
     /// Out of descriptors: accept failing with EMFILE neither spins a core nor
     /// crashes; clients are refused cleanly and served again once descriptors free up.
-    @Test("EMFILE: no spinning, clean refusal, service again after", .enabled(if: Peers.runnable("prlimit"), "needs prlimit (util-linux)"))
-    func outOfDescriptors() throws {
+    @Test("EMFILE: no spinning, clean refusal, service again after", .enabled(if: Peers.runnable("prlimit"), "needs prlimit (util-linux)"), arguments: Config.Backend.tested)
+    func outOfDescriptors(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         // Two workers whatever the CPU count: each worker's ring and listener
         // take descriptors, so the default (one per CPU) would leave none
         // for sessions under 40 on a large machine.
-        let proxy = try ProxyProcess(["-f", "127.0.0.1:\(main.boundPort)", "--threads", "2", "--log-level", "error"],
+        let proxy = try ProxyProcess(backend: backend, ["-f", "127.0.0.1:\(main.boundPort)", "--threads", "2", "--log-level", "error"],
                                      port: freePort(), launcher: [try Peers.require("prlimit"), "--nofile=40:40"])
         var held: [TestConnection] = []
         var served = 0
@@ -51,13 +51,13 @@ struct ResilienceTests {
     /// Admission keeps the pool from running dry, but the kernel is lent only
     /// a window of it: with a window of one slot, receives keep finding none
     /// lent, wait, and resume; nothing deadlocks and main's path loses no byte.
-    @Test("a dry window of lent slots pauses reads without deadlock or loss")
-    func dryPool() throws {
+    @Test("a dry window of lent slots pauses reads without deadlock or loss", arguments: Config.Backend.tested)
+    func dryPool(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let mirror = try startServer(.sink)
         defer { mirror.stop() }
-        let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.boundPort]) {
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [mirror.boundPort]) {
             $0.poolSlots = 128
             $0.providedWindowSlots = 1
         }
@@ -86,8 +86,8 @@ struct ResilienceTests {
     }
 
     /// 1000 concurrent sessions, each a closed loop of 1 KiB messages, with a mirror.
-    @Test("1000 concurrent sessions")
-    func thousandSessions() throws {
+    @Test("1000 concurrent sessions", arguments: Config.Backend.tested)
+    func thousandSessions(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let mirror = try startServer(.sink)
@@ -96,7 +96,7 @@ struct ResilienceTests {
         // debug-build sink is slower than main, so give 1000 sessions' worth
         // of lag room (the default 1024 slots would cut some, correctly).
         // 1000 connects at once to a debug-build sink: let the mirror take its time to accept.
-        let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.boundPort]) {
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [mirror.boundPort]) {
             $0.poolSlots = 8192
             $0.mirrorConnectTimeoutMs = 10_000
         }
@@ -122,14 +122,14 @@ struct ResilienceTests {
 
     /// 20 000 short sessions in churn, with a failing mirror: descriptors and
     /// memory go back to where they were.
-    @Test("20000 short sessions: descriptors and RSS back to baseline")
-    func churn() throws {
+    @Test("20000 short sessions: descriptors and RSS back to baseline", arguments: Config.Backend.tested)
+    func churn(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let mirror = try startServer(.sink)
         defer { mirror.stop() }
         let refusing = RefusingPort()
-        let proxy = try ProxyProcess(["-f", "127.0.0.1:\(main.boundPort)",
+        let proxy = try ProxyProcess(backend: backend, ["-f", "127.0.0.1:\(main.boundPort)",
                                       "-m", "127.0.0.1:\(mirror.boundPort),127.0.0.1:\(refusing.port)",
                                       "--mirror-linger", "100ms", "--log-level", "error"], port: freePort())
         let port = proxy.port

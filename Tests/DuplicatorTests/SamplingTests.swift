@@ -127,7 +127,7 @@ struct SamplingSessionTests {
     }
 }
 
-@Suite("Sampling: over loopback", .timeLimit(.minutes(3)))
+@Suite("Sampling: over loopback", .timeLimit(.minutes(6)))
 struct SamplingLoopbackTests {
     /// 400 sessions through a proxy with a mirror at 25%: the mirror's
     /// server sees about a quarter of them (5 standard deviations), every

@@ -11,11 +11,11 @@ import LoadTools
 struct SignalTests {
     /// A dead log shipper or `| head` closes stderr's reader: the "draining"
     /// line after SIGTERM then meets EPIPE, which must not kill the drain.
-    @Test("with nobody reading stderr, SIGTERM still drains a transfer in flight and exits 0")
-    func brokenStandardError() throws {
+    @Test("with nobody reading stderr, SIGTERM still drains a transfer in flight and exits 0", arguments: Config.Backend.tested)
+    func brokenStandardError(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
-        let proxy = try ProxyProcess(["-f", "127.0.0.1:\(main.boundPort)", "--drain-timeout", "20s"], port: freePort())
+        let proxy = try ProxyProcess(backend: backend, ["-f", "127.0.0.1:\(main.boundPort)", "--drain-timeout", "20s"], port: freePort())
         var generator = SeededGenerator(seed: 23)
         let payload = generator.bytes(2 << 20)
         let connection = try TestConnection(port: proxy.port)

@@ -227,6 +227,55 @@ struct IOUringTests {
         #expect(readSome(server, count: 256) == message)
     }
 
+    /// Gathered zero-copy sends, from a registered buffer where the kernel
+    /// takes one (probed) and from plain pages: both complete twice, and
+    /// towards a local socket the notification says the kernel copied.
+    @Test("a gathered zero-copy send completes twice, in order, and says the kernel copied towards loopback",
+          .enabled(if: getuid() == 0, "registering 512 KiB needs CAP_IPC_LOCK or a larger RLIMIT_MEMLOCK"))
+    func gatheredZeroCopy() throws {
+        let ring = try Ring(entries: 8, completionEntries: 16)
+        #expect(ring.supportsZeroCopySend, "SEND_ZC and SENDMSG_ZC are in every kernel since 6.1")
+        let pool = try BufferPool(slotSize: 64 * 1_024, slotCount: 8)
+        try ring.registerBufferTable(count: 1)
+        try ring.registerBuffer(at: 0, base: pool.base, length: pool.byteCount)
+        var release = utsname()
+        uname(&release)
+        let version = withUnsafeBytes(of: release.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let numbers = version.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        let vectoredFixed = ring.probeFixedVectoredZeroCopy()
+        let reportsUsage = ring.probeZeroCopyUsageReport()
+        if numbers.count == 2 {
+            let (major, minor) = (numbers[0], numbers[1])
+            #expect(vectoredFixed == (major > 6 || (major == 6 && minor >= 15)), "\(version)")
+            #expect(reportsUsage == (major > 6 || (major == 6 && minor >= 2)), "\(version)")
+        }
+        let (client, server) = try tcpPair()
+        defer { close(client); close(server) }
+        let parts = ["first, ", "then ", "last"].map { Array($0.utf8) }
+        let vectors = UnsafeMutablePointer<iovec>.allocate(capacity: parts.count)
+        defer { vectors.deallocate() }
+        for (index, part) in parts.enumerated() {
+            part.withUnsafeBytes { pool.pointer(UInt32(index * 2)).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            vectors[index] = iovec(iov_base: pool.pointer(UInt32(index * 2)), iov_len: part.count)
+        }
+        let message = UnsafeMutablePointer<msghdr>.allocate(capacity: 1)
+        defer { message.deallocate() }
+        for bufferIndex in vectoredFixed ? [UInt32(0), nil] : [nil] {
+            message.pointee = msghdr()
+            message.pointee.msg_iov = vectors
+            message.pointee.msg_iovlen = parts.count
+            let tag = CompletionTag(kind: 0xE0, leg: 0, generation: 0, session: 3)
+            ring.prepareSendMessageZeroCopy(fd: client, message: message, bufferIndex: bufferIndex, tag: tag)
+            let completions = try reap(ring, count: 2)
+            #expect(completions.count == 2 && completions.allSatisfy { $0.tag == tag })
+            #expect(completions.first.map { !$0.isNotification && $0.hasMore } == true, "the result comes first")
+            #expect(completions.first?.result == Int32(parts.joined().count))
+            #expect(completions.last.map { $0.isNotification && $0.zeroCopyCopied == reportsUsage } == true,
+                    "loopback copies, and says so where the kernel reports it")
+            #expect(readSome(server, count: 256) == Array(parts.joined()))
+        }
+    }
+
     @Test("cancel by fd and by tag end recvs in flight with -ECANCELED")
     func cancel() throws {
         let (a, b) = try unixStreamPair()

@@ -1,22 +1,23 @@
 import CLinuxSystem
 import Glibc
-import Platform
 
 /// One epoll instance and its preallocated event buffer, used by exactly one thread.
 ///
-/// Level-triggered throughout: a handler may stop early (fairness, back-pressure) and
-/// the kernel reports the descriptor again, and a stray event costs one EAGAIN.
-final class EpollPoller {
-    struct Event {
-        let flags: UInt32
-        let token: UInt64
+/// The load tools' loops register level-triggered: a handler may stop early (fairness,
+/// back-pressure) and the kernel reports the descriptor again, and a stray event costs
+/// one EAGAIN. The proxy's epoll backend registers edge-triggered (`EpollFlag.edgeTriggered`)
+/// and keeps the readiness itself.
+public final class EpollPoller {
+    public struct Event {
+        public let flags: UInt32
+        public let token: UInt64
     }
 
     private let fd: Int32
     private let eventBuffer: UnsafeMutablePointer<shim_epoll_ready>
     private let eventCapacity: Int
 
-    init(eventCapacity: Int = 256) throws(SystemCallError) {
+    public init(eventCapacity: Int = 256) throws(SystemCallError) {
         fd = shim_epoll_create()
         guard fd >= 0 else { throw .lastError("epoll_create1") }
         self.eventCapacity = eventCapacity
@@ -28,11 +29,11 @@ final class EpollPoller {
         eventBuffer.deallocate()
     }
 
-    func add(_ watched: Int32, flags: UInt32, token: UInt64) throws(SystemCallError) {
+    public func add(_ watched: Int32, flags: UInt32, token: UInt64) throws(SystemCallError) {
         try control(EpollOperation.add, watched, flags: flags, token: token, name: "epoll_ctl(ADD)")
     }
 
-    func modify(_ watched: Int32, flags: UInt32, token: UInt64) throws(SystemCallError) {
+    public func modify(_ watched: Int32, flags: UInt32, token: UInt64) throws(SystemCallError) {
         try control(EpollOperation.modify, watched, flags: flags, token: token, name: "epoll_ctl(MOD)")
     }
 
@@ -42,33 +43,40 @@ final class EpollPoller {
 
     /// Waits up to `timeoutMs` (-1: forever) and returns how many events are ready;
     /// 0 on timeout or a signal.
-    func wait(timeoutMs: Int32) -> Int {
+    public func wait(timeoutMs: Int32) -> Int {
         let count = shim_epoll_wait(fd, eventBuffer, Int32(eventCapacity), timeoutMs)
         return count > 0 ? Int(count) : 0
     }
 
     /// Waits up to `timeoutNanos`: the open-loop client's schedule needs finer than milliseconds.
-    func wait(timeoutNanos: UInt64) -> Int {
+    public func wait(timeoutNanos: UInt64) -> Int {
         let count = shim_epoll_wait_ns(fd, eventBuffer, Int32(eventCapacity), Int64(min(timeoutNanos, 1_000_000_000)))
         return count > 0 ? Int(count) : 0
     }
 
-    func event(at index: Int) -> Event {
+    public func event(at index: Int) -> Event {
         Event(flags: eventBuffer[index].events, token: eventBuffer[index].token)
     }
 }
 
 /// epoll's event bits, as the loops name them.
-enum EpollFlag {
-    static let readable = EPOLLIN.rawValue
-    static let writable = EPOLLOUT.rawValue
-    static let error = EPOLLERR.rawValue
-    static let hangUp = EPOLLHUP.rawValue
-    static let peerShutdown = EPOLLRDHUP.rawValue
+public enum EpollFlag {
+    public static let readable = EPOLLIN.rawValue
+    public static let writable = EPOLLOUT.rawValue
+    public static let error = EPOLLERR.rawValue
+    public static let hangUp = EPOLLHUP.rawValue
+    public static let peerShutdown = EPOLLRDHUP.rawValue
+    public static let edgeTriggered = EPOLLET.rawValue
 }
 
-enum EpollOperation {
-    static let add = EPOLL_CTL_ADD
-    static let remove = EPOLL_CTL_DEL
-    static let modify = EPOLL_CTL_MOD
+public enum EpollOperation {
+    public static let add = EPOLL_CTL_ADD
+    public static let remove = EPOLL_CTL_DEL
+    public static let modify = EPOLL_CTL_MOD
+}
+
+/// accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC (not in Swift's Glibc module):
+/// the client's descriptor, or -1 with errno set.
+public func acceptNonBlocking(_ listener: Int32) -> Int32 {
+    accept4(listener, nil, nil, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
 }

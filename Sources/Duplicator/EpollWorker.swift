@@ -1,0 +1,653 @@
+import Glibc
+import Logging
+import Platform
+import Ring
+import Synchronization
+
+/// The worker on epoll, for hosts where io_uring is forbidden (a
+/// container's default seccomp profile, `kernel.io_uring_disabled`) or
+/// missing: the same `WorkerCore` and `Session`s as `Worker`, with
+/// io_uring's completions emulated on readiness (a proactor on a reactor).
+///
+/// Each socket is registered once, edge-triggered, when it is opened or
+/// accepted. Its state (`Descriptor`) holds at most one pending receive or
+/// discard, one send and one connect, which is all a session asks for at
+/// once, and whether it was last seen readable and writable. An operation
+/// is tried when it is asked for and, if the socket would block, parked
+/// until the socket's next edge. Its completion is queued, never handed to
+/// a session inside that session's own call, and the loop delivers the
+/// queue to the core as `Worker` delivers CQEs: what a round's deliveries
+/// ask for completes in the next round.
+///
+/// What each operation completes with is io_uring's: a receive takes a
+/// slot only when bytes are there (`selectedBuffer`) and completes with
+/// -ENOBUFS when none is free; a discard takes up to 1 MiB with
+/// MSG_TRUNC; a connect's timeout is a linked timeout (the connect
+/// -ECANCELED and the timeout -ETIME, or the timeout -ECANCELED when the
+/// connect ends first); `cancel` completes every pending operation of its
+/// descriptor with -ECANCELED before its own completion.
+final class EpollWorker: KernelBackend {
+    private let poller: EpollPoller
+    private var listenerFD: Int32
+    /// The listener had clients when the accept loop last stopped early.
+    private var listenerReadable = false
+    private var acceptArmed = false
+    /// Clients taken per round at most, so that a burst of them cannot hold up the sessions' completions.
+    private static let acceptsPerRound = 256
+    /// The worker's logic, and what it runs on (context, table, waiters, timers).
+    let core: WorkerCore<EpollWorker>
+    let parts: WorkerParts
+    let sockets: WorkerSockets
+    let stats: WorkerStats, control: WorkerControl
+    private let logger: Logger
+
+    /// By descriptor number; `generation` tells a stale event from one for a reused number.
+    private var descriptors: [Descriptor] = []
+    /// Completions waiting to be delivered, first first, from `completionsHead`.
+    private var completions: [WorkerCompletion] = []
+    private var completionsHead = 0
+    private var connectDeadlines = ConnectDeadlines()
+    private var connectSerial: UInt32 = 0
+
+    /// The slots receives take, not registered, and the free ones, lowest on
+    /// top at first so that the pool's resident part grows with the load.
+    let pool: BufferPool
+    private var freeSlots: [UInt32]
+    /// Of the free slots, how many receives may take before the next round,
+    /// as with io_uring's window of provided buffers (`ProvidedBuffers`):
+    /// topped up to `windowSlots` between rounds; a receive that finds none
+    /// completes with -ENOBUFS and its session waits for `resumeReceiving`.
+    private var lentSlots = 0
+    private let windowSlots: Int
+    /// The most slots ever held at once (`duplicator_pool_slots_grown`).
+    private var slotsTouched = 0
+    private let discardBuffer: UnsafeMutableRawPointer
+    /// One byte to peek at when a receive finds no free slot.
+    private let peekByte: UnsafeMutableRawPointer
+
+    private static let listenerToken = UInt64.max
+    private static let socketEvents = EpollFlag.readable | EpollFlag.writable | EpollFlag.peerShutdown | EpollFlag.edgeTriggered
+
+    init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, mirrorHealth: MirrorHealth, listenerFD: Int32,
+         stats: WorkerStats, allStats: [WorkerStats], control: WorkerControl, logger: Logger,
+         dumpSink: DumpSink? = nil) throws {
+        self.stats = stats
+        self.control = control
+        self.logger = logger
+        self.listenerFD = listenerFD
+        do {
+            poller = try EpollPoller(eventCapacity: 256)
+        } catch {
+            throw RingError("epoll_create1", errno: error.errorNumber)
+        }
+        if config.zeroCopy == .on {
+            throw ProxyError("--zerocopy on: zero-copy sends need the io_uring backend, and this worker runs on epoll")
+        }
+        sockets = try WorkerSockets(config: config, targets: targets, loopGuard: loopGuard, stats: stats, logger: logger,
+                                    nonBlocking: true)
+        pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
+        freeSlots = (0..<UInt32(pool.slotCount)).reversed()
+        windowSlots = config.providedWindowSlotsPerWorker
+        parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth, dumpSink: dumpSink)
+        discardBuffer = .allocate(byteCount: Worker.discardBufferBytes, alignment: 4096)
+        peekByte = .allocate(byteCount: 1, alignment: 1)
+        core = parts.core(config: config, stats: stats, allStats: allStats, logger: logger)
+        if listenerFD >= 0 {
+            let flags = fcntl(listenerFD, F_GETFL)
+            _ = fcntl(listenerFD, F_SETFL, flags | O_NONBLOCK)
+            do {
+                try poller.add(listenerFD, flags: EpollFlag.readable | EpollFlag.edgeTriggered, token: Self.listenerToken)
+            } catch {
+                throw RingError("epoll_ctl(ADD) of the listener", errno: error.errorNumber)
+            }
+        }
+    }
+
+    deinit {
+        discardBuffer.deallocate()
+        peekByte.deallocate()
+        closeListener()
+    }
+
+    // MARK: - The loop
+
+    func run() {
+        context.nowMs = MonotonicClock.coarseMs()
+        context.nowUs = MonotonicClock.nowMicros()
+        core.start(io: self)
+        while true {
+            lendSlots()
+            let count = poller.wait(timeoutNanos: waitNanoseconds())
+            startRound()
+            takeEdges(count)
+            deliverQueued()
+            lendSlots()
+            if finishRound() { break }
+        }
+        closeListener()
+    }
+
+    /// What became ready: the sockets' edges, the clients waiting, the connects timed out.
+    private func takeEdges(_ count: Int) {
+        for index in 0..<count { ready(poller.event(at: index)) }
+        if acceptArmed && listenerReadable { acceptClients() }
+        if !connectDeadlines.isEmpty { expireConnects() }
+    }
+
+    /// One round without the core, for the tests of the emulation: the
+    /// edges that come within `timeoutNanoseconds` (none to wait for when
+    /// completions are queued), taken; the completions queued, handed back
+    /// instead of delivered.
+    func completionsOfOneRound(timeoutNanoseconds: UInt64) -> [WorkerCompletion] {
+        lendSlots()
+        let count = poller.wait(timeoutNanos: completions.isEmpty ? timeoutNanoseconds : 0)
+        context.nowMs = MonotonicClock.coarseMs()
+        takeEdges(count)
+        defer {
+            completions.removeAll(keepingCapacity: true)
+            completionsHead = 0
+        }
+        return completions
+    }
+
+    /// Not at all while completions or clients wait; else until the tick,
+    /// a mirror deadline or a connect timeout, whichever comes first.
+    private func waitNanoseconds() -> UInt64 {
+        if completionsHead < completions.count || (acceptArmed && listenerReadable) { return 0 }
+        let nowMs = MonotonicClock.coarseMs()
+        var nanoseconds = (core.nextTickMs > nowMs ? core.nextTickMs - nowMs : 0) * 1_000_000
+        if let deadlineUs = parts.timers.nextDeadlineUs {
+            let nowUs = MonotonicClock.nowMicros()
+            nanoseconds = min(nanoseconds, deadlineUs > nowUs ? (deadlineUs - nowUs) * 1000 : 0)
+        }
+        if let deadlineMs = connectDeadlines.nextDeadlineMs {
+            nanoseconds = min(nanoseconds, deadlineMs > nowMs ? (deadlineMs - nowMs) * 1_000_000 : 0)
+        }
+        return nanoseconds
+    }
+
+    /// Hands this round's completions to the core; what they ask for
+    /// completes in the next round, as with a ring.
+    private func deliverQueued() {
+        let end = completions.count
+        while completionsHead < end {
+            let completion = completions[completionsHead]
+            completionsHead += 1
+            core.deliver(completion, io: self)
+        }
+        if completionsHead == completions.count {
+            completions.removeAll(keepingCapacity: true)
+        } else {
+            completions.removeFirst(completionsHead)
+        }
+        completionsHead = 0
+    }
+
+    @inline(__always)
+    private func lendSlots() { lentSlots = min(windowSlots, freeSlots.count) }
+
+    @inline(__always)
+    private func complete(_ tag: CompletionTag, _ result: Int32, slot: UInt32? = nil, hasMore: Bool = false) {
+        completions.append(WorkerCompletion(tag: tag, result: result, selectedBuffer: slot, hasMore: hasMore))
+    }
+
+    /// One descriptor's edge: what it is ready for, then what waited for it.
+    private func ready(_ event: EpollPoller.Event) {
+        if event.token == Self.listenerToken {
+            listenerReadable = true
+            return
+        }
+        let fd = Int32(truncatingIfNeeded: event.token & 0xFFFF_FFFF)
+        let generation = UInt32(truncatingIfNeeded: event.token >> 32)
+        guard Int(fd) < descriptors.count, descriptors[Int(fd)].generation == generation,
+              descriptors[Int(fd)].registered else { return }
+        let flags = event.flags
+        let broken = flags & (EpollFlag.error | EpollFlag.hangUp) != 0
+        if broken || flags & EpollFlag.peerShutdown != 0 {
+            // EOF and errors stay: every later receive finds them at once.
+            descriptors[Int(fd)].peerClosed = true
+        }
+        if broken || flags & EpollFlag.readable != 0 { descriptors[Int(fd)].readable = true }
+        if broken || flags & EpollFlag.writable != 0 { descriptors[Int(fd)].writable = true }
+        if descriptors[Int(fd)].connect != nil && (broken || flags & EpollFlag.writable != 0) { finishConnect(fd) }
+        tryReceive(fd)
+        trySend(fd)
+    }
+
+    // MARK: - Descriptors
+
+    private func register(_ fd: Int32) -> Int32 {
+        let index = Int(fd)
+        if index >= descriptors.count {
+            descriptors.append(contentsOf: repeatElement(Descriptor(), count: max(index + 1 - descriptors.count, descriptors.count)))
+        }
+        descriptors[index].reset(registered: true)
+        let token = UInt64(descriptors[index].generation) << 32 | UInt64(UInt32(bitPattern: fd))
+        do {
+            try poller.add(fd, flags: Self.socketEvents, token: token)
+        } catch {
+            descriptors[index].reset(registered: false)
+            return -error.errorNumber
+        }
+        return 0
+    }
+
+    /// `fd` is closed: its number may come back for another socket.
+    private func forget(_ fd: Int32) {
+        guard Int(fd) < descriptors.count else { return }
+        descriptors[Int(fd)].reset(registered: false)
+    }
+
+    // MARK: - Accepting
+
+    func armAccept() -> Bool {
+        guard listenerFD >= 0 else { return false }
+        acceptArmed = true
+        // Clients may wait already: an edge-triggered listener would not say so again.
+        listenerReadable = true
+        acceptClients()
+        return true
+    }
+
+    /// Takes the clients waiting, each one completion as a multishot accept
+    /// gives them; an error ends the accept (the core arms it again).
+    private func acceptClients() {
+        var taken = 0
+        while acceptArmed && taken < Self.acceptsPerRound {
+            let fd = acceptNonBlocking(listenerFD)
+            if fd < 0 {
+                let error = errno
+                if error == EAGAIN || error == EWOULDBLOCK {
+                    listenerReadable = false
+                    return
+                }
+                if error == EINTR || error == ECONNABORTED { continue }
+                acceptArmed = false
+                complete(WorkerCore<EpollWorker>.acceptTag, -error)
+                return
+            }
+            taken += 1
+            let registered = register(fd)
+            if registered < 0 {
+                Glibc.close(fd)
+                complete(WorkerCore<EpollWorker>.acceptTag, registered, hasMore: true)
+                continue
+            }
+            complete(WorkerCore<EpollWorker>.acceptTag, fd, hasMore: true)
+        }
+    }
+
+    func cancelAccept() {
+        if acceptArmed {
+            acceptArmed = false
+            complete(WorkerCore<EpollWorker>.acceptTag, -ECANCELED)
+            complete(WorkerCore<EpollWorker>.acceptCancelTag, 0)
+        } else {
+            complete(WorkerCore<EpollWorker>.acceptCancelTag, -ENOENT)
+        }
+    }
+
+    func closeListener() {
+        guard listenerFD >= 0 else { return }
+        Glibc.close(listenerFD)
+        listenerFD = -1
+        acceptArmed = false
+    }
+
+    // MARK: - WorkerBackend
+
+    var buffersLent: Bool { lentSlots > 0 }
+
+    /// The slot was taken off the free list when the bytes were received.
+    @inline(__always)
+    func bufferTaken(_ slot: UInt32) {}
+
+    func refuse(fd: Int32) {
+        sockets.forgetLoopRecord(fd)
+        forget(fd)
+        Glibc.close(fd)
+    }
+
+    func tick(nowMs: UInt64) {
+        stats.poolSlotsInUse.store(UInt64(pool.inUse), ordering: .relaxed)
+        stats.poolSlotsGrown.store(UInt64(slotsTouched), ordering: .relaxed)
+    }
+
+    // MARK: - SessionIO: connecting
+
+    func openSocket(for leg: Leg) -> Int32 {
+        let fd = sockets.openSocket(for: leg)
+        guard fd >= 0 else { return fd }
+        let registered = register(fd)
+        guard registered == 0 else {
+            Glibc.close(fd)
+            return registered
+        }
+        return fd
+    }
+
+    func connect(fd: Int32, leg: Leg, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {
+        let (address, length) = sockets.connecting(fd: fd, leg: leg)
+        var pending = PendingConnect(tag: tag, timeoutTag: timeoutMs > 0 ? timeoutTag : nil, serial: 0)
+        if Glibc.connect(fd, address, length) == 0 {
+            connectEnded(pending, result: 0)
+            return
+        }
+        let error = errno
+        guard error == EINPROGRESS || error == EINTR else {
+            connectEnded(pending, result: -error)
+            return
+        }
+        connectSerial &+= 1
+        pending.serial = connectSerial
+        descriptors[Int(fd)].connect = pending
+        // What epoll said of the socket before it was connecting (an unconnected socket hangs up) is void.
+        descriptors[Int(fd)].peerClosed = false
+        if timeoutMs > 0 {
+            connectDeadlines.add(fd: fd, serial: connectSerial, deadlineMs: context.nowMs + UInt64(timeoutMs), timeoutMs: timeoutMs)
+        }
+    }
+
+    /// Writable or broken while connecting: the outcome, if there is one yet.
+    private func finishConnect(_ fd: Int32) {
+        guard let pending = descriptors[Int(fd)].connect else { return }
+        var error: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0 { error = errno }
+        if error == 0 && Sockets.peerAddress(fd) == nil { return }  // not connected yet
+        descriptors[Int(fd)].connect = nil
+        connectEnded(pending, result: -error)
+    }
+
+    /// The connect's completion, then its linked timeout's, cancelled.
+    private func connectEnded(_ pending: PendingConnect, result: Int32) {
+        complete(pending.tag, result)
+        if let timeoutTag = pending.timeoutTag { complete(timeoutTag, -ECANCELED) }
+    }
+
+    /// Connects whose timeout has come: cancelled, as a linked timeout does.
+    private func expireConnects() {
+        while let (fd, serial) = connectDeadlines.popDue(nowMs: context.nowMs) {
+            guard Int(fd) < descriptors.count, let pending = descriptors[Int(fd)].connect, pending.serial == serial else { continue }
+            descriptors[Int(fd)].connect = nil
+            complete(pending.tag, -ECANCELED)
+            if let timeoutTag = pending.timeoutTag { complete(timeoutTag, -ETIME) }
+        }
+    }
+
+    // MARK: - SessionIO: receiving
+
+    @inline(__always)
+    func recv(fd: Int32, tag: CompletionTag) {
+        descriptors[Int(fd)].receive = PendingReceive(tag: tag, discard: false)
+        tryReceive(fd)
+    }
+
+    /// TCP discards received bytes for a recv with MSG_TRUNC instead of
+    /// copying them (tcp(7)), as in `Worker.discard`.
+    @inline(__always)
+    func discard(fd: Int32, tag: CompletionTag) {
+        descriptors[Int(fd)].receive = PendingReceive(tag: tag, discard: true)
+        tryReceive(fd)
+    }
+
+    private func tryReceive(_ fd: Int32) {
+        let index = Int(fd)
+        guard let pending = descriptors[index].receive, descriptors[index].readable else { return }
+        var slot: UInt32?
+        if !pending.discard && lentSlots > 0 {
+            slot = freeSlots.popLast()
+            lentSlots -= 1
+        }
+        var result: Int
+        repeat {
+            if pending.discard {
+                result = Glibc.recv(fd, discardBuffer, Worker.discardBytesMax, Int32(MSG_TRUNC))
+            } else if let slot {
+                result = Glibc.recv(fd, pool.pointer(slot), pool.slotSize, 0)
+            } else {
+                // No free slot: io_uring's provided buffers say -ENOBUFS only once bytes are there.
+                result = Glibc.recv(fd, peekByte, 1, Int32(MSG_PEEK))
+                if result > 0 { result = -Int(ENOBUFS) }
+            }
+        } while result == -1 && errno == EINTR
+        if result == -1 {
+            let error = errno
+            if error == EAGAIN || error == EWOULDBLOCK {
+                if let taken = slot { giveBack(taken) }
+                descriptors[index].readable = false
+                return  // parked until the next edge
+            }
+            result = -Int(error)
+        }
+        if result <= 0, let taken = slot {
+            giveBack(taken)
+            slot = nil
+        }
+        if slot != nil { slotsTouched = max(slotsTouched, pool.slotCount - freeSlots.count) }
+        // A short read took all there was: the next bytes come with an edge.
+        let length = pending.discard ? Worker.discardBytesMax : pool.slotSize
+        if result > 0 && result < length && !descriptors[index].peerClosed { descriptors[index].readable = false }
+        descriptors[index].receive = nil
+        complete(pending.tag, Int32(truncatingIfNeeded: result), slot: slot)
+    }
+
+    /// A slot taken for a receive that brought no bytes: still lent.
+    @inline(__always)
+    private func giveBack(_ slot: UInt32) {
+        freeSlots.append(slot)
+        lentSlots += 1
+    }
+
+    // MARK: - SessionIO: sending
+
+    @inline(__always)
+    func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag) {
+        descriptors[Int(fd)].send = PendingSend(tag: tag, bytes: UnsafeRawPointer(pool.pointer(slot) + offset), length: length,
+                                                message: nil)
+        trySend(fd)
+    }
+
+    func send(fd: Int32, from bytes: UnsafeRawPointer, length: Int, tag: CompletionTag) {
+        descriptors[Int(fd)].send = PendingSend(tag: tag, bytes: bytes, length: length, message: nil)
+        trySend(fd)
+    }
+
+    @inline(__always)
+    func sendGathered(fd: Int32, queue: SendQueue, chunks: Int, length: Int, tag: CompletionTag) {
+        let message = sockets.gatherMessage(tag: tag, queue: queue, chunks: chunks, pool: pool)
+        descriptors[Int(fd)].send = PendingSend(tag: tag, bytes: nil, length: length, message: message)
+        trySend(fd)
+    }
+
+    private func trySend(_ fd: Int32) {
+        let index = Int(fd)
+        guard let pending = descriptors[index].send, descriptors[index].writable else { return }
+        var result: Int
+        repeat {
+            result = if let message = pending.message {
+                sendmsg(fd, message, Int32(MSG_NOSIGNAL))
+            } else {
+                Glibc.send(fd, pending.bytes, pending.length, Int32(MSG_NOSIGNAL))
+            }
+        } while result < 0 && errno == EINTR
+        if result < 0 {
+            let error = errno
+            if error == EAGAIN || error == EWOULDBLOCK {
+                descriptors[index].writable = false
+                return  // parked until the next edge
+            }
+            result = -Int(error)
+        } else if result < pending.length {
+            // The socket's buffer is full: more room comes with an edge.
+            descriptors[index].writable = false
+        }
+        descriptors[index].send = nil
+        complete(pending.tag, Int32(truncatingIfNeeded: result))
+    }
+
+    // MARK: - SessionIO: the rest
+
+    func shutdownWrite(fd: Int32, tag: CompletionTag) {
+        sockets.shuttingDown(fd: fd, tag: tag)
+        complete(tag, Glibc.shutdown(fd, Int32(SHUT_WR)) == 0 ? 0 : -errno)
+        if Leg(tag).isMirror {
+            // SO_RCVLOWAT may have just been lowered: what waits can be discarded now.
+            descriptors[Int(fd)].readable = true
+            tryReceive(fd)
+        }
+    }
+
+    func cancel(fd: Int32, tag: CompletionTag) {
+        let index = Int(fd)
+        var cancelled: Int32 = 0
+        if let pending = descriptors[index].receive {
+            descriptors[index].receive = nil
+            complete(pending.tag, -ECANCELED)
+            cancelled += 1
+        }
+        if let pending = descriptors[index].send {
+            descriptors[index].send = nil
+            complete(pending.tag, -ECANCELED)
+            cancelled += 1
+        }
+        if let pending = descriptors[index].connect {
+            descriptors[index].connect = nil
+            complete(pending.tag, -ECANCELED)
+            if let timeoutTag = pending.timeoutTag { complete(timeoutTag, -ECANCELED) }
+            cancelled += 1
+        }
+        complete(tag, cancelled > 0 ? cancelled : -ENOENT)
+    }
+
+    func close(fd: Int32, tag: CompletionTag) {
+        sockets.forgetLoopRecord(fd)
+        forget(fd)
+        complete(tag, Glibc.close(fd) == 0 ? 0 : -errno)
+    }
+
+    @inline(__always)
+    func recycle(slot: UInt32) {
+        freeSlots.append(slot)
+    }
+}
+
+// MARK: - Pending operations
+
+extension EpollWorker {
+    struct PendingReceive {
+        var tag: CompletionTag
+        /// Into scratch, discarded, rather than into a slot.
+        var discard: Bool
+    }
+
+    struct PendingSend {
+        var tag: CompletionTag
+        /// A plain send's bytes, or a gathered send's message.
+        var bytes: UnsafeRawPointer?
+        var length: Int
+        var message: UnsafeMutablePointer<msghdr>?
+    }
+
+    struct PendingConnect {
+        var tag: CompletionTag
+        /// The linked timeout's tag, if the connect has one.
+        var timeoutTag: CompletionTag?
+        /// Tells this connect's deadline from an earlier one of the same descriptor.
+        var serial: UInt32
+    }
+
+    /// One registered socket: its operations waiting for readiness, and the
+    /// readiness last seen (an edge sets it; EAGAIN or a short transfer clears it).
+    struct Descriptor {
+        var generation: UInt32 = 0
+        var registered = false
+        var readable = false
+        var writable = false
+        /// EOF or an error was seen: reading never blocks again.
+        var peerClosed = false
+        var receive: PendingReceive?
+        var send: PendingSend?
+        var connect: PendingConnect?
+
+        /// A new socket is tried at once (bytes may be there already); an
+        /// EAGAIN then waits for the edge.
+        mutating func reset(registered: Bool) {
+            generation &+= 1
+            self.registered = registered
+            readable = registered
+            writable = registered
+            peerClosed = false
+            receive = nil
+            send = nil
+            connect = nil
+        }
+    }
+}
+
+/// Connect timeouts by deadline: one queue per duration asked for (main's
+/// and the mirrors'), each in order since its deadlines are now plus the
+/// same duration. An entry whose connect has ended is skipped when due.
+struct ConnectDeadlines {
+    private struct Entry {
+        var deadlineMs: UInt64
+        var fd: Int32
+        var serial: UInt32
+    }
+
+    private var durationsMs: [Int] = []
+    private var queues: [[Entry]] = []
+    private var heads: [Int] = []
+
+    var isEmpty: Bool {
+        for index in queues.indices where heads[index] < queues[index].count { return false }
+        return true
+    }
+
+    mutating func add(fd: Int32, serial: UInt32, deadlineMs: UInt64, timeoutMs: Int) {
+        let index: Int
+        if let known = durationsMs.firstIndex(of: timeoutMs) {
+            index = known
+        } else {
+            durationsMs.append(timeoutMs)
+            queues.append([])
+            heads.append(0)
+            index = queues.count - 1
+        }
+        // Under steady load a queue is never empty: drop its taken front
+        // once it is most of the storage, or the storage would grow forever.
+        if heads[index] == queues[index].count {
+            queues[index].removeAll(keepingCapacity: true)
+            heads[index] = 0
+        } else if heads[index] >= 64 && heads[index] * 2 >= queues[index].count {
+            queues[index].removeFirst(heads[index])
+            heads[index] = 0
+        }
+        queues[index].append(Entry(deadlineMs: deadlineMs, fd: fd, serial: serial))
+    }
+
+    /// Entries held, due or not (at most about twice those not yet due).
+    var storedCount: Int { queues.reduce(0) { $0 + $1.count } }
+
+    var nextDeadlineMs: UInt64? {
+        var next: UInt64?
+        for index in queues.indices where heads[index] < queues[index].count {
+            let deadline = queues[index][heads[index]].deadlineMs
+            next = min(next ?? deadline, deadline)
+        }
+        return next
+    }
+
+    /// The earliest entry whose deadline is not after `nowMs`.
+    mutating func popDue(nowMs: UInt64) -> (fd: Int32, serial: UInt32)? {
+        var earliest: Int?
+        for index in queues.indices where heads[index] < queues[index].count {
+            let deadline = queues[index][heads[index]].deadlineMs
+            if deadline <= nowMs && earliest.map({ deadline < queues[$0][heads[$0]].deadlineMs }) ?? true { earliest = index }
+        }
+        guard let index = earliest else { return nil }
+        let entry = queues[index][heads[index]]
+        heads[index] += 1
+        return (entry.fd, entry.serial)
+    }
+}
