@@ -296,7 +296,7 @@ public final class Ring {
     /// Whether this kernel's io_uring has the zero-copy sends, `SEND_ZC`
     /// and `SENDMSG_ZC` (6.1 and later); asked once, at setup.
     public private(set) lazy var supportsZeroCopySend: Bool = {
-        guard let probe = io_uring_get_probe_ring(&ring) else { return false }
+        guard let probe = io_uring_get_probe_ring(ring) else { return false }
         defer { io_uring_free_probe(probe) }
         return io_uring_opcode_supported(probe, Int32(IORING_OP_SEND_ZC.rawValue)) != 0
             && io_uring_opcode_supported(probe, Int32(IORING_OP_SENDMSG_ZC.rawValue)) != 0
@@ -336,12 +336,12 @@ public final class Ring {
         let sqe = nextSQE()
         prepare(sqe)
         finish(sqe, probeTag)
-        _ = io_uring_submit(&ring)
+        _ = io_uring_submit(ring)
         var answer = -EINVAL
         var awaiting = 1
         while awaiting > 0 {
             var cqe: UnsafeMutablePointer<io_uring_cqe>?
-            let waited = io_uring_wait_cqe(&ring, &cqe)
+            let waited = io_uring_wait_cqe(ring, &cqe)
             if waited == -EINTR { continue }
             guard waited == 0, let cqe else { break }
             awaiting -= 1
@@ -349,7 +349,7 @@ public final class Ring {
                 answer = cqe.pointee.res
                 if cqe.pointee.flags & shim_IORING_CQE_F_MORE != 0 { awaiting += 1 }
             }
-            io_uring_cqe_seen(&ring, cqe)
+            io_uring_cqe_seen(ring, cqe)
         }
         return answer == -EBADF
     }
