@@ -8,12 +8,15 @@
 #
 #   Benchmarks/instructions_per_request.sh BIN [BIN...]    (each a duplicator binary)
 #
-# Env: SECONDS_MEASURED (default 6), MIRRORS (0 or 1, default 1). Loopback only.
+# Env: SECONDS_MEASURED (default 6), MIRRORS (0 or 1, default 1), PROXY_ARGS
+# (more arguments for each proxy, split on spaces: e.g. '--backend epoll').
+# Loopback only.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 tools=${TOOLS_DIR:-$here/../.build/release}
 seconds=${SECONDS_MEASURED:-6}
 mirrors=${MIRRORS:-1}
+read -r -a proxy_args <<<"${PROXY_ARGS:-}"
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null || {
     echo "instructions_per_request.sh: valgrind is required (apt-get install valgrind)" >&2; exit 2; }
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -31,7 +34,7 @@ for bin in "$@"; do
     [[ $mirrors == 1 ]] && mirror_args=(-m "127.0.0.1:$mirror_port")
     valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
         "$bin" -l "127.0.0.1:$proxy_port" -f "127.0.0.1:$main_port" "${mirror_args[@]}" --threads 1 \
-        >"$work/proxy.log" 2>&1 &
+        "${proxy_args[@]}" >"$work/proxy.log" 2>&1 &
     proxy=$!
     for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $proxy_port), 1)" 2>/dev/null && break; sleep 0.2; done
     timeout 60 "$tools/duplicator-testclient" -a "127.0.0.1:$proxy_port" -d 2 >/dev/null 2>&1 || true

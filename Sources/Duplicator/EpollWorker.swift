@@ -41,18 +41,32 @@ final class EpollWorker: KernelBackend {
     let stats: WorkerStats, control: WorkerControl
     private let logger: Logger
 
-    /// By descriptor number; `generation` tells a stale event from one for a reused number.
-    private var descriptors: [Descriptor] = []
-    /// Completions waiting to be delivered, first first, from `completionsHead`.
-    private var completions: [WorkerCompletion] = []
+    // The per-request state is in memory of its own behind pointers, not in
+    // arrays in `var`s: an array changed in place through a class's stored
+    // property costs a run-time exclusivity check (swift_beginAccess) each
+    // time (BENCHMARKS.md, "Exclusivity checks on the hot path").
+
+    /// By descriptor number, `descriptorCapacity` of them (grown, and so
+    /// moved, only by `register`); `generation` tells a stale event from one
+    /// for a reused number.
+    private var descriptors: UnsafeMutablePointer<Descriptor>
+    private var descriptorCapacity = EpollWorker.initialCapacity
+    /// Completions waiting to be delivered, first first: those from
+    /// `completionsHead` up to `completionsEnd`, in `completionsCapacity`.
+    private var completions: UnsafeMutablePointer<WorkerCompletion>
+    private var completionsCapacity = EpollWorker.initialCapacity
+    private static let initialCapacity = 256
     private var completionsHead = 0
+    private var completionsEnd = 0
     private var connectDeadlines = ConnectDeadlines()
     private var connectSerial: UInt32 = 0
 
     /// The slots receives take, not registered, and the free ones, lowest on
     /// top at first so that the pool's resident part grows with the load.
     let pool: BufferPool
-    private var freeSlots: [UInt32]
+    /// A stack of `freeCount` slots, room for all of the pool's.
+    private let freeSlots: UnsafeMutablePointer<UInt32>
+    private var freeCount: Int
     /// Of the free slots, how many receives may take before the next round,
     /// as with io_uring's window of provided buffers (`ProvidedBuffers`):
     /// topped up to `windowSlots` between rounds; a receive that finds none
@@ -86,7 +100,12 @@ final class EpollWorker: KernelBackend {
         sockets = try WorkerSockets(config: config, targets: targets, loopGuard: loopGuard, stats: stats, logger: logger,
                                     nonBlocking: true)
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
-        freeSlots = (0..<UInt32(pool.slotCount)).reversed()
+        freeSlots = .allocate(capacity: pool.slotCount)
+        for index in 0..<pool.slotCount { freeSlots[index] = UInt32(pool.slotCount - 1 - index) }
+        freeCount = pool.slotCount
+        descriptors = .allocate(capacity: Self.initialCapacity)
+        descriptors.initialize(repeating: Descriptor(), count: Self.initialCapacity)
+        completions = .allocate(capacity: Self.initialCapacity)
         windowSlots = config.providedWindowSlotsPerWorker
         parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth, dumpSink: dumpSink)
         discardBuffer = .allocate(byteCount: Worker.discardBufferBytes, alignment: 4096)
@@ -104,6 +123,11 @@ final class EpollWorker: KernelBackend {
     }
 
     deinit {
+        descriptors.deinitialize(count: descriptorCapacity)
+        descriptors.deallocate()
+        (completions + completionsHead).deinitialize(count: completionsEnd - completionsHead)
+        completions.deallocate()
+        freeSlots.deallocate()
         discardBuffer.deallocate()
         peekByte.deallocate()
         closeListener()
@@ -140,20 +164,20 @@ final class EpollWorker: KernelBackend {
     /// instead of delivered.
     func completionsOfOneRound(timeoutNanoseconds: UInt64) -> [WorkerCompletion] {
         lendSlots()
-        let count = poller.wait(timeoutNanos: completions.isEmpty ? timeoutNanoseconds : 0)
+        let count = poller.wait(timeoutNanos: completionsHead == completionsEnd ? timeoutNanoseconds : 0)
         context.nowMs = MonotonicClock.coarseMs()
         takeEdges(count)
-        defer {
-            completions.removeAll(keepingCapacity: true)
-            completionsHead = 0
-        }
-        return completions
+        let queued = Array(UnsafeBufferPointer(start: completions + completionsHead, count: completionsEnd - completionsHead))
+        (completions + completionsHead).deinitialize(count: completionsEnd - completionsHead)
+        completionsHead = 0
+        completionsEnd = 0
+        return queued
     }
 
     /// Not at all while completions or clients wait; else until the tick,
     /// a mirror deadline or a connect timeout, whichever comes first.
     private func waitNanoseconds() -> UInt64 {
-        if completionsHead < completions.count || (acceptArmed && listenerReadable) { return 0 }
+        if completionsHead < completionsEnd || (acceptArmed && listenerReadable) { return 0 }
         let nowMs = MonotonicClock.coarseMs()
         var nanoseconds = (core.nextTickMs > nowMs ? core.nextTickMs - nowMs : 0) * 1_000_000
         if let deadlineUs = parts.timers.nextDeadlineUs {
@@ -169,26 +193,39 @@ final class EpollWorker: KernelBackend {
     /// Hands this round's completions to the core; what they ask for
     /// completes in the next round, as with a ring.
     private func deliverQueued() {
-        let end = completions.count
+        let end = completionsEnd
         while completionsHead < end {
-            let completion = completions[completionsHead]
+            // Taken out before the call: what it asks for is queued behind.
+            let completion = (completions + completionsHead).move()
             completionsHead += 1
             core.deliver(completion, io: self)
         }
-        if completionsHead == completions.count {
-            completions.removeAll(keepingCapacity: true)
-        } else {
-            completions.removeFirst(completionsHead)
-        }
+        // What those calls queued moves to the front, for the next round.
+        let waiting = completionsEnd - completionsHead
+        if waiting > 0 { completions.moveInitialize(from: completions + completionsHead, count: waiting) }
         completionsHead = 0
+        completionsEnd = waiting
     }
 
     @inline(__always)
-    private func lendSlots() { lentSlots = min(windowSlots, freeSlots.count) }
+    private func lendSlots() { lentSlots = min(windowSlots, freeCount) }
 
     @inline(__always)
     private func complete(_ tag: CompletionTag, _ result: Int32, slot: UInt32? = nil, hasMore: Bool = false) {
-        completions.append(WorkerCompletion(tag: tag, result: result, selectedBuffer: slot, hasMore: hasMore))
+        if completionsEnd == completionsCapacity { makeRoomForCompletions() }
+        (completions + completionsEnd).initialize(to: WorkerCompletion(tag: tag, result: result, selectedBuffer: slot,
+                                                                       hasMore: hasMore))
+        completionsEnd += 1
+    }
+
+    /// The queue is full at its end: twice the room, those waiting at the
+    /// same places (`deliverQueued` may be going through them).
+    private func makeRoomForCompletions() {
+        let moved = UnsafeMutablePointer<WorkerCompletion>.allocate(capacity: completionsCapacity * 2)
+        (moved + completionsHead).moveInitialize(from: completions + completionsHead, count: completionsEnd - completionsHead)
+        completions.deallocate()
+        completions = moved
+        completionsCapacity *= 2
     }
 
     /// One descriptor's edge: what it is ready for, then what waited for it.
@@ -199,7 +236,7 @@ final class EpollWorker: KernelBackend {
         }
         let fd = Int32(truncatingIfNeeded: event.token & 0xFFFF_FFFF)
         let generation = UInt32(truncatingIfNeeded: event.token >> 32)
-        guard Int(fd) < descriptors.count, descriptors[Int(fd)].generation == generation,
+        guard Int(fd) < descriptorCapacity, descriptors[Int(fd)].generation == generation,
               descriptors[Int(fd)].registered else { return }
         let flags = event.flags
         let broken = flags & (EpollFlag.error | EpollFlag.hangUp) != 0
@@ -218,9 +255,7 @@ final class EpollWorker: KernelBackend {
 
     private func register(_ fd: Int32) -> Int32 {
         let index = Int(fd)
-        if index >= descriptors.count {
-            descriptors.append(contentsOf: repeatElement(Descriptor(), count: max(index + 1 - descriptors.count, descriptors.count)))
-        }
+        if index >= descriptorCapacity { growDescriptors(toHold: index) }
         descriptors[index].reset(registered: true)
         let token = UInt64(descriptors[index].generation) << 32 | UInt64(UInt32(bitPattern: fd))
         do {
@@ -232,9 +267,20 @@ final class EpollWorker: KernelBackend {
         return 0
     }
 
+    /// Room for descriptor number `index` at least: twice as many, moved.
+    private func growDescriptors(toHold index: Int) {
+        let capacity = max(index + 1, descriptorCapacity * 2)
+        let moved = UnsafeMutablePointer<Descriptor>.allocate(capacity: capacity)
+        moved.moveInitialize(from: descriptors, count: descriptorCapacity)
+        (moved + descriptorCapacity).initialize(repeating: Descriptor(), count: capacity - descriptorCapacity)
+        descriptors.deallocate()
+        descriptors = moved
+        descriptorCapacity = capacity
+    }
+
     /// `fd` is closed: its number may come back for another socket.
     private func forget(_ fd: Int32) {
-        guard Int(fd) < descriptors.count else { return }
+        guard Int(fd) < descriptorCapacity else { return }
         descriptors[Int(fd)].reset(registered: false)
     }
 
@@ -368,7 +414,7 @@ final class EpollWorker: KernelBackend {
     /// Connects whose timeout has come: cancelled, as a linked timeout does.
     private func expireConnects() {
         while let (fd, serial) = connectDeadlines.popDue(nowMs: context.nowMs) {
-            guard Int(fd) < descriptors.count, let pending = descriptors[Int(fd)].connect, pending.serial == serial else { continue }
+            guard Int(fd) < descriptorCapacity, let pending = descriptors[Int(fd)].connect, pending.serial == serial else { continue }
             descriptors[Int(fd)].connect = nil
             complete(pending.tag, -ECANCELED)
             if let timeoutTag = pending.timeoutTag { complete(timeoutTag, -ETIME) }
@@ -396,7 +442,8 @@ final class EpollWorker: KernelBackend {
         guard let pending = descriptors[index].receive, descriptors[index].readable else { return }
         var slot: UInt32?
         if !pending.discard && lentSlots > 0 {
-            slot = freeSlots.popLast()
+            freeCount -= 1
+            slot = freeSlots[freeCount]
             lentSlots -= 1
         }
         var result: Int
@@ -424,7 +471,7 @@ final class EpollWorker: KernelBackend {
             giveBack(taken)
             slot = nil
         }
-        if slot != nil { slotsTouched = max(slotsTouched, pool.slotCount - freeSlots.count) }
+        if slot != nil { slotsTouched = max(slotsTouched, pool.slotCount - freeCount) }
         // A short read took all there was: the next bytes come with an edge.
         let length = pending.discard ? Worker.discardBytesMax : pool.slotSize
         if result > 0 && result < length && !descriptors[index].peerClosed { descriptors[index].readable = false }
@@ -435,8 +482,15 @@ final class EpollWorker: KernelBackend {
     /// A slot taken for a receive that brought no bytes: still lent.
     @inline(__always)
     private func giveBack(_ slot: UInt32) {
-        freeSlots.append(slot)
+        pushFree(slot)
         lentSlots += 1
+    }
+
+    @inline(__always)
+    private func pushFree(_ slot: UInt32) {
+        precondition(freeCount < pool.slotCount, "a slot recycled twice")
+        freeSlots[freeCount] = slot
+        freeCount += 1
     }
 
     // MARK: - SessionIO: sending
@@ -528,7 +582,7 @@ final class EpollWorker: KernelBackend {
 
     @inline(__always)
     func recycle(slot: UInt32) {
-        freeSlots.append(slot)
+        pushFree(slot)
     }
 }
 
