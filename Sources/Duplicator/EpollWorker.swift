@@ -59,6 +59,10 @@ final class EpollWorker: KernelBackend {
     private var completionsHead = 0
     private var completionsEnd = 0
     private var connectDeadlines = ConnectDeadlines()
+    /// The entries `connectDeadlines` holds, due or not: looked at every
+    /// round where `connectDeadlines.isEmpty`, a call on the struct, would
+    /// be checked for exclusivity at run time.
+    private var connectDeadlinesHeld = 0
     private var connectSerial: UInt32 = 0
 
     /// The slots receives take, not registered, and the free ones, lowest on
@@ -155,7 +159,7 @@ final class EpollWorker: KernelBackend {
     private func takeEdges(_ count: Int) {
         for index in 0..<count { ready(poller.event(at: index)) }
         if acceptArmed && listenerReadable { acceptClients() }
-        if !connectDeadlines.isEmpty { expireConnects() }
+        if connectDeadlinesHeld > 0 { expireConnects() }
     }
 
     /// One round without the core, for the tests of the emulation: the
@@ -184,7 +188,7 @@ final class EpollWorker: KernelBackend {
             let nowUs = MonotonicClock.nowMicros()
             nanoseconds = min(nanoseconds, deadlineUs > nowUs ? (deadlineUs - nowUs) * 1000 : 0)
         }
-        if let deadlineMs = connectDeadlines.nextDeadlineMs {
+        if connectDeadlinesHeld > 0, let deadlineMs = connectDeadlines.nextDeadlineMs {
             nanoseconds = min(nanoseconds, deadlineMs > nowMs ? (deadlineMs - nowMs) * 1_000_000 : 0)
         }
         return nanoseconds
@@ -391,6 +395,7 @@ final class EpollWorker: KernelBackend {
         descriptors[Int(fd)].peerClosed = false
         if timeoutMs > 0 {
             connectDeadlines.add(fd: fd, serial: connectSerial, deadlineMs: context.nowMs + UInt64(timeoutMs), timeoutMs: timeoutMs)
+            connectDeadlinesHeld += 1
         }
     }
 
@@ -414,6 +419,7 @@ final class EpollWorker: KernelBackend {
     /// Connects whose timeout has come: cancelled, as a linked timeout does.
     private func expireConnects() {
         while let (fd, serial) = connectDeadlines.popDue(nowMs: context.nowMs) {
+            connectDeadlinesHeld -= 1
             guard Int(fd) < descriptorCapacity, let pending = descriptors[Int(fd)].connect, pending.serial == serial else { continue }
             descriptors[Int(fd)].connect = nil
             complete(pending.tag, -ECANCELED)
