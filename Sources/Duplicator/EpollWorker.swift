@@ -59,10 +59,9 @@ final class EpollWorker: KernelBackend {
     private var completionsHead = 0
     private var completionsEnd = 0
     private var connectDeadlines = ConnectDeadlines()
-    /// The entries `connectDeadlines` holds, due or not: looked at every
-    /// round where `connectDeadlines.isEmpty`, a call on the struct, would
-    /// be checked for exclusivity at run time.
-    private var connectDeadlinesHeld = 0
+    /// `connectDeadlines.nextDeadlineMs`, or `.max`: looked at every round,
+    /// where a call on the struct would be checked for exclusivity at run time.
+    private var nextConnectDeadlineMs = UInt64.max
     private var connectSerial: UInt32 = 0
 
     /// The slots receives take, not registered, and the free ones, lowest on
@@ -159,7 +158,7 @@ final class EpollWorker: KernelBackend {
     private func takeEdges(_ count: Int) {
         for index in 0..<count { ready(poller.event(at: index)) }
         if acceptArmed && listenerReadable { acceptClients() }
-        if connectDeadlinesHeld > 0 { expireConnects() }
+        if context.nowMs >= nextConnectDeadlineMs { expireConnects() }
     }
 
     /// One round without the core, for the tests of the emulation: the
@@ -188,8 +187,8 @@ final class EpollWorker: KernelBackend {
             let nowUs = MonotonicClock.nowMicros()
             nanoseconds = min(nanoseconds, deadlineUs > nowUs ? (deadlineUs - nowUs) * 1000 : 0)
         }
-        if connectDeadlinesHeld > 0, let deadlineMs = connectDeadlines.nextDeadlineMs {
-            nanoseconds = min(nanoseconds, deadlineMs > nowMs ? (deadlineMs - nowMs) * 1_000_000 : 0)
+        if nextConnectDeadlineMs != .max {
+            nanoseconds = min(nanoseconds, nextConnectDeadlineMs > nowMs ? (nextConnectDeadlineMs - nowMs) * 1_000_000 : 0)
         }
         return nanoseconds
     }
@@ -394,8 +393,9 @@ final class EpollWorker: KernelBackend {
         // What epoll said of the socket before it was connecting (an unconnected socket hangs up) is void.
         descriptors[Int(fd)].peerClosed = false
         if timeoutMs > 0 {
-            connectDeadlines.add(fd: fd, serial: connectSerial, deadlineMs: context.nowMs + UInt64(timeoutMs), timeoutMs: timeoutMs)
-            connectDeadlinesHeld += 1
+            let deadlineMs = context.nowMs + UInt64(timeoutMs)
+            connectDeadlines.add(fd: fd, serial: connectSerial, deadlineMs: deadlineMs, timeoutMs: timeoutMs)
+            nextConnectDeadlineMs = min(nextConnectDeadlineMs, deadlineMs)
         }
     }
 
@@ -419,12 +419,12 @@ final class EpollWorker: KernelBackend {
     /// Connects whose timeout has come: cancelled, as a linked timeout does.
     private func expireConnects() {
         while let (fd, serial) = connectDeadlines.popDue(nowMs: context.nowMs) {
-            connectDeadlinesHeld -= 1
             guard Int(fd) < descriptorCapacity, let pending = descriptors[Int(fd)].connect, pending.serial == serial else { continue }
             descriptors[Int(fd)].connect = nil
             complete(pending.tag, -ECANCELED)
             if let timeoutTag = pending.timeoutTag { complete(timeoutTag, -ETIME) }
         }
+        nextConnectDeadlineMs = connectDeadlines.nextDeadlineMs ?? .max
     }
 
     // MARK: - SessionIO: receiving
