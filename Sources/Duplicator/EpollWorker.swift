@@ -103,15 +103,15 @@ final class EpollWorker: KernelBackend {
         sockets = try WorkerSockets(config: config, targets: targets, loopGuard: loopGuard, stats: stats, logger: logger,
                                     nonBlocking: true)
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
+        windowSlots = config.providedWindowSlotsPerWorker
+        parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth, dumpSink: dumpSink)
+        discardBuffer = .allocate(byteCount: Worker.discardBufferBytes, alignment: 4096)
         freeSlots = .allocate(capacity: pool.slotCount)
         for index in 0..<pool.slotCount { freeSlots[index] = UInt32(pool.slotCount - 1 - index) }
         freeCount = pool.slotCount
         descriptors = .allocate(capacity: Self.initialCapacity)
         descriptors.initialize(repeating: Descriptor(), count: Self.initialCapacity)
         completions = .allocate(capacity: Self.initialCapacity)
-        windowSlots = config.providedWindowSlotsPerWorker
-        parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth, dumpSink: dumpSink)
-        discardBuffer = .allocate(byteCount: Worker.discardBufferBytes, alignment: 4096)
         peekByte = .allocate(byteCount: 1, alignment: 1)
         core = parts.core(config: config, stats: stats, allStats: allStats, logger: logger)
         if listenerFD >= 0 {
