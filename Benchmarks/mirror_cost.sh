@@ -8,6 +8,7 @@
 #
 #   Benchmarks/mirror_cost.sh [BIN_DIR] [SECONDS]        (default .build/release, 4)
 #   DUPLICATOR_ARGS='--mirror-batch-bytes 0' Benchmarks/mirror_cost.sh   (extra proxy flags)
+#   CLIENT_ARGS='-p 1000' Benchmarks/mirror_cost.sh      (extra client flags: the many workload)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin_dir=${1:-.build/release}
@@ -31,13 +32,13 @@ for mirrors in 0 1; do
         ${DUPLICATOR_ARGS:-} >>"$work/log" 2>&1 & proxy=$!
     sleep 0.5
     # A first short run opens the sessions; the counted run is the next one's steady state.
-    "$bin_dir/duplicator-testclient" -a "127.0.0.1:$proxy_port" -d 0.5 >/dev/null 2>&1
+    "$bin_dir/duplicator-testclient" -a "127.0.0.1:$proxy_port" -d 0.5 ${CLIENT_ARGS:-} >/dev/null 2>&1
     perf stat -x, -o "$work/proxy.$mirrors" -e "$events,io_uring:io_uring_complete,io_uring:io_uring_submit_req" -p "$proxy" & s1=$!
     perf stat -x, -o "$work/main.$mirrors" -e "$events" -p "$main" & s2=$!
     perf stat -x, -o "$work/mirror.$mirrors" -e "$events" -p "$mirror" & s3=$!
     perf record -q -m 16M -o "$work/ops.$mirrors" -e io_uring:io_uring_submit_req -p "$proxy" 2>/dev/null & s4=$!
     sleep 0.3
-    "$bin_dir/duplicator-testclient" -a "127.0.0.1:$proxy_port" -d "$seconds" --json 2>/dev/null \
+    "$bin_dir/duplicator-testclient" -a "127.0.0.1:$proxy_port" -d "$seconds" ${CLIENT_ARGS:-} --json 2>/dev/null \
         | python3 -c 'import json,sys; print(json.loads(sys.stdin.readlines()[-1])["requests"])' >"$work/requests.$mirrors"
     kill -INT $s1 $s2 $s3 $s4; wait $s1 $s2 $s3 $s4 2>/dev/null || true
     perf script -i "$work/ops.$mirrors" -F trace 2>/dev/null | sed -n 's/.*opcode \([A-Z_]*\).*/\1/p' | sort | uniq -c >"$work/opcodes.$mirrors"
