@@ -105,22 +105,11 @@ struct CompareIntegrationTests {
         defer { proxy.shutdown() }
 
         let sessions = 24
-        let failures = Mutex<[String]>([])
-        let port = proxy.port
-        try concurrently(sessions) { index in
+        let failures = try echoSessions(sessions, port: proxy.port, pieceMax: 700) { index in
             var generator = SeededGenerator(seed: UInt64(500 + index))
-            let payload = generator.bytes(3_000 + index * 997)
-            do {
-                let connection = try TestConnection(port: port)
-                let (received, end) = connection.exchange(payload, pieceMax: 700, seed: UInt64(index))
-                if end != .eof || received != payload {
-                    failures.withLock { $0.append("session \(index): \(end), \(received.count)/\(payload.count) bytes back") }
-                }
-            } catch {
-                failures.withLock { $0.append("session \(index): \(error)") }
-            }
+            return generator.bytes(3_000 + index * 997)
         }
-        #expect(failures.withLock { $0 } == [])
+        #expect(failures == [])
         #expect(eventually { proxy.activeSessions == 0 })
         let snapshot = proxy.snapshot()
         let expected: [ReplyComparison.Verdict] = [.match, .diverged, .shorter, .longer]
@@ -197,23 +186,12 @@ struct CompareIntegrationTests {
         }
         defer { proxy.shutdown() }
         let sessions = 30
-        let failures = Mutex<[String]>([])
-        let port = proxy.port
-        try concurrently(sessions) { index in
+        let failures = try echoSessions(sessions, port: proxy.port) { index in
             var generator = SeededGenerator(seed: UInt64(7000 + index))
             let fraction = Double.random(in: 0...1, using: &generator)
-            let payload = generator.bytes(1 + Int(fraction * fraction * fraction * 1_500_000))
-            do {
-                let connection = try TestConnection(port: port)
-                let (received, end) = connection.exchange(payload, seed: UInt64(index))
-                if end != .eof || received != payload {
-                    failures.withLock { $0.append("session \(index): \(end), \(received.count)/\(payload.count)") }
-                }
-            } catch {
-                failures.withLock { $0.append("session \(index): \(error)") }
-            }
+            return generator.bytes(1 + Int(fraction * fraction * fraction * 1_500_000))
         }
-        #expect(failures.withLock { $0 } == [])
+        #expect(failures == [])
         #expect(eventually(timeoutSeconds: 20) { proxy.activeSessions == 0 })
         let verdicts = proxy.snapshot().mirrors[0]
         #expect(verdicts.compared(.diverged) == 0 && verdicts.compared(.shorter) == 0

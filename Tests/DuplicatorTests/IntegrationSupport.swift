@@ -438,6 +438,36 @@ func concurrently(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) throw
     while done.load(ordering: .acquiring) < count { usleep(1000) }
 }
 
+/// `count` sessions at once, each on its own connection to `port` in front
+/// of an echo main: session i sends `payload(i)` in pieces of up to
+/// `pieceMax` bytes and must get exactly it back, then EOF. One line for each
+/// session that did not (empty when all did).
+func echoSessions(_ count: Int, port: UInt16, pieceMax: Int = 65536, timeoutSeconds: Double = 30,
+                  payload: @escaping @Sendable (Int) -> [UInt8]) throws -> [String] {
+    let failures = Mutex<[String]>([])
+    try concurrently(count) { index in
+        let sent = payload(index)
+        do {
+            let connection = try TestConnection(port: port)
+            let (received, end) = connection.exchange(sent, pieceMax: pieceMax, seed: UInt64(index),
+                                                      timeoutSeconds: timeoutSeconds)
+            if end != .eof || received != sent {
+                failures.withLock { $0.append("session \(index): \(end), \(received.count)/\(sent.count) bytes back") }
+            }
+        } catch {
+            failures.withLock { $0.append("session \(index): \(error)") }
+        }
+    }
+    return failures.withLock { $0 }
+}
+
+/// The multiset of streams `payloads` make, as `receivedStreams` reads a server's.
+func streamSignatures(_ payloads: [[UInt8]]) -> [StreamSignature: Int] {
+    var signatures: [StreamSignature: Int] = [:]
+    for payload in payloads { signatures[StreamSignature(payload), default: 0] += 1 }
+    return signatures
+}
+
 /// (bytes, FNV-1a) of a payload, comparable with a server's ConnectionRecord.
 struct StreamSignature: Hashable, CustomStringConvertible {
     let bytes: UInt64

@@ -40,23 +40,9 @@ struct IntegrationTests {
             let fraction = Double.random(in: 0...1, using: &generator)
             return generator.bytes(Int(fraction * fraction * fraction * 5_000_000))
         }
-        let failures = Mutex<[String]>([])
-        let port = proxy.port
-        try concurrently(sessions) { index in
-            do {
-                let connection = try TestConnection(port: port)
-                let (received, end) = connection.exchange(payloads[index], seed: UInt64(index))
-                if end != .eof || received != payloads[index] {
-                    failures.withLock { $0.append("session \(index): \(end), \(received.count)/\(payloads[index].count) bytes back, equal: \(received == payloads[index])") }
-                }
-            } catch {
-                failures.withLock { $0.append("session \(index): \(error)") }
-            }
-        }
-        #expect(failures.withLock { $0 } == [])
+        #expect(try echoSessions(sessions, port: proxy.port) { payloads[$0] } == [])
 
-        var expected: [StreamSignature: Int] = [:]
-        for payload in payloads { expected[StreamSignature(payload), default: 0] += 1 }
+        let expected = streamSignatures(payloads)
         #expect(receivedStreams(main, count: sessions) == expected)
         for (index, mirror) in mirrors.enumerated() {
             #expect(receivedStreams(mirror, count: sessions) == expected, "mirror \(index)")
@@ -95,22 +81,8 @@ struct IntegrationTests {
             var generator = SeededGenerator(seed: UInt64(7_000 + delayUs + index))
             return generator.bytes(Int.random(in: 1...400_000, using: &generator))
         }
-        let failures = Mutex<[String]>([])
-        let port = proxy.port
-        try concurrently(sessions) { index in
-            do {
-                let connection = try TestConnection(port: port)
-                let (received, end) = connection.exchange(payloads[index], pieceMax: 300, seed: UInt64(index))
-                if end != .eof || received != payloads[index] {
-                    failures.withLock { $0.append("session \(index): \(end), \(received.count)/\(payloads[index].count) bytes back") }
-                }
-            } catch {
-                failures.withLock { $0.append("session \(index): \(error)") }
-            }
-        }
-        #expect(failures.withLock { $0 } == [])
-        var expected: [StreamSignature: Int] = [:]
-        for payload in payloads { expected[StreamSignature(payload), default: 0] += 1 }
+        #expect(try echoSessions(sessions, port: proxy.port, pieceMax: 300) { payloads[$0] } == [])
+        let expected = streamSignatures(payloads)
         #expect(receivedStreams(main, count: sessions) == expected)
         let total = UInt64(payloads.reduce(0) { $0 + $1.count })
         for (index, mirror) in mirrors.enumerated() {

@@ -64,22 +64,11 @@ struct ResilienceTests {
         defer { proxy.shutdown() }
         let sessions = 16
         #expect(proxy.config.sessionsPerWorker == sessions)
-        let failures = Mutex<[String]>([])
-        let port = proxy.port
-        try concurrently(sessions) { index in
+        let failures = try echoSessions(sessions, port: proxy.port, timeoutSeconds: 60) { index in
             var generator = SeededGenerator(seed: UInt64(500 + index))
-            let payload = generator.bytes(512 * 1024)
-            do {
-                let connection = try TestConnection(port: port)
-                let (received, end) = connection.exchange(payload, seed: UInt64(index), timeoutSeconds: 60)
-                if received != payload || end != .eof {
-                    failures.withLock { $0.append("session \(index): \(end), \(received.count) bytes") }
-                }
-            } catch {
-                failures.withLock { $0.append("session \(index): \(error)") }
-            }
+            return generator.bytes(512 * 1024)
         }
-        #expect(failures.withLock { $0 } == [],
+        #expect(failures == [],
                 "ended: completed \(proxy.total { $0.sessionsCompleted.value }), client error \(proxy.total { $0.sessionsEndedByClientError.value }), main error \(proxy.total { $0.sessionsEndedByMainError.value }), main connect failure \(proxy.total { $0.sessionsEndedByMainConnectFailure.value }); mirror \(proxy.snapshot().mirrors[0]); main server \(main.connectionRecords().filter { $0.wasReset }.count) resets")
         #expect(proxy.total { $0.poolExhausted.value } > 0, "the pool did run dry")
         #expect(eventually { proxy.activeSessions == 0 })

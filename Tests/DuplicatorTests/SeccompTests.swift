@@ -59,8 +59,7 @@ struct SeccompTests {
             #expect(end == .eof && received == payload, "session \(index): \(received.count)/\(payload.count) bytes back")
         }
         // ProxyProcess's own probe that the port listens is an empty session.
-        var expected: [StreamSignature: Int] = [StreamSignature([]): 1]
-        for payload in payloads { expected[StreamSignature(payload), default: 0] += 1 }
+        let expected = streamSignatures(payloads + [[]])
         #expect(receivedStreams(main, count: payloads.count + 1) == expected)
         #expect(receivedStreams(mirror, count: payloads.count + 1) == expected)
         #expect(proxy.signalAndWait(SIGTERM) == 0)
