@@ -22,6 +22,9 @@ public struct Leg: Hashable, Sendable, CustomStringConvertible {
     /// Mirror `index` (in the order of `-m`).
     @inlinable public static func mirror(_ index: Int) -> Leg { Leg(rawValue: UInt8(truncatingIfNeeded: 2 &+ index)) }
 
+    /// How many legs a session has with `mirrorCount` mirrors.
+    @inlinable public static func count(mirrors mirrorCount: Int) -> Int { mirror(mirrorCount).index }
+
     /// Its position among a session's legs.
     @inlinable public var index: Int { Int(rawValue) }
     @inlinable public var isMirror: Bool { rawValue >= 2 }

@@ -264,7 +264,7 @@ public final class Session {
         self.index = index
         self.context = context
         let limits = context.limits
-        legCount = Leg.mirror(0).index + limits.mirrorCount
+        legCount = Leg.count(mirrors: limits.mirrorCount)
         legs = .allocate(capacity: legCount)
         proxyHeaderOut = limits.sendProxy == nil ? nil
             : .allocate(byteCount: ProxyProtocol.encodedBytesMax, alignment: 8)

@@ -49,6 +49,7 @@ final class Worker: KernelBackend {
     /// whether a gathered send may use a registered buffer (Linux 6.15+).
     private let zeroCopy: ZeroCopySends?
     private let zeroCopyLegs: UnsafeMutablePointer<Bool>
+    private let legsPerSession: Int
     private let zeroCopyBytesMin: Int
     private let zeroCopyFixedVectored: Bool
     /// When a finished worker stops waiting for notifications (0: not yet finished).
@@ -86,7 +87,7 @@ final class Worker: KernelBackend {
                                        registerSegments: true)
         parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth, dumpSink: dumpSink)
         sendMessageSupported = ring.supportsSendMessage
-        let legsPerSession = Leg.mirror(config.mirrors.count).index
+        legsPerSession = Leg.count(mirrors: config.mirrors.count)
         zeroCopyLegs = .allocate(capacity: config.sessionsPerWorker * legsPerSession)
         zeroCopyLegs.initialize(repeating: false, count: config.sessionsPerWorker * legsPerSession)
         if config.zeroCopy != .off && ring.supportsZeroCopySend {
@@ -218,7 +219,7 @@ final class Worker: KernelBackend {
 
     @inline(__always)
     private func zeroCopyLeg(_ tag: CompletionTag) -> Int {
-        Int(tag.session) &* Leg.mirror(config.mirrors.count).index &+ Int(tag.leg)
+        Int(tag.session) &* legsPerSession &+ Int(tag.leg)
     }
 
     /// Decides, as a leg connects, whether its sends may be zero-copy: with

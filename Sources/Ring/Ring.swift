@@ -245,11 +245,14 @@ public final class Ring {
 
     /// Whether this kernel's io_uring has `IORING_OP_SENDMSG` (5.3 and later);
     /// asked once, at setup.
-    public private(set) lazy var supportsSendMessage: Bool = {
+    public private(set) lazy var supportsSendMessage = supports(IORING_OP_SENDMSG)
+
+    /// Whether this kernel's io_uring has every one of `operations` (io_uring's opcode probe).
+    private func supports(_ operations: io_uring_op...) -> Bool {
         guard let probe = io_uring_get_probe_ring(ring) else { return false }
         defer { io_uring_free_probe(probe) }
-        return io_uring_opcode_supported(probe, Int32(IORING_OP_SENDMSG.rawValue)) != 0
-    }()
+        return operations.allSatisfy { io_uring_opcode_supported(probe, Int32($0.rawValue)) != 0 }
+    }
 
     /// Zero-copy send: completes twice with the same tag, first with the
     /// result (`hasMore` set when a notification follows), later with the
@@ -295,12 +298,7 @@ public final class Ring {
 
     /// Whether this kernel's io_uring has the zero-copy sends, `SEND_ZC`
     /// and `SENDMSG_ZC` (6.1 and later); asked once, at setup.
-    public private(set) lazy var supportsZeroCopySend: Bool = {
-        guard let probe = io_uring_get_probe_ring(ring) else { return false }
-        defer { io_uring_free_probe(probe) }
-        return io_uring_opcode_supported(probe, Int32(IORING_OP_SEND_ZC.rawValue)) != 0
-            && io_uring_opcode_supported(probe, Int32(IORING_OP_SENDMSG_ZC.rawValue)) != 0
-    }()
+    public private(set) lazy var supportsZeroCopySend = supports(IORING_OP_SEND_ZC, IORING_OP_SENDMSG_ZC)
 
     /// Whether zero-copy notifications can say the kernel copied (6.2 and
     /// later): sets `reportsZeroCopyUsage`. Call at setup, on an empty ring.
