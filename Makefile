@@ -62,14 +62,15 @@ dist-build: deps
 	PKG_CONFIG_PATH=$(STATIC_LIBS) swift build $(STATIC_FLAGS)
 
 # dist/duplicator-VERSION-linux-ARCH.tar.gz: bin/, share/ (man pages and
-# bash, zsh and fish completions, generated from the binaries), LICENSE, README.md.
+# bash, zsh and fish completions, generated from the binaries), LICENSE, README.md,
+# BENCHMARKS.md, RELIABILITY.md and docs/.
 dist: dist-build
 	rm -rf dist/$(DIST_NAME)
 	scripts/stage.sh $(DIST_BIN) dist/$(DIST_NAME) dist/$(DIST_NAME)
 	tar -C dist --sort=name --owner=0 --group=0 --numeric-owner -czf dist/$(DIST_NAME).tar.gz $(DIST_NAME)
 	@echo "dist/$(DIST_NAME).tar.gz"
 
-# The same layout under $(DESTDIR)$(PREFIX); LICENSE and README.md in share/doc/duplicator.
+# The same layout under $(DESTDIR)$(PREFIX); the documentation in share/doc/duplicator.
 install: dist-build
 	scripts/stage.sh $(DIST_BIN) $(DESTDIR)$(PREFIX) $(DESTDIR)$(PREFIX)/share/doc/duplicator
 

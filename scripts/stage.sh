@@ -9,7 +9,8 @@
 # ROOT/share/bash-completion/completions/<each> \
 # ROOT/share/zsh/site-functions/_<each>          > from `<each> --generate-completion-script`
 # ROOT/share/fish/vendor_completions.d/<each>.fish/
-# DOC_DIR/{LICENSE,README.md}
+# DOC_DIR/{LICENSE,README.md,BENCHMARKS.md,RELIABILITY.md}
+# DOC_DIR/docs/*.md                            (the README's links work from DOC_DIR)
 # Man pages and completions come from the binaries being installed, so they
 # cannot drift from the argument parser.
 set -euo pipefail
@@ -27,4 +28,6 @@ for program in "${programs[@]}"; do
     "$root/bin/$program" --generate-completion-script zsh > "$root/share/zsh/site-functions/_$program"
     "$root/bin/$program" --generate-completion-script fish > "$root/share/fish/vendor_completions.d/$program.fish"
 done
-install -m 0644 "$here/LICENSE" "$here/README.md" "$doc_dir/"
+install -m 0644 "$here/LICENSE" "$here/README.md" "$here/BENCHMARKS.md" "$here/RELIABILITY.md" "$doc_dir/"
+install -d "$doc_dir/docs"
+install -m 0644 "$here"/docs/*.md "$doc_dir/docs/"

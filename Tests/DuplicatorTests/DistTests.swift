@@ -50,7 +50,9 @@ struct DistTests {
             paths += ["bin/\(program)", "share/man/man1/\(program).1", "share/bash-completion/completions/\(program)",
                       "share/zsh/site-functions/_\(program)", "share/fish/vendor_completions.d/\(program).fish"]
         }
-        paths += [docDirectory + "LICENSE", docDirectory + "README.md"]
+        // The documentation, laid out as in the repository so that the README's links work.
+        paths += ["LICENSE", "README.md", "BENCHMARKS.md", "RELIABILITY.md", "docs/operations.md", "docs/verdicts.md",
+                  "docs/architecture.md", "docs/contributing.md", "docs/flags.md"].map { docDirectory + $0 }
         for path in paths {
             #expect(FileManager.default.fileExists(atPath: top + "/" + path), "\(path) missing under \(top)",
                     sourceLocation: sourceLocation)

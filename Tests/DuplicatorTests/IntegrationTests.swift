@@ -6,7 +6,7 @@ import TestSupport
 import LoadTools
 import Platform
 
-/// The promises (README, "How it works") over real loopback sockets, on io_uring and on epoll.
+/// The promises (README.md; docs/architecture.md, "The path of one message") over real loopback sockets, on io_uring and on epoll.
 @Suite("Integration: the proxy's promises", .timeLimit(.minutes(6)))
 struct IntegrationTests {
     /// Promises 1 and 2 (and 3 for healthy mirrors): 50 concurrent sessions,

@@ -157,7 +157,7 @@ struct ParserTests {
                    mirrors: (0..<mirrors).map { try Endpoint(parsing: "127.0.0.1:\(9000 + $0)", role: .connect) })
     }
 
-    /// The defaults a user reads in the README and `--help`, with the
+    /// The defaults a user reads in docs/flags.md and `--help`, with the
     /// setting each one becomes. `CLITests.helpShowsDefaults` checks that the
     /// help shows the same text; this checks that the engine runs with it.
     static let documentedDefaults: [(flag: String, text: String, value: @Sendable (Config) -> Int)] = [

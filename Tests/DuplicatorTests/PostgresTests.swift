@@ -116,7 +116,7 @@ struct PostgresTests {
             main = nil
             mirror = nil
         }
-        // The README's advice for a mirror database: a turn timeout longer
+        // docs/operations.md's advice for a mirror database: a turn timeout longer
         // than its slowest answer to a negotiation. A fresh cluster's first
         // backend, beside the whole suite on two cores, once took longer than
         // the default 100 ms, and once (with builds beside it) longer than
