@@ -139,7 +139,7 @@ struct HandoverTests {
         // listeners received both leave no accept queue without an accept.
         let threadCounts = [2, 3, 1, 2]
         func start(_ generation: Int) throws -> DuplicatorProcess {
-            try DuplicatorProcess(["-l", "127.0.0.1:\(port)", "-f", "127.0.0.1:\(main.port)", "-m", "127.0.0.1:\(mirror.port)",
+            try DuplicatorProcess(["-l", "127.0.0.1:\(port)", "-f", "127.0.0.1:\(main.boundPort)", "-m", "127.0.0.1:\(mirror.boundPort)",
                                    "--backend", backend.rawValue, "--threads", "\(threadCounts[generation])",
                                    "--metrics", "127.0.0.1:\(metricsPort)", "--handover-socket", socketPath,
                                    "--drain-timeout", "60s"],
@@ -172,8 +172,10 @@ struct HandoverTests {
             let before = short.succeeded
             let next = try start(generation)
             try next.waitUntilServing()
-            #expect(next.log.contains("took over \(threadCounts[generation - 1]) listeners and the metrics listener"),
-                    "\(next.log)")
+            // Listeners are never closed (their queues would be lost): a
+            // process with fewer workers keeps all it received.
+            let listeners = threadCounts[..<generation].max()!
+            #expect(next.log.contains("took over \(listeners) listeners and the metrics listener"), "\(next.log)")
             #expect(processes.last!.process.isRunning, "the old process drains, it is not gone yet")
             #expect(eventually(timeoutSeconds: 10) { processes.last!.log.contains("accepts on the listeners now") })
             #expect(eventually(timeoutSeconds: 10) { short.succeeded > before + 20 }, "clients keep coming in")
@@ -217,7 +219,7 @@ struct HandoverTests {
         let port = freePort()
         let socketPath = directory + "/handover.sock"
         func start(_ name: String) throws -> DuplicatorProcess {
-            try DuplicatorProcess(["-l", "127.0.0.1:\(port)", "-f", "127.0.0.1:\(main.port)", "--backend", backend.rawValue,
+            try DuplicatorProcess(["-l", "127.0.0.1:\(port)", "-f", "127.0.0.1:\(main.boundPort)", "--backend", backend.rawValue,
                                    "--threads", "1", "--handover-socket", socketPath, "--drain-timeout", "30s"],
                                   logPath: directory + "/\(name).log")
         }
@@ -244,7 +246,7 @@ struct HandoverTests {
         let main = try startServer(.echo)
         defer { main.stop() }
         func start(_ port: UInt16, _ path: String, _ name: String) throws -> DuplicatorProcess {
-            let process = try DuplicatorProcess(["-l", "127.0.0.1:\(port)", "-f", "127.0.0.1:\(main.port)", "--threads", "1",
+            let process = try DuplicatorProcess(["-l", "127.0.0.1:\(port)", "-f", "127.0.0.1:\(main.boundPort)", "--threads", "1",
                                                  "--handover-socket", path], logPath: directory + "/\(name).log")
             try process.waitUntilServing()
             return process
@@ -260,15 +262,11 @@ struct HandoverTests {
         #expect(alone.log.contains("handover: no process holds \(directory)/none.sock (no such file): binding normally"))
         #expect(echoes(firstPort))
 
-        // A stale socket file: bound by a process that is gone.
+        // A stale socket file: bound by a process that is gone (as one killed with SIGKILL leaves it).
         let stalePath = directory + "/stale.sock"
-        let stale = try HandoverServer(path: stalePath)
-        try stale.serve(offer: { nil }, handOver: { _ in }, logger: .init(label: "test"))
-        // Leave the file behind, as a process killed with SIGKILL does.
-        let copy = directory + "/kept.sock"
-        #expect(link(stalePath, copy) == 0)
-        stale.stop()
-        #expect(rename(copy, stalePath) == 0)
+        let staleSocket = try Handover.unixSocket()
+        #expect(Handover.withAddress(stalePath) { bind(staleSocket, $0, $1) } == 0)
+        close(staleSocket)
         let stalePort = freePort()
         let afterStale = try start(stalePort, stalePath, "stale")
         #expect(afterStale.log.contains("handover: \(stalePath) is stale (no process listens on it): binding normally"),
@@ -284,6 +282,68 @@ struct HandoverTests {
         #expect(alone.process.isRunning && !alone.log.contains("accepts on the listeners now"))
     }
 
+    /// A Unix listener at `path` that answers each connection with `reply`
+    /// (nothing: never accepts) once the request came; stopped when this goes.
+    final class FakeHolder {
+        final class Flag: Sendable { let stopping = Atomic<Bool>(false) }
+        let fd: Int32
+        private let flag = Flag()
+
+        init(path: String, reply: String?) throws {
+            let fd = try Handover.unixSocket()
+            self.fd = fd
+            guard Handover.withAddress(path, { bind(fd, $0, $1) }) == 0, listen(fd, 4) == 0 else {
+                throw TestFailure("cannot listen on \(path): errno \(errno)")
+            }
+            guard let reply else { return }
+            let flag = flag
+            try detachedThread {
+                while !flag.stopping.load(ordering: .relaxed) {
+                    var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                    guard poll(&entry, 1, 50) > 0 else { continue }
+                    let connection = accept(fd, nil, nil)
+                    guard connection >= 0 else { continue }
+                    var buffer = [UInt8](repeating: 0, count: 512)
+                    _ = recv(connection, &buffer, buffer.count, 0)
+                    _ = send(connection, reply, reply.utf8.count, Int32(MSG_NOSIGNAL))
+                    usleep(200_000)
+                    close(connection)
+                }
+            }
+        }
+
+        deinit {
+            flag.stopping.store(true, ordering: .relaxed)
+            usleep(100_000)
+            close(fd)
+        }
+    }
+
+    @Test("a holder that breaks the protocol, or does not answer: one line, then it binds normally", arguments: [
+        ("duplicator-handover 2 offer listeners=1 metrics=0 pid=1\n", "handover protocol version 2; this build speaks version 1"),
+        ("duplicator-handover 1 offer listeners=2 metrics=0 pid=1\n", "the offer announced 2 descriptors and 0 came"),
+        ("HTTP/1.1 400 Bad Request\r\n\r\n", "not printable ASCII"),
+        ("duplicator-handover 1 refused this process is stopping\n", "refused: this process is stopping"),
+        (nil, "no answer within 5000 ms"),
+    ] as [(String?, String)])
+    func brokenHolder(reply: String?, expected: String) throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let path = directory + "/handover.sock"
+        let holder = try FakeHolder(path: path, reply: reply)
+        let port = freePort()
+        let process = try DuplicatorProcess(["-l", "127.0.0.1:\(port)", "-f", "127.0.0.1:\(main.boundPort)", "--threads", "1",
+                                             "--handover-socket", path], logPath: directory + "/duplicator.log")
+        try process.waitUntilServing()
+        let lines = process.log.split(separator: "\n").filter { $0.contains("handover") }
+        #expect(lines.count == 1 && lines[0].contains(expected) && lines[0].hasSuffix("; binding normally"), "\(process.log)")
+        let connection = try TestConnection(port: port)
+        #expect(connection.exchange(Array("x\n".utf8), timeoutSeconds: 5).received == Array("x\n".utf8))
+        withExtendedLifetime(holder) {}
+    }
+
     @Test("a path too long for a Unix socket, or in a folder that does not exist: one line and a non-zero exit")
     func badPath() throws {
         let main = try startServer(.echo)
@@ -291,7 +351,7 @@ struct HandoverTests {
         for (path, expected) in [(String(repeating: "p", count: 120), "longer than"),
                                  ("/nonexistent-folder-\(getpid())/handover.sock", "cannot bind")] {
             let result = try runProgram(try builtBinary("duplicator"),
-                                        ["-l", "127.0.0.1:\(freePort())", "-f", "127.0.0.1:\(main.port)", "--handover-socket", path])
+                                        ["-l", "127.0.0.1:\(freePort())", "-f", "127.0.0.1:\(main.boundPort)", "--handover-socket", path])
             #expect(result.status != 0)
             let lines = result.standardError.split(separator: "\n")
             #expect(lines.count == 1 && lines[0].contains(expected), "\(result.standardError)")
@@ -313,7 +373,7 @@ struct HandoverTests {
         // 40 clients spread over the 4 queues by the kernel's hash (all four
         // get some but once in tens of thousands of runs), not yet accepted.
         let clients = try (0..<40).map { _ in try TestConnection(port: port) }
-        var config = Config(listen: try Endpoint(parsing: "127.0.0.1:\(port)", role: .listen), main: endpoint(main.port),
+        var config = Config(listen: try Endpoint(parsing: "127.0.0.1:\(port)", role: .listen), main: endpoint(main.boundPort),
                             mirrors: [])
         config.backend = backend
         config.threads = threads
