@@ -387,4 +387,82 @@ struct HandoverTests {
         }
         #expect(try echoSessions(20, port: port) { Array("session \($0)\n".utf8) }.isEmpty)
     }
+
+    /// wrk's requests and what it counted as errors, from its report.
+    static func wrkSummary(_ output: String) -> (requests: Int, errors: String?) {
+        let lines = output.split(separator: "\n")
+        let requests = lines.first { $0.contains("requests in") }
+            .flatMap { Int($0.trimmingCharacters(in: .whitespaces).split(separator: " ")[0]) } ?? 0
+        let errors = lines.first { $0.contains("Socket errors") || $0.contains("Non-2xx") }.map(String.init)
+        return (requests, errors)
+    }
+
+    /// With the peers a user has: nginx as main and two nginx mirrors, wrk on
+    /// keep-alive connections and wrk with a connection per request, through
+    /// three handovers. wrk sees no socket error and no non-2xx reply, the old
+    /// processes exit 0 once wrk's keep-alive connections close, and each
+    /// mirror logged as many requests as main.
+    @Test("nginx main and two nginx mirrors, wrk keep-alive and a connection per request, three handovers: no error",
+          .enabled(if: Peers.runnable("nginx", "wrk"), "needs nginx and wrk"), arguments: Config.Backend.tested)
+    func nginxUnderWrk(backend: Config.Backend) throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let names = ["main", "mirror1", "mirror2"]
+        for name in names {
+            try FileManager.default.createDirectory(atPath: directory + "/" + name, withIntermediateDirectories: true)
+        }
+        let servers = try names.map { try RealPeerTests().nginx(directory + "/" + $0) }
+        func logged(_ server: RealPeerTests.ServerProcess) -> Int {
+            let text = (try? String(contentsOfFile: server.directory + "/access.log", encoding: .utf8)) ?? ""
+            return text.split(separator: "\n").count
+        }
+        let before = servers.map(logged)
+        let port = freePort()
+        let socketPath = directory + "/handover.sock"
+        func start(_ generation: Int) throws -> DuplicatorProcess {
+            let process = try DuplicatorProcess(["-l", "127.0.0.1:\(port)", "-f", "127.0.0.1:\(servers[0].port)",
+                                                 "-m", "127.0.0.1:\(servers[1].port),127.0.0.1:\(servers[2].port)",
+                                                 "--backend", backend.rawValue, "--threads", "2", "--handover-socket", socketPath,
+                                                 "--drain-timeout", "60s"],
+                                                logPath: directory + "/duplicator-\(generation).log")
+            try process.waitUntilServing()
+            return process
+        }
+        var processes = [try start(0)]
+        let wrk = try Peers.require("wrk")
+        let outputs = Mutex<[Result<ProcessResult, any Error>]>([])
+        let runs = [["-t1", "-c8", "-d10s"], ["-t1", "-c4", "-d10s", "-H", "Connection: close"]]
+        let threads = try runs.map { arguments in
+            try spawnThread {
+                let result = Result { try runProgram(wrk, arguments + ["http://127.0.0.1:\(port)/"], timeoutSeconds: 60) }
+                outputs.withLock { $0.append(result) }
+            }
+        }
+        for generation in 1...3 {
+            usleep(2_000_000)
+            processes.append(try start(generation))
+            #expect(processes[generation].log.contains("took over 2 listeners"), "\(processes[generation].log)")
+        }
+        threads.forEach { $0.join() }
+        var total = 0
+        for output in outputs.withLock({ $0 }) {
+            let result = try output.get()
+            #expect(result.status == 0, "wrk: \(result.standardError)")
+            let (requests, errors) = Self.wrkSummary(result.standardOutput)
+            #expect(errors == nil, "\(result.standardOutput)")
+            #expect(requests > 100, "\(result.standardOutput)")
+            total += requests
+        }
+        for old in processes.dropLast() {
+            #expect(old.exitStatus(timeoutSeconds: 30) == 0, "\(old.log.suffix(600))")
+        }
+        let mainCount = logged(servers[0]) - before[0]
+        #expect(mainCount >= total)
+        for (index, mirror) in servers.dropFirst().enumerated() {
+            #expect(eventually(timeoutSeconds: 15) { logged(mirror) - before[index + 1] == logged(servers[0]) - before[0] },
+                    "main logged \(logged(servers[0]) - before[0]), mirror \(index + 1) \(logged(mirror) - before[index + 1])")
+        }
+        kill(processes.last!.pid, SIGTERM)
+        #expect(processes.last!.exitStatus(timeoutSeconds: 20) == 0)
+    }
 }
