@@ -208,6 +208,36 @@ struct HandoverTests {
         #expect(!FileManager.default.fileExists(atPath: socketPath), "the last holder removes its socket file")
     }
 
+    /// The listeners' flags are shared between the processes: the epoll
+    /// backend makes them non-blocking, which io_uring's accept must take.
+    @Test("handovers between the backends, io_uring to epoll and back, under short connections: no failure")
+    func acrossBackends() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let port = freePort()
+        let backends: [Config.Backend] = [.ioUring, .epoll, .ioUring]
+        var processes: [DuplicatorProcess] = []
+        var short: ShortConnections?
+        for (generation, backend) in backends.enumerated() {
+            let process = try DuplicatorProcess(["-l", "127.0.0.1:\(port)", "-f", "127.0.0.1:\(main.boundPort)", "--backend",
+                                                 backend.rawValue, "--threads", "2", "--handover-socket", directory + "/h.sock"],
+                                                logPath: directory + "/duplicator-\(generation).log")
+            try process.waitUntilServing()
+            #expect(generation == 0 || process.log.contains("took over 2 listeners"), "\(process.log)")
+            processes.append(process)
+            if short == nil { short = try ShortConnections(port: port) }
+            let before = short!.succeeded
+            #expect(eventually(timeoutSeconds: 10) { short!.succeeded > before + 50 })
+        }
+        let tally = short!.stop()
+        #expect(tally.failures.isEmpty, "\(tally.failures.prefix(5))")
+        for old in processes.dropLast() {
+            #expect(old.exitStatus(timeoutSeconds: 20) == 0, "\(old.log.suffix(600))")
+        }
+    }
+
     /// A live session of the old process is cut at its drain timeout, not
     /// before, and not by the handover itself.
     @Test("a session of the old process lives on after the handover until it ends", arguments: Config.Backend.tested)
