@@ -114,6 +114,8 @@ public final class Proxy: Sendable {
                 fds = inherited
                 inherited = []
                 bound = Sockets.localAddress(fds[0]) ?? listenAddress
+                // listen(2) again sets this process's queue length; the queue keeps its clients.
+                for fd in fds { _ = Glibc.listen(fd, Int32(config.listenQueueLength)) }
             } else if listenAddress.port != 0 {
                 try Sockets.probeUnshared(listenAddress)
             }
@@ -179,9 +181,9 @@ public final class Proxy: Sendable {
         }
         control.backend.withLock { $0 = ($0?.kind == backend ? $0 : (backend, nil)) }
         try dumpWriter?.start()
-        for (index, fd) in fds.enumerated() {
+        for (index, listeners) in fds.enumerated() {
             let job = WorkerJob(backend: backend, config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
-                                listenerFDs: fd, stats: stats[index], allStats: stats, control: control, logger: logger,
+                                listenerFDs: listeners, stats: stats[index], allStats: stats, control: control, logger: logger,
                                 dumpSink: dumpWriter)
             let thread = try startThread("worker \(index)") { job.run() }
             threads.withLock { $0.append(thread) }
