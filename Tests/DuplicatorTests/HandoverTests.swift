@@ -494,7 +494,7 @@ struct HandoverTests {
                                                  "-m", "127.0.0.1:\(servers[1].port),127.0.0.1:\(servers[2].port)",
                                                  "--backend", backend.rawValue, "--threads", "2", "--handover-socket", socketPath,
                                                  // Slow mirrors on a loaded machine flush late, not never.
-                                                 "--drain-timeout", "60s", "--mirror-linger", "10s"],
+                                                 "--drain-timeout", "60s", "--mirror-linger", "10s", "-t", "5s"],
                                                 logPath: directory + "/duplicator-\(generation).log")
             try process.waitUntilServing()
             return process
