@@ -16,6 +16,8 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
+#include <sys/uio.h>
 
 extern int accept4(int fd, struct sockaddr *address, socklen_t *length, int flags);
 extern int pthread_setname_np(pthread_t thread, const char *name);
@@ -77,5 +79,77 @@ static inline int shim_cpus_allowed(void) {
 }
 
 static inline int shim_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
+
+/// The handover of listeners between two processes (`--handover-socket`):
+/// descriptors passed over a Unix socket with SCM_RIGHTS, and who the peer
+/// is (SO_PEERCRED). CMSG_* are macros Swift cannot import.
+#define SHIM_PASSED_FDS_MAX 64
+
+/// sendmsg of `length` bytes with `count` descriptors (at most
+/// SHIM_PASSED_FDS_MAX) attached; the bytes sent, or -1 and errno.
+static inline long shim_send_with_fds(int socket, const void *bytes, size_t length, const int *fds, int count) {
+    if (count < 0 || count > SHIM_PASSED_FDS_MAX) { errno = EINVAL; return -1; }
+    union { char buffer[CMSG_SPACE(sizeof(int) * SHIM_PASSED_FDS_MAX)]; struct cmsghdr align; } control;
+    memset(&control, 0, sizeof(control));
+    struct iovec vector = { (void *)bytes, length };
+    struct msghdr message;
+    memset(&message, 0, sizeof(message));
+    message.msg_iov = &vector;
+    message.msg_iovlen = 1;
+    if (count > 0) {
+        message.msg_control = control.buffer;
+        message.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)count);
+        struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+        header->cmsg_level = SOL_SOCKET;
+        header->cmsg_type = SCM_RIGHTS;
+        header->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)count);
+        memcpy(CMSG_DATA(header), fds, sizeof(int) * (size_t)count);
+    }
+    return (long)sendmsg(socket, &message, MSG_NOSIGNAL);
+}
+
+/// recvmsg of up to `capacity` bytes and the descriptors that came with
+/// them (close-on-exec): at most `fd_capacity` (<= SHIM_PASSED_FDS_MAX) into
+/// `fds`, their number in `*fd_count`; `*truncated` is 1 when the kernel
+/// dropped some (MSG_CTRUNC: the ones it did pass are in `fds` and must be
+/// closed). The bytes received, or -1 and errno.
+static inline long shim_receive_with_fds(int socket, void *bytes, size_t capacity, int *fds, int fd_capacity,
+                                         int *fd_count, int *truncated) {
+    union { char buffer[CMSG_SPACE(sizeof(int) * SHIM_PASSED_FDS_MAX)]; struct cmsghdr align; } control;
+    memset(&control, 0, sizeof(control));
+    struct iovec vector = { bytes, capacity };
+    struct msghdr message;
+    memset(&message, 0, sizeof(message));
+    message.msg_iov = &vector;
+    message.msg_iovlen = 1;
+    message.msg_control = control.buffer;
+    message.msg_controllen = sizeof(control.buffer);
+    *fd_count = 0;
+    *truncated = 0;
+    long received = (long)recvmsg(socket, &message, MSG_CMSG_CLOEXEC);
+    if (received < 0) return received;
+    if (message.msg_flags & MSG_CTRUNC) *truncated = 1;
+    for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header; header = CMSG_NXTHDR(&message, header)) {
+        if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
+        int count = (int)((header->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *passed = (int *)CMSG_DATA(header);
+        for (int index = 0; index < count; index++) {
+            if (*fd_count < fd_capacity) { fds[(*fd_count)++] = passed[index]; }
+            else { close(passed[index]); *truncated = 1; }
+        }
+    }
+    return received;
+}
+
+/// The process at the other end of a connected Unix socket (SO_PEERCRED),
+/// as struct ucred (hidden behind _GNU_SOURCE) lays it out; 0 or -1 and errno.
+static inline int shim_peer_credentials(int socket, int *pid, unsigned int *uid) {
+    struct { int pid; unsigned int uid; unsigned int gid; } credentials;
+    socklen_t length = sizeof(credentials);
+    if (getsockopt(socket, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -1;
+    *pid = credentials.pid;
+    *uid = credentials.uid;
+    return 0;
+}
 
 #endif

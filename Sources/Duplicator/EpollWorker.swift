@@ -28,9 +28,12 @@ import Synchronization
 /// descriptor with -ECANCELED before its own completion.
 final class EpollWorker: KernelBackend {
     private let poller: EpollPoller
-    private var listenerFD: Int32
-    /// The listener had clients when the accept loop last stopped early.
-    private var listenerReadable = false
+    /// The worker's listeners: one, or several after a handover from a
+    /// process that had more workers (each has its own accept queue).
+    private let listenerFDs: [Int32]
+    private var listenersOpen: Bool
+    /// A bit per listener that had clients when the accept loop last stopped early.
+    private var readableListeners: UInt64 = 0
     private var acceptArmed = false
     /// Clients taken per round at most, so that a burst of them cannot hold up the sessions' completions.
     private static let acceptsPerRound = 256
@@ -82,16 +85,20 @@ final class EpollWorker: KernelBackend {
     /// One byte to peek at when a receive finds no free slot.
     private let peekByte: UnsafeMutableRawPointer
 
-    private static let listenerToken = UInt64.max
+    /// Listener `index`'s token is `listenerTokenBase + index`: above any
+    /// socket's (whose low half is a descriptor number, below 2^31).
+    private static let listenerTokenBase = UInt64.max - 63
     private static let socketEvents = EpollFlag.readable | EpollFlag.writable | EpollFlag.peerShutdown | EpollFlag.edgeTriggered
 
-    init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, mirrorHealth: MirrorHealth, listenerFD: Int32,
+    init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, mirrorHealth: MirrorHealth, listenerFDs: [Int32],
          stats: WorkerStats, allStats: [WorkerStats], control: WorkerControl, logger: Logger,
          dumpSink: DumpSink? = nil) throws {
+        precondition(listenerFDs.count <= 64, "at most 64 listeners per worker")
         self.stats = stats
         self.control = control
         self.logger = logger
-        self.listenerFD = listenerFD
+        self.listenerFDs = listenerFDs
+        listenersOpen = !listenerFDs.isEmpty
         do {
             poller = try EpollPoller(eventCapacity: 256)
         } catch {
@@ -114,11 +121,14 @@ final class EpollWorker: KernelBackend {
         completions = .allocate(capacity: Self.initialCapacity)
         peekByte = .allocate(byteCount: 1, alignment: 1)
         core = parts.core(config: config, stats: stats, allStats: allStats, logger: logger)
-        if listenerFD >= 0 {
+        for (index, listenerFD) in listenerFDs.enumerated() {
+            // Shared with the process it came from after a handover: io_uring's
+            // accept polls a non-blocking listener too (Linux 6.18 checked).
             let flags = fcntl(listenerFD, F_GETFL)
             _ = fcntl(listenerFD, F_SETFL, flags | O_NONBLOCK)
             do {
-                try poller.add(listenerFD, flags: EpollFlag.readable | EpollFlag.edgeTriggered, token: Self.listenerToken)
+                try poller.add(listenerFD, flags: EpollFlag.readable | EpollFlag.edgeTriggered,
+                               token: Self.listenerTokenBase + UInt64(index))
             } catch {
                 throw RingError("epoll_ctl(ADD) of the listener", errno: error.errorNumber)
             }
@@ -157,7 +167,7 @@ final class EpollWorker: KernelBackend {
     /// What became ready: the sockets' edges, the clients waiting, the connects timed out.
     private func takeEdges(_ count: Int) {
         for index in 0..<count { ready(poller.event(at: index)) }
-        if acceptArmed && listenerReadable { acceptClients() }
+        if acceptArmed && readableListeners != 0 { acceptClients() }
         if context.nowMs >= nextConnectDeadlineMs { expireConnects() }
     }
 
@@ -180,7 +190,7 @@ final class EpollWorker: KernelBackend {
     /// Not at all while completions or clients wait; else until the tick,
     /// a mirror deadline or a connect timeout, whichever comes first.
     private func waitNanoseconds() -> UInt64 {
-        if completionsHead < completionsEnd || (acceptArmed && listenerReadable) { return 0 }
+        if completionsHead < completionsEnd || (acceptArmed && readableListeners != 0) { return 0 }
         let nowMs = MonotonicClock.coarseMs()
         var nanoseconds = (core.nextTickMs > nowMs ? core.nextTickMs - nowMs : 0) * 1_000_000
         if let deadlineUs = parts.timers.nextDeadlineUs {
@@ -233,8 +243,8 @@ final class EpollWorker: KernelBackend {
 
     /// One descriptor's edge: what it is ready for, then what waited for it.
     private func ready(_ event: EpollPoller.Event) {
-        if event.token == Self.listenerToken {
-            listenerReadable = true
+        if event.token >= Self.listenerTokenBase {
+            readableListeners |= 1 << (event.token - Self.listenerTokenBase)
             return
         }
         let fd = Int32(truncatingIfNeeded: event.token & 0xFFFF_FFFF)
@@ -290,39 +300,42 @@ final class EpollWorker: KernelBackend {
     // MARK: - Accepting
 
     func armAccept() -> Bool {
-        guard listenerFD >= 0 else { return false }
+        guard listenersOpen else { return false }
         acceptArmed = true
         // Clients may wait already: an edge-triggered listener would not say so again.
-        listenerReadable = true
+        readableListeners = listenerFDs.count == 64 ? .max : (1 << UInt64(listenerFDs.count)) - 1
         acceptClients()
         return true
     }
 
     /// Takes the clients waiting, each one completion as a multishot accept
-    /// gives them; an error ends the accept (the core arms it again).
+    /// gives them, one from each readable listener in turn; an error ends
+    /// the accept of all (the core arms it again).
     private func acceptClients() {
         var taken = 0
-        while acceptArmed && taken < Self.acceptsPerRound {
-            let fd = acceptNonBlocking(listenerFD)
-            if fd < 0 {
-                let error = errno
-                if error == EAGAIN || error == EWOULDBLOCK {
-                    listenerReadable = false
+        while acceptArmed && readableListeners != 0 && taken < Self.acceptsPerRound {
+            for index in listenerFDs.indices where readableListeners & (1 << index) != 0 {
+                let fd = acceptNonBlocking(listenerFDs[index])
+                if fd < 0 {
+                    let error = errno
+                    if error == EAGAIN || error == EWOULDBLOCK {
+                        readableListeners &= ~(1 << index)
+                        continue
+                    }
+                    if error == EINTR || error == ECONNABORTED { continue }
+                    acceptArmed = false
+                    complete(WorkerCore<EpollWorker>.acceptTag, -error)
                     return
                 }
-                if error == EINTR || error == ECONNABORTED { continue }
-                acceptArmed = false
-                complete(WorkerCore<EpollWorker>.acceptTag, -error)
-                return
+                taken += 1
+                let registered = register(fd)
+                if registered < 0 {
+                    Glibc.close(fd)
+                    complete(WorkerCore<EpollWorker>.acceptTag, registered, hasMore: true)
+                    continue
+                }
+                complete(WorkerCore<EpollWorker>.acceptTag, fd, hasMore: true)
             }
-            taken += 1
-            let registered = register(fd)
-            if registered < 0 {
-                Glibc.close(fd)
-                complete(WorkerCore<EpollWorker>.acceptTag, registered, hasMore: true)
-                continue
-            }
-            complete(WorkerCore<EpollWorker>.acceptTag, fd, hasMore: true)
         }
     }
 
@@ -337,9 +350,13 @@ final class EpollWorker: KernelBackend {
     }
 
     func closeListener() {
-        guard listenerFD >= 0 else { return }
-        Glibc.close(listenerFD)
-        listenerFD = -1
+        guard listenersOpen else { return }
+        for listenerFD in listenerFDs {
+            _ = try? poller.remove(listenerFD)
+            Glibc.close(listenerFD)
+        }
+        listenersOpen = false
+        readableListeners = 0
         acceptArmed = false
     }
 

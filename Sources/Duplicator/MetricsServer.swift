@@ -29,21 +29,32 @@ public final class MetricsServer: Sendable {
     private let stopping = Atomic<Bool>(false)
     private let finished = Atomic<Bool>(false)
 
-    public init(endpoint: Endpoint, render: @escaping @Sendable () -> String) throws {
-        let resolved: SocketAddress
+    public convenience init(endpoint: Endpoint, render: @escaping @Sendable () -> String) throws {
+        let listener: Int32
         do {
-            resolved = try endpoint.resolve(role: .listen)
-            listener = try Sockets.listen(on: resolved, queueLength: 64)
+            listener = try Sockets.listen(on: try endpoint.resolve(role: .listen), queueLength: 64)
         } catch let error as ConfigError {
             throw ProxyError(error.message)
         } catch let error as RingError {
             throw ProxyError("cannot listen for metrics on \(endpoint.text): \(RingError.describe(errno: error.errno))")
         }
+        try self.init(listener: listener, render: render)
+    }
+
+    /// Serves on `listener`, a listening socket that is now this server's
+    /// (closed with it): one bound above, or one a handover brought.
+    public init(listener: Int32, render: @escaping @Sendable () -> String) throws {
+        self.listener = listener
         _ = fcntl(listener, F_SETFL, fcntl(listener, F_GETFL) | O_NONBLOCK)
-        address = Sockets.localAddress(listener) ?? resolved
+        address = Sockets.localAddress(listener) ?? SocketAddress(numericHost: "0.0.0.0", port: 0)!
         self.render = render
+        // Throwing here deinitialises self, which closes the listener.
         try startThread("metrics") { [self] in serve() }.detach()
     }
+
+    /// The listening socket, for a handover to a new process (which gets
+    /// its own descriptor of it); it stays open until this server is gone.
+    public var listenerForHandover: Int32 { listener }
 
     deinit { close(listener) }
 

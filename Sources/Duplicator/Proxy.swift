@@ -43,7 +43,12 @@ public final class Proxy: Sendable {
     private let loopGuard: LoopGuard
     /// One health state per mirror, shared by the workers.
     private let mirrorHealth: MirrorHealth
-    private let listenerFDs: Mutex<[Int32]>
+    /// Each worker's listeners (one each, unless a handover brought more).
+    private let listenerFDs: Mutex<[[Int32]]>
+    /// Copies of every listener, for a handover to a new process
+    /// (`--handover-socket`); closed on stop, so that a stopped proxy's port
+    /// refuses clients instead of queueing them.
+    private let handoverFDs: Mutex<[Int32]>
     private let control = WorkerControl()
     private let threads = Mutex<[NativeThread]>([])
     private let logger: Logger
@@ -52,8 +57,13 @@ public final class Proxy: Sendable {
 
     /// Validates, resolves, refuses the operator mistakes of `StartupChecks`,
     /// and binds; nothing runs yet. `metrics` is only checked against the
-    /// listen address here (the metrics server binds it).
-    public init(config: Config, metrics: Endpoint? = nil, logger: Logger = Logger(label: "duplicator")) throws {
+    /// listen address here (the metrics server binds it). `inheritedListeners`:
+    /// the listeners a handover brought from the process before (`Handover`),
+    /// now this proxy's: used as they are, not bound again.
+    public init(config: Config, metrics: Endpoint? = nil, logger: Logger = Logger(label: "duplicator"),
+                inheritedListeners: [Int32] = []) throws {
+        var inherited = inheritedListeners
+        defer { inherited.forEach { _ = close($0) } }
         do {
             try config.validate()
         } catch {
@@ -97,8 +107,19 @@ public final class Proxy: Sendable {
             // listener started after us still joins our group, and two
             // instances started in the same instant can both pass the probe.
             // Port 0 needs no probe: the kernel picks a free port.
-            if listenAddress.port != 0 { try Sockets.probeUnshared(listenAddress) }
-            for _ in 0..<config.threads {
+            if !inherited.isEmpty {
+                // Our own listeners, handed over: the probe would refuse them.
+                // Each keeps its accept queue; more workers than listeners
+                // bind more that join the SO_REUSEPORT group, fewer share them.
+                fds = inherited
+                inherited = []
+                bound = Sockets.localAddress(fds[0]) ?? listenAddress
+                // listen(2) again sets this process's queue length; the queue keeps its clients.
+                for fd in fds { _ = Glibc.listen(fd, Int32(config.listenQueueLength)) }
+            } else if listenAddress.port != 0 {
+                try Sockets.probeUnshared(listenAddress)
+            }
+            while fds.count < config.threads {
                 let fd = try Sockets.listen(on: bound, queueLength: Int32(config.listenQueueLength), reusePort: true)
                 fds.append(fd)
                 // With port 0 the first listener picks a port; the others share it.
@@ -110,18 +131,36 @@ public final class Proxy: Sendable {
             throw ProxyError("cannot listen on \(config.listen.text): \(RingError.describe(errno: error.errno))\(hint)")
         }
         self.listenAddress = bound
-        listenerFDs = Mutex(fds)
+        let threadCount = config.threads
+        listenerFDs = Mutex((0..<threadCount).map { worker in
+            stride(from: worker, to: fds.count, by: threadCount).map { fds[$0] }
+        })
+        handoverFDs = Mutex(fds.map { fcntl($0, F_DUPFD_CLOEXEC, 0) }.filter { $0 >= 0 })
         stats = (0..<config.threads).map { _ in WorkerStats(mirrorCount: config.mirrors.count) }
     }
 
     deinit {
-        listenerFDs.withLock { $0.forEach { _ = close($0) } }
+        listenerFDs.withLock { $0.joined().forEach { _ = close($0) } }
+        closeHandoverListeners()
+    }
+
+    /// Runs `body` with a copy of each listener, while the proxy runs: what a
+    /// handover sends. Nil (and `body` not run) once it is stopping.
+    public func withListenersForHandover<Result>(_ body: ([Int32]) throws -> Result) rethrows -> Result? {
+        try handoverFDs.withLock { fds in fds.isEmpty ? nil : try body(fds) }
+    }
+
+    private func closeHandoverListeners() {
+        handoverFDs.withLock { fds in
+            fds.forEach { _ = close($0) }
+            fds = []
+        }
     }
 
     /// Starts the workers and returns once each has its ring and buffers, or
     /// throws the first setup failure (and stops the others).
     public func start() throws {
-        let fds = listenerFDs.withLock { fds -> [Int32] in
+        let fds = listenerFDs.withLock { fds -> [[Int32]] in
             defer { fds = [] }
             return fds
         }
@@ -131,7 +170,7 @@ public final class Proxy: Sendable {
         case (.epoll, _):
             backend = .epoll
         case (.ioUring, let problem?):
-            fds.forEach { _ = close($0) }
+            fds.joined().forEach { _ = close($0) }
             throw problem
         case (.auto, let problem?):
             backend = .epoll
@@ -142,9 +181,9 @@ public final class Proxy: Sendable {
         }
         control.backend.withLock { $0 = ($0?.kind == backend ? $0 : (backend, nil)) }
         try dumpWriter?.start()
-        for (index, fd) in fds.enumerated() {
+        for (index, listeners) in fds.enumerated() {
             let job = WorkerJob(backend: backend, config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
-                                listenerFD: fd, stats: stats[index], allStats: stats, control: control, logger: logger,
+                                listenerFDs: listeners, stats: stats[index], allStats: stats, control: control, logger: logger,
                                 dumpSink: dumpWriter)
             let thread = try startThread("worker \(index)") { job.run() }
             threads.withLock { $0.append(thread) }
@@ -198,6 +237,7 @@ public final class Proxy: Sendable {
     /// `drainTimeoutMs`, then close the rest. Immediate: close all now.
     public func stop(immediately: Bool = false) {
         let mode = immediately ? StopMode.immediate : .graceful
+        closeHandoverListeners()
         control.stopMode.store(mode.rawValue, ordering: .relaxed)
     }
 
@@ -240,7 +280,7 @@ private struct WorkerJob: Sendable {
     let targets: [SocketAddress]
     let loopGuard: LoopGuard
     let mirrorHealth: MirrorHealth
-    let listenerFD: Int32
+    let listenerFDs: [Int32]
     let stats: WorkerStats
     let allStats: [WorkerStats]
     let control: WorkerControl
@@ -253,29 +293,29 @@ private struct WorkerJob: Sendable {
         do {
             if backend == .epoll {
                 let worker = try EpollWorker(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
-                                             listenerFD: listenerFD, stats: stats, allStats: allStats, control: control,
+                                             listenerFDs: listenerFDs, stats: stats, allStats: allStats, control: control,
                                              logger: logger, dumpSink: dumpSink)
                 control.setupMode.withLock { $0 = "epoll" }
                 control.zeroCopyNote.withLock { $0 = "no zero-copy sends (the epoll backend has none)" }
                 loop = worker.run
             } else {
                 let worker = try Worker(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
-                                        listenerFD: listenerFD, stats: stats, allStats: allStats, control: control,
+                                        listenerFDs: listenerFDs, stats: stats, allStats: allStats, control: control,
                                         logger: logger, dumpSink: dumpSink)
                 control.setupMode.withLock { $0 = worker.ring.setupMode.rawValue }
                 control.zeroCopyNote.withLock { $0 = worker.zeroCopyNote }
                 loop = worker.run
             }
         } catch let error as RingError {
-            close(listenerFD)
+            listenerFDs.forEach { _ = close($0) }
             control.startErrors.withLock { $0.append(ProxyError.setup(error, config: config).message) }
             return
         } catch let error as ProxyError {
-            close(listenerFD)
+            listenerFDs.forEach { _ = close($0) }
             control.startErrors.withLock { $0.append(error.message) }
             return
         } catch {
-            close(listenerFD)
+            listenerFDs.forEach { _ = close($0) }
             control.startErrors.withLock { $0.append("cannot start a worker: \(error)") }
             return
         }

@@ -35,7 +35,14 @@ final class Worker: KernelBackend {
     private let config: Config
     /// Targets, loop guard records, gathered-send memory: as the epoll backend's.
     let sockets: WorkerSockets
-    private var listenerFD: Int32
+    /// The worker's listeners: one, or several after a handover from a
+    /// process that had more workers (each has its own accept queue, and
+    /// none may be left without an accept). A multishot accept on each,
+    /// tagged with the listener's index; `armedAccepts` has a bit per armed one.
+    private let listenerFDs: [Int32]
+    private var listenersOpen: Bool
+    private var armedAccepts: UInt64 = 0
+    private var acceptsCancelled = false
     private let discardBuffer: UnsafeMutableRawPointer
     /// The kernel reads a linked timeout's duration at submission: one
     /// stable copy per duration the sessions ask for (main's and the mirrors').
@@ -61,13 +68,15 @@ final class Worker: KernelBackend {
     let core: WorkerCore<Worker>
 
     /// Creates the ring and the memory of a worker; runs on the worker's own thread.
-    init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, mirrorHealth: MirrorHealth, listenerFD: Int32,
+    init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, mirrorHealth: MirrorHealth, listenerFDs: [Int32],
          stats: WorkerStats, allStats: [WorkerStats], control: WorkerControl, logger: Logger,
          dumpSink: DumpSink? = nil) throws {
+        precondition(listenerFDs.count <= 64, "at most 64 listeners per worker")
         self.config = config
+        self.listenerFDs = listenerFDs
+        listenersOpen = !listenerFDs.isEmpty
         sockets = try WorkerSockets(config: config, targets: targets, loopGuard: loopGuard, stats: stats, logger: logger,
                                     nonBlocking: false)
-        self.listenerFD = listenerFD
         self.stats = stats
         self.control = control
         self.logger = logger
@@ -132,8 +141,12 @@ final class Worker: KernelBackend {
                         zeroCopyCompleted(completion)
                         continue
                     }
+                    var hasMore = completion.hasMore
+                    if !hasMore && completion.tag.kind == OperationKind.accept.rawValue {
+                        hasMore = acceptEnded(listener: completion.tag.session)
+                    }
                     core.deliver(WorkerCompletion(tag: completion.tag, result: completion.result,
-                                                  selectedBuffer: completion.selectedBuffer, hasMore: completion.hasMore),
+                                                  selectedBuffer: completion.selectedBuffer, hasMore: hasMore),
                                  io: self)
                 }
                 provided.commit()
@@ -237,6 +250,7 @@ final class Worker: KernelBackend {
     // MARK: - WorkerBackend
 
     func tick(nowMs: UInt64) {
+        if !acceptsCancelled && armedAccepts != 0 && armedAccepts.nonzeroBitCount < listenerFDs.count { _ = armAccept() }
         // Slots that wait for zero-copy notifications are not free yet either.
         stats.poolSlotsInUse.store(UInt64(pool.inUse + (zeroCopy?.slotsDeferred ?? 0)), ordering: .relaxed)
         stats.poolSlotsGrown.store(UInt64(provided.grownSlots), ordering: .relaxed)
@@ -248,14 +262,37 @@ final class Worker: KernelBackend {
         }
     }
 
+    /// Arms the accept of every listener that has none armed.
     func armAccept() -> Bool {
-        guard listenerFD >= 0 else { return false }
-        ring.prepareAcceptMultishot(fd: listenerFD, tag: WorkerCore<Worker>.acceptTag)
+        guard listenersOpen else { return false }
+        acceptsCancelled = false
+        for (index, fd) in listenerFDs.enumerated() where armedAccepts & (1 << index) == 0 {
+            ring.prepareAcceptMultishot(fd: fd, tag: Self.acceptTag(listener: index))
+            armedAccepts |= 1 << index
+        }
         return true
     }
 
+    /// Listener `index`'s accept: the core's accept tag for the first.
+    private static func acceptTag(listener index: Int) -> CompletionTag {
+        CompletionTag(kind: OperationKind.accept.rawValue, leg: 0, generation: 0, session: UInt32(index))
+    }
+
+    /// One listener's accept has ended: to the core, the accept goes on
+    /// (true) while another listener's is armed; this one is armed again at
+    /// the next tick unless the accepts were cancelled. The core sees the
+    /// accept end when the last one does, and arms them all again, pauses or
+    /// closes the listeners as it would with one.
+    private func acceptEnded(listener index: UInt32) -> Bool {
+        armedAccepts &= ~(1 << UInt64(index))
+        return armedAccepts != 0
+    }
+
     func cancelAccept() {
-        ring.prepareCancel(target: WorkerCore<Worker>.acceptTag, tag: WorkerCore<Worker>.acceptCancelTag)
+        acceptsCancelled = true
+        for index in listenerFDs.indices where armedAccepts & (1 << index) != 0 {
+            ring.prepareCancel(target: Self.acceptTag(listener: index), tag: WorkerCore<Worker>.acceptCancelTag)
+        }
     }
 
     var buffersLent: Bool { provided.lent > 0 }
@@ -276,9 +313,10 @@ final class Worker: KernelBackend {
     }
 
     func closeListener() {
-        guard listenerFD >= 0 else { return }
-        Glibc.close(listenerFD)
-        listenerFD = -1
+        guard listenersOpen else { return }
+        listenerFDs.forEach { _ = Glibc.close($0) }
+        listenersOpen = false
+        armedAccepts = 0
     }
 
     // MARK: - SessionIO

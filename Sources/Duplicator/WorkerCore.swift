@@ -244,7 +244,10 @@ public final class WorkerCore<Backend: WorkerBackend> {
             if io.isLoop(acceptedFD: fd) {
                 stats.loopsRefused.bump()
                 io.refuse(fd: fd)
-            } else if !stopping, let session = table.take() {
+            } else if !aborted, let session = table.take() {
+                // While draining too: a client the kernel handed over before the
+                // accept was cancelled has connected (after a handover, the
+                // listener lives on in the new process): serve it, not reset it.
                 io.admit(fd: fd, session: session)
                 session.start(clientFD: fd, io: io)
                 if !session.isActive { table.free(session) }

@@ -37,6 +37,13 @@ public final class EpollPoller {
         try control(EpollOperation.modify, watched, flags: flags, token: token, name: "epoll_ctl(MOD)")
     }
 
+    /// Stops watching `watched`. Needed before closing a descriptor whose
+    /// open socket lives on elsewhere (a listener handed to another
+    /// process): epoll forgets it only when the last reference closes.
+    public func remove(_ watched: Int32) throws(SystemCallError) {
+        try control(EpollOperation.remove, watched, flags: 0, token: 0, name: "epoll_ctl(DEL)")
+    }
+
     private func control(_ operation: Int32, _ watched: Int32, flags: UInt32, token: UInt64, name: String) throws(SystemCallError) {
         guard shim_epoll_control(fd, operation, watched, flags, token) == 0 else { throw .lastError(name) }
     }

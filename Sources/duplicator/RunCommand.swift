@@ -145,6 +145,9 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: .customLong("mirror-turn-timeout"), parsing: .unconditional, help: "A mirror that has not answered a kept turn by then gets the next anyway, and is not waited for again in the session.")
     var mirrorTurnTimeout: String = DurationParser.text(nanoseconds: Int64(Defaults.mirrorTurnTimeoutUs) * 1_000)
 
+    @Option(name: .customLong("handover-socket"), help: ArgumentHelp("Binary upgrade or restart without a refused connection: take the listeners (and the metrics one) from the process that holds this Unix socket, which then stops accepting, drains its sessions for --drain-timeout and exits 0; then hold it for the next one. No process there, a stale file or another listen address: bind normally (docs/handover.md).", valueName: "path"))
+    var handoverSocket: String?
+
     @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, the IO backend, locked memory), then exit.")
     var check = false
 
@@ -282,12 +285,17 @@ struct ProxyOptions: ParsableArguments {
 
         Signals.block()
         raiseDescriptorLimit()
-        let proxy = try Proxy(config: config, metrics: metricsEndpoint, logger: logger)
-        let metricsServer = try metricsEndpoint.map { endpoint in
-            try MetricsServer(endpoint: endpoint) { PrometheusText.render(proxy.snapshot()) }
-        }
+        let handover = try HandoverWiring.begin(path: handoverSocket, check: check, config: config, metrics: metricsEndpoint,
+                                                logger: logger)
+        defer { handover?.server.stop() }
+        let proxy = try Proxy(config: config, metrics: metricsEndpoint, logger: logger,
+                              inheritedListeners: handover?.takeover?.listeners ?? [])
+        let render: @Sendable () -> String = { PrometheusText.render(proxy.snapshot()) }
+        let metricsServer = try handover?.takeover?.metricsListener.map { try MetricsServer(listener: $0, render: render) }
+            ?? metricsEndpoint.map { try MetricsServer(endpoint: $0, render: render) }
         defer { metricsServer?.stop() }
         try proxy.start()
+        try handover?.serve(proxy: proxy, metricsServer: metricsServer, drainTimeout: drainTimeout, logger: logger)
         if check {
             proxy.stop(immediately: true)
             proxy.wait()

@@ -28,7 +28,7 @@ struct EpollWorkerTests {
         let targets = [try config.main.resolve(role: .connect)]
         let stats = WorkerStats(mirrorCount: 0)
         let worker = try EpollWorker(config: config, targets: targets, loopGuard: LoopGuard(targets: targets, localAddresses: []),
-                               mirrorHealth: MirrorHealth(config.limits), listenerFD: -1, stats: stats, allStats: [stats],
+                               mirrorHealth: MirrorHealth(config.limits), listenerFDs: [], stats: stats, allStats: [stats],
                                control: WorkerControl(), logger: Logger(label: "test"))
         worker.context.nowMs = MonotonicClock.coarseMs()  // as the loop keeps it
         return worker
