@@ -44,11 +44,13 @@ public final class Proxy: Sendable {
     /// One health state per mirror, shared by the workers.
     private let mirrorHealth: MirrorHealth
     private let listenerFDs: Mutex<[Int32]>
-    private let control = WorkerControl()
+    private let control: WorkerControl
     private let threads = Mutex<[NativeThread]>([])
     private let logger: Logger
     /// `--dump-dir`: the thread that writes the pcapng dumps; nil without.
     public let dumpWriter: DumpWriter?
+    /// SIGHUP's configuration generations and mirror slots (`ConfigReload.swift`).
+    let reloads: ConfigReloads
 
     /// Validates, resolves, refuses the operator mistakes of `StartupChecks`,
     /// and binds; nothing runs yet. `metrics` is only checked against the
@@ -61,7 +63,7 @@ public final class Proxy: Sendable {
         }
         self.config = config
         self.logger = logger
-        mirrorHealth = MirrorHealth(config.limits)
+        mirrorHealth = MirrorHealth(config.slotLimits)
         let listenAddress: SocketAddress
         do {
             listenAddress = try config.listen.resolve(role: .listen)
@@ -73,7 +75,12 @@ public final class Proxy: Sendable {
             let localAddresses = localHostAddresses()
             try StartupChecks(listen: config.listen, listenAddress: listenAddress, main: main, mirrors: mirrors,
                               metrics: metrics, localAddresses: localAddresses).check()
-            targets = ([main] + mirrors).map { $0.addresses[0] }
+            targets = ConfigReloads.workerTargets(main: main.addresses[0], mirrors: mirrors.map { $0.addresses[0] },
+                                                  slots: config.mirrorSlotCount)
+            reloads = ConfigReloads(config: config, listenAddress: listenAddress, mirrors: mirrors.map { $0.addresses[0] },
+                                    metrics: metrics, dumping: config.dumpDirectory != nil && config.compare,
+                                    generations: ConfigGenerations())
+            control = WorkerControl(generations: reloads.generations)
             loopGuard = LoopGuard(targets: targets, localAddresses: localAddresses)
             if let directory = config.dumpDirectory, config.compare, !config.mirrors.isEmpty {
                 let servers = targets.map { $0.proxyAddress ?? ProxyAddress(family: .ipv4, networkBytes: UnsafeRawBufferPointer(start: nil, count: 0), port: $0.port) }
@@ -111,7 +118,7 @@ public final class Proxy: Sendable {
         }
         self.listenAddress = bound
         listenerFDs = Mutex(fds)
-        stats = (0..<config.threads).map { _ in WorkerStats(mirrorCount: config.mirrors.count) }
+        stats = (0..<config.threads).map { _ in WorkerStats(mirrorCount: config.mirrorSlotCount) }
     }
 
     deinit {
