@@ -104,7 +104,8 @@ struct ReloadIntegrationTests {
         let removed = try #require(try proxy.reload(Self.mirrorsYAML(main: main.boundPort, [b])))
         #expect(removed.contains("reloaded"), "\(removed)")
         let three = try phase(3)
-        #expect(receivedStreams(first, count: 2 * sessions) == streamSignatures(one + two), "the first mirror: phases 1 and 2")
+        // The first mirror also got the start's readiness probe: a session with no bytes.
+        #expect(receivedStreams(first, count: 2 * sessions + 1) == streamSignatures([[]] + one + two), "the first mirror: phases 1 and 2")
         #expect(receivedStreams(second, count: 2 * sessions) == streamSignatures(two + three), "the second: phases 2 and 3")
 
         // Resample: the first mirror back (its old slot) on 1% of sessions, the second on all.
@@ -113,7 +114,7 @@ struct ReloadIntegrationTests {
         let four = try phase(4, count: 40)
         #expect(receivedStreams(second, count: 2 * sessions + 40) == streamSignatures(two + three + four))
         usleep(300_000)
-        let later = first.connectionRecords().dropFirst(2 * sessions)
+        let later = first.connectionRecords().dropFirst(2 * sessions + 1)
         #expect(later.count <= 6, "a 1% mirror got \(later.count) of 40 sessions")
         let allowed = Set(four.map(StreamSignature.init))
         #expect(later.allSatisfy { allowed.contains(StreamSignature($0)) })
@@ -150,7 +151,8 @@ struct ReloadIntegrationTests {
             #expect(try echoSessions(1, port: proxy.port) { _ in payload }.isEmpty)
             sent.append(payload)
         }
-        #expect(receivedStreams(mirror, count: sent.count) == streamSignatures(sent), "the old mirror got every session")
+        #expect(receivedStreams(mirror, count: sent.count + 1) == streamSignatures([[]] + sent),
+                "the old mirror got every session (and the start's readiness probe, empty)")
         let curl = try runProgram(try Peers.require("curl"), ["-sS", "-m", "2", "http://127.0.0.1:\(metricsPort)/metrics"])
         #expect(curl.standardOutput.contains("duplicator_config_reloads_total{result=\"failed\"} \(bad.count)"), "\(curl.standardOutput)")
         #expect(curl.standardOutput.contains("duplicator_config_reloads_total{result=\"ok\"} 0"))
