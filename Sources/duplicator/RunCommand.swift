@@ -35,6 +35,10 @@ struct ProxyOptions: ParsableArguments {
           duplicator -l [::1]:8080 -f [::1]:9000 -m [::1]:9001 --backlog 16MiB
           duplicator --check -l :8080 -f 10.0.0.5:8080 -m 10.0.0.9:8080
           duplicator demo    (a main, a mirror, the proxy and a client on loopback)
+          duplicator --config /etc/duplicator.yaml    (kill -HUP reloads it: new sessions take the new mirrors)
+
+        Signals: SIGINT or SIGTERM drains (a second closes every session), SIGUSR1 logs the stats line, \
+        SIGHUP reloads the --config file (ignored without one).
         """
 
     // -l and -f are arrays only so that a second one is an error instead of

@@ -122,6 +122,31 @@ struct ReloadIntegrationTests {
         #expect(!proxy.log.contains("error"), "\(proxy.log)")
     }
 
+    @Test("a session live across a reload keeps its mirrors: the removed one gets its whole stream, the added one none of it",
+          arguments: Config.Backend.tested)
+    func liveSessionKeepsItsMirrors(backend: Config.Backend) throws {
+        let main = try startServer(.echo)
+        let first = try startServer(.echo)
+        let second = try startServer(.echo)
+        defer { [main, first, second].forEach { $0.stop() } }
+        let a = "127.0.0.1:\(first.boundPort)", b = "127.0.0.1:\(second.boundPort)"
+        let proxy = try ReloadingProxy(backend: backend, config: Self.mirrorsYAML(main: main.boundPort, [a]))
+        let before = Self.payload(phase: 5, 1), after = Self.payload(phase: 5, 2)
+        let live = try TestConnection(port: proxy.port)
+        let (echoed, _) = live.exchange(before, shutdownAfterSending: false, timeoutSeconds: 10, expectBytes: before.count)
+        #expect(echoed == before)
+        let line = try #require(try proxy.reload(Self.mirrorsYAML(main: main.boundPort, [b])))
+        #expect(line.contains("reloaded"), "\(line)")
+        let fresh = Self.payload(phase: 5, 3)
+        #expect(try echoSessions(1, port: proxy.port) { _ in fresh }.isEmpty, "a session after the reload")
+        let (rest, end) = live.exchange(after, timeoutSeconds: 10)
+        #expect(rest == after && end == .eof)
+        #expect(receivedStreams(first, count: 2) == streamSignatures([[], before + after]),
+                "the removed mirror: the probe and the live session, whole")
+        #expect(receivedStreams(second, count: 1) == streamSignatures([fresh]), "the added mirror: only the new session")
+        #expect(proxy.stop() == 0)
+    }
+
     @Test("every bad file is refused with one line naming the key and the reason; the old configuration keeps serving",
           arguments: Config.Backend.tested)
     func badFiles(backend: Config.Backend) throws {
