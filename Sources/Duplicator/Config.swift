@@ -16,6 +16,11 @@ public struct Config: Sendable {
     public var mirrors: [Endpoint]
     /// Per mirror, the percentage of sessions it gets (`-m ADDR@P%`); empty: all.
     public var mirrorSamplePercents: [Double] = []
+    /// Mirrors a reload may configure at most (`--mirror-slots`): each
+    /// worker's sessions are sized for this many at start; nil: `mirrors.count`.
+    public var mirrorSlots: Int?
+    /// The mirror slots each worker is sized for (see `MirrorSlots`).
+    public var mirrorSlotCount: Int { max(mirrors.count, mirrorSlots ?? 0) }
     /// goduplicator's `-t`: a mirror that has not connected by then is dropped for the session.
     public var mirrorConnectTimeoutMs = Defaults.mirrorConnectTimeoutMs
     /// 0: the kernel's own (minutes). Main failing to connect closes the client.
@@ -150,7 +155,7 @@ public struct Config: Sendable {
 
     /// Slots of a pool that mirrors may hold once main is done with them:
     /// half, so main's path always has the rest (none without mirrors).
-    public var mirrorShareSlots: Int { mirrors.isEmpty ? 0 : max(1, poolSlotsPerWorker / 2) }
+    public var mirrorShareSlots: Int { mirrorSlotCount == 0 ? 0 : max(1, poolSlotsPerWorker / 2) }
 
     /// Sessions a worker admits: as many as can each hold their
     /// `sessionSlotsMax` at once beside the mirrors' share, so that no set of
@@ -190,6 +195,7 @@ public struct Config: Sendable {
             }
         }
         guard mirrors.count <= 64 else { throw ConfigError("at most 64 mirrors, got \(mirrors.count)") }
+        guard mirrorSlotCount <= 64 else { throw ConfigError("--mirror-slots must be at most 64, got \(mirrorSlotCount)") }
         guard (4096...(1 << 20)).contains(slotSize) else {
             throw ConfigError("--slot-size must be from 4KiB to 1MiB, got \(slotSize)")
         }

@@ -49,11 +49,13 @@ public final class Proxy: Sendable {
     /// (`--handover-socket`); closed on stop, so that a stopped proxy's port
     /// refuses clients instead of queueing them.
     private let handoverFDs: Mutex<[Int32]>
-    private let control = WorkerControl()
+    private let control: WorkerControl
     private let threads = Mutex<[NativeThread]>([])
     private let logger: Logger
     /// `--dump-dir`: the thread that writes the pcapng dumps; nil without.
     public let dumpWriter: DumpWriter?
+    /// SIGHUP's configuration generations and mirror slots (`ConfigReload.swift`).
+    let reloads: ConfigReloads
 
     /// Validates, resolves, refuses the operator mistakes of `StartupChecks`,
     /// and binds; nothing runs yet. `metrics` is only checked against the
@@ -71,7 +73,7 @@ public final class Proxy: Sendable {
         }
         self.config = config
         self.logger = logger
-        mirrorHealth = MirrorHealth(config.limits)
+        mirrorHealth = MirrorHealth(config.slotLimits)
         let listenAddress: SocketAddress
         do {
             listenAddress = try config.listen.resolve(role: .listen)
@@ -83,7 +85,12 @@ public final class Proxy: Sendable {
             let localAddresses = localHostAddresses()
             try StartupChecks(listen: config.listen, listenAddress: listenAddress, main: main, mirrors: mirrors,
                               metrics: metrics, localAddresses: localAddresses).check()
-            targets = ([main] + mirrors).map { $0.addresses[0] }
+            targets = ConfigReloads.workerTargets(main: main.addresses[0], mirrors: mirrors.map { $0.addresses[0] },
+                                                  slots: config.mirrorSlotCount)
+            reloads = ConfigReloads(config: config, listenAddress: listenAddress, mirrors: mirrors.map { $0.addresses[0] },
+                                    metrics: metrics, dumping: config.dumpDirectory != nil && config.compare,
+                                    generations: ConfigGenerations())
+            control = WorkerControl(generations: reloads.generations)
             loopGuard = LoopGuard(targets: targets, localAddresses: localAddresses)
             if let directory = config.dumpDirectory, config.compare, !config.mirrors.isEmpty {
                 let servers = targets.map { $0.proxyAddress ?? ProxyAddress(family: .ipv4, networkBytes: UnsafeRawBufferPointer(start: nil, count: 0), port: $0.port) }
@@ -136,7 +143,7 @@ public final class Proxy: Sendable {
             stride(from: worker, to: fds.count, by: threadCount).map { fds[$0] }
         })
         handoverFDs = Mutex(fds.map { fcntl($0, F_DUPFD_CLOEXEC, 0) }.filter { $0 >= 0 })
-        stats = (0..<config.threads).map { _ in WorkerStats(mirrorCount: config.mirrors.count) }
+        stats = (0..<config.threads).map { _ in WorkerStats(mirrorCount: config.mirrorSlotCount) }
     }
 
     deinit {

@@ -226,7 +226,17 @@ public final class Session {
     /// `limits.mirrorTurns` entries from `turnStarts + leg * mirrorTurns`.
     private let turnStarts: UnsafeMutablePointer<UInt64>
     let legs: UnsafeMutablePointer<LegState>
-    let legCount: Int
+    /// The legs this session's storage has: the mirror slots the worker was
+    /// sized for (`Config.mirrorSlotCount`), fixed at init.
+    private let legCapacity: Int
+    /// The legs this session uses: those of the configuration it started
+    /// with (a reload changes it for sessions that start later).
+    private var currentLegCount: Int
+    var legCount: Int { currentLegCount }
+    /// The settings this session follows, taken from the worker's current
+    /// configuration generation at start and kept to its end: a reload
+    /// never changes a live session (`ConfigGeneration`).
+    private var limits: SessionLimits
     private let context: SessionContext
     /// `--compare`: one per mirror, or nil (then no byte is compared or kept).
     let comparisons: UnsafeMutablePointer<ReplyComparison>?
@@ -264,12 +274,14 @@ public final class Session {
         self.index = index
         self.context = context
         let limits = context.limits
-        legCount = Leg.count(mirrors: limits.mirrorCount)
-        legs = .allocate(capacity: legCount)
+        self.limits = limits
+        legCapacity = Leg.count(mirrors: limits.mirrorCount)
+        currentLegCount = legCapacity
+        legs = .allocate(capacity: legCapacity)
         proxyHeaderOut = limits.sendProxy == nil ? nil
             : .allocate(byteCount: ProxyProtocol.encodedBytesMax, alignment: 8)
         var storage = chunkStorage
-        for position in 0..<legCount {
+        for position in 0..<legCapacity {
             let leg = Leg(rawValue: UInt8(position))
             let capacity = leg.isMirror ? limits.backlogChunksMax : limits.readAheadChunks
             legs.advanced(by: position).initialize(to: LegState(queue: SendQueue(storage: storage, stride: stride, capacity: capacity)))
@@ -286,7 +298,7 @@ public final class Session {
         } else {
             comparisons = nil
         }
-        turnStarts = .allocate(capacity: max(1, legCount * limits.mirrorTurns))
+        turnStarts = .allocate(capacity: max(1, legCapacity * limits.mirrorTurns))
         records = limits.dumpBytes > 0 && comparisons != nil
         if records {
             recording = SessionRecording(mirrorCount: limits.mirrorCount, bytesMax: limits.dumpBytes)
@@ -295,7 +307,7 @@ public final class Session {
 
     deinit {
         turnStarts.deallocate()
-        legs.deinitialize(count: legCount)
+        legs.deinitialize(count: legCapacity)
         legs.deallocate()
         proxyHeaderOut?.deallocate()
         if let comparisons {
@@ -314,6 +326,9 @@ public final class Session {
     /// A client was accepted on `clientFD`: connect main and the mirrors, start reading.
     public func start<IO: SessionIO>(clientFD: Int32, io: IO) {
         precondition(!isActive)
+        // The configuration generation current now is this session's to its end.
+        limits = context.sessionLimits
+        currentLegCount = Leg.count(mirrors: limits.mirrorCount)
         currentGeneration &+= 1
         active = true
         ending = false
@@ -329,10 +344,10 @@ public final class Session {
             let queue = legs[leg].queue
             precondition(queue.isEmpty)
             legs[leg] = LegState(queue: queue)
-            legs[leg].keepsTurns = leg.isMirror && context.limits.mirrorTurns > 0
+            legs[leg].keepsTurns = leg.isMirror && limits.mirrorTurns > 0
         }
         if let comparisons {
-            for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].reset() }
+            for mirror in 0..<limits.mirrorCount { comparisons[mirror].reset() }
         }
         if records {
             recording!.reset(nowUs: context.nowUs)
@@ -347,22 +362,22 @@ public final class Session {
         proxyHeaderSlot = nil
         proxyHeaderBytes = 0
 
-        if context.limits.acceptProxy {
+        if limits.acceptProxy {
             // Main and the mirrors wait for the header: they get its client's
             // address, and a connection without one never reaches them.
             awaitsProxyHeader = true
             context.sessionsAwaitingProxyHeader += 1
-            proxyHeaderDeadlineMs = context.nowMs + UInt64(context.limits.proxyHeaderTimeoutMs)
+            proxyHeaderDeadlineMs = context.nowMs + UInt64(limits.proxyHeaderTimeoutMs)
             armReceive(.client, io: io)
             return
         }
-        connectUpstream(addresses: context.limits.sendProxy == nil ? nil : io.addresses(fd: clientFD), io: io)
+        connectUpstream(addresses: limits.sendProxy == nil ? nil : io.addresses(fd: clientFD), io: io)
     }
 
     /// Connects main and the mirrors, with the header for `addresses` first
     /// when sending one; starts reading the client.
     private func connectUpstream<IO: SessionIO>(addresses: ProxyAddresses?, io: IO) {
-        if let version = context.limits.sendProxy, let proxyHeaderOut {
+        if let version = limits.sendProxy, let proxyHeaderOut {
             proxyHeaderOutLength = ProxyProtocol.encode(version, addresses, into: proxyHeaderOut)
         }
         if records { recordedAddresses = addresses ?? io.addresses(fd: legs[.client].fd) }
@@ -372,12 +387,20 @@ public final class Session {
             fail(.mainConnectFailure, io: io)
             return
         }
-        connect(leg: .main, fd: mainFD, timeoutMs: context.limits.mainConnectTimeoutMs, io: io)
+        connect(leg: .main, fd: mainFD, timeoutMs: limits.mainConnectTimeoutMs, io: io)
 
-        for mirror in 0..<context.limits.mirrorCount {
+        for mirror in 0..<limits.mirrorCount {
             let leg = Leg.mirror(mirror)
             let mirrorStats = stats.mirrors[mirror]
-            guard context.mirrorIsSampled(mirror) else {
+            guard limits.mirrorSlotsAbsent & (1 << UInt64(mirror)) == 0 else {
+                // A mirror slot this session's configuration does not use
+                // (removed, or not yet taken): like a session not sampled, uncounted.
+                legs[leg].phase = .closed
+                legs[leg].sampledOut = true
+                comparisons?[mirror].abandon()
+                continue
+            }
+            guard context.mirrorIsSampled(mirror, limits) else {
                 mirrorStats.sessionsSampledOut.bump()
                 legs[leg].phase = .closed
                 legs[leg].sampledOut = true
@@ -399,7 +422,7 @@ public final class Session {
                 comparisons?[mirror].abandon()
                 continue
             }
-            connect(leg: leg, fd: fd, timeoutMs: context.limits.mirrorConnectTimeoutMs, io: io)
+            connect(leg: leg, fd: fd, timeoutMs: limits.mirrorConnectTimeoutMs, io: io)
         }
         armReceive(.client, io: io)
     }
@@ -479,7 +502,7 @@ public final class Session {
     /// idle timeout: a stalled or vanished peer must not hold a session (and
     /// its slots) forever. Mirrors flush and linger as after any end.
     public func checkIdle<IO: SessionIO>(io: IO) {
-        let timeoutMs = context.limits.idleTimeoutMs
+        let timeoutMs = limits.idleTimeoutMs
         guard isActive, !isEnding, timeoutMs > 0, context.nowMs &- lastActivityMs >= UInt64(timeoutMs) else { return }
         fail(.idleTimeout, io: io)
     }
@@ -530,7 +553,7 @@ public final class Session {
         let peer = leg == .client ? Leg.main : Leg.client
         let peerPhase = legs[peer].phase
         guard peerPhase == .open || peerPhase == .connecting,
-              legs[peer].queue.count < context.limits.readAheadChunks else { return }
+              legs[peer].queue.count < limits.readAheadChunks else { return }
         legs[leg].read = .receiving
         legs[leg].inFlight &+= 1
         io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
@@ -607,7 +630,7 @@ public final class Session {
         var newTurn = false
         if mainRepliedSinceClient {
             mainRepliedSinceClient = false
-            if turnsBegun < context.limits.mirrorTurns {
+            if turnsBegun < limits.mirrorTurns {
                 turnsBegun += 1
                 newTurn = true
             }
@@ -618,7 +641,7 @@ public final class Session {
     /// The same slot goes into each live mirror's backlog: no copy.
     @inline(__always)
     private func copyToMirrors<IO: SessionIO>(slot: UInt32, offset: Int, length: Int, newTurn: Bool, io: IO) {
-        let limits = context.limits
+        let limits = self.limits
         for leg in mirrorLegs {
             if legs[leg].missing {
                 context.stats.mirrors[leg.mirrorIndex].bytesMissed.bump(length)
@@ -656,7 +679,7 @@ public final class Session {
             }
         } else {
             if let comparisons {
-                for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].end(.main) }
+                for mirror in 0..<limits.mirrorCount { comparisons[mirror].end(.main) }
             }
             legs[.client].shutdownWanted = true
             kickSend(.client, io: io)
@@ -677,7 +700,7 @@ public final class Session {
             comparisons[mirror].append(.mirror, bytes)
             return
         }
-        for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].append(.main, bytes) }
+        for mirror in 0..<limits.mirrorCount { comparisons[mirror].append(.main, bytes) }
     }
 
     /// `--dump-dir`: the mirror's replies are still read (into slots) to be
@@ -689,7 +712,7 @@ public final class Session {
 
     /// Whether any mirror's comparison still takes bytes.
     private func anyOpen(_ comparisons: UnsafeMutablePointer<ReplyComparison>) -> Bool {
-        for mirror in 0..<context.limits.mirrorCount where comparisons[mirror].isOpen { return true }
+        for mirror in 0..<limits.mirrorCount where comparisons[mirror].isOpen { return true }
         return false
     }
 
@@ -697,7 +720,7 @@ public final class Session {
     /// main's stream; no free slot gives the comparisons up (main's
     /// replies are then discarded, as without `--compare`).
     private func mainFlushEnded(_ outcome: Outcome, _ comparisons: UnsafeMutablePointer<ReplyComparison>) {
-        for mirror in 0..<context.limits.mirrorCount {
+        for mirror in 0..<limits.mirrorCount {
             switch outcome {
             case .endOfStream: comparisons[mirror].end(.main)
             case .noBuffer: comparisons[mirror].abandon()
@@ -732,7 +755,7 @@ public final class Session {
     /// Each mirror's verdict, once its session is over (every leg closed):
     /// exactly one per (session, mirror) the mirror was chosen for.
     private func recordVerdicts(_ comparisons: UnsafeMutablePointer<ReplyComparison>) {
-        for mirror in 0..<context.limits.mirrorCount where !legs[.mirror(mirror)].sampledOut {
+        for mirror in 0..<limits.mirrorCount where !legs[.mirror(mirror)].sampledOut {
             let comparison = comparisons[mirror]
             context.stats.mirrors[mirror].comparisons.record(comparison.verdict,
                                                              divergenceOffset: comparison.divergenceOffset)
@@ -878,7 +901,7 @@ public final class Session {
             turnLimit = mirrorTurnLimit(leg, io: io)
             if turnLimit == 0 { return }
         }
-        if leg.isMirror && context.limits.mirrorBatchBytes > 0 && !legs[leg].queue.isEmpty {
+        if leg.isMirror && limits.mirrorBatchBytes > 0 && !legs[leg].queue.isEmpty {
             kickMirrorBatch(leg, turnLimit: turnLimit, io: io)
         } else if let chunk = legs[leg].queue.first {
             legs[leg].write = .sending(chunks: 1, bytes: Int(chunk.length))
@@ -898,7 +921,7 @@ public final class Session {
     /// to be woken at the deadline. Its reader wakes once per batch instead
     /// of once per client receive.
     private func kickMirrorBatch<IO: SessionIO>(_ leg: Leg, turnLimit: Int, io: IO) {
-        let limits = context.limits
+        let limits = self.limits
         let queue = legs[leg].queue
         if legs[leg].batchDeadlineUs == 0 {
             legs[leg].batchDeadlineUs = context.nowUs &+ UInt64(limits.mirrorBatchDelayUs)
@@ -952,7 +975,7 @@ public final class Session {
     /// kept turn it has not been let past (0: it waits for an answer).
     private func mirrorTurnLimit<IO: SessionIO>(_ leg: Leg, io: IO) -> Int {
         while legs[leg].turnNext < legs[leg].turnCount {
-            let start = turnStarts[leg.index &* context.limits.mirrorTurns &+ legs[leg].turnNext]
+            let start = turnStarts[leg.index &* limits.mirrorTurns &+ legs[leg].turnNext]
             let sent = legs[leg].sentBytesTotal
             if start > sent { return Int(start &- sent) }
             // All of the previous turn is sent: has the mirror answered it?
@@ -962,7 +985,7 @@ public final class Session {
                 continue
             }
             if legs[leg].turnDeadlineUs == 0 {
-                legs[leg].turnDeadlineUs = context.nowUs &+ UInt64(context.limits.mirrorTurnTimeoutUs)
+                legs[leg].turnDeadlineUs = context.nowUs &+ UInt64(limits.mirrorTurnTimeoutUs)
             }
             // Negotiation turns are a few bytes; a stream piling up behind an
             // unanswered turn is not one, and must not pin slots (a mirror
@@ -982,7 +1005,7 @@ public final class Session {
             }
             return 0
         }
-        if turnsBegun >= context.limits.mirrorTurns { stopKeepingTurns(leg, io: io) }
+        if turnsBegun >= limits.mirrorTurns { stopKeepingTurns(leg, io: io) }
         return Int.max
     }
 
@@ -1187,7 +1210,7 @@ public final class Session {
         case .badProxyHeader: stats.sessionsEndedByBadProxyHeader.bump()
         }
         stopAwaitingProxyHeader(io: io)
-        lingerDeadlineMs = context.nowMs + UInt64(context.limits.mirrorLingerMs)
+        lingerDeadlineMs = context.nowMs + UInt64(limits.mirrorLingerMs)
         closeLeg(.client, io: io)
         let mainPhase = legs[.main].phase
         if cause == .clientError && (mainPhase == .open || mainPhase == .connecting) && !legs[.main].shutdownIssued {

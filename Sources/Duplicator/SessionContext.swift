@@ -32,6 +32,10 @@ public struct SessionLimits: Sendable {
     /// Per mirror, the share of sessions it gets (`MirrorSampling.threshold`);
     /// empty: every mirror gets every session.
     public var mirrorSampleThresholds: [UInt64] = []
+    /// Bit `i` set: mirror slot `i` (below `mirrorCount`) is not in this
+    /// configuration (removed by a reload, or not taken yet): its leg stays
+    /// closed and nothing is counted for it. 0 without reloads.
+    public var mirrorSlotsAbsent: UInt64 = 0
     /// `--compare`: bytes each (session, mirror) may keep of the stream that
     /// runs ahead, to compare the mirror's replies with main's; 0: off.
     public var compareWindowBytes = 0
@@ -91,7 +95,14 @@ public struct SessionLimits: Sendable {
 /// the counters, the health of each mirror, and the accounting that keeps
 /// mirrors from taking the slots main's path needs.
 public final class SessionContext {
+    /// What the sessions' storage was sized for (every mirror slot); a
+    /// session follows `sessionLimits`, taken at its start.
     public let limits: SessionLimits
+    /// The current configuration generation's limits: what a session that
+    /// starts now follows (`ConfigGeneration`; the worker adopts a new one
+    /// between rounds). Private storage: see below.
+    private var currentLimits: SessionLimits
+    var sessionLimits: SessionLimits { currentLimits }
     public let pool: BufferPool
     public let stats: WorkerStats
     // What other modules see of the changing state goes through computed
@@ -146,6 +157,7 @@ public final class SessionContext {
     public init(limits: SessionLimits, pool: BufferPool, stats: WorkerStats, mirrorHealth: MirrorHealth? = nil,
                 samplingSeed: UInt64? = nil) {
         self.limits = limits
+        currentLimits = limits
         samplingState = samplingSeed ?? UInt64.random(in: 0...UInt64.max)
         self.mirrorHealth = mirrorHealth ?? MirrorHealth(limits)
         self.pool = pool
@@ -179,7 +191,7 @@ public final class SessionContext {
 
     /// Whether this session goes to mirror `index`: a fresh draw per session
     /// and sampled mirror, so each mirror's share is independent of the others'.
-    func mirrorIsSampled(_ index: Int) -> Bool {
+    func mirrorIsSampled(_ index: Int, _ limits: SessionLimits) -> Bool {
         guard index < limits.mirrorSampleThresholds.count else { return true }
         let threshold = limits.mirrorSampleThresholds[index]
         guard threshold < MirrorSampling.everySession else { return true }
@@ -189,6 +201,13 @@ public final class SessionContext {
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         z ^= z >> 31
         return (z >> 32) < threshold
+    }
+
+    /// A new configuration generation: sessions that start from now on follow
+    /// `limits` (its mirror count at most the slots the storage has).
+    public func adopt(_ limits: SessionLimits) {
+        precondition(limits.mirrorCount <= self.limits.mirrorCount, "a configuration with more mirror slots than the storage")
+        currentLimits = limits
     }
 
     // MARK: Mirror back-off (the shared state, at this worker's clock)

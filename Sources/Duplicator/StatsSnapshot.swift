@@ -117,18 +117,21 @@ public struct StatsSnapshot: Sendable, Equatable {
 
 extension Proxy {
     public func snapshot() -> StatsSnapshot {
-        var snapshot = StatsSnapshot(workers: stats, mirrorNames: config.mirrors.map(\.text),
+        // Counters are kept per mirror slot; the page shows the current configuration's mirrors.
+        let generation = currentGeneration
+        var snapshot = StatsSnapshot(workers: stats, mirrorNames: generation.slotNames,
                                      poolSlotsPerWorker: config.poolSlotsPerWorker)
         if let backend { snapshot.backend = backend.kind.rawValue }
         if let dumpWriter {
             snapshot.dumping = true
-            for index in snapshot.mirrors.indices {
+            for index in generation.mirrorSlots {
                 for result in DumpWriter.Result.allCases {
                     snapshot.mirrors[index].dumps[result.rawValue] = dumpWriter.count(mirror: index, result)
                 }
                 snapshot.mirrors[index].dumpTruncatedBytes = dumpWriter.truncated(mirror: index)
             }
         }
+        snapshot.mirrors = generation.mirrorSlots.map { snapshot.mirrors[$0] }
         return snapshot
     }
 }

@@ -14,6 +14,10 @@ final class WorkerControl: Sendable {
     let zeroCopyNote = Mutex<String>("")
     /// The backend the workers run on (never `auto`), and why epoll when it was not asked for.
     let backend = Mutex<(kind: Config.Backend, fallbackReason: String?)?>(nil)
+    /// The configuration new sessions start with (`ConfigReload.swift`).
+    let generations: ConfigGenerations
+
+    init(generations: ConfigGenerations = ConfigGenerations()) { self.generations = generations }
 }
 
 /// One thread, one ring, one listener, one session table: the completion
@@ -96,7 +100,7 @@ final class Worker: KernelBackend {
                                        registerSegments: true)
         parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth, dumpSink: dumpSink)
         sendMessageSupported = ring.supportsSendMessage
-        legsPerSession = Leg.count(mirrors: config.mirrors.count)
+        legsPerSession = Leg.count(mirrors: config.mirrorSlotCount)
         zeroCopyLegs = .allocate(capacity: config.sessionsPerWorker * legsPerSession)
         zeroCopyLegs.initialize(repeating: false, count: config.sessionsPerWorker * legsPerSession)
         if config.zeroCopy != .off && ring.supportsZeroCopySend {

@@ -115,11 +115,14 @@ public final class WorkerCore<Backend: WorkerBackend> {
     public let timers: SessionTimers
     private let stats: WorkerStats
     private let logger: Logger
-    private let idleTimeoutMs: Int
+    /// Sessions are checked against their idle timeout while any
+    /// configuration since start had one (each session checks its own).
+    private var idleTimeoutMs: Int
     private let drainTimeoutMs: Int
     /// The mirror health log is the process's: every worker's counters.
     private let allStats: [WorkerStats]
-    private let mirrorNames: [String]
+    /// Per mirror slot (`ConfigGeneration`), for the health log.
+    private var mirrorNames: [String]
 
     // Read by the loop once per batch: private storage behind the public
     // reads, so that no access is checked at run time (see `Session`).
@@ -278,6 +281,13 @@ public final class WorkerCore<Backend: WorkerBackend> {
         } else {
             armAccept(io: io)
         }
+    }
+
+    /// A reload: the mirror slots' names, and the idle checks if the new configuration has them.
+    func adopt(_ generation: ConfigGeneration) {
+        mirrorNames = generation.slotNames
+        idleTimeoutMs = generation.config.idleTimeoutMs > 0 ? min(max(1, idleTimeoutMs), generation.config.idleTimeoutMs)
+            : idleTimeoutMs
     }
 
     // MARK: - Time

@@ -9,8 +9,14 @@ import Synchronization
 /// guard's records, the memory of gathered mirror sends, and the socket
 /// options that the sessions' operations imply. One per worker thread.
 final class WorkerSockets {
-    let targets: [SocketAddress]
-    private let config: Config
+    /// Main's address, then each mirror slot's (`MirrorSlots`): a slot
+    /// keeps its address once taken, so a live session's never changes.
+    private(set) var targets: [SocketAddress]
+    /// The current configuration generation's (socket options of new sessions' legs).
+    private var config: Config
+    private let mirrorSlotCount: Int
+    /// Some generation set SO_RCVLOWAT on mirror sockets: lower it at their shutdown.
+    private var lowWaterEverSet: Bool
     private let loopGuard: LoopGuard
     private let stats: WorkerStats
     private let logger: Logger
@@ -40,12 +46,15 @@ final class WorkerSockets {
     init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, stats: WorkerStats, logger: Logger,
          nonBlocking: Bool) throws(RingError) {
         self.config = config
+        mirrorSlotCount = config.mirrorSlotCount
+        lowWaterEverSet = config.mirrorReceiveLowWaterBytes > 0
+        precondition(targets.count == 1 + config.mirrorSlotCount, "main's address and one per mirror slot")
         self.targets = targets
         self.loopGuard = loopGuard
         self.stats = stats
         self.logger = logger
         self.nonBlocking = nonBlocking
-        let gatherLegs = max(1, config.sessionsPerWorker * config.mirrors.count)
+        let gatherLegs = max(1, config.sessionsPerWorker * config.mirrorSlotCount)
         let messagesBytes = gatherLegs * MemoryLayout<msghdr>.stride
         let vectorsOffset = (messagesBytes + 15) & ~15
         gatherMemoryBytes = vectorsOffset + gatherLegs * Session.gatherChunksMax * MemoryLayout<iovec>.stride
@@ -89,6 +98,18 @@ final class WorkerSockets {
         return (address, targets[target].length)
     }
 
+    /// A reload: new sessions' sockets follow `generation`; a slot taken
+    /// since gets its address (nothing live uses that slot yet).
+    func adopt(_ generation: ConfigGeneration) {
+        config = generation.config
+        lowWaterEverSet = lowWaterEverSet || config.mirrorReceiveLowWaterBytes > 0
+        for (slot, address) in generation.slotAddresses.enumerated() {
+            guard let address, 1 + slot < targets.count, targets[1 + slot].description != address.description else { continue }
+            targets[1 + slot] = address
+            targetAddresses[1 + slot] = address.storage
+        }
+    }
+
     // MARK: - Options the sessions' operations imply
 
     func discardInBatches(fd: Int32) {
@@ -97,7 +118,7 @@ final class WorkerSockets {
 
     /// Before `shutdown(SHUT_WR)` of `tag`'s leg.
     func shuttingDown(fd: Int32, tag: CompletionTag) {
-        if Leg(tag).isMirror && config.mirrorReceiveLowWaterBytes > 0 {
+        if Leg(tag).isMirror && lowWaterEverSet {
             // The mirror has the whole stream: from now on discard its replies
             // as they come (lowering SO_RCVLOWAT wakes the discard for what
             // waits), so that closing it at the end of its linger finds no
@@ -122,7 +143,7 @@ final class WorkerSockets {
     /// flight per leg.
     @inline(__always)
     func gatherMessage(tag: CompletionTag, queue: SendQueue, chunks: Int, pool: BufferPool) -> UnsafeMutablePointer<msghdr> {
-        let leg = Int(tag.session) &* config.mirrors.count &+ Leg(tag).mirrorIndex
+        let leg = Int(tag.session) &* mirrorSlotCount &+ Leg(tag).mirrorIndex
         let vectors = gatherVectors + leg &* Session.gatherChunksMax
         for position in 0..<chunks {
             let chunk = queue.chunk(at: position)
@@ -208,25 +229,32 @@ struct WorkerParts {
     let timers: SessionTimers
     /// The clock in microseconds is read each round: sessions have mirror
     /// timers, or record arrival times (`--dump-dir`).
-    let readsMicroseconds: Bool
+    var readsMicroseconds: Bool { follower.readsMicroseconds }
+    /// Which configuration generation new sessions take (`ConfigReload.swift`).
+    let follower: GenerationFollower
+
+    static func readsMicroseconds(_ config: Config, dumping: Bool) -> Bool {
+        (!config.mirrors.isEmpty && (config.mirrorBatchBytes > 0 || config.mirrorTurns > 0)) || dumping
+    }
 
     init(config: Config, pool: BufferPool, stats: WorkerStats, mirrorHealth: MirrorHealth, dumpSink: DumpSink?) throws {
-        context = SessionContext(limits: config.limits, pool: pool, stats: stats, mirrorHealth: mirrorHealth)
-        context.dumpSink = config.limits.dumpBytes > 0 ? dumpSink : nil
+        context = SessionContext(limits: config.slotLimits, pool: pool, stats: stats, mirrorHealth: mirrorHealth)
+        context.dumpSink = config.slotLimits.dumpBytes > 0 ? dumpSink : nil
         // Admission control: the table holds only as many sessions as the
         // pool can serve at once, whatever their peers do.
         table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
         waiters = BufferWaiters(capacity: config.sessionsPerWorker)
         timers = SessionTimers(capacity: config.sessionsPerWorker)
-        let mirrorTimers = !config.mirrors.isEmpty && (config.mirrorBatchBytes > 0 || config.mirrorTurns > 0)
-        readsMicroseconds = mirrorTimers || context.dumpSink != nil
+        follower = GenerationFollower(readsMicroseconds: Self.readsMicroseconds(config, dumping: context.dumpSink != nil))
     }
 
     func core<Backend: WorkerBackend>(config: Config, stats: WorkerStats, allStats: [WorkerStats],
                                       logger: Logger) -> WorkerCore<Backend> {
         WorkerCore(context: context, table: table, waiters: waiters, timers: timers,
                    idleTimeoutMs: config.idleTimeoutMs, drainTimeoutMs: config.drainTimeoutMs, stats: stats,
-                   allStats: allStats, mirrorNames: config.mirrors.map(\.text), logger: logger)
+                   allStats: allStats,
+                   mirrorNames: config.mirrors.map(\.text) + Array(repeating: "", count: config.mirrorSlotCount - config.mirrors.count),
+                   logger: logger)
     }
 }
 
@@ -245,6 +273,7 @@ extension KernelBackend {
 
     /// A round starts: the clocks the sessions read.
     func startRound() {
+        if let generation = parts.follower.changed(control.generations) { adopt(generation) }
         context.nowMs = MonotonicClock.coarseMs()
         if parts.readsMicroseconds { context.nowUs = MonotonicClock.nowMicros() }
     }
@@ -260,6 +289,16 @@ extension KernelBackend {
             core.tick(stopMode: StopMode(rawValue: control.stopMode.load(ordering: .relaxed)) ?? .running, io: self)
         }
         return core.isFinished
+    }
+
+    /// A reload published `generation`: sessions that start from now on
+    /// follow it (live ones keep theirs).
+    func adopt(_ generation: ConfigGeneration) {
+        context.adopt(generation.limits)
+        sockets.adopt(generation)
+        core.adopt(generation)
+        parts.follower.adopted(generation, readsMicroseconds: WorkerParts.readsMicroseconds(generation.config,
+                                                                                           dumping: context.dumpSink != nil))
     }
 
     func admit(fd: Int32, session: Session) { Sockets.setNoDelay(fd) }

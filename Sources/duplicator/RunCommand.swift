@@ -35,6 +35,10 @@ struct ProxyOptions: ParsableArguments {
           duplicator -l [::1]:8080 -f [::1]:9000 -m [::1]:9001 --backlog 16MiB
           duplicator --check -l :8080 -f 10.0.0.5:8080 -m 10.0.0.9:8080
           duplicator demo    (a main, a mirror, the proxy and a client on loopback)
+          duplicator --config /etc/duplicator.yaml    (kill -HUP reloads it: new sessions take the new mirrors)
+
+        Signals: SIGINT or SIGTERM drains (a second closes every session), SIGUSR1 logs the stats line, \
+        SIGHUP reloads the --config file (ignored without one).
         """
 
     // -l and -f are arrays only so that a second one is an error instead of
@@ -151,6 +155,12 @@ struct ProxyOptions: ParsableArguments {
     @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, the IO backend, locked memory), then exit.")
     var check = false
 
+    @Option(name: .customLong("config"), help: ArgumentHelp("A YAML file of options: keys are the long flag names without dashes (listen: :8080, mirror: [\":8082@10%\"], timeout: 2s); flags given here win. SIGHUP reads it again and applies it to new sessions (mirrors, sampling, timeouts, batching, log level); what cannot change in place is refused, and a bad file changes nothing. See docs/reload.md.", valueName: "file"))
+    var configFile: String?
+
+    @Option(name: .customLong("mirror-slots"), parsing: .unconditional, help: "Mirrors a reload may configure at most (sessions are sized for them at start; default: the mirrors given, or at least 4 with --config).")
+    var mirrorSlots: Int?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -255,22 +265,36 @@ struct ProxyOptions: ParsableArguments {
             throw ConfigError("--wait-batch-timeout '\(waitBatchTimeout)': negative durations are refused")
         }
         config.waitBatchTimeoutUs = Int((try DurationParser.nanoseconds(waitBatchTimeout) + 999) / 1000)
+        config.mirrorSlots = mirrorSlots ?? (configFile != nil ? max(Self.mirrorSlotsWithConfig, mirrors.count) : nil)
         try config.validate()
         return config
     }
 
+    /// `--mirror-slots` when a file may add mirrors later.
+    static let mirrorSlotsWithConfig = 4
+
     func runProxy() throws {
+        guard let path = configFile else { return try startProxy(reloadFrom: nil) }
+        // The file's options behind the command line's, parsed as one command line.
+        let commandLine = ConfigArguments.commandLine()
+        let merged: ProxyOptions
+        do { merged = try ConfigArguments.options(path: path, commandLine: commandLine).0 } catch { throw ValidationError(error.message) }
+        try merged.startProxy(reloadFrom: (path, commandLine))
+    }
+
+    private func startProxy(reloadFrom file: (path: String, commandLine: [String])?) throws {
         Signals.ignoreBrokenPipe()
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("--log-level '\(logLevel)': expected trace, debug, info, notice, warning, error or critical")
         }
+        LogLevelControl.shared.current = level
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+            ReloadableLevelLogHandler(inner: StreamLogHandler.standardError(label: label))
         }
         let config: Config
-        do { config = try makeConfig() } catch { throw ValidationError(error.message) }
+        do { config = try makeConfig() } catch {
+            throw ValidationError(file.map { ConfigArguments.attributed(error, file: (try? ConfigFile.read(path: $0.path)) ?? ConfigFile(path: $0.path, entries: []), commandLine: $0.commandLine).message } ?? error.message)
+        }
         var logger = Logger(label: "duplicator")
         logger.logLevel = level
 
@@ -290,7 +314,7 @@ struct ProxyOptions: ParsableArguments {
         defer { handover?.server.stop() }
         let proxy = try Proxy(config: config, metrics: metricsEndpoint, logger: logger,
                               inheritedListeners: handover?.takeover?.listeners ?? [])
-        let render: @Sendable () -> String = { PrometheusText.render(proxy.snapshot()) }
+        let render: @Sendable () -> String = { PrometheusText.render(proxy.snapshot()) + proxy.reloadMetricsText() }
         let metricsServer = try handover?.takeover?.metricsListener.map { try MetricsServer(listener: $0, render: render) }
             ?? metricsEndpoint.map { try MetricsServer(endpoint: $0, render: render) }
         defer { metricsServer?.stop() }
@@ -305,7 +329,8 @@ struct ProxyOptions: ParsableArguments {
                 + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB" + Self.proxyProtocolNote(config)
                 + (config.compare ? "; comparing replies in windows of up to \(config.compareMemoryBytesMax >> 20) MiB in all" : "")
                 + (config.dumpDirectory.map { "; pcapng dumps of differing pairs to \($0) (up to \(config.dumpBytes) bytes per direction, \(config.dumpMaxFiles) files, recordings of up to \(config.dumpMemoryBytesMax >> 20) MiB in all)" } ?? "")
-                + Self.mirrorSendsNote(config) + "; " + proxy.zeroCopyNote)
+                + Self.mirrorSendsNote(config) + "; " + proxy.zeroCopyNote
+                + (file.map { "; from \($0.path) (configuration \(proxy.currentGeneration.digest)), SIGHUP reloads it, up to \(config.mirrorSlotCount) mirrors" } ?? ""))
             return
         }
         let metricsNote = metricsServer.map { ", metrics on http://\($0.address)/metrics" } ?? ""
@@ -317,7 +342,11 @@ struct ProxyOptions: ParsableArguments {
                 logger.info("writing a pcapng dump (mode 0600) of each session and mirror whose replies differ to \(directory): at most \(config.dumpBytes) bytes per direction, \(config.dumpMaxFiles) files, recordings of up to \(config.dumpMemoryBytesMax >> 20) MiB in all if every admitted session carried that much")
             }
         }
-        serve(proxy, statsIntervalMs: statsIntervalMs, logger: logger)
+        let reloader = file.map {
+            ConfigReloader(path: $0.path, commandLine: $0.commandLine, proxy: proxy, options: self,
+                           statsIntervalMs: statsIntervalMs, logger: logger)
+        }
+        serve(proxy, statsIntervalMs: statsIntervalMs, logger: logger, reloader: reloader)
     }
 
     /// What --check says of the PROXY protocol, so that an operator sees
@@ -331,8 +360,9 @@ struct ProxyOptions: ParsableArguments {
 
     /// Waits for signals (see `Signals`): the first SIGINT/SIGTERM stops
     /// gracefully, a second at once; SIGUSR1 logs the stats line now, SIGHUP
-    /// is logged and ignored. Logs the stats line every `statsIntervalMs`.
-    private func serve(_ proxy: Proxy, statsIntervalMs: Int, logger: Logger) {
+    /// applies `--config` again to new sessions (`ConfigReloader`; without a
+    /// file it is logged and ignored). Logs the stats line every `statsIntervalMs`.
+    private func serve(_ proxy: Proxy, statsIntervalMs: Int, logger: Logger, reloader: ConfigReloader?) {
         var stopSignals = 0
         var previous = proxy.snapshot()
         var previousSeconds = MonotonicClock.nowSeconds()
@@ -345,6 +375,7 @@ struct ProxyOptions: ParsableArguments {
             previousSeconds = now
         }
         while true {
+            let statsIntervalMs = reloader?.statsIntervalMs ?? statsIntervalMs
             if statsIntervalMs > 0 && MonotonicClock.nowSeconds() - previousSeconds >= Double(statsIntervalMs) / 1000 {
                 logStats()
             }
@@ -361,7 +392,11 @@ struct ProxyOptions: ParsableArguments {
             case .logStats:
                 logStats()
             case .reload:
-                logger.notice("SIGHUP: ignored; there is no configuration to reload (restart with new flags to change it)")
+                if let reloader {
+                    reloader.reload()
+                } else {
+                    logger.notice("SIGHUP: ignored; there is no configuration file to reload (--config; restart with new flags to change them)")
+                }
             case nil:
                 break
             }

@@ -6,9 +6,9 @@ import Platform
 /// at a random point and worker threads never see them:
 /// - SIGINT, SIGTERM: the first drains, a second closes every session at once;
 /// - SIGUSR1: log the stats line now;
-/// - SIGHUP: logged and ignored (the configuration is the command line, there
-///   is nothing to reload); by default it would kill the proxy when the
-///   terminal it was started from goes away.
+/// - SIGHUP: with `--config FILE`, reload it (`ConfigReloader`); without,
+///   logged and ignored (by default it would kill the proxy when the
+///   terminal it was started from goes away).
 /// SIGPIPE is ignored: a send to a reset peer already uses MSG_NOSIGNAL, but a
 /// log line written to a stderr whose reader is gone (a dead log shipper,
 /// `| head`) would otherwise kill the process, drain and all.
