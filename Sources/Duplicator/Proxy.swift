@@ -62,6 +62,8 @@ public final class Proxy: Sendable {
         self.config = config
         self.logger = logger
         mirrorHealth = MirrorHealth(config.limits)
+        control.problems.name(main: config.main.text, mainConnectTimeoutMs: config.mainConnectTimeoutMs,
+                              dumpDirectory: config.dumpDirectory, dumpQueueBytes: config.dumpQueueBytes)
         let listenAddress: SocketAddress
         do {
             listenAddress = try config.listen.resolve(role: .listen)
@@ -78,7 +80,8 @@ public final class Proxy: Sendable {
             if let directory = config.dumpDirectory, config.compare, !config.mirrors.isEmpty {
                 let servers = targets.map { $0.proxyAddress ?? ProxyAddress(family: .ipv4, networkBytes: UnsafeRawBufferPointer(start: nil, count: 0), port: $0.port) }
                 dumpWriter = try DumpWriter(directory: directory, maxFiles: config.dumpMaxFiles, servers: servers,
-                                            mirrorNames: config.mirrors.map(\.text))
+                                            mirrorNames: config.mirrors.map(\.text), queueBytesMax: config.dumpQueueBytes,
+                                            problems: control.problems)
             } else {
                 dumpWriter = nil
             }

@@ -369,6 +369,7 @@ public final class Session {
         let stats = context.stats
         let mainFD = io.openSocket(for: .main)
         guard mainFD >= 0 else {
+            context.problems.mainConnectFailed(errno: mainFD < -1 ? -mainFD : Glibc.errno)
             fail(.mainConnectFailure, io: io)
             return
         }
@@ -576,7 +577,7 @@ public final class Session {
         }
         switch outcome {
         case .endOfStream where isAwaitingProxyHeader:
-            fail(.badProxyHeader, io: io)  // closed before its header was whole
+            refuseProxyHeader(.closedEarly, io: io)
         case .endOfStream:
             endOfStream(from: leg, io: io)
         case .noBuffer:
@@ -829,9 +830,9 @@ public final class Session {
                 releaseSlot(slot, from: .client, io: io)
             }
             armReceive(.client, io: io)
-        case .invalid:
+        case .invalid(let failure):
             releaseSlot(slot, from: .client, io: io)
-            fail(.badProxyHeader, io: io)
+            refuseProxyHeader(.invalid(failure), io: io)
         case .complete(let headerLength, let addresses):
             stopAwaitingProxyHeader(io: io)
             connectUpstream(addresses: addresses ?? io.addresses(fd: legs[.client].fd), io: io)
@@ -857,6 +858,13 @@ public final class Session {
     /// A client whose header is not whole by its deadline is closed.
     public func checkProxyHeaderDeadline<IO: SessionIO>(io: IO) {
         guard isActive, isAwaitingProxyHeader, context.nowMs >= proxyHeaderDeadlineMs else { return }
+        refuseProxyHeader(.timedOut, io: io)
+    }
+
+    /// Ends the session of a client whose header was refused, and tells the log whose and why.
+    private func refuseProxyHeader<IO: SessionIO>(_ refusal: ProblemLog.HeaderRefusal, io: IO) {
+        guard !isEnding else { return }
+        context.problems.proxyHeaderRefused(refusal, peer: io.addresses(fd: legs[.client].fd)?.source)
         fail(.badProxyHeader, io: io)
     }
 
@@ -1130,6 +1138,11 @@ public final class Session {
             if legs[leg].flushing {
                 closeLeg(leg, io: io)
             } else {
+                if case .cancelled = outcome {
+                    context.problems.mainConnectTimedOut()
+                } else {
+                    context.problems.mainConnectFailed(errno: outcome.errno)
+                }
                 fail(.mainConnectFailure, io: io)
             }
             return

@@ -14,6 +14,8 @@ final class WorkerControl: Sendable {
     let zeroCopyNote = Mutex<String>("")
     /// The backend the workers run on (never `auto`), and why epoll when it was not asked for.
     let backend = Mutex<(kind: Config.Backend, fallbackReason: String?)?>(nil)
+    /// What the workers log of main, PROXY headers and dumps (`ProblemLog`).
+    let problems = ProblemLog()
 }
 
 /// One thread, one ring, one listener, one session table: the completion
@@ -85,7 +87,8 @@ final class Worker: KernelBackend {
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
         provided = try ProvidedBuffers(ring: ring, pool: pool, windowSlots: config.providedWindowSlotsPerWorker,
                                        registerSegments: true)
-        parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth, dumpSink: dumpSink)
+        parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth,
+                                problems: control.problems, dumpSink: dumpSink)
         sendMessageSupported = ring.supportsSendMessage
         legsPerSession = Leg.count(mirrors: config.mirrors.count)
         zeroCopyLegs = .allocate(capacity: config.sessionsPerWorker * legsPerSession)

@@ -210,8 +210,10 @@ struct WorkerParts {
     /// timers, or record arrival times (`--dump-dir`).
     let readsMicroseconds: Bool
 
-    init(config: Config, pool: BufferPool, stats: WorkerStats, mirrorHealth: MirrorHealth, dumpSink: DumpSink?) throws {
-        context = SessionContext(limits: config.limits, pool: pool, stats: stats, mirrorHealth: mirrorHealth)
+    init(config: Config, pool: BufferPool, stats: WorkerStats, mirrorHealth: MirrorHealth, problems: ProblemLog,
+         dumpSink: DumpSink?) throws {
+        context = SessionContext(limits: config.limits, pool: pool, stats: stats, mirrorHealth: mirrorHealth,
+                                 problems: problems)
         context.dumpSink = config.limits.dumpBytes > 0 ? dumpSink : nil
         // Admission control: the table holds only as many sessions as the
         // pool can serve at once, whatever their peers do.
