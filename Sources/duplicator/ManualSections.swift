@@ -59,16 +59,18 @@ enum ManualSections {
 
     static let exitStatus = Section(title: "EXIT STATUS", entries: [
         ("0", "Stopped by SIGINT or SIGTERM; --check found the configuration good; --help or --version."),
-        ("1", "The proxy could not start (a port in use, io_uring refused with --backend io_uring, a dump directory "
-            + "that cannot be written, ...), or demo failed; one line on standard error says why."),
-        ("\(ExitCode.validationFailure.rawValue)", "A bad command line: an unknown option, a bad address, duration or size, "
-            + "a value out of its range, or an operator mistake such as -f equal to -l; one line on standard error says which."),
+        ("1", "The proxy could not start: a port in use; an operator mistake refused at start (-f or -m equal to -l, "
+            + "a mirror that is main or given twice, --metrics on the address of -l, -f or a mirror); io_uring refused "
+            + "with --backend io_uring; too little locked memory; a dump directory that cannot be written. Or demo failed. "
+            + "One line on standard error says why."),
+        ("\(ExitCode.validationFailure.rawValue)", "A bad command line: an unknown or repeated option, a malformed address, "
+            + "duration or size, or a value out of its range; one line on standard error says which."),
     ])
 
     static let files = Section(title: "FILES", entries: [
         ("DIR/dump-PID-N-MIRROR-VERDICT.pcapng", "With --compare --dump-dir DIR: one pcapng file per session and mirror whose "
             + "replies diverged, were shorter or longer; mode 0600 (production data), never over an existing file."),
-        ("/proc/self/status", "Read at start for the locked memory already in use, to say how much the registered buffers need."),
+        ("/proc/self/status", "Read at start for CAP_IPC_LOCK, which lifts the locked-memory limit (RLIMIT_MEMLOCK) the registered buffers are checked against."),
     ])
 
     static var metrics: Section {

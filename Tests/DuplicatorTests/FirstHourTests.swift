@@ -363,3 +363,76 @@ struct FirstHourCLITests {
         #expect(result.standardOutput.contains("2 connections x 4096 bytes"), "\(result.standardOutput)")
     }
 }
+
+/// The man page's sections beyond the options come from the binary too
+/// (its hidden `manual-sections`), so they cannot drift from the code.
+@Suite("First hour: the man page")
+struct FirstHourManualTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().path
+
+    @Test("SIGNALS, EXIT STATUS, FILES and METRICS, the last listing every metric family the code defines",
+          .enabled(if: Peers.runnable("python3"), "needs python3"))
+    func sections() throws {
+        let result = try runProgram(try Peers.require("python3"), [Self.root + "/scripts/manpage.py",
+                                                                  try builtBinary("duplicator"), BuildInfo.version])
+        #expect(result.status == 0, "\(result.standardError)")
+        let page = result.standardOutput
+        var previous = page.startIndex
+        for title in ["OPTIONS", "SIGNALS", "EXIT STATUS", "FILES", "METRICS", "VERSION"] {
+            let found = page.range(of: "\n.SH \(title)\n")
+            #expect(found != nil, "\(title) missing")
+            if let found {
+                #expect(found.lowerBound >= previous, "\(title) out of order")
+                previous = found.lowerBound
+            }
+        }
+        for signal in ["SIGINT, SIGTERM", "SIGUSR1", "SIGHUP"] { #expect(page.contains("\\fB\(signal)\\fR"), "\(signal)") }
+        for status in ["0", "1", "64"] { #expect(page.contains(".TP\n\\fB\(status)\\fR\n"), "exit status \(status)") }
+        let metrics = String(page[page.range(of: "\n.SH METRICS\n")!.upperBound...])
+        let families = PrometheusText.families()
+        #expect(families.count > 20)
+        for family in families {
+            #expect(metrics.contains("\\fB\(family.name) (\(family.type))\\fR"), "\(family.name) missing from METRICS")
+        }
+        #expect(!page.contains("MANUAL\\-SECTIONS") && !page.contains("MANUAL-SECTIONS"), "the hidden command is not a section")
+    }
+}
+
+/// `make test` installs what the suites need, from the one list CI uses too.
+@Suite("First hour: test dependencies")
+struct FirstHourTestDepsTests {
+    @Test("every program the suites ask Peers for is installed by scripts/test-deps.sh, and CI keeps no list of its own")
+    func oneList() throws {
+        let root = FirstHourManualTests.root
+        let script = try String(contentsOfFile: root + "/scripts/test-deps.sh", encoding: .utf8)
+        let ci = try String(contentsOfFile: root + "/.ci/run", encoding: .utf8)
+        let makefile = try String(contentsOfFile: root + "/Makefile", encoding: .utf8)
+        #expect(ci.contains("scripts/test-deps.sh") && !ci.contains("apt-get install"))
+        #expect(makefile.contains("test: test-deps"), "make test installs them first")
+        #expect(script.contains("policy-rc.d"), "the packages' services must not start")
+        // What every Debian system has (util-linux, coreutils).
+        let base: Set<String> = ["prlimit", "setpriv", "timeout", "python3", "bash", "sh"]
+        let tests = root + "/Tests"
+        var asked: Set<String> = []
+        for case let file as String in FileManager.default.enumerator(atPath: tests)! where file.hasSuffix(".swift") {
+            let text = try String(contentsOfFile: tests + "/" + file, encoding: .utf8)
+            for call in ["Peers.require(\"", "Peers.runnable(\""] {
+                var rest = Substring(text)
+                while let start = rest.range(of: call) {
+                    rest = rest[start.upperBound...]
+                    // runnable("a", "b"): every quoted name up to the closing parenthesis.
+                    let arguments = rest.prefix { $0 != ")" }
+                    for (index, piece) in arguments.split(separator: "\"", omittingEmptySubsequences: false).enumerated()
+                    where index % 2 == 0 && !piece.isEmpty && piece.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }) {
+                        asked.insert(String(piece))
+                    }
+                }
+            }
+        }
+        #expect(asked.isSuperset(of: ["nginx", "haproxy", "redis-server", "tshark", "curl", "nft"]), "\(asked.sorted())")
+        for program in asked.subtracting(base) {
+            #expect(script.contains(" \(program):") || script.contains(" \(program) "), "\(program) is not in scripts/test-deps.sh")
+        }
+    }
+}
