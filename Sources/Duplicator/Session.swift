@@ -498,7 +498,10 @@ public final class Session {
     private func armReceive<IO: SessionIO>(_ leg: Leg, io: IO) {
         guard legs[leg].phase == .open, legs[leg].read == .idle else { return }
         if leg.isMirror, let comparisons, comparisons[leg.mirrorIndex].isOpen || recordingWants(leg) {
-            // `--compare`: the mirror's replies are read into a slot to be compared.
+            // `--compare`: the mirror's replies are read into a slot to be
+            // compared; not while they lead main's past the verbatim window
+            // (`mirrorShouldWait`): main's next bytes read them again.
+            if comparisons[leg.mirrorIndex].mirrorShouldWait(forBytes: context.pool.slotSize) { return }
             legs[leg].read = .receiving
             legs[leg].inFlight &+= 1
             io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
@@ -547,7 +550,10 @@ public final class Session {
         }
         guard legs[leg].phase == .open, !isEnding else {
             // Main's reply after the client failed: still part of main's stream (`--compare`).
-            if legs[leg].flushing, let comparisons { compare(.main, slot: slot, length: length, comparisons) }
+            if legs[leg].flushing, let comparisons {
+                compare(.main, slot: slot, length: length, comparisons)
+                resumeMirrorReplies(io: io)
+            }
             releaseSlot(slot, from: leg, io: io)
             if legs[leg].flushing { armReceive(leg, io: io) }  // now as a discard, unless compared
             return
@@ -563,15 +569,25 @@ public final class Session {
             if let comparisons { compare(.main, slot: slot, length: length, comparisons) }
             legs[.client].queue.append(slot: slot, length: length)
             kickSend(.client, io: io)
+            if comparisons != nil { resumeMirrorReplies(io: io) }
         }
         armReceive(leg, io: io)
+    }
+
+    /// Main's stream moved (or ended): mirrors whose replies waited for it
+    /// (`mirrorShouldWait`) read again.
+    private func resumeMirrorReplies<IO: SessionIO>(io: IO) {
+        for leg in mirrorLegs where legs[leg].read == .idle && legs[leg].phase == .open { armReceive(leg, io: io) }
     }
 
     /// A receive on the client or main that brought no bytes: EOF, no
     /// free slot, or an error.
     private func receivedNothing<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, io: IO) {
         if legs[leg].flushing {
-            if let comparisons { mainFlushEnded(outcome, comparisons) }
+            if let comparisons {
+                mainFlushEnded(outcome, comparisons)
+                resumeMirrorReplies(io: io)
+            }
             flushed(leg, outcome, io: io)
             return
         }
@@ -658,6 +674,7 @@ public final class Session {
         } else {
             if let comparisons {
                 for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].end(.main) }
+                resumeMirrorReplies(io: io)
             }
             legs[.client].shutdownWanted = true
             kickSend(.client, io: io)

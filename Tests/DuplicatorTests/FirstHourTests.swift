@@ -436,3 +436,78 @@ struct FirstHourTestDepsTests {
         }
     }
 }
+
+/// The `incomplete` verdicts of issue 27 ("4 of 20 longer sessions on a full
+/// disk"): not the disk. A mirror's replies are read as they come while
+/// main's are paced by its client; when the mirror led main by more than the
+/// verbatim part of the window, its bytes spilled into block digests, and
+/// main's stream then ending inside a block could not be decided. How far
+/// it led depended on how the threads ran (the dump writer's work was
+/// enough). Now the mirror waits in its socket while it leads that far.
+@Suite("First hour: verdicts that do not depend on timing")
+struct FirstHourVerdictTests {
+    @Test("a mirror far ahead of main waits for it, and a longer mirror is longer, not incomplete")
+    func mirrorWaitsForMain() throws {
+        var limits = SessionLimits(mirrorCount: 1, mainConnectTimeoutMs: 1_000, mirrorConnectTimeoutMs: 500,
+                                   backlogBytesMax: 1 << 20, backlogChunksMax: 64, readAheadChunks: 2, mirrorLingerMs: 2_000)
+        limits.compareWindowBytes = 64 << 10
+        let io = try FakeSessionIO(limits: limits, slotCount: 64, slotSize: 4096, sessions: 1)
+        try #require(io.start() != nil)
+        let key = try #require(io.lastKey)
+        io.connectAll()
+        io.completeRecv(.client, TestBytes.text("GET big\n"))
+        io.flushAllSends()
+        // 100000 bytes, ending inside a 4 KiB block of the spill; the mirror adds 6.
+        let reply = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 9) }
+        let mirrorReply = reply + Array("extra\n".utf8)
+        var mirrorSent = 0
+        func mirrorReplies() {
+            while mirrorSent < mirrorReply.count, io.hasPending(.recv, .mirror(0)) {
+                let piece = Array(mirrorReply[mirrorSent..<min(mirrorReply.count, mirrorSent + 4096)])
+                io.completeRecv(.mirror(0), piece)
+                mirrorSent += piece.count
+            }
+        }
+        // Main has not replied yet: the mirror's replies are read up to the verbatim window, then wait.
+        mirrorReplies()
+        #expect(mirrorSent < 64 << 10 && mirrorSent > 32 << 10, "\(mirrorSent) bytes read ahead")
+        #expect(!io.hasPending(.recv, .mirror(0)) && !io.hasPending(.discard, .mirror(0)), "the mirror waits for main")
+        var mainSent = 0
+        while mainSent < reply.count {
+            let piece = Array(reply[mainSent..<min(reply.count, mainSent + 4096)])
+            io.completeRecv(.main, piece)
+            mainSent += piece.count
+            io.flushAllSends()
+            mirrorReplies()
+        }
+        io.completeEOF(.client)
+        io.flushAllSends()
+        io.completeShutdown(.main)
+        io.completeShutdown(.mirror(0))
+        io.completeEOF(.main)
+        mirrorReplies()
+        #expect(mirrorSent == mirrorReply.count)
+        io.flushAllSends()
+        io.completeShutdown(.client)
+        if io.hasPending(.recv, .mirror(0)) { io.completeEOF(.mirror(0)) } else { io.completeDiscard(.mirror(0), result: 0) }
+        #expect(io.session(key) == nil, "the session ended")
+        #expect(io.ended[key]?.mirrorVerdicts == [.longer])
+        #expect(io.sent(to: .client, key) == reply)
+        io.expectQuiescent()
+    }
+
+    @Test("the wait is for the mirror alone: main leading is kept in digests as before")
+    func mainNeverWaits() {
+        let window = UnsafeMutableRawPointer.allocate(byteCount: 64 << 10, alignment: 16)
+        defer { window.deallocate() }
+        var comparison = ReplyComparison(window: window, windowBytes: 64 << 10)
+        let bytes = [UInt8](repeating: 0x41, count: 60 << 10)
+        bytes.withUnsafeBytes { comparison.append(.main, $0) }
+        #expect(!comparison.mirrorShouldWait(forBytes: 4096), "main leads: the mirror reads on")
+        var mirrorAhead = ReplyComparison(window: window, windowBytes: 64 << 10)
+        bytes.prefix(50 << 10).withUnsafeBytes { mirrorAhead.append(.mirror, UnsafeRawBufferPointer(rebasing: $0[...])) }
+        #expect(!mirrorAhead.mirrorShouldWait(forBytes: 4096), "50 KiB + 4 KiB still fit the 56 KiB kept verbatim")
+        #expect(mirrorAhead.mirrorShouldWait(forBytes: 16 << 10), "50 KiB + 16 KiB would spill")
+        #expect(!mirrorAhead.mirrorShouldWait(forBytes: 56 << 10), "a receive as large as the window cannot be kept from spilling")
+    }
+}
