@@ -511,3 +511,36 @@ struct FirstHourVerdictTests {
         #expect(!mirrorAhead.mirrorShouldWait(forBytes: 56 << 10), "a receive as large as the window cannot be kept from spilling")
     }
 }
+
+/// On a healthy disk no dump is lost to the queue: the writer's queue was
+/// 16 requests, and 12 of 60 dumps of a burst were dropped.
+@Suite("First hour: dumps of a burst", .timeLimit(.minutes(6)))
+struct FirstHourDumpBurstTests {
+    @Test("100 diverging sessions at once: 100 dumps written, none dropped", arguments: Config.Backend.tested)
+    func burst(backend: Config.Backend) throws {
+        let directory = try RealPeerTests.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let flipping = try VariantEchoServer(.flipByte(at: 3))
+        defer { flipping.stop() }
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [flipping.port]) {
+            $0.compare = true
+            $0.dumpDirectory = directory
+            $0.mirrorLingerMs = 5_000
+        }
+        var stopped = false
+        defer { if !stopped { proxy.shutdown() } }
+        let sessions = 100
+        let failures = try echoSessions(sessions, port: proxy.port) { index in Array("burst session \(index)\n".utf8) }
+        #expect(failures.isEmpty, "\(failures.prefix(3))")
+        #expect(eventually(timeoutSeconds: 20) { proxy.activeSessions == 0 })
+        proxy.shutdown()  // the writer writes what it was handed, then ends
+        stopped = true
+        let snapshot = proxy.snapshot()
+        #expect(snapshot.mirrors[0].compared(.diverged) == UInt64(sessions))
+        #expect(snapshot.mirrors[0].dumps == [UInt64(sessions), 0, 0, 0], "written, skipped_limit, dropped_queue, failed")
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".pcapng") }
+        #expect(files.count == sessions)
+    }
+}
