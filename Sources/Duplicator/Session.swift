@@ -1229,7 +1229,15 @@ public final class Session {
             kickSend(.main, io: io)
             armReceive(.main, io: io)
         } else {
+            // Main's stream ends here unfinished (unless its EOF came): its
+            // pairs cannot be decided, and a mirror that waited for main
+            // (`mirrorShouldWait`) reads on, to its EOF.
+            let mainUnfinished = cause != .completed && legs[.main].read != .ended
             closeLeg(.main, io: io)
+            if mainUnfinished, let comparisons {
+                for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].abandon() }
+                resumeMirrorReplies(io: io)
+            }
         }
         // Mirrors, connected or still connecting, get the rest of what they
         // are owed, then shut down; `tick` closes them after the linger time.
