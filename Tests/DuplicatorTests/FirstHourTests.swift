@@ -284,6 +284,33 @@ struct FirstHourCLITests {
         #expect(log.contains("No such file or directory (ENOENT))"), "\(log)")
     }
 
+    /// The case: a full disk (a 64 KiB tmpfs, filled). Needs root
+    /// and a mount namespace that allows tmpfs; the ENOENT test above runs everywhere.
+    @Test("a full disk: dumps not written are logged with ENOSPC", .enabled(if: geteuid() == 0, "needs root to mount a tmpfs"))
+    func dumpOnFullDisk() throws {
+        let directory = try RealPeerTests.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let mounted = try runProgram("/usr/bin/env", ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", directory])
+        guard mounted.status == 0 else {
+            // A container without CAP_SYS_ADMIN: nothing to test here (the ENOENT test covers the line).
+            print("no tmpfs: \(mounted.standardError)")
+            return
+        }
+        defer { _ = try? runProgram("/usr/bin/env", ["umount", directory]) }
+        _ = try runProgram("/usr/bin/env", ["dd", "if=/dev/zero", "of=\(directory)/fill", "bs=4k"])
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let mirror = try startServer(.sink)
+        defer { mirror.stop() }
+        let log = try Self.log(.ioUring, ["-f", "127.0.0.1:\(main.boundPort)", "-m", "127.0.0.1:\(mirror.boundPort)",
+                                          "--compare", "--dump-dir", directory, "--mirror-linger", "200ms"]) { port in
+            _ = try TestConnection(port: port).exchange(Array("hello\n".utf8), timeoutSeconds: 5)
+            usleep(600_000)
+        }
+        #expect(log.contains("--dump-dir \(directory): 1 dump not written (last: \(directory)/dump-"), "\(log)")
+        #expect(log.contains("No space left on device (ENOSPC))"), "\(log)")
+    }
+
     @Test("one label in the log, and --check's facts one per line, the same at start-up")
     func labelAndCheckLines() throws {
         let binary = try builtBinary("duplicator")
