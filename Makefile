@@ -1,5 +1,5 @@
 # The two commands of the README's quick start, and the rest.
-.PHONY: demo test check deps build release bench bench-build clean dist dist-build install
+.PHONY: demo test test-deps check deps build release bench bench-build clean dist dist-build install
 
 # The version is BuildInfo.version, written once in the source.
 VERSION := $(shell sed -n 's/.*static let version = "\(.*\)"/\1/p' Sources/Duplicator/BuildInfo.swift)
@@ -33,11 +33,18 @@ demo: release
 build: deps
 	swift build --build-tests
 
+# What the suite needs beyond the build: the real peers (nginx, haproxy,
+# redis, PostgreSQL) and tools (tshark, nftables, python3-seccomp, ...);
+# the list and which suite needs what is in scripts/test-deps.sh. CI calls it too.
+test-deps:
+	scripts/test-deps.sh
+
 # The test suite: unit tests, sans-IO session tests, integration tests over
-# loopback with real io_uring, the real peers, and the dist tarball (built
-# first, so that its test only finds it current instead of building it
-# beside the other tests).
-test: build dist
+# loopback with real io_uring, the real peers (installed first by
+# test-deps, so that no suite skips for a missing package), and the dist
+# tarball (built first, so that its test only finds it current instead of
+# building it beside the other tests).
+test: test-deps build dist
 	swift test --skip-build
 
 # The fast part, to run after every edit: the unit and sans-IO suites (the

@@ -73,6 +73,25 @@ def options(command, out):
         out.append(describe(argument))
 
 
+def extra_sections(binary, command):
+    """SIGNALS, EXIT STATUS, FILES and METRICS, from the binary's hidden
+    `manual-sections` subcommand (the code that decides them), for a
+    command that has one; the test tools have none."""
+    if not any(s["commandName"] == "manual-sections" for s in command.get("subcommands", [])):
+        return []
+    sections = json.loads(subprocess.run([binary, "manual-sections"], check=True,
+                                         capture_output=True, text=True).stdout)["sections"]
+    out = []
+    for section in sections:
+        out.append(".SH %s" % escape(section["title"]))
+        for entry in section["entries"]:
+            if entry["term"]:
+                out += [".TP", "\\fB%s\\fR" % escape(entry["term"]).replace("-", "\\-"), escape(entry["text"])]
+            else:
+                out += [".PP", escape(entry["text"])]
+    return out
+
+
 def main():
     binary, version = sys.argv[1], sys.argv[2]
     info = json.loads(subprocess.run([binary, "--experimental-dump-help"], check=True,
@@ -101,6 +120,7 @@ def main():
         if sub.get("discussion"):
             out += paragraphs(sub["discussion"])
         options(sub, out)
+    out += extra_sections(binary, command)
     out += [".SH VERSION", "%s %s" % (escape(name), escape(version))]
     print("\n".join(out))
 

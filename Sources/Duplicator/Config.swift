@@ -64,6 +64,8 @@ public struct Config: Sendable {
     public var dumpBytes = Defaults.dumpBytes
     /// Dumps written at most; later ones are counted (`skipped_limit`).
     public var dumpMaxFiles = Defaults.dumpMaxFiles
+    /// Bytes of dumps waiting for the disk at most (`DumpWriter`).
+    public var dumpQueueBytes = Defaults.dumpQueueBytes
     /// A mirror's queued bytes go out together, in one gathered send, once
     /// this many wait or the oldest has waited `mirrorBatchDelayUs`: its
     /// server wakes once per batch, not once per client receive. 0: off,
@@ -182,6 +184,7 @@ public struct Config: Sendable {
     }
 
     public func validate() throws(ConfigError) {
+        try validateOperatorLimits()
         guard (1...64).contains(waitBatch) else { throw ConfigError("--wait-batch must be from 1 to 64, got \(waitBatch)") }
         guard (1...100_000).contains(waitBatchTimeoutUs) else {
             throw ConfigError("--wait-batch-timeout must be from 1us to 100ms")

@@ -25,6 +25,11 @@ public enum Defaults {
     public static let dumpBytes = 1 << 20
     /// `--dump-max-files`: pcapng dumps written at most, per run.
     public static let dumpMaxFiles = 1000
+    /// `--dump-queue`: bytes of dumps waiting for the disk at most; a
+    /// dump beyond is dropped (counted and logged). 64 MiB takes a burst of
+    /// thousands of small dumps, or 21 of the largest at the default
+    /// `--dump-bytes` (three streams of 1 MiB).
+    public static let dumpQueueBytes = 64 << 20
     /// A mirror's queued bytes go out in one gathered send once this many
     /// wait, or once the oldest has waited the delay (BENCHMARKS.md).
     public static let mirrorBatchBytes = 64 << 10

@@ -4,10 +4,14 @@ import Synchronization
 
 /// `--dump-dir`: writes the pcapng dumps (`DumpRequest`) on its own
 /// thread, so that a slow disk never slows a worker. Workers hand requests
-/// over through a bounded queue without waiting: when it is full, or
-/// `--dump-max-files` files are already taken, the request is dropped and
-/// counted. Files are created with mode 0600 (they hold production data)
-/// and O_EXCL (never over another file).
+/// over through a queue bounded in bytes (`--dump-queue`) without waiting:
+/// when it is full, or `--dump-max-files` files are already taken, the
+/// request is dropped, counted and logged (`ProblemLog`). A bound in
+/// requests (it was 16) dropped a quarter of the dumps of a burst of
+/// small ones on a healthy disk; a bound in bytes takes a burst of small
+/// dumps whole and still bounds what large ones hold. Files are created
+/// with mode 0600 (they hold production data) and O_EXCL (never over
+/// another file).
 public final class DumpWriter: DumpSink, @unchecked Sendable {
     public enum Result: Int, CaseIterable, Sendable {
         case written, skippedLimit, droppedQueue, failed
@@ -21,8 +25,11 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
         }
     }
 
-    /// Requests waiting for the writer at most (each up to 3 * `--dump-bytes`).
-    public static let queueCapacity = 16
+    /// Bytes of requests waiting for the writer at most (`--dump-queue`);
+    /// one request is always taken when the queue is empty, whatever its size.
+    public let queueBytesMax: Int
+    /// Where failed and dropped dumps are told, for the log; nil: counted only.
+    public let problems: ProblemLog?
 
     public let directory: String
     public let maxFiles: Int
@@ -42,11 +49,13 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let condition: UnsafeMutablePointer<pthread_cond_t>
     private var queue: [DumpRequest] = []
+    private var queuedBytes = 0
     private var stopping = false
     private var thread: NativeThread?
 
     /// Checks that `directory` is a directory this process may write into.
-    public init(directory: String, maxFiles: Int, servers: [ProxyAddress], mirrorNames: [String]) throws(ConfigError) {
+    public init(directory: String, maxFiles: Int, servers: [ProxyAddress], mirrorNames: [String],
+                queueBytesMax: Int = Defaults.dumpQueueBytes, problems: ProblemLog? = nil) throws(ConfigError) {
         var status = stat()
         guard stat(directory, &status) == 0 else {
             throw ConfigError("--dump-dir \(directory): \(String(cString: strerror(errno)))")
@@ -57,6 +66,8 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
         }
         self.directory = directory
         self.maxFiles = maxFiles
+        self.queueBytesMax = queueBytesMax
+        self.problems = problems
         self.servers = servers
         self.mirrorNames = mirrorNames
         counts = Mutex([UInt64](repeating: 0, count: mirrorNames.count * Result.allCases.count))
@@ -69,7 +80,6 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
         pthread_mutex_init(mutex, nil)
         condition = .allocate(capacity: 1)
         pthread_cond_init(condition, nil)
-        queue.reserveCapacity(Self.queueCapacity)
     }
 
     deinit {
@@ -106,16 +116,19 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
             bump(request.mirror, .skippedLimit)
             return
         }
+        let bytes = request.memoryBytes
         pthread_mutex_lock(mutex)
-        let accepted = queue.count < Self.queueCapacity && !stopping
+        let accepted = (queue.isEmpty || queuedBytes + bytes <= queueBytesMax) && !stopping
         if accepted {
             queue.append(request)
+            queuedBytes += bytes
             pthread_cond_signal(condition)
         }
         pthread_mutex_unlock(mutex)
         if !accepted {
             filesTaken.wrappingSubtract(1, ordering: .relaxed)
             bump(request.mirror, .droppedQueue)
+            problems?.dumpDropped()
         }
     }
 
@@ -134,6 +147,10 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
             let request = queue.removeFirst()
             pthread_mutex_unlock(mutex)
             write(request)
+            // The request's memory is held until it is written.
+            pthread_mutex_lock(mutex)
+            queuedBytes -= request.memoryBytes
+            pthread_mutex_unlock(mutex)
         }
     }
 
@@ -175,29 +192,31 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
         let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
             bump(request.mirror, .failed)
+            problems?.dumpWriteFailed(path: path, errno: errno)
             return
         }
         var written = 0
-        var ok = true
+        var failure: Int32 = 0
         bytes.withUnsafeBytes { raw in
             while written < raw.count {
                 let result = Glibc.write(fd, raw.baseAddress! + written, raw.count - written)
                 if result < 0 && errno == EINTR { continue }
                 if result <= 0 {
-                    ok = false
+                    failure = result < 0 ? errno : ENOSPC  // a write that takes nothing: the disk is full
                     return
                 }
                 written += result
             }
         }
-        if close(fd) != 0 { ok = false }
-        if ok {
+        if close(fd) != 0 && failure == 0 { failure = errno }
+        if failure == 0 {
             bump(request.mirror, .written)
             let dropped = request.client.droppedBytes + request.main.droppedBytes + request.mirrorReplies.droppedBytes
             truncatedBytes.withLock { $0[request.mirror] += dropped }
         } else {
             unlink(path)
             bump(request.mirror, .failed)
+            problems?.dumpWriteFailed(path: path, errno: failure)
         }
     }
 }

@@ -111,7 +111,8 @@ final class EpollWorker: KernelBackend {
                                     nonBlocking: true)
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
         windowSlots = config.providedWindowSlotsPerWorker
-        parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth, dumpSink: dumpSink)
+        parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth,
+                                problems: control.problems, dumpSink: dumpSink)
         discardBuffer = .allocate(byteCount: Worker.discardBufferBytes, alignment: 4096)
         freeSlots = .allocate(capacity: pool.slotCount)
         for index in 0..<pool.slotCount { freeSlots[index] = UInt32(pool.slotCount - 1 - index) }

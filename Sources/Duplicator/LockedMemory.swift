@@ -28,7 +28,7 @@ enum LockedMemory {
         guard let limitBytes else { return nil }
         let needed = perWorkerBytes(config) * config.threads
         guard needed > limitBytes else { return nil }
-        return ProxyError("not enough locked memory: \(config.threads) workers need up to \(needed) bytes "
+        return ProxyError("not enough locked memory: \(config.threads == 1 ? "1 worker needs" : "\(config.threads) workers need") up to \(needed) bytes "
             + "(rings and buffer pools of \(config.poolSlotsPerWorker * config.slotSize) bytes each, --max-memory), "
             + "RLIMIT_MEMLOCK is \(limitBytes) bytes; raise it (ulimit -l, LimitMEMLOCK= in systemd) or lower --max-memory")
     }

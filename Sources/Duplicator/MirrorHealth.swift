@@ -121,13 +121,13 @@ public final class MirrorHealth: Sendable {
                 var parts: [String] = []
                 if failures > 0 {
                     let reason = mirrors[index].lastConnectErrno
-                    parts.append("\(failures) connect failures" + (reason > 0 ? " (last: \(Self.describe(reason)))" : ""))
+                    parts.append(Counted.text(failures, "connect failure") + (reason > 0 ? " (last: \(Self.describe(reason)))" : ""))
                 }
-                if timeouts > 0 { parts.append("\(timeouts) connect timeouts") }
-                if errors > 0 { parts.append("\(errors) connection errors") }
-                if cuts > 0 { parts.append("\(cuts) sessions cut for lagging more than their backlog behind") }
+                if timeouts > 0 { parts.append(Counted.text(timeouts, "connect timeout")) }
+                if errors > 0 { parts.append(Counted.text(errors, "connection error")) }
+                if cuts > 0 { parts.append(Counted.text(cuts, "session") + " cut for lagging more than their backlog behind") }
                 if poolShareCuts > 0 {
-                    parts.append("\(poolShareCuts) sessions cut because mirrors held their share of the buffer pool (raise --max-memory)")
+                    parts.append(Counted.text(poolShareCuts, "session") + " cut because mirrors held their share of the buffer pool (raise --max-memory)")
                 }
                 lines.append((true, "mirror \(name): \(parts.joined(separator: ", "))"))
                 mirrors[index].logged = now

@@ -91,11 +91,14 @@ public final class Proxy: Sendable {
                                     metrics: metrics, dumping: config.dumpDirectory != nil && config.compare,
                                     generations: ConfigGenerations())
             control = WorkerControl(generations: reloads.generations)
+            control.problems.name(main: config.main.text, mainConnectTimeoutMs: config.mainConnectTimeoutMs,
+                                  dumpDirectory: config.dumpDirectory, dumpQueueBytes: config.dumpQueueBytes)
             loopGuard = LoopGuard(targets: targets, localAddresses: localAddresses)
             if let directory = config.dumpDirectory, config.compare, !config.mirrors.isEmpty {
                 let servers = targets.map { $0.proxyAddress ?? ProxyAddress(family: .ipv4, networkBytes: UnsafeRawBufferPointer(start: nil, count: 0), port: $0.port) }
                 dumpWriter = try DumpWriter(directory: directory, maxFiles: config.dumpMaxFiles, servers: servers,
-                                            mirrorNames: config.mirrors.map(\.text))
+                                            mirrorNames: config.mirrors.map(\.text), queueBytesMax: config.dumpQueueBytes,
+                                            problems: control.problems)
             } else {
                 dumpWriter = nil
             }

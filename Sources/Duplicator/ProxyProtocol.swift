@@ -32,6 +32,18 @@ public enum ProxyProtocol {
         case oversized
         /// A v1 line or v2 header that breaks the specification.
         case malformed
+        /// A v2 TLV (type, length, value) that runs past the header's length.
+        case tlvBeyondHeader
+
+        /// What the log says of a refused header.
+        public var reason: String {
+            switch self {
+            case .notProxyProtocol: "not a PROXY protocol header"
+            case .oversized: "longer than \(ProxyProtocol.headerBytesMax) bytes (v2) or with no CRLF within \(ProxyProtocol.version1BytesMax) (v1)"
+            case .malformed: "malformed"
+            case .tlvBeyondHeader: "a v2 TLV runs past the header's length"
+            }
+        }
     }
 
     public enum ParseOutcome: Sendable, Equatable {
@@ -164,6 +176,13 @@ public enum ProxyProtocol {
         let length = 16 + (Int(bytes[14]) << 8 | Int(bytes[15]))
         guard length <= headerBytesMax else { return .invalid(.oversized) }
         guard bytes.count >= length else { return .incomplete }
+        // What follows the addresses is TLVs, each of which must end within
+        // the header: one that runs past it means the length or the TLV lies.
+        let addressBlockBytes = [0, 12, 36, 216][Int(addressFamily)]
+        if command == 1, addressFamily != 0, length - 16 >= addressBlockBytes,
+           !tlvsFit(bytes, from: 16 + addressBlockBytes, to: length) {
+            return .invalid(.tlvBeyondHeader)
+        }
         // LOCAL: the balancer's own connection (a health check); UNSPEC, UDP and unix: not ours to use.
         guard command == 1, transport == 1, addressFamily == 1 || addressFamily == 2 else {
             return .complete(length: length, addresses: nil)
@@ -178,6 +197,18 @@ public enum ProxyProtocol {
                                        networkBytes: UnsafeRawBufferPointer(rebasing: bytes[(base + addressBytes)..<(base + 2 * addressBytes)]),
                                        port: UInt16(bytes[base + 2 * addressBytes + 2]) << 8 | UInt16(bytes[base + 2 * addressBytes + 3]))
         return .complete(length: length, addresses: ProxyAddresses(source: source, destination: destination))
+    }
+
+    /// Whether the TLVs in `bytes[start..<end]` each end by `end`.
+    private static func tlvsFit(_ bytes: UnsafeRawBufferPointer, from start: Int, to end: Int) -> Bool {
+        var position = start
+        while position < end {
+            // A type byte and a two-byte length, then the value.
+            guard end - position >= 3 else { return false }
+            let valueBytes = Int(bytes[position + 1]) << 8 | Int(bytes[position + 2])
+            position += 3 + valueBytes
+        }
+        return position == end
     }
 
     // MARK: - Encoding

@@ -157,6 +157,23 @@ public struct ReplyComparison {
         return ahead == .main ? .shorter : .longer
     }
 
+    /// Whether the mirror's next receive (up to `count` bytes) should wait
+    /// for main: the mirror already leads by so much that those bytes would
+    /// spill past the verbatim window into block digests, where main's
+    /// stream ending inside a block could not be decided (`incomplete`).
+    /// Main's replies are paced by its client, the mirror's are read as
+    /// they come; a mirror reading ahead spilled or not by how the threads
+    /// happened to run (a busy dump writer was enough: issue 27). Holding
+    /// the mirror's replies in its socket meanwhile costs the client
+    /// nothing, and keeps its verdict exact. Main is never held back: its
+    /// lead over a slow mirror is what the digests are for. A receive as
+    /// large as the verbatim window (a tiny `--compare-window`) cannot be
+    /// kept from spilling by waiting, so it is not held.
+    public func mirrorShouldWait(forBytes count: Int) -> Bool {
+        guard decided == nil, ahead == .mirror else { return false }
+        return spilling || (keptBytes > 0 && count < keptBytesMax && keptBytes + count > keptBytesMax)
+    }
+
     /// Still taking bytes (no verdict decided yet).
     @inline(__always)
     public var isOpen: Bool { decided == nil }

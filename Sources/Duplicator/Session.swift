@@ -384,6 +384,7 @@ public final class Session {
         let stats = context.stats
         let mainFD = io.openSocket(for: .main)
         guard mainFD >= 0 else {
+            context.problems.mainConnectFailed(errno: mainFD < -1 ? -mainFD : Glibc.errno)
             fail(.mainConnectFailure, io: io)
             return
         }
@@ -520,7 +521,10 @@ public final class Session {
     private func armReceive<IO: SessionIO>(_ leg: Leg, io: IO) {
         guard legs[leg].phase == .open, legs[leg].read == .idle else { return }
         if leg.isMirror, let comparisons, comparisons[leg.mirrorIndex].isOpen || recordingWants(leg) {
-            // `--compare`: the mirror's replies are read into a slot to be compared.
+            // `--compare`: the mirror's replies are read into a slot to be
+            // compared; not while they lead main's past the verbatim window
+            // (`mirrorShouldWait`): main's next bytes read them again.
+            if comparisons[leg.mirrorIndex].mirrorShouldWait(forBytes: context.pool.slotSize) { return }
             legs[leg].read = .receiving
             legs[leg].inFlight &+= 1
             io.recv(fd: legs[leg].fd, tag: tag(.recv, leg))
@@ -569,7 +573,10 @@ public final class Session {
         }
         guard legs[leg].phase == .open, !isEnding else {
             // Main's reply after the client failed: still part of main's stream (`--compare`).
-            if legs[leg].flushing, let comparisons { compare(.main, slot: slot, length: length, comparisons) }
+            if legs[leg].flushing, let comparisons {
+                compare(.main, slot: slot, length: length, comparisons)
+                resumeMirrorReplies(io: io)
+            }
             releaseSlot(slot, from: leg, io: io)
             if legs[leg].flushing { armReceive(leg, io: io) }  // now as a discard, unless compared
             return
@@ -585,21 +592,31 @@ public final class Session {
             if let comparisons { compare(.main, slot: slot, length: length, comparisons) }
             legs[.client].queue.append(slot: slot, length: length)
             kickSend(.client, io: io)
+            if comparisons != nil { resumeMirrorReplies(io: io) }
         }
         armReceive(leg, io: io)
+    }
+
+    /// Main's stream moved (or ended): mirrors whose replies waited for it
+    /// (`mirrorShouldWait`) read again.
+    private func resumeMirrorReplies<IO: SessionIO>(io: IO) {
+        for leg in mirrorLegs where legs[leg].read == .idle && legs[leg].phase == .open { armReceive(leg, io: io) }
     }
 
     /// A receive on the client or main that brought no bytes: EOF, no
     /// free slot, or an error.
     private func receivedNothing<IO: SessionIO>(_ leg: Leg, _ outcome: Outcome, io: IO) {
         if legs[leg].flushing {
-            if let comparisons { mainFlushEnded(outcome, comparisons) }
+            if let comparisons {
+                mainFlushEnded(outcome, comparisons)
+                resumeMirrorReplies(io: io)
+            }
             flushed(leg, outcome, io: io)
             return
         }
         switch outcome {
         case .endOfStream where isAwaitingProxyHeader:
-            fail(.badProxyHeader, io: io)  // closed before its header was whole
+            refuseProxyHeader(.closedEarly, io: io)
         case .endOfStream:
             endOfStream(from: leg, io: io)
         case .noBuffer:
@@ -680,6 +697,7 @@ public final class Session {
         } else {
             if let comparisons {
                 for mirror in 0..<limits.mirrorCount { comparisons[mirror].end(.main) }
+                resumeMirrorReplies(io: io)
             }
             legs[.client].shutdownWanted = true
             kickSend(.client, io: io)
@@ -852,9 +870,9 @@ public final class Session {
                 releaseSlot(slot, from: .client, io: io)
             }
             armReceive(.client, io: io)
-        case .invalid:
+        case .invalid(let failure):
             releaseSlot(slot, from: .client, io: io)
-            fail(.badProxyHeader, io: io)
+            refuseProxyHeader(.invalid(failure), io: io)
         case .complete(let headerLength, let addresses):
             stopAwaitingProxyHeader(io: io)
             connectUpstream(addresses: addresses ?? io.addresses(fd: legs[.client].fd), io: io)
@@ -880,6 +898,13 @@ public final class Session {
     /// A client whose header is not whole by its deadline is closed.
     public func checkProxyHeaderDeadline<IO: SessionIO>(io: IO) {
         guard isActive, isAwaitingProxyHeader, context.nowMs >= proxyHeaderDeadlineMs else { return }
+        refuseProxyHeader(.timedOut, io: io)
+    }
+
+    /// Ends the session of a client whose header was refused, and tells the log whose and why.
+    private func refuseProxyHeader<IO: SessionIO>(_ refusal: ProblemLog.HeaderRefusal, io: IO) {
+        guard !isEnding else { return }
+        context.problems.proxyHeaderRefused(refusal, peer: io.addresses(fd: legs[.client].fd)?.source)
         fail(.badProxyHeader, io: io)
     }
 
@@ -1153,6 +1178,11 @@ public final class Session {
             if legs[leg].flushing {
                 closeLeg(leg, io: io)
             } else {
+                if case .cancelled = outcome {
+                    context.problems.mainConnectTimedOut()
+                } else {
+                    context.problems.mainConnectFailed(errno: outcome.errno)
+                }
                 fail(.mainConnectFailure, io: io)
             }
             return
@@ -1222,7 +1252,15 @@ public final class Session {
             kickSend(.main, io: io)
             armReceive(.main, io: io)
         } else {
+            // Main's stream ends here unfinished (unless its EOF came): its
+            // pairs cannot be decided, and a mirror that waited for main
+            // (`mirrorShouldWait`) reads on, to its EOF.
+            let mainUnfinished = cause != .completed && legs[.main].read != .ended
             closeLeg(.main, io: io)
+            if mainUnfinished, let comparisons {
+                for mirror in 0..<context.limits.mirrorCount { comparisons[mirror].abandon() }
+                resumeMirrorReplies(io: io)
+            }
         }
         // Mirrors, connected or still connecting, get the rest of what they
         // are owed, then shut down; `tick` closes them after the linger time.

@@ -147,6 +147,10 @@ public final class SessionContext {
     /// Each mirror's back-off, shared with the other workers.
     public let mirrorHealth: MirrorHealth
 
+    /// Main's connect failures and refused PROXY headers, for the log;
+    /// shared with the other workers.
+    public let problems: ProblemLog
+
     /// `--dump-dir`: where sessions hand the pairs to dump; nil: none.
     public var dumpSink: DumpSink?
 
@@ -155,9 +159,10 @@ public final class SessionContext {
 
     /// - Parameter samplingSeed: fixes the sampling draws (tests); nil: a random seed.
     public init(limits: SessionLimits, pool: BufferPool, stats: WorkerStats, mirrorHealth: MirrorHealth? = nil,
-                samplingSeed: UInt64? = nil) {
+                problems: ProblemLog? = nil, samplingSeed: UInt64? = nil) {
         self.limits = limits
         currentLimits = limits
+        self.problems = problems ?? ProblemLog()
         samplingState = samplingSeed ?? UInt64.random(in: 0...UInt64.max)
         self.mirrorHealth = mirrorHealth ?? MirrorHealth(limits)
         self.pool = pool

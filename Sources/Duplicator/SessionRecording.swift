@@ -81,6 +81,14 @@ public struct DumpRequest: Sendable {
     public var client: SessionRecording.Stream
     public var main: SessionRecording.Stream
     public var mirrorReplies: SessionRecording.Stream
+
+    /// What it holds while queued for the writer (`--dump-queue`): its
+    /// streams' bytes and piece lists, and the request itself.
+    public var memoryBytes: Int {
+        [client, main, mirrorReplies].reduce(MemoryLayout<DumpRequest>.size) {
+            $0 + $1.bytes.count + $1.pieceEnds.count * MemoryLayout<Int>.size + $1.pieceTimesUs.count * MemoryLayout<UInt64>.size
+        }
+    }
 }
 
 /// Where a session hands its dump requests (`DumpWriter`; a recorder in

@@ -56,6 +56,36 @@ struct StartupChecks {
             throw ConfigError("--metrics \(metrics.endpoint) is the listen address (-l \(listen)): "
                 + "give the metrics a port of their own")
         }
+        // Metrics on a target's address would take the port main or a
+        // mirror is meant to answer on (if it is free at start, as when the
+        // server is down): the proxy would then connect to its own metrics.
+        if let metrics, let metricsAddress = metrics.addresses.first, metricsAddress.port != 0 {
+            let served = Resolved(endpoint: metrics.endpoint, addresses: [metricsAddress])
+            if reaches(served, main) {
+                throw ConfigError("--metrics \(metrics.endpoint) is the main server's address (-f \(main.endpoint)): "
+                    + "give the metrics a port of their own")
+            }
+            if let mirror = mirrors.first(where: { reaches(served, $0) }) {
+                throw ConfigError("--metrics \(metrics.endpoint) is a mirror's address (-m \(mirror.endpoint)): "
+                    + "give the metrics a port of their own")
+            }
+        }
+    }
+
+    /// A connection to one of `target`'s addresses would reach a listener on `listener`'s address.
+    private func reaches(_ listener: Resolved, _ target: Resolved) -> Bool {
+        guard let address = listener.addresses.first else { return false }
+        let listenHost = HostAddress(address)
+        return target.addresses.contains { targetAddress in
+            guard targetAddress.port == address.port else { return false }
+            let destination = HostAddress(targetAddress).connectDestination
+            let isLocal = destination.isLoopback || localAddresses.contains(destination)
+            switch listenHost {
+            case .v4(0): return destination.isV4 && isLocal
+            case .v6(0, 0): return isLocal
+            default: return destination == listenHost.connectDestination
+            }
+        }
     }
 
     /// A connection to one of `target`'s addresses would be accepted by our listener.

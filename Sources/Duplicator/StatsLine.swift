@@ -26,12 +26,12 @@ public enum StatsLine {
             if cut > 0 { problems.append("\(cut) cut for lag") }
             if poolShareCut > 0 { problems.append("\(poolShareCut) cut for the pool share") }
             if missed > 0 { problems.append("\(bytes(Double(missed))) missed") }
-            if connectFailures > 0 { problems.append("\(connectFailures) connect failures") }
-            if errors > 0 { problems.append("\(errors) errors") }
-            if skipped > 0 { problems.append("\(skipped) sessions skipped") }
+            if connectFailures > 0 { problems.append(Counted.text(connectFailures, "connect failure")) }
+            if errors > 0 { problems.append(Counted.text(errors, "error")) }
+            if skipped > 0 { problems.append(Counted.text(skipped, "session") + " skipped") }
             text += problems.isEmpty ? " ok" : " " + problems.joined(separator: ", ")
             let sampledOut = mirror.sessionsSampledOut &- before.sessionsSampledOut
-            if sampledOut > 0 { text += " (\(sampledOut) sessions sampled out)" }
+            if sampledOut > 0 { text += " (\(Counted.text(sampledOut, "session")) sampled out)" }
             text += verdicts(mirror, before)
             parts.append(text)
         }
@@ -52,15 +52,15 @@ public enum StatsLine {
         var notes: [String] = []
         let mainFailures = (current.sessionsEndedByMainConnectFailure + current.sessionsEndedByMainError)
             &- (previous.sessionsEndedByMainConnectFailure + previous.sessionsEndedByMainError)
-        if mainFailures > 0 { notes.append("\(mainFailures) main failures") }
+        if mainFailures > 0 { notes.append(Counted.text(mainFailures, "main failure")) }
         let idle = current.sessionsEndedByIdleTimeout &- previous.sessionsEndedByIdleTimeout
-        if idle > 0 { notes.append("\(idle) idle timeouts") }
+        if idle > 0 { notes.append(Counted.text(idle, "idle timeout")) }
         let badProxyHeaders = current.sessionsEndedByBadProxyHeader &- previous.sessionsEndedByBadProxyHeader
-        if badProxyHeaders > 0 { notes.append("\(badProxyHeaders) bad PROXY protocol headers") }
+        if badProxyHeaders > 0 { notes.append(Counted.text(badProxyHeaders, "bad PROXY protocol header")) }
         let rejected = current.sessionsRejected &- previous.sessionsRejected
         if rejected > 0 { notes.append("\(rejected) rejected") }
         let loops = current.loopsRefused &- previous.loopsRefused
-        if loops > 0 { notes.append("\(loops) loops refused") }
+        if loops > 0 { notes.append(Counted.text(loops, "loop") + " refused") }
         return notes.isEmpty ? "" : " (" + notes.joined(separator: ", ") + ")"
     }
 

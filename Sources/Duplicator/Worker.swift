@@ -16,6 +16,8 @@ final class WorkerControl: Sendable {
     let backend = Mutex<(kind: Config.Backend, fallbackReason: String?)?>(nil)
     /// The configuration new sessions start with (`ConfigReload.swift`).
     let generations: ConfigGenerations
+    /// What the workers log of main, PROXY headers and dumps (`ProblemLog`).
+    let problems = ProblemLog()
 
     init(generations: ConfigGenerations = ConfigGenerations()) { self.generations = generations }
 }
@@ -98,7 +100,8 @@ final class Worker: KernelBackend {
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
         provided = try ProvidedBuffers(ring: ring, pool: pool, windowSlots: config.providedWindowSlotsPerWorker,
                                        registerSegments: true)
-        parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth, dumpSink: dumpSink)
+        parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth,
+                                problems: control.problems, dumpSink: dumpSink)
         sendMessageSupported = ring.supportsSendMessage
         legsPerSession = Leg.count(mirrors: config.mirrorSlotCount)
         zeroCopyLegs = .allocate(capacity: config.sessionsPerWorker * legsPerSession)

@@ -258,8 +258,8 @@ public final class WorkerCore<Backend: WorkerBackend> {
                 stats.sessionsRejected.bump()
                 io.refuse(fd: fd)
                 if !stopping && rejectLog.allow(nowMs: context.nowMs) {
-                    let note = "refusing clients: all \(table.capacity) sessions this worker's memory bound admits are live "
-                        + "(--max-memory, --max-sessions)\(rejectLog.suppressedNote)"
+                    let note = "refusing clients: this worker's memory bound admits \(Counted.text(table.capacity, "session")) "
+                        + "and none is free (--max-memory, --max-sessions)\(rejectLog.suppressedNote)"
                     logger.warning("\(note)")
                 }
             }
@@ -301,6 +301,7 @@ public final class WorkerCore<Backend: WorkerBackend> {
             mirror.backingOff.store(context.mirrorIsBackingOff(index) ? 1 : 0, ordering: .relaxed)
         }
         context.mirrorHealth.log(workers: allStats, names: mirrorNames, nowMs: context.nowMs, logger: logger)
+        context.problems.log(nowMs: context.nowMs, logger: logger)
         if mode != .running && !stopping {
             stopRequested = true
             drainDeadlineMs = context.nowMs + UInt64(drainTimeoutMs)

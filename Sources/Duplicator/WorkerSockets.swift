@@ -237,8 +237,10 @@ struct WorkerParts {
         (!config.mirrors.isEmpty && (config.mirrorBatchBytes > 0 || config.mirrorTurns > 0)) || dumping
     }
 
-    init(config: Config, pool: BufferPool, stats: WorkerStats, mirrorHealth: MirrorHealth, dumpSink: DumpSink?) throws {
-        context = SessionContext(limits: config.slotLimits, pool: pool, stats: stats, mirrorHealth: mirrorHealth)
+    init(config: Config, pool: BufferPool, stats: WorkerStats, mirrorHealth: MirrorHealth, problems: ProblemLog,
+         dumpSink: DumpSink?) throws {
+        context = SessionContext(limits: config.slotLimits, pool: pool, stats: stats, mirrorHealth: mirrorHealth,
+                                 problems: problems)
         context.dumpSink = config.slotLimits.dumpBytes > 0 ? dumpSink : nil
         // Admission control: the table holds only as many sessions as the
         // pool can serve at once, whatever their peers do.

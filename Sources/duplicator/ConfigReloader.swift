@@ -19,28 +19,6 @@ extension Logger.Level {
     fileprivate var index: Int { Logger.Level.allCases.firstIndex(of: self) ?? 2 }
 }
 
-/// A stderr handler whose level is `LogLevelControl`'s.
-struct ReloadableLevelLogHandler: LogHandler {
-    var inner: StreamLogHandler
-
-    var logLevel: Logger.Level {
-        get { LogLevelControl.shared.current }
-        set { LogLevelControl.shared.current = newValue }
-    }
-
-    var metadata: Logger.Metadata {
-        get { inner.metadata }
-        set { inner.metadata = newValue }
-    }
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { inner[metadataKey: key] }
-        set { inner[metadataKey: key] = newValue }
-    }
-
-    func log(event: LogEvent) { inner.log(event: event) }
-}
-
 /// SIGHUP with `--config FILE`: reads the file again, merges it with the
 /// command line as at start, and applies the result to new sessions, or
 /// refuses it whole with one line naming the key and the reason.

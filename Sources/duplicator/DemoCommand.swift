@@ -14,14 +14,17 @@ struct DemoCommand: ParsableCommand {
         abstract: "Run an echo main, mirrors, the proxy and a load client on loopback, then summarise."
     )
 
-    @Option(name: [.customShort("d"), .customLong("duration")], help: "How long the load runs, Go-style (3s).")
+    // The proxy's parsers and types: a Go-style duration and a size with
+    // the proxy's suffixes; .unconditional so that `-d -1s` reaches the
+    // parser and is refused by name instead of "Missing value".
+    @Option(name: [.customShort("d"), .customLong("duration")], parsing: .unconditional, help: "How long the load runs, Go-style (3s).")
     var duration: String = "3s"
 
     @Option(name: [.customShort("p"), .customLong("connections")], help: "Client connections.")
     var connections: Int = 10
 
-    @Option(name: [.customShort("s"), .customLong("size")], help: "Bytes per message (the last is a newline).")
-    var size: Int = 1024
+    @Option(name: [.customShort("s"), .customLong("size")], parsing: .unconditional, help: "Bytes per message (the last is a newline), e.g. 1024, 16KiB, 1M.")
+    var size: String = "1KiB"
 
     @Option(name: .customLong("mirrors"), help: "Echo mirrors to copy the traffic to.")
     var mirrors: Int = 1
@@ -41,7 +44,25 @@ struct DemoCommand: ParsableCommand {
         let seconds = Double(try milliseconds(duration)) / 1000
         guard seconds > 0 else { throw ValidationError("--duration must be more than 0") }
         guard (0...8).contains(mirrors) else { throw ValidationError("--mirrors must be from 0 to 8") }
-        guard connections >= 1, size >= 1 else { throw ValidationError("--connections and --size must be at least 1") }
+        guard (1...DemoFailure.connectionsMax).contains(connections) else {
+            throw ValidationError("--connections must be from 1 to \(DemoFailure.connectionsMax), got \(connections)")
+        }
+        let size: Int
+        do { size = try SizeParser.bytes(self.size) } catch { throw ValidationError("--size: \(error.message)") }
+        guard (1...DemoFailure.sizeBytesMax).contains(size) else {
+            throw ValidationError("--size must be from 1 byte to \(SizeParser.text(DemoFailure.sizeBytesMax)), got \(self.size)")
+        }
+        do {
+            try runDemo(seconds: seconds, size: size)
+        } catch let error as DemoFailure {
+            throw error
+        } catch {
+            // A server, the proxy or the client could not start: one line that says which and why.
+            throw DemoFailure("demo failed: \(error)")
+        }
+    }
+
+    private func runDemo(seconds: Double, size: Int) throws {
 
         let loopback = LoadAddress(host: "127.0.0.1", port: 0)
         let main = TestServer(address: loopback, mode: .echo)
@@ -55,6 +76,7 @@ struct DemoCommand: ParsableCommand {
                             main: try endpoint("127.0.0.1:\(main.boundPort)", .connect),
                             mirrors: try mirrorServers.map { try endpoint("127.0.0.1:\($0.boundPort)", .connect) })
         config.compare = compare
+        DuplicatorLogHandler.bootstrap(level: .warning)
         var logger = Logger(label: "duplicator")
         logger.logLevel = .warning
         let proxy = try Proxy(config: config, logger: logger)
@@ -95,11 +117,12 @@ struct DemoCommand: ParsableCommand {
                 print("mirror \(index + 1) replies compared with main's, per session: " + verdicts.joined(separator: ", "))
             }
         }
-        guard allExact else { throw ExitCode(1) }
+        guard allExact else { throw DemoFailure.explaining(result, connections: connections) }
     }
 
     private func milliseconds(_ text: String) throws -> Int {
-        do { return try DurationParser.milliseconds(text) } catch { throw ValidationError(error.message) }
+        if text.hasPrefix("-") { throw ValidationError("--duration '\(text)': negative durations are refused") }
+        do { return try DurationParser.milliseconds(text) } catch { throw ValidationError("--duration: \(error.message)") }
     }
 
     private func endpoint(_ text: String, _ role: Endpoint.Role) throws -> Endpoint {

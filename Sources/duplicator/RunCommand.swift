@@ -137,6 +137,9 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: .customLong("dump-max-files"), parsing: .unconditional, help: "With --dump-dir: files written at most; later dumps are counted as skipped_limit.")
     var dumpMaxFiles: Int = Defaults.dumpMaxFiles
 
+    @Option(name: .customLong("dump-queue"), parsing: .unconditional, help: "With --dump-dir: bytes of dumps waiting for the disk at most; a dump beyond is dropped, counted (dropped_queue) and logged.")
+    var dumpQueue: String = SizeParser.text(Defaults.dumpQueueBytes)
+
     @Option(name: .customLong("mirror-batch-bytes"), parsing: .unconditional, help: "Send a mirror's queued bytes together once this many wait (or --mirror-batch-delay passed); 0: one send per receive, no batching.")
     var mirrorBatchBytes: String = SizeParser.text(Defaults.mirrorBatchBytes)
 
@@ -170,23 +173,6 @@ struct ProxyOptions: ParsableArguments {
         if kind == .ioUring { return "with io_uring (\(proxy.ringSetupMode))" }
         if let fallbackReason { return "with epoll (io_uring cannot be used here: \(fallbackReason))" }
         return "with epoll (--backend epoll)"
-    }
-
-    /// "no mirror", "1 mirror", "3 mirrors (:8083 on 10% of sessions)".
-    static func mirrorsNote(_ config: Config) -> String {
-        let count = config.mirrors.count
-        let sampled = zip(config.mirrors, config.mirrorSamplePercents).filter { $0.1 < 100 }
-            .map { "\($0.0) on \($0.1 == $0.1.rounded() ? "\(Int($0.1))" : "\($0.1)")% of sessions" }
-        let base = count == 0 ? "no mirror" : count == 1 ? "1 mirror" : "\(count) mirrors"
-        return sampled.isEmpty ? base : base + " (" + sampled.joined(separator: ", ") + ")"
-    }
-
-    /// How mirrors get their bytes; nothing without mirrors.
-    static func mirrorSendsNote(_ config: Config) -> String {
-        guard !config.mirrors.isEmpty else { return "" }
-        return (config.mirrorBatchBytes == 0 ? "; mirror sends not batched"
-                : "; mirror sends batched up to \(config.mirrorBatchBytes) bytes or \(config.mirrorBatchDelayUs) us")
-            + (config.mirrorTurns == 0 ? "" : "; the first \(config.mirrorTurns) turns kept for mirrors")
     }
 
     /// The one value of an option that must be given once.
@@ -250,6 +236,7 @@ struct ProxyOptions: ParsableArguments {
         config.dumpDirectory = dumpDir
         config.dumpBytes = try SizeParser.bytes(dumpBytes)
         config.dumpMaxFiles = dumpMaxFiles
+        config.dumpQueueBytes = try SizeParser.bytes(dumpQueue)
         config.waitBatch = waitBatch
         config.sendProxy = sendProxy
         config.acceptProxy = acceptProxy
@@ -287,10 +274,8 @@ struct ProxyOptions: ParsableArguments {
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("--log-level '\(logLevel)': expected trace, debug, info, notice, warning, error or critical")
         }
-        LogLevelControl.shared.current = level
-        LoggingSystem.bootstrap { label in
-            ReloadableLevelLogHandler(inner: StreamLogHandler.standardError(label: label))
-        }
+        // "duplicator" whatever the logger's label: one name in the log.
+        DuplicatorLogHandler.bootstrap(level: level)
         let config: Config
         do { config = try makeConfig() } catch {
             throw ValidationError(file.map { ConfigArguments.attributed(error, file: (try? ConfigFile.read(path: $0.path)) ?? ConfigFile(path: $0.path, entries: []), commandLine: $0.commandLine).message } ?? error.message)
@@ -302,6 +287,7 @@ struct ProxyOptions: ParsableArguments {
         var metricsEndpoint: Endpoint?
         do {
             statsIntervalMs = try Self.milliseconds(statsInterval, "--stats-interval")
+            try Config.checkStatsInterval(statsInterval, milliseconds: statsIntervalMs)
             if let metrics { metricsEndpoint = try Endpoint(parsing: metrics, role: .listen) }
         } catch {
             throw ValidationError(error.message)
@@ -320,42 +306,26 @@ struct ProxyOptions: ParsableArguments {
         defer { metricsServer?.stop() }
         try proxy.start()
         try handover?.serve(proxy: proxy, metricsServer: metricsServer, drainTimeout: drainTimeout, logger: logger)
+        // The same facts, one per line, on stdout for --check and in the log at start.
+        var facts = CheckReport.lines(config, proxy: proxy, metrics: metricsServer.map { "\($0.address)" })
+        if let file {
+            facts.append("configuration file: \(file.path) (digest \(proxy.currentGeneration.digest)), SIGHUP applies it again to new sessions, up to \(config.mirrorSlotCount) mirrors")
+        }
         if check {
             proxy.stop(immediately: true)
             proxy.wait()
-            print("configuration ok: listening on \(proxy.listenAddress) would work, main \(config.main), "
-                + "\(Self.mirrorsNote(config)), \(config.threads) workers \(Self.backendNote(proxy)), "
-                + "each admitting \(config.sessionsPerWorker) sessions with a pool of up to "
-                + "\((config.poolSlotsPerWorker * config.slotSize) >> 20) MiB" + Self.proxyProtocolNote(config)
-                + (config.compare ? "; comparing replies in windows of up to \(config.compareMemoryBytesMax >> 20) MiB in all" : "")
-                + (config.dumpDirectory.map { "; pcapng dumps of differing pairs to \($0) (up to \(config.dumpBytes) bytes per direction, \(config.dumpMaxFiles) files, recordings of up to \(config.dumpMemoryBytesMax >> 20) MiB in all)" } ?? "")
-                + Self.mirrorSendsNote(config) + "; " + proxy.zeroCopyNote
-                + (file.map { "; from \($0.path) (configuration \(proxy.currentGeneration.digest)), SIGHUP reloads it, up to \(config.mirrorSlotCount) mirrors" } ?? ""))
+            print("configuration ok")
+            for line in facts { print(line) }
             return
         }
         let metricsNote = metricsServer.map { ", metrics on http://\($0.address)/metrics" } ?? ""
         logger.info("listening on \(proxy.listenAddress), main \(config.main), mirrors \(config.mirrors.map(\.text)), on \(proxy.backend?.kind.rawValue ?? "?")\(metricsNote)")
-        if config.zeroCopy == .on { logger.info("\(proxy.zeroCopyNote)") }
-        if config.compare {
-            logger.info("comparing mirror replies with main's: windows of \(config.compareWindowBytes) bytes per session and mirror, at most \(config.compareMemoryBytesMax >> 20) MiB in all")
-            if let directory = config.dumpDirectory {
-                logger.info("writing a pcapng dump (mode 0600) of each session and mirror whose replies differ to \(directory): at most \(config.dumpBytes) bytes per direction, \(config.dumpMaxFiles) files, recordings of up to \(config.dumpMemoryBytesMax >> 20) MiB in all if every admitted session carried that much")
-            }
-        }
+        for line in facts { logger.info("\(line)") }
         let reloader = file.map {
             ConfigReloader(path: $0.path, commandLine: $0.commandLine, proxy: proxy, options: self,
                            statsIntervalMs: statsIntervalMs, logger: logger)
         }
         serve(proxy, statsIntervalMs: statsIntervalMs, logger: logger, reloader: reloader)
-    }
-
-    /// What --check says of the PROXY protocol, so that an operator sees
-    /// what main and the mirrors must expect before cutting traffic over.
-    static func proxyProtocolNote(_ config: Config) -> String {
-        var parts: [String] = []
-        if config.acceptProxy { parts.append("expects a PROXY protocol header (v1 or v2) from every client") }
-        if let version = config.sendProxy { parts.append("sends a PROXY protocol \(version.rawValue) header to main and mirrors") }
-        return parts.isEmpty ? "" : "; " + parts.joined(separator: ", ")
     }
 
     /// Waits for signals (see `Signals`): the first SIGINT/SIGTERM stops
@@ -383,7 +353,7 @@ struct ProxyOptions: ParsableArguments {
             case .stop(let signal):
                 stopSignals += 1
                 if stopSignals == 1 {
-                    logger.notice("\(Signals.name(signal)): draining \(proxy.activeSessions) sessions for up to \(drainTimeout)")
+                    logger.notice("\(Signals.name(signal)): draining \(Counted.text(proxy.activeSessions, "session")) for up to \(drainTimeout)")
                     proxy.stop()
                 } else {
                     logger.notice("\(Signals.name(signal)) again: closing every session now")

@@ -161,15 +161,15 @@ struct CLITests {
     func checkDescribesMirrors() throws {
         let binary = try builtBinary("duplicator")
         let none = try runProgram(binary, ["-l", "127.0.0.1:0", "-f", ":9", "--threads", "1", "--check"])
-        #expect(none.status == 0 && none.standardOutput.contains("main :9, no mirror, "), "\(none.standardOutput)")
+        #expect(none.status == 0 && none.standardOutput.contains("\nmain: :9\nmirrors: none\n"), "\(none.standardOutput)")
         #expect(!none.standardOutput.contains("mirror sends"), "\(none.standardOutput)")
         let some = try runProgram(binary, ["-l", "127.0.0.1:0", "-f", ":9", "-m", ":10@10%,:11@2.5%", "-m", ":12",
                                            "--mirror-turns", "0", "--threads", "1", "--check"])
         #expect(some.status == 0, "stderr: \(some.standardError)")
-        #expect(some.standardOutput.contains("3 mirrors (:10 on 10% of sessions, :11 on 2.5% of sessions)"),
+        #expect(some.standardOutput.contains("\nmirrors: 3: :10 on 10% of sessions, :11 on 2.5% of sessions, :12\n"),
                 "\(some.standardOutput)")
-        #expect(some.standardOutput.contains("mirror sends batched up to 65536 bytes or 1000 us"))
-        #expect(!some.standardOutput.contains("turns kept"), "--mirror-turns 0 keeps none")
+        #expect(some.standardOutput.contains("\nmirror sends: batched up to 64 KiB or 1ms\n"), "\(some.standardOutput)")
+        #expect(!some.standardOutput.contains("mirror turns"), "--mirror-turns 0 keeps none")
     }
 
     @Test("--check says what --zerocopy comes to on this kernel", arguments: [
@@ -188,8 +188,10 @@ struct CLITests {
     @Test("--check says how many sessions each worker admits within --max-memory")
     func checkShowsTheMemoryModel() throws {
         let binary = try builtBinary("duplicator")
-        for (extra, expected) in [([] as [String], "each admitting 4096 sessions with a pool of up to 512 MiB"),
-                                  (["--max-memory", "64MiB"], "each admitting 256 sessions with a pool of up to 32 MiB")] {
+        for (extra, expected) in [([] as [String], "memory per worker: a buffer pool of up to 512 MiB"),
+                                  ([] as [String], "sessions per worker: 4096 at once"),
+                                  (["--max-memory", "64MiB"], "memory per worker: a buffer pool of up to 32 MiB"),
+                                  (["--max-memory", "64MiB"], "sessions per worker: 256 at once")] {
             let result = try runProgram(binary, ["-l", "127.0.0.1:0", "-f", ":9", "-m", ":10", "--threads", "2", "--check"] + extra,
                                         timeoutSeconds: 10)
             #expect(result.status == 0, "stderr: \(result.standardError)")
@@ -362,7 +364,7 @@ struct CLIPrivilegedTests {
                                           "--backend", "io_uring"] + extra)
             #expect(result.status != 0)
             #expect(result.errorLines.count == 1, "stderr: \(result.standardError)")
-            #expect(result.standardError.contains("not enough locked memory: 1 workers need up to"), "stderr: \(result.standardError)")
+            #expect(result.standardError.contains("not enough locked memory: 1 worker needs up to"), "stderr: \(result.standardError)")
             #expect(result.standardError.contains("buffer pools of \(64 << 20) bytes"), "stderr: \(result.standardError)")
             #expect(result.standardError.contains("RLIMIT_MEMLOCK is 4194304 bytes"), "stderr: \(result.standardError)")
         }
@@ -376,7 +378,7 @@ struct CLIPrivilegedTests {
         let auto = try runAsNobody([try Peers.require("prlimit"), "--memlock=4194304:4194304"],
                                    ["-l", "127.0.0.1:0", "-f", ":9", "--max-memory", "64MiB", "--threads", "1", "--check"])
         #expect(auto.status == 0, "stderr: \(auto.standardError)")
-        #expect(auto.standardOutput.contains("with epoll (io_uring cannot be used here: not enough locked memory: 1 workers need up to"),
+        #expect(auto.standardOutput.contains("backend: epoll (io_uring cannot be used here: not enough locked memory: 1 worker needs up to"),
                 "stdout: \(auto.standardOutput)")
     }
 
@@ -405,7 +407,7 @@ struct CLIPrivilegedTests {
         #expect(result.errorLines.first?.hasPrefix("duplicator: io_uring is forbidden") == true, "stderr: \(result.standardError)")
         #expect(result.errorLines.last?.contains("running on epoll (--backend auto): io_uring is forbidden") == true,
                 "stderr: \(result.standardError)")
-        #expect(result.standardOutput.contains("with epoll (io_uring cannot be used here: io_uring is forbidden"),
+        #expect(result.standardOutput.contains("backend: epoll (io_uring cannot be used here: io_uring is forbidden"),
                 "stdout: \(result.standardOutput)")
     }
 }

@@ -317,16 +317,18 @@ struct DumpTests {
     @Test("a full queue drops without waiting, and counts; what was queued is written")
     func fullQueueDrops() throws {
         let directory = try Self.temporaryDirectory()
+        // A bound of 16 such requests' bytes (--dump-queue).
+        let queued = 16
         let writer = try DumpWriter(directory: directory, maxFiles: 100, servers: [address("127.0.0.1", 1), address("127.0.0.1", 2)],
-                                    mirrorNames: ["127.0.0.1:2"])
+                                    mirrorNames: ["127.0.0.1:2"], queueBytesMax: queued * Self.request().memoryBytes)
         // The thread is not started yet: nothing leaves the queue.
-        for _ in 0..<(DumpWriter.queueCapacity + 3) { writer.submit(Self.request()) }
+        for _ in 0..<(queued + 3) { writer.submit(Self.request()) }
         #expect(writer.count(mirror: 0, .droppedQueue) == 3)
         try writer.start()
         writer.stop()
-        #expect(writer.count(mirror: 0, .written) == UInt64(DumpWriter.queueCapacity))
+        #expect(writer.count(mirror: 0, .written) == UInt64(queued))
         let names = Self.files(directory)
-        #expect(names.count == DumpWriter.queueCapacity)
+        #expect(names.count == queued)
         for name in names { unlink(directory + "/" + name) }
         rmdir(directory)
     }

@@ -61,7 +61,7 @@ enum Peers {
 
     /// The program's path, or a failure that names it.
     static func require(_ name: String) throws -> String {
-        guard let found = path(name) else { throw TestFailure("\(name) is not installed (.ci/run installs it)") }
+        guard let found = path(name) else { throw TestFailure("\(name) is not installed (make test-deps installs it)") }
         return found
     }
 }

@@ -222,7 +222,7 @@ struct ParserTests {
         "poolSlots=3", "poolSlots=65536", "poolSlots=0", "maxMemoryBytes=1048575", "slotSize=1024", "slotSize=2097152",
         "backlogBytesMax=0", "backlogChunksMax=0", "backlogChunksMax=4097", "sessionsMax=0",
         "sessionsMax=1000001", "threads=0", "threads=257", "mirrorConnectTimeoutMs=-1",
-        "mainConnectTimeoutMs=-1", "mirrorLingerMs=-1", "drainTimeoutMs=-5", "mirrors=65",
+        "mainConnectTimeoutMs=-1", "mirrorConnectTimeoutMs=0", "mirrorConnectTimeoutMs=99", "mirrorLingerMs=-1", "drainTimeoutMs=-5", "mirrors=65",
         "compareWindowBytes=4095", "compareWindowBytes=16777217",
     ])
     func validateRefuses(setting: String) throws {
@@ -255,7 +255,7 @@ struct ParserTests {
 
     @Test("Config.validate accepts the edges of each range", arguments: [
         "poolSlots=4", "poolSlots=32768", "slotSize=4096", "slotSize=1048576", "backlogChunksMax=1",
-        "backlogChunksMax=4096", "threads=256", "mirrors=64", "mirrors=0", "mirrorConnectTimeoutMs=0",
+        "backlogChunksMax=4096", "threads=256", "mirrors=64", "mirrors=0", "mirrorConnectTimeoutMs=100",
         "compareWindowBytes=4096", "compareWindowBytes=16777216",
     ])
     func validateAccepts(setting: String) throws {

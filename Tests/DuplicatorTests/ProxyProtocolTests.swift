@@ -54,11 +54,15 @@ struct ProxyProtocolTests {
         #expect(Self.parse(local) == .complete(length: 16, addresses: nil))
         let unixSocket: [UInt8] = Self.signature + [0x21, 0x31, 0x00, 216] + [UInt8](repeating: 0x41, count: 216)
         #expect(Self.parse(unixSocket) == .complete(length: 232, addresses: nil))
+        // TLVs that exactly fill the header: two, the second with an empty value.
+        let twoTLVs: [UInt8] = Self.signature + [0x21, 0x11, 0x00, 12 + 7, 192, 0, 2, 10, 198, 51, 100, 1, 0xDC, 0x04, 0x01, 0xBB]
+            + [0x04, 0x00, 0x01, 0x41, 0x04, 0x00, 0x00]
+        #expect(Self.parse(twoTLVs) == .complete(length: 16 + 19, addresses: Self.tcp4))
     }
 
     @Test("garbage, truncated, malformed and oversized headers")
     func refusals() {
-        let cases: [(String, [UInt8], ProxyProtocol.ParseOutcome)] = [
+        var cases: [(String, [UInt8], ProxyProtocol.ParseOutcome)] = [
             ("an HTTP request", Array("GET / HTTP/1.1\r\n".utf8), .invalid(.notProxyProtocol)),
             ("a Redis command", Array("*1\r\n$4\r\nPING\r\n".utf8), .invalid(.notProxyProtocol)),
             ("lower case", Array("proxy TCP4 1.2.3.4 1.2.3.4 1 2\r\n".utf8), .invalid(.notProxyProtocol)),
@@ -84,6 +88,18 @@ struct ProxyProtocolTests {
             ("v2 command 2", Self.signature + [0x22, 0x11, 0x00, 0x0C], .invalid(.malformed)),
             ("v2 family 4", Self.signature + [0x21, 0x41, 0x00, 0x0C], .invalid(.malformed)),
             ("v2 TCP4 too short for its addresses", Self.signature + [0x21, 0x11, 0x00, 0x08] + [UInt8](repeating: 1, count: 8), .invalid(.malformed)),
+        ]
+        // TCP4 addresses (12 bytes), then a TLV whose value would run past the header's length.
+        let addresses4: [UInt8] = [192, 0, 2, 10, 198, 51, 100, 1, 0xDC, 0x04, 0x01, 0xBB]
+        cases += [
+            ("a v2 TLV whose length runs past the header", Self.signature + [0x21, 0x11, 0x00, 12 + 5] + addresses4
+                + [0x04, 0x00, 0x09, 0x41, 0x42], .invalid(.tlvBeyondHeader)),
+            ("a v2 TLV cut inside its type and length", Self.signature + [0x21, 0x11, 0x00, 12 + 2] + addresses4
+                + [0x04, 0x00], .invalid(.tlvBeyondHeader)),
+            ("a v2 second TLV that runs past the header", Self.signature + [0x21, 0x11, 0x00, 12 + 8] + addresses4
+                + [0x04, 0x00, 0x01, 0x41, 0x04, 0x00, 0x02, 0x41], .invalid(.tlvBeyondHeader)),
+            ("a v2 unix-socket header with a TLV past its length", Self.signature + [0x21, 0x31, 0x00, 216 + 3]
+                + [UInt8](repeating: 0x41, count: 216) + [0x04, 0x00, 0x01], .invalid(.tlvBeyondHeader)),
         ]
         for (name, bytes, expected) in cases {
             #expect(Self.parse(bytes) == expected, "\(name)")

@@ -82,12 +82,12 @@ struct SeccompTests {
                 "\(refused.standardError)")
         let check = try runProgram(launcher[0], Array(launcher.dropFirst()) + [binary] + arguments + ["--check"])
         #expect(check.status == 0, "\(check.standardError)")
-        #expect(check.standardOutput.contains("with epoll (io_uring cannot be used here: io_uring is forbidden here"),
+        #expect(check.standardOutput.contains("backend: epoll (io_uring cannot be used here: io_uring is forbidden here"),
                 "\(check.standardOutput)")
         // Where io_uring is allowed, --check says it runs on io_uring (and epoll when asked).
         let allowed = try runProgram(binary, arguments + ["--check"])
-        #expect(allowed.standardOutput.contains("with io_uring ("), "\(allowed.standardOutput)")
+        #expect(allowed.standardOutput.contains("backend: io_uring ("), "\(allowed.standardOutput)")
         let epoll = try runProgram(binary, arguments + ["--check", "--backend", "epoll"])
-        #expect(epoll.standardOutput.contains("with epoll (--backend epoll)"), "\(epoll.standardOutput)")
+        #expect(epoll.standardOutput.contains("backend: epoll (--backend epoll)"), "\(epoll.standardOutput)")
     }
 }

@@ -60,6 +60,17 @@ struct StartupChecksTests {
         ("127.0.0.1:8080", ":8081", [], "127.0.0.2:8080", nil),
         (":8080", ":8081", [], "[::1]:8080", nil),
         ("127.0.0.1:0", ":8081", [], "127.0.0.1:0", nil),
+        // Metrics on main's or a mirror's address: the proxy would take the
+        // port its target should answer on (as -l there is refused).
+        (":8080", ":8081", [], ":8081", "--metrics :8081 is the main server's address (-f :8081)"),
+        (":8080", "127.0.0.1:8081", [], "0.0.0.0:8081", "--metrics 0.0.0.0:8081 is the main server's address"),
+        (":8080", "10.1.2.3:8081", [], ":8081", "--metrics :8081 is the main server's address"),
+        (":8080", "localhost:8081", [], "127.0.0.1:8081", "--metrics 127.0.0.1:8081 is the main server's address"),
+        (":8080", ":8081", [":8082", ":8083"], "127.0.0.1:8083", "--metrics 127.0.0.1:8083 is a mirror's address (-m :8083)"),
+        (":8080", ":8081", ["localhost:8082"], ":8082", "--metrics :8082 is a mirror's address (-m localhost:8082)"),
+        (":8080", "10.9.9.9:8081", [], ":8081", nil),
+        (":8080", ":8081", [], "127.0.0.2:8081", nil),
+        (":8080", ":8081", [":8082"], ":8083", nil),
     ]
 
     static func resolved(_ text: String, _ role: Endpoint.Role) throws -> StartupChecks.Resolved {
