@@ -16,7 +16,8 @@ modules=.build/release/Modules
 [[ -d $modules ]] || { echo "dynamic_accesses.sh: run 'swift build -c release' first" >&2; exit 2; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-maps=(-Xcc -fmodule-map-file=Sources/CLiburing/module.modulemap -Xcc -fmodule-map-file=Sources/CLinuxSystem/module.modulemap)
+maps=(-Xcc -fmodule-map-file=Sources/CLiburing/module.modulemap -Xcc -fmodule-map-file=Sources/CLinuxSystem/module.modulemap
+      -Xcc -fmodule-map-file=.build/checkouts/Yams/Sources/CYaml/include/module.modulemap)
 for module in Ring Duplicator; do
     swiftc -O -wmo -parse-as-library -module-name "$module" -emit-sil -I "$modules" "${maps[@]}" \
         Sources/"$module"/*.swift -o "$work/$module.sil" 2>/dev/null

@@ -286,8 +286,9 @@ public final class WorkerCore<Backend: WorkerBackend> {
     /// A reload: the mirror slots' names, and the idle checks if the new configuration has them.
     func adopt(_ generation: ConfigGeneration) {
         mirrorNames = generation.slotNames
-        idleTimeoutMs = generation.config.idleTimeoutMs > 0 ? min(max(1, idleTimeoutMs), generation.config.idleTimeoutMs)
-            : idleTimeoutMs
+        // The check's pace is the shortest timeout any live session may have.
+        let new = generation.config.idleTimeoutMs
+        if new > 0 { idleTimeoutMs = idleTimeoutMs == 0 ? new : min(idleTimeoutMs, new) }
     }
 
     // MARK: - Time
