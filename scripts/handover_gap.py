@@ -43,12 +43,14 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--build", default=".build/release")
     parser.add_argument("--backend", default="io_uring")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", default="2",
+                        help="worker threads, or a comma-separated list: one per process in turn (e.g. 2,3,1)")
     parser.add_argument("--handovers", type=int, default=5)
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--connectors", type=int, default=4)
     args = parser.parse_args()
 
+    thread_counts = args.threads.split(",")
     directory = tempfile.mkdtemp(prefix="handover-gap-")
     main_port, port = free_port(), free_port()
     sock_path = os.path.join(directory, "handover.sock")
@@ -60,7 +62,7 @@ def main():
         log = os.path.join(directory, f"duplicator-{generation}.log")
         process = subprocess.Popen([os.path.join(args.build, "duplicator"), "-l", f"127.0.0.1:{port}",
                                     "-f", f"127.0.0.1:{main_port}", "--backend", args.backend,
-                                    "--threads", str(args.threads), "--handover-socket", sock_path,
+                                    "--threads", thread_counts[generation % len(thread_counts)], "--handover-socket", sock_path,
                                     "--drain-timeout", "10s"],
                                    stdout=subprocess.DEVNULL, stderr=open(log, "w"))
         ok = wait_for(lambda: "listening on" in open(log).read() or process.poll() is not None, 20)

@@ -118,6 +118,10 @@ public enum Handover {
             logger.warning("handover: \(error.message); binding normally")
             return nil
         }
+        // A holder busy with another handover leaves its backlog full, and a
+        // connect to a Unix socket then waits: for a step's time at most.
+        var timeout = timeval(tv_sec: stepTimeoutMs / 1000, tv_usec: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         guard withAddress(path, { Glibc.connect(fd, $0, $1) }) == 0 else {
             let error = errno
             close(fd)

@@ -45,6 +45,10 @@ public final class Proxy: Sendable {
     private let mirrorHealth: MirrorHealth
     /// Each worker's listeners (one each, unless a handover brought more).
     private let listenerFDs: Mutex<[[Int32]]>
+    /// Listeners bound beside those a handover brought, which listen only
+    /// once their worker can accept: a group member that listens earlier
+    /// takes a share of the clients and holds them until then.
+    private let listenLater: Set<Int32>
     /// Copies of every listener, for a handover to a new process
     /// (`--handover-socket`); closed on stop, so that a stopped proxy's port
     /// refuses clients instead of queueing them.
@@ -106,6 +110,7 @@ public final class Proxy: Sendable {
             throw ProxyError(error.message)
         }
         var fds: [Int32] = []
+        var later: Set<Int32> = []
         var bound = listenAddress
         do {
             // Every worker binds its own SO_REUSEPORT listener, which would
@@ -130,6 +135,12 @@ public final class Proxy: Sendable {
                 try Sockets.probeUnshared(listenAddress)
             }
             while fds.count < config.threads {
+                if !inheritedListeners.isEmpty {
+                    let fd = try Sockets.boundNotListening(to: bound)
+                    fds.append(fd)
+                    later.insert(fd)
+                    continue
+                }
                 let fd = try Sockets.listen(on: bound, queueLength: Int32(config.listenQueueLength), reusePort: true)
                 fds.append(fd)
                 // With port 0 the first listener picks a port; the others share it.
@@ -141,6 +152,7 @@ public final class Proxy: Sendable {
             throw ProxyError("cannot listen on \(config.listen.text): \(RingError.describe(errno: error.errno))\(hint)")
         }
         self.listenAddress = bound
+        listenLater = later
         let threadCount = config.threads
         listenerFDs = Mutex((0..<threadCount).map { worker in
             stride(from: worker, to: fds.count, by: threadCount).map { fds[$0] }
@@ -193,8 +205,8 @@ public final class Proxy: Sendable {
         try dumpWriter?.start()
         for (index, listeners) in fds.enumerated() {
             let job = WorkerJob(backend: backend, config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
-                                listenerFDs: listeners, stats: stats[index], allStats: stats, control: control, logger: logger,
-                                dumpSink: dumpWriter)
+                                listenerFDs: listeners, listenLater: listeners.filter(listenLater.contains),
+                                stats: stats[index], allStats: stats, control: control, logger: logger, dumpSink: dumpWriter)
             let thread = try startThread("worker \(index)") { job.run() }
             threads.withLock { $0.append(thread) }
         }
@@ -291,6 +303,8 @@ private struct WorkerJob: Sendable {
     let loopGuard: LoopGuard
     let mirrorHealth: MirrorHealth
     let listenerFDs: [Int32]
+    /// Of `listenerFDs`, those to listen on once the worker is set up (`Proxy.listenLater`).
+    let listenLater: [Int32]
     let stats: WorkerStats
     let allStats: [WorkerStats]
     let control: WorkerControl
@@ -329,6 +343,7 @@ private struct WorkerJob: Sendable {
             control.startErrors.withLock { $0.append("cannot start a worker: \(error)") }
             return
         }
+        for fd in listenLater { _ = listen(fd, Int32(config.listenQueueLength)) }
         control.ready.add(1, ordering: .releasing)
         do {
             try loop()

@@ -65,6 +65,13 @@ enum Sockets {
         close(try bound(to: address, reusePort: false))
     }
 
+    /// A socket bound to `address` that does not listen yet: a new member of
+    /// a SO_REUSEPORT group joins it (and gets a share of the clients) only
+    /// at listen(2), which its worker calls once it can accept.
+    static func boundNotListening(to address: SocketAddress) throws(RingError) -> Int32 {
+        try bound(to: address, reusePort: true)
+    }
+
     private static func bound(to address: SocketAddress, reusePort: Bool) throws(RingError) -> Int32 {
         let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw RingError("socket for \(address)", errno: errno) }
