@@ -321,16 +321,22 @@ final class ConfigReloads: Sendable {
     /// The reload families of the metrics page.
     func metricsText() -> String {
         let generation = current
-        return PrometheusText.family("duplicator_config_reloads_total", "counter",
-                                     "Configuration reloads (SIGHUP), by result: ok applied to new sessions, failed changed nothing.",
-                                     [("result=\"ok\"", succeeded.load(ordering: .relaxed)),
-                                      ("result=\"failed\"", failed.load(ordering: .relaxed))])
+        return Self.metricsText(ok: succeeded.load(ordering: .relaxed), failed: failed.load(ordering: .relaxed),
+                                lastSuccessSeconds: lastSuccessSeconds.load(ordering: .relaxed),
+                                generation: generation.number, digest: generation.digest)
+    }
+
+    /// The same families from plain values (`PrometheusText.families()` lists them from a render of these).
+    static func metricsText(ok: UInt64, failed: UInt64, lastSuccessSeconds: UInt64, generation: Int, digest: String) -> String {
+        PrometheusText.family("duplicator_config_reloads_total", "counter",
+                              "Configuration reloads (SIGHUP), by result: ok applied to new sessions, failed changed nothing.",
+                              [("result=\"ok\"", ok), ("result=\"failed\"", failed)])
             + PrometheusText.family("duplicator_config_last_reload_success_timestamp_seconds", "gauge",
                                     "When the running configuration was applied (the start, or the latest reload that applied), in seconds since the epoch.",
-                                    [("", lastSuccessSeconds.load(ordering: .relaxed))])
+                                    [("", lastSuccessSeconds)])
             + PrometheusText.family("duplicator_config_info", "gauge",
                                     "The running configuration: its generation (1 at start, one more per applied reload) and digest.",
-                                    [("generation=\"\(generation.number)\",digest=\"\(generation.digest)\"", 1)])
+                                    [("generation=\"\(generation)\",digest=\"\(digest)\"", 1)])
     }
 }
 

@@ -1,7 +1,8 @@
 extension PrometheusText {
     /// Every metric family the proxy can serve, with its type and help, in
     /// the order /metrics gives them: read from a render of a snapshot with
-    /// every optional part on (a backend, a mirror, `--dump-dir`), so that
+    /// every optional part on (a backend, a mirror, `--dump-dir`) and the
+    /// reload families (`ConfigReloads`), so that
     /// the man page's METRICS section is the code's list, not a copy of it.
     public static func families() -> [(name: String, type: String, help: String)] {
         var snapshot = StatsSnapshot(workers: [WorkerStats(mirrorCount: 1)], mirrorNames: ["mirror"], poolSlotsPerWorker: 1)
@@ -9,7 +10,8 @@ extension PrometheusText {
         snapshot.dumping = true
         var help: [String: String] = [:]
         var result: [(name: String, type: String, help: String)] = []
-        for line in render(snapshot).split(separator: "\n") {
+        let text = render(snapshot) + ConfigReloads.metricsText(ok: 0, failed: 0, lastSuccessSeconds: 0, generation: 1, digest: "")
+        for line in text.split(separator: "\n") {
             let words = line.split(separator: " ", maxSplits: 3, omittingEmptySubsequences: false)
             guard words.count >= 4, words[0] == "#" else { continue }
             let name = String(words[2])

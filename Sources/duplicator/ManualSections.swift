@@ -47,7 +47,8 @@ enum ManualSections {
 
     /// What SIGHUP does: the one place that says it (`serve` and --config
     /// are where it happens).
-    static let hangUp = "Reloads the configuration for new sessions (see --config)."
+    static let hangUp = "With --config, reads the file again and applies it to new sessions; live sessions keep the "
+        + "configuration they started with, and a bad file changes nothing (one log line says why). Without --config, logged and ignored."
 
     static let signals = Section(title: "SIGNALS", entries: [
         ("SIGINT, SIGTERM", "Stop accepting, and let live sessions finish for up to --drain-timeout; then close the rest "

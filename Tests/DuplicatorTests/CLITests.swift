@@ -34,17 +34,40 @@ func runProgram(_ path: String, _ arguments: [String], timeoutSeconds: Double = 
     process.standardError = errorPipe
     process.standardOutput = outputPipe
     try process.run()
+    // Both pipes are read while the program runs: one that writes more than
+    // a pipe holds (64 KiB; `--experimental-dump-help` does) would otherwise
+    // block in write(2) and never exit.
+    let error = PipeReader(errorPipe)
+    let output = PipeReader(outputPipe)
     let deadline = monotonicSeconds() + timeoutSeconds
     while process.isRunning && monotonicSeconds() < deadline { usleep(10_000) }
     if process.isRunning {
-        process.terminate()
+        kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         throw TestFailure("\(path) \(arguments) did not exit in \(timeoutSeconds)s")
     }
     process.waitUntilExit()
-    let error = String(decoding: errorPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    let output = String(decoding: outputPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    return ProcessResult(status: process.terminationStatus, standardError: error, standardOutput: output)
+    return ProcessResult(status: process.terminationStatus, standardError: error.text(), standardOutput: output.text())
+}
+
+/// Reads a pipe to its end on a thread of its own.
+final class PipeReader: @unchecked Sendable {
+    private var data = Data()
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ pipe: Pipe) {
+        let handle = pipe.fileHandleForReading
+        Thread.detachNewThread { [self] in
+            data = handle.readDataToEndOfFile()
+            done.signal()
+        }
+    }
+
+    /// Everything the pipe carried, once its writers have closed it.
+    func text() -> String {
+        done.wait()
+        return String(decoding: data, as: UTF8.self)
+    }
 }
 
 /// Promise 8: bad input gets one clear line and a non-zero exit, never a trap.
