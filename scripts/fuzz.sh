@@ -7,7 +7,7 @@
 #   scripts/fuzz.sh ProxyHeader ...  # only these (Fuzz/Corpus/<Name>)
 #
 #   FUZZ_SECONDS  how long each target runs (default 60)
-#   FUZZ_JOBS     parallel fuzzing processes per target (default 1)
+#   FUZZ_JOBS     fuzzing processes per target (default 1; more: libFuzzer's -fork)
 #   WORK_DIR      where the growing corpora and logs go (default .build-fuzz-work)
 #
 # What a run finds beyond the seeds is kept in WORK_DIR/<Name>/corpus (not
@@ -45,8 +45,11 @@ for name in "${targets[@]}"; do
     mkdir -p "$corpus" "$artifacts"
     start=$(date +%s)
     # The first directory gets what is new; the seeds are only read.
-    "$bin/Fuzz$name" "$corpus" "Fuzz/Corpus/$name" -max_total_time="$FUZZ_SECONDS" -jobs="$FUZZ_JOBS" \
-        -workers="$FUZZ_JOBS" -max_len=4096 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    # (With -jobs, libFuzzer writes each job's log to fuzz-N.log in the current directory.)
+    parallel=()
+    ((FUZZ_JOBS > 1)) && parallel=(-fork="$FUZZ_JOBS")
+    "$bin/Fuzz$name" "$corpus" "Fuzz/Corpus/$name" -max_total_time="$FUZZ_SECONDS" "${parallel[@]}" \
+        -max_len=4096 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="$artifacts/" >"$WORK_DIR/$name/log" 2>&1
     status=$?
     runs=$(grep -oE '^stat::number_of_executed_units: *[0-9]+' "$WORK_DIR/$name/log" | grep -oE '[0-9]+$' | tail -n 1)
