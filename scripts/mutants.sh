@@ -42,8 +42,8 @@ mutant short-send-drops-a-byte Sources/Duplicator/Session.swift \
     'var unconsumed = min(length &+ (length < sendingBytes ? 1 : 0), sendingBytes)' 'SessionTests/shortSend|MirrorBatchTests'
 # Promise 5, half-close: the client's EOF never becomes a shutdown towards main.
 mutant half-close-client-to-main Sources/Duplicator/Session.swift \
-    $'legs[.main].shutdownWanted = true\n            kickSend(.main, io: io)' \
-    $'kickSend(.main, io: io)' 'SessionTests/halfClose'
+    $'legs[.main].shutdownWanted = true\n            kickSend(.main, io: io)\n            for mirror in mirrorLegs {' \
+    $'kickSend(.main, io: io)\n            for mirror in mirrorLegs {' 'SessionTests/halfClose'
 # ... nor main's EOF one towards the client.
 mutant half-close-main-to-client Sources/Duplicator/Session.swift \
     $'legs[.client].shutdownWanted = true\n            kickSend(.client, io: io)' \
@@ -140,7 +140,7 @@ killers() {
         | awk '{ file = $1; $1 = ""; sub(/^ /, ""); printf "%s%s/%s", sep, file, $0; sep = ", " }')
     if [[ -z $found ]]; then
         # A trap ends the test process: name the last test that started.
-        found="crash in $(grep -E '◇ Test .* started' "$log" | tail -n 1 | sed -E 's/.*◇ Test (.*) started.*/\1/')"
+        found="a trap in the last test started: $(grep -E '◇ Test .* started' "$log" | tail -n 1 | sed -E 's/.*◇ Test (case .* to )?(.*) started.*/\2/')"
     fi
     echo "$found"
 }
