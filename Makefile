@@ -1,5 +1,5 @@
 # The two commands of the README's quick start, and the rest.
-.PHONY: demo test test-deps check deps build release bench bench-build clean dist dist-build install
+.PHONY: demo test test-deps check deps build release bench bench-build clean dist dist-build install sanitize fuzz mutants
 
 # The version is BuildInfo.version, written once in the source.
 VERSION := $(shell sed -n 's/.*static let version = "\(.*\)"/\1/p' Sources/Duplicator/BuildInfo.swift)
@@ -17,6 +17,10 @@ STATIC_LIBS := $(CURDIR)/$(DIST_SCRATCH)/static-libs
 STATIC_FLAGS := -c release --scratch-path $(DIST_SCRATCH) --static-swift-stdlib
 DIST_BIN := $(DIST_SCRATCH)/release
 
+# Extra flags of the release, test and dist builds: .ci/run sets
+# `-Xswiftc -warnings-as-errors` (docs/testing.md).
+SWIFT_BUILD_FLAGS ?=
+
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # liburing-dev is the only build dependency (Debian 12 ships liburing 2.3).
@@ -24,14 +28,14 @@ deps:
 	@dpkg -s liburing-dev >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq liburing-dev; }
 
 release: deps
-	swift build -c release --product duplicator
+	swift build -c release --product duplicator $(SWIFT_BUILD_FLAGS)
 
 # The built-in demo: echo main, echo mirror, the proxy, the client, a summary.
 demo: release
 	.build/release/duplicator demo
 
 build: deps
-	swift build --build-tests
+	swift build --build-tests $(SWIFT_BUILD_FLAGS)
 
 # What the suite needs beyond the build: the real peers (nginx, haproxy,
 # redis, PostgreSQL) and tools (tshark, nftables, python3-seccomp, ...);
@@ -50,9 +54,29 @@ test: test-deps build dist
 # The fast part, to run after every edit: the unit and sans-IO suites (the
 # session under simulated IO with injected faults, the parsers, the ring's
 # pure parts, the start-up and loop-guard rules), no process, no peer.
-CHECK_SUITES := ParserTests|SessionTests|MirrorBatchTests|MirrorTurnTests|WorkerCoreTests|SessionProxyHeaderTests|ProxyProtocolTests|SendQueueTests|FakeChecksTests|StartupChecksTests|LoopGuardTests/|CompletionTagTests|BufferPoolTests|RingErrorTests|RingTimeoutTests|FNV1a64Tests|LoadAddressTests|SamplingParserTests|SamplingSessionTests|ReplyComparisonTests|CompareSessionTests|DumpTests|ZeroCopySendsTests|DocsTests|ConfigFileTests|ConfigDiffTests|MirrorSlotsTests|ReloadSessionTests|FirstHourUnitTests|FirstHourVerdictTests|HandoverProtocolTests
+CHECK_SUITES := ParserTests|SessionTests|MirrorBatchTests|MirrorTurnTests|WorkerCoreTests|SessionProxyHeaderTests|ProxyProtocolTests|SendQueueTests|FakeChecksTests|StartupChecksTests|LoopGuardTests/|CompletionTagTests|BufferPoolTests|RingErrorTests|RingTimeoutTests|FNV1a64Tests|LoadAddressTests|SamplingParserTests|SamplingSessionTests|ReplyComparisonTests|CompareSessionTests|DumpTests|ZeroCopySendsTests|DocsTests|ConfigFileTests|ConfigDiffTests|MirrorSlotsTests|ReloadSessionTests|FirstHourUnitTests|FirstHourVerdictTests|HandoverProtocolTests|GatherMessageTests|FuzzRegressionTests
 check: build
 	swift test --skip-build --filter '$(CHECK_SUITES)'
+
+# Tests that can fail (docs/testing.md). AddressSanitizer over the sans-IO
+# suites, the ring's tests, the epoll backend's and a few integration tests
+# on both backends; ThreadSanitizer over several workers starting and
+# stopping, the metrics endpoint and the shutdown paths. Each has its own
+# scratch path (.build-asan, .build-tsan), reused from run to run.
+SANITIZE_ADDRESS := $(CHECK_SUITES)|RingTests|EpollWorkerTests|IntegrationTests/(exactStreams|clientHalfClose|mainHalfClose|mainResets|clientResets)
+SANITIZE_THREAD := IntegrationTests/gracefulStopCompletions|OperabilityTests/(metricsWithCurl|backoffSharedByWorkers|mirrorLogSharedByWorkers)|MetricsEndpointTests/(concurrentScrapes|termWithTrickler)
+sanitize: deps
+	FILTER='$(SANITIZE_ADDRESS)' scripts/sanitizers.sh address
+	FILTER='$(SANITIZE_THREAD)' scripts/sanitizers.sh thread
+
+# libFuzzer over the parsers of untrusted input, FUZZ_SECONDS each (Fuzz/).
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
+# One-line mutants of the promises against the tests that guard them.
+mutants: deps
+	scripts/mutants.sh
 
 # The side-by-side comparison (BENCHMARKS.md); not part of `make test`.
 bench: release
@@ -66,7 +90,7 @@ dist-build: deps
 	ln -sf "$$(pkg-config --variable=libdir liburing)/liburing.a" $(STATIC_LIBS)/liburing.a
 	printf 'Name: liburing\nDescription: liburing, linked statically\nVersion: %s\nLibs: -L%s -luring\nCflags:\n' \
 		"$$(pkg-config --modversion liburing)" "$(STATIC_LIBS)" > $(STATIC_LIBS)/liburing.pc
-	PKG_CONFIG_PATH=$(STATIC_LIBS) swift build $(STATIC_FLAGS)
+	PKG_CONFIG_PATH=$(STATIC_LIBS) swift build $(STATIC_FLAGS) $(SWIFT_BUILD_FLAGS)
 
 # dist/duplicator-VERSION-linux-ARCH.tar.gz: bin/, share/ (man pages and
 # bash, zsh and fish completions, generated from the binaries), LICENSE, README.md,
@@ -82,4 +106,4 @@ install: dist-build
 	scripts/stage.sh $(DIST_BIN) $(DESTDIR)$(PREFIX) $(DESTDIR)$(PREFIX)/share/doc/duplicator
 
 clean:
-	rm -rf .build Benchmarks/.build $(DIST_SCRATCH) dist
+	rm -rf .build Benchmarks/.build $(DIST_SCRATCH) dist Fuzz/.build

@@ -14,6 +14,8 @@ let package = Package(
         .library(name: "Duplicator", targets: ["Duplicator"]),
         .library(name: "Ring", targets: ["Ring"]),
         .library(name: "LoadTools", targets: ["LoadTools"]),
+        // For the fuzz targets (Fuzz/Package.swift); not for users.
+        .library(name: "FuzzChecks", targets: ["FuzzChecks"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -80,8 +82,10 @@ let package = Package(
         ),
         // What the test targets share (a seeded generator); not in any product.
         .target(name: "TestSupport"),
+        // What the fuzz targets assert of an input; the tests run it over the committed corpus (docs/testing.md).
+        .target(name: "FuzzChecks", dependencies: ["Duplicator", "Platform"]),
         .testTarget(name: "RingTests", dependencies: ["Ring", "CLiburing", "Platform", "TestSupport"]),
-        .testTarget(name: "DuplicatorTests", dependencies: ["Duplicator", "Ring", "LoadTools", "Platform", "TestSupport"]),
+        .testTarget(name: "DuplicatorTests", dependencies: ["Duplicator", "Ring", "LoadTools", "Platform", "TestSupport", "FuzzChecks"]),
         .testTarget(name: "LoadToolsTests", dependencies: ["LoadTools", "Platform", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]

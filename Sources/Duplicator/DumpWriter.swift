@@ -165,7 +165,7 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
                                  mirrorName: String, wallOffsetUs: UInt64) -> [UInt8] {
         // Without the client's address (the kernel could not say): a documentation address.
         let client = request.clientAddresses?.source
-            ?? ProxyAddress(family: .ipv4, networkBytes: UnsafeRawBufferPointer(start: [UInt8]([192, 0, 2, 1]), count: 4), port: 1)
+            ?? [UInt8]([192, 0, 2, 1]).withUnsafeBytes { ProxyAddress(family: .ipv4, networkBytes: $0, port: 1) }
         let start = request.startUs &+ wallOffsetUs
         let end = request.endUs &+ wallOffsetUs
         let clientSegments = request.client.segments(offsetUs: wallOffsetUs)

@@ -357,8 +357,8 @@ public struct ReplyComparison {
         while done < count {
             let piece = min(count - done, keptBytesMax - position)
             if memcmp(window + position, source + done, piece) != 0 {
-                let kept = (window + position).assumingMemoryBound(to: UInt8.self)
-                let given = (source + done).assumingMemoryBound(to: UInt8.self)
+                let kept = UnsafeRawBufferPointer(start: window + position, count: piece)
+                let given = UnsafeRawBufferPointer(start: source + done, count: piece)
                 for index in 0..<piece where kept[index] != given[index] { return done + index }
             }
             done += piece

@@ -25,7 +25,10 @@ final class WorkerSockets {
     private let nonBlocking: Bool
     /// The targets' addresses in memory that stays put: the kernel reads a
     /// connect's address when its SQE is submitted, which may be later.
-    private let targetAddresses: UnsafeMutablePointer<sockaddr_storage>
+    /// One `sockaddr_storage`'s room each, bound to `sockaddr` (the type it
+    /// is handed out as), filled with the address's bytes.
+    private let targetAddresses: UnsafeMutableRawPointer
+    private static let addressStride = MemoryLayout<sockaddr_storage>.stride
     /// What this worker recorded with the loop guard, by descriptor,
     /// forgotten when closed (empty unless a loop was suspected).
     private var loopRecords: [Int32: LoopRecord] = [:]
@@ -65,8 +68,13 @@ final class WorkerSockets {
         self.gatherMemory = gatherMemory
         gatherMessages = gatherMemory.bindMemory(to: msghdr.self, capacity: gatherLegs)
         gatherVectors = (gatherMemory + vectorsOffset).bindMemory(to: iovec.self, capacity: gatherLegs * Session.gatherChunksMax)
-        targetAddresses = .allocate(capacity: targets.count)
-        targetAddresses.initialize(from: targets.map(\.storage), count: targets.count)
+        targetAddresses = .allocate(byteCount: max(1, targets.count) * Self.addressStride,
+                                    alignment: MemoryLayout<sockaddr_storage>.alignment)
+        for (index, target) in targets.enumerated() {
+            let entry = targetAddresses + index * Self.addressStride
+            withUnsafeBytes(of: target.storage) { entry.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            entry.bindMemory(to: sockaddr.self, capacity: 1)
+        }
     }
 
     deinit {
@@ -94,7 +102,7 @@ final class WorkerSockets {
             loopGuard.connecting(fd: fd, to: targets[target])
             loopRecords[fd] = .connecting
         }
-        let address = UnsafeRawPointer(targetAddresses + target).assumingMemoryBound(to: sockaddr.self)
+        let address = UnsafePointer((targetAddresses + target * Self.addressStride).assumingMemoryBound(to: sockaddr.self))
         return (address, targets[target].length)
     }
 

@@ -26,19 +26,23 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
     public init?(numericHost host: String, port: UInt16) {
         var storage = sockaddr_storage()
         var length = socklen_t(0)
-        let parsed = withUnsafeMutableBytes(of: &storage) { bytes -> Bool in
-            if host.contains(":") {
-                let address = bytes.baseAddress!.assumingMemoryBound(to: sockaddr_in6.self)
-                address.pointee.sin6_family = sa_family_t(AF_INET6)
-                address.pointee.sin6_port = port.bigEndian
-                length = socklen_t(MemoryLayout<sockaddr_in6>.size)
-                return inet_pton(AF_INET6, host, &address.pointee.sin6_addr) == 1
-            }
-            let address = bytes.baseAddress!.assumingMemoryBound(to: sockaddr_in.self)
-            address.pointee.sin_family = sa_family_t(AF_INET)
-            address.pointee.sin_port = port.bigEndian
+        // Each address is built as its own type, then its bytes are copied
+        // into the storage (the storage's memory is never used as another type).
+        let parsed: Bool
+        if host.contains(":") {
+            var address = sockaddr_in6()
+            address.sin6_family = sa_family_t(AF_INET6)
+            address.sin6_port = port.bigEndian
+            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+            parsed = inet_pton(AF_INET6, host, &address.sin6_addr) == 1
+            withUnsafeMutableBytes(of: &storage) { $0.storeBytes(of: address, as: sockaddr_in6.self) }
+        } else {
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = port.bigEndian
             length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            return inet_pton(AF_INET, host, &address.pointee.sin_addr) == 1
+            parsed = inet_pton(AF_INET, host, &address.sin_addr) == 1
+            withUnsafeMutableBytes(of: &storage) { $0.storeBytes(of: address, as: sockaddr_in.self) }
         }
         guard parsed else { return nil }
         self.init(storage: storage, length: length)
@@ -48,8 +52,8 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
     public init(boundTo fd: Int32) throws(SystemCallError) {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let result = withUnsafeMutableBytes(of: &storage) { bytes in
-            getsockname(fd, bytes.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length)
+        let result = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
         }
         guard result == 0 else { throw .lastError("getsockname") }
         self.init(storage: storage, length: length)
@@ -99,8 +103,8 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
 
     /// Calls `body` with the address as a `sockaddr` pointer.
     public func withSockaddr<Result>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> Result) -> Result {
-        withUnsafeBytes(of: storage) { bytes in
-            body(bytes.baseAddress!.assumingMemoryBound(to: sockaddr.self), length)
+        withUnsafePointer(to: storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) }
         }
     }
 }

@@ -10,8 +10,9 @@ import Testing
 @Suite("Compare: redis baseline and candidate", .serialized, .timeLimit(.minutes(6)))
 struct CompareRealPeerTests {
     @Test("sessions that read the changed key diverge on the candidate; the others match, and the baseline matches",
-          .enabled(if: Peers.runnable("redis-server", "redis-cli"), "needs redis-server and redis-tools"))
-    func redisBaselineAndCandidate() throws {
+          .enabled(if: Peers.runnable("redis-server", "redis-cli"), "needs redis-server and redis-tools"),
+          arguments: Config.Backend.tested)
+    func redisBaselineAndCandidate(backend: Config.Backend) throws {
         let peers = RealPeerTests()
         let directory = try RealPeerTests.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -28,7 +29,7 @@ struct CompareRealPeerTests {
         }
         #expect(try peers.redisCLI(candidate.port, ["SET", "k7", "changed-value"]) == "OK")
 
-        let proxy = try startProxy(main: main.port, mirrors: [baseline.port, candidate.port]) {
+        let proxy = try startProxy(backend: backend, main: main.port, mirrors: [baseline.port, candidate.port]) {
             $0.compare = true
             $0.mirrorLingerMs = 5_000
         }

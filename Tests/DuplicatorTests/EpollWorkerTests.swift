@@ -5,6 +5,7 @@ import Testing
 import LoadTools
 import Platform
 import Ring
+import TestSupport
 
 /// The epoll backend completes each operation as io_uring would, over real
 /// loopback sockets but without the worker's logic: its completions are
@@ -20,13 +21,15 @@ struct EpollWorkerTests {
     static let closeTag = CompletionTag(kind: .close, leg: .main, generation: 1, session: 0)
 
     /// An epoll worker whose one target (main) is `port`; no listener.
-    static func worker(main port: UInt16, configure: (inout Config) -> Void = { _ in }) throws -> EpollWorker {
-        var config = Config(listen: try Endpoint(parsing: "127.0.0.1:0", role: .listen), main: endpoint(port), mirrors: [])
+    /// With `mirrors`, that many mirror targets at `port` too (for gathered sends).
+    static func worker(main port: UInt16, mirrors: Int = 0, configure: (inout Config) -> Void = { _ in }) throws -> EpollWorker {
+        var config = Config(listen: try Endpoint(parsing: "127.0.0.1:0", role: .listen), main: endpoint(port),
+                            mirrors: (0..<mirrors).map { _ in endpoint(port) })
         config.backend = .epoll
         configure(&config)
         try config.validate()
-        let targets = [try config.main.resolve(role: .connect)]
-        let stats = WorkerStats(mirrorCount: 0)
+        let targets = try ([config.main] + config.mirrors).map { try $0.resolve(role: .connect) }
+        let stats = WorkerStats(mirrorCount: mirrors)
         let worker = try EpollWorker(config: config, targets: targets, loopGuard: LoopGuard(targets: targets, localAddresses: []),
                                mirrorHealth: MirrorHealth(config.limits), listenerFDs: [], stats: stats, allStats: [stats],
                                control: WorkerControl(), logger: Logger(label: "test"))
@@ -185,5 +188,186 @@ struct EpollWorkerTests {
         // 100 pending at any time.
         #expect(deadlines.storedCount <= 300, "\(deadlines.storedCount) entries stored for 100 pending")
         #expect(deadlines.nextDeadlineMs == nowMs - 99 + 100)
+    }
+
+    // MARK: - Sending
+
+    static let sendTag = CompletionTag(kind: .send, leg: .main, generation: 1, session: 0)
+    static let mirrorSendTag = CompletionTag(kind: .send, leg: .mirror(0), generation: 1, session: 0)
+    static let shutdownTag = CompletionTag(kind: .shutdown, leg: .main, generation: 1, session: 0)
+
+    /// What `peer` reads until `count` bytes, EOF, or `timeoutSeconds`; and whether EOF came.
+    static func read(_ peer: Int32, count: Int = .max, timeoutSeconds: Double = 5) -> (bytes: [UInt8], eof: Bool) {
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        let deadline = monotonicSeconds() + timeoutSeconds
+        while bytes.count < count && monotonicSeconds() < deadline {
+            var entry = pollfd(fd: peer, events: Int16(POLLIN), revents: 0)
+            guard poll(&entry, 1, 20) > 0 else { continue }
+            let read = buffer.withUnsafeMutableBytes { Glibc.recv(peer, $0.baseAddress, min($0.count, count - bytes.count), 0) }
+            if read == 0 { return (bytes, true) }
+            if read < 0 { break }
+            bytes += buffer[0..<read]
+        }
+        return (bytes, false)
+    }
+
+    /// Copies `bytes` into free slots of the worker's pool, as receives would have.
+    static func slots(_ worker: EpollWorker, holding pieces: [[UInt8]], offset: Int = 0) -> [UInt32] {
+        pieces.enumerated().map { index, piece in
+            // Slots from the top of the pool: the worker's receives take them from the bottom.
+            let slot = UInt32(worker.pool.slotCount - 1 - index)
+            let base = worker.pool.pointer(slot) + offset
+            piece.withUnsafeBytes { base.copyMemory(from: $0.baseAddress!, byteCount: piece.count) }
+            return slot
+        }
+    }
+
+    @Test("a send from a slot's offset completes with its length, and the peer gets exactly those bytes")
+    func sendFromSlot() throws {
+        let (listener, port) = try loopbackListener(queueLength: 8)
+        defer { close(listener) }
+        let worker = try Self.worker(main: port)
+        let (fd, peer) = try Self.connected(worker, listener: listener)
+        defer { close(peer) }
+        var generator = SeededGenerator(seed: 41)
+        let payload = generator.bytes(3000)
+        let slot = Self.slots(worker, holding: [payload], offset: 100)[0]
+        worker.send(fd: fd, slot: slot, offset: 100 + 7, length: 2000, tag: Self.sendTag)
+        #expect(Self.summary(Self.completions(worker, 1)) == ["send 2000"])
+        #expect(Self.read(peer, count: 2000).bytes == Array(payload[7..<2007]))
+        worker.close(fd: fd, tag: Self.closeTag)
+        #expect(Self.summary(worker.completionsOfOneRound(timeoutNanoseconds: 0)) == ["close 0"])
+    }
+
+    @Test("a gathered send sends its chunks in queue order, each from its slot and offset, and completes with their sum")
+    func gatheredSend() throws {
+        let (listener, port) = try loopbackListener(queueLength: 8)
+        defer { close(listener) }
+        let worker = try Self.worker(main: port, mirrors: 1)
+        let (fd, peer) = try Self.connected(worker, listener: listener)
+        defer { close(peer) }
+        var generator = SeededGenerator(seed: 42)
+        let pieces = (0..<5).map { generator.bytes(300 + $0 * 111) }
+        let slots = Self.slots(worker, holding: pieces)
+        let storage = UnsafeMutablePointer<SendQueue.Chunk>.allocate(capacity: 8)
+        defer { storage.deallocate() }
+        var queue = SendQueue(storage: storage, capacity: 8)
+        // A queue whose ring has wrapped, with a first chunk already partly sent.
+        for _ in 0..<6 { queue.append(slot: 0, length: 1) }
+        for _ in 0..<6 { _ = queue.consume(1) }
+        for (slot, piece) in zip(slots, pieces) { queue.append(slot: slot, length: piece.count) }
+        #expect(queue.consume(13) == nil)
+        let expected = Array(pieces.joined().dropFirst(13))
+        // The first four chunks go: the fifth stays queued.
+        let length = expected.count - pieces[4].count
+        worker.sendGathered(fd: fd, queue: queue, chunks: 4, length: length, tag: Self.mirrorSendTag)
+        #expect(Self.summary(Self.completions(worker, 1)) == ["send \(length)"])
+        let received = Self.read(peer, count: expected.count, timeoutSeconds: 1).bytes
+        #expect(received.count == length)
+        let same = received == Array(expected.prefix(length))
+        #expect(same, "the chunks' bytes in queue order")
+    }
+
+    @Test("a send the socket cannot take whole completes short, and the next send parks until the peer reads; no byte lost")
+    func shortSendParks() throws {
+        let (listener, port) = try loopbackListener(queueLength: 8)
+        defer { close(listener) }
+        let worker = try Self.worker(main: port)
+        let (fd, peer) = try Self.connected(worker, listener: listener)
+        defer { close(peer) }
+        var small: Int32 = 64 * 1024
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+        setsockopt(peer, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+        var generator = SeededGenerator(seed: 43)
+        let payload = generator.bytes(4 << 20)
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: payload.count, alignment: 16)
+        defer { memory.deallocate() }
+        payload.withUnsafeBytes { memory.copyMemory(from: $0.baseAddress!, byteCount: payload.count) }
+        // Each completion's rest is asked for again, as the session does,
+        // until the socket takes no more: the send then parks.
+        var offset = 0
+        var shortSends = 0
+        var parked = false
+        while !parked && offset < payload.count {
+            worker.send(fd: fd, from: memory + offset, length: payload.count - offset, tag: Self.sendTag)
+            let round = Self.completions(worker, 1, timeoutSeconds: 0.3)
+            guard let completion = round.first else {
+                parked = true
+                break
+            }
+            #expect(round.count == 1 && completion.result > 0)
+            if Int(completion.result) < payload.count - offset { shortSends += 1 }
+            offset += Int(completion.result)
+        }
+        #expect(parked, "the socket never filled: \(offset) bytes taken")
+        #expect(shortSends >= 1 && offset < payload.count, "short sends before the socket filled: \(shortSends)")
+        #expect(worker.completionsOfOneRound(timeoutNanoseconds: 100_000_000).isEmpty, "parked until writable")
+        // The peer reads: the parked send completes, and the rest follows.
+        var received: [UInt8] = []
+        let deadline = monotonicSeconds() + 20
+        while (offset < payload.count || received.count < payload.count) && monotonicSeconds() < deadline {
+            received += Self.read(peer, count: payload.count - received.count, timeoutSeconds: 0.02).bytes
+            for completion in worker.completionsOfOneRound(timeoutNanoseconds: 1_000_000) {
+                #expect(completion.result > 0)
+                offset += Int(completion.result)
+                if offset < payload.count {
+                    shortSends += 1
+                    worker.send(fd: fd, from: memory + offset, length: payload.count - offset, tag: Self.sendTag)
+                }
+            }
+        }
+        #expect(offset == payload.count)
+        #expect(shortSends > 1)
+        #expect(received.count == payload.count)
+        // (A Bool: a failed comparison of two 4 MiB arrays would print both.)
+        let same = received == payload
+        #expect(same, "every byte, in order, across \(shortSends) short sends")
+    }
+
+    @Test("shutdownWrite completes with 0 and the peer reads every byte sent before it, then EOF")
+    func shutdownWriteSendsEOF() throws {
+        let (listener, port) = try loopbackListener(queueLength: 8)
+        defer { close(listener) }
+        let worker = try Self.worker(main: port)
+        let (fd, peer) = try Self.connected(worker, listener: listener)
+        defer { close(peer) }
+        let payload = Array("the last bytes".utf8)
+        let slot = Self.slots(worker, holding: [payload])[0]
+        worker.send(fd: fd, slot: slot, offset: 0, length: payload.count, tag: Self.sendTag)
+        #expect(Self.summary(Self.completions(worker, 1)) == ["send \(payload.count)"])
+        worker.shutdownWrite(fd: fd, tag: Self.shutdownTag)
+        #expect(Self.summary(worker.completionsOfOneRound(timeoutNanoseconds: 0)) == ["shutdown 0"])
+        let (bytes, eof) = Self.read(peer)
+        #expect(bytes == payload)
+        #expect(eof, "the peer sees EOF")
+        // Our side still reads: the peer's reply and its EOF arrive after our half-close.
+        #expect(write(peer, "ok", 2) == 2)
+        shutdown(peer, Int32(SHUT_WR))
+        worker.recv(fd: fd, tag: Self.recvTag)
+        let reply = Self.completions(worker, 1)
+        #expect(Self.summary(reply) == ["recv 2"])
+        if let slot = reply.first?.selectedBuffer { worker.recycle(slot: slot) }
+        worker.close(fd: fd, tag: Self.closeTag)
+        _ = worker.completionsOfOneRound(timeoutNanoseconds: 0)
+    }
+
+    @Test("close closes the descriptor once, completes with close(2)'s result, and the peer sees EOF")
+    func closeClosesOnce() throws {
+        let (listener, port) = try loopbackListener(queueLength: 8)
+        defer { close(listener) }
+        let worker = try Self.worker(main: port)
+        let (fd, peer) = try Self.connected(worker, listener: listener)
+        defer { close(peer) }
+        worker.close(fd: fd, tag: Self.closeTag)
+        #expect(Self.summary(worker.completionsOfOneRound(timeoutNanoseconds: 0)) == ["close 0"])
+        #expect(fcntl(fd, F_GETFD) == -1 && errno == EBADF, "the descriptor is closed")
+        #expect(Self.read(peer, timeoutSeconds: 2).eof)
+        // A stale edge of the old socket reaches nothing: a new socket may have its number.
+        let (again, againPeer) = try Self.connected(worker, listener: listener)
+        defer { close(againPeer) }
+        #expect(worker.completionsOfOneRound(timeoutNanoseconds: 50_000_000).isEmpty)
+        worker.close(fd: again, tag: Self.closeTag)
+        #expect(Self.summary(worker.completionsOfOneRound(timeoutNanoseconds: 0)) == ["close 0"])
     }
 }

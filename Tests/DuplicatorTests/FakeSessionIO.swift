@@ -246,14 +246,6 @@ final class FakeSessionIO: WorkerBackend {
         }
     }
 
-    /// The worker's idle check, over every live session.
-    func checkIdleAll() {
-        for session in table.sessions where session.isActive {
-            session.checkIdle(io: self)
-            if !session.isActive { sessionEnded(session) }
-        }
-    }
-
     func abort(_ key: SessionKey? = nil) {
         guard let session = session(key) else {
             violation("abort of a session that is not active")

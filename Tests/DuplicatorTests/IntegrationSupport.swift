@@ -231,6 +231,11 @@ final class FaultServer: Sendable {
     /// `slowReader`: bytes read so far, and whether the stream has ended.
     let received = Atomic<Int>(0)
     let ended = Atomic<Bool>(false)
+    /// `replyThenClose`, `resetAfterReading`: bytes read before replying, and
+    /// whether that read ended on the peer's EOF (not the 2 s receive
+    /// timeout, an error, or the byte count), of the last connection.
+    let bytesRead = Atomic<Int>(0)
+    let readSawEOF = Atomic<Bool>(false)
 
     private init(_ behavior: Behavior) throws {
         self.behavior = behavior
@@ -288,11 +293,15 @@ final class FaultServer: Sendable {
     private func readAtLeast(_ fd: Int32, _ count: Int) {
         var buffer = [UInt8](repeating: 0, count: 65536)
         var total = 0
+        var sawEOF = false
         while total < count {
             let read = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, min($0.count, count - total), 0) }
+            if read == 0 { sawEOF = true }
             if read <= 0 { break }
             total += read
         }
+        bytesRead.store(total, ordering: .relaxed)
+        readSawEOF.store(sawEOF, ordering: .releasing)
     }
 
     private func resetAndClose(_ fd: Int32) {

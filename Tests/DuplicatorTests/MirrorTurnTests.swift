@@ -66,6 +66,29 @@ struct MirrorTurnTests {
         io.expectQuiescent()
     }
 
+    /// Both turns wait in the mirror's queue before its first send: the
+    /// first send stops at the turn's end, not at the queue's.
+    @Test("two turns queued before the mirror's first send: the second goes only after the mirror answered the first")
+    func queuedTurnsGoOneAtATime() throws {
+        let io = try FakeSessionIO(limits: turnLimits(), slotCount: 16)
+        io.context.nowUs = 1_000_000
+        try #require(io.start() != nil)
+        io.connectAll()
+        clientTurn(io, Self.sslRequest)
+        mainReplies(io, Array("N".utf8))
+        clientTurn(io, Self.startup)
+        #expect(io.sent(to: .main) == Self.sslRequest + Self.startup, "main never waits for a mirror")
+        passBatchDelay(io)
+        #expect(io.sent(to: .mirror(0)) == Self.sslRequest, "the startup message waits for the mirror's answer")
+        io.completeDiscard(.mirror(0), result: 1)
+        io.flushSends(.mirror(0))
+        passBatchDelay(io)
+        #expect(io.sent(to: .mirror(0)) == Self.sslRequest + Self.startup)
+        #expect(io.stats.mirrors[0].bytesMissed.value == 0)
+        finish(io)
+        io.expectQuiescent()
+    }
+
     @Test("a mirror that does not answer a turn in time gets it anyway, and is not waited for again")
     func turnTimeout() throws {
         let io = try FakeSessionIO(limits: turnLimits(timeoutUs: 250_000), slotCount: 16)

@@ -194,7 +194,7 @@ struct ParserTests {
 
     @Test("the engine's defaults are the documented ones, and become the session limits")
     func documentedDefaults() throws {
-        var config = try config(mirrors: 2)
+        let config = try config(mirrors: 2)
         try config.validate()
         for (flag, text, value) in Self.documentedDefaults {
             let expected = if flag.hasSuffix("timeout") || flag == "--mirror-linger" || flag == "--mirror-batch-delay" {

@@ -102,8 +102,9 @@ struct PostgresTests {
     ]
 
     @Test("pgbench -i and a pgbench run through the proxy with libpq's defaults: the mirror ends with main's data",
-          .enabled(if: binDirectory != nil, "PostgreSQL is not installed"))
-    func pgbenchShadow() throws {
+          .enabled(if: binDirectory != nil || Peers.underCI, "PostgreSQL is not installed"),
+          arguments: Config.Backend.tested)
+    func pgbenchShadow(backend: Config.Backend) throws {
         let bin = try #require(Self.binDirectory)
         var template = Array("/tmp/duplicator-pg-XXXXXX".utf8CString)
         guard let made = mkdtemp(&template) else { throw TestFailure("mkdtemp: errno \(errno)") }
@@ -121,7 +122,7 @@ struct PostgresTests {
         // backend, beside the whole suite on two cores, once took longer than
         // the default 100 ms, and once (with builds beside it) longer than
         // 2 s; the mirror then refused that session.
-        let proxy = try startProxy(main: main!.port, mirrors: [mirror!.port]) {
+        let proxy = try startProxy(backend: backend, main: main!.port, mirrors: [mirror!.port]) {
             $0.mirrorLingerMs = 10_000
             $0.mirrorTurnTimeoutUs = 10_000_000
         }

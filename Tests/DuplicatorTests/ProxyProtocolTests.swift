@@ -107,6 +107,26 @@ struct ProxyProtocolTests {
         #expect(Self.parse([]) == .incomplete)
     }
 
+    /// The bounds themselves: a v1 line of exactly 107 bytes (CRLF
+    /// included; UNKNOWN ignores the rest of its line) is a header, one of
+    /// 108 is not; a v2 header of exactly 536 bytes is one, 537 is not.
+    @Test("a v1 line of 107 bytes and a v2 header of 536 are taken; a byte more is oversized")
+    func bounds() {
+        func unknownLine(_ bytes: Int) -> [UInt8] {
+            Array("PROXY UNKNOWN ".utf8) + [UInt8](repeating: 0x61, count: bytes - 16) + Array("\r\n".utf8)
+        }
+        #expect(unknownLine(107).count == ProxyProtocol.version1BytesMax)
+        #expect(Self.parse(unknownLine(107) + Array("GET".utf8)) == .complete(length: 107, addresses: nil))
+        #expect(Self.parse(unknownLine(108)) == .invalid(.oversized))
+        func local(_ bytes: Int) -> [UInt8] {
+            let length = bytes - 16
+            return Self.signature + [0x20, 0x00, UInt8(length >> 8), UInt8(length & 0xFF)] + [UInt8](repeating: 0, count: length)
+        }
+        #expect(local(536).count == ProxyProtocol.headerBytesMax)
+        #expect(Self.parse(local(536)) == .complete(length: 536, addresses: nil))
+        #expect(Self.parse(local(537)) == .invalid(.oversized))
+    }
+
     @Test("encoded headers: the exact bytes of v1 and v2, and UNKNOWN/LOCAL without addresses")
     func encoding() {
         #expect(Self.encode(.v1, Self.tcp4) == Array("PROXY TCP4 192.0.2.10 198.51.100.1 56324 443\r\n".utf8))

@@ -66,15 +66,16 @@ struct RealPeerTests {
     }
 
     @Test("redis-benchmark through the proxy: no errors, and the mirror ends with main's dataset",
-          .enabled(if: Peers.runnable("redis-server", "redis-cli", "redis-benchmark"), "needs redis-server and redis-tools"))
-    func redisShadow() throws {
+          .enabled(if: Peers.runnable("redis-server", "redis-cli", "redis-benchmark"), "needs redis-server and redis-tools"),
+          arguments: Config.Backend.tested)
+    func redisShadow(backend: Config.Backend) throws {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         try FileManager.default.createDirectory(atPath: directory + "/main", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: directory + "/mirror", withIntermediateDirectories: true)
         let main = try redis(directory + "/main")
         let mirror = try redis(directory + "/mirror")
-        let proxy = try startProxy(main: main.port, mirrors: [mirror.port])
+        let proxy = try startProxy(backend: backend, main: main.port, mirrors: [mirror.port])
         defer { proxy.shutdown() }
 
         let benchmark = try runProgram(try Peers.require("redis-benchmark"),
@@ -140,8 +141,8 @@ struct RealPeerTests {
     }
 
     @Test("wrk through the proxy to nginx, mirrored to nginx: no errors, as many requests logged on both",
-          .enabled(if: Peers.runnable("nginx", "wrk"), "needs nginx and wrk"))
-    func nginxShadow() throws {
+          .enabled(if: Peers.runnable("nginx", "wrk"), "needs nginx and wrk"), arguments: Config.Backend.tested)
+    func nginxShadow(backend: Config.Backend) throws {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         for name in ["main", "mirror"] {
@@ -156,7 +157,7 @@ struct RealPeerTests {
         // The readiness probes of ServerProcess are not requests; start counting from here.
         let mainBefore = logged(main)
         let mirrorBefore = logged(mirror)
-        let proxy = try startProxy(main: main.port, mirrors: [mirror.port])
+        let proxy = try startProxy(backend: backend, main: main.port, mirrors: [mirror.port])
         defer { proxy.shutdown() }
 
         let result = try runProgram(try Peers.require("wrk"), ["-t1", "-c10", "-d2s", "http://127.0.0.1:\(proxy.port)/"], timeoutSeconds: 30)
@@ -196,14 +197,14 @@ struct RealPeerTests {
     /// the same nginx without stalled clients, at the same time, so that the
     /// machine's load weighs on both alike.
     @Test("wrk keeps at least half its requests/s while 700 clients stall large nginx downloads through the proxy",
-          .enabled(if: Peers.runnable("nginx", "wrk"), "needs nginx and wrk"))
-    func nginxStalledDownloads() throws {
+          .enabled(if: Peers.runnable("nginx", "wrk"), "needs nginx and wrk"), arguments: Config.Backend.tested)
+    func nginxStalledDownloads(backend: Config.Backend) throws {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let main = try nginx(directory, largeFileBytes: 64 << 20)
-        let proxy = try startProxy(main: main.port, mirrors: [])
+        let proxy = try startProxy(backend: backend, main: main.port, mirrors: [])
         defer { proxy.shutdown() }
-        let control = try startProxy(main: main.port, mirrors: [])
+        let control = try startProxy(backend: backend, main: main.port, mirrors: [])
         defer { control.shutdown() }
         let request = Array("GET /large HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
         let stalled = try StalledClients(port: proxy.port, count: 700, requestBytes: request.count, request: request)

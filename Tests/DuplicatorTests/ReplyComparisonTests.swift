@@ -121,11 +121,16 @@ struct ReplyComparisonTests {
             ([], Array("x".utf8), .longer, 0),
         ]
         for (main, mirror, verdict, offset) in cases {
-            let events = pieces(main, main.isEmpty ? [] : [main.count], .main)
-                + pieces(mirror, mirror.isEmpty ? [] : [mirror.count], .mirror)
-            let (got, gotOffset, _) = play(events, windowBytes: 64)
-            #expect(got == verdict, "\(main) vs \(mirror)")
-            if verdict == .diverged { #expect(gotOffset == offset, "\(main) vs \(mirror)") }
+            let mainEvents = pieces(main, main.isEmpty ? [] : [main.count], .main)
+            let mirrorEvents = pieces(mirror, mirror.isEmpty ? [] : [mirror.count], .mirror)
+            // Main first, the mirror first, and both streams' bytes before either ends.
+            let orders = [mainEvents + mirrorEvents, mirrorEvents + mainEvents,
+                          Array(mainEvents.dropLast()) + Array(mirrorEvents.dropLast()) + [.end(.mirror), .end(.main)]]
+            for (order, events) in orders.enumerated() {
+                let (got, gotOffset, _) = play(events, windowBytes: 64)
+                #expect(got == verdict, "\(main) vs \(mirror), order \(order)")
+                if verdict == .diverged { #expect(gotOffset == offset, "\(main) vs \(mirror), order \(order)") }
+            }
         }
     }
 

@@ -226,11 +226,19 @@ extension SessionTests {
         io.flushSends(.client)
         io.context.nowMs = 9_000
         io.completeDiscard(.mirror(0), result: 100)
+        // The worker's own tick runs the idle check (every WorkerCore.idleCheckMs
+        // at most): the session ends at the first check from 10 000 ms on.
         io.context.nowMs = 9_999
-        io.checkIdleAll()
+        io.workerTick()
         #expect(!session.isEnding, "4999 ms since the reply")
-        io.context.nowMs = 10_000
-        io.checkIdleAll()
+        var endedAtMs: UInt64?
+        while io.context.nowMs < 12_000 && endedAtMs == nil {
+            io.context.nowMs += 50
+            io.workerTick()
+            if session.isEnding { endedAtMs = io.context.nowMs }
+        }
+        let ended = try #require(endedAtMs, "the worker's tick never ended the idle session")
+        #expect(ended >= 10_000 && ended <= 10_000 + WorkerCore<FakeSessionIO>.idleCheckMs, "ended at \(ended) ms")
         #expect(session.isEnding)
         #expect(session.endCause == .idleTimeout)
         #expect(io.stats.sessionsEndedByIdleTimeout.value == 1)
@@ -250,7 +258,9 @@ extension SessionTests {
         let session = try #require(io.start())
         io.connectAll()
         io.context.nowMs = 1 << 40
-        io.checkIdleAll()
+        io.workerTick()
+        io.context.nowMs += 1 << 20
+        io.workerTick()
         #expect(!session.isEnding)
         finish(io)
         io.expectQuiescent()

@@ -1,0 +1,81 @@
+import Duplicator
+import Platform
+
+/// What each fuzz target asserts of one input (Fuzz/, docs/testing.md): the
+/// parser returns or throws, never traps, and what it accepts keeps its
+/// promises. The libFuzzer targets call these; so does
+/// FuzzRegressionTests, over every committed seed and crash file, so that
+/// an input that once failed stays a test. A failed promise is a
+/// `preconditionFailure`, which libFuzzer reports as a crash and saves.
+public enum FuzzChecks {
+    /// The checks by target name (the folder names under Fuzz/Corpus).
+    public static let all: [(name: String, check: @Sendable (UnsafeRawBufferPointer) -> Void)] = [
+        ("ProxyHeader", proxyHeader),
+        ("Address", address),
+        ("Size", size),
+        ("Duration", duration),
+    ]
+
+    /// The PROXY protocol header reader (`--accept-proxy`): a header it
+    /// accepts is within the input and the protocol's bound, a prefix of
+    /// the input only grows towards the same answer, and "incomplete" is
+    /// only said while fewer than the longest header's bytes are there.
+    public static func proxyHeader(_ bytes: UnsafeRawBufferPointer) {
+        let outcome = ProxyProtocol.parse(bytes)
+        switch outcome {
+        case .complete(let length, _):
+            precondition(length > 0 && length <= bytes.count && length <= ProxyProtocol.headerBytesMax,
+                         "a header of \(length) bytes in \(bytes.count)")
+            // The header alone says the same: nothing after it was read.
+            let alone = ProxyProtocol.parse(UnsafeRawBufferPointer(rebasing: bytes[0..<length]))
+            precondition(alone == outcome, "the header alone parses as \(alone), with what follows as \(outcome)")
+            // One byte short of it is never complete.
+            if case .complete = ProxyProtocol.parse(UnsafeRawBufferPointer(rebasing: bytes[0..<(length - 1)])) {
+                preconditionFailure("\(length - 1) bytes of a \(length)-byte header parse as complete")
+            }
+        case .incomplete:
+            precondition(bytes.count < ProxyProtocol.headerBytesMax,
+                         "incomplete after \(bytes.count) bytes, beyond the longest header")
+        case .invalid:
+            break
+        }
+    }
+
+    /// The address parsers of -l, -f and -m: any text, any role.
+    public static func address(_ bytes: UnsafeRawBufferPointer) {
+        let text = String(decoding: bytes, as: UTF8.self)
+        for role in [Endpoint.Role.listen, .connect] {
+            if let endpoint = try? Endpoint(parsing: text, role: role) {
+                precondition(endpoint.port != 0 || role == .listen, "'\(text)': port 0 to connect to")
+                if let host = endpoint.host { precondition(!host.isEmpty, "'\(text)': an empty host") }
+            }
+        }
+        _ = try? HostPort(parsing: text)
+    }
+
+    /// Sizes (--max-memory, --slot-size, ...): a parsed size is not negative,
+    /// and its shortest text parses back to it.
+    public static func size(_ bytes: UnsafeRawBufferPointer) {
+        let text = String(decoding: bytes, as: UTF8.self)
+        guard let value = try? SizeParser.bytes(text) else { return }
+        precondition(value >= 0, "'\(text)' is \(value) bytes")
+        let again = try? SizeParser.bytes(SizeParser.text(value))
+        precondition(again == value, "'\(text)' is \(value), whose text '\(SizeParser.text(value))' is \(String(describing: again))")
+    }
+
+    /// Durations (-t, --idle-timeout, ...): not negative, and the shortest
+    /// text parses back to the same (exactly, within a Double's integers).
+    public static func duration(_ bytes: UnsafeRawBufferPointer) {
+        let text = String(decoding: bytes, as: UTF8.self)
+        guard let value = try? DurationParser.nanoseconds(text) else {
+            _ = try? DurationParser.milliseconds(text)
+            return
+        }
+        precondition(value >= 0, "'\(text)' is \(value) ns")
+        let milliseconds = try? DurationParser.milliseconds(text)
+        precondition(milliseconds.map { $0 >= 0 && (value == 0) == ($0 == 0) } ?? false, "'\(text)': \(String(describing: milliseconds)) ms")
+        guard value < 1 << 53 else { return }
+        let again = try? DurationParser.nanoseconds(DurationParser.text(nanoseconds: value))
+        precondition(again == value, "'\(text)' is \(value) ns, whose text '\(DurationParser.text(nanoseconds: value))' is \(String(describing: again))")
+    }
+}
