@@ -70,11 +70,14 @@ final class WorkerSockets {
         gatherVectors = (gatherMemory + vectorsOffset).bindMemory(to: iovec.self, capacity: gatherLegs * Session.gatherChunksMax)
         targetAddresses = .allocate(byteCount: max(1, targets.count) * Self.addressStride,
                                     alignment: MemoryLayout<sockaddr_storage>.alignment)
-        for (index, target) in targets.enumerated() {
-            let entry = targetAddresses + index * Self.addressStride
-            withUnsafeBytes(of: target.storage) { entry.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-            entry.bindMemory(to: sockaddr.self, capacity: 1)
-        }
+        for (index, target) in targets.enumerated() { store(target, at: index) }
+    }
+
+    /// Writes `address` into target `index`'s room, bound to `sockaddr`.
+    private func store(_ address: SocketAddress, at index: Int) {
+        let entry = targetAddresses + index * Self.addressStride
+        withUnsafeBytes(of: address.storage) { entry.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        entry.bindMemory(to: sockaddr.self, capacity: 1)
     }
 
     deinit {
@@ -114,7 +117,7 @@ final class WorkerSockets {
         for (slot, address) in generation.slotAddresses.enumerated() {
             guard let address, 1 + slot < targets.count, targets[1 + slot].description != address.description else { continue }
             targets[1 + slot] = address
-            targetAddresses[1 + slot] = address.storage
+            store(address, at: 1 + slot)
         }
     }
 

@@ -189,7 +189,7 @@ struct FirstHourCLITests {
         let port = freePort()
         let logPath = try RealPeerTests.temporaryDirectory() + "/log"
         defer { try? FileManager.default.removeItem(atPath: URL(fileURLWithPath: logPath).deletingLastPathComponent().path) }
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try builtBinary("duplicator"))
         process.arguments = ["-l", "127.0.0.1:\(port)", "--backend", backend.rawValue] + arguments

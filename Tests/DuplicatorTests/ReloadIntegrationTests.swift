@@ -22,7 +22,7 @@ final class ReloadingProxy: @unchecked Sendable {
         configPath = directory + "/duplicator.yaml"
         logPath = directory + "/stderr.log"
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         process = Process()
         process.executableURL = URL(fileURLWithPath: try builtBinary("duplicator"))
         process.arguments = ["-l", "127.0.0.1:\(port)", "--config", configPath, "--backend", backend.rawValue] + arguments
