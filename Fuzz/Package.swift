@@ -6,14 +6,12 @@ import PackageDescription
 // package's builds never see them; built only with
 // `-sanitize=fuzzer,address`, which gives each executable libFuzzer's main.
 //
-// Each target is one folder, Sources/Fuzz<Name>/main.swift, whose
-// `LLVMFuzzerTestOneInput` hands the bytes to one check of FuzzChecks, and a
-// seed corpus, Corpus/<Name>/. The same checks run over every committed
-// corpus and crash file in the root package's tests (FuzzRegressionTests),
-// so a crash found once stays a regression test. A new target (a config
-// file reader, a pcap reader) is a check in FuzzChecks, a name below, a
-// main.swift like the others, and a seed folder.
-let names = ["ProxyHeader", "Address", "Size", "Duration"]
+// One executable, Fuzz, runs the check of FuzzChecks.all that FUZZ_TARGET
+// names; each target has a seed corpus, Corpus/<Name>/. The same checks run
+// over every committed corpus and crash file in the root package's tests
+// (FuzzRegressionTests), so a crash found once stays a regression test. A
+// new target (a pcap reader) is a check in FuzzChecks, its row in
+// FuzzChecks.all, and a seed folder.
 
 // A path dependency's identity is the last component of its directory.
 let rootDirectory = Context.packageDirectory.split(separator: "/").dropLast().last.map(String.init) ?? "swift-duplicator"
@@ -24,12 +22,11 @@ let package = Package(
     dependencies: [.package(path: "..")],
     targets: [
         // The checks live in the root package (Sources/FuzzChecks), so that its tests run them too.
-    ] + names.map { name in
         .executableTarget(
-            name: "Fuzz\(name)",
+            name: "Fuzz",
             dependencies: [.product(name: "FuzzChecks", package: rootDirectory)],
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]
-        )
-    },
+        ),
+    ],
     swiftLanguageModes: [.v6]
 )

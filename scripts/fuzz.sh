@@ -48,7 +48,7 @@ for name in "${targets[@]}"; do
     # (With -jobs, libFuzzer writes each job's log to fuzz-N.log in the current directory.)
     parallel=()
     ((FUZZ_JOBS > 1)) && parallel=(-fork="$FUZZ_JOBS")
-    "$bin/Fuzz$name" "$corpus" "Fuzz/Corpus/$name" -max_total_time="$FUZZ_SECONDS" "${parallel[@]}" \
+    FUZZ_TARGET=$name "$bin/Fuzz" "$corpus" "Fuzz/Corpus/$name" -max_total_time="$FUZZ_SECONDS" "${parallel[@]}" \
         -max_len=4096 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="$artifacts/" >"$WORK_DIR/$name/log" 2>&1
     status=$?

@@ -14,6 +14,7 @@ public enum FuzzChecks {
         ("Address", address),
         ("Size", size),
         ("Duration", duration),
+        ("ConfigFile", configFile),
     ]
 
     /// The PROXY protocol header reader (`--accept-proxy`): a header it
@@ -77,5 +78,25 @@ public enum FuzzChecks {
         guard value < 1 << 53 else { return }
         let again = try? DurationParser.nanoseconds(DurationParser.text(nanoseconds: value))
         precondition(again == value, "'\(text)' is \(value) ns, whose text '\(DurationParser.text(nanoseconds: value))' is \(String(describing: again))")
+    }
+
+    /// The `--config` reader (YAML through Yams): any text is a file or one
+    /// error, and a file's entries are keys the reader knows, each in the
+    /// file once: a flag with no value text, an option with exactly one.
+    public static func configFile(_ bytes: UnsafeRawBufferPointer) {
+        let text = String(decoding: bytes, as: UTF8.self)
+        guard let file = try? ConfigFile.parse(text, path: "fuzz.yaml") else { return }
+        var seen = Set<String>()
+        for entry in file.entries {
+            guard let key = ConfigFile.keys.first(where: { $0.name == entry.key }) else {
+                preconditionFailure("an unknown key '\(entry.key)' was taken")
+            }
+            precondition(seen.insert(entry.key).inserted, "'\(entry.key)' taken twice")
+            switch key.kind {
+            case .flag: precondition(entry.values.isEmpty, "flag '\(entry.key)' with values \(entry.values)")
+            case .value: precondition(entry.values.count == 1 && entry.isOn, "'\(entry.key)' with values \(entry.values)")
+            case .list: precondition(entry.isOn, "list '\(entry.key)' off")
+            }
+        }
     }
 }

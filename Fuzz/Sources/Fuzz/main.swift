@@ -1,8 +1,24 @@
 import FuzzChecks
+import Glibc
 
-// The one line of each target: its check (FuzzChecks). The rest is alike in every target.
+// One libFuzzer executable for every target: FUZZ_TARGET names the check of
+// FuzzChecks.all it runs (scripts/fuzz.sh sets it), so a new target is a row
+// there and a seed folder, nothing here.
+
+/// The check FUZZ_TARGET names; read once, before the first input.
+let selected: @Sendable (UnsafeRawBufferPointer) -> Void = {
+    let name = getenv("FUZZ_TARGET").map { String(cString: $0) } ?? ""
+    guard let check = FuzzChecks.all.first(where: { $0.name == name })?.check else {
+        let known = FuzzChecks.all.map(\.name).joined(separator: ", ")
+        let line = "Fuzz: FUZZ_TARGET '\(name)' is not a target; known: \(known)\n"
+        _ = line.withCString { write(2, $0, strlen($0)) }
+        exit(2)
+    }
+    return check
+}()
+
 let check: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt = { start, count in
-    FuzzChecks.address(UnsafeRawBufferPointer(start: start, count: count))
+    selected(UnsafeRawBufferPointer(start: start, count: count))
     return 0
 }
 
@@ -16,8 +32,9 @@ public func fuzzOneInput(_ start: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
 func runDriver(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
                _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt) -> CInt
 
-@_cdecl("FuzzAddress_main")
+@_cdecl("Fuzz_main")
 public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    _ = selected  // an unknown target is said before libFuzzer starts
     var argc = argc
     var argv = argv
     return runDriver(&argc, &argv, check)
