@@ -32,7 +32,8 @@ public struct ConfigFile: Equatable, Sendable {
     }
 
     /// Every key a file may hold: the run command's options, less those that
-    /// only make sense on a command line (`--check`, `--config`, `--help`).
+    /// only make sense on a command line (`--check`, `--config`, `--help`, and
+    /// `--handover-socket`, which names this process, not the experiment).
     public static let keys: [Key] = [
         Key(name: "listen", kind: .value, short: "l"),
         Key(name: "forward", kind: .value, short: "f"),
@@ -64,6 +65,7 @@ public struct ConfigFile: Equatable, Sendable {
         Key(name: "dump-dir", kind: .value, short: nil),
         Key(name: "dump-bytes", kind: .value, short: nil),
         Key(name: "dump-max-files", kind: .value, short: nil),
+        Key(name: "dump-queue", kind: .value, short: nil),
         Key(name: "mirror-batch-bytes", kind: .value, short: nil),
         Key(name: "mirror-batch-delay", kind: .value, short: nil),
         Key(name: "mirror-turns", kind: .value, short: nil),

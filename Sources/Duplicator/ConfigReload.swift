@@ -156,6 +156,7 @@ public struct ConfigDiff: Equatable, Sendable {
         check("dump-dir", \.dumpDirectory, live: false, why: "its writer starts with the process")
         check("dump-bytes", \.dumpBytes, live: false, why: "reserved at start")
         check("dump-max-files", \.dumpMaxFiles, live: false)
+        check("dump-queue", \.dumpQueueBytes, live: false, why: "its writer starts with the process")
         // What a session takes at its start.
         check("mirror", { $0.mirrors.map(\.text) })
         check("mirror sampling", \.mirrorSamplePercents)

@@ -22,6 +22,8 @@ struct ProcessResult {
     let standardError: String
     let standardOutput: String
     var errorLines: [Substring] { standardError.split(separator: "\n") }
+    /// Standard output, one line each.
+    var lines: [Substring] { standardOutput.split(separator: "\n") }
 }
 
 /// Runs a program to completion (bounded by `timeoutSeconds`), capturing its output.

@@ -194,7 +194,7 @@ struct ReloadIntegrationTests {
 
 @Suite("Config file: its keys follow the run command's options")
 struct ConfigKeysTests {
-    @Test("every option of duplicator --help but --check and --config is a key of the file, with its short name")
+    @Test("every option of duplicator --help but --check, --config and --handover-socket is a key of the file, with its short name")
     func everyOptionIsAKey() throws {
         let dump = try runProgram(try builtBinary("duplicator"), ["--experimental-dump-help"])
         #expect(dump.status == 0)
@@ -206,7 +206,7 @@ struct ConfigKeysTests {
         var options: Set<String> = []
         for argument in command.arguments where argument.shouldDisplay {
             guard let long = argument.names?.first(where: { $0.kind == "long" })?.name,
-                  !["help", "version", "check", "config"].contains(long) else { continue }
+                  !["help", "version", "check", "config", "handover-socket"].contains(long) else { continue }
             options.insert(long)
             let short = argument.names?.first(where: { $0.kind == "short" })?.name
             #expect(ConfigFile.keys.first { $0.name == long }?.short.map(String.init) == short, "--\(long)")
@@ -226,10 +226,12 @@ struct ConfigKeysTests {
         let base = ["--check", "--config", path, "-l", "127.0.0.1:0"]
         let ok = try runProgram(binary, base)
         #expect(ok.status == 0, "\(ok.standardError)")
-        #expect(ok.standardOutput.contains("1 mirror (127.0.0.1:\(main.boundPort + 1) on 10% of sessions), 1 workers"), "\(ok.standardOutput)")
-        #expect(ok.standardOutput.contains("from \(path) (configuration "), "\(ok.standardOutput)")
+        #expect(ok.lines.contains("mirrors: 1: 127.0.0.1:\(main.boundPort + 1) on 10% of sessions"), "\(ok.standardOutput)")
+        #expect(ok.lines.contains("workers: 1"), "\(ok.standardOutput)")
+        #expect(ok.standardOutput.contains("configuration file: \(path) (digest "), "\(ok.standardOutput)")
         let flagsWin = try runProgram(binary, base + ["--threads", "2", "-m", "127.0.0.1:\(main.boundPort + 2)"])
-        #expect(flagsWin.standardOutput.contains("1 mirror, 2 workers"), "\(flagsWin.standardOutput)")
+        #expect(flagsWin.lines.contains("mirrors: 1: 127.0.0.1:\(main.boundPort + 2)") && flagsWin.lines.contains("workers: 2"),
+                "\(flagsWin.standardOutput)")
         let badFlag = try runProgram(binary, base + ["-t", "1x"])
         #expect(badFlag.status != 0 && badFlag.errorLines == ["duplicator: duration '1x': expected a number with a unit, like 500ms, 2s or 1m30s"],
                 "a flag's mistake is the flag's: \(badFlag.standardError)")
