@@ -93,7 +93,7 @@ mutant gathered-send-order Sources/Duplicator/WorkerSockets.swift \
     'let chunk = queue.chunk(at: chunks &- 1 &- position)' 'GatherMessageTests'
 # ... or two legs share one message.
 mutant gathered-send-shared-message Sources/Duplicator/WorkerSockets.swift \
-    'let leg = Int(tag.session) &* config.mirrors.count &+ Leg(tag).mirrorIndex' \
+    'let leg = Int(tag.session) &* mirrorSlotCount &+ Leg(tag).mirrorIndex' \
     'let leg = Leg(tag).mirrorIndex' 'GatherMessageTests'
 # Turn keeping: a mirror gets the next turn's bytes before it answered the last.
 mutant turn-not-kept Sources/Duplicator/Session.swift \
