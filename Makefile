@@ -2,7 +2,7 @@
 .PHONY: demo test test-deps check deps build release bench bench-build clean dist dist-build install sanitize fuzz mutants
 
 # The version is BuildInfo.version, written once in the source.
-VERSION := $(shell sed -n 's/.*static let version = "\(.*\)"/\1/p' Sources/Duplicator/BuildInfo.swift)
+VERSION := $(shell sed -n 's/.*static let version = "\(.*\)"/\1/p' Sources/Duplicator/Lifecycle/BuildInfo.swift)
 ARCH := $(shell uname -m)
 DIST_NAME := duplicator-$(VERSION)-linux-$(ARCH)
 PREFIX ?= /usr/local

@@ -33,74 +33,74 @@ names=() files=() olds=() news=() filters=()
 mutant() { names+=("$1"); files+=("$2"); olds+=("$3"); news+=("$4"); filters+=("$5"); }
 
 # Promises 1-3, stream order: a queue hands out its last chunk first.
-mutant stream-order Sources/Duplicator/SendQueue.swift \
+mutant stream-order Sources/Duplicator/Engine/SendQueue.swift \
     'var first: Chunk? { count > 0 ? entry(head).pointee : nil }' \
     'var first: Chunk? { count > 0 ? entry((head &+ count &- 1) % capacity).pointee : nil }' 'SendQueueTests|MirrorBatchTests'
 # A short send marks one byte more as sent than the kernel took: a dropped byte.
-mutant short-send-drops-a-byte Sources/Duplicator/Session.swift \
+mutant short-send-drops-a-byte Sources/Duplicator/Engine/Session.swift \
     'var unconsumed = min(length, sendingBytes)' \
     'var unconsumed = min(length &+ (length < sendingBytes ? 1 : 0), sendingBytes)' 'SessionTests/shortSend|MirrorBatchTests'
 # Promise 5, half-close: the client's EOF never becomes a shutdown towards main.
-mutant half-close-client-to-main Sources/Duplicator/Session.swift \
+mutant half-close-client-to-main Sources/Duplicator/Engine/Session.swift \
     $'legs[.main].shutdownWanted = true\n            kickSend(.main, io: io)\n            for mirror in mirrorLegs {' \
     $'kickSend(.main, io: io)\n            for mirror in mirrorLegs {' 'SessionTests/halfClose'
 # ... nor main's EOF one towards the client.
-mutant half-close-main-to-client Sources/Duplicator/Session.swift \
+mutant half-close-main-to-client Sources/Duplicator/Engine/Session.swift \
     $'legs[.client].shutdownWanted = true\n            kickSend(.client, io: io)' \
     $'kickSend(.client, io: io)' 'SessionTests/halfClose'
 # Promise 7, idle timeout: the worker never runs the idle check.
-mutant idle-check-never-runs Sources/Duplicator/WorkerCore.swift \
+mutant idle-check-never-runs Sources/Duplicator/Engine/WorkerCore.swift \
     'forEachSession(where: { !$0.isEnding }) { $0.checkIdle(io: io) }' \
     '_ = io  // mutant: no idle check' 'SessionTests/idleTimeout|WorkerCoreTests'
 # ... or runs it with twice the timeout.
-mutant idle-timeout-doubled Sources/Duplicator/Session.swift \
+mutant idle-timeout-doubled Sources/Duplicator/Engine/Session.swift \
     'context.nowMs &- lastActivityMs >= UInt64(timeoutMs)' \
     'context.nowMs &- lastActivityMs >= UInt64(timeoutMs) &* 2' 'SessionTests/idleTimeout|WorkerCoreTests'
 # Promise 9, verdicts: a stream that ends behind the other is not called
 # shorter or longer. (Swapping shorter and longer in `verdict`'s last line
 # survived every order of arrival tried: end() and append() decide first,
 # so that line looks unreachable.)
-mutant verdict-lagger-end Sources/Duplicator/ReplyComparison.swift \
+mutant verdict-lagger-end Sources/Duplicator/Compare/ReplyComparison.swift \
     'decide(Self.past(ahead))' \
     'decide(.incomplete)' "$VERDICTS"
 # ... a stream past the other's end is called the other way round.
-mutant verdict-past-the-end Sources/Duplicator/ReplyComparison.swift \
+mutant verdict-past-the-end Sources/Duplicator/Compare/ReplyComparison.swift \
     'private static func past(_ stream: Stream) -> Verdict { stream == .mirror ? .longer : .shorter }' \
     'private static func past(_ stream: Stream) -> Verdict { stream == .mirror ? .shorter : .longer }' "$VERDICTS"
 # PROXY header bounds: a v1 line one byte longer than 107 is taken.
-mutant proxy-v1-bound Sources/Duplicator/ProxyProtocol.swift \
+mutant proxy-v1-bound Sources/Duplicator/Engine/ProxyProtocol.swift \
     'for index in 0..<min(bytes.count, version1BytesMax) {' \
     'for index in 0..<min(bytes.count, version1BytesMax &+ 1) {' "$PROXY_HEADER"
 # ... a v2 header one byte longer than its bound is taken.
-mutant proxy-v2-bound Sources/Duplicator/ProxyProtocol.swift \
+mutant proxy-v2-bound Sources/Duplicator/Engine/ProxyProtocol.swift \
     'guard length <= headerBytesMax else { return .invalid(.oversized) }' \
     'guard length <= headerBytesMax &+ 1 else { return .invalid(.oversized) }' "$PROXY_HEADER"
 # The epoll backend's send reports its whole length when the kernel took less.
-mutant epoll-send-claims-all Sources/Duplicator/EpollWorker.swift \
+mutant epoll-send-claims-all Sources/Duplicator/Backends/Epoll/EpollWorker.swift \
     $'complete(pending.tag, Int32(truncatingIfNeeded: result))\n    }' \
     $'complete(pending.tag, Int32(truncatingIfNeeded: result < 0 ? result : pending.length))\n    }' "$EPOLL"
 # The epoll backend's send drops its last byte.
-mutant epoll-send-drops-last-byte Sources/Duplicator/EpollWorker.swift \
+mutant epoll-send-drops-last-byte Sources/Duplicator/Backends/Epoll/EpollWorker.swift \
     'Glibc.send(fd, pending.bytes, pending.length, Int32(MSG_NOSIGNAL))' \
     'Glibc.send(fd, pending.bytes, pending.length > 1 ? pending.length - 1 : pending.length, Int32(MSG_NOSIGNAL))' "$EPOLL"
 # Gathered sends: the message leaves out its last chunk.
-mutant gathered-send-drops-last-chunk Sources/Duplicator/WorkerSockets.swift \
+mutant gathered-send-drops-last-chunk Sources/Duplicator/Backends/Shared/WorkerSockets.swift \
     'message.pointee.msg_iovlen = chunks' \
     'message.pointee.msg_iovlen = chunks > 1 ? chunks - 1 : chunks' 'GatherMessageTests'
 # ... or sends its chunks in reverse order.
-mutant gathered-send-order Sources/Duplicator/WorkerSockets.swift \
+mutant gathered-send-order Sources/Duplicator/Backends/Shared/WorkerSockets.swift \
     'let chunk = queue.chunk(at: position)' \
     'let chunk = queue.chunk(at: chunks &- 1 &- position)' 'GatherMessageTests'
 # ... or two legs share one message.
-mutant gathered-send-shared-message Sources/Duplicator/WorkerSockets.swift \
+mutant gathered-send-shared-message Sources/Duplicator/Backends/Shared/WorkerSockets.swift \
     'let leg = Int(tag.session) &* mirrorSlotCount &+ Leg(tag).mirrorIndex' \
     'let leg = Leg(tag).mirrorIndex' 'GatherMessageTests'
 # Turn keeping: a mirror gets the next turn's bytes before it answered the last.
-mutant turn-not-kept Sources/Duplicator/Session.swift \
+mutant turn-not-kept Sources/Duplicator/Engine/Session.swift \
     'if start > sent { return Int(start &- sent) }' \
     'if start > sent { return Int.max }' 'MirrorTurnTests'
 # Fairness admission: a worker admits sessionsMax whatever its pool can serve.
-mutant admission-ignores-pool Sources/Duplicator/Config.swift \
+mutant admission-ignores-pool Sources/Duplicator/Config/Config.swift \
     'max(1, min(sessionsMax, (poolSlotsPerWorker - mirrorShareSlots) / Self.sessionSlotsMax))' \
     'max(1, sessionsMax)' 'ParserTests|WorkerCoreTests'
 

@@ -16,7 +16,7 @@
 set -euo pipefail
 bin_dir=$1 root=$2 doc_dir=$3
 here=$(cd "$(dirname "$0")/.." && pwd)
-version=$(sed -n 's/.*static let version = "\(.*\)"/\1/p' "$here/Sources/Duplicator/BuildInfo.swift")
+version=$(sed -n 's/.*static let version = "\(.*\)"/\1/p' "$here/Sources/Duplicator/Lifecycle/BuildInfo.swift")
 programs=(duplicator duplicator-testserver duplicator-testclient)
 
 install -d "$root/bin" "$root/share/man/man1" "$root/share/bash-completion/completions" \

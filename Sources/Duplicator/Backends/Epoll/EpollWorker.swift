@@ -113,7 +113,7 @@ final class EpollWorker: KernelBackend {
         windowSlots = config.providedWindowSlotsPerWorker
         parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth,
                                 problems: control.problems, dumpSink: dumpSink)
-        discardBuffer = .allocate(byteCount: Worker.discardBufferBytes, alignment: 4096)
+        discardBuffer = .allocate(byteCount: IOUringWorker.discardBufferBytes, alignment: 4096)
         freeSlots = .allocate(capacity: pool.slotCount)
         for index in 0..<pool.slotCount { freeSlots[index] = UInt32(pool.slotCount - 1 - index) }
         freeCount = pool.slotCount
@@ -454,7 +454,7 @@ final class EpollWorker: KernelBackend {
     }
 
     /// TCP discards received bytes for a recv with MSG_TRUNC instead of
-    /// copying them (tcp(7)), as in `Worker.discard`.
+    /// copying them (tcp(7)), as in `IOUringWorker.discard`.
     @inline(__always)
     func discard(fd: Int32, tag: CompletionTag) {
         descriptors[Int(fd)].receive = PendingReceive(tag: tag, discard: true)
@@ -473,7 +473,7 @@ final class EpollWorker: KernelBackend {
         var result: Int
         repeat {
             if pending.discard {
-                result = Glibc.recv(fd, discardBuffer, Worker.discardBytesMax, Int32(MSG_TRUNC))
+                result = Glibc.recv(fd, discardBuffer, IOUringWorker.discardBytesMax, Int32(MSG_TRUNC))
             } else if let slot {
                 result = Glibc.recv(fd, pool.pointer(slot), pool.slotSize, 0)
             } else {
@@ -497,7 +497,7 @@ final class EpollWorker: KernelBackend {
         }
         if slot != nil { slotsTouched = max(slotsTouched, pool.slotCount - freeCount) }
         // A short read took all there was: the next bytes come with an edge.
-        let length = pending.discard ? Worker.discardBytesMax : pool.slotSize
+        let length = pending.discard ? IOUringWorker.discardBytesMax : pool.slotSize
         if result > 0 && result < length && !descriptors[index].peerClosed { descriptors[index].readable = false }
         descriptors[index].receive = nil
         complete(pending.tag, Int32(truncatingIfNeeded: result), slot: slot)

@@ -28,7 +28,7 @@ final class WorkerControl: Sendable {
 /// Nothing here is shared with other threads but the counters
 /// (`WorkerStats`), the stop request (`WorkerControl`), the loop guard and
 /// the mirrors' health.
-final class Worker: KernelBackend {
+final class IOUringWorker: KernelBackend {
     static let discardBufferBytes = 4096
     static let discardBytesMax = 1 << 20
 
@@ -71,7 +71,7 @@ final class Worker: KernelBackend {
     /// The context, table, waiters and timers of the worker's logic.
     let parts: WorkerParts
     /// The worker's logic; it drives the sessions, this carries out their operations.
-    let core: WorkerCore<Worker>
+    let core: WorkerCore<IOUringWorker>
 
     /// Creates the ring and the memory of a worker; runs on the worker's own thread.
     init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, mirrorHealth: MirrorHealth, listenerFDs: [Int32],
@@ -174,7 +174,7 @@ final class Worker: KernelBackend {
             let count = ring.reap()
             if count > 0 { return count }
         }
-        var timeoutNanoseconds = Int64(WorkerCore<Worker>.tickMs) * 1_000_000
+        var timeoutNanoseconds = Int64(WorkerCore<IOUringWorker>.tickMs) * 1_000_000
         if let deadlineUs = parts.timers.nextDeadlineUs {
             // Wake for the next mirror deadline; at least 1 us, since 0 means "no timeout".
             let untilNanoseconds = deadlineUs > context.nowUs ? Int64(deadlineUs &- context.nowUs) * 1000 : 1000
@@ -298,7 +298,7 @@ final class Worker: KernelBackend {
     func cancelAccept() {
         acceptsCancelled = true
         for index in listenerFDs.indices where armedAccepts & (1 << index) != 0 {
-            ring.prepareCancel(target: Self.acceptTag(listener: index), tag: WorkerCore<Worker>.acceptCancelTag)
+            ring.prepareCancel(target: Self.acceptTag(listener: index), tag: WorkerCore<IOUringWorker>.acceptCancelTag)
         }
     }
 

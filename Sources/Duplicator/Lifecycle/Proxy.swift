@@ -279,7 +279,7 @@ public final class Proxy: Sendable {
         control.setupMode.withLock { $0 }
     }
 
-    /// What `--zerocopy` came to on this kernel (`Worker.zeroCopyNote`).
+    /// What `--zerocopy` came to on this kernel (`IOUringWorker.zeroCopyNote`).
     public var zeroCopyNote: String {
         control.zeroCopyNote.withLock { $0 }
     }
@@ -323,7 +323,7 @@ private struct WorkerJob: Sendable {
                 control.zeroCopyNote.withLock { $0 = "no zero-copy sends (the epoll backend has none)" }
                 loop = worker.run
             } else {
-                let worker = try Worker(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
+                let worker = try IOUringWorker(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
                                         listenerFDs: listenerFDs, stats: stats, allStats: allStats, control: control,
                                         logger: logger, dumpSink: dumpSink)
                 control.setupMode.withLock { $0 = worker.ring.setupMode.rawValue }
