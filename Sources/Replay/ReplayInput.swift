@@ -1,3 +1,5 @@
+import Glibc
+
 /// The sessions of one or more capture files, and what the files held that
 /// could not be replayed, said in lines for the operator.
 public struct ReplayInput: Sendable {
@@ -11,7 +13,7 @@ public struct ReplayInput: Sendable {
     public static func load(paths: [String], serverPort: UInt16?) throws(CaptureError) -> ReplayInput {
         var assembler = CaptureAssembler(serverPort: serverPort)
         var warnings: [String] = []
-        for path in paths {
+        for path in try expand(paths) {
             let bytes = try CaptureFile.load(path: path)
             let read: Result<CaptureContents, CaptureError> = bytes.withUnsafeBytes { raw in
                 Result { () throws(CaptureError) in try CaptureFile.read(raw) }
@@ -31,6 +33,30 @@ public struct ReplayInput: Sendable {
         }
         let sessions = assembler.finish()
         return ReplayInput(sessions: sessions, counts: assembler.counts, warnings: warnings + Self.notes(assembler.counts))
+    }
+
+    /// Each path, with a directory replaced by its `.pcap` and `.pcapng`
+    /// files in name order (a `--record-dir`).
+    static func expand(_ paths: [String]) throws(CaptureError) -> [String] {
+        var files: [String] = []
+        for path in paths {
+            var status = stat()
+            guard stat(path, &status) == 0 else { throw CaptureError("\(path): \(String(cString: strerror(errno)))") }
+            guard status.st_mode & S_IFMT == S_IFDIR else {
+                files.append(path)
+                continue
+            }
+            guard let directory = opendir(path) else { throw CaptureError("\(path): \(String(cString: strerror(errno)))") }
+            var names: [String] = []
+            while let entry = readdir(directory) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                if name.hasSuffix(".pcap") || name.hasSuffix(".pcapng") { names.append(name) }
+            }
+            closedir(directory)
+            guard !names.isEmpty else { throw CaptureError("\(path): a directory without .pcap or .pcapng files") }
+            files += names.sorted().map { path + "/" + $0 }
+        }
+        return files
     }
 
     /// What was skipped and why, one line each.

@@ -140,6 +140,8 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: .customLong("dump-queue"), parsing: .unconditional, help: "With --dump-dir: bytes of dumps waiting for the disk at most; a dump beyond is dropped, counted (dropped_queue) and logged.")
     var dumpQueue: String = SizeParser.text(Defaults.dumpQueueBytes)
 
+    @OptionGroup(title: "Recording") var recording: RecordingOptions
+
     @Option(name: .customLong("mirror-batch-bytes"), parsing: .unconditional, help: "Send a mirror's queued bytes together once this many wait (or --mirror-batch-delay passed); 0: one send per receive, no batching.")
     var mirrorBatchBytes: String = SizeParser.text(Defaults.mirrorBatchBytes)
 
@@ -237,6 +239,7 @@ struct ProxyOptions: ParsableArguments {
         config.dumpBytes = try SizeParser.bytes(dumpBytes)
         config.dumpMaxFiles = dumpMaxFiles
         config.dumpQueueBytes = try SizeParser.bytes(dumpQueue)
+        config.recording = try recording.config()
         config.waitBatch = waitBatch
         config.sendProxy = sendProxy
         config.acceptProxy = acceptProxy

@@ -157,6 +157,10 @@ public struct ConfigDiff: Equatable, Sendable {
         check("dump-bytes", \.dumpBytes, live: false, why: "reserved at start")
         check("dump-max-files", \.dumpMaxFiles, live: false)
         check("dump-queue", \.dumpQueueBytes, live: false, why: "its writer starts with the process")
+        check("record-dir", { $0.recording?.directory }, live: false, why: "its writer starts with the process")
+        check("record-sample", { $0.recording?.samplePercent }, live: false, why: "its writer starts with the process")
+        check("record-bytes", { $0.recording?.bytesPerDirection }, live: false, why: "reserved at start")
+        check("record-max-bytes", { $0.recording?.directoryBytesMax }, live: false, why: "its writer starts with the process")
         // What a session takes at its start.
         check("mirror", { $0.mirrors.map(\.text) })
         check("mirror sampling", \.mirrorSamplePercents)

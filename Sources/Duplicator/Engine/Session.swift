@@ -248,6 +248,10 @@ public final class Session {
     private let records: Bool
     /// With `recording`: the client's address and the one it reached.
     private var recordedAddresses: ProxyAddresses?
+    /// `--record-dir`: this session's recording, and whether there is one
+    /// (fixed at init, as `records`).
+    var recordTap: SessionRecordTap
+    private let recordsSessions: Bool
 
     /// Every leg of the session, the client first, then main, then the mirrors.
     private var allLegs: LazyMapSequence<Range<Int>, Leg> {
@@ -300,6 +304,8 @@ public final class Session {
         }
         turnStarts = .allocate(capacity: max(1, legCapacity * limits.mirrorTurns))
         records = limits.dumpBytes > 0 && comparisons != nil
+        recordsSessions = limits.recordBytes > 0
+        recordTap = SessionRecordTap(bytesMax: limits.recordBytes)
         if records {
             recording = SessionRecording(mirrorCount: limits.mirrorCount, bytesMax: limits.dumpBytes)
         }
@@ -353,6 +359,11 @@ public final class Session {
             recording!.reset(nowUs: context.nowUs)
             recordedAddresses = nil
         }
+        if recordsSessions {
+            let sampled = context.recordSampling.draw()
+            if !sampled { context.recordSink?.sampledOut() }
+            recordTap.begin(nowUs: context.nowUs, sampled: sampled)
+        }
         let stats = context.stats
         stats.sessionsAccepted.bump()
         stats.sessionsActive.bump()
@@ -381,6 +392,7 @@ public final class Session {
             proxyHeaderOutLength = ProxyProtocol.encode(version, addresses, into: proxyHeaderOut)
         }
         if records { recordedAddresses = addresses ?? io.addresses(fd: legs[.client].fd) }
+        if recordsSessions && recordTap.sampled { recordTap.addresses = addresses ?? io.addresses(fd: legs[.client].fd) }
         let stats = context.stats
         let mainFD = io.openSocket(for: .main)
         guard mainFD >= 0 else {
@@ -590,6 +602,9 @@ public final class Session {
             mainRepliedSinceClient = true
             context.stats.bytesMainToClient.bump(length)
             if let comparisons { compare(.main, slot: slot, length: length, comparisons) }
+            if recordsSessions {
+                recordTap.appendMain(UnsafeRawBufferPointer(start: context.pool.pointer(slot), count: length), nowUs: context.nowUs)
+            }
             legs[.client].queue.append(slot: slot, length: length)
             kickSend(.client, io: io)
             if comparisons != nil { resumeMirrorReplies(io: io) }
@@ -637,6 +652,9 @@ public final class Session {
         if records {
             recording!.append(Leg.client.index, UnsafeRawBufferPointer(start: context.pool.pointer(slot) + offset, count: length),
                               nowUs: context.nowUs)
+        }
+        if recordsSessions {
+            recordTap.appendClient(UnsafeRawBufferPointer(start: context.pool.pointer(slot) + offset, count: length), nowUs: context.nowUs)
         }
         // Main first: its send goes into the ring ahead of the mirrors',
         // so the client's request never waits behind a mirror's send (each
@@ -1317,6 +1335,7 @@ public final class Session {
         active = false
         waitsForBuffers = false
         if let comparisons { recordVerdicts(comparisons) }
+        if recordsSessions, let request = recordTap.finish(nowUs: context.nowUs) { context.recordSink?.submit(request) }
         context.sessionsEnding -= 1
         context.stats.sessionsActive.drop()
     }

@@ -58,6 +58,8 @@ public final class Proxy: Sendable {
     private let logger: Logger
     /// `--dump-dir`: the thread that writes the pcapng dumps; nil without.
     public let dumpWriter: DumpWriter?
+    /// `--record-dir`: the thread that writes the recorded sessions; nil without.
+    public let recordWriter: RecordWriter?
     /// SIGHUP's configuration generations and mirror slots (`ConfigReload.swift`).
     let reloads: ConfigReloads
 
@@ -105,6 +107,13 @@ public final class Proxy: Sendable {
                                             problems: control.problems)
             } else {
                 dumpWriter = nil
+            }
+            if let recording = config.recording {
+                let mainAddress = targets[0].proxyAddress
+                    ?? ProxyAddress(family: .ipv4, networkBytes: UnsafeRawBufferPointer(start: nil, count: 0), port: targets[0].port)
+                recordWriter = try RecordWriter(config: recording, main: mainAddress, problems: control.problems)
+            } else {
+                recordWriter = nil
             }
         } catch let error as ConfigError {
             throw ProxyError(error.message)
@@ -203,10 +212,12 @@ public final class Proxy: Sendable {
         }
         control.backend.withLock { $0 = ($0?.kind == backend ? $0 : (backend, nil)) }
         try dumpWriter?.start()
+        try recordWriter?.start()
         for (index, listeners) in fds.enumerated() {
             let job = WorkerJob(backend: backend, config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
                                 listenerFDs: listeners, listenLater: listeners.filter(listenLater.contains),
-                                stats: stats[index], allStats: stats, control: control, logger: logger, dumpSink: dumpWriter)
+                                stats: stats[index], allStats: stats, control: control, logger: logger, dumpSink: dumpWriter,
+                                recordSink: recordWriter)
             let thread = try startThread("worker \(index)") { job.run() }
             threads.withLock { $0.append(thread) }
         }
@@ -271,7 +282,10 @@ public final class Proxy: Sendable {
         }
         for thread in all { thread.join() }
         // The workers are gone: the dumps they handed over are written, then the writer ends.
-        if !all.isEmpty { dumpWriter?.stop() }
+        if !all.isEmpty {
+            dumpWriter?.stop()
+            recordWriter?.stop()
+        }
     }
 
     /// How the first worker's ring was set up (the best mode the kernel took; `epoll` on epoll).
@@ -310,6 +324,7 @@ private struct WorkerJob: Sendable {
     let control: WorkerControl
     let logger: Logger
     let dumpSink: DumpSink?
+    let recordSink: RecordSink?
 
     func run() {
         defer { control.exited.add(1, ordering: .releasing) }
@@ -318,14 +333,14 @@ private struct WorkerJob: Sendable {
             if backend == .epoll {
                 let worker = try EpollWorker(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
                                              listenerFDs: listenerFDs, stats: stats, allStats: allStats, control: control,
-                                             logger: logger, dumpSink: dumpSink)
+                                             logger: logger, dumpSink: dumpSink, recordSink: recordSink)
                 control.setupMode.withLock { $0 = "epoll" }
                 control.zeroCopyNote.withLock { $0 = "no zero-copy sends (the epoll backend has none)" }
                 loop = worker.run
             } else {
                 let worker = try IOUringWorker(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
                                         listenerFDs: listenerFDs, stats: stats, allStats: allStats, control: control,
-                                        logger: logger, dumpSink: dumpSink)
+                                        logger: logger, dumpSink: dumpSink, recordSink: recordSink)
                 control.setupMode.withLock { $0 = worker.ring.setupMode.rawValue }
                 control.zeroCopyNote.withLock { $0 = worker.zeroCopyNote }
                 loop = worker.run

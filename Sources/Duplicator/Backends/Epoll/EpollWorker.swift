@@ -92,7 +92,7 @@ final class EpollWorker: KernelBackend {
 
     init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, mirrorHealth: MirrorHealth, listenerFDs: [Int32],
          stats: WorkerStats, allStats: [WorkerStats], control: WorkerControl, logger: Logger,
-         dumpSink: DumpSink? = nil) throws {
+         dumpSink: DumpSink? = nil, recordSink: RecordSink? = nil) throws {
         precondition(listenerFDs.count <= 64, "at most 64 listeners per worker")
         self.stats = stats
         self.control = control
@@ -112,7 +112,7 @@ final class EpollWorker: KernelBackend {
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
         windowSlots = config.providedWindowSlotsPerWorker
         parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth,
-                                problems: control.problems, dumpSink: dumpSink)
+                                problems: control.problems, dumpSink: dumpSink, recordSink: recordSink)
         discardBuffer = .allocate(byteCount: IOUringWorker.discardBufferBytes, alignment: 4096)
         freeSlots = .allocate(capacity: pool.slotCount)
         for index in 0..<pool.slotCount { freeSlots[index] = UInt32(pool.slotCount - 1 - index) }

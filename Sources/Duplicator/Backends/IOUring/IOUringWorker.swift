@@ -76,7 +76,7 @@ final class IOUringWorker: KernelBackend {
     /// Creates the ring and the memory of a worker; runs on the worker's own thread.
     init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, mirrorHealth: MirrorHealth, listenerFDs: [Int32],
          stats: WorkerStats, allStats: [WorkerStats], control: WorkerControl, logger: Logger,
-         dumpSink: DumpSink? = nil) throws {
+         dumpSink: DumpSink? = nil, recordSink: RecordSink? = nil) throws {
         precondition(listenerFDs.count <= 64, "at most 64 listeners per worker")
         self.config = config
         self.listenerFDs = listenerFDs
@@ -101,7 +101,7 @@ final class IOUringWorker: KernelBackend {
         provided = try ProvidedBuffers(ring: ring, pool: pool, windowSlots: config.providedWindowSlotsPerWorker,
                                        registerSegments: true)
         parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth,
-                                problems: control.problems, dumpSink: dumpSink)
+                                problems: control.problems, dumpSink: dumpSink, recordSink: recordSink)
         sendMessageSupported = ring.supportsSendMessage
         legsPerSession = Leg.count(mirrors: config.mirrorSlotCount)
         zeroCopyLegs = .allocate(capacity: config.sessionsPerWorker * legsPerSession)

@@ -249,16 +249,21 @@ struct WorkerParts {
     }
 
     init(config: Config, pool: BufferPool, stats: WorkerStats, mirrorHealth: MirrorHealth, problems: ProblemLog,
-         dumpSink: DumpSink?) throws {
+         dumpSink: DumpSink?, recordSink: RecordSink? = nil) throws {
         context = SessionContext(limits: config.slotLimits, pool: pool, stats: stats, mirrorHealth: mirrorHealth,
                                  problems: problems)
         context.dumpSink = config.slotLimits.dumpBytes > 0 ? dumpSink : nil
+        if let recording = config.recording, config.slotLimits.recordBytes > 0 {
+            context.recordSink = recordSink
+            context.recordSampling = RecordSampling(percent: recording.samplePercent)
+        }
         // Admission control: the table holds only as many sessions as the
         // pool can serve at once, whatever their peers do.
         table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
         waiters = BufferWaiters(capacity: config.sessionsPerWorker)
         timers = SessionTimers(capacity: config.sessionsPerWorker)
-        follower = GenerationFollower(readsMicroseconds: Self.readsMicroseconds(config, dumping: context.dumpSink != nil))
+        follower = GenerationFollower(readsMicroseconds: Self.readsMicroseconds(config, dumping: context.dumpSink != nil
+                                                                                    || context.recordSink != nil))
     }
 
     func core<Backend: WorkerBackend>(config: Config, stats: WorkerStats, allStats: [WorkerStats],
@@ -311,7 +316,8 @@ extension KernelBackend {
         sockets.adopt(generation)
         core.adopt(generation)
         parts.follower.adopted(generation, readsMicroseconds: WorkerParts.readsMicroseconds(generation.config,
-                                                                                           dumping: context.dumpSink != nil))
+                                                                                           dumping: context.dumpSink != nil
+                                                                                               || context.recordSink != nil))
     }
 
     func admit(fd: Int32, session: Session) { Sockets.setNoDelay(fd) }
