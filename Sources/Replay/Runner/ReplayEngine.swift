@@ -220,7 +220,7 @@ public final class ReplayEngine<IO: ReplayIO> {
                          requestEnd - slots[index].sentBytes)
                 return
             }
-            if slots[index].waitingSinceUs == 0 { slots[index].waitingSinceUs = nowUs }
+            if slots[index].waitingSinceUs == 0 { slots[index].waitingSinceUs = max(nowUs, 1) }
             let answered = slots[index].receivedBytes >= session.turns[turn].replyEnd
             guard answered || slots[index].targetEnded else { return }
             advance(index, nowUs: nowUs, answered: answered)
@@ -256,7 +256,7 @@ public final class ReplayEngine<IO: ReplayIO> {
             return
         }
         slots[index].draining = true
-        slots[index].waitingSinceUs = nowUs
+        slots[index].waitingSinceUs = max(nowUs, 1)
         if session.clientClosed && !slots[index].wroteShutdown {
             slots[index].wroteShutdown = true
             shutdown(slots[index].fd, Int32(SHUT_WR))
