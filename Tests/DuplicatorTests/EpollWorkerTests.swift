@@ -30,9 +30,10 @@ struct EpollWorkerTests {
         try config.validate()
         let targets = try ([config.main] + config.mirrors).map { try $0.resolve(role: .connect) }
         let stats = WorkerStats(mirrorCount: mirrors)
-        let worker = try EpollWorker(config: config, targets: targets, loopGuard: LoopGuard(targets: targets, localAddresses: []),
-                               mirrorHealth: MirrorHealth(config.limits), listenerFDs: [], stats: stats, allStats: [stats],
-                               control: WorkerControl(), logger: Logger(label: "test"))
+        let worker = try EpollWorker(WorkerEnvironment(config: config, targets: targets,
+                                                       loopGuard: LoopGuard(targets: targets, localAddresses: []),
+                                                       mirrorHealth: MirrorHealth(config.limits), listenerFDs: [], stats: stats,
+                                                       allStats: [stats], control: WorkerControl(), logger: Logger(label: "test")))
         worker.context.nowMs = MonotonicClock.coarseMs()  // as the loop keeps it
         return worker
     }

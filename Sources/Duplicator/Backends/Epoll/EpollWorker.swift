@@ -90,13 +90,13 @@ final class EpollWorker: KernelBackend {
     private static let listenerTokenBase = UInt64.max - 63
     private static let socketEvents = EpollFlag.readable | EpollFlag.writable | EpollFlag.peerShutdown | EpollFlag.edgeTriggered
 
-    init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, mirrorHealth: MirrorHealth, listenerFDs: [Int32],
-         stats: WorkerStats, allStats: [WorkerStats], control: WorkerControl, logger: Logger,
-         dumpSink: DumpSink? = nil) throws {
+    init(_ environment: WorkerEnvironment) throws {
+        let config = environment.config
+        let listenerFDs = environment.listenerFDs
         precondition(listenerFDs.count <= 64, "at most 64 listeners per worker")
-        self.stats = stats
-        self.control = control
-        self.logger = logger
+        stats = environment.stats
+        control = environment.control
+        logger = environment.logger
         self.listenerFDs = listenerFDs
         listenersOpen = !listenerFDs.isEmpty
         do {
@@ -107,12 +107,11 @@ final class EpollWorker: KernelBackend {
         if config.zeroCopy == .on {
             throw ProxyError("--zerocopy on: zero-copy sends need the io_uring backend, and this worker runs on epoll")
         }
-        sockets = try WorkerSockets(config: config, targets: targets, loopGuard: loopGuard, stats: stats, logger: logger,
-                                    nonBlocking: true)
+        sockets = try WorkerSockets(config: config, targets: environment.targets, loopGuard: environment.loopGuard,
+                                    stats: stats, logger: logger, nonBlocking: true)
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
         windowSlots = config.providedWindowSlotsPerWorker
-        parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth,
-                                problems: control.problems, dumpSink: dumpSink)
+        parts = try WorkerParts(environment, pool: pool)
         discardBuffer = .allocate(byteCount: IOUringWorker.discardBufferBytes, alignment: 4096)
         freeSlots = .allocate(capacity: pool.slotCount)
         for index in 0..<pool.slotCount { freeSlots[index] = UInt32(pool.slotCount - 1 - index) }
@@ -121,7 +120,7 @@ final class EpollWorker: KernelBackend {
         descriptors.initialize(repeating: Descriptor(), count: Self.initialCapacity)
         completions = .allocate(capacity: Self.initialCapacity)
         peekByte = .allocate(byteCount: 1, alignment: 1)
-        core = parts.core(config: config, stats: stats, allStats: allStats, logger: logger)
+        core = parts.core(environment)
         for (index, listenerFD) in listenerFDs.enumerated() {
             // Shared with the process it came from after a handover: io_uring's
             // accept polls a non-blocking listener too (Linux 6.18 checked).
