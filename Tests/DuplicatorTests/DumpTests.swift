@@ -258,7 +258,7 @@ struct DumpTests {
     func offMeansNothing() throws {
         let io = try FakeSessionIO(limits: Self.limits(dumpBytes: 0))
         let session = try #require(io.start())
-        #expect(session.recording == nil)
+        #expect(session.recordingTap == nil)
         io.abort()
         io.completeCancelled()
         io.expectQuiescent()

@@ -208,8 +208,8 @@ public final class WorkerCore<Backend: WorkerBackend> {
 
     /// Tells the sessions whose mirror deadlines have passed.
     public func fireDueTimers(io: Backend) {
-        while let index = timers.batch.popDue(nowUs: context.nowUs) { fire(.mirrorBatch, index, io: io) }
-        while let index = timers.turn.popDue(nowUs: context.nowUs) { fire(.mirrorTurn, index, io: io) }
+        while let index = timers.batch.popDue(now: context.nowUs) { fire(.mirrorBatch, index, io: io) }
+        while let index = timers.turn.popDue(now: context.nowUs) { fire(.mirrorTurn, index, io: io) }
     }
 
     /// The session may have ended (and its place been taken) since it asked:

@@ -204,9 +204,10 @@ public final class Proxy: Sendable {
         control.backend.withLock { $0 = ($0?.kind == backend ? $0 : (backend, nil)) }
         try dumpWriter?.start()
         for (index, listeners) in fds.enumerated() {
-            let job = WorkerJob(backend: backend, config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
-                                listenerFDs: listeners, listenLater: listeners.filter(listenLater.contains),
-                                stats: stats[index], allStats: stats, control: control, logger: logger, dumpSink: dumpWriter)
+            let environment = WorkerEnvironment(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
+                                                listenerFDs: listeners, stats: stats[index], allStats: stats, control: control,
+                                                logger: logger, dumpSink: dumpWriter)
+            let job = WorkerJob(backend: backend, environment: environment, listenLater: listeners.filter(listenLater.contains))
             let thread = try startThread("worker \(index)") { job.run() }
             threads.withLock { $0.append(thread) }
         }
@@ -298,34 +299,23 @@ public final class Proxy: Sendable {
 /// What a worker thread needs, handed over as one Sendable value.
 private struct WorkerJob: Sendable {
     let backend: Config.Backend
-    let config: Config
-    let targets: [SocketAddress]
-    let loopGuard: LoopGuard
-    let mirrorHealth: MirrorHealth
-    let listenerFDs: [Int32]
-    /// Of `listenerFDs`, those to listen on once the worker is set up (`Proxy.listenLater`).
+    let environment: WorkerEnvironment
+    /// Of the worker's listeners, those to listen on once it is set up (`Proxy.listenLater`).
     let listenLater: [Int32]
-    let stats: WorkerStats
-    let allStats: [WorkerStats]
-    let control: WorkerControl
-    let logger: Logger
-    let dumpSink: DumpSink?
 
     func run() {
+        let (config, listenerFDs, control, logger) = (environment.config, environment.listenerFDs, environment.control,
+                                                      environment.logger)
         defer { control.exited.add(1, ordering: .releasing) }
         let loop: () throws -> Void
         do {
             if backend == .epoll {
-                let worker = try EpollWorker(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
-                                             listenerFDs: listenerFDs, stats: stats, allStats: allStats, control: control,
-                                             logger: logger, dumpSink: dumpSink)
+                let worker = try EpollWorker(environment)
                 control.setupMode.withLock { $0 = "epoll" }
                 control.zeroCopyNote.withLock { $0 = "no zero-copy sends (the epoll backend has none)" }
                 loop = worker.run
             } else {
-                let worker = try IOUringWorker(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
-                                        listenerFDs: listenerFDs, stats: stats, allStats: allStats, control: control,
-                                        logger: logger, dumpSink: dumpSink)
+                let worker = try IOUringWorker(environment)
                 control.setupMode.withLock { $0 = worker.ring.setupMode.rawValue }
                 control.zeroCopyNote.withLock { $0 = worker.zeroCopyNote }
                 loop = worker.run
