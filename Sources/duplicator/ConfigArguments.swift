@@ -50,8 +50,7 @@ enum ConfigArguments {
         do {
             return (try ProxyOptions.parse(merged), file)
         } catch {
-            let message = ProxyOptions.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
-            throw attributed(ConfigError(message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message), file: file,
+            throw attributed(ConfigError(ArgumentRefusals.line(for: error, of: ProxyOptions.self)), file: file,
                              commandLine: commandLine)
         }
     }
@@ -76,7 +75,10 @@ enum ConfigArguments {
                 || key.short.map { error.message.hasPrefix("-\($0)") } == true
             let quoted = entry.values.contains { !$0.isEmpty && error.message.contains("'\($0)'") }
             if named || quoted {
-                return ConfigError("config file \(file.path): key '\(key.name)': \(error.message)")
+                // "--timeout 'soon': why" is the flag the file's key became: say it as the key's value.
+                let flagPrefix = "--\(key.name) '"
+                let message = error.message.hasPrefix(flagPrefix) ? "value '" + error.message.dropFirst(flagPrefix.count) : error.message
+                return ConfigError("config file \(file.path): key '\(key.name)': \(message)")
             }
         }
         return error

@@ -103,10 +103,10 @@ struct FirstHourUnitTests {
         config.proxyHeaderTimeoutMs = Config.timeoutMsMin
         try config.validate()
         #expect(UInt64(Config.timeoutMsMin) == WorkerCore<FakeSessionIO>.tickMs, "the smallest timeout is one tick")
-        #expect(throws: ConfigError.self) { try Config.checkStatsInterval("1ns", milliseconds: 1) }
-        #expect(throws: ConfigError.self) { try Config.checkStatsInterval("999ms", milliseconds: 999) }
-        try Config.checkStatsInterval("0", milliseconds: 0)
-        try Config.checkStatsInterval("1s", milliseconds: 1_000)
+        #expect(throws: ConfigError.self) { try Config.checkStatsInterval(milliseconds: 1) }
+        #expect(throws: ConfigError.self) { try Config.checkStatsInterval(milliseconds: 999) }
+        try Config.checkStatsInterval(milliseconds: 0)
+        try Config.checkStatsInterval(milliseconds: 1_000)
     }
 
     @Test("the metric families the man page lists are every family /metrics serves")
@@ -345,7 +345,8 @@ struct FirstHourCLITests {
         (["-m", ":10", "--metrics", ":10"], "--metrics :10 is a mirror's address (-m :10)"),
         (["-m", ":10", "-t", "0"], "-t 0: a mirror connect timeout is needed"),
         (["-m", ":10", "-t", "10ms"], "the smallest is 100ms"),
-        (["--stats-interval", "1ns"], "--stats-interval 1ns: too often; the smallest is 1s (or 0: never)"),
+        (["--stats-interval", "10ms"], "--stats-interval 10ms: too often; the smallest is 1s (or 0: never)"),
+        (["--stats-interval", "1ns"], "--stats-interval '1ns': not a whole number of this option's smallest unit, 1ms"),
         (["--dump-queue", "10"], "--dump-queue must be from 1MiB"),
     ])
     func refusedAtStart(extra: [String], expected: String) throws {
@@ -359,9 +360,9 @@ struct FirstHourCLITests {
     }
 
     @Test("demo: the proxy's size and duration types, and its failures in one readable line", arguments: [
-        (["-d", "-1s"], "--duration '-1s': negative durations are refused"),
-        (["-s", "1G"], "--size must be from 1 byte to 64MiB, got 1G"),
-        (["-s", "big"], "--size: "),
+        (["-d", "-1s"], "-d '-1s': negative durations are refused"),
+        (["-s", "1G"], "--size must be from 1 byte to 64MiB, got 1GiB"),
+        (["-s", "big"], "-s 'big': expected bytes, like 65536, 64KiB or 4MiB"),
         (["-p", "100000"], "--connections must be from 1 to 10000, got 100000"),
     ])
     func demoRefusals(arguments: [String], expected: String) throws {
