@@ -8,12 +8,10 @@ import Duplicator
 /// (`ProxyOptions.makeConfig`), whichever it came from, and a flag on the
 /// command line wins over the file.
 enum ConfigArguments {
-    /// The arguments as given, without the program's name and the `run`
-    /// subcommand: what a reload merges the file with again.
+    /// The arguments as given, without the program's name: what a reload
+    /// merges the file with again.
     static func commandLine(_ arguments: [String] = CommandLine.arguments) -> [String] {
-        var rest = Array(arguments.dropFirst())
-        if rest.first == "run" { rest.removeFirst() }
-        return rest
+        Array(arguments.dropFirst())
     }
 
     /// Whether `arguments` give the flag of `key` (long or short, with its

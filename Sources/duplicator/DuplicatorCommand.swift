@@ -13,7 +13,7 @@ struct DuplicatorCommand: ParsableCommand {
             """,
         discussion: ProxyOptions.discussion,
         version: BuildInfo.version,
-        subcommands: [DemoCommand.self, RunCommand.self, ManualSectionsCommand.self]
+        subcommands: [DemoCommand.self, ManualSectionsCommand.self]
     )
 
     // The proxy is the command itself, not a default subcommand, so that

@@ -5,22 +5,6 @@ import Glibc
 import Logging
 import Platform
 
-/// `duplicator run ...`: the proxy under the name it had when it was a
-/// subcommand (scripts and benchmarks call it so); hidden from the help,
-/// which shows the same options on `duplicator` itself.
-struct RunCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "run",
-        abstract: "The proxy (the same as duplicator without a subcommand).",
-        discussion: ProxyOptions.discussion,
-        shouldDisplay: false
-    )
-
-    @OptionGroup var options: ProxyOptions
-
-    func run() throws { try options.runProxy() }
-}
-
 /// `duplicator -l :8080 -f :8081 -m :8082 -m :8083`: goduplicator's flags
 /// plus our own, and what starts the proxy with them.
 struct ProxyOptions: ParsableArguments {

@@ -288,9 +288,12 @@ struct CLITests {
 
     @Test("--help shows examples and exits 0")
     func help() throws {
-        let result = try runProgram(try builtBinary("duplicator"), ["run", "--help"])
+        let result = try runProgram(try builtBinary("duplicator"), ["--help"])
         #expect(result.status == 0)
         #expect(result.standardOutput.contains("duplicator -l :8080 -f :8081 -m :8082 -m :8083"))
+        // `run`, the old hidden name of the proxy kept for the project's own scripts, is gone with them.
+        let run = try runProgram(try builtBinary("duplicator"), ["run", "-l", "127.0.0.1:0", "-f", ":9", "--check"])
+        #expect(run.status != 0 && run.errorLines == ["duplicator: Unexpected argument 'run'"], "\(run.standardError)")
     }
 
     /// `--mirror-discard-batch` was called `--mirror-drain-batch` ("drain" is
@@ -315,7 +318,7 @@ struct CLITests {
     /// engine runs with the same ones).
     @Test("the help shows the documented defaults")
     func helpShowsDefaults() throws {
-        let result = try runProgram(try builtBinary("duplicator"), ["help", "run"])
+        let result = try runProgram(try builtBinary("duplicator"), ["--help"])
         #expect(result.status == 0)
         // The parser wraps long lines: compare with the whitespace folded.
         let help = result.standardOutput.split(whereSeparator: \.isWhitespace).joined(separator: " ")
