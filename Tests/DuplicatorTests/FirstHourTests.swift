@@ -415,6 +415,13 @@ struct FirstHourManualTests {
                 previous = found.lowerBound
             }
         }
+        // OPTIONS in --help's groups, in its order, the untitled ones last.
+        var group = page.range(of: "\n.SH OPTIONS")?.upperBound ?? page.startIndex
+        for title in ["Addresses", "Mirrors", "Limits and timeouts", "Verdicts and recording", "Observability", "Tuning", "Other options"] {
+            let found = page.range(of: "\n.SS \(title)\n", range: group..<page.endIndex)
+            #expect(found != nil, "OPTIONS has no group \(title) after the one before")
+            if let found { group = found.upperBound }
+        }
         for signal in ["SIGINT, SIGTERM", "SIGUSR1", "SIGHUP"] { #expect(page.contains("\\fB\(signal)\\fR"), "\(signal)") }
         for status in ["0", "1", "64"] { #expect(page.contains(".TP\n\\fB\(status)\\fR\n"), "exit status \(status)") }
         let metrics = String(page[page.range(of: "\n.SH METRICS\n")!.upperBound...])
