@@ -184,4 +184,43 @@ struct ReloadSessionTests {
         #expect(io.stats.mirrors[1].sessionsMirrored.value == 1)
         io.abort()
     }
+
+    @Test("a removed mirror's live copies are counted apart as they finish; a configured mirror's are not")
+    func retiredCopies() throws {
+        let io = try FakeSessionIO(limits: SessionLimits(mirrorCount: 2), sessions: 3)
+        io.context.adopt(SessionLimits(mirrorCount: 2))
+        try #require(io.start() != nil)
+        let old = try #require(io.lastKey)
+        io.connectAll(old)
+        try #require(io.start() != nil)
+        let before = try #require(io.lastKey)
+        io.connectAll(before)
+        io.abort(before)
+        io.completeCancelled()
+        #expect(io.stats.mirrors.map { $0.sessionsRetired.value } == [0, 0], "no reload: nothing retired")
+
+        // A reload removes slot 1, the last (the new generation has one slot).
+        io.context.adopt(SessionLimits(mirrorCount: 1))
+        try #require(io.start() != nil)
+        let after = try #require(io.lastKey)
+        io.connectAll(after)
+        io.abort(after)
+        io.completeCancelled()
+        #expect(io.stats.mirrors.map { $0.sessionsRetired.value } == [0, 0], "a session of the new configuration retires nothing")
+        io.abort(old)
+        io.completeCancelled()
+        #expect(io.stats.mirrors.map { $0.sessionsRetired.value } == [0, 1], "the old session's copy to slot 1 finished after its removal")
+
+        // Another removes slot 0 (absent) and brings slot 1 back.
+        var third = SessionLimits(mirrorCount: 2)
+        third.mirrorSlotsAbsent = 0b01
+        io.context.adopt(SessionLimits(mirrorCount: 2))
+        try #require(io.start() != nil)
+        let both = try #require(io.lastKey)
+        io.connectAll(both)
+        io.context.adopt(third)
+        io.abort(both)
+        io.completeCancelled()
+        #expect(io.stats.mirrors.map { $0.sessionsRetired.value } == [1, 1])
+    }
 }

@@ -348,6 +348,13 @@ extension Proxy {
     public func reload(to config: Config) throws(ConfigError) -> String {
         let (generation, diff) = try reloads.reload(to: config)
         guard !diff.isEmpty else { return "nothing changed (configuration \(generation.digest))" }
+        // What the start set up from the configuration follows it: the
+        // run-time loop guard knows the new mirrors' addresses, and the
+        // problem log names the timeout new sessions run with.
+        loopGuard.learn(generation.slotAddresses.compactMap { $0 })
+        let new = generation.config
+        control.problems.name(main: new.main.text, mainConnectTimeoutMs: new.mainConnectTimeoutMs,
+                              dumpDirectory: new.dumpDirectory, dumpQueueBytes: new.dumpQueueBytes)
         let mirrors = zip(generation.config.mirrors, generation.mirrorSlots).map { "\($0.0)" }
         return "configuration \(generation.number) (\(generation.digest)) applies to new sessions: "
             + "changed \(diff.applied.joined(separator: ", ")); mirrors now [\(mirrors.joined(separator: ", "))]"

@@ -1307,6 +1307,7 @@ public final class Session {
         io.close(fd: legs[leg].fd, tag: tag(.close, leg))
         legs[leg].fd = -1
         legs[leg].phase = .closed
+        if leg.isMirror { context.mirrorLegClosed(leg.mirrorIndex) }
         settleSession()
     }
 
