@@ -69,7 +69,7 @@ enum ConfigArguments {
     static func attributed(_ error: ConfigError, file: ConfigFile, commandLine: [String]) -> ConfigError {
         for entry in file.entries {
             guard let key = ConfigFile.keys.first(where: { $0.name == entry.key }), !gives(key, in: commandLine) else { continue }
-            let named = error.message.contains("--\(key.name)") || error.message.contains("'\(key.name)'")
+            let named = Self.names("--\(key.name)", in: error.message) || error.message.contains("'\(key.name)'")
                 || key.short.map { error.message.hasPrefix("-\($0)") } == true
             let quoted = entry.values.contains { !$0.isEmpty && error.message.contains("'\($0)'") }
             if named || quoted {
@@ -80,5 +80,17 @@ enum ConfigArguments {
             }
         }
         return error
+    }
+
+    /// Whether `message` names `flag` itself, not a longer flag it begins
+    /// (`--mirror` in "--mirror-turn-timeout '1x'" is not `--mirror`).
+    static func names(_ flag: String, in message: String) -> Bool {
+        var rest = message[...]
+        while let found = rest.range(of: flag) {
+            let next = rest[found.upperBound...].first
+            if next.map({ !($0.isLetter || $0.isNumber || $0 == "-") }) ?? true { return true }
+            rest = rest[found.upperBound...]
+        }
+        return false
     }
 }

@@ -161,6 +161,9 @@ struct ReloadIntegrationTests {
             (good + "listen: [\n", "not YAML"),
             (good + "bogus: 1\n", "key 'bogus': unknown key"),
             (good.replacingOccurrences(of: "mirror-linger: 300ms", with: "mirror-linger: 3 parsecs"), "key 'mirror-linger': value '3 parsecs'"),
+            // A value finer than its setting's unit, and one the start would refuse: as at start.
+            (good + "mirror-turn-timeout: 1500ns\n", "key 'mirror-turn-timeout': value '1500ns': not a whole number of this option's smallest unit, 1us"),
+            (good + "stats-interval: 10ms\n", "key 'stats-interval': --stats-interval 10ms: too often; the smallest is 1s"),
             (good.replacingOccurrences(of: "127.0.0.1:\(mirror.boundPort)", with: "nowhere.invalid:80"), "key 'mirror'"),
             (good.replacingOccurrences(of: "127.0.0.1:\(mirror.boundPort)", with: "127.0.0.1:\(proxy.port)"), "key 'mirror': -m 127.0.0.1:\(proxy.port) is this proxy's own listen address"),
             (good.replacingOccurrences(of: "127.0.0.1:\(mirror.boundPort)", with: "127.0.0.1:\(main.boundPort)"), "key 'mirror'"),
