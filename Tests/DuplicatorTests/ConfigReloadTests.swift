@@ -86,6 +86,18 @@ struct ConfigDiffTests {
         #expect(ConfigDiff(from: old, to: old).isEmpty)
     }
 
+    @Test("the dump writer's bounds apply from the reload on; the dump directory and the bytes per dump need a new process")
+    func dumpBounds() {
+        var new = Self.config()
+        new.dumpMaxFiles = 7
+        new.dumpQueueBytes = 2 << 20
+        let diff = ConfigDiff(from: Self.config(), to: new)
+        #expect(diff.applied == ["dump-max-files", "dump-queue"] && diff.refused.isEmpty, "\(diff)")
+        new.dumpBytes = 1 << 10
+        new.dumpDirectory = "/tmp"
+        #expect(ConfigDiff(from: Self.config(), to: new).refused.count == 2)
+    }
+
     @Test("what was bound or sized at start is refused, by name")
     func refuses() {
         let changes: [(String, (inout Config) -> Void)] = [

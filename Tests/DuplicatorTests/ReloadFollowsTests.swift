@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import Platform
 import Testing
@@ -65,6 +66,26 @@ struct ReloadFollowsTests {
         _ = try proxy.reload(to: Self.config(main: main.boundPort, mirrors: [mirror.boundPort]))
         #expect(proxy.loopGuard.suspect(source: client, destination: target) != nil,
                 "a connection from this host to the new mirror's address is a suspect, as one to a mirror of the start")
+    }
+
+    @Test("the dump writer takes a reload's --dump-max-files and --dump-queue")
+    func dumpWriterFollows() throws {
+        let main = try startServer(.echo)
+        let mirror = try startServer(.echo)
+        defer { [main, mirror].forEach { $0.stop() } }
+        let directory = NSTemporaryDirectory() + "duplicator-follow-\(getpid())"
+        mkdir(directory, 0o700)
+        defer { rmdir(directory) }
+        var config = Self.config(main: main.boundPort, mirrors: [mirror.boundPort])
+        config.compare = true
+        config.dumpDirectory = directory
+        let proxy = try startProxy(main: main.boundPort, mirrors: [mirror.boundPort]) { $0 = config }
+        defer { proxy.shutdown() }
+        config.dumpMaxFiles = 3
+        config.dumpQueueBytes = 2 << 20
+        _ = try proxy.reload(to: config)
+        #expect(proxy.dumpWriter?.maxFiles == 3)
+        #expect(proxy.dumpWriter?.queueBytesMax == 2 << 20)
     }
 
     @Test("the log's line about main's connect timeouts names the --main-connect-timeout of the latest reload")
