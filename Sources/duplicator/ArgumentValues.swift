@@ -45,7 +45,8 @@ enum ArgumentRefusals {
         guard text.hasPrefix(head), let valueEnd = text.range(of: "' is invalid for '") else { return text }
         let value = String(text[text.index(text.startIndex, offsetBy: head.count)..<valueEnd.lowerBound])
         let flag = text[valueEnd.upperBound...].prefix { $0 != " " && $0 != "'" }
-        guard let reason = reasons.withLock({ $0[value] }) else { return text }
+        // Taken, not read: a reload's refused values do not pile up here.
+        guard let reason = reasons.withLock({ reasons in defer { reasons.removeAll() }; return reasons[value] }) else { return text }
         // A reason that names its flag already (-m's sampling) is the line.
         if reason.hasPrefix("-") { return reason }
         // The parsers name the value ("duration '1x': expected ..."): keep what they say of it.
