@@ -609,7 +609,8 @@ public final class Session {
     private func mirrorTurnLimit<IO: SessionIO>(_ leg: Leg, io: IO) -> Int {
         let held = legs[leg].queue
         switch legs[leg].turns.decide(nowUs: context.nowUs, timeoutUs: limits.mirrorTurnTimeoutUs, heldBytes: held.bytes,
-                                      heldChunks: held.count, allTurnsBegun: turns.begun >= limits.mirrorTurns) {
+                                      heldChunks: held.count, heldChunksMax: TurnGate.heldChunksMax(limits),
+                                      allTurnsBegun: turns.begun >= limits.mirrorTurns) {
         case .send(let bytesMax):
             return bytesMax
         case .wait(let deadlineUs):
