@@ -57,8 +57,11 @@ public struct SessionLimits: Sendable {
     /// anyway, and is not waited for again in the session.
     public var mirrorTurnTimeoutUs: Int
 
-    /// `idleTimeoutMs` is 0 (none) unless given: a session alone has no
-    /// idle timeout; the proxy's comes from `Config`.
+    /// Every default is `Defaults`' but two, said here: `idleTimeoutMs` is 0
+    /// (none) unless given, a session alone has no idle timeout (the proxy's
+    /// comes from `Config`); and the mirror batch and the kept turns have no
+    /// default at all (`Defaults` has 64 KiB and 4, a session under test
+    /// mostly wants none): each caller says which it runs with.
     public init(mirrorCount: Int, mainConnectTimeoutMs: Int = Defaults.mainConnectTimeoutMs,
                 mirrorConnectTimeoutMs: Int = Defaults.mirrorConnectTimeoutMs,
                 backlogBytesMax: Int = Defaults.backlogBytesMax, backlogChunksMax: Int = Defaults.backlogChunksMax,
@@ -68,7 +71,7 @@ public struct SessionLimits: Sendable {
                 mirrorBackoffMaxMs: Int = Defaults.mirrorBackoffMaxMs,
                 sendProxy: ProxyProtocol.Version? = nil, acceptProxy: Bool = false,
                 proxyHeaderTimeoutMs: Int = Defaults.proxyHeaderTimeoutMs,
-                mirrorBatchBytes: Int = 0, mirrorBatchDelayUs: Int = 0, mirrorTurns: Int = 0,
+                mirrorBatchBytes: Int, mirrorBatchDelayUs: Int, mirrorTurns: Int,
                 mirrorTurnTimeoutUs: Int = Defaults.mirrorTurnTimeoutUs) {
         self.sendProxy = sendProxy
         self.acceptProxy = acceptProxy
