@@ -315,6 +315,26 @@ struct DumpTests {
         rmdir(directory)
     }
 
+    @Test("a reload's --dump-max-files and --dump-queue bound the dumps submitted after it")
+    func writerFollowsReload() throws {
+        let directory = try Self.temporaryDirectory()
+        let writer = try DumpWriter(directory: directory, maxFiles: 1, servers: [address("127.0.0.1", 1), address("127.0.0.1", 2)],
+                                    mirrorNames: ["127.0.0.1:2"], queueBytesMax: Self.request().memoryBytes)
+        // Not started: nothing leaves the queue, so the queue's bound shows too.
+        writer.submit(Self.request())
+        writer.submit(Self.request())
+        #expect(writer.count(mirror: 0, .skippedLimit) == 1, "one file at most")
+        writer.follow(maxFiles: 4, queueBytesMax: 2 * Self.request().memoryBytes)
+        for _ in 0..<3 { writer.submit(Self.request()) }
+        #expect(writer.count(mirror: 0, .skippedLimit) == 1, "three more files allowed")
+        #expect(writer.count(mirror: 0, .droppedQueue) == 2, "two requests' bytes queued at most: one more fits")
+        try writer.start()
+        writer.stop()
+        #expect(writer.count(mirror: 0, .written) == 2)
+        for name in Self.files(directory) { unlink(directory + "/" + name) }
+        rmdir(directory)
+    }
+
     @Test("a full queue drops without waiting, and counts; what was queued is written")
     func fullQueueDrops() throws {
         let directory = try Self.temporaryDirectory()

@@ -155,8 +155,6 @@ public struct ConfigDiff: Equatable, Sendable {
         check("compare-window", \.compareWindowBytes, live: false, why: "reserved at start")
         check("dump-dir", \.dumpDirectory, live: false, why: "its writer starts with the process")
         check("dump-bytes", \.dumpBytes, live: false, why: "reserved at start")
-        check("dump-max-files", \.dumpMaxFiles, live: false)
-        check("dump-queue", \.dumpQueueBytes, live: false, why: "its writer starts with the process")
         // What a session takes at its start.
         check("mirror", { $0.mirrors.map(\.text) })
         check("mirror sampling", \.mirrorSamplePercents)
@@ -171,6 +169,9 @@ public struct ConfigDiff: Equatable, Sendable {
         check("mirror-batch-delay", \.mirrorBatchDelayUs)
         check("mirror-turn-timeout", \.mirrorTurnTimeoutUs)
         check("mirror-turns", \.mirrorTurns)
+        // The dump writer's bounds, for the dumps submitted from then on.
+        check("dump-max-files", \.dumpMaxFiles)
+        check("dump-queue", \.dumpQueueBytes)
     }
 
     public var isEmpty: Bool { applied.isEmpty && refused.isEmpty }
@@ -348,6 +349,14 @@ extension Proxy {
     public func reload(to config: Config) throws(ConfigError) -> String {
         let (generation, diff) = try reloads.reload(to: config)
         guard !diff.isEmpty else { return "nothing changed (configuration \(generation.digest))" }
+        // What the start set up from the configuration follows it: the
+        // run-time loop guard knows the new mirrors' addresses, and the
+        // problem log names the timeout new sessions run with.
+        loopGuard.learn(generation.slotAddresses.compactMap { $0 })
+        let new = generation.config
+        control.problems.name(main: new.main.text, mainConnectTimeoutMs: new.mainConnectTimeoutMs,
+                              dumpDirectory: new.dumpDirectory, dumpQueueBytes: new.dumpQueueBytes)
+        dumpWriter?.follow(maxFiles: new.dumpMaxFiles, queueBytesMax: new.dumpQueueBytes)
         let mirrors = zip(generation.config.mirrors, generation.mirrorSlots).map { "\($0.0)" }
         return "configuration \(generation.number) (\(generation.digest)) applies to new sessions: "
             + "changed \(diff.applied.joined(separator: ", ")); mirrors now [\(mirrors.joined(separator: ", "))]"

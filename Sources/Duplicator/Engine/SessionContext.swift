@@ -228,6 +228,14 @@ public final class SessionContext {
 
     func mirrorConnected(_ index: Int) { mirrorHealth.connected(index) }
 
+    /// A session's copy to mirror `index` finished: counted as retired when
+    /// the configuration new sessions follow no longer has that mirror.
+    func mirrorLegClosed(_ index: Int) {
+        if index >= currentLimits.mirrorCount || currentLimits.mirrorSlotsAbsent & (1 << UInt64(index)) != 0 {
+            stats.mirrors[index].sessionsRetired.bump()
+        }
+    }
+
     func mirrorConnectFailed(_ index: Int, errno: Int32) {
         mirrorHealth.connectFailed(index, errno: errno, nowMs: nowMs)
     }

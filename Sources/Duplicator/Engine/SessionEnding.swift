@@ -128,6 +128,7 @@ extension Session {
         io.close(fd: legs[leg].fd, tag: tag(.close, leg))
         legs[leg].fd = -1
         legs[leg].phase = .closed
+        if leg.isMirror { context.mirrorLegClosed(leg.mirrorIndex) }
         settleSession()
     }
 

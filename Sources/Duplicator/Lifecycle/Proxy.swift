@@ -52,7 +52,7 @@ public final class Proxy: Sendable {
     /// Where clients connect (the real port when `-l` said port 0).
     public let listenAddress: SocketAddress
     private let targets: [SocketAddress]
-    private let loopGuard: LoopGuard
+    let loopGuard: LoopGuard
     /// One health state per mirror, shared by the workers.
     private let mirrorHealth: MirrorHealth
     /// Each worker's listeners (one each, unless a handover brought more).
@@ -65,7 +65,7 @@ public final class Proxy: Sendable {
     /// (`--handover-socket`); closed on stop, so that a stopped proxy's port
     /// refuses clients instead of queueing them.
     private let handoverFDs: Mutex<[Int32]>
-    private let control: WorkerControl
+    let control: WorkerControl
     private let threads = Mutex<[NativeThread]>([])
     private let logger: Logger
     /// `--dump-dir`: the thread that writes the pcapng dumps; nil without.
