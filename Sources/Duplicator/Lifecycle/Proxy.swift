@@ -207,7 +207,8 @@ public final class Proxy: Sendable {
             let environment = WorkerEnvironment(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
                                                 listenerFDs: listeners, stats: stats[index], allStats: stats, control: control,
                                                 logger: logger, dumpSink: dumpWriter)
-            let job = WorkerJob(backend: backend, environment: environment, listenLater: listeners.filter(listenLater.contains))
+            let job = WorkerJob(backend: backend, environment: environment, listenLater: listeners.filter(listenLater.contains),
+                                reportsSetup: index == 0)
             let thread = try startThread("worker \(index)") { job.run() }
             threads.withLock { $0.append(thread) }
         }
@@ -302,6 +303,12 @@ private struct WorkerJob: Sendable {
     let environment: WorkerEnvironment
     /// Of the worker's listeners, those to listen on once it is set up (`Proxy.listenLater`).
     let listenLater: [Int32]
+    /// Whether this worker says what its ring's setup came to (`Proxy.setupMode`,
+    /// `zeroCopyNote`): every worker's is the same, and one writer keeps the
+    /// workers from contending for the lock as they start. (ThreadSanitizer
+    /// cannot see the kernel's hand-over of a contended `Mutex`, a priority-
+    /// inheriting futex, and reported the writes as a race.)
+    let reportsSetup: Bool
 
     func run() {
         let (config, listenerFDs, control, logger) = (environment.config, environment.listenerFDs, environment.control,
@@ -311,13 +318,17 @@ private struct WorkerJob: Sendable {
         do {
             if backend == .epoll {
                 let worker = try EpollWorker(environment)
-                control.setupMode.withLock { $0 = "epoll" }
-                control.zeroCopyNote.withLock { $0 = "no zero-copy sends (the epoll backend has none)" }
+                if reportsSetup {
+                    control.setupMode.withLock { $0 = "epoll" }
+                    control.zeroCopyNote.withLock { $0 = "no zero-copy sends (the epoll backend has none)" }
+                }
                 loop = worker.run
             } else {
                 let worker = try IOUringWorker(environment)
-                control.setupMode.withLock { $0 = worker.ring.setupMode.rawValue }
-                control.zeroCopyNote.withLock { $0 = worker.zeroCopyNote }
+                if reportsSetup {
+                    control.setupMode.withLock { $0 = worker.ring.setupMode.rawValue }
+                    control.zeroCopyNote.withLock { $0 = worker.zeroCopyNote }
+                }
                 loop = worker.run
             }
         } catch let error as RingError {
