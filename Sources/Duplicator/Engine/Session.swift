@@ -167,7 +167,7 @@ public final class Session {
             legs[leg] = LegState(queue: queue,
                                  turns: keepsTurns ? TurnGate(starts: turnStarts + leg.index &* limits.mirrorTurns) : TurnGate())
         }
-        compareTap?.reset(mirrors: limits.mirrorCount)
+        compareTap?.reset(mirrors: limits.mirrorCount, comparing: limits.compareWindowBytes > 0)
         if records { recordingTap!.reset(nowUs: context.nowUs) }
         let stats = context.stats
         stats.sessionsAccepted.bump()
