@@ -55,9 +55,9 @@ struct ReplayCommand: ParsableCommand {
     /// own (as with `demo`): read them from there too.
     @ParentCommand var parent: DuplicatorCommand
 
-    private var compare: Bool { compareFlag || parent.options.compare }
-    private var dumpDirectory: String? { dumpDirectoryOption ?? parent.options.dumpDir }
-    private var backend: String { backendOption != "auto" ? backendOption : parent.options.backend }
+    private var compare: Bool { compareFlag || parent.options.verdicts.compare }
+    private var dumpDirectory: String? { dumpDirectoryOption ?? parent.options.verdicts.dumpDir }
+    private var backend: String { backendOption != "auto" ? backendOption : parent.options.backend.rawValue }
 
     func run() throws {
         Signals.ignoreBrokenPipe()
