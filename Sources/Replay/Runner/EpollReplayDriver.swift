@@ -9,6 +9,7 @@ import Platform
 public final class EpollReplayDriver: ReplayIO {
     private struct Pending {
         var connecting = false
+        var connectStartUs: UInt64 = 0
         var send: (UnsafeRawPointer, Int)?
         var receive: (UnsafeMutableRawPointer, Int)?
         var fd: Int32 = -1
@@ -18,12 +19,16 @@ public final class EpollReplayDriver: ReplayIO {
 
     private let poller: EpollPoller
     private let target: SocketAddress
+    /// A connect not answered in this long fails with ETIMEDOUT (the ring's is a linked timeout).
+    private let connectTimeoutUs: UInt64
+    private var connectsInProgress = 0
     private var pending: [Pending] = []
     private var ready: [(Kind, Int, Int32)] = []
 
-    public init(target: SocketAddress) throws(SystemCallError) {
+    public init(target: SocketAddress, connectTimeoutMs: Int = 1000) throws(SystemCallError) {
         poller = try EpollPoller(eventCapacity: 512)
         self.target = target
+        connectTimeoutUs = UInt64(max(1, connectTimeoutMs)) * 1000
     }
 
     private func ensure(_ slot: Int) {
@@ -50,6 +55,8 @@ public final class EpollReplayDriver: ReplayIO {
             ready.append((.connect, slot, 0))
         } else if errno == EINPROGRESS {
             pending[slot].connecting = true
+            pending[slot].connectStartUs = MonotonicClock.nowMicros()
+            connectsInProgress += 1
         } else {
             ready.append((.connect, slot, -errno))
         }
@@ -98,6 +105,7 @@ public final class EpollReplayDriver: ReplayIO {
                 guard slot < pending.count, pending[slot].fd >= 0 else { continue }
                 if pending[slot].connecting, event.flags & (EpollFlag.writable | EpollFlag.error | EpollFlag.hangUp) != 0 {
                     pending[slot].connecting = false
+                    connectsInProgress -= 1
                     var error: Int32 = 0
                     var length = socklen_t(MemoryLayout<Int32>.size)
                     _ = getsockopt(pending[slot].fd, SOL_SOCKET, SO_ERROR, &error, &length)
@@ -106,6 +114,8 @@ public final class EpollReplayDriver: ReplayIO {
                 if event.flags & (EpollFlag.readable | EpollFlag.error | EpollFlag.hangUp | EpollFlag.peerShutdown) != 0 { tryReceive(slot) }
                 if event.flags & (EpollFlag.writable | EpollFlag.error | EpollFlag.hangUp) != 0 { trySend(slot) }
             }
+            nowUs = MonotonicClock.nowMicros()
+            if connectsInProgress > 0 { expireConnects(nowUs: nowUs) }
             deliver(engine)
             nowUs = MonotonicClock.nowMicros()
             engine.tick(nowUs: nowUs)
@@ -114,6 +124,16 @@ public final class EpollReplayDriver: ReplayIO {
                 lastProgressUs = nowUs
                 progress(engine)
             }
+        }
+    }
+
+    /// Connects waiting past the timeout (a target that drops SYNs) fail.
+    private func expireConnects(nowUs: UInt64) {
+        for slot in pending.indices where pending[slot].connecting
+            && nowUs >= pending[slot].connectStartUs && nowUs - pending[slot].connectStartUs >= connectTimeoutUs {
+            pending[slot].connecting = false
+            connectsInProgress -= 1
+            ready.append((.connect, slot, -ETIMEDOUT))
         }
     }
 

@@ -65,7 +65,9 @@ public final class ReplayEngine<IO: ReplayIO> {
         let timeoutUs = UInt64(options.turnTimeoutMs) * 1000
         for index in slots.indices where slots[index].state == .open {
             let slot = slots[index]
-            guard !slot.sending, slot.waitingSinceUs != 0, nowUs - slot.waitingSinceUs >= timeoutUs else { continue }
+            // A completion handled after `nowUs` was read may have set a later time: not due yet.
+            guard !slot.sending, slot.waitingSinceUs != 0, nowUs >= slot.waitingSinceUs,
+                  nowUs - slot.waitingSinceUs >= timeoutUs else { continue }
             if slot.draining {
                 finish(index, nowUs: nowUs)
             } else {
@@ -238,7 +240,8 @@ public final class ReplayEngine<IO: ReplayIO> {
         if current.requestEnd > previous.requestEnd {
             counts.requests += 1
             if answered && current.replyEnd > previous.replyEnd {
-                latencyNanos.record(min((nowUs - slots[index].turnStartUs) * 1000, 600_000_000_000))
+                let startUs = slots[index].turnStartUs
+                latencyNanos.record(min((nowUs > startUs ? nowUs - startUs : 0) * 1000, 600_000_000_000))
             }
         }
         slots[index].turn += 1

@@ -81,7 +81,9 @@ public enum Replayer {
         } else {
             backendName = "epoll"
             let driver: EpollReplayDriver
-            do { driver = try EpollReplayDriver(target: run.options.target) } catch { throw Failure("replay: \(error)") }
+            do {
+                driver = try EpollReplayDriver(target: run.options.target, connectTimeoutMs: max(run.options.turnTimeoutMs, 1000))
+            } catch { throw Failure("replay: \(error)") }
             let replay = ReplayEngine<EpollReplayDriver>(sessions: input.sessions, options: run.options, nowUs: startUs)
             replay.dumps = dumps
             driver.run(replay) { engine in
