@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Platform
 import Testing
 import TestSupport
 @testable import Duplicator
@@ -347,6 +348,13 @@ struct CLITests {
         let memory = ProxyError.setup(RingError("io_uring_register_buffers", errno: ENOMEM), config: config)
         #expect(memory.message.contains("16777216-byte buffer pool"))
         #expect(memory.message.contains("RLIMIT_MEMLOCK"))
+        // A worker's other set-up calls fail as Platform's SystemCallError, explained alike.
+        let table = ProxyError.setup(SystemCallError(operation: "mmap of 4096 bytes for 4 sessions", errorNumber: ENOMEM),
+                                     config: config)
+        #expect(table.message.contains("not enough locked memory (mmap of 4096 bytes for 4 sessions failed)"))
+        let epoll = ProxyError.setup(SystemCallError(operation: "epoll_create1", errorNumber: EMFILE), config: config)
+        #expect(epoll.message == "cannot start a worker: epoll_create1: \(String(cString: strerror(EMFILE))) (EMFILE)")
+        #expect(SystemCallError.describe(errorNumber: EPIPE) == RingError.describe(errno: EPIPE))
     }
 }
 

@@ -11,7 +11,7 @@ import TestSupport
 private func compareLimits(mirrors: Int = 1, windowBytes: Int = 4096, backlogChunksMax: Int = 16) -> SessionLimits {
     var limits = SessionLimits(mirrorCount: mirrors, mainConnectTimeoutMs: 1_000, mirrorConnectTimeoutMs: 500,
                                backlogBytesMax: 1 << 20, backlogChunksMax: backlogChunksMax, readAheadChunks: 2,
-                               mirrorLingerMs: 2_000)
+                               mirrorLingerMs: 2_000, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
     limits.compareWindowBytes = windowBytes
     return limits
 }

@@ -168,8 +168,9 @@ struct ReloadSessionTests {
     @Test("a session started before a reload keeps its mirror; one started after gets the new set")
     func generations() throws {
         // Storage for two mirror slots; generation 1 uses slot 0 only.
-        let io = try FakeSessionIO(limits: SessionLimits(mirrorCount: 2), sessions: 2)
-        var first = SessionLimits(mirrorCount: 1)
+        let io = try FakeSessionIO(limits: SessionLimits(mirrorCount: 2, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0),
+                                   sessions: 2)
+        var first = SessionLimits(mirrorCount: 1, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
         first.mirrorLingerMs = 2_000
         io.context.adopt(first)
         try #require(io.start() != nil)
@@ -179,7 +180,7 @@ struct ReloadSessionTests {
         io.connectAll(old)
 
         // The reload: slot 0 removed, slot 1 added, another linger.
-        var second = SessionLimits(mirrorCount: 2)
+        var second = SessionLimits(mirrorCount: 2, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
         second.mirrorSlotsAbsent = 0b01
         second.mirrorLingerMs = 7_000
         io.context.adopt(second)

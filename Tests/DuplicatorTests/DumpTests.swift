@@ -180,7 +180,8 @@ struct DumpTests {
 
     private static func limits(dumpBytes: Int) -> SessionLimits {
         var limits = SessionLimits(mirrorCount: 1, mainConnectTimeoutMs: 1_000, mirrorConnectTimeoutMs: 500,
-                                   backlogBytesMax: 1 << 20, backlogChunksMax: 16, readAheadChunks: 2, mirrorLingerMs: 2_000)
+                                   backlogBytesMax: 1 << 20, backlogChunksMax: 16, readAheadChunks: 2, mirrorLingerMs: 2_000,
+                                   mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
         limits.compareWindowBytes = 4096
         limits.dumpBytes = dumpBytes
         return limits

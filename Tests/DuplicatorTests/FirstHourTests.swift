@@ -484,7 +484,8 @@ struct FirstHourVerdictTests {
     @Test("a mirror far ahead of main waits for it, and a longer mirror is longer, not incomplete")
     func mirrorWaitsForMain() throws {
         var limits = SessionLimits(mirrorCount: 1, mainConnectTimeoutMs: 1_000, mirrorConnectTimeoutMs: 500,
-                                   backlogBytesMax: 1 << 20, backlogChunksMax: 64, readAheadChunks: 2, mirrorLingerMs: 2_000)
+                                   backlogBytesMax: 1 << 20, backlogChunksMax: 64, readAheadChunks: 2, mirrorLingerMs: 2_000,
+                                   mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
         limits.compareWindowBytes = 64 << 10
         let io = try FakeSessionIO(limits: limits, slotCount: 64, slotSize: 4096, sessions: 1)
         try #require(io.start() != nil)

@@ -103,10 +103,10 @@ final class GenerationFollower {
     private var adopted = 0
     /// The clock in microseconds is read each round: sessions may have
     /// mirror timers, or record arrival times (`--dump-dir`).
-    private var microseconds: Bool
-    var readsMicroseconds: Bool { microseconds }
+    private var _readsMicroseconds: Bool
+    var readsMicroseconds: Bool { _readsMicroseconds }
 
-    init(readsMicroseconds: Bool) { microseconds = readsMicroseconds }
+    init(readsMicroseconds: Bool) { _readsMicroseconds = readsMicroseconds }
 
     /// Once per round: nil, or the generation to adopt now.
     @inline(__always)
@@ -117,7 +117,7 @@ final class GenerationFollower {
 
     func adopted(_ generation: ConfigGeneration, readsMicroseconds: Bool) {
         adopted = generation.number
-        microseconds = microseconds || readsMicroseconds
+        _readsMicroseconds = _readsMicroseconds || readsMicroseconds
     }
 }
 

@@ -8,11 +8,9 @@
 /// Deadlines are in whatever unit the owner's clock counts.
 ///
 /// A ring over fixed memory: no allocation after init, unless `grows` (then
-/// it doubles when full, and keeps that size). A class rather than a struct
-/// of arrays held in a `var`: changing such a struct in place calls into the
-/// arrays' code, so each access to the `var` was checked for exclusivity at
-/// run time, several times per request (BENCHMARKS.md, "Exclusivity checks
-/// on the hot path").
+/// it doubles when full, and keeps that size). A class over its own memory
+/// rather than a struct of arrays held in a `var` (docs/contributing.md,
+/// "Private storage, public reads").
 final class DeadlineQueue<Payload: BitwiseCopyable> {
     private var payloads: UnsafeMutablePointer<Payload>
     private var deadlines: UnsafeMutablePointer<UInt64>

@@ -21,19 +21,18 @@ public final class Session {
     public static let gatherChunksMax = 32
 
     public let index: UInt32
-    // The changing state other modules read is stored out of their sight
-    // and read through computed properties (why: see `SessionContext`).
-    private var currentGeneration: UInt16 = 0
-    var activeStorage = false
-    var endingStorage = false
-    var waitsForBuffersStorage = false
-    public var generation: UInt16 { currentGeneration }
-    public var isActive: Bool { activeStorage }
+    // Private storage behind the public reads (docs/contributing.md, "Private storage, public reads").
+    private var _generation: UInt16 = 0
+    var _isActive = false
+    var _isEnding = false
+    var _waitingForBuffers = false
+    public var generation: UInt16 { _generation }
+    public var isActive: Bool { _isActive }
     /// The client's session is over (both directions done, or failed); mirrors may still be flushing.
-    public var isEnding: Bool { endingStorage }
+    public var isEnding: Bool { _isEnding }
     public internal(set) var endCause: EndCause?
     /// The session asked to be resumed when slots are back.
-    public var waitingForBuffers: Bool { waitsForBuffersStorage }
+    public var waitingForBuffers: Bool { _waitingForBuffers }
     private var clientToMainDone = false
     private var mainToClientDone = false
     var lingerDeadlineMs: UInt64 = 0
@@ -63,8 +62,8 @@ public final class Session {
     private let legCapacity: Int
     /// The legs this session uses: those of the configuration it started
     /// with (a reload changes it for sessions that start later).
-    private var currentLegCount: Int
-    var legCount: Int { currentLegCount }
+    private var _legCount: Int
+    var legCount: Int { _legCount }
     /// The settings this session follows, taken from the worker's current
     /// configuration generation at start and kept to its end: a reload
     /// never changes a live session (`ConfigGeneration`).
@@ -106,7 +105,7 @@ public final class Session {
         let limits = context.limits
         self.limits = limits
         legCapacity = Leg.count(mirrors: limits.mirrorCount)
-        currentLegCount = legCapacity
+        _legCount = legCapacity
         legs = .allocate(capacity: legCapacity)
         proxyHeaderOut = limits.sendProxy == nil ? nil
             : .allocate(byteCount: ProxyProtocol.encodedBytesMax, alignment: 8)
@@ -150,12 +149,12 @@ public final class Session {
         precondition(!isActive)
         // The configuration generation current now is this session's to its end.
         limits = context.sessionLimits
-        currentLegCount = Leg.count(mirrors: limits.mirrorCount)
-        currentGeneration &+= 1
-        activeStorage = true
-        endingStorage = false
+        _legCount = Leg.count(mirrors: limits.mirrorCount)
+        _generation &+= 1
+        _isActive = true
+        _isEnding = false
         endCause = nil
-        waitsForBuffersStorage = false
+        _waitingForBuffers = false
         clientToMainDone = false
         mainToClientDone = false
         lingerDeadlineMs = 0
@@ -233,7 +232,7 @@ public final class Session {
     /// Slots are back after the session found none.
     public func resumeReceiving<IO: SessionIO>(io: IO) {
         guard isActive, waitingForBuffers else { return }
-        waitsForBuffersStorage = false
+        _waitingForBuffers = false
         armReceive(.client, io: io)
         armReceive(.main, io: io)
     }
@@ -389,7 +388,7 @@ public final class Session {
             // Client and main may both find the pool dry; ask to be resumed once.
             context.stats.poolExhausted.bump()
             if !waitingForBuffers {
-                waitsForBuffersStorage = true
+                _waitingForBuffers = true
                 io.waitForBuffers(session: index)
             }
         case .done, .cancelled, .failed:
@@ -609,7 +608,8 @@ public final class Session {
     private func mirrorTurnLimit<IO: SessionIO>(_ leg: Leg, io: IO) -> Int {
         let held = legs[leg].queue
         switch legs[leg].turns.decide(nowUs: context.nowUs, timeoutUs: limits.mirrorTurnTimeoutUs, heldBytes: held.bytes,
-                                      heldChunks: held.count, allTurnsBegun: turns.begun >= limits.mirrorTurns) {
+                                      heldChunks: held.count, heldChunksMax: TurnGate.heldChunksMax(limits),
+                                      allTurnsBegun: turns.begun >= limits.mirrorTurns) {
         case .send(let bytesMax):
             return bytesMax
         case .wait(let deadlineUs):

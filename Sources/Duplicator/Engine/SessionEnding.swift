@@ -47,7 +47,7 @@ extension Session {
     }
 
     func end<IO: SessionIO>(_ cause: EndCause, io: IO) {
-        endingStorage = true
+        _isEnding = true
         context.sessionsEnding += 1
         endCause = cause
         let stats = context.stats
@@ -136,8 +136,8 @@ extension Session {
     func settleSession() {
         guard isActive, isEnding else { return }
         for leg in allLegs where legs[leg].phase != .closed { return }
-        activeStorage = false
-        waitsForBuffersStorage = false
+        _isActive = false
+        _waitingForBuffers = false
         if let compareTap { recordVerdicts(compareTap) }
         context.sessionsEnding -= 1
         context.stats.sessionsActive.drop()

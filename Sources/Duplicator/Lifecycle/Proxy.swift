@@ -11,18 +11,30 @@ public struct ProxyError: Error, CustomStringConvertible, Sendable {
     public init(_ message: String) { self.message = message }
     public var description: String { message }
 
-    /// Explains a failure to set up io_uring or its memory.
+    /// Explains a failure to set up io_uring or a worker's memory.
     static func setup(_ error: RingError, config: Config) -> ProxyError {
-        switch error.errno {
+        setup(operation: error.operation, errorNumber: error.errno, description: error.description, config: config)
+    }
+
+    /// Explains a failure of a worker's other set-up calls (its memory, epoll).
+    static func setup(_ error: SystemCallError, config: Config) -> ProxyError {
+        setup(operation: error.operation, errorNumber: error.errorNumber, description: error.detailedDescription,
+              config: config)
+    }
+
+    /// `description`: what failed and why, as the error says it.
+    private static func setup(operation: String, errorNumber: Int32, description error: String,
+                              config: Config) -> ProxyError {
+        switch errorNumber {
         case ENOSYS:
             return ProxyError("io_uring is not available: this kernel has no io_uring (\(error)); Linux 6.1 or newer is needed")
-        case EPERM where error.operation == "io_uring_setup":
+        case EPERM where operation == "io_uring_setup":
             return ProxyError("io_uring is forbidden here (\(error)): check sysctl kernel.io_uring_disabled, "
                 + "or the container's seccomp profile (Docker: --security-opt seccomp=<profile allowing io_uring_*>)")
         case ENOMEM:
             // The rings (64-byte SQEs, 16-byte CQEs) and the registered pool are locked memory.
             let limitText = LockedMemory.rlimitBytes().map { "\($0) bytes" } ?? "unlimited"
-            return ProxyError("not enough locked memory (\(error.operation) failed): each worker needs up to "
+            return ProxyError("not enough locked memory (\(operation) failed): each worker needs up to "
                 + "\(LockedMemory.perWorkerBytes(config)) bytes (its rings and a "
                 + "\(config.poolSlotsPerWorker * config.slotSize)-byte buffer pool), RLIMIT_MEMLOCK is \(limitText); "
                 + "raise it (ulimit -l, LimitMEMLOCK= in systemd) or lower --max-memory")
@@ -148,8 +160,8 @@ public final class Proxy: Sendable {
             }
         } catch {
             fds.forEach { _ = close($0) }
-            let hint = error.errno == EADDRINUSE ? ": another socket listens on that port (another duplicator?)" : ""
-            throw ProxyError("cannot listen on \(config.listen.text): \(RingError.describe(errno: error.errno))\(hint)")
+            let hint = error.errorNumber == EADDRINUSE ? ": another socket listens on that port (another duplicator?)" : ""
+            throw ProxyError("cannot listen on \(config.listen.text): \(SystemCallError.describe(errorNumber: error.errorNumber))\(hint)")
         }
         self.listenAddress = bound
         listenLater = later
@@ -246,7 +258,7 @@ public final class Proxy: Sendable {
             }
             probe.join()
         } catch {
-            return ProxyError("cannot start a thread: \(RingError.describe(errno: error.errorNumber))")
+            return ProxyError("cannot start a thread: \(SystemCallError.describe(errorNumber: error.errorNumber))")
         }
         return problem.withLock { $0 } ?? LockedMemory.check(config, limitBytes: LockedMemory.limitBytes())
     }
@@ -335,6 +347,10 @@ private struct WorkerJob: Sendable {
             listenerFDs.forEach { _ = close($0) }
             control.startErrors.withLock { $0.append(ProxyError.setup(error, config: config).message) }
             return
+        } catch let error as SystemCallError {
+            listenerFDs.forEach { _ = close($0) }
+            control.startErrors.withLock { $0.append(ProxyError.setup(error, config: config).message) }
+            return
         } catch let error as ProxyError {
             listenerFDs.forEach { _ = close($0) }
             control.startErrors.withLock { $0.append(error.message) }
@@ -361,6 +377,6 @@ func startThread(_ name: String, _ body: @escaping @Sendable () -> Void) throws(
     do {
         return try NativeThread.start(name: name, body)
     } catch {
-        throw ProxyError("cannot start a thread: \(RingError.describe(errno: error.errorNumber))")
+        throw ProxyError("cannot start a thread: \(SystemCallError.describe(errorNumber: error.errorNumber))")
     }
 }

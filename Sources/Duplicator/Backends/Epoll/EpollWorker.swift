@@ -45,9 +45,7 @@ final class EpollWorker: KernelBackend {
     private let logger: Logger
 
     // The per-request state is in memory of its own behind pointers, not in
-    // arrays in `var`s: an array changed in place through a class's stored
-    // property costs a run-time exclusivity check (swift_beginAccess) each
-    // time (BENCHMARKS.md, "Exclusivity checks on the hot path").
+    // arrays in `var`s (docs/contributing.md, "Private storage, public reads").
 
     /// By descriptor number, `descriptorCapacity` of them (grown, and so
     /// moved, only by `register`); `generation` tells a stale event from one
@@ -99,11 +97,7 @@ final class EpollWorker: KernelBackend {
         logger = environment.logger
         self.listenerFDs = listenerFDs
         listenersOpen = !listenerFDs.isEmpty
-        do {
-            poller = try EpollPoller(eventCapacity: 256)
-        } catch {
-            throw RingError("epoll_create1", errno: error.errorNumber)
-        }
+        poller = try EpollPoller(eventCapacity: 256)
         if config.zeroCopy == .on {
             throw ProxyError("--zerocopy on: zero-copy sends need the io_uring backend, and this worker runs on epoll")
         }
@@ -130,7 +124,7 @@ final class EpollWorker: KernelBackend {
                 try poller.add(listenerFD, flags: EpollFlag.readable | EpollFlag.edgeTriggered,
                                token: Self.listenerTokenBase + UInt64(index))
             } catch {
-                throw RingError("epoll_ctl(ADD) of the listener", errno: error.errorNumber)
+                throw SystemCallError(operation: "epoll_ctl(ADD) of the listener", errorNumber: error.errorNumber)
             }
         }
     }

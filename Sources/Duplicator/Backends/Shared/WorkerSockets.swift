@@ -47,7 +47,7 @@ final class WorkerSockets {
     private let gatherMemoryBytes: Int
 
     init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, stats: WorkerStats, logger: Logger,
-         nonBlocking: Bool) throws(RingError) {
+         nonBlocking: Bool) throws(SystemCallError) {
         self.config = config
         mirrorSlotCount = config.mirrorSlotCount
         lowWaterEverSet = config.mirrorReceiveLowWaterBytes > 0
@@ -63,7 +63,7 @@ final class WorkerSockets {
         gatherMemoryBytes = vectorsOffset + gatherLegs * Session.gatherChunksMax * MemoryLayout<iovec>.stride
         guard let gatherMemory = mmap(nil, gatherMemoryBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
               gatherMemory != MAP_FAILED else {
-            throw RingError("mmap of \(gatherMemoryBytes) bytes for gathered mirror sends", errno: errno)
+            throw SystemCallError(operation: "mmap of \(gatherMemoryBytes) bytes for gathered mirror sends", errorNumber: errno)
         }
         self.gatherMemory = gatherMemory
         gatherMessages = gatherMemory.bindMemory(to: msghdr.self, capacity: gatherLegs)
