@@ -31,18 +31,19 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-start_redis() {  # prints the port
+start_redis() {  # sets REDIS_PORT (not in a subshell: its pid must reach the cleanup)
     local port; port=$(free_port)
     mkdir -p "$work/redis-$port"
     redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work/redis-$port" \
         >"$work/redis-$port/log" 2>&1 &
     pids+=($!)
     for _ in $(seq 100); do redis-cli -p "$port" PING >/dev/null 2>&1 && break; sleep 0.05; done
-    echo "$port"
+    REDIS_PORT=$port
 }
 
 # The recording.
-redis_port=$(start_redis)
+start_redis
+redis_port=$REDIS_PORT
 proxy_port=$(free_port)
 mkdir -p "$work/records"
 "$BIN" -l "127.0.0.1:$proxy_port" -f "127.0.0.1:$redis_port" --record-dir "$work/records" --threads 1 \
@@ -57,7 +58,8 @@ echo "recorded: $(ls "$work/records" | wc -l) sessions, $(du -sh "$work/records"
 
 printf '%-5s %-16s %12s %10s %14s\n' run client requests/s requests 'CPU us/request'
 for run in $(seq "$RUNS"); do
-    port=$(start_redis)
+    start_redis
+    port=$REDIS_PORT
     /usr/bin/time -f '%U %S' -o "$work/time" \
         redis-benchmark -p "$port" -c "$CONNECTIONS" -n "$REQUESTS" -t "$TESTS" -q >"$work/bench.out" 2>&1
     # Each test's "N requests per second" line: the requests over the sum of the tests' times.
