@@ -226,6 +226,27 @@ public final class Ring {
         finish(sqe, tag, flags: shim_IOSQE_BUFFER_SELECT)
     }
 
+    /// Multishot recv (Linux 6.0 and later): one SQE, then one completion
+    /// per arrival, each in a slot the kernel picks from buffer group `group`
+    /// (`Completion.selectedBuffer`), while `hasMore` is set. It ends, without
+    /// `hasMore`, on EOF, an error, or -ENOBUFS when no slot is lent; then it
+    /// must be prepared again. An older kernel fails it with -EINVAL.
+    @inline(__always)
+    public func prepareRecvMultishot(fd: Int32, group: UInt16, tag: CompletionTag) {
+        let sqe = nextSQE()
+        io_uring_prep_recv_multishot(sqe, fd, nil, 0, 0)
+        sqe.pointee.buf_group = group
+        finish(sqe, tag, flags: shim_IOSQE_BUFFER_SELECT)
+    }
+
+    /// A plain read (an eventfd's counter, a pipe).
+    @inline(__always)
+    public func prepareRead(fd: Int32, into buffer: UnsafeMutableRawPointer, length: Int, tag: CompletionTag) {
+        let sqe = nextSQE()
+        io_uring_prep_read(sqe, fd, buffer, UInt32(length), 0)
+        finish(sqe, tag)
+    }
+
     @inline(__always)
     public func prepareSend(fd: Int32, from buffer: UnsafeRawPointer, length: Int, tag: CompletionTag) {
         let sqe = nextSQE()
