@@ -116,6 +116,8 @@ final class RingLoadClientLoop {
         var lastTickNanos = startNanos
         var lastTickRequests: UInt64 = 0
 
+        // This thread is the ring's only user: each wait skips a descriptor lookup.
+        ring.registerRingDescriptor()
         armWakeup()
         tally.connectionsLive = connections.count
         for connection in connections {

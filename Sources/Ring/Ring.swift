@@ -98,6 +98,16 @@ public final class Ring {
         reaped.deallocate()
     }
 
+    /// Registers the ring's own descriptor with this thread's io_uring
+    /// context (5.18 and later), so each `io_uring_enter` skips looking the
+    /// descriptor up. Only the thread that called it may then enter the ring,
+    /// which `SINGLE_ISSUER` asks anyway. Returns false where the kernel
+    /// cannot (nothing changes then).
+    @discardableResult
+    public func registerRingDescriptor() -> Bool {
+        io_uring_register_ring_fd(ring) == 1
+    }
+
     // MARK: - Buffers
 
     /// Registers every slot of `pool` as a fixed buffer (slot index = buffer

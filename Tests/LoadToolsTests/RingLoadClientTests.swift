@@ -24,7 +24,12 @@ extension LoadToolsTests {
             #expect(result.requests > 0)
             #expect(result.bytesReceived >= result.requests * UInt64(size.bytes))
             #expect(eventually { server.connectionsOpen == 0 })
-            #expect(server.totalBytesReceived == result.bytesSent)
+            // Every completed request reached the server whole. Exactly what was sent
+            // only for small messages: a close with echoed bytes unread resets the
+            // connection, and a large request's tail still in the send buffer is lost.
+            #expect(server.totalBytesReceived >= result.requests * UInt64(size.bytes))
+            #expect(server.totalBytesReceived <= result.bytesSent)
+            if size.bytes <= 1024 { #expect(server.totalBytesReceived == result.bytesSent) }
         }
 
         @Test("multishot receives: the server got exactly what was sent, and every completed request came back whole")
