@@ -58,10 +58,13 @@ final class SessionWakeQueue {
 public final class SessionTimers {
     let batch: SessionWakeQueue
     let turn: SessionWakeQueue
+    /// How late a mirror batch's own wakeup may come (`Config.mirrorBatchWakeSlackUs`).
+    public let batchSlackUs: UInt64
 
-    public init(capacity: Int) {
+    public init(capacity: Int, batchSlackUs: Int = 0) {
         batch = SessionWakeQueue(capacity: capacity)
         turn = SessionWakeQueue(capacity: capacity)
+        self.batchSlackUs = UInt64(max(0, batchSlackUs))
     }
 
     public var isEmpty: Bool { batch.isEmpty && turn.isEmpty }
@@ -71,6 +74,20 @@ public final class SessionTimers {
         switch (batch.firstDeadlineUs, turn.firstDeadlineUs) {
         case let (first?, second?): min(first, second)
         case let (first, second): first ?? second
+        }
+    }
+
+    /// When the worker must wake for a timer if nothing else wakes it first:
+    /// a turn at its deadline; a mirror batch up to `batchSlackUs` after its
+    /// own. Below saturation the worker wakes for traffic within that slack
+    /// and the due batch goes out then (`WorkerCore.afterCompletions`): a
+    /// batch costs no wakeup of its own, where a timer at the deadline cost
+    /// one per batch, most batches holding one message at such rates.
+    public var nextWakeUs: UInt64? {
+        switch (batch.firstDeadlineUs, turn.firstDeadlineUs) {
+        case let (first?, second?): min(first &+ batchSlackUs, second)
+        case let (first?, nil): first &+ batchSlackUs
+        case let (nil, second): second
         }
     }
 
