@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the load client costs per request against what the proxy it measures
 # costs, in the same runs: duplicator-testclient --rate R (10 connections x
-# 1 KiB, open loop) through `duplicator run` (its defaults, no mirror) to an
+# 1 KiB, open loop) through `duplicator` (its defaults, no mirror) to an
 # echo server, on each client backend (io_uring, epoll), in interleaved
 # rounds. Per run: the client thread's CPU per request (its --json), the
 # proxy's CPU per request over the steady window (/proc/PID/task/*/schedstat,
@@ -40,7 +40,7 @@ try:
     processes.append(subprocess.Popen([f"{bins}/duplicator-testserver", "-l", f"127.0.0.1:{main_port}", "-q"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     wait_listening(main_port, processes[-1])
-    proxy = subprocess.Popen([f"{bins}/duplicator", "run", "-l", f"127.0.0.1:{proxy_port}", "-f", f"127.0.0.1:{main_port}",
+    proxy = subprocess.Popen([f"{bins}/duplicator", "-l", f"127.0.0.1:{proxy_port}", "-f", f"127.0.0.1:{main_port}",
                               "--log-level", "warning", *shlex.split(proxy_args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     processes.append(proxy)
     wait_listening(proxy_port, proxy)
@@ -70,7 +70,7 @@ try:
                   f"  proxy {proxy_us:5.1f} us/req  client/proxy {row['ratio']:.2f}  p50 {row['p50']:.0f} p99 {row['p99']:.0f} us"
                   + (f"  syscalls/req {row['sys_enter']:.2f}  switches/req {row['context-switches']:.2f}" if 'sys_enter' in row else ""),
                   flush=True)
-    print(f"\nper request, ranges over {rounds} rounds at {rate:g} requests/s (proxy: duplicator run {proxy_args or '(defaults)'}):")
+    print(f"\nper request, ranges over {rounds} rounds at {rate:g} requests/s (proxy: duplicator {proxy_args or '(defaults)'}):")
     for backend, runs in rows.items():
         def span(key, digits=1):
             values = [run[key] for run in runs if key in run]

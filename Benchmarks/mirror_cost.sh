@@ -40,7 +40,7 @@ for mirrors in $mirror_counts; do
     proxy_port=$(port)
     mirror_args=()
     for index in $(seq 0 $((mirrors - 1))); do mirror_args+=(-m "127.0.0.1:${mirror_ports[$index]}"); done
-    "$bin_dir/duplicator" run -l "127.0.0.1:$proxy_port" -f "127.0.0.1:$main_port" "${mirror_args[@]}" "${threads_args[@]}" \
+    "$bin_dir/duplicator" -l "127.0.0.1:$proxy_port" -f "127.0.0.1:$main_port" "${mirror_args[@]}" "${threads_args[@]}" \
         ${DUPLICATOR_ARGS:-} >>"$work/log" 2>&1 & proxy=$!
     sleep 0.5
     # A first short run opens the sessions; the counted run is the next one's steady state.

@@ -17,8 +17,13 @@ import Testing
         timers.add(session: 1, atUs: 10_100, for: .mirrorTurn)
         #expect(timers.nextWakeUs == 10_100)
         // Due at a wake before the slack ends: the batch fires there (WorkerCore.fireDueTimers).
-        #expect(timers.batch.popDue(nowUs: 10_050) == 0)
+        #expect(timers.batch.popDue(now: 10_050) == 0)
         #expect(timers.nextWakeUs == 10_100)
+        // A reload may lower the slack, never raise it.
+        timers.lowerBatchSlack(toUs: 500)
+        #expect(timers.batchSlackUs == 250)
+        timers.lowerBatchSlack(toUs: 100)
+        #expect(timers.batchSlackUs == 100)
         let noSlack = SessionTimers(capacity: 1)
         noSlack.add(session: 0, atUs: 5, for: .mirrorBatch)
         #expect(noSlack.nextWakeUs == 5)
