@@ -50,6 +50,8 @@ let package = Package(
             dependencies: [
                 "CLinuxSystem",
                 "Platform",
+                // The load client's io_uring path (RingLoadClientLoop); Ring knows nothing of load tools.
+                "Ring",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),

@@ -261,6 +261,12 @@ public struct Config: Sendable {
         }
     }
 
+    /// A mirror batch's wakeup may come this much after its deadline (a
+    /// quarter of `--mirror-batch-delay`), so that the worker's next wake for
+    /// traffic sends it instead; sessions count their deadline that much
+    /// earlier, so no byte waits longer than `--mirror-batch-delay`.
+    public var mirrorBatchWakeSlackUs: Int { mirrorBatchDelayUs / 4 }
+
     var limits: SessionLimits {
         var limits = SessionLimits(mirrorCount: mirrors.count, mainConnectTimeoutMs: mainConnectTimeoutMs,
                       mirrorConnectTimeoutMs: mirrorConnectTimeoutMs, backlogBytesMax: backlogBytesMax,
@@ -269,7 +275,8 @@ public struct Config: Sendable {
                       mirrorFailuresBeforeBackoff: mirrorFailuresBeforeBackoff,
                       mirrorBackoffInitialMs: mirrorBackoffInitialMs, mirrorBackoffMaxMs: mirrorBackoffMaxMs,
                       sendProxy: sendProxy, acceptProxy: acceptProxy, proxyHeaderTimeoutMs: proxyHeaderTimeoutMs,
-                      mirrorBatchBytes: mirrorBatchBytes, mirrorBatchDelayUs: mirrorBatchDelayUs,
+                      mirrorBatchBytes: mirrorBatchBytes,
+                      mirrorBatchDelayUs: mirrorBatchDelayUs - mirrorBatchWakeSlackUs,
                       mirrorTurns: mirrorTurns, mirrorTurnTimeoutUs: mirrorTurnTimeoutUs)
         limits.mirrorSampleThresholds = mirrorSamplePercents.map { MirrorSampling.threshold(percent: $0) }
         limits.compareWindowBytes = compare && !mirrors.isEmpty ? compareWindowBytes : 0

@@ -31,7 +31,7 @@ struct WorkerParts {
         // pool can serve at once, whatever their peers do.
         table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
         waiters = BufferWaiters(capacity: config.sessionsPerWorker)
-        timers = SessionTimers(capacity: config.sessionsPerWorker)
+        timers = SessionTimers(capacity: config.sessionsPerWorker, batchSlackUs: config.mirrorBatchWakeSlackUs)
         follower = GenerationFollower(readsMicroseconds: Self.readsMicroseconds(config, dumping: context.dumpSink != nil
                                                                                     || context.recordSink != nil))
     }
