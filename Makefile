@@ -23,9 +23,9 @@ SWIFT_BUILD_FLAGS ?=
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# liburing-dev is the only build dependency (Debian 12 ships liburing 2.3).
+# liburing-dev and libssl-dev are the build dependencies (Debian 12 ships liburing 2.3, OpenSSL 3.0).
 deps:
-	@dpkg -s liburing-dev >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq liburing-dev; }
+	@dpkg -s liburing-dev libssl-dev >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq liburing-dev libssl-dev; }
 
 release: deps
 	swift build -c release --product duplicator $(SWIFT_BUILD_FLAGS)
@@ -54,7 +54,7 @@ test: test-deps build dist
 # The fast part, to run after every edit: the unit and sans-IO suites (the
 # session under simulated IO with injected faults, the parsers, the ring's
 # pure parts, the start-up and loop-guard rules), no process, no peer.
-CHECK_SUITES := ParserTests|SessionTests|MirrorBatchTests|MirrorTurnTests|WorkerCoreTests|SessionProxyHeaderTests|ProxyProtocolTests|SendQueueTests|FakeChecksTests|StartupChecksTests|LoopGuardTests/|CompletionTagTests|BufferPoolTests|RingErrorTests|RingTimeoutTests|FNV1a64Tests|LoadAddressTests|SamplingParserTests|SamplingSessionTests|ReplyComparisonTests|CompareSessionTests|DumpTests|ZeroCopySendsTests|DocsTests|ConfigFileTests|ConfigDiffTests|MirrorSlotsTests|ReloadSessionTests|FirstHourUnitTests|FirstHourVerdictTests|HandoverProtocolTests|GatherMessageTests|FuzzRegressionTests
+CHECK_SUITES := ParserTests|SessionTests|MirrorBatchTests|MirrorTurnTests|WorkerCoreTests|SessionProxyHeaderTests|ProxyProtocolTests|SendQueueTests|FakeChecksTests|StartupChecksTests|LoopGuardTests/|CompletionTagTests|BufferPoolTests|RingErrorTests|RingTimeoutTests|FNV1a64Tests|LoadAddressTests|SamplingParserTests|SamplingSessionTests|ReplyComparisonTests|CompareSessionTests|DumpTests|ZeroCopySendsTests|DocsTests|ConfigFileTests|ConfigDiffTests|MirrorSlotsTests|ReloadSessionTests|FirstHourUnitTests|FirstHourVerdictTests|HandoverProtocolTests|GatherMessageTests|FuzzRegressionTests|TLSStreamTests
 check: build
 	swift test --skip-build --filter '$(CHECK_SUITES)'
 
