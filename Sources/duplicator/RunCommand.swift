@@ -167,6 +167,8 @@ struct ProxyOptions: ParsableArguments {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
+    @OptionGroup(title: "TLS") var tls: TLSOptions
+
     /// "with io_uring (defer)", "with epoll (--backend epoll)", or epoll and why io_uring cannot run.
     static func backendNote(_ proxy: Proxy) -> String {
         let (kind, fallbackReason) = proxy.backend ?? (.ioUring, nil)
@@ -254,6 +256,8 @@ struct ProxyOptions: ParsableArguments {
         config.waitBatchTimeoutUs = Int((try DurationParser.nanoseconds(waitBatchTimeout) + 999) / 1000)
         config.mirrorSlots = mirrorSlots ?? (configFile != nil ? max(Self.mirrorSlotsWithConfig, mirrors.count) : nil)
         try config.validate()
+        // Last: the files are read only once everything else is right.
+        config.tls = try tls.settings()
         return config
     }
 

@@ -114,6 +114,9 @@ public struct Config: Sendable {
     /// send (an error at start where the kernel has none), `off` never.
     public var zeroCopy = Defaults.zeroCopy
     public var zeroCopyBytesMin = Defaults.zeroCopyBytesMin
+    /// `--tls-cert`: terminate TLS from clients; main and the mirrors get
+    /// the plaintext. Nil: the client's bytes go as they come.
+    public var tls: TLSSettings?
     /// Free slots lent to the kernel at a time, at most (see `ProvidedBuffers`).
     public var providedWindowSlots = 512
 

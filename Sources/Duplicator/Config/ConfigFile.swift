@@ -72,6 +72,10 @@ public struct ConfigFile: Equatable, Sendable {
         Key(name: "mirror-turn-timeout", kind: .value, short: nil),
         Key(name: "mirror-slots", kind: .value, short: nil),
         Key(name: "log-level", kind: .value, short: nil),
+        Key(name: "tls-cert", kind: .value, short: nil),
+        Key(name: "tls-key", kind: .value, short: nil),
+        Key(name: "tls-alpn", kind: .value, short: nil),
+        Key(name: "tls-handshake-timeout", kind: .value, short: nil),
     ]
 
     static let keysByName: [String: Key] = Dictionary(uniqueKeysWithValues: keys.map { ($0.name, $0) })

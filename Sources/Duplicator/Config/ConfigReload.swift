@@ -171,6 +171,13 @@ public struct ConfigDiff: Equatable, Sendable {
         check("mirror-batch-delay", \.mirrorBatchDelayUs)
         check("mirror-turn-timeout", \.mirrorTurnTimeoutUs)
         check("mirror-turns", \.mirrorTurns)
+        // TLS: on or off is the listener's protocol; the certificate and key
+        // (read again at each reload: a renewal keeps their paths), the
+        // ALPN list and the timeout apply to new clients' handshakes.
+        check("tls-cert", { $0.tls != nil }, live: false, why: "TLS on or off changes what clients speak")
+        check("tls-cert", { $0.tls.map { [$0.certificatePath, $0.keyPath, $0.filesDigest] } })
+        check("tls-alpn", { $0.tls?.alpn })
+        check("tls-handshake-timeout", { $0.tls?.handshakeTimeoutMs })
     }
 
     public var isEmpty: Bool { applied.isEmpty && refused.isEmpty }
