@@ -7,7 +7,7 @@
 #   package            the suites that need it
 #   liburing-dev       everything (the proxy's build)
 #   libssl-dev         everything (the proxy's build: TLS termination)
-#   openssl            TLSStreamTests, TLSIntegrationTests (certificates made at test time, s_client)
+#   openssl            TLSStreamTests, TLSIntegrationTests (certificates made at test time, s_client; nginx and curl too)
 #   make pkg-config    the build;  python3: the man pages (scripts/manpage.py)
 #   nginx libnginx-mod-stream  RealPeerTests, ProxyProtocolPeerTests (nginx's stream module reads PROXY headers)
 #   haproxy            RealPeerTests, ProxyProtocolPeerTests
