@@ -258,6 +258,10 @@ struct ProxyOptions: ParsableArguments {
         try config.validate()
         // Last: the files are read only once everything else is right.
         config.tls = try tls.settings()
+        (config.forwardTLS, config.mirrorTLS) = try tls.upstream(main: config.main)
+        if config.sendProxy != nil && (config.forwardTLS != nil || config.mirrorTLS != nil) {
+            throw ConfigError("--send-proxy with --forward-tls or --mirror-tls: the PROXY header would have to go before the handshake, which is not supported; use one of them")
+        }
         return config
     }
 

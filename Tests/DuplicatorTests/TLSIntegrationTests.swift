@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 import Testing
 @testable import Duplicator
 import LoadTools
@@ -85,7 +86,7 @@ struct TLSIntegrationTests {
 
         let garbled = try TLSTestClient(port: proxy.port, context: client)
         garbled.sendRaw([0x17, 0x03, 0x03, 0x00, 0x20] + [UInt8](repeating: 0xab, count: 32))
-        #expect(garbled.waitForEnd(timeoutSeconds: 5), "garbage after the handshake did not end the session")
+        #expect(garbled.waitForEnd(timeoutSeconds: 5), "garbage after the handshake did not end the session: \(proxy.standardError)")
         #expect(eventually { metric(metricsPort, "duplicator_tls_errors_total") == 1 })
         #expect(eventually { metric(metricsPort, "duplicator_sessions_ended_total{cause=\"client_error\"}") == 1 })
 
@@ -135,7 +136,100 @@ struct TLSIntegrationTests {
         #expect(proxy.total { $0.sessionsEndedByTLSHandshake.value } == 0)
     }
 
+    @Test("--forward-tls to an nginx TLS main (verified against --forward-ca) and --mirror-tls to an nginx TLS mirror; a wrong CA fails the session as main_connect_failure",
+          .enabled(if: Peers.runnable("nginx", "curl"), "needs nginx and curl"), arguments: Config.Backend.tested)
+    func forwardAndMirrorTLS(backend: Config.Backend) throws {
+        let directory = try RealPeerTests.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let main = try nginxTLS(directory + "/main")
+        let mirror = try nginxTLS(directory + "/mirror")
+        func logged(_ server: RealPeerTests.ServerProcess) -> Int {
+            let text = (try? String(contentsOfFile: server.directory + "/access.log", encoding: .utf8)) ?? ""
+            return text.split(separator: "\n").filter { $0.contains("/upstream-") }.count
+        }
+        let verified = try UpstreamTLSSettings(caPath: certificates.certificatePath, serverName: "localhost")
+        let mirrorVerified = try UpstreamTLSSettings(caPath: certificates.certificatePath, serverName: nil, caFlag: "--mirror-ca")
+        let proxy = try startProxy(backend: backend, main: main.port, mirrors: [mirror.port]) {
+            $0.forwardTLS = verified
+            $0.mirrorTLS = mirrorVerified
+        }
+        let urls = (0..<5).map { "http://127.0.0.1:\(proxy.port)/upstream-\($0)" }
+        let result = try runProgram(try Peers.require("curl"), ["-sS"] + urls, timeoutSeconds: 30)
+        #expect(result.status == 0, "\(result.standardError)")
+        #expect(result.standardOutput == String(repeating: "hello over tls\n", count: 5))
+        #expect(eventually { logged(main) == 5 }, "main logged \(logged(main))")
+        #expect(eventually { logged(mirror) == 5 }, "the TLS mirror logged \(logged(mirror))")
+        #expect(eventually { proxy.activeSessions == 0 })
+        proxy.shutdown()
+
+        let other = try certificates.another("wrong-ca")
+        let wrong = try UpstreamTLSSettings(caPath: other.certificatePath, serverName: "localhost")
+        let refusing = try startProxy(backend: backend, main: main.port, mirrors: []) { $0.forwardTLS = wrong }
+        defer { refusing.shutdown() }
+        let refused = try runProgram(try Peers.require("curl"), ["-sS", "http://127.0.0.1:\(refusing.port)/upstream-wrong"],
+                                     timeoutSeconds: 15)
+        #expect(refused.status != 0, "a main whose certificate does not verify was sent the request")
+        #expect(eventually { refusing.total { $0.sessionsEndedByMainConnectFailure.value } == 1 })
+        #expect(logged(main) == 5, "the request reached main over an unverified connection")
+    }
+
+    @Test("an unreadable or mismatched certificate or key: one line and a non-zero exit, at start and with --check")
+    func badFilesAreOneLine() throws {
+        let binary = try builtBinary("duplicator")
+        let other = try certificates.another("other")
+        let base = ["-l", "127.0.0.1:0", "-f", "127.0.0.1:1"]
+        let cases: [([String], String)] = [
+            (["--tls-cert", certificates.folder + "/missing.pem", "--tls-key", certificates.keyPath], "No such file"),
+            (["--tls-cert", certificates.certificatePath, "--tls-key", other.keyPath], "does not match"),
+            (["--tls-cert", certificates.keyPath, "--tls-key", certificates.keyPath], "not a PEM certificate"),
+            (["--tls-cert", certificates.certificatePath], "--tls-cert needs --tls-key"),
+            (["--forward-tls", "--forward-ca", certificates.folder + "/missing.pem"], "--forward-ca"),
+        ]
+        for (arguments, expected) in cases {
+            for check in [[], ["--check"]] {
+                let result = try runProgram(binary, base + arguments + check, timeoutSeconds: 10)
+                #expect(result.status != 0, "\(arguments) \(check) was accepted")
+                #expect(result.errorLines.count == 1 && result.standardError.contains(expected), "\(arguments): \(result.standardError)")
+            }
+        }
+        let fine = try runProgram(binary, base + tlsArguments + ["--check"], timeoutSeconds: 10)
+        #expect(fine.status == 0, "\(fine.standardError)")
+        #expect(fine.standardOutput.contains("TLS from clients: certificate \(certificates.certificatePath)"))
+    }
+
     // MARK: - Helpers
+
+    /// nginx over TLS (the test certificate) answering "hello over tls" at every path.
+    func nginxTLS(_ directory: String) throws -> RealPeerTests.ServerProcess {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        for path in [certificates.folder, directory] { chmod(path, 0o755) }
+        chmod(certificates.keyPath, 0o644)
+        let port = freePort()
+        let config = """
+        worker_processes 1;
+        daemon off;
+        error_log \(directory)/error.log;
+        pid \(directory)/nginx.pid;
+        events { worker_connections 256; }
+        http {
+            access_log \(directory)/access.log;
+            client_body_temp_path \(directory)/body;
+            proxy_temp_path \(directory)/proxy;
+            fastcgi_temp_path \(directory)/fastcgi;
+            uwsgi_temp_path \(directory)/uwsgi;
+            scgi_temp_path \(directory)/scgi;
+            server {
+                listen 127.0.0.1:\(port) ssl;
+                ssl_certificate \(certificates.certificatePath);
+                ssl_certificate_key \(certificates.keyPath);
+                location / { return 200 "hello over tls\\n"; }
+            }
+        }
+        """
+        try config.write(toFile: directory + "/nginx.conf", atomically: true, encoding: .utf8)
+        return try RealPeerTests.ServerProcess(try Peers.require("nginx"), ["-p", directory, "-c", directory + "/nginx.conf"],
+                                               port: port, directory: directory)
+    }
 
     /// `openssl s_client` with `payload` on its stdin: what it printed once
     /// as many bytes came back (or 15 s passed); then its stdin closes.
@@ -154,8 +248,14 @@ struct TLSIntegrationTests {
             if process.isRunning { kill(process.processIdentifier, SIGKILL) }
             process.waitUntilExit()
         }
+        // Written on a thread of its own: s_client stops reading its stdin
+        // while its stdout is full, and more than a pipe holds comes back.
         let writer = input.fileHandleForWriting
-        try writer.write(contentsOf: Data(payload))
+        let written = Atomic<Bool>(false)
+        try detachedThread {
+            try? writer.write(contentsOf: Data(payload))
+            written.store(true, ordering: .releasing)
+        }
         var received: [UInt8] = []
         let reader = output.fileHandleForReading.fileDescriptor
         let deadline = monotonicSeconds() + 15
@@ -167,6 +267,7 @@ struct TLSIntegrationTests {
             if count <= 0 { break }
             received += buffer[0..<count]
         }
+        _ = eventually(timeoutSeconds: 5) { written.load(ordering: .acquiring) }
         try writer.close()
         _ = eventually(timeoutSeconds: 5) { !process.isRunning }
         return received

@@ -117,6 +117,10 @@ public struct Config: Sendable {
     /// `--tls-cert`: terminate TLS from clients; main and the mirrors get
     /// the plaintext. Nil: the client's bytes go as they come.
     public var tls: TLSSettings?
+    /// `--forward-tls`: TLS towards main, verified; nil: plain.
+    public var forwardTLS: UpstreamTLSSettings?
+    /// `--mirror-tls`: TLS towards every mirror, verified; nil: plain.
+    public var mirrorTLS: UpstreamTLSSettings?
     /// Free slots lent to the kernel at a time, at most (see `ProvidedBuffers`).
     public var providedWindowSlots = 512
 

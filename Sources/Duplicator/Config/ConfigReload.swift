@@ -178,6 +178,10 @@ public struct ConfigDiff: Equatable, Sendable {
         check("tls-cert", { $0.tls.map { [$0.certificatePath, $0.keyPath, $0.filesDigest] } })
         check("tls-alpn", { $0.tls?.alpn })
         check("tls-handshake-timeout", { $0.tls?.handshakeTimeoutMs })
+        check("forward-tls", { $0.forwardTLS != nil }, live: false, why: "TLS on or off changes what main speaks")
+        check("forward-ca", { $0.forwardTLS.map { [$0.caPath ?? "", $0.serverName ?? "", $0.filesDigest] } })
+        check("mirror-tls", { $0.mirrorTLS != nil }, live: false, why: "TLS on or off changes what the mirrors speak")
+        check("mirror-ca", { $0.mirrorTLS.map { [$0.caPath ?? "", $0.filesDigest] } })
     }
 
     public var isEmpty: Bool { applied.isEmpty && refused.isEmpty }

@@ -137,20 +137,18 @@ public final class WorkerCore<Backend: WorkerBackend> {
     public var nextTickMs: UInt64 { tickDueMs }
     private var nextIdleCheckMs: UInt64 = 0
     /// `--tls-cert`: the context new clients' handshakes use, and, once
-    /// started, the layer the sessions' IO goes through (`TLSClientIO`).
-    private var tlsContext: TLSContext?
-    private var tlsHandshakeTimeoutMs: Int
-    public private(set) var tls: TLSClientIO<Backend>?
+    /// started, the layer the sessions' IO goes through (`TLSSessionIO`).
+    private var tlsContexts: TLSSessionIO<Backend>.Contexts
+    public private(set) var tls: TLSSessionIO<Backend>?
     private var rejectLog = RateLimitedLog(intervalMs: 10_000)
     private var acceptErrorLog = RateLimitedLog(intervalMs: 5_000)
     private var unknownCompletionLogged = false
 
     public init(context: SessionContext, table: SessionTable, waiters: BufferWaiters, timers: SessionTimers,
                 idleTimeoutMs: Int, drainTimeoutMs: Int, stats: WorkerStats, allStats: [WorkerStats],
-                mirrorNames: [String], tls: TLSContext? = nil, tlsHandshakeTimeoutMs: Int = Defaults.tlsHandshakeTimeoutMs,
+                mirrorNames: [String], tls: TLSSessionIO<Backend>.Contexts = .init(),
                 logger: Logger = Logger(label: "duplicator")) {
-        self.tlsContext = tls
-        self.tlsHandshakeTimeoutMs = tlsHandshakeTimeoutMs
+        self.tlsContexts = tls
         self.context = context
         self.table = table
         self.waiters = waiters
@@ -168,9 +166,9 @@ public final class WorkerCore<Backend: WorkerBackend> {
 
     public func start(io: Backend) {
         tickDueMs = context.nowMs + Self.tickMs
-        if let tlsContext {
-            tls = TLSClientIO(backend: io, table: table, context: context, tls: tlsContext,
-                              handshakeTimeoutMs: tlsHandshakeTimeoutMs, logger: logger)
+        if !tlsContexts.isEmpty {
+            tls = TLSSessionIO(backend: io, table: table, context: context, contexts: tlsContexts, logger: logger)
+            tls?.adopt(mirrorNames: mirrorNames)
         }
         armAccept(io: io)
     }
@@ -203,23 +201,28 @@ public final class WorkerCore<Backend: WorkerBackend> {
             break
         }
         if let slot = completion.selectedBuffer { io.bufferTaken(slot) }
+        var result = completion.result
+        if kind == .connect && io.loopCheckNeeded, let session = table.session(for: tag) {
+            let leg = Leg(tag)
+            if io.connectLooped(fd: session.legs[leg].fd, leg: leg, result: result) { result = -ELOOP }
+        }
         if let tls {
-            // The client's bytes are ciphertext: decrypted before the session sees them.
-            if kind == .recv && Leg(tag) == .client {
-                tls.clientReceived(tag: tag, result: completion.result, slot: completion.selectedBuffer)
+            // A TLS leg's bytes are ciphertext: decrypted before the session
+            // sees them; its connect is done, to the session, after its handshake.
+            if kind == .recv && tls.isEncrypted(Leg(tag)) {
+                tls.received(tag: tag, result: result, slot: completion.selectedBuffer)
                 return
             }
-            if case .stale = table.deliver(kind, tag: tag, result: completion.result,
+            if kind == .connect && tls.isEncrypted(Leg(tag)) {
+                tls.connected(tag: tag, result: result)
+                return
+            }
+            if case .stale = table.deliver(kind, tag: tag, result: result,
                                            selectedBuffer: completion.selectedBuffer, io: tls),
                let slot = completion.selectedBuffer {
                 io.recycle(slot: slot)
             }
             return
-        }
-        var result = completion.result
-        if kind == .connect && io.loopCheckNeeded, let session = table.session(for: tag) {
-            let leg = Leg(tag)
-            if io.connectLooped(fd: session.legs[leg].fd, leg: leg, result: result) { result = -ELOOP }
         }
         if case .stale = table.deliver(kind, tag: tag, result: result, selectedBuffer: completion.selectedBuffer, io: io),
            let slot = completion.selectedBuffer {
@@ -291,9 +294,12 @@ public final class WorkerCore<Backend: WorkerBackend> {
                 // accept was cancelled has connected (after a handover, the
                 // listener lives on in the new process): serve it, not reset it.
                 io.admit(fd: fd, session: session)
-                if let tls {
+                if let tls, tls.terminatesClients {
                     // The session starts once its client's handshake is done.
                     tls.begin(fd: fd, session: session)
+                } else if let tls {
+                    session.start(clientFD: fd, io: tls)
+                    if !session.isActive { table.free(session) }
                 } else {
                     session.start(clientFD: fd, io: io)
                     if !session.isActive { table.free(session) }
@@ -334,11 +340,9 @@ public final class WorkerCore<Backend: WorkerBackend> {
         let new = generation.config.idleTimeoutMs
         if new > 0 { idleTimeoutMs = idleTimeoutMs == 0 ? new : min(idleTimeoutMs, new) }
         // New clients' handshakes take the reloaded certificate; live streams keep theirs.
-        if let settings = generation.config.tls {
-            tlsContext = settings.context
-            tlsHandshakeTimeoutMs = settings.handshakeTimeoutMs
-            tls?.adopt(tls: settings.context, handshakeTimeoutMs: settings.handshakeTimeoutMs)
-        }
+        tlsContexts = generation.config.tlsContexts()
+        tls?.adopt(tlsContexts)
+        tls?.adopt(mirrorNames: mirrorNames)
     }
 
     // MARK: - Time

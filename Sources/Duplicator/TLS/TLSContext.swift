@@ -81,14 +81,14 @@ public final class TLSContext: @unchecked Sendable {
     /// A client context (towards main or a mirror): the peer's certificate
     /// is verified against `caPath` (PEM), or the system's store when nil,
     /// and its name against `serverName`.
-    public static func client(caPath: String?, serverName: String?, alpn: [String] = [])
+    public static func client(caPath: String?, serverName: String?, alpn: [String] = [], caFlag: String = "--forward-ca")
         throws(TLSConfigurationError) -> TLSContext {
-        if let caPath { try readable(caPath, what: "--forward-ca") }
+        if let caPath { try readable(caPath, what: caFlag) }
         let tls = try make(method: TLS_client_method(), role: .client, alpn: alpn, serverName: serverName)
         ERR_clear_error()
         if let caPath {
             guard SSL_CTX_load_verify_locations(tls.context, caPath, nil) == 1 else {
-                throw TLSConfigurationError("--forward-ca \(caPath): no PEM certificate in it (\(lastErrorText()))")
+                throw TLSConfigurationError("\(caFlag) \(caPath): no PEM certificate in it (\(lastErrorText()))")
             }
         } else {
             guard SSL_CTX_set_default_verify_paths(tls.context) == 1 else {

@@ -50,3 +50,59 @@ public struct TLSSettings: Sendable {
             + "main and mirrors get the plaintext"
     }
 }
+
+/// The TLS contexts of each kind of leg, as a worker's sessions use them; nil: that leg is plain.
+public struct TLSContexts: Sendable {
+    public var clients: TLSContext?
+    public var main: TLSContext?
+    public var mirrors: TLSContext?
+    public var handshakeTimeoutMs: Int
+
+    public init(clients: TLSContext? = nil, main: TLSContext? = nil, mirrors: TLSContext? = nil,
+                handshakeTimeoutMs: Int = Defaults.tlsHandshakeTimeoutMs) {
+        self.clients = clients
+        self.main = main
+        self.mirrors = mirrors
+        self.handshakeTimeoutMs = handshakeTimeoutMs
+    }
+
+    public var isEmpty: Bool { clients == nil && main == nil && mirrors == nil }
+
+    func context(for leg: Leg) -> TLSContext? {
+        leg == .client ? clients : leg == .main ? main : mirrors
+    }
+}
+
+/// `--forward-tls` (and `--mirror-tls`): TLS from the proxy to main (or the
+/// mirrors), the peer's certificate verified against a CA file or the
+/// system's store, and its name against the server name.
+public struct UpstreamTLSSettings: Sendable {
+    public let caPath: String?
+    public let serverName: String?
+    public let context: TLSContext
+    /// What the CA file held when read, as `TLSSettings.filesDigest`.
+    public let filesDigest: String
+
+    public init(caPath: String?, serverName: String?, caFlag: String = "--forward-ca") throws(TLSConfigurationError) {
+        self.caPath = caPath
+        self.serverName = serverName
+        context = try TLSContext.client(caPath: caPath, serverName: serverName, caFlag: caFlag)
+        filesDigest = caPath.map { TLSSettings.digest($0) } ?? ""
+    }
+}
+
+extension UpstreamTLSSettings {
+    /// For `--check` and the log at start.
+    public func summary(_ towards: String) -> String {
+        "TLS to \(towards): verified against \(caPath ?? "the system's CA store")"
+            + (serverName.map { ", name \($0)" } ?? ", each mirror's host as its name")
+    }
+}
+
+extension Config {
+    /// What a worker's sessions take their TLS from.
+    public func tlsContexts() -> TLSContexts {
+        TLSContexts(clients: tls?.context, main: forwardTLS?.context, mirrors: mirrorTLS?.context,
+                    handshakeTimeoutMs: tls?.handshakeTimeoutMs ?? Defaults.tlsHandshakeTimeoutMs)
+    }
+}

@@ -48,7 +48,9 @@ public final class TLSStream {
     private let outgoing: OpaquePointer
     public private(set) var state = HandshakeState.inProgress
 
-    public init(context: TLSContext) {
+    /// - Parameter serverName: for a client, the name to send (SNI) and
+    ///   check the certificate against, instead of the context's.
+    public init(context: TLSContext, serverName: String? = nil) {
         ssl = SSL_new(context.context)!
         incoming = BIO_new(BIO_s_mem())!
         outgoing = BIO_new(BIO_s_mem())!
@@ -61,7 +63,7 @@ public final class TLSStream {
             SSL_set_accept_state(ssl)
         case .client:
             SSL_set_connect_state(ssl)
-            if let name = context.serverName {
+            if let name = serverName ?? context.serverName {
                 if Self.isAddress(name) {
                     _ = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name)
                 } else {

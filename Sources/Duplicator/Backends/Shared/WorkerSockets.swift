@@ -267,8 +267,7 @@ struct WorkerParts {
                    idleTimeoutMs: config.idleTimeoutMs, drainTimeoutMs: config.drainTimeoutMs, stats: stats,
                    allStats: allStats,
                    mirrorNames: config.mirrors.map(\.text) + Array(repeating: "", count: config.mirrorSlotCount - config.mirrors.count),
-                   tls: config.tls?.context, tlsHandshakeTimeoutMs: config.tls?.handshakeTimeoutMs ?? Defaults.tlsHandshakeTimeoutMs,
-                   logger: logger)
+                   tls: config.tlsContexts(), logger: logger)
     }
 }
 

@@ -1,14 +1,19 @@
 import Glibc
 import Ring
 
-/// The TLS side of one client connection (`--tls-cert`): its stream, where
-/// its handshake is, the ciphertext being sent, and which of its session's
-/// requests on the client leg wait for that ciphertext to be sent.
-struct TLSClientLeg {
+/// The TLS side of one leg of a session: the client's (`--tls-cert`), or
+/// main's (`--forward-tls`) or a mirror's (`--mirror-tls`): its stream,
+/// where its handshake is, the ciphertext being sent, and which of its
+/// session's requests on the leg wait for that ciphertext to be sent.
+struct TLSLeg {
     enum Phase: UInt8 {
-        /// No client: the session's place is free or plain.
+        /// No connection: the session's place is free, or the leg is not open.
         case idle
-        /// The handshake runs; the session has not started (nothing connects to main or a mirror).
+        /// Main's or a mirror's TCP connect is in flight.
+        case connecting
+        /// The handshake runs. The client's: the session has not started
+        /// (nothing connects to main or a mirror). Main's or a mirror's: the
+        /// session's connect has not completed yet, to the session.
         case handshaking
         /// The session runs over the stream.
         case established
@@ -22,6 +27,9 @@ struct TLSClientLeg {
 
     var phase = Phase.idle
     var session: UInt32
+    let leg: Leg
+    /// Main's or a mirror's: the session's connect, completed once the handshake is done.
+    var connectTag: CompletionTag?
     var fd: Int32 = -1
     /// Tags the TLS layer's own operations (`tlsRecv`, `tlsSend`): a reused place's late completions are recognised.
     var generation: UInt16 = 0
@@ -52,14 +60,17 @@ struct TLSClientLeg {
     var proxyHeader: [UInt8] = []
     var proxyHeaderRead = false
 
-    init(session: UInt32) { self.session = session }
+    init(session: UInt32, leg: Leg) {
+        self.session = session
+        self.leg = leg
+    }
 
     var hasOperationsInFlight: Bool { receiving || sending }
 
     /// Starts a new client on this place.
     mutating func begin(fd: Int32, stream: TLSStream, deadlineMs: UInt64) {
         precondition(phase == .idle && output == nil)
-        self = TLSClientLeg(session: session, generation: generation &+ 1)
+        self = TLSLeg(session: session, leg: leg, generation: generation &+ 1)
         phase = .handshaking
         self.fd = fd
         self.stream = stream
@@ -67,18 +78,19 @@ struct TLSClientLeg {
         output = .allocate(byteCount: Self.outputBytesMax, alignment: 16)
     }
 
-    private init(session: UInt32, generation: UInt16) {
+    private init(session: UInt32, leg: Leg, generation: UInt16) {
         self.session = session
+        self.leg = leg
         self.generation = generation
     }
 
     /// The stream and the output buffer go; the place can take a new client.
     mutating func release() {
         output?.deallocate()
-        self = TLSClientLeg(session: session, generation: generation)
+        self = TLSLeg(session: session, leg: leg, generation: generation)
     }
 
     func tag(_ kind: OperationKind) -> CompletionTag {
-        CompletionTag(kind: kind, leg: .client, generation: generation, session: session)
+        CompletionTag(kind: kind, leg: leg, generation: generation, session: session)
     }
 }

@@ -2,9 +2,10 @@ import Glibc
 import Logging
 import Ring
 
-/// `--tls-cert`: TLS termination of the client leg, between the sessions
-/// and the backend (io_uring or epoll alike), so that `Session`'s
-/// forwarding stays what it is and sees only plaintext.
+/// TLS on a session's legs, between the sessions and the backend (io_uring
+/// or epoll alike), so that `Session`'s forwarding stays what it is and
+/// sees only plaintext: the client's leg with `--tls-cert` (termination),
+/// main's with `--forward-tls`, the mirrors' with `--mirror-tls`.
 ///
 /// - A new client's handshake runs here first, on the ring's receives and
 ///   sends, with the session's place taken but the session not started:
@@ -19,34 +20,67 @@ import Ring
 ///   output buffer and complete, to the session, once all their ciphertext
 ///   is sent: back-pressure stays end to end.
 ///
+/// - Main's and a mirror's handshake runs once their TCP connect succeeded;
+///   the session is told of the connect when the handshake is done (or
+///   that it failed, e.g. a certificate that does not verify).
+///
 /// Completions of what is answered here without the kernel (plaintext
 /// already decrypted, a send already failed) are queued and delivered by
 /// `deliverQueued`, never from inside a session's request.
-public final class TLSClientIO<Backend: WorkerBackend>: SessionIO {
+public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
+    public typealias Contexts = TLSContexts
+
     unowned(unsafe) let backend: Backend
     private let table: SessionTable
     private let context: SessionContext
-    private var tls: TLSContext
-    private var handshakeTimeoutMs: Int
-    private var legs: [TLSClientLeg]
+    private var contexts: Contexts
+    /// Per session, a place for each of its legs (`legsPerSession`).
+    private let legsPerSession: Int
+    private var legs: [TLSLeg]
     /// Legs whose session let go of them (or whose handshake failed) while
     /// their own operations were in flight: closed when those complete.
-    private var draining: [TLSClientLeg] = []
+    private var draining: [TLSLeg] = []
     private var handshakesInProgress = 0
+    /// `--mirror-tls`: each mirror slot's host, the name its certificate must have.
+    private var mirrorHosts: [String] = []
     private var queued: [WorkerCompletion] = []
     private var queuedHead = 0
     private let logger: Logger
     private var failureLog = RateLimitedLog(intervalMs: 10_000)
 
-    init(backend: Backend, table: SessionTable, context: SessionContext, tls: TLSContext, handshakeTimeoutMs: Int,
-         logger: Logger) {
+    init(backend: Backend, table: SessionTable, context: SessionContext, contexts: Contexts, logger: Logger) {
         self.backend = backend
         self.table = table
         self.context = context
-        self.tls = tls
-        self.handshakeTimeoutMs = handshakeTimeoutMs
+        self.contexts = contexts
         self.logger = logger
-        legs = (0..<table.capacity).map { TLSClientLeg(session: UInt32($0)) }
+        let perSession = Leg.count(mirrors: context.limits.mirrorCount)
+        legsPerSession = perSession
+        legs = (0..<(table.capacity * perSession)).map {
+            TLSLeg(session: UInt32($0 / perSession), leg: Leg(rawValue: UInt8($0 % perSession)))
+        }
+    }
+
+    /// The mirror slots' addresses as written (`host:port`), at start and after a reload.
+    func adopt(mirrorNames: [String]) {
+        mirrorHosts = mirrorNames.map { text in
+            let host = (try? Endpoint(parsing: text, role: .connect))?.host ?? "127.0.0.1"
+            return host.isEmpty ? "127.0.0.1" : host
+        }
+    }
+
+    /// Clients' handshakes come before their sessions (`begin`).
+    var terminatesClients: Bool { contexts.clients != nil }
+
+    @inline(__always)
+    func isEncrypted(_ leg: Leg) -> Bool { contexts.context(for: leg) != nil }
+
+    @inline(__always)
+    private func place(_ tag: CompletionTag) -> Int? {
+        let leg = Int(tag.leg)
+        guard leg < legsPerSession else { return nil }
+        let index = Int(tag.session) &* legsPerSession &+ leg
+        return index < legs.count ? index : nil
     }
 
     deinit {
@@ -54,10 +88,13 @@ public final class TLSClientIO<Backend: WorkerBackend>: SessionIO {
         for index in draining.indices { draining[index].release() }
     }
 
-    /// A reload: new clients get the new certificate; live ones keep theirs (their stream holds its context).
-    func adopt(tls: TLSContext, handshakeTimeoutMs: Int) {
-        self.tls = tls
-        self.handshakeTimeoutMs = handshakeTimeoutMs
+    /// A reload: new connections get the new contexts (a renewed certificate);
+    /// live ones keep theirs (their stream holds its context).
+    func adopt(_ contexts: Contexts) {
+        // TLS on or off for a kind of leg needs a new process (`ConfigDiff`).
+        guard (contexts.clients == nil) == (self.contexts.clients == nil), (contexts.main == nil) == (self.contexts.main == nil),
+              (contexts.mirrors == nil) == (self.contexts.mirrors == nil) else { return }
+        self.contexts = contexts
     }
 
     public var pool: BufferPool { backend.pool }
@@ -67,12 +104,37 @@ public final class TLSClientIO<Backend: WorkerBackend>: SessionIO {
 
     /// A client was accepted into `session`'s place (taken from the table, not started).
     func begin(fd: Int32, session: Session) {
-        let index = Int(session.index)
-        legs[index].begin(fd: fd, stream: TLSStream(context: tls),
-                          deadlineMs: context.nowMs + UInt64(max(1, handshakeTimeoutMs)))
+        guard let clients = contexts.clients else { return }
+        let index = Int(session.index) &* legsPerSession
+        legs[index].begin(fd: fd, stream: TLSStream(context: clients),
+                          deadlineMs: context.nowMs + UInt64(max(1, contexts.handshakeTimeoutMs)))
         legs[index].proxyHeaderRead = !context.sessionLimits.acceptProxy
         handshakesInProgress += 1
         context.stats.tlsHandshakesActive.bump()
+        armHandshakeReceive(index)
+    }
+
+    /// Main's or a mirror's TCP connect completed (`tag` is the session's):
+    /// on success its handshake starts, and the session hears of the connect
+    /// when it is done; a failure goes to the session as it is.
+    func connected(tag: CompletionTag, result: Int32) {
+        guard result >= 0, let index = place(tag), legs[index].phase == .connecting,
+              let tls = contexts.context(for: Leg(tag)), table.session(for: tag) != nil else {
+            if let index = place(tag), legs[index].phase == .connecting { legs[index].release() }
+            deliverToSession(tag, result: result, slot: nil)
+            return
+        }
+        let fd = legs[index].fd
+        let leg = Leg(tag)
+        let name = leg.isMirror && leg.mirrorIndex < mirrorHosts.count ? mirrorHosts[leg.mirrorIndex] : nil
+        legs[index].phase = .idle
+        legs[index].begin(fd: fd, stream: TLSStream(context: tls, serverName: name),
+                          deadlineMs: context.nowMs + UInt64(max(1, contexts.handshakeTimeoutMs)))
+        legs[index].connectTag = tag
+        legs[index].proxyHeaderRead = true
+        handshakesInProgress += 1
+        legs[index].stream?.handshake()
+        flush(index)
         armHandshakeReceive(index)
     }
 
@@ -83,8 +145,8 @@ public final class TLSClientIO<Backend: WorkerBackend>: SessionIO {
 
     /// A completion of this layer's own operations (`tlsRecv`, `tlsSend`).
     func completed(_ kind: OperationKind, tag: CompletionTag, result: Int32, slot: UInt32?) {
-        let index = Int(tag.session)
-        guard index < legs.count, legs[index].generation == tag.generation, legs[index].phase != .idle else {
+        guard let index = place(tag), legs[index].generation == tag.generation, legs[index].phase != .idle,
+              legs[index].phase != .connecting else {
             if let slot { backend.recycle(slot: slot) }
             drained(kind, tag: tag)
             return
@@ -147,22 +209,45 @@ public final class TLSClientIO<Backend: WorkerBackend>: SessionIO {
         }
     }
 
-    /// The handshake succeeded: the session starts over the stream.
+    /// The handshake succeeded: the client's session starts over the stream;
+    /// main's or a mirror's connect completes, to the session.
     private func established(_ index: Int) {
         legs[index].phase = .established
         handshakesInProgress -= 1
+        if let connectTag = legs[index].connectTag {
+            legs[index].connectTag = nil
+            deliverToSession(connectTag, result: 0, slot: nil)
+            return
+        }
         context.stats.tlsHandshakesActive.drop()
         let fd = legs[index].fd
-        table.withSession(at: UInt32(index)) { session in
+        table.withSession(at: legs[index].session) { session in
             session.start(clientFD: fd, io: self)
             if !session.isActive { table.free(session) }
         }
+    }
+
+    /// Main's or a mirror's handshake failed: to the session, its connect
+    /// failed (main's ends the session as `main_connect_failure`, a
+    /// mirror's drops it for the session); the session then closes it.
+    private func failUpstreamHandshake(_ index: Int, reason: String) {
+        guard legs[index].phase == .handshaking, let connectTag = legs[index].connectTag else { return }
+        handshakesInProgress -= 1
+        legs[index].connectTag = nil
+        legs[index].phase = .established
+        legs[index].sendError = -EPROTO
+        if failureLog.allow(nowMs: context.nowMs) {
+            logger.warning("TLS handshake with \(legs[index].leg) failed: \(reason)\(failureLog.suppressedNote)")
+        }
+        // Queued: a cancel by the session itself gets here (never a completion inside its own request).
+        enqueue(connectTag, result: legs[index].cancelled ? -ECANCELED : -EPROTO)
     }
 
     /// Ends a client whose handshake failed: nothing reached main or a
     /// mirror; its place goes back to the table.
     private func failHandshake(_ index: Int, reason: String, badProxyHeader: Bool = false) {
         guard legs[index].phase == .handshaking else { return }
+        if legs[index].connectTag != nil { return failUpstreamHandshake(index, reason: reason) }
         handshakesInProgress -= 1
         let stats = context.stats
         stats.tlsHandshakesActive.drop()
@@ -174,7 +259,7 @@ public final class TLSClientIO<Backend: WorkerBackend>: SessionIO {
             logger.notice("TLS handshake with \(peer) failed: \(reason)\(failureLog.suppressedNote)")
         }
         legs[index].phase = .closing
-        let session = table.withSession(at: UInt32(index)) { $0 }
+        let session = table.withSession(at: legs[index].session) { $0 }
         letGo(index, closeTag: legs[index].tag(.close))
         table.free(session)
     }
@@ -199,11 +284,12 @@ public final class TLSClientIO<Backend: WorkerBackend>: SessionIO {
     /// is sent, the session's send and shutdown waiting for it complete.
     private func flush(_ index: Int) {
         guard !legs[index].sending, legs[index].phase == .handshaking || legs[index].phase == .established,
+              legs[index].sendError == 0,
               let stream = legs[index].stream, let output = legs[index].output else { return }
         if legs[index].outputStart == legs[index].outputEnd {
             legs[index].outputStart = 0
             legs[index].outputEnd = stream.takeCiphertext(
-                into: UnsafeMutableRawBufferPointer(start: output, count: TLSClientLeg.outputBytesMax))
+                into: UnsafeMutableRawBufferPointer(start: output, count: TLSLeg.outputBytesMax))
         }
         let start = legs[index].outputStart
         let end = legs[index].outputEnd
@@ -238,7 +324,7 @@ public final class TLSClientIO<Backend: WorkerBackend>: SessionIO {
             failHandshake(index, reason: "send: \(RingError.describe(errno: result == 0 ? EPIPE : -result))")
             return
         }
-        // The client is gone: the session learns it from its send (and its receive).
+        // The peer is gone: the session learns it from its send (and its receive).
         let error = result == 0 ? -EPIPE : result
         legs[index].sendError = error
         legs[index].outputStart = 0
@@ -284,7 +370,9 @@ public final class TLSClientIO<Backend: WorkerBackend>: SessionIO {
 
     /// A completion of a leg in `draining`: closed once nothing is in flight.
     private func drained(_ kind: OperationKind, tag: CompletionTag) {
-        guard let position = draining.firstIndex(where: { $0.session == tag.session && $0.generation == tag.generation })
+        guard let position = draining.firstIndex(where: {
+            $0.session == tag.session && $0.leg.rawValue == tag.leg && $0.generation == tag.generation
+        })
         else { return }
         if kind == .tlsRecv { draining[position].receiving = false }
         if kind == .tlsSend { draining[position].sending = false }
@@ -323,9 +411,8 @@ public final class TLSClientIO<Backend: WorkerBackend>: SessionIO {
     /// A receive the session asked for on the client came back with
     /// ciphertext (or its end, or an error): decrypted in place into the
     /// same slot, and handed to the session; a record not yet whole asks the socket again.
-    func clientReceived(tag: CompletionTag, result: Int32, slot: UInt32?) {
-        let index = Int(tag.session)
-        guard index < legs.count, legs[index].phase == .established, let stream = legs[index].stream,
+    func received(tag: CompletionTag, result: Int32, slot: UInt32?) {
+        guard let index = place(tag), legs[index].phase == .established, let stream = legs[index].stream,
               table.session(for: tag) != nil else {
             deliverToSession(tag, result: result, slot: slot)
             return
@@ -357,18 +444,17 @@ public final class TLSClientIO<Backend: WorkerBackend>: SessionIO {
         }
     }
 
+    /// The TLS leg a session's request is for, if it is one and established.
     @inline(__always)
-    private func clientIndex(fd: Int32, tag: CompletionTag) -> Int? {
-        guard Leg(tag) == .client else { return nil }
-        let index = Int(tag.session)
-        guard index < legs.count, legs[index].phase == .established, legs[index].fd == fd else { return nil }
+    private func established(fd: Int32, tag: CompletionTag) -> Int? {
+        guard let index = place(tag), legs[index].phase == .established, legs[index].fd == fd else { return nil }
         return index
     }
 
-    // MARK: - SessionIO: the client leg through the stream, the others as they are
+    // MARK: - SessionIO: the TLS legs through their streams, the others as they are
 
     public func recv(fd: Int32, tag: CompletionTag) {
-        guard let index = clientIndex(fd: fd, tag: tag), let stream = legs[index].stream else {
+        guard let index = established(fd: fd, tag: tag), let stream = legs[index].stream else {
             backend.recv(fd: fd, tag: tag)
             return
         }
@@ -404,7 +490,7 @@ public final class TLSClientIO<Backend: WorkerBackend>: SessionIO {
     }
 
     public func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag) {
-        guard let index = clientIndex(fd: fd, tag: tag), let stream = legs[index].stream else {
+        guard let index = established(fd: fd, tag: tag), let stream = legs[index].stream else {
             backend.send(fd: fd, slot: slot, offset: offset, length: length, tag: tag)
             return
         }
@@ -419,7 +505,7 @@ public final class TLSClientIO<Backend: WorkerBackend>: SessionIO {
     }
 
     public func shutdownWrite(fd: Int32, tag: CompletionTag) {
-        guard let index = clientIndex(fd: fd, tag: tag), let stream = legs[index].stream,
+        guard let index = established(fd: fd, tag: tag), let stream = legs[index].stream,
               legs[index].sendError == 0 else {
             backend.shutdownWrite(fd: fd, tag: tag)
             return
@@ -431,12 +517,25 @@ public final class TLSClientIO<Backend: WorkerBackend>: SessionIO {
     }
 
     public func cancel(fd: Int32, tag: CompletionTag) {
-        if let index = clientIndex(fd: fd, tag: tag) { legs[index].cancelled = true }
+        if let index = place(tag), legs[index].fd == fd, legs[index].phase != .idle {
+            legs[index].cancelled = true
+            if legs[index].phase == .handshaking && legs[index].connectTag != nil {
+                // Main's or a mirror's handshake: its connect, to the session, ends cancelled.
+                backend.cancel(fd: fd, tag: tag)
+                failUpstreamHandshake(index, reason: "cancelled")
+                return
+            }
+        }
         backend.cancel(fd: fd, tag: tag)
     }
 
     public func close(fd: Int32, tag: CompletionTag) {
-        guard let index = clientIndex(fd: fd, tag: tag) else {
+        guard let index = place(tag), legs[index].fd == fd, legs[index].phase != .idle else {
+            backend.close(fd: fd, tag: tag)
+            return
+        }
+        if legs[index].phase == .connecting {
+            legs[index].release()
             backend.close(fd: fd, tag: tag)
             return
         }
@@ -446,6 +545,12 @@ public final class TLSClientIO<Backend: WorkerBackend>: SessionIO {
     public func openSocket(for leg: Leg) -> Int32 { backend.openSocket(for: leg) }
 
     public func connect(fd: Int32, leg: Leg, timeoutMs: Int, tag: CompletionTag, timeoutTag: CompletionTag) {
+        if isEncrypted(leg), let index = place(tag) {
+            // Its handshake starts when the connect completes (`connected`).
+            precondition(legs[index].phase == .idle, "a TLS leg connected twice")
+            legs[index].phase = .connecting
+            legs[index].fd = fd
+        }
         backend.connect(fd: fd, leg: leg, timeoutMs: timeoutMs, tag: tag, timeoutTag: timeoutTag)
     }
 
@@ -458,7 +563,22 @@ public final class TLSClientIO<Backend: WorkerBackend>: SessionIO {
     public func addresses(fd: Int32) -> ProxyAddresses? { backend.addresses(fd: fd) }
 
     public func sendGathered(fd: Int32, queue: SendQueue, chunks: Int, length: Int, tag: CompletionTag) {
-        backend.sendGathered(fd: fd, queue: queue, chunks: chunks, length: length, tag: tag)
+        guard let index = established(fd: fd, tag: tag), let stream = legs[index].stream else {
+            backend.sendGathered(fd: fd, queue: queue, chunks: chunks, length: length, tag: tag)
+            return
+        }
+        guard legs[index].sendError == 0 else { return enqueue(tag, result: legs[index].sendError) }
+        // A mirror's batch: its chunks into records, in order, then one flush.
+        for position in 0..<chunks {
+            let chunk = queue.chunk(at: position)
+            guard stream.write(UnsafeRawBufferPointer(start: pool.pointer(chunk.slot) + Int(chunk.offset),
+                                                      count: Int(chunk.length))) else {
+                return enqueue(tag, result: -EPROTO)
+            }
+        }
+        legs[index].sessionSendTag = tag
+        legs[index].sessionSendLength = length
+        flush(index)
     }
 
     public func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer) {
