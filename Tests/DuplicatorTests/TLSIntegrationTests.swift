@@ -197,7 +197,83 @@ struct TLSIntegrationTests {
         #expect(fine.standardOutput.contains("TLS from clients: certificate \(certificates.certificatePath)"))
     }
 
+    @Test("SIGHUP reads the certificate and key again: a renewal under the same paths reaches new clients; a bad key changes nothing",
+          .enabled(if: Peers.runnable("openssl"), "needs openssl"), arguments: Config.Backend.tested)
+    func reloadRenewsTheCertificate(backend: Config.Backend) throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        // The files the proxy reads, and a renewal (another key) written over them later.
+        let live = (certificates.folder + "/live.crt", certificates.folder + "/live.key")
+        let renewed = try certificates.another("renewed")
+        try FileManager.default.copyItem(atPath: certificates.certificatePath, toPath: live.0)
+        try FileManager.default.copyItem(atPath: certificates.keyPath, toPath: live.1)
+        let yaml = "forward: 127.0.0.1:\(main.boundPort)\ntls-cert: \(live.0)\ntls-key: \(live.1)\n"
+        let proxy = try ReloadingProxy(backend: backend, config: yaml)
+        #expect(try verifies(port: proxy.port, caPath: certificates.certificatePath))
+        #expect(try !verifies(port: proxy.port, caPath: renewed.certificatePath))
+
+        // A key that does not match the certificate: refused, the old pair kept.
+        try FileManager.default.removeItem(atPath: live.1)
+        try FileManager.default.copyItem(atPath: renewed.keyPath, toPath: live.1)
+        let refused = try #require(try proxy.reload(yaml))
+        #expect(refused.contains("does not match"), "\(refused)")
+        #expect(try verifies(port: proxy.port, caPath: certificates.certificatePath))
+
+        try FileManager.default.removeItem(atPath: live.0)
+        try FileManager.default.copyItem(atPath: renewed.certificatePath, toPath: live.0)
+        let applied = try #require(try proxy.reload(yaml))
+        #expect(applied.contains("reloaded") && applied.contains("tls-cert"), "\(applied)")
+        #expect(try verifies(port: proxy.port, caPath: renewed.certificatePath))
+        #expect(try !verifies(port: proxy.port, caPath: certificates.certificatePath))
+        #expect(proxy.stop() == 0)
+    }
+
+    @Test("--accept-proxy over TLS: the PROXY header in plaintext before the ClientHello; main gets the client's address from it (--send-proxy) and then the plaintext",
+          arguments: Config.Backend.tested)
+    func proxyHeaderBeforeTheClientHello(backend: Config.Backend) throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let settings = try TLSSettings(certificatePath: certificates.certificatePath, keyPath: certificates.keyPath)
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: []) {
+            $0.tls = settings
+            $0.acceptProxy = true
+            $0.sendProxy = .v1
+        }
+        defer { proxy.shutdown() }
+        let header = Array("PROXY TCP4 192.0.2.1 192.0.2.2 40000 443\r\n".utf8)
+        let client = try TLSContext.client(caPath: certificates.certificatePath, serverName: "localhost")
+        let connection = try TLSTestClient(port: proxy.port, context: client, prefix: header)
+        let payload = Array("through TLS behind a balancer\n".utf8)
+        // The echo main sends back what it got: the header main was sent, then the payload.
+        #expect(try connection.echo(payload, expectedBytes: header.count + payload.count) == header + payload)
+        connection.close()
+        #expect(receivedStreams(main, count: 1) == streamSignatures([header + payload]))
+        // Without a header, the handshake never starts: counted as a bad PROXY header.
+        let bare = try TLSTestClient.attempt(port: proxy.port, context: client)
+        #expect(!bare, "a client without a PROXY header was let through")
+        #expect(eventually { proxy.total { $0.sessionsEndedByBadProxyHeader.value } == 1 })
+    }
+
     // MARK: - Helpers
+
+    /// Whether a TLS 1.3 handshake through the proxy verifies against `caPath` (s_client's exit status).
+    func verifies(port: UInt16, caPath: String) throws -> Bool {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try Peers.require("openssl"))
+        process.arguments = ["s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", caPath, "-servername", "localhost",
+                             "-verify_return_error", "-brief"]
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        guard eventually(timeoutSeconds: 10, { !process.isRunning }) else {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            throw TestFailure("s_client did not finish")
+        }
+        process.waitUntilExit()
+        return process.terminationStatus == 0
+    }
 
     /// nginx over TLS (the test certificate) answering "hello over tls" at every path.
     func nginxTLS(_ directory: String) throws -> RealPeerTests.ServerProcess {
@@ -289,9 +365,11 @@ final class TLSTestClient {
     let connection: TestConnection
     let stream: TLSStream
 
-    init(port: UInt16, context: TLSContext, timeoutSeconds: Double = 5) throws {
+    /// - Parameter prefix: plaintext sent before the ClientHello (a PROXY protocol header).
+    init(port: UInt16, context: TLSContext, prefix: [UInt8] = [], timeoutSeconds: Double = 5) throws {
         connection = try TestConnection(port: port)
         stream = TLSStream(context: context)
+        if !prefix.isEmpty { sendRaw(prefix) }
         let deadline = monotonicSeconds() + timeoutSeconds
         while stream.handshake() == .inProgress && monotonicSeconds() < deadline {
             flush()
@@ -299,6 +377,16 @@ final class TLSTestClient {
         }
         flush()
         guard stream.state == .established else { throw TestFailure("handshake through the proxy: \(stream.state)") }
+    }
+
+    /// Whether a handshake through the proxy succeeds.
+    static func attempt(port: UInt16, context: TLSContext) throws -> Bool {
+        do {
+            _ = try TLSTestClient(port: port, context: context, timeoutSeconds: 3)
+            return true
+        } catch let failure as TestFailure where failure.description.hasPrefix("handshake") {
+            return false
+        }
     }
 
     /// A ClientHello, as the first flight of a client of `context`.
@@ -311,15 +399,16 @@ final class TLSTestClient {
     }
 
     /// Sends `bytes` and reads until as many came back.
-    func echo(_ bytes: [UInt8], timeoutSeconds: Double = 5) throws -> [UInt8] {
+    func echo(_ bytes: [UInt8], expectedBytes: Int? = nil, timeoutSeconds: Double = 5) throws -> [UInt8] {
+        let expected = expectedBytes ?? bytes.count
         _ = bytes.withUnsafeBytes { stream.write($0) }
         flush()
         var received: [UInt8] = []
         let deadline = monotonicSeconds() + timeoutSeconds
-        while received.count < bytes.count && monotonicSeconds() < deadline {
+        while received.count < expected && monotonicSeconds() < deadline {
             let (plain, _) = stream.readAll()
             received += plain
-            if received.count >= bytes.count { break }
+            if received.count >= expected { break }
             guard receive(timeoutSeconds: 0.1) != false else { break }
         }
         return received
