@@ -41,6 +41,15 @@ http {
     keepalive_requests 1000000;
     server { listen 127.0.0.1:$main; location / { return 200 "hello\n"; } }
 }
+EOF
+# nginx's stream proxy in a process of its own, so that its CPU is its own.
+cat > "$work/nginx-stream.conf" <<EOF
+$nginx_modules
+worker_processes 1;
+daemon off;
+error_log $work/nginx-stream-error.log;
+pid $work/nginx-stream.pid;
+events { worker_connections 4096; }
 stream {
     server {
         listen 127.0.0.1:$nginx ssl;
@@ -65,20 +74,21 @@ backend main
     server main 127.0.0.1:$main
 EOF
 nginx -p "$work" -c "$work/nginx.conf" & pids+=($!)
+nginx -p "$work" -c "$work/nginx-stream.conf" & pids+=($!)
 haproxy -f "$work/haproxy.cfg" & pids+=($!)
 "$binary" -l 127.0.0.1:$duplicator -f 127.0.0.1:$main --threads 1 --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" \
     2>"$work/duplicator.log" & pids+=($!)
 sleep 1
-# The pids of what listens on each port: haproxy's and nginx's workers do the work.
-pid_of() { ss -Htlnp "sport = :$1" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | sort -u | tail -1; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# The processes that listen on a port (nginx's master and worker): their CPU together.
+pids_of() { ss -Htlnp "sport = :$1" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u | tr '\n' ' '; }
+cpu_ticks() { local total=0 pid; for pid in $1; do total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat"))); done; echo "$total"; }
 ticks=$(getconf CLK_TCK)
 echo "# date: $(date -u +%Y-%m-%dT%H:%MZ), $runs runs of ${seconds}s, wrk -t1 -c10, TLS 1.3, ECDSA P-256"
 echo "# proxy mode run requests_per_s proxy_cpu_us_per_request"
 for run in $(seq 1 "$runs"); do
     for name in duplicator haproxy nginx; do
         port=${!name}
-        pid=$(pid_of "$port")
+        pid=$(pids_of "$port")
         for mode in keep-alive handshakes; do
             header=()
             [[ $mode == handshakes ]] && header=(-H "Connection: close")
