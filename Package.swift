@@ -42,7 +42,7 @@ let package = Package(
         // What the proxy and the load tools both need of the system: socket
         // addresses, host:port text, errno errors, threads, clocks, signals.
         .target(name: "Platform", dependencies: ["CLinuxSystem"]),
-        .target(name: "Ring", dependencies: ["CLiburing"]),
+        .target(name: "Ring", dependencies: ["CLiburing", "Platform"]),
         .target(
             name: "Duplicator",
             dependencies: [

@@ -326,7 +326,7 @@ def start_proxy(kind, processes, bins, workdir, main_port, mirror_ports):
             binary, extra = extra[0][len("BIN="):], extra[1:]
 
         def argv(port):
-            command = [binary, "run", "-l", f"{LOOPBACK}:{port}", "-f", f"{LOOPBACK}:{main_port}",
+            command = [binary, "-l", f"{LOOPBACK}:{port}", "-f", f"{LOOPBACK}:{main_port}",
                        "--threads", "1", "--log-level", "warning"]
             for mirror_port in mirror_ports[:mirrors]:
                 command += ["-m", f"{LOOPBACK}:{mirror_port}"]

@@ -130,7 +130,7 @@ def start_proxy(kind, processes, bins, workdir, main_port, mirror_port, timeout)
         metrics_port = compare.free_port()
 
         def argv(port):
-            return [bins["duplicator"], "run", "-l", f"{LOOPBACK}:{port}", "-f", f"{LOOPBACK}:{main_port}",
+            return [bins["duplicator"], "-l", f"{LOOPBACK}:{port}", "-f", f"{LOOPBACK}:{main_port}",
                     "-m", f"{LOOPBACK}:{mirror_port}", "--metrics", f"{LOOPBACK}:{metrics_port}",
                     "--log-level", "warning"]
         process, port = compare.start_with_free_port(processes, kind, argv)

@@ -35,7 +35,7 @@ main_port=$(port); mirror_port=$(port); proxy_port=$(port)
 "$bin_dir/duplicator-testserver" -l "127.0.0.1:$main_port" -q >"$work/log" 2>&1 & pids+=($!)
 "$bin_dir/duplicator-testserver" -l "127.0.0.1:$mirror_port" -q >>"$work/log" 2>&1 & pids+=($!)
 sleep 0.3
-"$bin_dir/duplicator" run -l "127.0.0.1:$proxy_port" -f "127.0.0.1:$main_port" -m "127.0.0.1:$mirror_port" --threads 1 ${DUPLICATOR_ARGS:-} >>"$work/log" 2>&1 & proxy=$!
+"$bin_dir/duplicator" -l "127.0.0.1:$proxy_port" -f "127.0.0.1:$main_port" -m "127.0.0.1:$mirror_port" --threads 1 ${DUPLICATOR_ARGS:-} >>"$work/log" 2>&1 & proxy=$!
 pids+=($proxy)
 sleep 0.5
 # A first short run opens the sessions' first connections; the counted run

@@ -28,7 +28,7 @@ for mirrors in 0 1; do
     proxy_port=$(port)
     mirror_args=()
     [[ $mirrors == 1 ]] && mirror_args=(-m "127.0.0.1:$mirror_port")
-    "$bin_dir/duplicator" run -l "127.0.0.1:$proxy_port" -f "127.0.0.1:$main_port" "${mirror_args[@]}" --threads 1 \
+    "$bin_dir/duplicator" -l "127.0.0.1:$proxy_port" -f "127.0.0.1:$main_port" "${mirror_args[@]}" --threads 1 \
         ${DUPLICATOR_ARGS:-} >>"$work/log" 2>&1 & proxy=$!
     sleep 0.5
     # A first short run opens the sessions; the counted run is the next one's steady state.

@@ -65,9 +65,29 @@ def describe(argument):
 
 
 def options(command, out):
-    for argument in command.get("arguments", []):
-        if not argument.get("shouldDisplay", True):
-            continue
+    """The options in --help's order and groups: each titled group (its
+    sectionTitle) a subsection, the untitled ones after them, as --help
+    shows them."""
+    shown = [a for a in command.get("arguments", []) if a.get("shouldDisplay", True)]
+    titles = []
+    for argument in shown:
+        title = argument.get("sectionTitle")
+        if title and title not in titles:
+            titles.append(title)
+    groups = [(title, [a for a in shown if a.get("sectionTitle") == title]) for title in titles]
+    untitled = [a for a in shown if not a.get("sectionTitle")]
+    if titles and untitled:
+        groups.append(("Other options", untitled))
+    elif untitled:
+        groups.append((None, untitled))
+    for title, arguments in groups:
+        if title:
+            out.append(".SS " + escape(title))
+        option_entries(arguments, out)
+
+
+def option_entries(arguments, out):
+    for argument in arguments:
         out.append(".TP")
         out.append(option_names(argument))
         out.append(describe(argument))

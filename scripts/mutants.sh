@@ -96,9 +96,9 @@ mutant gathered-send-shared-message Sources/Duplicator/Backends/Shared/WorkerSoc
     'let leg = Int(tag.session) &* mirrorSlotCount &+ Leg(tag).mirrorIndex' \
     'let leg = Leg(tag).mirrorIndex' 'GatherMessageTests'
 # Turn keeping: a mirror gets the next turn's bytes before it answered the last.
-mutant turn-not-kept Sources/Duplicator/Engine/Session.swift \
-    'if start > sent { return Int(start &- sent) }' \
-    'if start > sent { return Int.max }' 'MirrorTurnTests'
+mutant turn-not-kept Sources/Duplicator/Engine/TurnGate.swift \
+    'if start > sent { return .send(bytesMax: Int(start &- sent)) }' \
+    'if start > sent { return .send(bytesMax: Int.max) }' 'MirrorTurnTests|TurnGateTests'
 # Fairness admission: a worker admits sessionsMax whatever its pool can serve.
 mutant admission-ignores-pool Sources/Duplicator/Config/Config.swift \
     'max(1, min(sessionsMax, (poolSlotsPerWorker - mirrorShareSlots) / Self.sessionSlotsMax))' \

@@ -392,7 +392,7 @@ flap_loop() {
     done
 }
 
-"$BIN_DIR/duplicator" run -l "127.0.0.1:$PROXY_PORT" -f "127.0.0.1:$MAIN_PORT" \
+"$BIN_DIR/duplicator" -l "127.0.0.1:$PROXY_PORT" -f "127.0.0.1:$MAIN_PORT" \
     -m "127.0.0.1:$HEALTHY_PORT" -m "127.0.0.1:$STALL_PORT" -m "127.0.0.1:$FLAP_PORT" -m "127.0.0.1:$BLACKHOLE_PORT" \
     --metrics "127.0.0.1:$METRICS_PORT" --stats-interval 60s --log-level info >"$OUT_DIR/proxy.log" 2>&1 &
 PROXY_PID=$!

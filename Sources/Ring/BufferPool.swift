@@ -1,4 +1,5 @@
 import Glibc
+import Platform
 
 /// A pool of equally sized, page-aligned slots in one reservation of address
 /// space, with a reference count per slot. One allocation at start, none
@@ -26,14 +27,13 @@ public final class BufferPool {
     public let segmentSlots: Int
     private let references: UnsafeMutablePointer<UInt32>
     /// Slots with at least one holder.
-    public var inUse: Int { held }
-    /// `inUse`'s storage, private: Swift checks each access to a stored
-    /// `var` other modules can see at run time, and this one changes per receive.
-    private var held = 0
+    public var inUse: Int { _inUse }
+    /// Changes per receive: private storage (docs/contributing.md, "Private storage, public reads").
+    private var _inUse = 0
 
     /// - Parameters:
     ///   - slotSize: rounded up to whole pages.
-    /// - Throws: `RingError` when the memory cannot be had.
+    /// - Throws: `SystemCallError` when the memory cannot be had.
     ///   - slotCount: at most 65535 (a provided buffer's id is 16 bits).
     public init(slotSize: Int, slotCount: Int) throws {
         precondition(slotSize > 0 && slotCount > 0 && slotCount < Int(UInt16.max))
@@ -45,7 +45,7 @@ public final class BufferPool {
         segmentSlots = max(1, Self.segmentBytes / alignedSlot)
         let memory = mmap(nil, byteCount, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         guard let memory, memory != MAP_FAILED else {
-            throw RingError("mmap of a \(alignedSlot * slotCount)-byte buffer pool", errno: errno)
+            throw SystemCallError(operation: "mmap of a \(alignedSlot * slotCount)-byte buffer pool", errorNumber: errno)
         }
         base = memory
         references = .allocate(capacity: slotCount)
@@ -75,7 +75,7 @@ public final class BufferPool {
     public func adopt(_ slot: UInt32) {
         precondition(references[Int(slot)] == 0, "adopt of a held slot")
         references[Int(slot)] = 1
-        held &+= 1
+        _inUse &+= 1
     }
 
     @inline(__always)
@@ -91,7 +91,7 @@ public final class BufferPool {
         precondition(count > 0, "release of a free slot")
         references[Int(slot)] = count &- 1
         guard count == 1 else { return false }
-        held &-= 1
+        _inUse &-= 1
         return true
     }
 

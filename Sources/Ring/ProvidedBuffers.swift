@@ -31,16 +31,15 @@ public final class ProvidedBuffers {
     /// Free slots not lent to the kernel, the most recently freed on top.
     private let freeStack: UnsafeMutablePointer<UInt32>
     private var freeCount = 0
-    // Private storage behind the public counters: Swift checks each access
-    // to a stored `var` that other modules can see at run time
-    // (swift_beginAccess), and `lent` changes on every receive.
-    private var grown = 0
-    private var lentCount = 0
+    // Private storage behind the public counters; `lent` changes on every
+    // receive (docs/contributing.md, "Private storage, public reads").
+    private var _grownSlots = 0
+    private var _lent = 0
     private var refusal: RingError?
     /// Slots below this index belong to segments in use; the rest were never used.
-    public var grownSlots: Int { grown }
+    public var grownSlots: Int { _grownSlots }
     /// Slots lent to the kernel now.
-    public var lent: Int { lentCount }
+    public var lent: Int { _lent }
     /// Why the pool stopped growing before its size (registration refused,
     /// e.g. RLIMIT_MEMLOCK), if it did.
     public var growthError: RingError? { refusal }
@@ -101,7 +100,7 @@ public final class ProvidedBuffers {
 
     /// The kernel chose `slot` for a completion: it is ours until provided again.
     @inline(__always)
-    public func taken(_ slot: UInt32) { lentCount &-= 1 }
+    public func taken(_ slot: UInt32) { _lent &-= 1 }
 
     /// Tops the window up and publishes it with one store-release; call
     /// before submitting.
@@ -110,7 +109,7 @@ public final class ProvidedBuffers {
         while lent < windowSlots, let slot = nextFree() {
             io_uring_buf_ring_add(bufferRing, pool.pointer(slot), UInt32(pool.slotSize), UInt16(slot), mask, pending)
             pending &+= 1
-            lentCount &+= 1
+            _lent &+= 1
         }
         guard pending > 0 else { return }
         io_uring_buf_ring_advance(bufferRing, pending)
@@ -147,6 +146,6 @@ public final class ProvidedBuffers {
             freeStack[freeCount] = UInt32(slot)
             freeCount += 1
         }
-        grown = slots.upperBound
+        _grownSlots = slots.upperBound
     }
 }

@@ -8,12 +8,10 @@ import Duplicator
 /// (`ProxyOptions.makeConfig`), whichever it came from, and a flag on the
 /// command line wins over the file.
 enum ConfigArguments {
-    /// The arguments as given, without the program's name and the `run`
-    /// subcommand: what a reload merges the file with again.
+    /// The arguments as given, without the program's name: what a reload
+    /// merges the file with again.
     static func commandLine(_ arguments: [String] = CommandLine.arguments) -> [String] {
-        var rest = Array(arguments.dropFirst())
-        if rest.first == "run" { rest.removeFirst() }
-        return rest
+        Array(arguments.dropFirst())
     }
 
     /// Whether `arguments` give the flag of `key` (long or short, with its
@@ -50,8 +48,7 @@ enum ConfigArguments {
         do {
             return (try ProxyOptions.parse(merged), file)
         } catch {
-            let message = ProxyOptions.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
-            throw attributed(ConfigError(message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message), file: file,
+            throw attributed(ConfigError(ArgumentRefusals.line(for: error, of: ProxyOptions.self)), file: file,
                              commandLine: commandLine)
         }
     }
@@ -72,13 +69,28 @@ enum ConfigArguments {
     static func attributed(_ error: ConfigError, file: ConfigFile, commandLine: [String]) -> ConfigError {
         for entry in file.entries {
             guard let key = ConfigFile.keys.first(where: { $0.name == entry.key }), !gives(key, in: commandLine) else { continue }
-            let named = error.message.contains("--\(key.name)") || error.message.contains("'\(key.name)'")
+            let named = Self.names("--\(key.name)", in: error.message) || error.message.contains("'\(key.name)'")
                 || key.short.map { error.message.hasPrefix("-\($0)") } == true
             let quoted = entry.values.contains { !$0.isEmpty && error.message.contains("'\($0)'") }
             if named || quoted {
-                return ConfigError("config file \(file.path): key '\(key.name)': \(error.message)")
+                // "--timeout 'soon': why" is the flag the file's key became: say it as the key's value.
+                let flagPrefix = "--\(key.name) '"
+                let message = error.message.hasPrefix(flagPrefix) ? "value '" + error.message.dropFirst(flagPrefix.count) : error.message
+                return ConfigError("config file \(file.path): key '\(key.name)': \(message)")
             }
         }
         return error
+    }
+
+    /// Whether `message` names `flag` itself, not a longer flag it begins
+    /// (`--mirror` in "--mirror-turn-timeout '1x'" is not `--mirror`).
+    static func names(_ flag: String, in message: String) -> Bool {
+        var rest = message[...]
+        while let found = rest.range(of: flag) {
+            let next = rest[found.upperBound...].first
+            if next.map({ !($0.isLetter || $0.isNumber || $0 == "-") }) ?? true { return true }
+            rest = rest[found.upperBound...]
+        }
+        return false
     }
 }

@@ -47,17 +47,14 @@ final class ConfigReloader {
         var countedByProxy = false
         do throws(ConfigError) {
             let (config, newOptions, file) = try ConfigArguments.config(path: path, commandLine: commandLine)
-            guard let level = Logger.Level(rawValue: newOptions.logLevel) else {
-                throw ConfigArguments.attributed(ConfigError("--log-level '\(newOptions.logLevel)': expected trace, debug, info, notice, warning, error or critical"),
-                                                 file: file, commandLine: commandLine)
-            }
-            let intervalMs: Int
+            let level = newOptions.observability.logLevel.level
+            let intervalMs = newOptions.observability.statsInterval.milliseconds
             do throws(ConfigError) {
-                intervalMs = try DurationParser.milliseconds(newOptions.statsInterval)
+                try Config.checkStatsInterval(milliseconds: intervalMs)
             } catch {
-                throw ConfigArguments.attributed(ConfigError("--stats-interval: \(error.message)"), file: file, commandLine: commandLine)
+                throw ConfigArguments.attributed(error, file: file, commandLine: commandLine)
             }
-            if newOptions.metrics != options.metrics {
+            if newOptions.observability.metrics != options.observability.metrics {
                 throw ConfigError("config file \(path): key 'metrics': cannot change in place: that needs a new process "
                     + "(a restart, or a handover with --handover-socket)")
             }

@@ -14,17 +14,17 @@ struct DemoCommand: ParsableCommand {
         abstract: "Run an echo main, mirrors, the proxy and a load client on loopback, then summarise."
     )
 
-    // The proxy's parsers and types: a Go-style duration and a size with
-    // the proxy's suffixes; .unconditional so that `-d -1s` reaches the
-    // parser and is refused by name instead of "Missing value".
+    // The proxy's option types: a Go-style duration and a size with the
+    // proxy's suffixes; .unconditional so that `-d -1s` reaches the type
+    // and is refused by name instead of "Missing value".
     @Option(name: [.customShort("d"), .customLong("duration")], parsing: .unconditional, help: "How long the load runs, Go-style (3s).")
-    var duration: String = "3s"
+    var duration = Milliseconds(3_000)
 
     @Option(name: [.customShort("p"), .customLong("connections")], help: "Client connections.")
     var connections: Int = 10
 
     @Option(name: [.customShort("s"), .customLong("size")], parsing: .unconditional, help: "Bytes per message (the last is a newline), e.g. 1024, 16KiB, 1M.")
-    var size: String = "1KiB"
+    var size = ByteSize(1_024)
 
     @Option(name: .customLong("mirrors"), help: "Echo mirrors to copy the traffic to.")
     var mirrors: Int = 1
@@ -36,21 +36,20 @@ struct DemoCommand: ParsableCommand {
     /// `--compare` given after `demo` as its own: read it from there too.
     @ParentCommand var parent: DuplicatorCommand
 
-    private var compare: Bool { compareFlag || parent.options.compare }
+    private var compare: Bool { compareFlag || parent.options.verdicts.compare }
 
     func run() throws {
         // As in `run`: a line written to a pipe whose reader is gone fails; it does not kill.
         Signals.ignoreBrokenPipe()
-        let seconds = Double(try milliseconds(duration)) / 1000
+        let seconds = Double(duration.milliseconds) / 1000
         guard seconds > 0 else { throw ValidationError("--duration must be more than 0") }
         guard (0...8).contains(mirrors) else { throw ValidationError("--mirrors must be from 0 to 8") }
         guard (1...DemoFailure.connectionsMax).contains(connections) else {
             throw ValidationError("--connections must be from 1 to \(DemoFailure.connectionsMax), got \(connections)")
         }
-        let size: Int
-        do { size = try SizeParser.bytes(self.size) } catch { throw ValidationError("--size: \(error.message)") }
+        let size = self.size.bytes
         guard (1...DemoFailure.sizeBytesMax).contains(size) else {
-            throw ValidationError("--size must be from 1 byte to \(SizeParser.text(DemoFailure.sizeBytesMax)), got \(self.size)")
+            throw ValidationError("--size must be from 1 byte to \(SizeParser.text(DemoFailure.sizeBytesMax)), got \(self.size.defaultValueDescription)")
         }
         do {
             try runDemo(seconds: seconds, size: size)
@@ -84,7 +83,7 @@ struct DemoCommand: ParsableCommand {
         let proxyPort = proxy.listenAddress.port
         print("demo: echo main on :\(main.boundPort), \(mirrors) echo mirror(s) on "
             + mirrorServers.map { ":\($0.boundPort)" }.joined(separator: " ")
-            + ", proxy on :\(proxyPort); \(connections) connections x \(size) bytes for \(duration)")
+            + ", proxy on :\(proxyPort); \(connections) connections x \(size) bytes for \(duration.defaultValueDescription)")
 
         let client = try LoadClient(address: LoadAddress(host: "127.0.0.1", port: proxyPort), connections: connections,
                                     messageSizeBytes: size, durationSeconds: seconds)
@@ -118,11 +117,6 @@ struct DemoCommand: ParsableCommand {
             }
         }
         guard allExact else { throw DemoFailure.explaining(result, connections: connections) }
-    }
-
-    private func milliseconds(_ text: String) throws -> Int {
-        if text.hasPrefix("-") { throw ValidationError("--duration '\(text)': negative durations are refused") }
-        do { return try DurationParser.milliseconds(text) } catch { throw ValidationError("--duration: \(error.message)") }
     }
 
     private func endpoint(_ text: String, _ role: Endpoint.Role) throws -> Endpoint {

@@ -13,7 +13,7 @@ struct DuplicatorCommand: ParsableCommand {
             """,
         discussion: ProxyOptions.discussion,
         version: BuildInfo.version,
-        subcommands: [DemoCommand.self, RunCommand.self, ManualSectionsCommand.self]
+        subcommands: [DemoCommand.self, ManualSectionsCommand.self]
     )
 
     // The proxy is the command itself, not a default subcommand, so that
@@ -32,8 +32,7 @@ struct DuplicatorCommand: ParsableCommand {
             if code == .success || error is CleanExit {
                 exit(withError: error)
             }
-            let message = message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
-            printError(message.hasPrefix("Error: ") ? String(message.dropFirst(7)) : message)
+            printError(ArgumentRefusals.line(for: error, of: self))
             Glibc.exit(code.rawValue == 0 ? 1 : code.rawValue)
         }
     }

@@ -5,22 +5,6 @@ import Glibc
 import Logging
 import Platform
 
-/// `duplicator run ...`: the proxy under the name it had when it was a
-/// subcommand (scripts and benchmarks call it so); hidden from the help,
-/// which shows the same options on `duplicator` itself.
-struct RunCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "run",
-        abstract: "The proxy (the same as duplicator without a subcommand).",
-        discussion: ProxyOptions.discussion,
-        shouldDisplay: false
-    )
-
-    @OptionGroup var options: ProxyOptions
-
-    func run() throws { try options.runProxy() }
-}
-
 /// `duplicator -l :8080 -f :8081 -m :8082 -m :8083`: goduplicator's flags
 /// plus our own, and what starts the proxy with them.
 struct ProxyOptions: ParsableArguments {
@@ -41,133 +25,29 @@ struct ProxyOptions: ParsableArguments {
         SIGHUP reloads the --config file (ignored without one).
         """
 
-    // -l and -f are arrays only so that a second one is an error instead of
-    // silently replacing the first; makeConfig() takes exactly one of each.
-    @Option(name: [.customShort("l"), .customLong("listen")], help: ArgumentHelp("Address to listen on: host:port, :port (all interfaces) or [ipv6]:port.", valueName: "listen"))
-    var listen: [String] = []
-
-    @Option(name: [.customShort("f"), .customLong("forward")], help: ArgumentHelp("The main server: its replies go back to the client. :port means localhost.", valueName: "forward"))
-    var forward: [String] = []
-
-    @Option(name: [.customShort("m"), .customLong("mirror")], help: "A mirror server; repeat or separate with commas for several. ADDR@P% mirrors only about P% of the sessions (chosen per session), e.g. :8082@10%.")
-    var mirror: [String] = []
-
-    @Option(name: [.customShort("t"), .customLong("timeout")], parsing: .unconditional, help: "Mirror connect timeout, Go-style (500ms, 2s).")
-    var timeout: String = DurationParser.text(milliseconds: Defaults.mirrorConnectTimeoutMs)
-
-    @Option(name: .customLong("main-connect-timeout"), parsing: .unconditional, help: "Main connect timeout; 0 for the kernel's.")
-    var mainConnectTimeout: String = DurationParser.text(milliseconds: Defaults.mainConnectTimeoutMs)
-
-    @Option(name: .customLong("backlog"), parsing: .unconditional, help: "Bytes a mirror may fall behind before it is cut for the session.")
-    var backlog: String = SizeParser.text(Defaults.backlogBytesMax)
-
-    @Option(name: .customLong("backlog-chunks"), parsing: .unconditional, help: "Receives a mirror may fall behind before it is cut (each holds a slot).")
-    var backlogChunks: Int = Defaults.backlogChunksMax
-
-    @Option(name: .customLong("slot-size"), parsing: .unconditional, help: "Bytes per buffer slot: the most one receive takes.")
-    var slotSize: String = SizeParser.text(Defaults.slotSize)
-
-    @Option(name: .customLong("max-memory"), parsing: .unconditional, help: "Buffer memory of all threads together: the pools grow with the load up to this (registered, locked memory), and each thread admits only the sessions its share can serve at once (64KiB each at the default slot size); more clients are refused.")
-    var maxMemory: String = SizeParser.text(Defaults.maxMemoryBytes)
-
-    @Option(name: .customLong("max-sessions"), parsing: .unconditional, help: "Concurrent client sessions per thread at most (--max-memory may admit fewer); more are closed at once.")
-    var maxSessions: Int = Defaults.sessionsMax
-
-    @Option(name: .customLong("idle-timeout"), parsing: .unconditional, help: "Close a session in which no byte moved between client and main for this long; 0: never.")
-    var idleTimeout: String = DurationParser.text(milliseconds: Defaults.idleTimeoutMs)
-
-    @Option(name: .customLong("threads"), parsing: .unconditional, help: "Worker threads, each with its own ring and SO_REUSEPORT listener (default: the CPUs this process may run on).")
-    var threads: Int?
-
-    @Option(name: .customLong("mirror-linger"), parsing: .unconditional, help: "How long mirrors may flush after their client's session ended.")
-    var mirrorLinger: String = DurationParser.text(milliseconds: Defaults.mirrorLingerMs)
-
-    @Option(name: .customLong("drain-timeout"), parsing: .unconditional, help: "On SIGINT/SIGTERM, how long live sessions may finish.")
-    var drainTimeout: String = DurationParser.text(milliseconds: Defaults.drainTimeoutMs)
-
-    @Option(name: .customLong("stats-interval"), parsing: .unconditional, help: "Log one line of rates and mirror health this often (e.g. 10s); 0: never.")
-    var statsInterval: String = "0"
-
-    @Option(name: .customLong("metrics"), help: "Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100).")
-    var metrics: String?
-
-    @Option(name: .customLong("backend"), help: "IO backend: auto (io_uring where it is allowed, else epoll, saying why), io_uring (an error where it is not) or epoll.")
-    var backend: String = Defaults.backend.rawValue
-
-    @Option(name: .customLong("ring-mode"), help: "Tuning: io_uring setup to try first: defer, coop or plain (falls back when refused).")
-    var ringMode: String = Config.RingMode.deferTaskrun.rawValue
-
-    @Option(name: .customLong("zerocopy"), help: "Tuning: zero-copy sends from the registered pool: auto (sends of \(SizeParser.text(Defaults.zeroCopyBytesMin)) or more to peers not on this host, where the kernel has them), on (every send; an error where the kernel has none) or off.")
-    var zeroCopy: String = Defaults.zeroCopy.rawValue
-
-    @Option(name: .customLong("wait-batch"), parsing: .unconditional, help: "Tuning: completions to wait for per wakeup under load (1: every one).")
-    var waitBatch: Int = Defaults.waitBatch
-
-    @Option(name: .customLong("wait-batch-timeout"), parsing: .unconditional, help: "Tuning: the longest --wait-batch waits before taking fewer.")
-    var waitBatchTimeout: String = DurationParser.text(nanoseconds: Int64(Defaults.waitBatchTimeoutUs) * 1_000)
-
-    @Option(name: .customLong("mirror-discard-batch"), parsing: .unconditional, help: "Discard a mirror's replies once this many bytes wait (its EOF and errors at once); 0: every reply.")
-    var mirrorDiscardBatch: String = SizeParser.text(Defaults.mirrorDiscardBatchBytes)
-
-    /// `--mirror-discard-batch`'s old name, still read (hidden): when given, it is the value.
-    @Option(name: .customLong("mirror-drain-batch"), parsing: .unconditional, help: .hidden)
-    var mirrorDrainBatch: String?
-
-    @Option(name: .customLong("send-proxy"), help: ArgumentHelp("Send a PROXY protocol header (v1: text, v2: binary) with the client's address first to main and to every mirror.", valueName: "version"))
-    var sendProxy: ProxyProtocol.Version?
-
-    @Flag(name: .customLong("accept-proxy"), help: "Expect a PROXY protocol header (v1 or v2) from a load balancer on every client connection and take the client's address from it; close clients without a valid one.")
-    var acceptProxy = false
-
-    @Option(name: .customLong("proxy-header-timeout"), parsing: .unconditional, help: "With --accept-proxy: close a client whose header has not arrived in this long.")
-    var proxyHeaderTimeout: String = DurationParser.text(milliseconds: Defaults.proxyHeaderTimeoutMs)
-
-    @Flag(name: .customLong("compare"), help: "Compare each mirror's reply stream with main's, per session: match, diverged (at which offset), shorter, longer or incomplete (in the metrics and the --stats-interval line).")
-    var compare = false
-
-    @Option(name: .customLong("compare-window"), parsing: .unconditional, help: "With --compare: memory per session and mirror for the reply stream that runs ahead: 7/8 kept as bytes, the rest as digests of 4KiB blocks that reach 64 times the window; further apart is 'incomplete'. Reserved per session at start, resident only where a mirror lags.")
-    var compareWindow: String = SizeParser.text(Defaults.compareWindowBytes)
-
-    @Option(name: .customLong("dump-dir"), help: "With --compare: write one pcapng file (mode 0600: production data) per session and mirror whose replies diverged, were shorter or longer, holding client<->main and client<->mirror as two TCP conversations.")
-    var dumpDir: String?
-
-    @Option(name: .customLong("dump-bytes"), parsing: .unconditional, help: "With --dump-dir: bytes recorded per session and direction; later bytes are counted, not kept.")
-    var dumpBytes: String = SizeParser.text(Defaults.dumpBytes)
-
-    @Option(name: .customLong("dump-max-files"), parsing: .unconditional, help: "With --dump-dir: files written at most; later dumps are counted as skipped_limit.")
-    var dumpMaxFiles: Int = Defaults.dumpMaxFiles
-
-    @Option(name: .customLong("dump-queue"), parsing: .unconditional, help: "With --dump-dir: bytes of dumps waiting for the disk at most; a dump beyond is dropped, counted (dropped_queue) and logged.")
-    var dumpQueue: String = SizeParser.text(Defaults.dumpQueueBytes)
-
-    @Option(name: .customLong("mirror-batch-bytes"), parsing: .unconditional, help: "Send a mirror's queued bytes together once this many wait (or --mirror-batch-delay passed); 0: one send per receive, no batching.")
-    var mirrorBatchBytes: String = SizeParser.text(Defaults.mirrorBatchBytes)
-
-    @Option(name: .customLong("mirror-batch-delay"), parsing: .unconditional, help: "The longest a client byte waits for its mirror batch; a mirror sees bytes up to this much later (0: never wait).")
-    var mirrorBatchDelay: String = DurationParser.text(nanoseconds: Int64(Defaults.mirrorBatchDelayUs) * 1_000)
-
-    @Option(name: .customLong("mirror-turns"), parsing: .unconditional, help: "The client's first turns (bytes after main replied) a mirror gets only once it answered the turn before (SSL/STARTTLS negotiation, greetings); 0: none.")
-    var mirrorTurns: Int = Defaults.mirrorTurns
-
-    @Option(name: .customLong("mirror-turn-timeout"), parsing: .unconditional, help: "A mirror that has not answered a kept turn by then gets the next anyway, and is not waited for again in the session.")
-    var mirrorTurnTimeout: String = DurationParser.text(nanoseconds: Int64(Defaults.mirrorTurnTimeoutUs) * 1_000)
-
-    @Option(name: .customLong("handover-socket"), help: ArgumentHelp("Binary upgrade or restart without a refused connection: take the listeners (and the metrics one) from the process that holds this Unix socket, which then stops accepting, drains its sessions for --drain-timeout and exits 0; then hold it for the next one. No process there, a stale file or another listen address: bind normally (docs/handover.md).", valueName: "path"))
-    var handoverSocket: String?
-
-    @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, the IO backend, locked memory), then exit.")
-    var check = false
+    // The groups of options, in the order --help shows them (the untitled
+    // ones below come last, with --help and --version). A feature with its
+    // own options adds its own group here (TLS, recording), in its own file.
+    @OptionGroup(title: "Addresses") var addresses: AddressOptions
+    @OptionGroup(title: "Mirrors") var mirrors: MirrorOptions
+    @OptionGroup(title: "Limits and timeouts") var limits: LimitOptions
+    @OptionGroup(title: "Verdicts and recording") var verdicts: VerdictOptions
+    @OptionGroup(title: "Observability") var observability: ObservabilityOptions
+    @OptionGroup(title: "TLS") var tls: TLSOptions
+    @OptionGroup(title: "Tuning") var tuning: TuningOptions
 
     @Option(name: .customLong("config"), help: ArgumentHelp("A YAML file of options: keys are the long flag names without dashes (listen: :8080, mirror: [\":8082@10%\"], timeout: 2s); flags given here win. SIGHUP reads it again and applies it to new sessions (mirrors, sampling, timeouts, batching, log level); what cannot change in place is refused, and a bad file changes nothing. See docs/reload.md.", valueName: "file"))
     var configFile: String?
 
-    @Option(name: .customLong("mirror-slots"), parsing: .unconditional, help: "Mirrors a reload may configure at most (sessions are sized for them at start; default: the mirrors given, or at least 4 with --config).")
-    var mirrorSlots: Int?
+    @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, the IO backend, locked memory), then exit.")
+    var check = false
 
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
-    var logLevel: String = "info"
+    @Option(name: .customLong("backend"), help: "IO backend: auto (io_uring where it is allowed, else epoll, saying why), io_uring (an error where it is not) or epoll.")
+    var backend: Config.Backend = Defaults.backend
 
-    @OptionGroup(title: "TLS") var tls: TLSOptions
+    @Option(name: .customLong("handover-socket"), help: ArgumentHelp("Binary upgrade or restart without a refused connection: take the listeners (and the metrics one) from the process that holds this Unix socket, which then stops accepting, drains its sessions for --drain-timeout and exits 0; then hold it for the next one. No process there, a stale file or another listen address: bind normally (docs/handover.md).", valueName: "path"))
+    var handoverSocket: String?
+
 
     /// "with io_uring (defer)", "with epoll (--backend epoll)", or epoll and why io_uring cannot run.
     static func backendNote(_ proxy: Proxy) -> String {
@@ -178,83 +58,31 @@ struct ProxyOptions: ParsableArguments {
     }
 
     /// The one value of an option that must be given once.
-    private static func single(_ values: [String], _ flag: String, _ what: String) throws(ConfigError) -> String {
+    private static func single<Value: ExpressibleByArgument>(_ values: [Value], _ flag: String, _ what: String) throws(ConfigError) -> Value {
         guard let value = values.first else { throw ConfigError("Missing expected argument '\(flag) <address>' (\(what))") }
         guard values.count == 1 else {
-            throw ConfigError("\(flag) given \(values.count) times (\(values.joined(separator: ", "))): give it once")
+            throw ConfigError("\(flag) given \(values.count) times (\(values.map(\.defaultValueDescription).joined(separator: ", "))): give it once")
         }
         return value
     }
 
-    /// A duration option in milliseconds; a negative one is refused by name
-    /// (the parser would only say it lacks a unit).
-    private static func milliseconds(_ text: String, _ flag: String) throws(ConfigError) -> Int {
-        if text.hasPrefix("-") { throw ConfigError("\(flag) '\(text)': negative durations are refused") }
-        return try DurationParser.milliseconds(text)
-    }
-
+    /// The values are parsed already (each option's type); this puts them
+    /// together and checks what no single one can say (`Config.validate`).
     func makeConfig() throws(ConfigError) -> Config {
-        let listen = try Self.single(listen, "-l", "the address to listen on")
-        let forward = try Self.single(forward, "-f", "the main server")
-        var mirrors: [Endpoint] = []
-        var samplePercents: [Double] = []
-        for part in mirror.flatMap({ $0.split(separator: ",", omittingEmptySubsequences: false) }) {
-            let text = String(part.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
-            guard !text.isEmpty else { throw ConfigError("-m: empty mirror address in '\(mirror.joined(separator: ","))'") }
-            let (address, percent) = try MirrorSampling.parse(text)
-            mirrors.append(try Endpoint(parsing: address, role: .connect))
-            samplePercents.append(percent ?? 100)
+        let listen = try Self.single(addresses.listen, "-l", "the address to listen on")
+        let forward = try Self.single(addresses.forward, "-f", "the main server")
+        let mirrorList = mirrors.mirrors
+        var config = Config(listen: listen.endpoint, main: forward.endpoint, mirrors: mirrorList.map(\.endpoint))
+        if mirrorList.contains(where: { $0.samplePercent != nil }) {
+            config.mirrorSamplePercents = mirrorList.map { $0.samplePercent ?? 100 }
         }
-        var config = Config(listen: try Endpoint(parsing: listen, role: .listen),
-                            main: try Endpoint(parsing: forward, role: .connect),
-                            mirrors: mirrors)
-        if samplePercents.contains(where: { $0 < 100 }) { config.mirrorSamplePercents = samplePercents }
-        config.mirrorConnectTimeoutMs = try Self.milliseconds(timeout, "-t")
-        config.mainConnectTimeoutMs = try Self.milliseconds(mainConnectTimeout, "--main-connect-timeout")
-        config.backlogBytesMax = try SizeParser.bytes(backlog)
-        config.backlogChunksMax = backlogChunks
-        config.slotSize = try SizeParser.bytes(slotSize)
-        config.maxMemoryBytes = try SizeParser.bytes(maxMemory)
-        config.idleTimeoutMs = try Self.milliseconds(idleTimeout, "--idle-timeout")
-        config.sessionsMax = maxSessions
-        config.threads = threads ?? max(1, Int(shim_cpus_allowed()))
-        config.mirrorLingerMs = try Self.milliseconds(mirrorLinger, "--mirror-linger")
-        config.drainTimeoutMs = try Self.milliseconds(drainTimeout, "--drain-timeout")
-        guard let mode = Config.RingMode(rawValue: ringMode) else {
-            throw ConfigError("--ring-mode '\(ringMode)': expected defer, coop or plain")
-        }
-        config.ringMode = mode
-        guard let backendChoice = Config.Backend(rawValue: backend) else {
-            throw ConfigError("--backend '\(backend)': expected auto, io_uring or epoll")
-        }
-        config.backend = backendChoice
-        guard let zeroCopyMode = ZeroCopyMode(rawValue: zeroCopy) else {
-            throw ConfigError("--zerocopy '\(zeroCopy)': expected auto, on or off")
-        }
-        config.zeroCopy = zeroCopyMode
-        config.mirrorDiscardBatchBytes = try SizeParser.bytes(mirrorDrainBatch ?? mirrorDiscardBatch)
-        config.compare = compare
-        config.compareWindowBytes = try SizeParser.bytes(compareWindow)
-        config.dumpDirectory = dumpDir
-        config.dumpBytes = try SizeParser.bytes(dumpBytes)
-        config.dumpMaxFiles = dumpMaxFiles
-        config.dumpQueueBytes = try SizeParser.bytes(dumpQueue)
-        config.waitBatch = waitBatch
-        config.sendProxy = sendProxy
-        config.acceptProxy = acceptProxy
-        config.proxyHeaderTimeoutMs = try Self.milliseconds(proxyHeaderTimeout, "--proxy-header-timeout")
-        config.mirrorBatchBytes = try SizeParser.bytes(mirrorBatchBytes)
-        if mirrorBatchDelay.hasPrefix("-") {
-            throw ConfigError("--mirror-batch-delay '\(mirrorBatchDelay)': negative durations are refused")
-        }
-        config.mirrorBatchDelayUs = Int((try DurationParser.nanoseconds(mirrorBatchDelay) + 999) / 1000)
-        config.mirrorTurns = mirrorTurns
-        config.mirrorTurnTimeoutUs = try Self.milliseconds(mirrorTurnTimeout, "--mirror-turn-timeout") * 1000
-        if waitBatchTimeout.hasPrefix("-") {
-            throw ConfigError("--wait-batch-timeout '\(waitBatchTimeout)': negative durations are refused")
-        }
-        config.waitBatchTimeoutUs = Int((try DurationParser.nanoseconds(waitBatchTimeout) + 999) / 1000)
-        config.mirrorSlots = mirrorSlots ?? (configFile != nil ? max(Self.mirrorSlotsWithConfig, mirrors.count) : nil)
+        addresses.apply(to: &config)
+        mirrors.apply(to: &config)
+        limits.apply(to: &config)
+        verdicts.apply(to: &config)
+        tuning.apply(to: &config)
+        config.backend = backend
+        config.mirrorSlots = mirrors.mirrorSlots ?? (configFile != nil ? max(Self.mirrorSlotsWithConfig, mirrorList.count) : nil)
         try config.validate()
         // Last: the files are read only once everything else is right.
         config.tls = try tls.settings()
@@ -279,27 +107,20 @@ struct ProxyOptions: ParsableArguments {
 
     private func startProxy(reloadFrom file: (path: String, commandLine: [String])?) throws {
         Signals.ignoreBrokenPipe()
-        guard let level = Logger.Level(rawValue: logLevel) else {
-            throw ValidationError("--log-level '\(logLevel)': expected trace, debug, info, notice, warning, error or critical")
-        }
+        let level = observability.logLevel.level
         // "duplicator" whatever the logger's label: one name in the log.
         DuplicatorLogHandler.bootstrap(level: level)
         let config: Config
-        do { config = try makeConfig() } catch {
+        let statsIntervalMs = observability.statsInterval.milliseconds
+        do {
+            config = try makeConfig()
+            try Config.checkStatsInterval(milliseconds: statsIntervalMs)
+        } catch {
             throw ValidationError(file.map { ConfigArguments.attributed(error, file: (try? ConfigFile.read(path: $0.path)) ?? ConfigFile(path: $0.path, entries: []), commandLine: $0.commandLine).message } ?? error.message)
         }
         var logger = Logger(label: "duplicator")
         logger.logLevel = level
-
-        let statsIntervalMs: Int
-        var metricsEndpoint: Endpoint?
-        do {
-            statsIntervalMs = try Self.milliseconds(statsInterval, "--stats-interval")
-            try Config.checkStatsInterval(statsInterval, milliseconds: statsIntervalMs)
-            if let metrics { metricsEndpoint = try Endpoint(parsing: metrics, role: .listen) }
-        } catch {
-            throw ValidationError(error.message)
-        }
+        let metricsEndpoint = observability.metrics?.endpoint
 
         Signals.block()
         raiseDescriptorLimit()
@@ -313,7 +134,7 @@ struct ProxyOptions: ParsableArguments {
             ?? metricsEndpoint.map { try MetricsServer(endpoint: $0, render: render) }
         defer { metricsServer?.stop() }
         try proxy.start()
-        try handover?.serve(proxy: proxy, metricsServer: metricsServer, drainTimeout: drainTimeout, logger: logger)
+        try handover?.serve(proxy: proxy, metricsServer: metricsServer, drainTimeout: limits.drainTimeout.defaultValueDescription, logger: logger)
         // The same facts, one per line, on stdout for --check and in the log at start.
         var facts = CheckReport.lines(config, proxy: proxy, metrics: metricsServer.map { "\($0.address)" })
         if let file {
@@ -361,7 +182,7 @@ struct ProxyOptions: ParsableArguments {
             case .stop(let signal):
                 stopSignals += 1
                 if stopSignals == 1 {
-                    logger.notice("\(Signals.name(signal)): draining \(Counted.text(proxy.activeSessions, "session")) for up to \(drainTimeout)")
+                    logger.notice("\(Signals.name(signal)): draining \(Counted.text(proxy.activeSessions, "session")) for up to \(limits.drainTimeout.defaultValueDescription)")
                     proxy.stop()
                 } else {
                     logger.notice("\(Signals.name(signal)) again: closing every session now")

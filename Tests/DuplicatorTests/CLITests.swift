@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Platform
 import Testing
 import TestSupport
 @testable import Duplicator
@@ -77,7 +78,7 @@ final class PipeReader: @unchecked Sendable {
 struct CLITests {
     static let badInputs: [(arguments: [String], expected: String)] = [
         (["--bogus", "-l", ":1", "-f", ":2"], "Unknown option"),
-        (["-l", "nowhere", "-f", ":2"], "address 'nowhere'"),
+        (["-l", "nowhere", "-f", ":2"], "-l 'nowhere': expected host:port, :port or [ipv6]:port"),
         (["-l", ":70000", "-f", ":2"], "port must be a number"),
         (["-l", ":0", "-f", ":0"], "port must be a number"),
         (["-l", "::1:80", "-f", ":2"], "brackets"),
@@ -94,28 +95,28 @@ struct CLITests {
         (["-l", ":1", "-f", ":2", "-m", ":3@%"], "-m ':3@%': expected a percentage"),
         (["-l", ":1", "-f", ":2", "-m", "@10%"], "address ''"),
         (["-l", ":1", "-f", ":2", "--compare", "--compare-window", "1k"], "--compare-window must be from 4KiB to 16MiB"),
-        (["-l", ":1", "-f", ":2", "--compare-window", "lots"], "size 'lots'"),
+        (["-l", ":1", "-f", ":2", "--compare-window", "lots"], "--compare-window 'lots': expected bytes, like 65536, 64KiB or 4MiB"),
         // --dump-dir: only with --compare, into a directory that exists and may be written.
         (["-l", ":1", "-f", ":2", "-m", ":3", "--dump-dir", "/tmp"], "--dump-dir /tmp: needs --compare"),
         (["-l", ":1", "-f", ":2", "-m", ":3", "--compare", "--dump-dir", "/nonexistent/dumps"], "--dump-dir /nonexistent/dumps: No such file or directory"),
         (["-l", ":1", "-f", ":2", "-m", ":3", "--compare", "--dump-dir", "/etc/hostname"], "--dump-dir /etc/hostname: not a directory"),
         (["-l", ":1", "-f", ":2", "-m", ":3", "--compare", "--dump-dir", "/tmp", "--dump-bytes", "0"], "--dump-bytes must be from 1 byte to 64MiB"),
-        (["-l", ":1", "-f", ":2", "-m", ":3", "--compare", "--dump-dir", "/tmp", "--dump-bytes", "lots"], "size 'lots'"),
+        (["-l", ":1", "-f", ":2", "-m", ":3", "--compare", "--dump-dir", "/tmp", "--dump-bytes", "lots"], "--dump-bytes 'lots': expected bytes"),
         (["-l", ":1", "-f", ":2", "-m", ":3", "--compare", "--dump-dir", "/tmp", "--dump-max-files", "0"], "--dump-max-files must be from 1 to 1000000"),
         (["-l", ":1", "-f", ":2", "-m", ":3", "--compare", "--dump-dir", "/tmp", "--dump-max-files", "x"], "dump-max-files"),
-        (["-l", ":1", "-f", ":2", "-t", "5"], "duration '5'"),
-        (["-l", ":1", "-f", ":2", "-t", "soon"], "duration 'soon'"),
+        (["-l", ":1", "-f", ":2", "-t", "5"], "-t '5': expected a number with a unit, like 500ms, 2s or 1m30s"),
+        (["-l", ":1", "-f", ":2", "-t", "soon"], "-t 'soon': expected a number with a unit"),
         (["-l", ":1", "-f", ":2", "--max-memory", "512KiB"], "--max-memory must be at least 1MiB"),
         (["-l", ":1", "-f", ":2", "--max-memory", "2MiB", "--threads", "64"], "raise --max-memory"),
-        (["-l", ":1", "-f", ":2", "--idle-timeout", "soon"], "duration 'soon'"),
-        (["-l", ":1", "-f", ":2", "--slot-size", "12q"], "size '12q'"),
+        (["-l", ":1", "-f", ":2", "--idle-timeout", "soon"], "--idle-timeout 'soon': expected a number with a unit"),
+        (["-l", ":1", "-f", ":2", "--slot-size", "12q"], "--slot-size '12q': expected bytes"),
         (["-l", ":1", "-f", ":2", "--threads", "0"], "--threads"),
         (["-l", ":1", "-f", ":2", "--mirror-discard-batch", "2MiB"], "--mirror-discard-batch must be from 0 to 1MiB"),
         (["-l", ":1", "-f", ":2", "--mirror-batch-bytes", "1GiB"], "--mirror-batch-bytes must be from 0 to 16MiB"),
         (["-l", ":1", "-f", ":2", "--mirror-batch-delay", "1s"], "--mirror-batch-delay must be from 0 to 100ms"),
         (["-l", ":1", "-f", ":2", "--mirror-batch-delay", "-1ms"], "--mirror-batch-delay '-1ms': negative durations are refused"),
-        (["-l", ":1", "-f", ":2", "--mirror-batch-delay", "soon"], "duration 'soon'"),
-        (["-l", ":1", "-f", ":2", "--log-level", "loud"], "--log-level"),
+        (["-l", ":1", "-f", ":2", "--mirror-batch-delay", "soon"], "--mirror-batch-delay 'soon': expected a number with a unit"),
+        (["-l", ":1", "-f", ":2", "--log-level", "loud"], "--log-level 'loud': expected trace, debug, info, notice, warning, error, critical"),
         (["-l", ":1", "-f", ":2", "--zerocopy", "maybe"], "--zerocopy 'maybe': expected auto, on or off"),
         (["-l", "127.0.0.1:0", "-f", ":9", "--backend", "epoll", "--zerocopy", "on"],
          "--zerocopy on: zero-copy sends need the io_uring backend, and this worker runs on epoll"),
@@ -126,16 +127,24 @@ struct CLITests {
         (["-l", "127.0.0.1:1", "-f", ":2", "--forward", ":3"], "-f given 2 times"),
         // Negative values reach their check instead of "Missing value".
         (["-l", ":1", "-f", ":2", "-t", "-1s"], "-t '-1s': negative durations are refused"),
-        (["-l", ":1", "-f", ":2", "--timeout", "-500ms"], "-t '-500ms': negative durations are refused"),
+        (["-l", ":1", "-f", ":2", "--timeout", "-500ms"], "--timeout '-500ms': negative durations are refused"),
         (["-l", ":1", "-f", ":2", "--main-connect-timeout", "-1s"], "--main-connect-timeout '-1s': negative durations are refused"),
         (["-l", ":1", "-f", ":2", "--mirror-linger", "-1ms"], "--mirror-linger '-1ms': negative durations are refused"),
         (["-l", ":1", "-f", ":2", "--drain-timeout", "-5s"], "--drain-timeout '-5s': negative durations are refused"),
         (["-l", ":1", "-f", ":2", "--stats-interval", "-1s"], "--stats-interval '-1s': negative durations are refused"),
         (["-l", ":1", "-f", ":2", "--wait-batch-timeout", "-1us"], "--wait-batch-timeout '-1us': negative durations are refused"),
         (["-l", ":1", "-f", ":2", "--idle-timeout", "-10m"], "--idle-timeout '-10m': negative durations are refused"),
-        (["-l", ":1", "-f", ":2", "--max-memory", "-1GiB"], "size '-1GiB'"),
+        (["-l", ":1", "-f", ":2", "--max-memory", "-1GiB"], "--max-memory '-1GiB': expected bytes"),
         (["-l", ":1", "-f", ":2", "--threads", "-1"], "--threads must be from 1 to 256, got -1"),
-        (["-l", ":1", "-f", ":2", "--backlog", "-1MiB"], "size '-1MiB'"),
+        (["-l", ":1", "-f", ":2", "--backlog", "-1MiB"], "--backlog '-1MiB': expected bytes"),
+        // Units kept exactly or refused: a duration finer than its setting's unit is not rounded.
+        (["-l", ":1", "-f", ":2", "-t", "1500us"], "-t '1500us': not a whole number of this option's smallest unit, 1ms"),
+        (["-l", ":1", "-f", ":2", "--idle-timeout", "0.5ms"], "--idle-timeout '0.5ms': not a whole number of this option's smallest unit, 1ms"),
+        (["-l", ":1", "-f", ":2", "--mirror-batch-delay", "1500ns"], "--mirror-batch-delay '1500ns': not a whole number of this option's smallest unit, 1us"),
+        (["-l", ":1", "-f", ":2", "--mirror-turn-timeout", "250us"], "--mirror-turn-timeout 250us: must be from 1ms to 1m"),
+        (["-l", ":1", "-f", ":2", "--ring-mode", "fast"], "--ring-mode 'fast': expected defer, coop or plain"),
+        (["-l", ":1", "-f", ":2", "--send-proxy", "v3"], "--send-proxy 'v3': expected v1 or v2"),
+        (["-l", ":1", "-f", ":2", "--metrics", "nowhere"], "--metrics 'nowhere': expected host:port"),
         // Loops, main twice, a mirror twice, metrics on the listener: refused
         // before anything binds, so these fixed ports are never used.
         (["-l", "127.0.0.1:47101", "-f", "127.0.0.1:47101"], "-f 127.0.0.1:47101 is this proxy's own listen address"),
@@ -195,6 +204,19 @@ struct CLITests {
                 "\(some.standardOutput)")
         #expect(some.standardOutput.contains("\nmirror sends: batched up to 64 KiB or 1ms\n"), "\(some.standardOutput)")
         #expect(!some.standardOutput.contains("mirror turns"), "--mirror-turns 0 keeps none")
+    }
+
+    /// Units kept exactly: a duration in a setting's own unit is what runs,
+    /// not rounded to another (250us used to become 1ms).
+    @Test("a duration is kept in its setting's unit exactly: --mirror-turn-timeout 1500us runs as 1500us, -t 1.5s as 1500ms")
+    func unitsKeptExactly() throws {
+        let result = try runProgram(try builtBinary("duplicator"),
+                                    ["-l", "127.0.0.1:0", "-f", ":9", "-m", ":10", "--threads", "1", "--check",
+                                     "--mirror-turn-timeout", "1500us", "--mirror-batch-delay", "250us", "-t", "1.5s"])
+        #expect(result.status == 0, "stderr: \(result.standardError)")
+        #expect(result.standardOutput.contains("up to 1500us each"), "\(result.standardOutput)")
+        #expect(result.standardOutput.contains("batched up to 64 KiB or 250us"), "\(result.standardOutput)")
+        #expect(result.standardOutput.contains("mirror connect timeout 1500ms"), "\(result.standardOutput)")
     }
 
     @Test("--check says what --zerocopy comes to on this kernel", arguments: [
@@ -267,40 +289,37 @@ struct CLITests {
 
     @Test("--help shows examples and exits 0")
     func help() throws {
-        let result = try runProgram(try builtBinary("duplicator"), ["run", "--help"])
+        let result = try runProgram(try builtBinary("duplicator"), ["--help"])
         #expect(result.status == 0)
         #expect(result.standardOutput.contains("duplicator -l :8080 -f :8081 -m :8082 -m :8083"))
+        // `run`, the old hidden name of the proxy kept for the project's own scripts, is gone with them.
+        let run = try runProgram(try builtBinary("duplicator"), ["run", "-l", "127.0.0.1:0", "-f", ":9", "--check"])
+        #expect(run.status != 0 && run.errorLines == ["duplicator: Unexpected argument 'run'"], "\(run.standardError)")
     }
 
     /// `--mirror-discard-batch` was called `--mirror-drain-batch` ("drain" is
-    /// now only the graceful stop): scripts that use the old spelling keep
-    /// working, and the help shows only the new one.
-    @Test("--mirror-drain-batch, the old name of --mirror-discard-batch, still sets it and is hidden from the help")
-    func mirrorDrainBatchAlias() throws {
+    /// now only the graceful stop); the old spelling, kept hidden for the
+    /// project's own scripts, is gone with them.
+    @Test("--mirror-discard-batch sets its setting; the old name --mirror-drain-batch is an unknown option")
+    func mirrorDiscardBatch() throws {
         let binary = try builtBinary("duplicator")
         let base = ["-l", "127.0.0.1:0", "-f", ":9", "-m", ":10", "--threads", "1", "--check"]
-        for flag in ["--mirror-discard-batch", "--mirror-drain-batch"] {
-            let accepted = try runProgram(binary, base + [flag, "32KiB"], timeoutSeconds: 10)
-            #expect(accepted.status == 0, "\(flag): \(accepted.standardError)")
-            // The value reaches the setting: its bound is checked.
-            let refused = try runProgram(binary, base + [flag, "2MiB"], timeoutSeconds: 10)
-            #expect(refused.status != 0 && refused.errorLines.count == 1
-                    && refused.standardError.contains("--mirror-discard-batch must be from 0 to 1MiB, got 2097152"),
-                    "\(flag): \(refused.standardError)")
-        }
-        for arguments in [["--help"], ["help", "run"]] {
-            let help = try runProgram(binary, arguments)
-            #expect(help.status == 0)
-            #expect(help.standardOutput.contains("--mirror-discard-batch <"), "\(arguments)")
-            #expect(!help.standardOutput.contains("--mirror-drain-batch"), "\(arguments)")
-        }
+        let accepted = try runProgram(binary, base + ["--mirror-discard-batch", "32KiB"], timeoutSeconds: 10)
+        #expect(accepted.status == 0, "\(accepted.standardError)")
+        // The value reaches the setting: its bound is checked.
+        let refused = try runProgram(binary, base + ["--mirror-discard-batch", "2MiB"], timeoutSeconds: 10)
+        #expect(refused.status != 0 && refused.errorLines.count == 1
+                && refused.standardError.contains("--mirror-discard-batch must be from 0 to 1MiB, got 2097152"),
+                "\(refused.standardError)")
+        let old = try runProgram(binary, base + ["--mirror-drain-batch", "32KiB"], timeoutSeconds: 10)
+        #expect(old.status != 0 && old.errorLines == ["duplicator: Unknown option '--mirror-drain-batch'"], "\(old.standardError)")
     }
 
     /// The help shows each documented default (ParserTests checks that the
     /// engine runs with the same ones).
     @Test("the help shows the documented defaults")
     func helpShowsDefaults() throws {
-        let result = try runProgram(try builtBinary("duplicator"), ["help", "run"])
+        let result = try runProgram(try builtBinary("duplicator"), ["--help"])
         #expect(result.status == 0)
         // The parser wraps long lines: compare with the whitespace folded.
         let help = result.standardOutput.split(whereSeparator: \.isWhitespace).joined(separator: " ")
@@ -329,6 +348,13 @@ struct CLITests {
         let memory = ProxyError.setup(RingError("io_uring_register_buffers", errno: ENOMEM), config: config)
         #expect(memory.message.contains("16777216-byte buffer pool"))
         #expect(memory.message.contains("RLIMIT_MEMLOCK"))
+        // A worker's other set-up calls fail as Platform's SystemCallError, explained alike.
+        let table = ProxyError.setup(SystemCallError(operation: "mmap of 4096 bytes for 4 sessions", errorNumber: ENOMEM),
+                                     config: config)
+        #expect(table.message.contains("not enough locked memory (mmap of 4096 bytes for 4 sessions failed)"))
+        let epoll = ProxyError.setup(SystemCallError(operation: "epoll_create1", errorNumber: EMFILE), config: config)
+        #expect(epoll.message == "cannot start a worker: epoll_create1: \(String(cString: strerror(EMFILE))) (EMFILE)")
+        #expect(SystemCallError.describe(errorNumber: EPIPE) == RingError.describe(errno: EPIPE))
     }
 }
 

@@ -11,7 +11,7 @@ import TestSupport
 private func compareLimits(mirrors: Int = 1, windowBytes: Int = 4096, backlogChunksMax: Int = 16) -> SessionLimits {
     var limits = SessionLimits(mirrorCount: mirrors, mainConnectTimeoutMs: 1_000, mirrorConnectTimeoutMs: 500,
                                backlogBytesMax: 1 << 20, backlogChunksMax: backlogChunksMax, readAheadChunks: 2,
-                               mirrorLingerMs: 2_000)
+                               mirrorLingerMs: 2_000, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
     limits.compareWindowBytes = windowBytes
     return limits
 }
@@ -75,6 +75,25 @@ struct CompareSessionTests {
         #expect(io.stats.mirrors[0].replyBytes.value == 5)
         io.abort()
         io.completeCancelled()
+        io.expectQuiescent()
+    }
+
+    @Test("a reload that switches --compare off: sessions that start after it get no verdict and their mirror's replies are discarded; on again, they are compared")
+    func switchedByReload() throws {
+        let io = try FakeSessionIO(limits: compareLimits(), sessions: 1)
+        let request = TestBytes.text("GET k\n")
+        var off = compareLimits()
+        off.compareWindowBytes = 0
+        io.context.adopt(off)
+        try #require(io.start() != nil)
+        io.connectAll()
+        #expect(io.hasPending(.discard, .mirror(0)) && !io.hasPending(.recv, .mirror(0)), "replies discarded, not compared")
+        io.playSession(request: request, main: [TestBytes.text("A\n")], mirror: [TestBytes.text("B\n")])
+        #expect(io.verdictCounts().isEmpty, "no verdict for a session that does not compare")
+        io.context.adopt(compareLimits())
+        try #require(io.start() != nil)
+        io.playSession(request: request, main: [TestBytes.text("A\n")], mirror: [TestBytes.text("B\n")])
+        #expect(io.verdictCounts() == [.diverged: 1])
         io.expectQuiescent()
     }
 

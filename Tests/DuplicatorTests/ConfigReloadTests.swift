@@ -86,6 +86,26 @@ struct ConfigDiffTests {
         #expect(ConfigDiff(from: old, to: old).isEmpty)
     }
 
+    @Test("--compare applies to new sessions (ConfigReloads refuses it where the start reserved no windows)")
+    func compare() {
+        var new = Self.config()
+        new.compare = true
+        let diff = ConfigDiff(from: Self.config(), to: new)
+        #expect(diff.applied == ["compare"] && diff.refused.isEmpty, "\(diff)")
+    }
+
+    @Test("the dump writer's bounds apply from the reload on; the dump directory and the bytes per dump need a new process")
+    func dumpBounds() {
+        var new = Self.config()
+        new.dumpMaxFiles = 7
+        new.dumpQueueBytes = 2 << 20
+        let diff = ConfigDiff(from: Self.config(), to: new)
+        #expect(diff.applied == ["dump-max-files", "dump-queue"] && diff.refused.isEmpty, "\(diff)")
+        new.dumpBytes = 1 << 10
+        new.dumpDirectory = "/tmp"
+        #expect(ConfigDiff(from: Self.config(), to: new).refused.count == 2)
+    }
+
     @Test("what was bound or sized at start is refused, by name")
     func refuses() {
         let changes: [(String, (inout Config) -> Void)] = [
@@ -94,7 +114,7 @@ struct ConfigDiffTests {
             ("threads", { $0.threads = 3 }),
             ("max-memory", { $0.maxMemoryBytes = 2 << 30 }),
             ("backend", { $0.backend = .epoll }),
-            ("compare", { $0.compare = true }),
+            ("compare-window", { $0.compareWindowBytes = 1 << 20 }),
             ("mirror-slots", { $0.mirrorSlots = 8 }),
         ]
         for (name, change) in changes {
@@ -148,8 +168,9 @@ struct ReloadSessionTests {
     @Test("a session started before a reload keeps its mirror; one started after gets the new set")
     func generations() throws {
         // Storage for two mirror slots; generation 1 uses slot 0 only.
-        let io = try FakeSessionIO(limits: SessionLimits(mirrorCount: 2), sessions: 2)
-        var first = SessionLimits(mirrorCount: 1)
+        let io = try FakeSessionIO(limits: SessionLimits(mirrorCount: 2, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0),
+                                   sessions: 2)
+        var first = SessionLimits(mirrorCount: 1, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
         first.mirrorLingerMs = 2_000
         io.context.adopt(first)
         try #require(io.start() != nil)
@@ -159,7 +180,7 @@ struct ReloadSessionTests {
         io.connectAll(old)
 
         // The reload: slot 0 removed, slot 1 added, another linger.
-        var second = SessionLimits(mirrorCount: 2)
+        var second = SessionLimits(mirrorCount: 2, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
         second.mirrorSlotsAbsent = 0b01
         second.mirrorLingerMs = 7_000
         io.context.adopt(second)
@@ -183,5 +204,44 @@ struct ReloadSessionTests {
         #expect(io.stats.mirrors[0].sessionsMirrored.value == 1)
         #expect(io.stats.mirrors[1].sessionsMirrored.value == 1)
         io.abort()
+    }
+
+    @Test("a removed mirror's live copies are counted apart as they finish; a configured mirror's are not")
+    func retiredCopies() throws {
+        let io = try FakeSessionIO(limits: SessionLimits(mirrorCount: 2, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0), sessions: 3)
+        io.context.adopt(SessionLimits(mirrorCount: 2, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0))
+        try #require(io.start() != nil)
+        let old = try #require(io.lastKey)
+        io.connectAll(old)
+        try #require(io.start() != nil)
+        let before = try #require(io.lastKey)
+        io.connectAll(before)
+        io.abort(before)
+        io.completeCancelled()
+        #expect(io.stats.mirrors.map { $0.sessionsRetired.value } == [0, 0], "no reload: nothing retired")
+
+        // A reload removes slot 1, the last (the new generation has one slot).
+        io.context.adopt(SessionLimits(mirrorCount: 1, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0))
+        try #require(io.start() != nil)
+        let after = try #require(io.lastKey)
+        io.connectAll(after)
+        io.abort(after)
+        io.completeCancelled()
+        #expect(io.stats.mirrors.map { $0.sessionsRetired.value } == [0, 0], "a session of the new configuration retires nothing")
+        io.abort(old)
+        io.completeCancelled()
+        #expect(io.stats.mirrors.map { $0.sessionsRetired.value } == [0, 1], "the old session's copy to slot 1 finished after its removal")
+
+        // Another removes slot 0 (absent) and brings slot 1 back.
+        var third = SessionLimits(mirrorCount: 2, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
+        third.mirrorSlotsAbsent = 0b01
+        io.context.adopt(SessionLimits(mirrorCount: 2, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0))
+        try #require(io.start() != nil)
+        let both = try #require(io.lastKey)
+        io.connectAll(both)
+        io.context.adopt(third)
+        io.abort(both)
+        io.completeCancelled()
+        #expect(io.stats.mirrors.map { $0.sessionsRetired.value } == [1, 1])
     }
 }

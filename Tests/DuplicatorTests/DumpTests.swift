@@ -180,7 +180,8 @@ struct DumpTests {
 
     private static func limits(dumpBytes: Int) -> SessionLimits {
         var limits = SessionLimits(mirrorCount: 1, mainConnectTimeoutMs: 1_000, mirrorConnectTimeoutMs: 500,
-                                   backlogBytesMax: 1 << 20, backlogChunksMax: 16, readAheadChunks: 2, mirrorLingerMs: 2_000)
+                                   backlogBytesMax: 1 << 20, backlogChunksMax: 16, readAheadChunks: 2, mirrorLingerMs: 2_000,
+                                   mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
         limits.compareWindowBytes = 4096
         limits.dumpBytes = dumpBytes
         return limits
@@ -258,7 +259,7 @@ struct DumpTests {
     func offMeansNothing() throws {
         let io = try FakeSessionIO(limits: Self.limits(dumpBytes: 0))
         let session = try #require(io.start())
-        #expect(session.recording == nil)
+        #expect(session.recordingTap == nil)
         io.abort()
         io.completeCancelled()
         io.expectQuiescent()
@@ -311,6 +312,26 @@ struct DumpTests {
             #expect(status.st_mode & 0o777 == 0o600)
             unlink(directory + "/" + name)
         }
+        rmdir(directory)
+    }
+
+    @Test("a reload's --dump-max-files and --dump-queue bound the dumps submitted after it")
+    func writerFollowsReload() throws {
+        let directory = try Self.temporaryDirectory()
+        let writer = try DumpWriter(directory: directory, maxFiles: 1, servers: [address("127.0.0.1", 1), address("127.0.0.1", 2)],
+                                    mirrorNames: ["127.0.0.1:2"], queueBytesMax: Self.request().memoryBytes)
+        // Not started: nothing leaves the queue, so the queue's bound shows too.
+        writer.submit(Self.request())
+        writer.submit(Self.request())
+        #expect(writer.count(mirror: 0, .skippedLimit) == 1, "one file at most")
+        writer.follow(maxFiles: 4, queueBytesMax: 2 * Self.request().memoryBytes)
+        for _ in 0..<3 { writer.submit(Self.request()) }
+        #expect(writer.count(mirror: 0, .skippedLimit) == 1, "three more files allowed")
+        #expect(writer.count(mirror: 0, .droppedQueue) == 2, "two requests' bytes queued at most: one more fits")
+        try writer.start()
+        writer.stop()
+        #expect(writer.count(mirror: 0, .written) == 2)
+        for name in Self.files(directory) { unlink(directory + "/" + name) }
         rmdir(directory)
     }
 

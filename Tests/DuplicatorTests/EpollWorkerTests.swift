@@ -30,9 +30,10 @@ struct EpollWorkerTests {
         try config.validate()
         let targets = try ([config.main] + config.mirrors).map { try $0.resolve(role: .connect) }
         let stats = WorkerStats(mirrorCount: mirrors)
-        let worker = try EpollWorker(config: config, targets: targets, loopGuard: LoopGuard(targets: targets, localAddresses: []),
-                               mirrorHealth: MirrorHealth(config.limits), listenerFDs: [], stats: stats, allStats: [stats],
-                               control: WorkerControl(), logger: Logger(label: "test"))
+        let worker = try EpollWorker(WorkerEnvironment(config: config, targets: targets,
+                                                       loopGuard: LoopGuard(targets: targets, localAddresses: []),
+                                                       mirrorHealth: MirrorHealth(config.limits), listenerFDs: [], stats: stats,
+                                                       allStats: [stats], control: WorkerControl(), logger: Logger(label: "test")))
         worker.context.nowMs = MonotonicClock.coarseMs()  // as the loop keeps it
         return worker
     }
@@ -155,39 +156,6 @@ struct EpollWorkerTests {
         worker.cancel(fd: fd, tag: Self.cancelTag)
         worker.close(fd: fd, tag: Self.closeTag)
         #expect(Self.summary(worker.completionsOfOneRound(timeoutNanoseconds: 0)) == ["cancel \(-ENOENT)", "close 0"])
-    }
-
-    @Test("connect deadlines of two durations come due in deadline order")
-    func connectDeadlines() {
-        var deadlines = ConnectDeadlines()
-        #expect(deadlines.isEmpty && deadlines.nextDeadlineMs == nil)
-        deadlines.add(fd: 5, serial: 1, deadlineMs: 10_100, timeoutMs: 10_000)
-        deadlines.add(fd: 6, serial: 2, deadlineMs: 600, timeoutMs: 500)
-        deadlines.add(fd: 7, serial: 3, deadlineMs: 700, timeoutMs: 500)
-        #expect(deadlines.nextDeadlineMs == 600)
-        #expect(deadlines.popDue(nowMs: 599) == nil)
-        #expect(deadlines.popDue(nowMs: 650).map { [$0.fd, Int32($0.serial)] } == [6, 2])
-        #expect(deadlines.popDue(nowMs: 650) == nil)
-        #expect(deadlines.nextDeadlineMs == 700)
-        #expect(deadlines.popDue(nowMs: 20_000).map { [$0.fd, Int32($0.serial)] } == [7, 3])
-        #expect(deadlines.popDue(nowMs: 20_000).map { [$0.fd, Int32($0.serial)] } == [5, 1])
-        #expect(deadlines.isEmpty)
-    }
-
-    /// Under steady load some connects are always pending, so a queue is
-    /// never empty: its storage must still stay near what is pending.
-    @Test("connect deadlines under steady load keep bounded storage")
-    func connectDeadlinesStayBounded() {
-        var deadlines = ConnectDeadlines()
-        var nowMs: UInt64 = 0
-        for serial in 0..<100_000 {
-            nowMs += 1
-            deadlines.add(fd: Int32(serial % 1000), serial: UInt32(serial), deadlineMs: nowMs + 100, timeoutMs: 100)
-            while deadlines.popDue(nowMs: nowMs) != nil {}
-        }
-        // 100 pending at any time.
-        #expect(deadlines.storedCount <= 300, "\(deadlines.storedCount) entries stored for 100 pending")
-        #expect(deadlines.nextDeadlineMs == nowMs - 99 + 100)
     }
 
     // MARK: - Sending

@@ -264,7 +264,7 @@ final class FakeSessionIO: WorkerBackend {
         let key = SessionKey(session)
         let mirrors = (0..<limits.mirrorCount).map { session.legs[.mirror($0)].missing }
         ended[key] = EndedSession(key: key, cause: session.endCause, mirrorMissing: mirrors)
-        if let comparisons = session.comparisons {
+        if let comparisons = session.compareTap {
             ended[key]!.mirrorVerdicts = (0..<limits.mirrorCount).map { comparisons[$0].verdict }
         }
         if !freed { table.free(session) }

@@ -103,10 +103,10 @@ struct FirstHourUnitTests {
         config.proxyHeaderTimeoutMs = Config.timeoutMsMin
         try config.validate()
         #expect(UInt64(Config.timeoutMsMin) == WorkerCore<FakeSessionIO>.tickMs, "the smallest timeout is one tick")
-        #expect(throws: ConfigError.self) { try Config.checkStatsInterval("1ns", milliseconds: 1) }
-        #expect(throws: ConfigError.self) { try Config.checkStatsInterval("999ms", milliseconds: 999) }
-        try Config.checkStatsInterval("0", milliseconds: 0)
-        try Config.checkStatsInterval("1s", milliseconds: 1_000)
+        #expect(throws: ConfigError.self) { try Config.checkStatsInterval(milliseconds: 1) }
+        #expect(throws: ConfigError.self) { try Config.checkStatsInterval(milliseconds: 999) }
+        try Config.checkStatsInterval(milliseconds: 0)
+        try Config.checkStatsInterval(milliseconds: 1_000)
     }
 
     @Test("the metric families the man page lists are every family /metrics serves")
@@ -345,7 +345,8 @@ struct FirstHourCLITests {
         (["-m", ":10", "--metrics", ":10"], "--metrics :10 is a mirror's address (-m :10)"),
         (["-m", ":10", "-t", "0"], "-t 0: a mirror connect timeout is needed"),
         (["-m", ":10", "-t", "10ms"], "the smallest is 100ms"),
-        (["--stats-interval", "1ns"], "--stats-interval 1ns: too often; the smallest is 1s (or 0: never)"),
+        (["--stats-interval", "10ms"], "--stats-interval 10ms: too often; the smallest is 1s (or 0: never)"),
+        (["--stats-interval", "1ns"], "--stats-interval '1ns': not a whole number of this option's smallest unit, 1ms"),
         (["--dump-queue", "10"], "--dump-queue must be from 1MiB"),
     ])
     func refusedAtStart(extra: [String], expected: String) throws {
@@ -359,9 +360,9 @@ struct FirstHourCLITests {
     }
 
     @Test("demo: the proxy's size and duration types, and its failures in one readable line", arguments: [
-        (["-d", "-1s"], "--duration '-1s': negative durations are refused"),
-        (["-s", "1G"], "--size must be from 1 byte to 64MiB, got 1G"),
-        (["-s", "big"], "--size: "),
+        (["-d", "-1s"], "-d '-1s': negative durations are refused"),
+        (["-s", "1G"], "--size must be from 1 byte to 64MiB, got 1GiB"),
+        (["-s", "big"], "-s 'big': expected bytes, like 65536, 64KiB or 4MiB"),
         (["-p", "100000"], "--connections must be from 1 to 10000, got 100000"),
     ])
     func demoRefusals(arguments: [String], expected: String) throws {
@@ -413,6 +414,13 @@ struct FirstHourManualTests {
                 #expect(found.lowerBound >= previous, "\(title) out of order")
                 previous = found.lowerBound
             }
+        }
+        // OPTIONS in --help's groups, in its order, the untitled ones last.
+        var group = page.range(of: "\n.SH OPTIONS")?.upperBound ?? page.startIndex
+        for title in ["Addresses", "Mirrors", "Limits and timeouts", "Verdicts and recording", "Observability", "Tuning", "Other options"] {
+            let found = page.range(of: "\n.SS \(title)\n", range: group..<page.endIndex)
+            #expect(found != nil, "OPTIONS has no group \(title) after the one before")
+            if let found { group = found.upperBound }
         }
         for signal in ["SIGINT, SIGTERM", "SIGUSR1", "SIGHUP"] { #expect(page.contains("\\fB\(signal)\\fR"), "\(signal)") }
         for status in ["0", "1", "64"] { #expect(page.contains(".TP\n\\fB\(status)\\fR\n"), "exit status \(status)") }
@@ -476,7 +484,8 @@ struct FirstHourVerdictTests {
     @Test("a mirror far ahead of main waits for it, and a longer mirror is longer, not incomplete")
     func mirrorWaitsForMain() throws {
         var limits = SessionLimits(mirrorCount: 1, mainConnectTimeoutMs: 1_000, mirrorConnectTimeoutMs: 500,
-                                   backlogBytesMax: 1 << 20, backlogChunksMax: 64, readAheadChunks: 2, mirrorLingerMs: 2_000)
+                                   backlogBytesMax: 1 << 20, backlogChunksMax: 64, readAheadChunks: 2, mirrorLingerMs: 2_000,
+                                   mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
         limits.compareWindowBytes = 64 << 10
         let io = try FakeSessionIO(limits: limits, slotCount: 64, slotSize: 4096, sessions: 1)
         try #require(io.start() != nil)

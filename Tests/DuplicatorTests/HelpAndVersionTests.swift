@@ -18,17 +18,23 @@ struct HelpAndVersionTests {
                              "duplicator -l :8080 -f :8081 -m :8082 -m :8083", "demo"] {
                 #expect(help.contains(expected), "\(arguments): '\(expected)' missing from\n\(help)")
             }
-            // `run` is kept for old scripts, not advertised.
-            #expect(!help.contains("  run "), "\(arguments)")
         }
     }
 
-    @Test("duplicator run --help still works, with the same options")
-    func runHelp() throws {
-        let result = try runProgram(try builtBinary("duplicator"), ["run", "--help"])
+    @Test("duplicator --help shows the options in titled groups, in order, tuning last before the general ones")
+    func helpGroups() throws {
+        let result = try runProgram(try builtBinary("duplicator"), ["--help"])
         #expect(result.status == 0)
-        #expect(result.standardOutput.contains("duplicator -l :8080 -f :8081 -m :8082 -m :8083"))
-        #expect(result.standardOutput.contains("--send-proxy"))
+        let titles = result.standardOutput.split(separator: "\n").filter { !$0.hasPrefix(" ") && $0.hasSuffix(":") }.map(String.init)
+        let groups = ["ADDRESSES:", "MIRRORS:", "LIMITS AND TIMEOUTS:", "VERDICTS AND RECORDING:", "OBSERVABILITY:", "TUNING:", "OPTIONS:"]
+        // Other groups (TLS, recording) may sit between them; these keep their order, and tuning comes last of the titled.
+        let found = titles.filter { groups.contains($0) }
+        #expect(found == groups, "\(titles)")
+        #expect(titles.firstIndex(of: "TUNING:") == titles.firstIndex(of: "OPTIONS:").map { $0 - 1 }, "\(titles)")
+        // goduplicator's four flags are the first options shown.
+        let help = result.standardOutput
+        let order = ["-l, --listen", "-f, --forward", "-m, --mirror", "-t, --timeout", "--slot-size"].compactMap { help.range(of: $0)?.lowerBound }
+        #expect(order.count == 5 && order == order.sorted(), "\(help)")
     }
 
     @Test("duplicator --version prints BuildInfo.version and exits 0")
@@ -91,12 +97,19 @@ struct FlagsTableTests {
         let dump = try runProgram(try builtBinary("duplicator"), ["--experimental-dump-help"])
         #expect(dump.status == 0)
         struct Name: Decodable { let kind: String; let name: String }
-        struct Argument: Decodable { let names: [Name]?; let defaultValue: String?; let shouldDisplay: Bool }
+        struct Argument: Decodable { let names: [Name]?; let defaultValue: String?; let shouldDisplay: Bool; let sectionTitle: String? }
         struct Command: Decodable { let arguments: [Argument] }
         struct Dump: Decodable { let command: Command }
         let command = try JSONDecoder().decode(Dump.self, from: Data(dump.standardOutput.utf8)).command
         let page = try String(contentsOfFile: Self.path, encoding: .utf8)
         let rows = page.split(separator: "\n").filter { $0.hasPrefix("| `-") }
+        // The page's section of each row: --help's group of its option ("Options" for the untitled one).
+        var sectionOfRow: [Substring: String] = [:]
+        var section = ""
+        for line in page.split(separator: "\n") {
+            if line.hasPrefix("## ") { section = String(line.dropFirst(3)) }
+            if line.hasPrefix("| `-") { sectionOfRow[line] = section }
+        }
         var shown: Set<String> = []
         for argument in command.arguments where argument.shouldDisplay {
             guard let long = argument.names?.first(where: { $0.kind == "long" })?.name,
@@ -105,6 +118,10 @@ struct FlagsTableTests {
             // The row whose first cell names the flag (others may mention it).
             let row = rows.first { Self.longNames($0).contains(long) }
             #expect(row != nil, "--\(long) has no row in docs/flags.md's tables")
+            if let row {
+                #expect(sectionOfRow[row] == (argument.sectionTitle ?? "Options"),
+                        "--\(long) is under '\(argument.sectionTitle ?? "Options")' in --help, '\(sectionOfRow[row] ?? "?")' in docs/flags.md")
+            }
             if let row, let value = argument.defaultValue {
                 #expect(row.contains("`\(value)`"), "docs/flags.md's row for --\(long) does not say its default \(value): \(row)")
             }
@@ -133,11 +150,11 @@ struct CheckProxyProtocolTests {
         #expect(both.standardOutput.contains("\nPROXY protocol: a v2 header sent to main and every mirror\n"), "\(both.standardOutput)")
         let plain = try runProgram(binary, base)
         #expect(plain.status == 0 && !plain.standardOutput.contains("PROXY"), "\(plain.standardOutput)")
-        for (arguments, expected) in [(["--send-proxy", "v3"], "'v3' is invalid for '--send-proxy"),
+        for (arguments, expected) in [(["--send-proxy", "v3"], "--send-proxy 'v3': expected v1 or v2"),
                                       (["--send-proxy"], "Missing value for '--send-proxy"),
                                       (["--proxy-header-timeout", "0"], "--proxy-header-timeout 0: shorter than the workers' tick; the smallest is 100ms"),
                                       (["--proxy-header-timeout", "-1s"], "--proxy-header-timeout '-1s': negative durations are refused"),
-                                      (["--proxy-header-timeout", "soon"], "duration 'soon'")] {
+                                      (["--proxy-header-timeout", "soon"], "--proxy-header-timeout 'soon': expected a number with a unit")] {
             let result = try runProgram(binary, base + arguments)
             #expect(result.status != 0, "\(arguments)")
             #expect(result.errorLines.count == 1 && result.standardError.contains(expected), "\(arguments): \(result.standardError)")

@@ -14,7 +14,7 @@ private func batchLimits(mirrors: Int = 1, batchBytes: Int = 64 * 1024, delayUs:
     SessionLimits(mirrorCount: mirrors, mainConnectTimeoutMs: 1_000, mirrorConnectTimeoutMs: 500,
                   backlogBytesMax: backlogBytesMax, backlogChunksMax: backlogChunksMax, readAheadChunks: 2,
                   mirrorLingerMs: 2_000, mirrorFailuresBeforeBackoff: 3,
-                  mirrorBatchBytes: batchBytes, mirrorBatchDelayUs: delayUs)
+                  mirrorBatchBytes: batchBytes, mirrorBatchDelayUs: delayUs, mirrorTurns: 0)
 }
 
 @Suite("SessionTests.MirrorBatch")

@@ -64,7 +64,7 @@ struct SamplingSessionTests {
     @Test("a 30% mirror gets about 30% of sessions, a full one all; those left out are counted, not missed",
           arguments: [UInt64(1), 2, 3])
     func share(seed: UInt64) throws {
-        var limits = SessionLimits(mirrorCount: 2)
+        var limits = SessionLimits(mirrorCount: 2, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
         limits.mirrorSampleThresholds = [MirrorSampling.threshold(percent: 30), MirrorSampling.everySession]
         let io = try FakeSessionIO(limits: limits, sessions: 1, samplingSeed: seed)
         let sessions = 1000
@@ -110,7 +110,7 @@ struct SamplingSessionTests {
     @Test("the choice replays from its seed")
     func replays() throws {
         func choices(seed: UInt64) throws -> [Bool] {
-            var limits = SessionLimits(mirrorCount: 1)
+            var limits = SessionLimits(mirrorCount: 1, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
             limits.mirrorSampleThresholds = [MirrorSampling.threshold(percent: 50)]
             let io = try FakeSessionIO(limits: limits, sessions: 1, samplingSeed: seed)
             var result: [Bool] = []

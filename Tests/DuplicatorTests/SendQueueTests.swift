@@ -54,7 +54,8 @@ struct SendQueueTests {
 
     @Test("chunk capacity covers the client, main and every mirror's backlog")
     func chunkCapacity() {
-        let limits = SessionLimits(mirrorCount: 3, backlogChunksMax: 10, readAheadChunks: 2)
+        let limits = SessionLimits(mirrorCount: 3, backlogChunksMax: 10, readAheadChunks: 2,
+                                   mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
         #expect(Session.chunkCapacity(limits) == 2 * 2 + 3 * 10)
     }
 }

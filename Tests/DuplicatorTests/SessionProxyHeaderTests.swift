@@ -11,7 +11,8 @@ import TestSupport
 private func proxyLimits(mirrors: Int = 2, send: ProxyProtocol.Version? = nil, accept: Bool = false) -> SessionLimits {
     SessionLimits(mirrorCount: mirrors, mainConnectTimeoutMs: 1_000, mirrorConnectTimeoutMs: 500,
                   backlogBytesMax: 1 << 20, backlogChunksMax: 16, readAheadChunks: 2, mirrorLingerMs: 2_000,
-                  sendProxy: send, acceptProxy: accept, proxyHeaderTimeoutMs: 3_000)
+                  sendProxy: send, acceptProxy: accept, proxyHeaderTimeoutMs: 3_000,
+                  mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
 }
 
 private let client4 = ProxyAddresses(source: ProxyProtocolTests.address("192.0.2.10", 56324),
@@ -225,7 +226,8 @@ struct SessionProxyHeaderSimulationTests {
             let version = ProxyProtocol.Version.allCases.randomElement(using: &setup)!
             let limits = SessionLimits(mirrorCount: mirrorCount, backlogBytesMax: 1 << 20, backlogChunksMax: 8,
                                        readAheadChunks: 2, mirrorLingerMs: 1_000, mirrorFailuresBeforeBackoff: 2,
-                                       sendProxy: version, acceptProxy: true)
+                                       sendProxy: version, acceptProxy: true,
+                                       mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
             let io = try FakeSessionIO(limits: limits, slotCount: 8, sessions: 3)
             let simulation = Simulation(io: io, seed: seed)
             simulation.sessionsToStart = 4

@@ -30,7 +30,8 @@ extension SessionTests {
             var setup = SeededGenerator(seed: seed)
             let mirrorCount = Int.random(in: 0...2, using: &setup)
             let limits = SessionLimits(mirrorCount: mirrorCount, backlogBytesMax: 1 << 20, backlogChunksMax: 8,
-                                       readAheadChunks: 2, mirrorLingerMs: 1_000, mirrorFailuresBeforeBackoff: 2)
+                                       readAheadChunks: 2, mirrorLingerMs: 1_000, mirrorFailuresBeforeBackoff: 2,
+                                       mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
             let io = try FakeSessionIO(limits: limits, slotCount: 8, sessions: 3)
             let simulation = Simulation(io: io, seed: seed)
             simulation.sessionsToStart = 4
@@ -74,7 +75,7 @@ extension SessionTests {
             backlogBytesMax: [6_000, 65_536, 1 << 20].randomElement(using: &setup)!,
             backlogChunksMax: [2, 4, 16, 64].randomElement(using: &setup)!,
             readAheadChunks: Int.random(in: 1...3, using: &setup), mirrorLingerMs: 1_000,
-            mirrorFailuresBeforeBackoff: 1_000)
+            mirrorFailuresBeforeBackoff: 1_000, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
         let io = try FakeSessionIO(limits: limits, slotCount: [4, 8, 16, 32].randomElement(using: &setup)!,
                                    sessions: Int.random(in: 1...3, using: &setup))
         let simulation = Simulation(io: io, seed: seed)

@@ -17,7 +17,8 @@ func testLimits(mirrors: Int = 2, backlogBytesMax: Int = 1 << 20, backlogChunksM
                   backlogBytesMax: backlogBytesMax, backlogChunksMax: backlogChunksMax,
                   readAheadChunks: readAheadChunks, mirrorLingerMs: lingerMs, idleTimeoutMs: idleTimeoutMs,
                   mirrorFailuresBeforeBackoff: failuresBeforeBackoff,
-                  mirrorBackoffInitialMs: 250, mirrorBackoffMaxMs: 30_000)
+                  mirrorBackoffInitialMs: 250, mirrorBackoffMaxMs: 30_000,
+                  mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
 }
 
 /// Plays out whatever is left of the current sessions with healthy peers

@@ -126,7 +126,8 @@ final class SessionDriver {
         self.mirrors = mirrors
         self.messageBytes = messageBytes
         let pool = try BufferPool(slotSize: 16 << 10, slotCount: 64)
-        let context = SessionContext(limits: SessionLimits(mirrorCount: mirrors), pool: pool,
+        let context = SessionContext(limits: SessionLimits(mirrorCount: mirrors,
+                                                           mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0), pool: pool,
                                      stats: WorkerStats(mirrorCount: mirrors))
         io = ScriptedIO(pool: pool)
         table = try SessionTable(capacity: 4, context: context)

@@ -27,12 +27,15 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
 
     /// Bytes of requests waiting for the writer at most (`--dump-queue`);
     /// one request is always taken when the queue is empty, whatever its size.
-    public let queueBytesMax: Int
+    public var queueBytesMax: Int { queueBytesLimit.load(ordering: .relaxed) }
+    private let queueBytesLimit: Atomic<Int>
     /// Where failed and dropped dumps are told, for the log; nil: counted only.
     public let problems: ProblemLog?
 
     public let directory: String
-    public let maxFiles: Int
+    /// Files written at most (`--dump-max-files`).
+    public var maxFiles: Int { maxFilesLimit.load(ordering: .relaxed) }
+    private let maxFilesLimit: Atomic<Int>
     /// Main's address, then each mirror's (the servers' ends of the conversations).
     private let servers: [ProxyAddress]
     private let mirrorNames: [String]
@@ -65,8 +68,8 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
             throw ConfigError("--dump-dir \(directory): not writable: \(String(cString: strerror(errno)))")
         }
         self.directory = directory
-        self.maxFiles = maxFiles
-        self.queueBytesMax = queueBytesMax
+        maxFilesLimit = Atomic(maxFiles)
+        queueBytesLimit = Atomic(queueBytesMax)
         self.problems = problems
         self.servers = servers
         self.mirrorNames = mirrorNames
@@ -101,6 +104,13 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
         pthread_mutex_unlock(mutex)
         thread?.join()
         thread = nil
+    }
+
+    /// A reload's `--dump-max-files` and `--dump-queue`, for the dumps
+    /// submitted from now on (the files already written count against the new bound).
+    public func follow(maxFiles: Int, queueBytesMax: Int) {
+        maxFilesLimit.store(maxFiles, ordering: .relaxed)
+        queueBytesLimit.store(queueBytesMax, ordering: .relaxed)
     }
 
     public func count(mirror: Int, _ result: Result) -> UInt64 {

@@ -246,7 +246,8 @@ public struct Config: Sendable {
         }
         guard (0...64).contains(mirrorTurns) else { throw ConfigError("--mirror-turns must be from 0 to 64, got \(mirrorTurns)") }
         guard (1_000...60_000_000).contains(mirrorTurnTimeoutUs) else {
-            throw ConfigError("--mirror-turn-timeout must be from 1ms to 1m")
+            throw ConfigError("--mirror-turn-timeout \(DurationParser.text(nanoseconds: Int64(mirrorTurnTimeoutUs) * 1_000)): "
+                + "must be from 1ms to 1m")
         }
         guard backlogBytesMax >= 1 else { throw ConfigError("--backlog must be positive") }
         guard (1...4096).contains(backlogChunksMax) else {

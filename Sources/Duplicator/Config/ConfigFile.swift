@@ -1,4 +1,5 @@
 import Glibc
+import Platform
 import Ring
 import Yams
 
@@ -186,7 +187,7 @@ public struct ConfigFile: Equatable, Sendable {
     /// The whole file, or why not.
     private static func readText(_ path: String) throws(ConfigError) -> String {
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw ConfigError(RingError.describe(errno: errno)) }
+        guard fd >= 0 else { throw ConfigError(SystemCallError.describe(errorNumber: errno)) }
         defer { Glibc.close(fd) }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
@@ -194,7 +195,7 @@ public struct ConfigFile: Equatable, Sendable {
             let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
             if count < 0 {
                 if errno == EINTR { continue }
-                throw ConfigError(RingError.describe(errno: errno))
+                throw ConfigError(SystemCallError.describe(errorNumber: errno))
             }
             if count == 0 { break }
             bytes.append(contentsOf: chunk[0..<count])

@@ -103,10 +103,10 @@ final class GenerationFollower {
     private var adopted = 0
     /// The clock in microseconds is read each round: sessions may have
     /// mirror timers, or record arrival times (`--dump-dir`).
-    private var microseconds: Bool
-    var readsMicroseconds: Bool { microseconds }
+    private var _readsMicroseconds: Bool
+    var readsMicroseconds: Bool { _readsMicroseconds }
 
-    init(readsMicroseconds: Bool) { microseconds = readsMicroseconds }
+    init(readsMicroseconds: Bool) { _readsMicroseconds = readsMicroseconds }
 
     /// Once per round: nil, or the generation to adopt now.
     @inline(__always)
@@ -117,7 +117,7 @@ final class GenerationFollower {
 
     func adopted(_ generation: ConfigGeneration, readsMicroseconds: Bool) {
         adopted = generation.number
-        microseconds = microseconds || readsMicroseconds
+        _readsMicroseconds = _readsMicroseconds || readsMicroseconds
     }
 }
 
@@ -151,12 +151,9 @@ public struct ConfigDiff: Equatable, Sendable {
         check("mirror-slots", { $0.mirrorSlots ?? 0 }, live: false, why: "sized at start")
         check("send-proxy", { $0.sendProxy?.rawValue }, live: false)
         check("accept-proxy", \.acceptProxy, live: false)
-        check("compare", \.compare, live: false, why: "its windows are reserved at start")
         check("compare-window", \.compareWindowBytes, live: false, why: "reserved at start")
         check("dump-dir", \.dumpDirectory, live: false, why: "its writer starts with the process")
         check("dump-bytes", \.dumpBytes, live: false, why: "reserved at start")
-        check("dump-max-files", \.dumpMaxFiles, live: false)
-        check("dump-queue", \.dumpQueueBytes, live: false, why: "its writer starts with the process")
         // What a session takes at its start.
         check("mirror", { $0.mirrors.map(\.text) })
         check("mirror sampling", \.mirrorSamplePercents)
@@ -171,6 +168,11 @@ public struct ConfigDiff: Equatable, Sendable {
         check("mirror-batch-delay", \.mirrorBatchDelayUs)
         check("mirror-turn-timeout", \.mirrorTurnTimeoutUs)
         check("mirror-turns", \.mirrorTurns)
+        // Within the windows reserved at start (ConfigReloads refuses it without).
+        check("compare", \.compare)
+        // The dump writer's bounds, for the dumps submitted from then on.
+        check("dump-max-files", \.dumpMaxFiles)
+        check("dump-queue", \.dumpQueueBytes)
         // TLS: on or off is the listener's protocol; the certificate and key
         // (read again at each reload: a renewal keeps their paths), the
         // ALPN list and the timeout apply to new clients' handshakes.
@@ -240,6 +242,8 @@ final class ConfigReloads: Sendable {
     private let dumping: Bool
     /// Sessions have room for this many turns per mirror (sized at start).
     private let mirrorTurnsMax: Int
+    /// Sessions have compare windows (the start had `--compare`): a reload may switch it.
+    private let compareReserved: Bool
     let succeeded = Atomic<UInt64>(0)
     let failed = Atomic<UInt64>(0)
     /// Seconds since the epoch of the latest reload that applied (or of the start).
@@ -254,6 +258,7 @@ final class ConfigReloads: Sendable {
         self.metrics = metrics
         self.dumping = dumping
         mirrorTurnsMax = config.mirrorTurns
+        compareReserved = config.slotLimits.compareWindowBytes > 0
         var table = MirrorSlots(count: config.mirrorSlotCount)
         // Distinct addresses were checked at start; a duplicate still gets a slot of its own.
         var assigned: [Int] = []
@@ -300,6 +305,10 @@ final class ConfigReloads: Sendable {
                 + "(a restart, or a handover with --handover-socket)")
         }
         guard diff.isEmpty == false else { return (running, diff) }
+        if config.compare && !compareReserved {
+            throw ConfigError("key 'compare': its windows are reserved per session at start, and this process started without it: "
+                + "that needs a new process (one started with --compare may switch it off and on by reload)")
+        }
         if config.mirrorTurns > mirrorTurnsMax {
             throw ConfigError("key 'mirror-turns': \(config.mirrorTurns) is more than the \(mirrorTurnsMax) the sessions were sized for at start: that needs a new process")
         }
@@ -359,6 +368,14 @@ extension Proxy {
     public func reload(to config: Config) throws(ConfigError) -> String {
         let (generation, diff) = try reloads.reload(to: config)
         guard !diff.isEmpty else { return "nothing changed (configuration \(generation.digest))" }
+        // What the start set up from the configuration follows it: the
+        // run-time loop guard knows the new mirrors' addresses, and the
+        // problem log names the timeout new sessions run with.
+        loopGuard.learn(generation.slotAddresses.compactMap { $0 })
+        let new = generation.config
+        control.problems.name(main: new.main.text, mainConnectTimeoutMs: new.mainConnectTimeoutMs,
+                              dumpDirectory: new.dumpDirectory, dumpQueueBytes: new.dumpQueueBytes)
+        dumpWriter?.follow(maxFiles: new.dumpMaxFiles, queueBytesMax: new.dumpQueueBytes)
         let mirrors = zip(generation.config.mirrors, generation.mirrorSlots).map { "\($0.0)" }
         return "configuration \(generation.number) (\(generation.digest)) applies to new sessions: "
             + "changed \(diff.applied.joined(separator: ", ")); mirrors now [\(mirrors.joined(separator: ", "))]"

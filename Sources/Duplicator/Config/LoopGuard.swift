@@ -59,7 +59,10 @@ final class LoopGuard: Sendable {
         var connecting: [Int32: Target] = [:]
     }
 
-    private let targets: Set<Target>
+    /// Main's and the mirrors' addresses: those of the start, and of every
+    /// reload since (`learn`): a removed mirror's live copies still connect
+    /// nowhere new, but an added one's connections can loop like the others.
+    private let targets: Mutex<Set<Target>>
     private let localAddresses: Set<HostAddress>
     private let state = Mutex(State())
     private let armed = Atomic<Bool>(false)
@@ -68,8 +71,14 @@ final class LoopGuard: Sendable {
     ///   - targets: main's and the mirrors' addresses, as the proxy connects to them.
     ///   - localAddresses: this host's addresses; loopback is always local.
     init(targets: [SocketAddress], localAddresses: Set<HostAddress>) {
-        self.targets = Set(targets.map(Target.init))
+        self.targets = Mutex(Set(targets.map(Target.init)))
         self.localAddresses = localAddresses
+    }
+
+    /// A reload's targets, from now on (the old ones stay: sessions that
+    /// began before it may still connect to them).
+    func learn(_ addresses: [SocketAddress]) {
+        targets.withLock { $0.formUnion(addresses.map(Target.init)) }
     }
 
     /// Whether outbound connections are being recorded (a suspect was seen).
@@ -85,7 +94,7 @@ final class LoopGuard: Sendable {
     /// to one of our targets. Nil for every other client.
     func suspect(source: SocketAddress, destination: SocketAddress) -> Connection? {
         let connection = Connection(source: source, destination: destination)
-        guard isLocal(source), targets.contains(connection.destination) else { return nil }
+        guard isLocal(source), targets.withLock({ $0.contains(connection.destination) }) else { return nil }
         return connection
     }
 

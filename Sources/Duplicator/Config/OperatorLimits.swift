@@ -43,9 +43,9 @@ extension Config {
     }
 
     /// `--stats-interval`: 0 (never) or at least a second.
-    public static func checkStatsInterval(_ text: String, milliseconds: Int) throws(ConfigError) {
+    public static func checkStatsInterval(milliseconds: Int) throws(ConfigError) {
         guard milliseconds == 0 || milliseconds >= statsIntervalMsMin else {
-            throw ConfigError("--stats-interval \(text): too often; "
+            throw ConfigError("--stats-interval \(DurationParser.text(milliseconds: milliseconds)): too often; "
                 + "the smallest is \(DurationParser.text(milliseconds: statsIntervalMsMin)) (or 0: never)")
         }
     }

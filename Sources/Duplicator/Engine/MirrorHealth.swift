@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import Platform
 import Ring
 import Synchronization
 
@@ -141,6 +142,6 @@ public final class MirrorHealth: Sendable {
 
     /// ELOOP is what the loop guard fails a looped connect with.
     static func describe(_ reason: Int32) -> String {
-        reason == ELOOP ? "its connections loop back into this proxy" : RingError.describe(errno: reason)
+        reason == ELOOP ? "its connections loop back into this proxy" : SystemCallError.describe(errorNumber: reason)
     }
 }

@@ -57,8 +57,11 @@ public struct SessionLimits: Sendable {
     /// anyway, and is not waited for again in the session.
     public var mirrorTurnTimeoutUs: Int
 
-    /// `idleTimeoutMs` is 0 (none) unless given: a session alone has no
-    /// idle timeout; the proxy's comes from `Config`.
+    /// Every default is `Defaults`' but two, said here: `idleTimeoutMs` is 0
+    /// (none) unless given, a session alone has no idle timeout (the proxy's
+    /// comes from `Config`); and the mirror batch and the kept turns have no
+    /// default at all (`Defaults` has 64 KiB and 4, a session under test
+    /// mostly wants none): each caller says which it runs with.
     public init(mirrorCount: Int, mainConnectTimeoutMs: Int = Defaults.mainConnectTimeoutMs,
                 mirrorConnectTimeoutMs: Int = Defaults.mirrorConnectTimeoutMs,
                 backlogBytesMax: Int = Defaults.backlogBytesMax, backlogChunksMax: Int = Defaults.backlogChunksMax,
@@ -68,7 +71,7 @@ public struct SessionLimits: Sendable {
                 mirrorBackoffMaxMs: Int = Defaults.mirrorBackoffMaxMs,
                 sendProxy: ProxyProtocol.Version? = nil, acceptProxy: Bool = false,
                 proxyHeaderTimeoutMs: Int = Defaults.proxyHeaderTimeoutMs,
-                mirrorBatchBytes: Int = 0, mirrorBatchDelayUs: Int = 0, mirrorTurns: Int = 0,
+                mirrorBatchBytes: Int, mirrorBatchDelayUs: Int, mirrorTurns: Int,
                 mirrorTurnTimeoutUs: Int = Defaults.mirrorTurnTimeoutUs) {
         self.sendProxy = sendProxy
         self.acceptProxy = acceptProxy
@@ -100,46 +103,44 @@ public final class SessionContext {
     public let limits: SessionLimits
     /// The current configuration generation's limits: what a session that
     /// starts now follows (`ConfigGeneration`; the worker adopts a new one
-    /// between rounds). Private storage: see below.
-    private var currentLimits: SessionLimits
-    var sessionLimits: SessionLimits { currentLimits }
+    /// between rounds).
+    private var _sessionLimits: SessionLimits
+    var sessionLimits: SessionLimits { _sessionLimits }
     public let pool: BufferPool
     public let stats: WorkerStats
-    // What other modules see of the changing state goes through computed
-    // properties over private storage: Swift checks each access to a stored
-    // `var` other modules can see at run time, which the sessions' hot
-    // paths cannot afford (see `Session`, and BENCHMARKS.md).
-    private var clockMs: UInt64 = 0
-    private var clockUs: UInt64 = 0
-    private var endingCount = 0
-    private var awaitingProxyHeaderCount = 0
-    private var mirrorOnlyCount = 0
+    // Private storage behind the public reads: the sessions' hot paths read
+    // them (docs/contributing.md, "Private storage, public reads").
+    private var _nowMs: UInt64 = 0
+    private var _nowUs: UInt64 = 0
+    private var _sessionsEnding = 0
+    private var _sessionsAwaitingProxyHeader = 0
+    private var _mirrorOnlySlots = 0
 
     /// Milliseconds on a monotonic clock; the owner advances it.
     public var nowMs: UInt64 {
-        get { clockMs }
-        set { clockMs = newValue }
+        get { _nowMs }
+        set { _nowMs = newValue }
     }
     /// Microseconds on a monotonic clock (the mirror batch delay's), advanced by the owner too.
     public var nowUs: UInt64 {
-        get { clockUs }
-        set { clockUs = newValue }
+        get { _nowUs }
+        set { _nowUs = newValue }
     }
     /// Sessions whose client side is over but whose mirrors still flush:
     /// the only ones a tick has work for.
     public internal(set) var sessionsEnding: Int {
-        get { endingCount }
-        set { endingCount = newValue }
+        get { _sessionsEnding }
+        set { _sessionsEnding = newValue }
     }
     /// Sessions still waiting for their client's PROXY protocol header: the
     /// worker checks their deadline while there are any.
     public internal(set) var sessionsAwaitingProxyHeader: Int {
-        get { awaitingProxyHeaderCount }
-        set { awaitingProxyHeaderCount = newValue }
+        get { _sessionsAwaitingProxyHeader }
+        set { _sessionsAwaitingProxyHeader = newValue }
     }
 
     /// Slots that main has finished with but a mirror backlog still holds.
-    public var mirrorOnlySlots: Int { mirrorOnlyCount }
+    public var mirrorOnlySlots: Int { _mirrorOnlySlots }
     /// At most this many: half the pool, so main's path always has the rest.
     public let mirrorOnlySlotsMax: Int
     private let mirrorOnly: UnsafeMutablePointer<Bool>
@@ -161,7 +162,7 @@ public final class SessionContext {
     public init(limits: SessionLimits, pool: BufferPool, stats: WorkerStats, mirrorHealth: MirrorHealth? = nil,
                 problems: ProblemLog? = nil, samplingSeed: UInt64? = nil) {
         self.limits = limits
-        currentLimits = limits
+        _sessionLimits = limits
         self.problems = problems ?? ProblemLog()
         samplingState = samplingSeed ?? UInt64.random(in: 0...UInt64.max)
         self.mirrorHealth = mirrorHealth ?? MirrorHealth(limits)
@@ -179,8 +180,8 @@ public final class SessionContext {
     @inline(__always)
     func markMirrorOnly(_ slot: UInt32) -> Bool {
         mirrorOnly[Int(slot)] = true
-        mirrorOnlyCount &+= 1
-        return mirrorOnlyCount <= mirrorOnlySlotsMax
+        _mirrorOnlySlots &+= 1
+        return _mirrorOnlySlots <= mirrorOnlySlotsMax
     }
 
     /// `slot` went back to the pool.
@@ -188,7 +189,7 @@ public final class SessionContext {
     func slotFreed(_ slot: UInt32) {
         if mirrorOnly[Int(slot)] {
             mirrorOnly[Int(slot)] = false
-            mirrorOnlyCount &-= 1
+            _mirrorOnlySlots &-= 1
         }
     }
 
@@ -212,7 +213,7 @@ public final class SessionContext {
     /// `limits` (its mirror count at most the slots the storage has).
     public func adopt(_ limits: SessionLimits) {
         precondition(limits.mirrorCount <= self.limits.mirrorCount, "a configuration with more mirror slots than the storage")
-        currentLimits = limits
+        _sessionLimits = limits
     }
 
     // MARK: Mirror back-off (the shared state, at this worker's clock)
@@ -226,6 +227,14 @@ public final class SessionContext {
     public func mirrorIsFailing(_ index: Int) -> Bool { mirrorHealth.isFailing(index) }
 
     func mirrorConnected(_ index: Int) { mirrorHealth.connected(index) }
+
+    /// A session's copy to mirror `index` finished: counted as retired when
+    /// the configuration new sessions follow no longer has that mirror.
+    func mirrorLegClosed(_ index: Int) {
+        if index >= sessionLimits.mirrorCount || sessionLimits.mirrorSlotsAbsent & (1 << UInt64(index)) != 0 {
+            stats.mirrors[index].sessionsRetired.bump()
+        }
+    }
 
     func mirrorConnectFailed(_ index: Int, errno: Int32) {
         mirrorHealth.connectFailed(index, errno: errno, nowMs: nowMs)

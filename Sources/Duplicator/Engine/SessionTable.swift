@@ -1,4 +1,5 @@
 import Glibc
+import Platform
 import Ring
 
 /// The fixed-size table of one worker's sessions and the free list of its
@@ -27,7 +28,7 @@ public final class SessionTable {
         storageBytes = max(1, capacity * perSession * MemoryLayout<SendQueue.Chunk>.stride)
         guard let memory = mmap(nil, storageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
               memory != MAP_FAILED else {
-            throw RingError("mmap of \(storageBytes) bytes for \(capacity) sessions", errno: errno)
+            throw SystemCallError(operation: "mmap of \(storageBytes) bytes for \(capacity) sessions", errorNumber: errno)
         }
         storage = memory
         // A comparison keeps only what one stream is ahead and restarts at
@@ -41,7 +42,8 @@ public final class SessionTable {
                                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0), windows != MAP_FAILED else {
                 let code = errno
                 munmap(memory, storageBytes)
-                throw RingError("mmap of \(compareStorageBytes) bytes of --compare windows for \(capacity) sessions", errno: code)
+                throw SystemCallError(operation: "mmap of \(compareStorageBytes) bytes of --compare windows for \(capacity) sessions",
+                                      errorNumber: code)
             }
             compareStorage = windows
         } else {

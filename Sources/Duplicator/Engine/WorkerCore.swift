@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import Platform
 import Ring
 
 /// A completion as the worker's logic takes it, from whichever backend.
@@ -57,18 +58,17 @@ public protocol WorkerBackend: SessionIO {
 public final class BufferWaiters {
     private var indices: [UInt32]
     private var head = 0
-    /// `count`'s storage, private so that the loop's look at it, once per
-    /// batch, is not checked for exclusivity at run time (see `Session`).
-    private var waiting = 0
-    public var count: Int { waiting }
+    /// Read by the loop once per batch (docs/contributing.md, "Private storage, public reads").
+    private var _count = 0
+    public var count: Int { _count }
 
     public init(capacity: Int) { indices = Array(repeating: 0, count: max(1, capacity)) }
 
     /// One entry per session at most (a session asks once until resumed).
     public func add(_ index: UInt32) {
-        guard waiting < indices.count else { return }
-        indices[(head + waiting) % indices.count] = index
-        waiting += 1
+        guard _count < indices.count else { return }
+        indices[(head + _count) % indices.count] = index
+        _count += 1
     }
 
     /// The waiting sessions' indices, first first.
@@ -78,7 +78,7 @@ public final class BufferWaiters {
         guard count > 0 else { return nil }
         defer {
             head = (head + 1) % indices.count
-            waiting -= 1
+            _count -= 1
         }
         return indices[head]
     }
@@ -124,17 +124,16 @@ public final class WorkerCore<Backend: WorkerBackend> {
     /// Per mirror slot (`ConfigGeneration`), for the health log.
     private var mirrorNames: [String]
 
-    // Read by the loop once per batch: private storage behind the public
-    // reads, so that no access is checked at run time (see `Session`).
-    private var accepting = false
-    private var stopRequested = false
-    private var tickDueMs: UInt64 = 0
-    public var acceptArmed: Bool { accepting }
+    // Read by the loop once per batch (docs/contributing.md, "Private storage, public reads").
+    private var _acceptArmed = false
+    private var _stopping = false
+    private var _nextTickMs: UInt64 = 0
+    public var acceptArmed: Bool { _acceptArmed }
     private var acceptPausedUntilMs: UInt64 = 0
-    public var stopping: Bool { stopRequested }
+    public var stopping: Bool { _stopping }
     private var aborted = false
     private var drainDeadlineMs: UInt64 = 0
-    public var nextTickMs: UInt64 { tickDueMs }
+    public var nextTickMs: UInt64 { _nextTickMs }
     private var nextIdleCheckMs: UInt64 = 0
     /// `--tls-cert`: the context new clients' handshakes use, and, once
     /// started, the layer the sessions' IO goes through (`TLSSessionIO`).
@@ -165,7 +164,7 @@ public final class WorkerCore<Backend: WorkerBackend> {
     public var isFinished: Bool { stopping && table.activeCount == 0 && !acceptArmed }
 
     public func start(io: Backend) {
-        tickDueMs = context.nowMs + Self.tickMs
+        _nextTickMs = context.nowMs + Self.tickMs
         if !tlsContexts.isEmpty {
             tls = TLSSessionIO(backend: io, table: table, context: context, contexts: tlsContexts, logger: logger)
             tls?.adopt(mirrorNames: mirrorNames)
@@ -250,8 +249,8 @@ public final class WorkerCore<Backend: WorkerBackend> {
 
     /// Tells the sessions whose mirror deadlines have passed.
     public func fireDueTimers(io: Backend) {
-        while let index = timers.batch.popDue(nowUs: context.nowUs) { fire(.mirrorBatch, index, io: io) }
-        while let index = timers.turn.popDue(nowUs: context.nowUs) { fire(.mirrorTurn, index, io: io) }
+        while let index = timers.batch.popDue(now: context.nowUs) { fire(.mirrorBatch, index, io: io) }
+        while let index = timers.turn.popDue(now: context.nowUs) { fire(.mirrorTurn, index, io: io) }
     }
 
     /// The session may have ended (and its place been taken) since it asked:
@@ -280,7 +279,7 @@ public final class WorkerCore<Backend: WorkerBackend> {
     // MARK: - Accepting
 
     private func armAccept(io: Backend) {
-        accepting = io.armAccept()
+        _acceptArmed = io.armAccept()
     }
 
     private func accepted(_ completion: WorkerCompletion, io: Backend) {
@@ -316,12 +315,12 @@ public final class WorkerCore<Backend: WorkerBackend> {
         } else if !(stopping && completion.result == -ECANCELED) {
             stats.acceptErrors.bump()
             if acceptErrorLog.allow(nowMs: context.nowMs) {
-                logger.warning("accept failed: \(RingError.describe(errno: -completion.result))\(acceptErrorLog.suppressedNote)")
+                logger.warning("accept failed: \(SystemCallError.describe(errorNumber: -completion.result))\(acceptErrorLog.suppressedNote)")
             }
         }
         guard !completion.hasMore else { return }
         // The accept ended.
-        accepting = false
+        _acceptArmed = false
         if stopping {
             io.closeListener()
         } else if completion.result < 0 {
@@ -350,7 +349,7 @@ public final class WorkerCore<Backend: WorkerBackend> {
     /// Once `nextTickMs` has come: gauges and logs, the stop, the accept
     /// after a pause, and the sessions' deadlines.
     public func tick(stopMode mode: StopMode, io: Backend) {
-        tickDueMs = context.nowMs + Self.tickMs
+        _nextTickMs = context.nowMs + Self.tickMs
         io.tick(nowMs: context.nowMs)
         for (index, mirror) in stats.mirrors.enumerated() {
             mirror.backingOff.store(context.mirrorIsBackingOff(index) ? 1 : 0, ordering: .relaxed)
@@ -358,7 +357,7 @@ public final class WorkerCore<Backend: WorkerBackend> {
         context.mirrorHealth.log(workers: allStats, names: mirrorNames, nowMs: context.nowMs, logger: logger)
         context.problems.log(nowMs: context.nowMs, logger: logger)
         if mode != .running && !stopping {
-            stopRequested = true
+            _stopping = true
             drainDeadlineMs = context.nowMs + UInt64(drainTimeoutMs)
             if acceptArmed { io.cancelAccept() } else { io.closeListener() }
         }

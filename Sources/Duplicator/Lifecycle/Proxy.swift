@@ -11,18 +11,30 @@ public struct ProxyError: Error, CustomStringConvertible, Sendable {
     public init(_ message: String) { self.message = message }
     public var description: String { message }
 
-    /// Explains a failure to set up io_uring or its memory.
+    /// Explains a failure to set up io_uring or a worker's memory.
     static func setup(_ error: RingError, config: Config) -> ProxyError {
-        switch error.errno {
+        setup(operation: error.operation, errorNumber: error.errno, description: error.description, config: config)
+    }
+
+    /// Explains a failure of a worker's other set-up calls (its memory, epoll).
+    static func setup(_ error: SystemCallError, config: Config) -> ProxyError {
+        setup(operation: error.operation, errorNumber: error.errorNumber, description: error.detailedDescription,
+              config: config)
+    }
+
+    /// `description`: what failed and why, as the error says it.
+    private static func setup(operation: String, errorNumber: Int32, description error: String,
+                              config: Config) -> ProxyError {
+        switch errorNumber {
         case ENOSYS:
             return ProxyError("io_uring is not available: this kernel has no io_uring (\(error)); Linux 6.1 or newer is needed")
-        case EPERM where error.operation == "io_uring_setup":
+        case EPERM where operation == "io_uring_setup":
             return ProxyError("io_uring is forbidden here (\(error)): check sysctl kernel.io_uring_disabled, "
                 + "or the container's seccomp profile (Docker: --security-opt seccomp=<profile allowing io_uring_*>)")
         case ENOMEM:
             // The rings (64-byte SQEs, 16-byte CQEs) and the registered pool are locked memory.
             let limitText = LockedMemory.rlimitBytes().map { "\($0) bytes" } ?? "unlimited"
-            return ProxyError("not enough locked memory (\(error.operation) failed): each worker needs up to "
+            return ProxyError("not enough locked memory (\(operation) failed): each worker needs up to "
                 + "\(LockedMemory.perWorkerBytes(config)) bytes (its rings and a "
                 + "\(config.poolSlotsPerWorker * config.slotSize)-byte buffer pool), RLIMIT_MEMLOCK is \(limitText); "
                 + "raise it (ulimit -l, LimitMEMLOCK= in systemd) or lower --max-memory")
@@ -40,7 +52,7 @@ public final class Proxy: Sendable {
     /// Where clients connect (the real port when `-l` said port 0).
     public let listenAddress: SocketAddress
     private let targets: [SocketAddress]
-    private let loopGuard: LoopGuard
+    let loopGuard: LoopGuard
     /// One health state per mirror, shared by the workers.
     private let mirrorHealth: MirrorHealth
     /// Each worker's listeners (one each, unless a handover brought more).
@@ -53,7 +65,7 @@ public final class Proxy: Sendable {
     /// (`--handover-socket`); closed on stop, so that a stopped proxy's port
     /// refuses clients instead of queueing them.
     private let handoverFDs: Mutex<[Int32]>
-    private let control: WorkerControl
+    let control: WorkerControl
     private let threads = Mutex<[NativeThread]>([])
     private let logger: Logger
     /// `--dump-dir`: the thread that writes the pcapng dumps; nil without.
@@ -148,8 +160,8 @@ public final class Proxy: Sendable {
             }
         } catch {
             fds.forEach { _ = close($0) }
-            let hint = error.errno == EADDRINUSE ? ": another socket listens on that port (another duplicator?)" : ""
-            throw ProxyError("cannot listen on \(config.listen.text): \(RingError.describe(errno: error.errno))\(hint)")
+            let hint = error.errorNumber == EADDRINUSE ? ": another socket listens on that port (another duplicator?)" : ""
+            throw ProxyError("cannot listen on \(config.listen.text): \(SystemCallError.describe(errorNumber: error.errorNumber))\(hint)")
         }
         self.listenAddress = bound
         listenLater = later
@@ -204,9 +216,11 @@ public final class Proxy: Sendable {
         control.backend.withLock { $0 = ($0?.kind == backend ? $0 : (backend, nil)) }
         try dumpWriter?.start()
         for (index, listeners) in fds.enumerated() {
-            let job = WorkerJob(backend: backend, config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
-                                listenerFDs: listeners, listenLater: listeners.filter(listenLater.contains),
-                                stats: stats[index], allStats: stats, control: control, logger: logger, dumpSink: dumpWriter)
+            let environment = WorkerEnvironment(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
+                                                listenerFDs: listeners, stats: stats[index], allStats: stats, control: control,
+                                                logger: logger, dumpSink: dumpWriter)
+            let job = WorkerJob(backend: backend, environment: environment, listenLater: listeners.filter(listenLater.contains),
+                                reportsSetup: index == 0)
             let thread = try startThread("worker \(index)") { job.run() }
             threads.withLock { $0.append(thread) }
         }
@@ -244,7 +258,7 @@ public final class Proxy: Sendable {
             }
             probe.join()
         } catch {
-            return ProxyError("cannot start a thread: \(RingError.describe(errno: error.errorNumber))")
+            return ProxyError("cannot start a thread: \(SystemCallError.describe(errorNumber: error.errorNumber))")
         }
         return problem.withLock { $0 } ?? LockedMemory.check(config, limitBytes: LockedMemory.limitBytes())
     }
@@ -298,39 +312,42 @@ public final class Proxy: Sendable {
 /// What a worker thread needs, handed over as one Sendable value.
 private struct WorkerJob: Sendable {
     let backend: Config.Backend
-    let config: Config
-    let targets: [SocketAddress]
-    let loopGuard: LoopGuard
-    let mirrorHealth: MirrorHealth
-    let listenerFDs: [Int32]
-    /// Of `listenerFDs`, those to listen on once the worker is set up (`Proxy.listenLater`).
+    let environment: WorkerEnvironment
+    /// Of the worker's listeners, those to listen on once it is set up (`Proxy.listenLater`).
     let listenLater: [Int32]
-    let stats: WorkerStats
-    let allStats: [WorkerStats]
-    let control: WorkerControl
-    let logger: Logger
-    let dumpSink: DumpSink?
+    /// Whether this worker says what its ring's setup came to (`Proxy.setupMode`,
+    /// `zeroCopyNote`): every worker's is the same, and one writer keeps the
+    /// workers from contending for the lock as they start. (ThreadSanitizer
+    /// cannot see the kernel's hand-over of a contended `Mutex`, a priority-
+    /// inheriting futex, and reported the writes as a race.)
+    let reportsSetup: Bool
 
     func run() {
+        let (config, listenerFDs, control, logger) = (environment.config, environment.listenerFDs, environment.control,
+                                                      environment.logger)
         defer { control.exited.add(1, ordering: .releasing) }
         let loop: () throws -> Void
         do {
             if backend == .epoll {
-                let worker = try EpollWorker(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
-                                             listenerFDs: listenerFDs, stats: stats, allStats: allStats, control: control,
-                                             logger: logger, dumpSink: dumpSink)
-                control.setupMode.withLock { $0 = "epoll" }
-                control.zeroCopyNote.withLock { $0 = "no zero-copy sends (the epoll backend has none)" }
+                let worker = try EpollWorker(environment)
+                if reportsSetup {
+                    control.setupMode.withLock { $0 = "epoll" }
+                    control.zeroCopyNote.withLock { $0 = "no zero-copy sends (the epoll backend has none)" }
+                }
                 loop = worker.run
             } else {
-                let worker = try IOUringWorker(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
-                                        listenerFDs: listenerFDs, stats: stats, allStats: allStats, control: control,
-                                        logger: logger, dumpSink: dumpSink)
-                control.setupMode.withLock { $0 = worker.ring.setupMode.rawValue }
-                control.zeroCopyNote.withLock { $0 = worker.zeroCopyNote }
+                let worker = try IOUringWorker(environment)
+                if reportsSetup {
+                    control.setupMode.withLock { $0 = worker.ring.setupMode.rawValue }
+                    control.zeroCopyNote.withLock { $0 = worker.zeroCopyNote }
+                }
                 loop = worker.run
             }
         } catch let error as RingError {
+            listenerFDs.forEach { _ = close($0) }
+            control.startErrors.withLock { $0.append(ProxyError.setup(error, config: config).message) }
+            return
+        } catch let error as SystemCallError {
             listenerFDs.forEach { _ = close($0) }
             control.startErrors.withLock { $0.append(ProxyError.setup(error, config: config).message) }
             return
@@ -360,6 +377,6 @@ func startThread(_ name: String, _ body: @escaping @Sendable () -> Void) throws(
     do {
         return try NativeThread.start(name: name, body)
     } catch {
-        throw ProxyError("cannot start a thread: \(RingError.describe(errno: error.errorNumber))")
+        throw ProxyError("cannot start a thread: \(SystemCallError.describe(errorNumber: error.errorNumber))")
     }
 }

@@ -35,8 +35,8 @@ public final class MetricsServer: Sendable {
             listener = try Sockets.listen(on: try endpoint.resolve(role: .listen), queueLength: 64)
         } catch let error as ConfigError {
             throw ProxyError(error.message)
-        } catch let error as RingError {
-            throw ProxyError("cannot listen for metrics on \(endpoint.text): \(RingError.describe(errno: error.errno))")
+        } catch let error as SystemCallError {
+            throw ProxyError("cannot listen for metrics on \(endpoint.text): \(SystemCallError.describe(errorNumber: error.errorNumber))")
         }
         try self.init(listener: listener, render: render)
     }

@@ -1,4 +1,5 @@
 import Logging
+import Platform
 import Ring
 import Synchronization
 
@@ -135,7 +136,7 @@ public final class ProblemLog: Sendable {
     private static func line(_ cause: Cause, _ count: UInt64, _ entry: Entry, _ names: Targets) -> String {
         switch cause {
         case .mainConnectFailure:
-            return "main \(names.main): \(Counted.text(count, "connect failure")) (last: \(RingError.describe(errno: entry.errno))); "
+            return "main \(names.main): \(Counted.text(count, "connect failure")) (last: \(SystemCallError.describe(errorNumber: entry.errno))); "
                 + "\(count == 1 ? "its client was" : "their clients were") closed"
         case .mainConnectTimeout:
             return "main \(names.main): \(Counted.text(count, "connect timeout")) (no answer within --main-connect-timeout "
@@ -147,7 +148,7 @@ public final class ProblemLog: Sendable {
                 + "(last \(peer): \(entry.refusal?.reason ?? "?"))"
         case .dumpWriteFailure:
             return "--dump-dir \(names.dumpDirectory): \(Counted.text(count, "dump")) not written "
-                + "(last: \(entry.path): \(RingError.describe(errno: entry.errno)))"
+                + "(last: \(entry.path): \(SystemCallError.describe(errorNumber: entry.errno)))"
         case .dumpDropped:
             return "--dump-dir \(names.dumpDirectory): \(Counted.text(count, "dump")) dropped: the writer's queue "
                 + "(--dump-queue \(SizeParser.text(names.dumpQueueBytes))) was full; the disk is slower than the sessions that differ"

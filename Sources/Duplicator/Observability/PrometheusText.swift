@@ -75,6 +75,10 @@ public enum PrometheusText {
         perMirror("duplicator_mirror_drains_total", "counter", "Receives that discarded the mirror's replies (the name is older than --mirror-discard-batch).") { $0.discards }
         perMirror("duplicator_mirror_sends_total", "counter", "Sends that carried bytes to the mirror (batched: fewer than receives).") { $0.sends }
         perMirror("duplicator_mirror_backing_off", "gauge", "Workers resting the mirror after repeated connect failures.") { $0.workersBackingOff }
+        // Removed mirrors too: the copies a reload let finish are counted under the mirror they went to.
+        family("duplicator_mirror_retired_sessions_total", "counter",
+               "Copies to a mirror in sessions that began before a reload removed it, counted as each finished (flushed and closed); for every mirror the process has had.",
+               snapshot.everyMirror.map { (Self.mirrorLabel($0), $0.sessionsRetired) })
         out += renderComparisons(mirrors)
         if snapshot.dumping { out += renderDumps(mirrors) }
         return out

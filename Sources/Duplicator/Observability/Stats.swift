@@ -76,6 +76,9 @@ public final class MirrorStats: Sendable {
     public let replyBytes = Atomic<UInt64>(0)
     /// Discards that took replies: with `--mirror-discard-batch`, far fewer than replies.
     public let discards = Atomic<UInt64>(0)
+    /// This mirror's copies in sessions that began before a reload removed
+    /// it, counted as each finishes (flushed and closed, as at session end).
+    public let sessionsRetired = Atomic<UInt64>(0)
     /// 1 while this worker rests this mirror after repeated connect failures.
     public let backingOff = Atomic<UInt64>(0)
     /// `--compare`: the verdicts on this mirror's replies.

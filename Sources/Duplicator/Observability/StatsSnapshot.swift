@@ -17,6 +17,7 @@ public struct StatsSnapshot: Sendable, Equatable {
         public var sends: UInt64 = 0
         /// Workers that are not trying this mirror now (back-off after failures).
         public var workersBackingOff: UInt64 = 0
+        public var sessionsRetired: UInt64 = 0
         /// `--compare`: (session, mirror) pairs per verdict, by `ReplyComparison.Verdict.rawValue`.
         public var compared = [UInt64](repeating: 0, count: ReplyComparison.Verdict.allCases.count)
         /// Diverged pairs per first-divergence offset bucket (`ComparisonStats`), not cumulative.
@@ -60,6 +61,9 @@ public struct StatsSnapshot: Sendable, Equatable {
     public var zeroCopyCopied: UInt64 = 0
     public var workers = 0
     public var mirrors: [Mirror]
+    /// Every mirror the process has had (removed ones too, which `mirrors`
+    /// leaves out), for the copies a removal let finish.
+    public var everyMirror: [Mirror] = []
 
     public init(workers: [WorkerStats], mirrorNames: [String], poolSlotsPerWorker: Int) {
         mirrors = mirrorNames.map { Mirror(name: $0) }
@@ -104,6 +108,7 @@ public struct StatsSnapshot: Sendable, Equatable {
                 mirrors[index].discards += mirror.discards.value
                 mirrors[index].sends += mirror.sends.value
                 mirrors[index].workersBackingOff += mirror.backingOff.value
+                mirrors[index].sessionsRetired += mirror.sessionsRetired.value
                 for verdict in ReplyComparison.Verdict.allCases {
                     mirrors[index].compared[verdict.rawValue] += mirror.comparisons.count(verdict)
                 }
@@ -138,6 +143,7 @@ extension Proxy {
                 snapshot.mirrors[index].dumpTruncatedBytes = dumpWriter.truncated(mirror: index)
             }
         }
+        snapshot.everyMirror = snapshot.mirrors.filter { !$0.name.isEmpty }
         snapshot.mirrors = generation.mirrorSlots.map { snapshot.mirrors[$0] }
         return snapshot
     }

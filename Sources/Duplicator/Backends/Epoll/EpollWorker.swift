@@ -45,9 +45,7 @@ final class EpollWorker: KernelBackend {
     private let logger: Logger
 
     // The per-request state is in memory of its own behind pointers, not in
-    // arrays in `var`s: an array changed in place through a class's stored
-    // property costs a run-time exclusivity check (swift_beginAccess) each
-    // time (BENCHMARKS.md, "Exclusivity checks on the hot path").
+    // arrays in `var`s (docs/contributing.md, "Private storage, public reads").
 
     /// By descriptor number, `descriptorCapacity` of them (grown, and so
     /// moved, only by `register`); `generation` tells a stale event from one
@@ -90,29 +88,24 @@ final class EpollWorker: KernelBackend {
     private static let listenerTokenBase = UInt64.max - 63
     private static let socketEvents = EpollFlag.readable | EpollFlag.writable | EpollFlag.peerShutdown | EpollFlag.edgeTriggered
 
-    init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, mirrorHealth: MirrorHealth, listenerFDs: [Int32],
-         stats: WorkerStats, allStats: [WorkerStats], control: WorkerControl, logger: Logger,
-         dumpSink: DumpSink? = nil) throws {
+    init(_ environment: WorkerEnvironment) throws {
+        let config = environment.config
+        let listenerFDs = environment.listenerFDs
         precondition(listenerFDs.count <= 64, "at most 64 listeners per worker")
-        self.stats = stats
-        self.control = control
-        self.logger = logger
+        stats = environment.stats
+        control = environment.control
+        logger = environment.logger
         self.listenerFDs = listenerFDs
         listenersOpen = !listenerFDs.isEmpty
-        do {
-            poller = try EpollPoller(eventCapacity: 256)
-        } catch {
-            throw RingError("epoll_create1", errno: error.errorNumber)
-        }
+        poller = try EpollPoller(eventCapacity: 256)
         if config.zeroCopy == .on {
             throw ProxyError("--zerocopy on: zero-copy sends need the io_uring backend, and this worker runs on epoll")
         }
-        sockets = try WorkerSockets(config: config, targets: targets, loopGuard: loopGuard, stats: stats, logger: logger,
-                                    nonBlocking: true)
+        sockets = try WorkerSockets(config: config, targets: environment.targets, loopGuard: environment.loopGuard,
+                                    stats: stats, logger: logger, nonBlocking: true)
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
         windowSlots = config.providedWindowSlotsPerWorker
-        parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth,
-                                problems: control.problems, dumpSink: dumpSink)
+        parts = try WorkerParts(environment, pool: pool)
         discardBuffer = .allocate(byteCount: IOUringWorker.discardBufferBytes, alignment: 4096)
         freeSlots = .allocate(capacity: pool.slotCount)
         for index in 0..<pool.slotCount { freeSlots[index] = UInt32(pool.slotCount - 1 - index) }
@@ -121,7 +114,7 @@ final class EpollWorker: KernelBackend {
         descriptors.initialize(repeating: Descriptor(), count: Self.initialCapacity)
         completions = .allocate(capacity: Self.initialCapacity)
         peekByte = .allocate(byteCount: 1, alignment: 1)
-        core = parts.core(config: config, stats: stats, allStats: allStats, logger: logger)
+        core = parts.core(environment)
         for (index, listenerFD) in listenerFDs.enumerated() {
             // Shared with the process it came from after a handover: io_uring's
             // accept polls a non-blocking listener too (Linux 6.18 checked).
@@ -131,7 +124,7 @@ final class EpollWorker: KernelBackend {
                 try poller.add(listenerFD, flags: EpollFlag.readable | EpollFlag.edgeTriggered,
                                token: Self.listenerTokenBase + UInt64(index))
             } catch {
-                throw RingError("epoll_ctl(ADD) of the listener", errno: error.errorNumber)
+                throw SystemCallError(operation: "epoll_ctl(ADD) of the listener", errorNumber: error.errorNumber)
             }
         }
     }
@@ -670,72 +663,5 @@ extension EpollWorker {
             send = nil
             connect = nil
         }
-    }
-}
-
-/// Connect timeouts by deadline: one queue per duration asked for (main's
-/// and the mirrors'), each in order since its deadlines are now plus the
-/// same duration. An entry whose connect has ended is skipped when due.
-struct ConnectDeadlines {
-    private struct Entry {
-        var deadlineMs: UInt64
-        var fd: Int32
-        var serial: UInt32
-    }
-
-    private var durationsMs: [Int] = []
-    private var queues: [[Entry]] = []
-    private var heads: [Int] = []
-
-    var isEmpty: Bool {
-        for index in queues.indices where heads[index] < queues[index].count { return false }
-        return true
-    }
-
-    mutating func add(fd: Int32, serial: UInt32, deadlineMs: UInt64, timeoutMs: Int) {
-        let index: Int
-        if let known = durationsMs.firstIndex(of: timeoutMs) {
-            index = known
-        } else {
-            durationsMs.append(timeoutMs)
-            queues.append([])
-            heads.append(0)
-            index = queues.count - 1
-        }
-        // Under steady load a queue is never empty: drop its taken front
-        // once it is most of the storage, or the storage would grow forever.
-        if heads[index] == queues[index].count {
-            queues[index].removeAll(keepingCapacity: true)
-            heads[index] = 0
-        } else if heads[index] >= 64 && heads[index] * 2 >= queues[index].count {
-            queues[index].removeFirst(heads[index])
-            heads[index] = 0
-        }
-        queues[index].append(Entry(deadlineMs: deadlineMs, fd: fd, serial: serial))
-    }
-
-    /// Entries held, due or not (at most about twice those not yet due).
-    var storedCount: Int { queues.reduce(0) { $0 + $1.count } }
-
-    var nextDeadlineMs: UInt64? {
-        var next: UInt64?
-        for index in queues.indices where heads[index] < queues[index].count {
-            let deadline = queues[index][heads[index]].deadlineMs
-            next = min(next ?? deadline, deadline)
-        }
-        return next
-    }
-
-    /// The earliest entry whose deadline is not after `nowMs`.
-    mutating func popDue(nowMs: UInt64) -> (fd: Int32, serial: UInt32)? {
-        var earliest: Int?
-        for index in queues.indices where heads[index] < queues[index].count {
-            let deadline = queues[index][heads[index]].deadlineMs
-            if deadline <= nowMs && earliest.map({ deadline < queues[$0][heads[$0]].deadlineMs }) ?? true { earliest = index }
-        }
-        guard let index = earliest else { return nil }
-        let entry = queues[index][heads[index]]
-        heads[index] += 1
-        return (entry.fd, entry.serial)
     }
 }

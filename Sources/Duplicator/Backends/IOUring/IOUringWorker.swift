@@ -74,18 +74,17 @@ final class IOUringWorker: KernelBackend {
     let core: WorkerCore<IOUringWorker>
 
     /// Creates the ring and the memory of a worker; runs on the worker's own thread.
-    init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, mirrorHealth: MirrorHealth, listenerFDs: [Int32],
-         stats: WorkerStats, allStats: [WorkerStats], control: WorkerControl, logger: Logger,
-         dumpSink: DumpSink? = nil) throws {
-        precondition(listenerFDs.count <= 64, "at most 64 listeners per worker")
+    init(_ environment: WorkerEnvironment) throws {
+        let config = environment.config
+        precondition(environment.listenerFDs.count <= 64, "at most 64 listeners per worker")
         self.config = config
-        self.listenerFDs = listenerFDs
+        listenerFDs = environment.listenerFDs
         listenersOpen = !listenerFDs.isEmpty
-        sockets = try WorkerSockets(config: config, targets: targets, loopGuard: loopGuard, stats: stats, logger: logger,
-                                    nonBlocking: false)
-        self.stats = stats
-        self.control = control
-        self.logger = logger
+        sockets = try WorkerSockets(config: config, targets: environment.targets, loopGuard: environment.loopGuard,
+                                    stats: environment.stats, logger: environment.logger, nonBlocking: false)
+        stats = environment.stats
+        control = environment.control
+        logger = environment.logger
         let preferred: Ring.SetupMode = switch config.ringMode {
         case .deferTaskrun: .deferTaskrun
         case .coopTaskrun: .coopTaskrun
@@ -100,8 +99,7 @@ final class IOUringWorker: KernelBackend {
         pool = try BufferPool(slotSize: config.slotSize, slotCount: config.poolSlotsPerWorker)
         provided = try ProvidedBuffers(ring: ring, pool: pool, windowSlots: config.providedWindowSlotsPerWorker,
                                        registerSegments: true)
-        parts = try WorkerParts(config: config, pool: pool, stats: stats, mirrorHealth: mirrorHealth,
-                                problems: control.problems, dumpSink: dumpSink)
+        parts = try WorkerParts(environment, pool: pool)
         sendMessageSupported = ring.supportsSendMessage
         legsPerSession = Leg.count(mirrors: config.mirrorSlotCount)
         zeroCopyLegs = .allocate(capacity: config.sessionsPerWorker * legsPerSession)
@@ -122,7 +120,7 @@ final class IOUringWorker: KernelBackend {
         discardBuffer = .allocate(byteCount: Self.discardBufferBytes, alignment: 4096)
         connectTimeouts = [RingTimeout(milliseconds: config.mainConnectTimeoutMs),
                            RingTimeout(milliseconds: config.mirrorConnectTimeoutMs)]
-        core = parts.core(config: config, stats: stats, allStats: allStats, logger: logger)
+        core = parts.core(environment)
     }
 
     deinit {

@@ -46,12 +46,12 @@ enum Sockets {
     /// each worker can have its own and the kernel spreads connections over
     /// them; without it, nobody else may listen on the port (the metrics
     /// endpoint has no reason to share its port).
-    static func listen(on address: SocketAddress, queueLength: Int32, reusePort: Bool = false) throws(RingError) -> Int32 {
+    static func listen(on address: SocketAddress, queueLength: Int32, reusePort: Bool = false) throws(SystemCallError) -> Int32 {
         let fd = try bound(to: address, reusePort: reusePort)
         guard Glibc.listen(fd, queueLength) == 0 else {
             let error = errno
             close(fd)
-            throw RingError("listen on \(address)", errno: error)
+            throw SystemCallError(operation: "listen on \(address)", errorNumber: error)
         }
         return fd
     }
@@ -61,20 +61,20 @@ enum Sockets {
     /// without SO_REUSEPORT (SO_REUSEADDR only, which a listener never lets
     /// in), then closes it. Our own SO_REUSEPORT group binds afterwards, so
     /// another instance started later fails here too.
-    static func probeUnshared(_ address: SocketAddress) throws(RingError) {
+    static func probeUnshared(_ address: SocketAddress) throws(SystemCallError) {
         close(try bound(to: address, reusePort: false))
     }
 
     /// A socket bound to `address` that does not listen yet: a new member of
     /// a SO_REUSEPORT group joins it (and gets a share of the clients) only
     /// at listen(2), which its worker calls once it can accept.
-    static func boundNotListening(to address: SocketAddress) throws(RingError) -> Int32 {
+    static func boundNotListening(to address: SocketAddress) throws(SystemCallError) -> Int32 {
         try bound(to: address, reusePort: true)
     }
 
-    private static func bound(to address: SocketAddress, reusePort: Bool) throws(RingError) -> Int32 {
+    private static func bound(to address: SocketAddress, reusePort: Bool) throws(SystemCallError) -> Int32 {
         let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw RingError("socket for \(address)", errno: errno) }
+        guard fd >= 0 else { throw SystemCallError(operation: "socket for \(address)", errorNumber: errno) }
         var on: Int32 = 1
         _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
         if reusePort {
@@ -84,7 +84,7 @@ enum Sockets {
         guard result == 0 else {
             let error = errno
             close(fd)
-            throw RingError("bind to \(address)", errno: error)
+            throw SystemCallError(operation: "bind to \(address)", errorNumber: error)
         }
         return fd
     }

@@ -47,7 +47,7 @@ final class WorkerSockets {
     private let gatherMemoryBytes: Int
 
     init(config: Config, targets: [SocketAddress], loopGuard: LoopGuard, stats: WorkerStats, logger: Logger,
-         nonBlocking: Bool) throws(RingError) {
+         nonBlocking: Bool) throws(SystemCallError) {
         self.config = config
         mirrorSlotCount = config.mirrorSlotCount
         lowWaterEverSet = config.mirrorReceiveLowWaterBytes > 0
@@ -63,7 +63,7 @@ final class WorkerSockets {
         gatherMemoryBytes = vectorsOffset + gatherLegs * Session.gatherChunksMax * MemoryLayout<iovec>.stride
         guard let gatherMemory = mmap(nil, gatherMemoryBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
               gatherMemory != MAP_FAILED else {
-            throw RingError("mmap of \(gatherMemoryBytes) bytes for gathered mirror sends", errno: errno)
+            throw SystemCallError(operation: "mmap of \(gatherMemoryBytes) bytes for gathered mirror sends", errorNumber: errno)
         }
         self.gatherMemory = gatherMemory
         gatherMessages = gatherMemory.bindMemory(to: msghdr.self, capacity: gatherLegs)
@@ -228,113 +228,4 @@ final class WorkerSockets {
             + "(a NAT rule, or an address of this host since start?)\(loopLog.suppressedNote)"
         logger.error("\(note)")
     }
-}
-
-/// What a worker's logic runs on, built alike by both backends: the
-/// sessions' shared context, the session table, the sessions waiting for
-/// buffers and their timers.
-struct WorkerParts {
-    let context: SessionContext
-    let table: SessionTable
-    let waiters: BufferWaiters
-    let timers: SessionTimers
-    /// The clock in microseconds is read each round: sessions have mirror
-    /// timers, or record arrival times (`--dump-dir`).
-    var readsMicroseconds: Bool { follower.readsMicroseconds }
-    /// Which configuration generation new sessions take (`ConfigReload.swift`).
-    let follower: GenerationFollower
-
-    static func readsMicroseconds(_ config: Config, dumping: Bool) -> Bool {
-        (!config.mirrors.isEmpty && (config.mirrorBatchBytes > 0 || config.mirrorTurns > 0)) || dumping
-    }
-
-    init(config: Config, pool: BufferPool, stats: WorkerStats, mirrorHealth: MirrorHealth, problems: ProblemLog,
-         dumpSink: DumpSink?) throws {
-        context = SessionContext(limits: config.slotLimits, pool: pool, stats: stats, mirrorHealth: mirrorHealth,
-                                 problems: problems)
-        context.dumpSink = config.slotLimits.dumpBytes > 0 ? dumpSink : nil
-        // Admission control: the table holds only as many sessions as the
-        // pool can serve at once, whatever their peers do.
-        table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
-        waiters = BufferWaiters(capacity: config.sessionsPerWorker)
-        timers = SessionTimers(capacity: config.sessionsPerWorker)
-        follower = GenerationFollower(readsMicroseconds: Self.readsMicroseconds(config, dumping: context.dumpSink != nil))
-    }
-
-    func core<Backend: WorkerBackend>(config: Config, stats: WorkerStats, allStats: [WorkerStats],
-                                      logger: Logger) -> WorkerCore<Backend> {
-        WorkerCore(context: context, table: table, waiters: waiters, timers: timers,
-                   idleTimeoutMs: config.idleTimeoutMs, drainTimeoutMs: config.drainTimeoutMs, stats: stats,
-                   allStats: allStats,
-                   mirrorNames: config.mirrors.map(\.text) + Array(repeating: "", count: config.mirrorSlotCount - config.mirrors.count),
-                   tls: config.tlsContexts(), logger: logger)
-    }
-}
-
-/// A backend over the kernel's sockets, io_uring's (`Worker`) or epoll's
-/// (`EpollWorker`), as opposed to the tests' fake: the operations and
-/// loop steps both do alike.
-protocol KernelBackend: WorkerBackend {
-    var sockets: WorkerSockets { get }
-    var parts: WorkerParts { get }
-    var core: WorkerCore<Self> { get }
-    var control: WorkerControl { get }
-}
-
-extension KernelBackend {
-    var context: SessionContext { parts.context }
-
-    /// A round starts: the clocks the sessions read.
-    func startRound() {
-        if let generation = parts.follower.changed(control.generations) { adopt(generation) }
-        context.nowMs = MonotonicClock.coarseMs()
-        if parts.readsMicroseconds { context.nowUs = MonotonicClock.nowMicros() }
-    }
-
-    /// A round's completions are delivered: the sessions' timers that are
-    /// due, the sessions waiting for buffers, the tick. True once the
-    /// worker has finished (stopped, every session ended).
-    func finishRound() -> Bool {
-        // The mirrors' timers fire against the clock after this round's work.
-        if !parts.timers.isEmpty { context.nowUs = MonotonicClock.nowMicros() }
-        core.afterCompletions(io: self)
-        if context.nowMs >= core.nextTickMs {
-            core.tick(stopMode: StopMode(rawValue: control.stopMode.load(ordering: .relaxed)) ?? .running, io: self)
-        }
-        return core.isFinished
-    }
-
-    /// A reload published `generation`: sessions that start from now on
-    /// follow it (live ones keep theirs).
-    func adopt(_ generation: ConfigGeneration) {
-        context.adopt(generation.limits)
-        sockets.adopt(generation)
-        core.adopt(generation)
-        parts.follower.adopted(generation, readsMicroseconds: WorkerParts.readsMicroseconds(generation.config,
-                                                                                           dumping: context.dumpSink != nil))
-    }
-
-    func admit(fd: Int32, session: Session) { Sockets.setNoDelay(fd) }
-
-    var loopCheckNeeded: Bool { sockets.loopCheckNeeded }
-
-    func isLoop(acceptedFD fd: Int32) -> Bool {
-        sockets.isLoop(acceptedFD: fd, nowMs: context.nowMs)
-    }
-
-    func connectLooped(fd: Int32, leg: Leg, result: Int32) -> Bool {
-        sockets.connectLooped(fd: fd, leg: leg, result: result, nowMs: context.nowMs)
-    }
-
-    func addresses(fd: Int32) -> ProxyAddresses? { Sockets.connectionAddresses(fd) }
-
-    func wake(session index: UInt32, atUs deadlineUs: UInt64, for timer: SessionTimer) {
-        parts.timers.add(session: index, atUs: deadlineUs, for: timer)
-    }
-
-    func discardInBatches(fd: Int32) { sockets.discardInBatches(fd: fd) }
-
-    func unsentBytes(fd: Int32) -> Int { sockets.unsentBytes(fd: fd) }
-
-    func waitForBuffers(session index: UInt32) { parts.waiters.add(index) }
 }
