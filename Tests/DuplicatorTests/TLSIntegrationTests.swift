@@ -254,6 +254,28 @@ struct TLSIntegrationTests {
         #expect(eventually { proxy.total { $0.sessionsEndedByBadProxyHeader.value } == 1 })
     }
 
+    @Test("--compare over TLS: the plaintext replies of main and an echo mirror are compared, verdict match",
+          arguments: Config.Backend.tested)
+    func compareOverTLS(backend: Config.Backend) throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let mirror = try startServer(.echo)
+        defer { mirror.stop() }
+        let settings = try TLSSettings(certificatePath: certificates.certificatePath, keyPath: certificates.keyPath)
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [mirror.boundPort]) {
+            $0.tls = settings
+            $0.compare = true
+        }
+        defer { proxy.shutdown() }
+        let client = try TLSContext.client(caPath: certificates.certificatePath, serverName: "localhost")
+        let connection = try TLSTestClient(port: proxy.port, context: client)
+        let payload = Array(String(repeating: "compared over TLS\n", count: 500).utf8)
+        #expect(try connection.echo(payload) == payload)
+        connection.close()
+        #expect(eventually { proxy.mirrorTotal(0) { $0.comparisons.count(.match) } == 1 })
+        #expect(proxy.mirrorTotal(0) { $0.comparisons.count(.diverged) } == 0)
+    }
+
     // MARK: - Helpers
 
     /// Whether a TLS 1.3 handshake through the proxy verifies against `caPath` (s_client's exit status).
