@@ -36,7 +36,7 @@ struct ProxyOptions: ParsableArguments {
     @OptionGroup(title: "TLS") var tls: TLSOptions
     @OptionGroup(title: "Tuning") var tuning: TuningOptions
 
-    @Option(name: .customLong("config"), help: ArgumentHelp("A YAML file of options: keys are the long flag names without dashes (listen: :8080, mirror: [\":8082@10%\"], timeout: 2s); flags given here win. SIGHUP reads it again and applies it to new sessions (mirrors, sampling, timeouts, batching, log level); what cannot change in place is refused, and a bad file changes nothing. See docs/reload.md.", valueName: "file"))
+    @Option(name: .customLong("config"), help: ArgumentHelp("A YAML file of options: keys are the long flag names without dashes (listen: :8080, mirror: [\":8082@10%\"], timeout: 2s); flags given here win. SIGHUP reads it again and applies it to new sessions (mirrors, sampling, timeouts, batching, --compare, dump bounds, log level); what cannot change in place is refused, and a bad file changes nothing. See docs/reload.md.", valueName: "file"))
     var configFile: String?
 
     @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, the IO backend, locked memory), then exit.")
