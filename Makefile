@@ -8,9 +8,10 @@ DIST_NAME := duplicator-$(VERSION)-linux-$(ARCH)
 PREFIX ?= /usr/local
 DESTDIR ?=
 # The release binaries of the tarball: the Swift runtime linked in
-# (--static-swift-stdlib), and liburing too: SwiftPM links what liburing's
-# pkg-config file says, so a liburing.pc of our own points -luring at a
-# directory that holds only the static archive. They need nothing beyond
+# (--static-swift-stdlib), and liburing and OpenSSL too: SwiftPM links what
+# their pkg-config files say, so a liburing.pc and an openssl.pc of our own
+# point -luring, -lssl and -lcrypto at a directory that holds only the
+# static archives (libcrypto.a wants -ldl and -pthread). They need nothing beyond
 # libc, libm, libstdc++ and libgcc_s (Tests/DuplicatorTests/DistTests.swift).
 DIST_SCRATCH := .build-dist
 STATIC_LIBS := $(CURDIR)/$(DIST_SCRATCH)/static-libs
@@ -23,9 +24,9 @@ SWIFT_BUILD_FLAGS ?=
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# liburing-dev is the only build dependency (Debian 12 ships liburing 2.3).
+# liburing-dev and libssl-dev are the build dependencies (Debian 12 ships liburing 2.3, OpenSSL 3.0).
 deps:
-	@dpkg -s liburing-dev >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq liburing-dev; }
+	@dpkg -s liburing-dev libssl-dev >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq liburing-dev libssl-dev; }
 
 release: deps
 	swift build -c release --product duplicator $(SWIFT_BUILD_FLAGS)
@@ -54,7 +55,7 @@ test: test-deps build dist
 # The fast part, to run after every edit: the unit and sans-IO suites (the
 # session under simulated IO with injected faults, the parsers, the ring's
 # pure parts, the start-up and loop-guard rules), no process, no peer.
-CHECK_SUITES := ParserTests|SessionTests|MirrorBatchTests|MirrorTurnTests|TurnGateTests|MirrorBatcherTests|DeadlineQueueTests|ProxyHeaderReaderTests|CompareTapTests|WorkerCoreTests|SessionProxyHeaderTests|ProxyProtocolTests|SendQueueTests|FakeChecksTests|StartupChecksTests|LoopGuardTests/|CompletionTagTests|BufferPoolTests|RingErrorTests|RingTimeoutTests|FNV1a64Tests|LoadAddressTests|SamplingParserTests|SamplingSessionTests|ReplyComparisonTests|CompareSessionTests|DumpTests|ZeroCopySendsTests|DocsTests|ConfigFileTests|ConfigDiffTests|MirrorSlotsTests|ReloadSessionTests|FirstHourUnitTests|FirstHourVerdictTests|HandoverProtocolTests|GatherMessageTests|FuzzRegressionTests|CaptureReaderTests|ReassemblyTests|ReplayEngineTests|BatchWakeTests
+CHECK_SUITES := ParserTests|SessionTests|MirrorBatchTests|MirrorTurnTests|TurnGateTests|MirrorBatcherTests|DeadlineQueueTests|ProxyHeaderReaderTests|CompareTapTests|WorkerCoreTests|SessionProxyHeaderTests|ProxyProtocolTests|SendQueueTests|FakeChecksTests|StartupChecksTests|LoopGuardTests/|CompletionTagTests|BufferPoolTests|RingErrorTests|RingTimeoutTests|FNV1a64Tests|LoadAddressTests|SamplingParserTests|SamplingSessionTests|ReplyComparisonTests|CompareSessionTests|DumpTests|ZeroCopySendsTests|DocsTests|ConfigFileTests|ConfigDiffTests|MirrorSlotsTests|ReloadSessionTests|FirstHourUnitTests|FirstHourVerdictTests|HandoverProtocolTests|GatherMessageTests|FuzzRegressionTests|CaptureReaderTests|ReassemblyTests|ReplayEngineTests|BatchWakeTests|TLSStreamTests
 check: build
 	swift test --skip-build --filter '$(CHECK_SUITES)'
 
@@ -90,6 +91,10 @@ dist-build: deps
 	ln -sf "$$(pkg-config --variable=libdir liburing)/liburing.a" $(STATIC_LIBS)/liburing.a
 	printf 'Name: liburing\nDescription: liburing, linked statically\nVersion: %s\nLibs: -L%s -luring\nCflags:\n' \
 		"$$(pkg-config --modversion liburing)" "$(STATIC_LIBS)" > $(STATIC_LIBS)/liburing.pc
+	ln -sf "$$(pkg-config --variable=libdir openssl)/libssl.a" $(STATIC_LIBS)/libssl.a
+	ln -sf "$$(pkg-config --variable=libdir openssl)/libcrypto.a" $(STATIC_LIBS)/libcrypto.a
+	printf 'Name: OpenSSL\nDescription: OpenSSL, linked statically\nVersion: %s\nLibs: -L%s -lssl -lcrypto -ldl -pthread\nCflags:\n' \
+		"$$(pkg-config --modversion openssl)" "$(STATIC_LIBS)" > $(STATIC_LIBS)/openssl.pc
 	PKG_CONFIG_PATH=$(STATIC_LIBS) swift build $(STATIC_FLAGS) $(SWIFT_BUILD_FLAGS)
 
 # dist/duplicator-VERSION-linux-ARCH.tar.gz: bin/, share/ (man pages and

@@ -30,6 +30,13 @@ let package = Package(
             pkgConfig: "liburing",
             providers: [.apt(["liburing-dev"])]
         ),
+        // TLS termination (docs/tls.md): the system's OpenSSL, driven through
+        // memory BIOs so that the ring keeps doing all socket IO.
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
         // epoll, eventfd and accept4 for the load tools and the proxy's epoll backend (not in Swift's Glibc module).
         .systemLibrary(name: "CLinuxSystem"),
         // What the proxy and the load tools both need of the system: socket
@@ -41,6 +48,7 @@ let package = Package(
             dependencies: [
                 "Platform",
                 "Ring",
+                "COpenSSL",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ]

@@ -6,6 +6,8 @@
 #
 #   package            the suites that need it
 #   liburing-dev       everything (the proxy's build)
+#   libssl-dev         everything (the proxy's build: TLS termination)
+#   openssl            TLSStreamTests, TLSIntegrationTests (certificates made at test time, s_client; nginx and curl too)
 #   make pkg-config    the build;  python3: the man pages (scripts/manpage.py)
 #   nginx libnginx-mod-stream  RealPeerTests, ProxyProtocolPeerTests (nginx's stream module reads PROXY headers)
 #   haproxy            RealPeerTests, ProxyProtocolPeerTests
@@ -25,11 +27,12 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 missing=()
 dpkg -s liburing-dev >/dev/null 2>&1 || missing+=(liburing-dev)
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 [[ -e /usr/lib/nginx/modules/ngx_stream_module.so ]] || missing+=(libnginx-mod-stream)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 for pair in redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools nginx:nginx wrk:wrk curl:curl \
             ip:iproute2 nft:nftables haproxy:haproxy make:make python3:python3 pkg-config:pkg-config \
-            tshark:tshark tcpdump:tcpdump; do
+            tshark:tshark tcpdump:tcpdump openssl:openssl; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [[ -x /usr/sbin/${pair%%:*} ]] || missing+=("${pair#*:}")
 done
 /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || missing+=(python3-seccomp)

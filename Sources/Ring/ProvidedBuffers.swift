@@ -93,6 +93,11 @@ public final class ProvidedBuffers {
         freeCount &+= 1
     }
 
+    /// A free slot that is not lent to the kernel, taken for bytes no
+    /// receive brought; it comes back with `provide`. Nil when every free
+    /// slot is lent (or the pool cannot grow).
+    public func takeFree() -> UInt32? { nextFree() }
+
     /// The kernel chose `slot` for a completion: it is ours until provided again.
     @inline(__always)
     public func taken(_ slot: UInt32) { _lent &-= 1 }

@@ -56,6 +56,9 @@ enum CheckReport {
     /// One line per feature that is on.
     static func features(_ config: Config, proxy: Proxy) -> [String] {
         var lines: [String] = []
+        if let tls = config.tls { lines.append(tls.summary) }
+        if let forward = config.forwardTLS { lines.append(forward.summary("main")) }
+        if let mirror = config.mirrorTLS { lines.append(mirror.summary("the mirrors")) }
         if config.acceptProxy {
             lines.append("PROXY protocol: a v1 or v2 header expected from every client within "
                 + DurationParser.text(milliseconds: config.proxyHeaderTimeoutMs))

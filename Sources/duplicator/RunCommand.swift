@@ -34,6 +34,7 @@ struct ProxyOptions: ParsableArguments {
     @OptionGroup(title: "Verdicts and recording") var verdicts: VerdictOptions
     @OptionGroup(title: "Recording") var recording: RecordingOptions
     @OptionGroup(title: "Observability") var observability: ObservabilityOptions
+    @OptionGroup(title: "TLS") var tls: TLSOptions
     @OptionGroup(title: "Tuning") var tuning: TuningOptions
 
     @Option(name: .customLong("config"), help: ArgumentHelp("A YAML file of options: keys are the long flag names without dashes (listen: :8080, mirror: [\":8082@10%\"], timeout: 2s); flags given here win. SIGHUP reads it again and applies it to new sessions (mirrors, sampling, timeouts, batching, --compare, dump bounds, log level); what cannot change in place is refused, and a bad file changes nothing. See docs/reload.md.", valueName: "file"))
@@ -47,6 +48,7 @@ struct ProxyOptions: ParsableArguments {
 
     @Option(name: .customLong("handover-socket"), help: ArgumentHelp("Binary upgrade or restart without a refused connection: take the listeners (and the metrics one) from the process that holds this Unix socket, which then stops accepting, drains its sessions for --drain-timeout and exits 0; then hold it for the next one. No process there, a stale file or another listen address: bind normally (docs/handover.md).", valueName: "path"))
     var handoverSocket: String?
+
 
     /// "with io_uring (defer)", "with epoll (--backend epoll)", or epoll and why io_uring cannot run.
     static func backendNote(_ proxy: Proxy) -> String {
@@ -84,6 +86,12 @@ struct ProxyOptions: ParsableArguments {
         config.backend = backend
         config.mirrorSlots = mirrors.mirrorSlots ?? (configFile != nil ? max(Self.mirrorSlotsWithConfig, mirrorList.count) : nil)
         try config.validate()
+        // Last: the files are read only once everything else is right.
+        config.tls = try tls.settings()
+        (config.forwardTLS, config.mirrorTLS) = try tls.upstream(main: config.main)
+        if config.sendProxy != nil && (config.forwardTLS != nil || config.mirrorTLS != nil) {
+            throw ConfigError("--send-proxy with --forward-tls or --mirror-tls: the PROXY header would have to go before the handshake, which is not supported; use one of them")
+        }
         return config
     }
 

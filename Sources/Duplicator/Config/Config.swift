@@ -116,6 +116,13 @@ public struct Config: Sendable {
     /// send (an error at start where the kernel has none), `off` never.
     public var zeroCopy = Defaults.zeroCopy
     public var zeroCopyBytesMin = Defaults.zeroCopyBytesMin
+    /// `--tls-cert`: terminate TLS from clients; main and the mirrors get
+    /// the plaintext. Nil: the client's bytes go as they come.
+    public var tls: TLSSettings?
+    /// `--forward-tls`: TLS towards main, verified; nil: plain.
+    public var forwardTLS: UpstreamTLSSettings?
+    /// `--mirror-tls`: TLS towards every mirror, verified; nil: plain.
+    public var mirrorTLS: UpstreamTLSSettings?
     /// Free slots lent to the kernel at a time, at most (see `ProvidedBuffers`).
     public var providedWindowSlots = 512
 

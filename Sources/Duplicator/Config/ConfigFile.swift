@@ -77,6 +77,15 @@ public struct ConfigFile: Equatable, Sendable {
         Key(name: "mirror-turn-timeout", kind: .value, short: nil),
         Key(name: "mirror-slots", kind: .value, short: nil),
         Key(name: "log-level", kind: .value, short: nil),
+        Key(name: "tls-cert", kind: .value, short: nil),
+        Key(name: "tls-key", kind: .value, short: nil),
+        Key(name: "tls-alpn", kind: .value, short: nil),
+        Key(name: "tls-handshake-timeout", kind: .value, short: nil),
+        Key(name: "forward-tls", kind: .flag, short: nil),
+        Key(name: "forward-ca", kind: .value, short: nil),
+        Key(name: "forward-server-name", kind: .value, short: nil),
+        Key(name: "mirror-tls", kind: .flag, short: nil),
+        Key(name: "mirror-ca", kind: .value, short: nil),
     ]
 
     static let keysByName: [String: Key] = Dictionary(uniqueKeysWithValues: keys.map { ($0.name, $0) })

@@ -177,6 +177,17 @@ public struct ConfigDiff: Equatable, Sendable {
         // The dump writer's bounds, for the dumps submitted from then on.
         check("dump-max-files", \.dumpMaxFiles)
         check("dump-queue", \.dumpQueueBytes)
+        // TLS: on or off is the listener's protocol; the certificate and key
+        // (read again at each reload: a renewal keeps their paths), the
+        // ALPN list and the timeout apply to new clients' handshakes.
+        check("tls-cert", { $0.tls != nil }, live: false, why: "TLS on or off changes what clients speak")
+        check("tls-cert", { $0.tls.map { [$0.certificatePath, $0.keyPath, $0.filesDigest] } })
+        check("tls-alpn", { $0.tls?.alpn })
+        check("tls-handshake-timeout", { $0.tls?.handshakeTimeoutMs })
+        check("forward-tls", { $0.forwardTLS != nil }, live: false, why: "TLS on or off changes what main speaks")
+        check("forward-ca", { $0.forwardTLS.map { [$0.caPath ?? "", $0.serverName ?? "", $0.filesDigest] } })
+        check("mirror-tls", { $0.mirrorTLS != nil }, live: false, why: "TLS on or off changes what the mirrors speak")
+        check("mirror-ca", { $0.mirrorTLS.map { [$0.caPath ?? "", $0.filesDigest] } })
     }
 
     public var isEmpty: Bool { applied.isEmpty && refused.isEmpty }

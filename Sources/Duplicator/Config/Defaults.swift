@@ -47,6 +47,10 @@ public enum Defaults {
     /// segment: a few seconds is ample, and short enough that idle probes
     /// do not pile up.
     public static let proxyHeaderTimeoutMs = 3_000
+    /// `--tls-handshake-timeout`: nginx's `ssl_handshake_timeout` is 60s;
+    /// a client that has not finished its handshake in 10s on a proxy
+    /// in front of a service is a scan or a stall, and holds a session's place.
+    public static let tlsHandshakeTimeoutMs = 10_000
     /// `--zerocopy`: zero-copy sends where they can pay (BENCHMARKS.md, "Zero copy").
     public static let zeroCopy = ZeroCopyMode.auto
     /// With `--zerocopy auto`, the smallest send made zero-copy: below about

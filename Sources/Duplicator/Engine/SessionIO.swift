@@ -13,6 +13,10 @@ public enum OperationKind: UInt8, Sendable {
     case close
     /// The worker's cancel of its own accept, on stop: nothing to do when it completes.
     case acceptCancel
+    /// `--tls-cert`: the TLS layer's own receive (handshake) and send
+    /// (ciphertext) on a client's socket (`TLSClientIO`); never a session's.
+    case tlsRecv
+    case tlsSend
 }
 
 /// The session's timers: each has one delay, so its deadlines come in order.
@@ -76,4 +80,12 @@ public protocol SessionIO: AnyObject {
     /// The session at `index` found no free slot: call `resumeReceiving` on
     /// it once slots are back.
     func waitForBuffers(session index: UInt32)
+    /// A free pool slot for bytes that no receive brought (TLS records
+    /// decrypted beyond a receive's slot), or nil when none is free now.
+    func takeSlot() -> UInt32?
+}
+
+extension SessionIO {
+    /// An IO that never terminates TLS (the tests' and benchmarks' fakes) lends no slot outside a receive.
+    public func takeSlot() -> UInt32? { nil }
 }

@@ -135,13 +135,19 @@ public final class WorkerCore<Backend: WorkerBackend> {
     private var drainDeadlineMs: UInt64 = 0
     public var nextTickMs: UInt64 { _nextTickMs }
     private var nextIdleCheckMs: UInt64 = 0
+    /// `--tls-cert`: the context new clients' handshakes use, and, once
+    /// started, the layer the sessions' IO goes through (`TLSSessionIO`).
+    private var tlsContexts: TLSSessionIO<Backend>.Contexts
+    public private(set) var tls: TLSSessionIO<Backend>?
     private var rejectLog = RateLimitedLog(intervalMs: 10_000)
     private var acceptErrorLog = RateLimitedLog(intervalMs: 5_000)
     private var unknownCompletionLogged = false
 
     public init(context: SessionContext, table: SessionTable, waiters: BufferWaiters, timers: SessionTimers,
                 idleTimeoutMs: Int, drainTimeoutMs: Int, stats: WorkerStats, allStats: [WorkerStats],
-                mirrorNames: [String], logger: Logger = Logger(label: "duplicator")) {
+                mirrorNames: [String], tls: TLSSessionIO<Backend>.Contexts = .init(),
+                logger: Logger = Logger(label: "duplicator")) {
+        self.tlsContexts = tls
         self.context = context
         self.table = table
         self.waiters = waiters
@@ -159,6 +165,10 @@ public final class WorkerCore<Backend: WorkerBackend> {
 
     public func start(io: Backend) {
         _nextTickMs = context.nowMs + Self.tickMs
+        if !tlsContexts.isEmpty {
+            tls = TLSSessionIO(backend: io, table: table, context: context, contexts: tlsContexts, logger: logger)
+            tls?.adopt(mirrorNames: mirrorNames)
+        }
         armAccept(io: io)
     }
 
@@ -178,6 +188,14 @@ public final class WorkerCore<Backend: WorkerBackend> {
             return
         case .acceptCancel:
             return
+        case .tlsRecv, .tlsSend:
+            if let slot = completion.selectedBuffer { io.bufferTaken(slot) }
+            if let tls {
+                tls.completed(kind, tag: tag, result: completion.result, slot: completion.selectedBuffer)
+            } else if let slot = completion.selectedBuffer {
+                io.recycle(slot: slot)
+            }
+            return
         default:
             break
         }
@@ -186,6 +204,24 @@ public final class WorkerCore<Backend: WorkerBackend> {
         if kind == .connect && io.loopCheckNeeded, let session = table.session(for: tag) {
             let leg = Leg(tag)
             if io.connectLooped(fd: session.legs[leg].fd, leg: leg, result: result) { result = -ELOOP }
+        }
+        if let tls {
+            // A TLS leg's bytes are ciphertext: decrypted before the session
+            // sees them; its connect is done, to the session, after its handshake.
+            if kind == .recv && tls.isEncrypted(Leg(tag)) {
+                tls.received(tag: tag, result: result, slot: completion.selectedBuffer)
+                return
+            }
+            if kind == .connect && tls.isEncrypted(Leg(tag)) {
+                tls.connected(tag: tag, result: result)
+                return
+            }
+            if case .stale = table.deliver(kind, tag: tag, result: result,
+                                           selectedBuffer: completion.selectedBuffer, io: tls),
+               let slot = completion.selectedBuffer {
+                io.recycle(slot: slot)
+            }
+            return
         }
         if case .stale = table.deliver(kind, tag: tag, result: result, selectedBuffer: completion.selectedBuffer, io: io),
            let slot = completion.selectedBuffer {
@@ -199,10 +235,16 @@ public final class WorkerCore<Backend: WorkerBackend> {
     /// (`context.nowUs`) fire, and the sessions that waited for buffers
     /// read again, in the order they asked, while any are lent.
     public func afterCompletions(io: Backend) {
+        if let tls { tls.deliverQueued() }
         if !timers.isEmpty { fireDueTimers(io: io) }
         while io.buffersLent, let index = waiters.next() {
-            table.withSession(at: index) { $0.resumeReceiving(io: io) }
+            if let tls {
+                table.withSession(at: index) { $0.resumeReceiving(io: tls) }
+            } else {
+                table.withSession(at: index) { $0.resumeReceiving(io: io) }
+            }
         }
+        if let tls { tls.deliverQueued() }
     }
 
     /// Tells the sessions whose mirror deadlines have passed.
@@ -216,7 +258,7 @@ public final class WorkerCore<Backend: WorkerBackend> {
     private func fire(_ timer: SessionTimer, _ index: UInt32, io: Backend) {
         table.withSession(at: index) { session in
             let wasActive = session.isActive
-            session.timerFired(timer, io: io)
+            if let tls { session.timerFired(timer, io: tls) } else { session.timerFired(timer, io: io) }
             if wasActive && !session.isActive { table.free(session) }
         }
     }
@@ -251,8 +293,16 @@ public final class WorkerCore<Backend: WorkerBackend> {
                 // accept was cancelled has connected (after a handover, the
                 // listener lives on in the new process): serve it, not reset it.
                 io.admit(fd: fd, session: session)
-                session.start(clientFD: fd, io: io)
-                if !session.isActive { table.free(session) }
+                if let tls, tls.terminatesClients {
+                    // The session starts once its client's handshake is done.
+                    tls.begin(fd: fd, session: session)
+                } else if let tls {
+                    session.start(clientFD: fd, io: tls)
+                    if !session.isActive { table.free(session) }
+                } else {
+                    session.start(clientFD: fd, io: io)
+                    if !session.isActive { table.free(session) }
+                }
             } else {
                 stats.sessionsRejected.bump()
                 io.refuse(fd: fd)
@@ -288,6 +338,10 @@ public final class WorkerCore<Backend: WorkerBackend> {
         // The check's pace is the shortest timeout any live session may have.
         let new = generation.config.idleTimeoutMs
         if new > 0 { idleTimeoutMs = idleTimeoutMs == 0 ? new : min(idleTimeoutMs, new) }
+        // New clients' handshakes take the reloaded certificate; live streams keep theirs.
+        tlsContexts = generation.config.tlsContexts()
+        tls?.adopt(tlsContexts)
+        tls?.adopt(mirrorNames: mirrorNames)
     }
 
     // MARK: - Time
@@ -307,11 +361,24 @@ public final class WorkerCore<Backend: WorkerBackend> {
             drainDeadlineMs = context.nowMs + UInt64(drainTimeoutMs)
             if acceptArmed { io.cancelAccept() } else { io.closeListener() }
         }
+        if !stopping && !acceptArmed && context.nowMs >= acceptPausedUntilMs { armAccept(io: io) }
         if stopping && !aborted && (mode == .immediate || context.nowMs >= drainDeadlineMs) {
             aborted = true
-            forEachSession(where: { _ in true }) { $0.abort(io: io) }
+            forEachSession(where: { _ in true }) { session in
+                if let tls { session.abort(io: tls) } else { session.abort(io: io) }
+            }
         }
-        if !stopping && !acceptArmed && context.nowMs >= acceptPausedUntilMs { armAccept(io: io) }
+        if let tls {
+            tls.tick(aborting: aborted)
+            tickSessions(io: tls)
+            tls.deliverQueued()
+        } else {
+            tickSessions(io: io)
+        }
+    }
+
+    /// The sessions' deadlines: idle, PROXY header, mirrors lingering.
+    private func tickSessions<IO: SessionIO>(io: IO) {
         if idleTimeoutMs > 0 && context.nowMs >= nextIdleCheckMs {
             nextIdleCheckMs = context.nowMs + min(Self.idleCheckMs, UInt64(max(1, idleTimeoutMs / 4)))
             forEachSession(where: { !$0.isEnding }) { $0.checkIdle(io: io) }

@@ -30,7 +30,12 @@ public enum PrometheusText {
             ("cause=\"idle_timeout\"", snapshot.sessionsEndedByIdleTimeout),
             ("cause=\"aborted\"", snapshot.sessionsAborted),
             ("cause=\"bad_proxy_header\"", snapshot.sessionsEndedByBadProxyHeader),
+            ("cause=\"tls_handshake\"", snapshot.sessionsEndedByTLSHandshake),
         ])
+        family("duplicator_tls_handshakes_active", "gauge", "TLS handshakes with clients in progress now (--tls-cert).",
+               [("", snapshot.tlsHandshakesActive)])
+        family("duplicator_tls_errors_total", "counter", "Established TLS client streams that failed (a record that does not decrypt, a fatal alert).",
+               [("", snapshot.tlsErrors)])
         family("duplicator_accept_errors_total", "counter", "Failed accepts (descriptor or memory shortage).",
                [("", snapshot.acceptErrors)])
         family("duplicator_loops_refused_total", "counter", "The proxy's own connections to main or a mirror that came back to its listener (a loop made by NAT or a new local address), refused.",

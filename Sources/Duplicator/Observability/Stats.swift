@@ -17,6 +17,12 @@ public final class WorkerStats: Sendable {
     public let sessionsAborted = Atomic<UInt64>(0)
     /// `--accept-proxy`: clients closed for a missing, malformed, oversized or late PROXY protocol header.
     public let sessionsEndedByBadProxyHeader = Atomic<UInt64>(0)
+    /// `--tls-cert`: clients whose TLS handshake failed or timed out (nothing reached main or a mirror).
+    public let sessionsEndedByTLSHandshake = Atomic<UInt64>(0)
+    /// TLS handshakes in progress now (their clients hold a session's place).
+    public let tlsHandshakesActive = Atomic<UInt64>(0)
+    /// Established TLS streams that failed (a record that does not decrypt, a fatal alert).
+    public let tlsErrors = Atomic<UInt64>(0)
     public let acceptErrors = Atomic<UInt64>(0)
     /// Connections refused because they were the proxy's own, looped back
     /// into its listener (`LoopGuard`): counted on either side of the loop.

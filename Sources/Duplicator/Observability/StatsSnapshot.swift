@@ -48,6 +48,9 @@ public struct StatsSnapshot: Sendable, Equatable {
     public var sessionsEndedByIdleTimeout: UInt64 = 0
     public var sessionsAborted: UInt64 = 0
     public var sessionsEndedByBadProxyHeader: UInt64 = 0
+    public var sessionsEndedByTLSHandshake: UInt64 = 0
+    public var tlsHandshakesActive: UInt64 = 0
+    public var tlsErrors: UInt64 = 0
     public var acceptErrors: UInt64 = 0
     public var loopsRefused: UInt64 = 0
     public var completionsUnknown: UInt64 = 0
@@ -80,6 +83,9 @@ public struct StatsSnapshot: Sendable, Equatable {
             sessionsEndedByIdleTimeout += worker.sessionsEndedByIdleTimeout.value
             sessionsAborted += worker.sessionsAborted.value
             sessionsEndedByBadProxyHeader += worker.sessionsEndedByBadProxyHeader.value
+            sessionsEndedByTLSHandshake += worker.sessionsEndedByTLSHandshake.value
+            tlsHandshakesActive += worker.tlsHandshakesActive.value
+            tlsErrors += worker.tlsErrors.value
             acceptErrors += worker.acceptErrors.value
             loopsRefused += worker.loopsRefused.value
             completionsUnknown += worker.completionsUnknown.value
@@ -120,6 +126,7 @@ public struct StatsSnapshot: Sendable, Equatable {
     public var sessionsEnded: UInt64 {
         sessionsCompleted + sessionsEndedByClientError + sessionsEndedByMainConnectFailure
             + sessionsEndedByMainError + sessionsEndedByIdleTimeout + sessionsAborted + sessionsEndedByBadProxyHeader
+            + sessionsEndedByTLSHandshake
     }
 }
 

@@ -601,6 +601,16 @@ final class EpollWorker: KernelBackend {
     func recycle(slot: UInt32) {
         pushFree(slot)
     }
+
+    /// A free slot for bytes no receive brought (`--tls-cert`): taken from
+    /// the free list, the receives' window shrinking with it if need be.
+    func takeSlot() -> UInt32? {
+        guard freeCount > 0 else { return nil }
+        freeCount -= 1
+        lentSlots = min(lentSlots, freeCount)
+        slotsTouched = max(slotsTouched, pool.slotCount - freeCount)
+        return freeSlots[freeCount]
+    }
 }
 
 // MARK: - Pending operations

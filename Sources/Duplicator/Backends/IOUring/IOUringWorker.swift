@@ -418,6 +418,9 @@ final class IOUringWorker: KernelBackend {
         ring.prepareClose(fd: fd, tag: tag)
     }
 
+    /// A free slot not lent to the kernel (`--tls-cert`: plaintext beyond a receive's slot).
+    func takeSlot() -> UInt32? { provided.takeFree() }
+
     /// A slot a zero-copy send still reads goes back with its notification.
     @inline(__always)
     func recycle(slot: UInt32) {

@@ -42,6 +42,6 @@ struct WorkerParts {
                           idleTimeoutMs: config.idleTimeoutMs, drainTimeoutMs: config.drainTimeoutMs, stats: environment.stats,
                           allStats: environment.allStats,
                           mirrorNames: config.mirrors.map(\.text) + Array(repeating: "", count: config.mirrorSlotCount - config.mirrors.count),
-                          logger: environment.logger)
+                          tls: config.tlsContexts(), logger: environment.logger)
     }
 }
