@@ -48,25 +48,12 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
     private let sequence = Atomic<UInt64>(0)
     /// The wall clock minus the session clock, in microseconds.
     private let wallOffsetUs: UInt64
-
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private let condition: UnsafeMutablePointer<pthread_cond_t>
-    private var queue: [DumpRequest] = []
-    private var queuedBytes = 0
-    private var stopping = false
-    private var thread: NativeThread?
+    private let writer = BackgroundWriter<DumpRequest>()
 
     /// Checks that `directory` is a directory this process may write into.
     public init(directory: String, maxFiles: Int, servers: [ProxyAddress], mirrorNames: [String],
                 queueBytesMax: Int = Defaults.dumpQueueBytes, problems: ProblemLog? = nil) throws(ConfigError) {
-        var status = stat()
-        guard stat(directory, &status) == 0 else {
-            throw ConfigError("--dump-dir \(directory): \(String(cString: strerror(errno)))")
-        }
-        guard status.st_mode & S_IFMT == S_IFDIR else { throw ConfigError("--dump-dir \(directory): not a directory") }
-        guard access(directory, W_OK | X_OK) == 0 else {
-            throw ConfigError("--dump-dir \(directory): not writable: \(String(cString: strerror(errno)))")
-        }
+        try BackgroundWriter<DumpRequest>.checkDirectory(directory, flag: "--dump-dir")
         self.directory = directory
         maxFilesLimit = Atomic(maxFiles)
         queueBytesLimit = Atomic(queueBytesMax)
@@ -75,36 +62,15 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
         self.mirrorNames = mirrorNames
         counts = Mutex([UInt64](repeating: 0, count: mirrorNames.count * Result.allCases.count))
         truncatedBytes = Mutex([UInt64](repeating: 0, count: mirrorNames.count))
-        var realtime = timespec()
-        clock_gettime(CLOCK_REALTIME, &realtime)
-        let wallUs = UInt64(realtime.tv_sec) * 1_000_000 + UInt64(realtime.tv_nsec) / 1_000
-        wallOffsetUs = wallUs &- MonotonicClock.nowMicros()
-        mutex = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
-        condition = .allocate(capacity: 1)
-        pthread_cond_init(condition, nil)
-    }
-
-    deinit {
-        pthread_cond_destroy(condition)
-        pthread_mutex_destroy(mutex)
-        condition.deallocate()
-        mutex.deallocate()
+        wallOffsetUs = BackgroundWriter<DumpRequest>.wallClockOffsetUs()
     }
 
     public func start() throws(ProxyError) {
-        thread = try startThread("dup-dumps") { [self] in run() }
+        try writer.start("dup-dumps") { [self] request in write(request) }
     }
 
     /// Writes what is queued, then ends the thread.
-    public func stop() {
-        pthread_mutex_lock(mutex)
-        stopping = true
-        pthread_cond_signal(condition)
-        pthread_mutex_unlock(mutex)
-        thread?.join()
-        thread = nil
-    }
+    public func stop() { writer.stop() }
 
     /// A reload's `--dump-max-files` and `--dump-queue`, for the dumps
     /// submitted from now on (the files already written count against the new bound).
@@ -126,16 +92,7 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
             bump(request.mirror, .skippedLimit)
             return
         }
-        let bytes = request.memoryBytes
-        pthread_mutex_lock(mutex)
-        let accepted = (queue.isEmpty || queuedBytes + bytes <= queueBytesMax) && !stopping
-        if accepted {
-            queue.append(request)
-            queuedBytes += bytes
-            pthread_cond_signal(condition)
-        }
-        pthread_mutex_unlock(mutex)
-        if !accepted {
+        if !writer.offer(request, bytes: request.memoryBytes, queueBytesMax: queueBytesMax) {
             filesTaken.wrappingSubtract(1, ordering: .relaxed)
             bump(request.mirror, .droppedQueue)
             problems?.dumpDropped()
@@ -144,24 +101,6 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
 
     private func bump(_ mirror: Int, _ result: Result) {
         counts.withLock { $0[mirror * Result.allCases.count + result.rawValue] += 1 }
-    }
-
-    private func run() {
-        while true {
-            pthread_mutex_lock(mutex)
-            while queue.isEmpty && !stopping { pthread_cond_wait(condition, mutex) }
-            if queue.isEmpty {
-                pthread_mutex_unlock(mutex)
-                return
-            }
-            let request = queue.removeFirst()
-            pthread_mutex_unlock(mutex)
-            write(request)
-            // The request's memory is held until it is written.
-            pthread_mutex_lock(mutex)
-            queuedBytes -= request.memoryBytes
-            pthread_mutex_unlock(mutex)
-        }
     }
 
     /// The file's bytes for `request` (also what the tests read).
@@ -199,32 +138,12 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
         let number = sequence.wrappingAdd(1, ordering: .relaxed).newValue
         let mirrorPart = mirrorNames[request.mirror].map { $0.isLetter || $0.isNumber || $0 == "." ? $0 : "_" }
         let path = "\(directory)/dump-\(getpid())-\(number)-\(String(mirrorPart))-\(request.verdict.label).pcapng"
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else {
-            bump(request.mirror, .failed)
-            problems?.dumpWriteFailed(path: path, errno: errno)
-            return
-        }
-        var written = 0
-        var failure: Int32 = 0
-        bytes.withUnsafeBytes { raw in
-            while written < raw.count {
-                let result = Glibc.write(fd, raw.baseAddress! + written, raw.count - written)
-                if result < 0 && errno == EINTR { continue }
-                if result <= 0 {
-                    failure = result < 0 ? errno : ENOSPC  // a write that takes nothing: the disk is full
-                    return
-                }
-                written += result
-            }
-        }
-        if close(fd) != 0 && failure == 0 { failure = errno }
+        let failure = BackgroundWriter<DumpRequest>.writeNewFile(path: path, bytes: bytes)
         if failure == 0 {
             bump(request.mirror, .written)
             let dropped = request.client.droppedBytes + request.main.droppedBytes + request.mirrorReplies.droppedBytes
             truncatedBytes.withLock { $0[request.mirror] += dropped }
         } else {
-            unlink(path)
             bump(request.mirror, .failed)
             problems?.dumpWriteFailed(path: path, errno: failure)
         }

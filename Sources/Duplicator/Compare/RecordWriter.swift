@@ -47,61 +47,27 @@ public final class RecordWriter: RecordSink, @unchecked Sendable {
     private let wallOffsetUs: UInt64
     /// A failure was logged and no write has succeeded since: not logged again.
     private var failureLogged = false
-
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private let condition: UnsafeMutablePointer<pthread_cond_t>
-    private var queue: [RecordRequest] = []
-    private var queuedBytes = 0
-    private var stopping = false
-    private var thread: NativeThread?
+    private let writer = BackgroundWriter<RecordRequest>()
 
     public init(config: RecordingConfig, main: ProxyAddress, queueBytesMax: Int = Defaults.dumpQueueBytes,
                 problems: ProblemLog? = nil) throws(ConfigError) {
         try config.validate()
         let directory = config.directory
-        var status = stat()
-        guard stat(directory, &status) == 0 else {
-            throw ConfigError("--record-dir \(directory): \(String(cString: strerror(errno)))")
-        }
-        guard status.st_mode & S_IFMT == S_IFDIR else { throw ConfigError("--record-dir \(directory): not a directory") }
-        guard access(directory, W_OK | X_OK) == 0 else {
-            throw ConfigError("--record-dir \(directory): not writable: \(String(cString: strerror(errno)))")
-        }
+        try BackgroundWriter<RecordRequest>.checkDirectory(directory, flag: "--record-dir")
         self.directory = directory
         directoryBytesMax = config.directoryBytesMax
         self.queueBytesMax = queueBytesMax
         self.problems = problems
         self.main = main
-        var realtime = timespec()
-        clock_gettime(CLOCK_REALTIME, &realtime)
-        let wallUs = UInt64(realtime.tv_sec) * 1_000_000 + UInt64(realtime.tv_nsec) / 1_000
-        wallOffsetUs = wallUs &- MonotonicClock.nowMicros()
-        mutex = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
-        condition = .allocate(capacity: 1)
-        pthread_cond_init(condition, nil)
-    }
-
-    deinit {
-        pthread_cond_destroy(condition)
-        pthread_mutex_destroy(mutex)
-        condition.deallocate()
-        mutex.deallocate()
+        wallOffsetUs = BackgroundWriter<RecordRequest>.wallClockOffsetUs()
     }
 
     public func start() throws(ProxyError) {
-        thread = try startThread("dup-record") { [self] in run() }
+        try writer.start("dup-record") { [self] request in write(request) }
     }
 
     /// Writes what is queued, then ends the thread.
-    public func stop() {
-        pthread_mutex_lock(mutex)
-        stopping = true
-        pthread_cond_signal(condition)
-        pthread_mutex_unlock(mutex)
-        thread?.join()
-        thread = nil
-    }
+    public func stop() { writer.stop() }
 
     public func count(_ result: Result) -> UInt64 {
         result == .sampledOut ? sampledOutCount.load(ordering: .relaxed) : counts.withLock { $0[result.rawValue] }
@@ -118,16 +84,7 @@ public final class RecordWriter: RecordSink, @unchecked Sendable {
             bump(.skippedLimit)
             return
         }
-        let bytes = request.memoryBytes
-        pthread_mutex_lock(mutex)
-        let accepted = (queue.isEmpty || queuedBytes + bytes <= queueBytesMax) && !stopping
-        if accepted {
-            queue.append(request)
-            queuedBytes += bytes
-            pthread_cond_signal(condition)
-        }
-        pthread_mutex_unlock(mutex)
-        if !accepted {
+        if !writer.offer(request, bytes: request.memoryBytes, queueBytesMax: queueBytesMax) {
             bump(.droppedQueue)
             problems?.recordDropped()
         }
@@ -135,23 +92,6 @@ public final class RecordWriter: RecordSink, @unchecked Sendable {
 
     private func bump(_ result: Result) {
         counts.withLock { $0[result.rawValue] += 1 }
-    }
-
-    private func run() {
-        while true {
-            pthread_mutex_lock(mutex)
-            while queue.isEmpty && !stopping { pthread_cond_wait(condition, mutex) }
-            if queue.isEmpty {
-                pthread_mutex_unlock(mutex)
-                return
-            }
-            let request = queue.removeFirst()
-            pthread_mutex_unlock(mutex)
-            write(request)
-            pthread_mutex_lock(mutex)
-            queuedBytes -= request.memoryBytes
-            pthread_mutex_unlock(mutex)
-        }
     }
 
     /// The file's bytes for `request` (also what the tests read).
@@ -182,27 +122,8 @@ public final class RecordWriter: RecordSink, @unchecked Sendable {
         }
         let number = sequence.wrappingAdd(1, ordering: .relaxed).newValue
         let path = "\(directory)/record-\(getpid())-\(number).pcapng"
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else {
-            failed(path: path, errno: errno)
-            return
-        }
-        var written = 0
-        var failure: Int32 = 0
-        bytes.withUnsafeBytes { raw in
-            while written < raw.count {
-                let result = Glibc.write(fd, raw.baseAddress! + written, raw.count - written)
-                if result < 0 && errno == EINTR { continue }
-                if result <= 0 {
-                    failure = result < 0 ? errno : ENOSPC
-                    return
-                }
-                written += result
-            }
-        }
-        if close(fd) != 0 && failure == 0 { failure = errno }
+        let failure = BackgroundWriter<RecordRequest>.writeNewFile(path: path, bytes: bytes)
         guard failure == 0 else {
-            unlink(path)
             failed(path: path, errno: failure)
             return
         }
