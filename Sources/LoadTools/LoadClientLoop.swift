@@ -7,16 +7,11 @@ import Synchronization
 /// counters, on one thread.
 final class LoadClientLoop {
     static let receiveBufferBytesMax = 64 * 1024
-    static let tickNanos: UInt64 = 1_000_000_000
     private static let wakeupToken = UInt64.max
 
     private let target: SocketAddress
     private let durationNanos: UInt64
-    /// Open loop (`--rate`): nanoseconds between one connection's requests;
-    /// 0: closed loop, each request sent as the previous reply arrives.
-    private let intervalNanos: UInt64
-    /// Open loop: connections whose next request waits for its time.
-    private var waitingCount = 0
+    private let schedule: LoadRequestSchedule
     private let control: LoadClientControl
     private let poller: EpollPoller
     private let message: LoadMessage
@@ -34,7 +29,7 @@ final class LoadClientLoop {
         self.target = target
         self.backendDescription = backendDescription
         durationNanos = UInt64(min(durationSeconds, 1e9) * 1e9)
-        intervalNanos = requestsPerSecond.map { UInt64(max(1, (1e9 * Double(count) / $0).rounded())) } ?? 0
+        schedule = LoadRequestSchedule(connections: count, requestsPerSecond: requestsPerSecond)
         self.control = control
         poller = try EpollPoller()
         try poller.add(control.wakeup.fd, flags: EpollFlag.readable, token: Self.wakeupToken)
@@ -53,12 +48,7 @@ final class LoadClientLoop {
     }
 
     func run(onSecond: (LoadProgress) -> Void) -> LoadResult {
-        let cpuStartNanos = MonotonicClock.threadCPUNanos()
-        let startNanos = MonotonicClock.nowNanos()
-        let deadlineNanos = startNanos &+ durationNanos
-        var tickNanos = startNanos + Self.tickNanos
-        var lastTickNanos = startNanos
-        var lastTickRequests: UInt64 = 0
+        var clock = LoadRunClock(durationNanos: durationNanos)
 
         tally.connectionsLive = connections.count
         for connection in connections {
@@ -68,17 +58,9 @@ final class LoadClientLoop {
         var nowNanos = MonotonicClock.nowNanos()
         while tally.connectionsLive > 0, !control.stopRequested.load(ordering: .acquiring) {
             nowNanos = MonotonicClock.nowNanos()
-            if nowNanos >= tickNanos {
-                onSecond(tally.progress(elapsedNanos: nowNanos - startNanos, intervalNanos: nowNanos - lastTickNanos,
-                                        intervalRequests: tally.requests - lastTickRequests))
-                lastTickNanos = nowNanos
-                lastTickRequests = tally.requests
-                while tickNanos <= nowNanos { tickNanos += Self.tickNanos }
-            }
-            if nowNanos >= deadlineNanos { break }
-            var waitNanos = min(tickNanos, deadlineNanos) - nowNanos
+            guard var waitNanos = clock.turn(nowNanos: nowNanos, tally: tally, onSecond: onSecond) else { break }
             let count: Int
-            if intervalNanos > 0 {
+            if schedule.intervalNanos > 0 {
                 let nextNanos = sendDueRequests(nowNanos: nowNanos)
                 waitNanos = min(waitNanos, nextNanos > nowNanos ? nextNanos - nowNanos : 0)
                 count = poller.wait(timeoutNanos: waitNanos)
@@ -95,15 +77,15 @@ final class LoadClientLoop {
             }
         }
         nowNanos = MonotonicClock.nowNanos()
-        let cpuNanos = MonotonicClock.threadCPUNanos() - cpuStartNanos
+        let cpuNanos = MonotonicClock.threadCPUNanos() - clock.cpuStartNanos
         for connection in connections where connection.state != .closed {
             close(connection.fd)
             connection.state = .closed
         }
         return tally.result(
-            elapsedNanos: nowNanos - startNanos, cpuNanos: cpuNanos, connectionsRequested: connections.count,
+            elapsedNanos: nowNanos - clock.startNanos, cpuNanos: cpuNanos, connectionsRequested: connections.count,
             messageSizeBytes: message.sizeBytes,
-            requestsPerSecondAsked: intervalNanos > 0 ? 1e9 * Double(connections.count) / Double(intervalNanos) : 0,
+            requestsPerSecondAsked: schedule.requestsPerSecondAsked,
             backend: backendDescription)
     }
 
@@ -154,59 +136,25 @@ final class LoadClientLoop {
     }
 
     private func becameConnected(_ connection: ClientConnection) {
-        connection.state = .active
-        tally.connectionsEstablished += 1
-        tally.connectionsActive += 1
+        let startsNow = schedule.connected(connection, messageSizeBytes: message.sizeBytes, tally: &tally)
         let nowNanos = MonotonicClock.nowNanos()
-        guard intervalNanos > 0 else {
+        guard !startsNow else {
             startRequest(connection, nowNanos: nowNanos)
             return
         }
-        // Open loop: nothing to send or receive until the first request is
-        // due; the connections' schedules are spread evenly over one interval.
-        connection.sendOffset = message.sizeBytes
-        connection.receiveOffset = message.sizeBytes
         setWritableInterest(connection, false)
-        scheduleRequest(connection, atNanos: nowNanos &+ intervalNanos * UInt64(connection.index) / UInt64(connections.count))
-    }
-
-    // MARK: Open loop
-
-    /// Requests are due at fixed times, whatever the replies do, and each
-    /// latency counts from its request's due time, not from when it could be
-    /// sent: a reply that comes late delays the requests behind it on its
-    /// connection, and their latencies include that wait (wrk2's correction
-    /// of coordinated omission).
-    private func scheduleRequest(_ connection: ClientConnection, atNanos dueNanos: UInt64) {
-        connection.nextRequestNanos = dueNanos
-        waitingCount += 1
-    }
-
-    /// Sends the requests that are due; returns when the next one is (UInt64.max: none waits).
-    private func sendDueRequests(nowNanos: UInt64) -> UInt64 {
-        guard waitingCount > 0 else { return .max }
-        var nextNanos = UInt64.max
-        for connection in connections where connection.nextRequestNanos != 0 && connection.state == .active {
-            let dueNanos = connection.nextRequestNanos
-            if dueNanos <= nowNanos {
-                connection.nextRequestNanos = 0
-                waitingCount -= 1
-                startRequest(connection, nowNanos: dueNanos)
-            } else {
-                nextNanos = min(nextNanos, dueNanos)
-            }
-        }
-        return nextNanos
+        schedule.scheduleFirst(connection, nowNanos: nowNanos)
     }
 
     // MARK: Requests
 
+    /// Open loop: sends the requests that are due; returns when the next one is (UInt64.max: none waits).
+    private func sendDueRequests(nowNanos: UInt64) -> UInt64 {
+        schedule.startDue(connections, nowNanos: nowNanos) { startRequest($0, nowNanos: $1) }
+    }
+
     private func startRequest(_ connection: ClientConnection, nowNanos: UInt64) {
-        connection.sequence &+= 1
-        message.setSequence(connection.sequence, connection: connection.index)
-        connection.sendOffset = 0
-        connection.receiveOffset = 0
-        connection.requestStartNanos = nowNanos
+        schedule.begin(connection, message, nowNanos: nowNanos)
         send(connection)
     }
 
@@ -279,18 +227,9 @@ final class LoadClientLoop {
             fail(connection, "a whole response arrived before the request was sent")
             return
         }
-        let nowNanos = MonotonicClock.nowNanos()
-        tally.recordRequest(latencyNanos: nowNanos - connection.requestStartNanos)
-        if intervalNanos > 0 {
-            let dueNanos = connection.requestStartNanos &+ intervalNanos
-            if dueNanos <= nowNanos {
-                startRequest(connection, nowNanos: dueNanos)
-            } else {
-                scheduleRequest(connection, atNanos: dueNanos)
-            }
-            return
+        if let startNanos = schedule.completed(connection, tally: &tally) {
+            startRequest(connection, nowNanos: startNanos)
         }
-        startRequest(connection, nowNanos: nowNanos)
     }
 
     private func setWritableInterest(_ connection: ClientConnection, _ wanted: Bool) {
@@ -305,11 +244,7 @@ final class LoadClientLoop {
     }
 
     private func fail(_ connection: ClientConnection, _ reason: String) {
-        if connection.state == .active { tally.connectionsActive -= 1 }
-        if connection.nextRequestNanos != 0 {
-            connection.nextRequestNanos = 0
-            waitingCount -= 1
-        }
+        schedule.failed(connection, tally: &tally)
         if connection.state != .closed { close(connection.fd) }
         connection.state = .closed
         recordFailure(connection, reason)

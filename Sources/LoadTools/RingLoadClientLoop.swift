@@ -29,9 +29,7 @@ final class RingLoadClientLoop {
 
     private let target: SocketAddress
     private let durationNanos: UInt64
-    /// Open loop: nanoseconds between one connection's requests; 0: closed loop.
-    private let intervalNanos: UInt64
-    private var waitingCount = 0
+    private let schedule: LoadRequestSchedule
     private let control: LoadClientControl
     private let ring: Ring
     private let pool: BufferPool?
@@ -54,7 +52,7 @@ final class RingLoadClientLoop {
          requestsPerSecond: Double?, control: LoadClientControl, multishotReceives: Bool = true) throws {
         self.target = target
         durationNanos = UInt64(min(durationSeconds, 1e9) * 1e9)
-        intervalNanos = requestsPerSecond.map { UInt64(max(1, (1e9 * Double(count) / $0).rounded())) } ?? 0
+        schedule = LoadRequestSchedule(connections: count, requestsPerSecond: requestsPerSecond)
         self.control = control
         // Room for a send per connection in one turn; completions for a burst of replies.
         var entries: UInt32 = 64
@@ -109,12 +107,7 @@ final class RingLoadClientLoop {
     }
 
     func run(onSecond: (LoadProgress) -> Void) -> LoadResult {
-        let cpuStartNanos = MonotonicClock.threadCPUNanos()
-        let startNanos = MonotonicClock.nowNanos()
-        let deadlineNanos = startNanos &+ durationNanos
-        var tickNanos = startNanos + LoadClientLoop.tickNanos
-        var lastTickNanos = startNanos
-        var lastTickRequests: UInt64 = 0
+        var clock = LoadRunClock(durationNanos: durationNanos)
 
         // This thread is the ring's only user: each wait skips a descriptor lookup.
         ring.registerRingDescriptor()
@@ -127,16 +120,8 @@ final class RingLoadClientLoop {
         var nowNanos = MonotonicClock.nowNanos()
         while tally.connectionsLive > 0, !control.stopRequested.load(ordering: .acquiring) {
             nowNanos = MonotonicClock.nowNanos()
-            if nowNanos >= tickNanos {
-                onSecond(tally.progress(elapsedNanos: nowNanos - startNanos, intervalNanos: nowNanos - lastTickNanos,
-                                        intervalRequests: tally.requests - lastTickRequests))
-                lastTickNanos = nowNanos
-                lastTickRequests = tally.requests
-                while tickNanos <= nowNanos { tickNanos += LoadClientLoop.tickNanos }
-            }
-            if nowNanos >= deadlineNanos { break }
-            var waitNanos = min(tickNanos, deadlineNanos) - nowNanos
-            if intervalNanos > 0 {
+            guard var waitNanos = clock.turn(nowNanos: nowNanos, tally: tally, onSecond: onSecond) else { break }
+            if schedule.intervalNanos > 0 {
                 let nextNanos = sendDueRequests(nowNanos: nowNanos)
                 waitNanos = min(waitNanos, nextNanos > nowNanos ? nextNanos - nowNanos : 0)
             }
@@ -154,7 +139,7 @@ final class RingLoadClientLoop {
             }
         }
         nowNanos = MonotonicClock.nowNanos()
-        let cpuNanos = MonotonicClock.threadCPUNanos() - cpuStartNanos
+        let cpuNanos = MonotonicClock.threadCPUNanos() - clock.cpuStartNanos
         // The ring's teardown (deinit) cancels what is in flight; closing here
         // ends the connections now, as the epoll loop does.
         for connection in connections where connection.state != .closed {
@@ -162,9 +147,9 @@ final class RingLoadClientLoop {
             connection.state = .closed
         }
         return tally.result(
-            elapsedNanos: nowNanos - startNanos, cpuNanos: cpuNanos, connectionsRequested: connections.count,
+            elapsedNanos: nowNanos - clock.startNanos, cpuNanos: cpuNanos, connectionsRequested: connections.count,
             messageSizeBytes: message.sizeBytes,
-            requestsPerSecondAsked: intervalNanos > 0 ? 1e9 * Double(connections.count) / Double(intervalNanos) : 0,
+            requestsPerSecondAsked: schedule.requestsPerSecondAsked,
             backend: backendDescription)
     }
 
@@ -221,28 +206,18 @@ final class RingLoadClientLoop {
             fail(connection, "connect \(target): \(errorDescription(-result))")
             return
         }
-        connection.state = .active
-        tally.connectionsEstablished += 1
-        tally.connectionsActive += 1
+        let startsNow = schedule.connected(connection, messageSizeBytes: message.sizeBytes, tally: &tally)
         armReceive(connection)
         let nowNanos = MonotonicClock.nowNanos()
-        guard intervalNanos > 0 else {
+        if startsNow {
             startRequest(connection, nowNanos: nowNanos)
-            return
+        } else {
+            schedule.scheduleFirst(connection, nowNanos: nowNanos)
         }
-        // Open loop: the connections' schedules are spread evenly over one interval.
-        connection.sendOffset = message.sizeBytes
-        connection.receiveOffset = message.sizeBytes
-        connection.nextRequestNanos = nowNanos &+ intervalNanos * UInt64(connection.index) / UInt64(connections.count)
-        waitingCount += 1
     }
 
     private func fail(_ connection: ClientConnection, _ reason: String) {
-        if connection.state == .active { tally.connectionsActive -= 1 }
-        if connection.nextRequestNanos != 0 {
-            connection.nextRequestNanos = 0
-            waitingCount -= 1
-        }
+        schedule.failed(connection, tally: &tally)
         if connection.state != .closed {
             // What is in flight on it holds the socket open: cancel it first, so
             // the peer sees the close now. Late completions find it closed.
@@ -254,35 +229,16 @@ final class RingLoadClientLoop {
         tally.recordFailure(connection: connection.index, reason)
     }
 
-    // MARK: Open loop
-
-    /// Sends the requests that are due (their SQEs go out with the next wait);
-    /// returns when the next one is (UInt64.max: none waits). Latency counts
-    /// from the due time, as in the epoll loop.
-    private func sendDueRequests(nowNanos: UInt64) -> UInt64 {
-        guard waitingCount > 0 else { return .max }
-        var nextNanos = UInt64.max
-        for connection in connections where connection.nextRequestNanos != 0 && connection.state == .active {
-            let dueNanos = connection.nextRequestNanos
-            if dueNanos <= nowNanos {
-                connection.nextRequestNanos = 0
-                waitingCount -= 1
-                startRequest(connection, nowNanos: dueNanos)
-            } else {
-                nextNanos = min(nextNanos, dueNanos)
-            }
-        }
-        return nextNanos
-    }
-
     // MARK: Requests
 
+    /// Open loop: sends the requests that are due (their SQEs go out with the
+    /// next wait); returns when the next one is (UInt64.max: none waits).
+    private func sendDueRequests(nowNanos: UInt64) -> UInt64 {
+        schedule.startDue(connections, nowNanos: nowNanos) { startRequest($0, nowNanos: $1) }
+    }
+
     private func startRequest(_ connection: ClientConnection, nowNanos: UInt64) {
-        connection.sequence &+= 1
-        message.setSequence(connection.sequence, connection: connection.index)
-        connection.sendOffset = 0
-        connection.receiveOffset = 0
-        connection.requestStartNanos = nowNanos
+        schedule.begin(connection, message, nowNanos: nowNanos)
         send(connection)
     }
 
@@ -383,18 +339,8 @@ final class RingLoadClientLoop {
     }
 
     private func completeRequest(_ connection: ClientConnection) {
-        let nowNanos = MonotonicClock.nowNanos()
-        tally.recordRequest(latencyNanos: nowNanos - connection.requestStartNanos)
-        guard intervalNanos > 0 else {
-            startRequest(connection, nowNanos: nowNanos)
-            return
-        }
-        let dueNanos = connection.requestStartNanos &+ intervalNanos
-        if dueNanos <= nowNanos {
-            startRequest(connection, nowNanos: dueNanos)
-        } else {
-            connection.nextRequestNanos = dueNanos
-            waitingCount += 1
+        if let startNanos = schedule.completed(connection, tally: &tally) {
+            startRequest(connection, nowNanos: startNanos)
         }
     }
 }
