@@ -113,13 +113,26 @@ struct RealPeerTests {
             chmod(directory + "/files/large", 0o644)
             large = "location = /large { root \(directory)/files; }"
         }
+        return try Self.startNginx(directory, port: port, workerConnections: 4096,
+                                   main: "worker_rlimit_nofile 8192;", http: "keepalive_requests 1000000;", server: """
+                                   listen 127.0.0.1:\(port);
+                                   location / { return 200 "hello from \(port)\\n"; }
+                                   \(large)
+                                   """)
+    }
+
+    /// nginx in the foreground on `port`, all its files (configuration, pid,
+    /// logs, temporary files) in `directory`, with `main` and `http` lines
+    /// added to those blocks and `server` as its one server block.
+    static func startNginx(_ directory: String, port: UInt16, workerConnections: Int, main: String = "", http: String = "",
+                           server: String) throws -> ServerProcess {
         let config = """
         worker_processes 1;
-        worker_rlimit_nofile 8192;
+        \(main)
         daemon off;
         error_log \(directory)/error.log;
         pid \(directory)/nginx.pid;
-        events { worker_connections 4096; }
+        events { worker_connections \(workerConnections); }
         http {
             access_log \(directory)/access.log;
             client_body_temp_path \(directory)/body;
@@ -127,11 +140,9 @@ struct RealPeerTests {
             fastcgi_temp_path \(directory)/fastcgi;
             uwsgi_temp_path \(directory)/uwsgi;
             scgi_temp_path \(directory)/scgi;
-            keepalive_requests 1000000;
+            \(http)
             server {
-                listen 127.0.0.1:\(port);
-                location / { return 200 "hello from \(port)\\n"; }
-                \(large)
+                \(server)
             }
         }
         """

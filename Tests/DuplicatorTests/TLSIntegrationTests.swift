@@ -303,30 +303,12 @@ struct TLSIntegrationTests {
         for path in [certificates.folder, directory] { chmod(path, 0o755) }
         chmod(certificates.keyPath, 0o644)
         let port = freePort()
-        let config = """
-        worker_processes 1;
-        daemon off;
-        error_log \(directory)/error.log;
-        pid \(directory)/nginx.pid;
-        events { worker_connections 256; }
-        http {
-            access_log \(directory)/access.log;
-            client_body_temp_path \(directory)/body;
-            proxy_temp_path \(directory)/proxy;
-            fastcgi_temp_path \(directory)/fastcgi;
-            uwsgi_temp_path \(directory)/uwsgi;
-            scgi_temp_path \(directory)/scgi;
-            server {
-                listen 127.0.0.1:\(port) ssl;
-                ssl_certificate \(certificates.certificatePath);
-                ssl_certificate_key \(certificates.keyPath);
-                location / { return 200 "hello over tls\\n"; }
-            }
-        }
-        """
-        try config.write(toFile: directory + "/nginx.conf", atomically: true, encoding: .utf8)
-        return try RealPeerTests.ServerProcess(try Peers.require("nginx"), ["-p", directory, "-c", directory + "/nginx.conf"],
-                                               port: port, directory: directory)
+        return try RealPeerTests.startNginx(directory, port: port, workerConnections: 256, server: """
+            listen 127.0.0.1:\(port) ssl;
+            ssl_certificate \(certificates.certificatePath);
+            ssl_certificate_key \(certificates.keyPath);
+            location / { return 200 "hello over tls\\n"; }
+            """)
     }
 
     /// `openssl s_client` with `payload` on its stdin: what it printed once
