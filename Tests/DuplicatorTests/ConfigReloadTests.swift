@@ -200,8 +200,9 @@ struct ReloadSessionTests {
 
     @Test("a removed mirror's live copies are counted apart as they finish; a configured mirror's are not")
     func retiredCopies() throws {
-        let io = try FakeSessionIO(limits: SessionLimits(mirrorCount: 2), sessions: 3)
-        io.context.adopt(SessionLimits(mirrorCount: 2))
+        let io = try FakeSessionIO(limits: SessionLimits(mirrorCount: 2, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0),
+                                   sessions: 3)
+        io.context.adopt(SessionLimits(mirrorCount: 2, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0))
         try #require(io.start() != nil)
         let old = try #require(io.lastKey)
         io.connectAll(old)
@@ -213,7 +214,7 @@ struct ReloadSessionTests {
         #expect(io.stats.mirrors.map { $0.sessionsRetired.value } == [0, 0], "no reload: nothing retired")
 
         // A reload removes slot 1, the last (the new generation has one slot).
-        io.context.adopt(SessionLimits(mirrorCount: 1))
+        io.context.adopt(SessionLimits(mirrorCount: 1, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0))
         try #require(io.start() != nil)
         let after = try #require(io.lastKey)
         io.connectAll(after)
@@ -225,9 +226,9 @@ struct ReloadSessionTests {
         #expect(io.stats.mirrors.map { $0.sessionsRetired.value } == [0, 1], "the old session's copy to slot 1 finished after its removal")
 
         // Another removes slot 0 (absent) and brings slot 1 back.
-        var third = SessionLimits(mirrorCount: 2)
+        var third = SessionLimits(mirrorCount: 2, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0)
         third.mirrorSlotsAbsent = 0b01
-        io.context.adopt(SessionLimits(mirrorCount: 2))
+        io.context.adopt(SessionLimits(mirrorCount: 2, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0))
         try #require(io.start() != nil)
         let both = try #require(io.lastKey)
         io.connectAll(both)
