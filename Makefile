@@ -54,7 +54,7 @@ test: test-deps build dist
 # The fast part, to run after every edit: the unit and sans-IO suites (the
 # session under simulated IO with injected faults, the parsers, the ring's
 # pure parts, the start-up and loop-guard rules), no process, no peer.
-CHECK_SUITES := ParserTests|SessionTests|MirrorBatchTests|MirrorTurnTests|TurnGateTests|MirrorBatcherTests|DeadlineQueueTests|ProxyHeaderReaderTests|CompareTapTests|WorkerCoreTests|SessionProxyHeaderTests|ProxyProtocolTests|SendQueueTests|FakeChecksTests|StartupChecksTests|LoopGuardTests/|CompletionTagTests|BufferPoolTests|RingErrorTests|RingTimeoutTests|FNV1a64Tests|LoadAddressTests|SamplingParserTests|SamplingSessionTests|ReplyComparisonTests|CompareSessionTests|DumpTests|ZeroCopySendsTests|DocsTests|ConfigFileTests|ConfigDiffTests|MirrorSlotsTests|ReloadSessionTests|FirstHourUnitTests|FirstHourVerdictTests|HandoverProtocolTests|GatherMessageTests|FuzzRegressionTests
+CHECK_SUITES := ParserTests|SessionTests|MirrorBatchTests|MirrorTurnTests|TurnGateTests|MirrorBatcherTests|DeadlineQueueTests|ProxyHeaderReaderTests|CompareTapTests|WorkerCoreTests|SessionProxyHeaderTests|ProxyProtocolTests|SendQueueTests|FakeChecksTests|StartupChecksTests|LoopGuardTests/|CompletionTagTests|BufferPoolTests|RingErrorTests|RingTimeoutTests|FNV1a64Tests|LoadAddressTests|SamplingParserTests|SamplingSessionTests|ReplyComparisonTests|CompareSessionTests|DumpTests|ZeroCopySendsTests|DocsTests|ConfigFileTests|ConfigDiffTests|MirrorSlotsTests|ReloadSessionTests|FirstHourUnitTests|FirstHourVerdictTests|HandoverProtocolTests|GatherMessageTests|FuzzRegressionTests|CaptureReaderTests|ReassemblyTests|ReplayEngineTests|BatchWakeTests
 check: build
 	swift test --skip-build --filter '$(CHECK_SUITES)'
 

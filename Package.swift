@@ -50,6 +50,20 @@ let package = Package(
             dependencies: [
                 "CLinuxSystem",
                 "Platform",
+                // The load client's io_uring path (RingLoadClientLoop); Ring knows nothing of load tools.
+                "Ring",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
+        // `duplicator replay`: capture readers, TCP reassembly, and the replayer
+        // on the ring (or epoll). Pure readers apart from the runner's IO.
+        .target(
+            name: "Replay",
+            dependencies: [
+                "Duplicator",
+                "Platform",
+                "Ring",
+                "CLinuxSystem",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
@@ -58,6 +72,7 @@ let package = Package(
             dependencies: [
                 "CLinuxSystem",
                 "Duplicator",
+                "Replay",
                 "LoadTools",
                 "Platform",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -83,9 +98,9 @@ let package = Package(
         // What the test targets share (a seeded generator); not in any product.
         .target(name: "TestSupport"),
         // What the fuzz targets assert of an input; the tests run it over the committed corpus (docs/testing.md).
-        .target(name: "FuzzChecks", dependencies: ["Duplicator", "Platform"]),
+        .target(name: "FuzzChecks", dependencies: ["Duplicator", "Platform", "Replay"]),
         .testTarget(name: "RingTests", dependencies: ["Ring", "CLiburing", "Platform", "TestSupport"]),
-        .testTarget(name: "DuplicatorTests", dependencies: ["Duplicator", "Ring", "LoadTools", "Platform", "TestSupport", "FuzzChecks"]),
+        .testTarget(name: "DuplicatorTests", dependencies: ["Duplicator", "Replay", "Ring", "LoadTools", "Platform", "TestSupport", "FuzzChecks"]),
         .testTarget(name: "LoadToolsTests", dependencies: ["LoadTools", "Platform", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]

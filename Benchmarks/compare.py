@@ -40,6 +40,8 @@ import sys
 import tempfile
 import time
 
+import fixed_rate
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LOOPBACK = "127.0.0.1"
@@ -60,8 +62,11 @@ WORKLOADS = {
               "fixed rate: 1 connection, 1 KiB messages, open loop"),
 }
 
-# Requests/s of the open-loop workloads (set by --rate).
-WORKLOAD_RATES = {"fixed": 20000.0}
+# The fixed-rate workloads with proxies at their defaults (fixed_rate.py).
+WORKLOADS.update(fixed_rate.workloads())
+
+# Requests/s of the open-loop workloads (the 'fixed' one set by --rate).
+WORKLOAD_RATES = {"fixed": 20000.0, **fixed_rate.RATES}
 
 CONFIG_TITLES = {
     "direct": "direct (no proxy)",
@@ -74,6 +79,7 @@ CONFIG_TITLES = {
     "haproxy": "haproxy (mode tcp, nbthread 1)",
     "nginx": "nginx stream (1 worker)",
     "socat": "socat (fork)",
+    **fixed_rate.TITLES,
 }
 
 # Tuning variants (--variant NAME[@MIRRORS]='ARGS'): the duplicator with 1
@@ -91,87 +97,7 @@ def log(message):
 
 # ---------------------------------------------------------------- /proc helpers
 
-def read_process_table():
-    """pid -> (ppid, utime + stime + cutime + cstime in ticks) for every process."""
-    table = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as handle:
-                text = handle.read()
-        except OSError:
-            continue
-        # The command name is in parentheses and may hold spaces: split after the last ')'.
-        fields = text[text.rfind(")") + 2:].split()
-        ppid = int(fields[1])
-        ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-        table[int(name)] = (ppid, ticks)
-    return table
-
-
-def process_tree(root, table):
-    children = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    tree, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        if pid in table:
-            tree.append(pid)
-            stack.extend(children.get(pid, []))
-    return tree
-
-
-def tree_cpu_ticks(*roots):
-    """CPU ticks of `roots` and all their descendants, alive or exited and
-    reaped, from one read of the process table.
-
-    A descendant alive at both samples counts through its own times; one that
-    exited and was reaped in between moves into its parent's cutime/cstime
-    with its whole lifetime, which the difference of two samples turns into
-    exactly its time inside the window."""
-    table = read_process_table()
-    return sum(table[pid][1] for root in roots for pid in process_tree(root, table))
-
-
-def tree_size(root):
-    return len(process_tree(root, read_process_table()))
-
-
-def listening_inodes(port):
-    inodes = set()
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(path) as handle:
-                next(handle)
-                for line in handle:
-                    fields = line.split()
-                    local, state, inode = fields[1], fields[3], fields[9]
-                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                        inodes.add(inode)
-        except OSError:
-            pass
-    return inodes
-
-
-def tree_listens_on(root, port):
-    """True when a process of `root`'s tree holds the socket listening on `port`."""
-    inodes = listening_inodes(port)
-    if not inodes:
-        return False
-    wanted = {f"socket:[{inode}]" for inode in inodes}
-    for pid in process_tree(root, read_process_table()):
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
-                        return True
-                except OSError:
-                    continue
-        except OSError:
-            continue
-    return False
+from proc_tree import read_process_table, process_tree, tree_cpu_ticks, tree_size, tree_listens_on  # noqa: E402
 
 
 def free_port():
@@ -260,12 +186,13 @@ def start_with_free_port(processes, name, make_argv, attempts=5):
     raise last
 
 
-def haproxy_argv(workdir, port, main_port, maxconn=8000, timeout="60s"):
-    """Writes a haproxy configuration (mode tcp, one thread) in front of `main_port`; returns its command."""
+def haproxy_argv(workdir, port, main_port, maxconn=8000, timeout="60s", threads=1):
+    """Writes a haproxy configuration (mode tcp, `threads` threads; None: haproxy's default, one per CPU)
+    in front of `main_port`; returns its command."""
     path = os.path.join(workdir, f"haproxy-{port}.cfg")
+    nbthread = "" if threads is None else f"\n    nbthread {threads}"
     with open(path, "w") as handle:
-        handle.write(f"""global
-    nbthread 1
+        handle.write(f"""global{nbthread}
     maxconn {maxconn}
 
 defaults
@@ -313,7 +240,9 @@ stream {{
 def start_proxy(kind, processes, bins, workdir, main_port, mirror_ports):
     """Starts one proxy in front of the echo server on `main_port`; returns (process, port)."""
     if kind.startswith("dup") or kind == "epoll1" or kind in VARIANT_ARGS:
-        mirrors = int(kind[3:]) if kind.startswith("dup") else 1 if kind == "epoll1" else VARIANT_MIRRORS[kind]
+        mirrors = (fixed_rate.mirrors_of(kind)[0] if kind.startswith("dup") else 1 if kind == "epoll1"
+                   else VARIANT_MIRRORS[kind])
+        threads = [] if kind.endswith("-defaults") else ["--threads", "1"]
         extra = shlex.split(VARIANT_ARGS.get(kind, ""))
         # dupN measure io_uring or fail (never epoll in their place); epoll1 the epoll backend.
         if kind.startswith("dup"):
@@ -327,17 +256,19 @@ def start_proxy(kind, processes, bins, workdir, main_port, mirror_ports):
 
         def argv(port):
             command = [binary, "-l", f"{LOOPBACK}:{port}", "-f", f"{LOOPBACK}:{main_port}",
-                       "--threads", "1", "--log-level", "warning"]
+                       *threads, "--log-level", "warning"]
             for mirror_port in mirror_ports[:mirrors]:
                 command += ["-m", f"{LOOPBACK}:{mirror_port}"]
             # A variant's own flags come last, so they win (e.g. its own --threads).
             return command + extra
         return start_with_free_port(processes, kind, argv)
 
-    if kind == "haproxy":
-        return start_with_free_port(processes, kind, lambda port: haproxy_argv(workdir, port, main_port))
+    if kind in ("haproxy", "haproxy-defaults"):
+        threads = None if kind == "haproxy-defaults" else 1
+        return start_with_free_port(processes, kind, lambda port: haproxy_argv(workdir, port, main_port,
+                                                                              threads=threads))
 
-    if kind == "nginx":
+    if kind in ("nginx", "nginx-defaults"):  # nginx's default is one worker
         return start_with_free_port(processes, kind, lambda port: nginx_argv(workdir, port, main_port))
 
     if kind == "socat":
@@ -372,9 +303,13 @@ def peer_missing(kind):
 CURRENT_CLIENT = [None]
 
 
+# The load client's IO (--client-backend): auto (io_uring), io_uring or epoll.
+CLIENT_BACKEND = ["auto"]
+
+
 def run_client(bins, port, connections, size, duration_s, rate=None):
     command = [bins["duplicator-testclient"], "-a", f"{LOOPBACK}:{port}", "-p", str(connections),
-               "-s", str(size), "-d", str(duration_s), "--json"]
+               "-s", str(size), "-d", str(duration_s), "--json", "--backend", CLIENT_BACKEND[0]]
     if rate:
         command += ["--rate", f"{rate:g}"]
     client = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -607,7 +542,10 @@ def parse_arguments(argv):
     parser.add_argument("-r", "--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("-d", "--duration", type=float, default=5.0, help="seconds per run (default 5)")
     parser.add_argument("-w", "--workloads", default="seed,bulk,many",
-                        help="comma-separated, of: seed, bulk, many, fixed (default: seed,bulk,many)")
+                        help="comma-separated, of: seed, bulk, many, fixed, rate5k, rate20k, rate50k "
+                             "(default: seed,bulk,many; 'rates': the three fixed-rate ones)")
+    parser.add_argument("--client-backend", choices=["auto", "io_uring", "epoll"], default="auto",
+                        help="the load client's IO (default auto: io_uring where the kernel allows it)")
     parser.add_argument("--rate", type=float, default=WORKLOAD_RATES["fixed"],
                         help="requests/s of the open-loop 'fixed' workload (default 20000: one connection, "
                              "about half of a core idle here)")
@@ -636,10 +574,12 @@ def parse_arguments(argv):
         arguments.rounds, arguments.duration, arguments.warmup = 1, 1.0, 0.0
     if arguments.rounds < 1 or arguments.duration <= 0:
         parser.error("--rounds must be at least 1 and --duration positive")
-    arguments.workloads = [name.strip() for name in arguments.workloads.split(",") if name.strip()]
+    arguments.workloads = [name.strip() for name in arguments.workloads.replace("rates", ",".join(fixed_rate.RATES))
+                           .split(",") if name.strip()]
+    CLIENT_BACKEND[0] = arguments.client_backend
     for name in arguments.workloads:
         if name not in WORKLOADS:
-            parser.error(f"unknown workload '{name}' (seed, bulk, many, fixed)")
+            parser.error(f"unknown workload '{name}' (seed, bulk, many, fixed, rate5k, rate20k, rate50k)")
     if not arguments.rate > 0:
         parser.error("--rate must be positive")
     WORKLOAD_RATES["fixed"] = arguments.rate
@@ -771,8 +711,13 @@ def main(argv):
                         log(f"  {kind} exited (status {process.returncode}); no more runs of it")
                         continue
                     try:
-                        run = measure(bins, kind, process, port, connections, size, arguments.duration, server_pids,
-                                      WORKLOAD_RATES.get(workload))
+                        if workload in fixed_rate.RATES:
+                            run = fixed_rate.measure(sys.modules[__name__], bins, kind, process, port,
+                                                     arguments.duration, WORKLOAD_RATES[workload], server_pids,
+                                                     CLIENT_BACKEND[0])
+                        else:
+                            run = measure(bins, kind, process, port, connections, size, arguments.duration,
+                                          server_pids, WORKLOAD_RATES.get(workload))
                     except (RuntimeError, subprocess.TimeoutExpired) as error:
                         log(f"  round {round_index + 1} {kind}: failed: {error}")
                         continue
@@ -783,8 +728,11 @@ def main(argv):
                         f"  p99 {run['p99_us']:8.0f} us  proxy CPU "
                         f"{'-' if cpu is None else f'{cpu:.1f}'} us/req  errors {run['errors']}")
             all_runs.extend(runs)
-            rows = summarize(workload, runs, configs)
-            table = latency_table(rows) if workload in WORKLOAD_RATES else markdown_table(rows)
+            if workload in fixed_rate.RATES:
+                table = fixed_rate.table(sys.modules[__name__], fixed_rate.summarize(sys.modules[__name__], runs, configs))
+            else:
+                rows = summarize(workload, runs, configs)
+                table = latency_table(rows) if workload in WORKLOAD_RATES else markdown_table(rows)
             print(f"\n### {title}\n\n{table}\n", flush=True)
             sections.append((workload, title, table))
     finally:

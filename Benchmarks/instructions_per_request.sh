@@ -9,13 +9,22 @@
 #   Benchmarks/instructions_per_request.sh BIN [BIN...]    (each a duplicator binary)
 #
 # Env: SECONDS_MEASURED (default 6), MIRRORS (0 or 1, default 1), PROXY_ARGS
-# (more arguments for each proxy, split on spaces: e.g. '--backend epoll').
+# (more arguments for each proxy, split on spaces: e.g. '--backend epoll'),
+# RATE (open loop at this many requests/s over the 10 connections instead of
+# closed-loop ping-pong: the proxy below saturation, each request on its own,
+# as at a fixed rate on a machine with room; under callgrind the proxy runs
+# some 50x slower, so a few hundred requests/s is "below saturation" there),
+# THREADS (the proxy's --threads, default 1; "default" leaves it unset).
 # Loopback only.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 tools=${TOOLS_DIR:-$here/../.build/release}
 seconds=${SECONDS_MEASURED:-6}
 mirrors=${MIRRORS:-1}
+rate_args=()
+[[ -n ${RATE:-} ]] && rate_args=(--rate "$RATE")
+threads_args=(--threads "${THREADS:-1}")
+[[ ${THREADS:-} == default ]] && threads_args=()
 read -r -a proxy_args <<<"${PROXY_ARGS:-}"
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null || {
     echo "instructions_per_request.sh: valgrind is required (apt-get install valgrind)" >&2; exit 2; }
@@ -33,13 +42,13 @@ for bin in "$@"; do
     mirror_args=()
     [[ $mirrors == 1 ]] && mirror_args=(-m "127.0.0.1:$mirror_port")
     valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
-        "$bin" -l "127.0.0.1:$proxy_port" -f "127.0.0.1:$main_port" "${mirror_args[@]}" --threads 1 \
+        "$bin" -l "127.0.0.1:$proxy_port" -f "127.0.0.1:$main_port" "${mirror_args[@]}" "${threads_args[@]}" \
         "${proxy_args[@]}" >"$work/proxy.log" 2>&1 &
     proxy=$!
     for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $proxy_port), 1)" 2>/dev/null && break; sleep 0.2; done
-    timeout 60 "$tools/duplicator-testclient" -a "127.0.0.1:$proxy_port" -d 2 >/dev/null 2>&1 || true
+    timeout 60 "$tools/duplicator-testclient" -a "127.0.0.1:$proxy_port" -d 2 "${rate_args[@]}" >/dev/null 2>&1 || true
     callgrind_control -z "$proxy" >/dev/null
-    requests=$(timeout 120 "$tools/duplicator-testclient" -a "127.0.0.1:$proxy_port" -d "$seconds" --json 2>/dev/null \
+    requests=$(timeout 120 "$tools/duplicator-testclient" -a "127.0.0.1:$proxy_port" -d "$seconds" "${rate_args[@]}" --json 2>/dev/null \
         | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
     callgrind_control -d "$proxy" >/dev/null
     kill -INT "$proxy"; wait "$proxy" 2>/dev/null || true

@@ -9,6 +9,9 @@
 #   Benchmarks/mirror_cost.sh [BIN_DIR] [SECONDS]        (default .build/release, 4)
 #   DUPLICATOR_ARGS='--mirror-batch-bytes 0' Benchmarks/mirror_cost.sh   (extra proxy flags)
 #   CLIENT_ARGS='-p 1000' Benchmarks/mirror_cost.sh      (extra client flags: the many workload)
+#   CLIENT_ARGS='--rate 5000' MIRROR_COUNTS='0 1 4' THREADS=default Benchmarks/mirror_cost.sh
+#       (open loop at a fixed rate, below saturation; 0, 1 and 4 mirrors; the proxy's
+#        default worker count instead of --threads 1)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin_dir=${1:-.build/release}
@@ -19,16 +22,25 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT INT TERM
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-main_port=$(port); mirror_port=$(port)
+main_port=$(port)
 "$bin_dir/duplicator-testserver" -l "127.0.0.1:$main_port" -q >"$work/log" 2>&1 & main=$!; pids+=($main)
-"$bin_dir/duplicator-testserver" -l "127.0.0.1:$mirror_port" -q >>"$work/log" 2>&1 & mirror=$!; pids+=($mirror)
+# Four echo mirror servers; "mirror" below counts all of them together.
+mirror_ports=(); mirror_pids=()
+for _ in 1 2 3 4; do
+    mirror_ports+=("$(port)")
+    "$bin_dir/duplicator-testserver" -l "127.0.0.1:${mirror_ports[-1]}" -q >>"$work/log" 2>&1 & mirror_pids+=($!); pids+=($!)
+done
+mirror=$(IFS=,; echo "${mirror_pids[*]}")
+mirror_counts=${MIRROR_COUNTS:-0 1}
+threads_args=(--threads "${THREADS:-1}")
+[[ ${THREADS:-} == default ]] && threads_args=()
 sleep 0.3
 events=raw_syscalls:sys_enter,context-switches,task-clock
-for mirrors in 0 1; do
+for mirrors in $mirror_counts; do
     proxy_port=$(port)
     mirror_args=()
-    [[ $mirrors == 1 ]] && mirror_args=(-m "127.0.0.1:$mirror_port")
-    "$bin_dir/duplicator" -l "127.0.0.1:$proxy_port" -f "127.0.0.1:$main_port" "${mirror_args[@]}" --threads 1 \
+    for index in $(seq 0 $((mirrors - 1))); do mirror_args+=(-m "127.0.0.1:${mirror_ports[$index]}"); done
+    "$bin_dir/duplicator" -l "127.0.0.1:$proxy_port" -f "127.0.0.1:$main_port" "${mirror_args[@]}" "${threads_args[@]}" \
         ${DUPLICATOR_ARGS:-} >>"$work/log" 2>&1 & proxy=$!
     sleep 0.5
     # A first short run opens the sessions; the counted run is the next one's steady state.
@@ -44,14 +56,14 @@ for mirrors in 0 1; do
     perf script -i "$work/ops.$mirrors" -F trace 2>/dev/null | sed -n 's/.*opcode \([A-Z_]*\).*/\1/p' | sort | uniq -c >"$work/opcodes.$mirrors"
     kill -TERM "$proxy"; wait "$proxy" 2>/dev/null || true
 done
-PYTHONPATH="$here" python3 - "$work" <<'PY'
+PYTHONPATH="$here" python3 - "$work" $mirror_counts <<'PY'
 import sys
 from perf_counts import read_counts
-work = sys.argv[1]
+work, counts_of_mirrors = sys.argv[1], sys.argv[2:]
 def counts(path):
     return read_counts(path, "mirror_cost.sh")
 rows = []
-for mirrors in ("0", "1"):
+for mirrors in counts_of_mirrors:
     requests = float(open(f"{work}/requests.{mirrors}").read())
     row = {"requests": requests}
     for who in ("proxy", "main", "mirror"):
@@ -64,14 +76,14 @@ for mirrors in ("0", "1"):
     for count, opcode in opcodes:
         row[f"proxy SQE {opcode}"] = row["proxy io_uring_submit_req"] * float(count) / recorded
     rows.append(row)
-names = sorted(set(rows[0]) | set(rows[1]), key=lambda n: (n != "requests", n))
-print(f"{'per request':42} {'no mirror':>12} {'1 mirror':>12}")
+names = sorted(set().union(*rows), key=lambda n: (n != "requests", n))
+print(f"{'per request':42}" + "".join(f"{m + (' mirror' if m == '1' else ' mirrors'):>12}" for m in counts_of_mirrors))
 for name in names:
-    a, b = rows[0].get(name, 0.0), rows[1].get(name, 0.0)
+    values = [row.get(name, 0.0) for row in rows]
     if name == "requests":
-        print(f"{'requests counted':42} {a:12.0f} {b:12.0f}")
+        print(f"{'requests counted':42}" + "".join(f"{v:12.0f}" for v in values))
     elif name.endswith("task-clock"):
-        print(f"{name.replace('task-clock', 'CPU us'):42} {a * 1000:12.2f} {b * 1000:12.2f}")
+        print(f"{name.replace('task-clock', 'CPU us'):42}" + "".join(f"{v * 1000:12.2f}" for v in values))
     else:
-        print(f"{name:42} {a:12.3f} {b:12.3f}")
+        print(f"{name:42}" + "".join(f"{v:12.3f}" for v in values))
 PY

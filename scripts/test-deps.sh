@@ -9,11 +9,12 @@
 #   make pkg-config    the build;  python3: the man pages (scripts/manpage.py)
 #   nginx libnginx-mod-stream  RealPeerTests, ProxyProtocolPeerTests (nginx's stream module reads PROXY headers)
 #   haproxy            RealPeerTests, ProxyProtocolPeerTests
-#   redis-server redis-tools   RealPeerTests, CompareRealPeerTests (redis-server, redis-benchmark, redis-cli)
+#   redis-server redis-tools   RealPeerTests, CompareRealPeerTests, ReplayIntegrationTests (redis-server, redis-benchmark, redis-cli)
 #   postgresql         PostgresTests (main and mirror databases)
 #   wrk curl           RealPeerTests (wrk), OperabilityTests and MetricsEndpointTests (curl)
 #   iproute2 nftables  LoopGuardTests (a network namespace and NAT rules)
 #   tshark             DumpIntegrationTests (reads the pcapng dumps back)
+#   tcpdump            ReplayIntegrationTests (a capture of redis-cli sessions on loopback, replayed)
 #   python3-seccomp    SeccompTests (a filter that denies io_uring, as containers' profiles do)
 set -euo pipefail
 
@@ -28,7 +29,7 @@ dpkg -s liburing-dev >/dev/null 2>&1 || missing+=(liburing-dev)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 for pair in redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools nginx:nginx wrk:wrk curl:curl \
             ip:iproute2 nft:nftables haproxy:haproxy make:make python3:python3 pkg-config:pkg-config \
-            tshark:tshark; do
+            tshark:tshark tcpdump:tcpdump; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [[ -x /usr/sbin/${pair%%:*} ]] || missing+=("${pair#*:}")
 done
 /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || missing+=(python3-seccomp)

@@ -1,5 +1,6 @@
 import Duplicator
 import Platform
+import Replay
 
 /// What each fuzz target asserts of one input (Fuzz/, docs/testing.md): the
 /// parser returns or throws, never traps, and what it accepts keeps its
@@ -15,7 +16,41 @@ public enum FuzzChecks {
         ("Size", size),
         ("Duration", duration),
         ("ConfigFile", configFile),
+        ("Pcap", capture),
+        ("Pcapng", capture),
     ]
+
+    /// The capture readers of `duplicator replay` (classic pcap and pcapng,
+    /// told apart by their first bytes, so one check serves both targets;
+    /// their seeds differ): any input is packets or one error; every packet
+    /// lies within the input; and the decoder and the reassembly take
+    /// whatever the reader gave without trapping, each session's turns
+    /// within its streams and in order.
+    public static func capture(_ bytes: UnsafeRawBufferPointer) {
+        guard let contents = try? CaptureFile.read(bytes) else { return }
+        for packet in contents.packets {
+            precondition(packet.dataOffset >= 0 && packet.capturedLength >= 0
+                         && packet.dataOffset + packet.capturedLength <= bytes.count,
+                         "a packet at \(packet.dataOffset) of \(packet.capturedLength) bytes in \(bytes.count)")
+            precondition(packet.originalLength >= packet.capturedLength, "captured more than the original")
+        }
+        if let offset = contents.truncatedAtOffset { precondition(offset <= bytes.count, "truncated past the end") }
+        for serverPort in [nil, UInt16(6379)] {
+            var assembler = CaptureAssembler(serverPort: serverPort)
+            assembler.add(contents, bytes: bytes)
+            for session in assembler.finish() {
+                var request = 0
+                var reply = 0
+                for turn in session.turns {
+                    precondition(turn.requestEnd >= request && turn.replyEnd >= reply, "turns out of order")
+                    request = turn.requestEnd
+                    reply = turn.replyEnd
+                }
+                precondition(request <= session.clientBytes.count && reply <= session.serverBytes.count, "turns past the streams")
+                precondition(request == session.clientBytes.count && reply == session.serverBytes.count, "bytes in no turn")
+            }
+        }
+    }
 
     /// The PROXY protocol header reader (`--accept-proxy`): a header it
     /// accepts is within the input and the protocol's bound, a prefix of

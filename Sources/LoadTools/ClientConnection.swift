@@ -18,6 +18,11 @@ final class ClientConnection {
     /// EPOLLOUT is in the interest set: only while a connect or a send is blocked, so the
     /// steady state needs no epoll_ctl per request.
     var wantsWritable = false
+    /// io_uring: a send of this connection is in flight (one at a time keeps order).
+    var sendInFlight = false
+    /// io_uring: the whole reply came while the send's completion had not yet
+    /// (it may be reaped after the reply); the request completes with the send.
+    var replyWaitsForSend = false
 
     init(index: Int) {
         self.index = index

@@ -1,12 +1,12 @@
 import Glibc
 import Platform
-import Histogram
 import Synchronization
 
-/// One LoadClient run: every connection, the histogram and the counters, on one thread.
+/// One LoadClient run on epoll (the fallback where io_uring is missing or
+/// forbidden, and `--backend epoll`): every connection, the histogram and the
+/// counters, on one thread.
 final class LoadClientLoop {
     static let receiveBufferBytesMax = 64 * 1024
-    static let latencyNanosMax: UInt64 = 60_000_000_000
     static let tickNanos: UInt64 = 1_000_000_000
     private static let wakeupToken = UInt64.max
 
@@ -24,22 +24,15 @@ final class LoadClientLoop {
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     private let ioVectors: UnsafeMutablePointer<iovec>
 
-    // Nanoseconds, 1 ns to 60 s, 3 significant digits: sub-microsecond detail for
-    // loopback round trips, about 200 KiB of buckets, allocated once.
-    private var latencyNanos = Histogram<UInt64>(
-        lowestDiscernibleValue: 1, highestTrackableValue: LoadClientLoop.latencyNanosMax, numberOfSignificantValueDigits: .three)
-    private var requests: UInt64 = 0
-    private var errors: UInt64 = 0
-    private var firstErrorDescription: String?
-    private var bytesSent: UInt64 = 0
-    private var bytesReceived: UInt64 = 0
-    private var connectionsEstablished = 0
-    private var connectionsActive = 0
-    private var connectionsLive = 0  // connecting or active
+    private var tally = LoadClientTally()
+    /// "epoll", and why when io_uring was wanted and could not be had.
+    private let backendDescription: String
 
     init(target: SocketAddress, connections count: Int, messageSizeBytes: Int, durationSeconds: Double,
-         requestsPerSecond: Double? = nil, control: LoadClientControl) throws(SystemCallError) {
+         requestsPerSecond: Double? = nil, control: LoadClientControl, backendDescription: String = "epoll")
+        throws(SystemCallError) {
         self.target = target
+        self.backendDescription = backendDescription
         durationNanos = UInt64(min(durationSeconds, 1e9) * 1e9)
         intervalNanos = requestsPerSecond.map { UInt64(max(1, (1e9 * Double(count) / $0).rounded())) } ?? 0
         self.control = control
@@ -67,22 +60,19 @@ final class LoadClientLoop {
         var lastTickNanos = startNanos
         var lastTickRequests: UInt64 = 0
 
-        connectionsLive = connections.count
+        tally.connectionsLive = connections.count
         for connection in connections {
             open(connection)
         }
 
         var nowNanos = MonotonicClock.nowNanos()
-        while connectionsLive > 0, !control.stopRequested.load(ordering: .acquiring) {
+        while tally.connectionsLive > 0, !control.stopRequested.load(ordering: .acquiring) {
             nowNanos = MonotonicClock.nowNanos()
             if nowNanos >= tickNanos {
-                onSecond(LoadProgress(
-                    elapsedSeconds: Double(nowNanos - startNanos) / 1e9,
-                    intervalSeconds: Double(nowNanos - lastTickNanos) / 1e9,
-                    intervalRequests: requests - lastTickRequests,
-                    requests: requests, errors: errors, connectionsActive: connectionsActive))
+                onSecond(tally.progress(elapsedNanos: nowNanos - startNanos, intervalNanos: nowNanos - lastTickNanos,
+                                        intervalRequests: tally.requests - lastTickRequests))
                 lastTickNanos = nowNanos
-                lastTickRequests = requests
+                lastTickRequests = tally.requests
                 while tickNanos <= nowNanos { tickNanos += Self.tickNanos }
             }
             if nowNanos >= deadlineNanos { break }
@@ -110,7 +100,11 @@ final class LoadClientLoop {
             close(connection.fd)
             connection.state = .closed
         }
-        return result(elapsedNanos: nowNanos - startNanos, cpuNanos: cpuNanos)
+        return tally.result(
+            elapsedNanos: nowNanos - startNanos, cpuNanos: cpuNanos, connectionsRequested: connections.count,
+            messageSizeBytes: message.sizeBytes,
+            requestsPerSecondAsked: intervalNanos > 0 ? 1e9 * Double(connections.count) / Double(intervalNanos) : 0,
+            backend: backendDescription)
     }
 
     // MARK: Connections
@@ -161,8 +155,8 @@ final class LoadClientLoop {
 
     private func becameConnected(_ connection: ClientConnection) {
         connection.state = .active
-        connectionsEstablished += 1
-        connectionsActive += 1
+        tally.connectionsEstablished += 1
+        tally.connectionsActive += 1
         let nowNanos = MonotonicClock.nowNanos()
         guard intervalNanos > 0 else {
             startRequest(connection, nowNanos: nowNanos)
@@ -224,7 +218,7 @@ final class LoadClientLoop {
             let sent = sendmsg(connection.fd, &header, Int32(MSG_NOSIGNAL))
             if sent > 0 {
                 connection.sendOffset += sent
-                bytesSent &+= UInt64(sent)
+                tally.bytesSent &+= UInt64(sent)
                 continue
             }
             let failure = errno
@@ -255,7 +249,7 @@ final class LoadClientLoop {
                     return
                 }
                 connection.receiveOffset += count
-                bytesReceived &+= UInt64(count)
+                tally.bytesReceived &+= UInt64(count)
                 if connection.receiveOffset == message.sizeBytes {
                     completeRequest(connection)
                     return
@@ -286,8 +280,7 @@ final class LoadClientLoop {
             return
         }
         let nowNanos = MonotonicClock.nowNanos()
-        latencyNanos.record(min(nowNanos - connection.requestStartNanos, Self.latencyNanosMax))
-        requests += 1
+        tally.recordRequest(latencyNanos: nowNanos - connection.requestStartNanos)
         if intervalNanos > 0 {
             let dueNanos = connection.requestStartNanos &+ intervalNanos
             if dueNanos <= nowNanos {
@@ -312,7 +305,7 @@ final class LoadClientLoop {
     }
 
     private func fail(_ connection: ClientConnection, _ reason: String) {
-        if connection.state == .active { connectionsActive -= 1 }
+        if connection.state == .active { tally.connectionsActive -= 1 }
         if connection.nextRequestNanos != 0 {
             connection.nextRequestNanos = 0
             waitingCount -= 1
@@ -323,36 +316,6 @@ final class LoadClientLoop {
     }
 
     private func recordFailure(_ connection: ClientConnection, _ reason: String) {
-        errors += 1
-        connectionsLive -= 1
-        if firstErrorDescription == nil {
-            firstErrorDescription = "connection \(connection.index): \(reason)"
-        }
-    }
-
-    // MARK: Result
-
-    private func result(elapsedNanos: UInt64, cpuNanos: UInt64) -> LoadResult {
-        func micros(_ nanos: UInt64) -> Double { Double(nanos) / 1000 }
-        let empty = latencyNanos.totalCount == 0
-        return LoadResult(
-            requests: requests,
-            durationSeconds: Double(elapsedNanos) / 1e9,
-            latencyP50Micros: micros(latencyNanos.valueAtPercentile(50)),
-            latencyP90Micros: micros(latencyNanos.valueAtPercentile(90)),
-            latencyP99Micros: micros(latencyNanos.valueAtPercentile(99)),
-            latencyP999Micros: micros(latencyNanos.valueAtPercentile(99.9)),
-            latencyP9999Micros: micros(latencyNanos.valueAtPercentile(99.99)),
-            latencyMaxMicros: empty ? 0 : micros(latencyNanos.max),
-            latencyMeanMicros: empty ? 0 : latencyNanos.mean / 1000,
-            errors: errors,
-            firstErrorDescription: firstErrorDescription,
-            connectionsRequested: connections.count,
-            connectionsEstablished: connectionsEstablished,
-            messageSizeBytes: message.sizeBytes,
-            bytesSent: bytesSent,
-            bytesReceived: bytesReceived,
-            clientCPUSeconds: Double(cpuNanos) / 1e9,
-            requestsPerSecondAsked: intervalNanos > 0 ? 1e9 * Double(connections.count) / Double(intervalNanos) : 0)
+        tally.recordFailure(connection: connection.index, reason)
     }
 }

@@ -24,13 +24,17 @@ public struct LoadResult: Sendable, Equatable {
     /// Open loop (`--rate`): the fixed rate asked for; latencies then count
     /// from each request's due time. 0: closed loop.
     public let requestsPerSecondAsked: Double
+    /// How the client did its IO: "io_uring (multishot receives)", "io_uring
+    /// (single-shot receives)" or "epoll", with why it fell back, if it did.
+    public let backend: String
 
     public init(requests: UInt64, durationSeconds: Double, latencyP50Micros: Double, latencyP90Micros: Double,
                 latencyP99Micros: Double, latencyP999Micros: Double, latencyP9999Micros: Double = 0,
                 latencyMaxMicros: Double, latencyMeanMicros: Double,
                 errors: UInt64, firstErrorDescription: String?, connectionsRequested: Int, connectionsEstablished: Int,
                 messageSizeBytes: Int, bytesSent: UInt64, bytesReceived: UInt64, clientCPUSeconds: Double,
-                requestsPerSecondAsked: Double = 0) {
+                requestsPerSecondAsked: Double = 0, backend: String = "epoll") {
+        self.backend = backend
         self.requests = requests
         self.durationSeconds = durationSeconds
         self.latencyP50Micros = latencyP50Micros
@@ -78,7 +82,7 @@ public struct LoadResult: Sendable, Equatable {
                 + (requestsPerSecondAsked > 0 ? "  p99.99 \(fixed(latencyP9999Micros, 1))" : "")
                 + "  max \(fixed(latencyMaxMicros, 1))",
             "errors: \(errors)   client CPU: \(fixed(clientCPUMicrosPerRequest, 2)) us/request"
-                + " (\(fixed(clientCPUCoreFraction * 100, 0))% of a core)",
+                + " (\(fixed(clientCPUCoreFraction * 100, 0))% of a core, \(backend))",
         ]
         if let firstErrorDescription {
             lines.append("first error: \(firstErrorDescription)")
@@ -110,6 +114,7 @@ public struct LoadResult: Sendable, Equatable {
             ("connections", "\(connectionsRequested)"),
             ("connections_established", "\(connectionsEstablished)"),
             ("size", "\(messageSizeBytes)"),
+            ("backend", DecimalText.jsonString(backend)),
         ]
         if let firstErrorDescription {
             fields.append(("first_error", DecimalText.jsonString(firstErrorDescription)))

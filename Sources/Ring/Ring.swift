@@ -98,6 +98,16 @@ public final class Ring {
         reaped.deallocate()
     }
 
+    /// Registers the ring's own descriptor with this thread's io_uring
+    /// context (5.18 and later), so each `io_uring_enter` skips looking the
+    /// descriptor up. Only the thread that called it may then enter the ring,
+    /// which `SINGLE_ISSUER` asks anyway. Returns false where the kernel
+    /// cannot (nothing changes then).
+    @discardableResult
+    public func registerRingDescriptor() -> Bool {
+        io_uring_register_ring_fd(ring) == 1
+    }
+
     // MARK: - Buffers
 
     /// Registers every slot of `pool` as a fixed buffer (slot index = buffer
@@ -224,6 +234,27 @@ public final class Ring {
         io_uring_prep_recv(sqe, fd, nil, length, 0)
         sqe.pointee.buf_group = group
         finish(sqe, tag, flags: shim_IOSQE_BUFFER_SELECT)
+    }
+
+    /// Multishot recv (Linux 6.0 and later): one SQE, then one completion
+    /// per arrival, each in a slot the kernel picks from buffer group `group`
+    /// (`Completion.selectedBuffer`), while `hasMore` is set. It ends, without
+    /// `hasMore`, on EOF, an error, or -ENOBUFS when no slot is lent; then it
+    /// must be prepared again. An older kernel fails it with -EINVAL.
+    @inline(__always)
+    public func prepareRecvMultishot(fd: Int32, group: UInt16, tag: CompletionTag) {
+        let sqe = nextSQE()
+        io_uring_prep_recv_multishot(sqe, fd, nil, 0, 0)
+        sqe.pointee.buf_group = group
+        finish(sqe, tag, flags: shim_IOSQE_BUFFER_SELECT)
+    }
+
+    /// A plain read (an eventfd's counter, a pipe).
+    @inline(__always)
+    public func prepareRead(fd: Int32, into buffer: UnsafeMutableRawPointer, length: Int, tag: CompletionTag) {
+        let sqe = nextSQE()
+        io_uring_prep_read(sqe, fd, buffer, UInt32(length), 0)
+        finish(sqe, tag)
     }
 
     @inline(__always)

@@ -46,6 +46,9 @@ struct TestClientCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Open loop: send this many requests per second over the connections, each at a fixed time whatever the replies do; latency counts from that time (coordinated omission corrected, as wrk2 does), percentiles to p99.99. Default: closed loop.", valueName: "N"))
     var rate: Double?
 
+    @Option(help: ArgumentHelp("How the client does its IO: auto (io_uring where the kernel allows it, else epoll), io_uring (or exit 1), or epoll. The summary and --json say which ran.", valueName: "backend"))
+    var backend: LoadClientBackend = .automatic
+
     @Flag(help: "Print the result as one JSON object line on stdout (per-second lines go to stderr).")
     var json = false
 
@@ -113,7 +116,8 @@ struct TestClientCommand: ParsableCommand {
         do {
             try checkDescriptorLimit()
             client = try LoadClient(address: try LoadAddress(parsing: address), connections: connections,
-                                    messageSizeBytes: size, durationSeconds: duration, requestsPerSecond: rate)
+                                    messageSizeBytes: size, durationSeconds: duration, requestsPerSecond: rate,
+                                    backend: backend)
             try stopOnSignals { client.stop() }
         } catch {
             StandardStream.error.writeLine("duplicator-testclient: \(error)")
@@ -191,6 +195,7 @@ extension TestClientCommand {
 }
 
 extension HostileMode: ExpressibleByArgument {}
+extension LoadClientBackend: ExpressibleByArgument {}
 
 final class SignalCount: Sendable {
     let count = Atomic<Int>(0)

@@ -10,10 +10,11 @@ struct DuplicatorCommand: ParsableCommand {
         usage: """
             duplicator -l <address> -f <address> [-m <address>[,<address>...]]... [<options>]
             duplicator demo [<options>]
+            duplicator replay <capture>... --target <address> [<options>]
             """,
         discussion: ProxyOptions.discussion,
         version: BuildInfo.version,
-        subcommands: [DemoCommand.self, ManualSectionsCommand.self]
+        subcommands: [DemoCommand.self, ReplayCommand.self, ManualSectionsCommand.self]
     )
 
     // The proxy is the command itself, not a default subcommand, so that

@@ -32,10 +32,11 @@ struct ProxyOptions: ParsableArguments {
     @OptionGroup(title: "Mirrors") var mirrors: MirrorOptions
     @OptionGroup(title: "Limits and timeouts") var limits: LimitOptions
     @OptionGroup(title: "Verdicts and recording") var verdicts: VerdictOptions
+    @OptionGroup(title: "Recording") var recording: RecordingOptions
     @OptionGroup(title: "Observability") var observability: ObservabilityOptions
     @OptionGroup(title: "Tuning") var tuning: TuningOptions
 
-    @Option(name: .customLong("config"), help: ArgumentHelp("A YAML file of options: keys are the long flag names without dashes (listen: :8080, mirror: [\":8082@10%\"], timeout: 2s); flags given here win. SIGHUP reads it again and applies it to new sessions (mirrors, sampling, timeouts, batching, log level); what cannot change in place is refused, and a bad file changes nothing. See docs/reload.md.", valueName: "file"))
+    @Option(name: .customLong("config"), help: ArgumentHelp("A YAML file of options: keys are the long flag names without dashes (listen: :8080, mirror: [\":8082@10%\"], timeout: 2s); flags given here win. SIGHUP reads it again and applies it to new sessions (mirrors, sampling, timeouts, batching, --compare, dump bounds, log level); what cannot change in place is refused, and a bad file changes nothing. See docs/reload.md.", valueName: "file"))
     var configFile: String?
 
     @Flag(name: .customLong("check"), help: "Check the configuration (addresses, ports, loops, the IO backend, locked memory), then exit.")
@@ -79,6 +80,7 @@ struct ProxyOptions: ParsableArguments {
         limits.apply(to: &config)
         verdicts.apply(to: &config)
         tuning.apply(to: &config)
+        config.recording = try recording.config()
         config.backend = backend
         config.mirrorSlots = mirrors.mirrorSlots ?? (configFile != nil ? max(Self.mirrorSlotsWithConfig, mirrorList.count) : nil)
         try config.validate()

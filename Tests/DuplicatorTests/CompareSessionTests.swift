@@ -78,6 +78,25 @@ struct CompareSessionTests {
         io.expectQuiescent()
     }
 
+    @Test("a reload that switches --compare off: sessions that start after it get no verdict and their mirror's replies are discarded; on again, they are compared")
+    func switchedByReload() throws {
+        let io = try FakeSessionIO(limits: compareLimits(), sessions: 1)
+        let request = TestBytes.text("GET k\n")
+        var off = compareLimits()
+        off.compareWindowBytes = 0
+        io.context.adopt(off)
+        try #require(io.start() != nil)
+        io.connectAll()
+        #expect(io.hasPending(.discard, .mirror(0)) && !io.hasPending(.recv, .mirror(0)), "replies discarded, not compared")
+        io.playSession(request: request, main: [TestBytes.text("A\n")], mirror: [TestBytes.text("B\n")])
+        #expect(io.verdictCounts().isEmpty, "no verdict for a session that does not compare")
+        io.context.adopt(compareLimits())
+        try #require(io.start() != nil)
+        io.playSession(request: request, main: [TestBytes.text("A\n")], mirror: [TestBytes.text("B\n")])
+        #expect(io.verdictCounts() == [.diverged: 1])
+        io.expectQuiescent()
+    }
+
     @Test("each verdict, whichever side replies first, counted once when the session is over",
           arguments: [false, true])
     func verdicts(mirrorFirst: Bool) throws {

@@ -18,7 +18,7 @@ struct CompareTapTests {
         defer { windows.deallocate() }
         let tap = CompareTap(windows: windows, windowBytes: 64, mirrorCount: 2)
         defer { tap.deallocate() }
-        tap.reset(mirrors: 2)
+        tap.reset(mirrors: 2, comparing: true)
         Self.bytes("VALUE 1") { tap.mainReplied($0, mirrors: 2) }
         Self.bytes("VALUE 1") { tap.mirrorReplied(0, $0) }
         Self.bytes("VALUE 2") { tap.mirrorReplied(1, $0) }
@@ -35,14 +35,26 @@ struct CompareTapTests {
         defer { windows.deallocate() }
         let tap = CompareTap(windows: windows, windowBytes: 64, mirrorCount: 2)
         defer { tap.deallocate() }
-        tap.reset(mirrors: 2)
+        tap.reset(mirrors: 2, comparing: true)
         tap.abandon(0)
         #expect(tap[0].verdict == .incomplete && !tap.isOpen(0) && tap.isOpen(1))
         #expect(tap.anyOpen(mirrors: 2) && !tap.anyOpen(mirrors: 1))
         tap.abandonAll(mirrors: 2)
         #expect(!tap.anyOpen(mirrors: 2))
-        tap.reset(mirrors: 2)
+        tap.reset(mirrors: 2, comparing: true)
         #expect(tap.isOpen(0) && tap.isOpen(1))
+    }
+
+    @Test("a session that does not compare (a reload switched --compare off) keeps no pair open; the next may again")
+    func switchedOff() {
+        let windows = UnsafeMutableRawPointer.allocate(byteCount: 2 * 64, alignment: 8)
+        defer { windows.deallocate() }
+        let tap = CompareTap(windows: windows, windowBytes: 64, mirrorCount: 2)
+        defer { tap.deallocate() }
+        tap.reset(mirrors: 2, comparing: false)
+        #expect(!tap.comparing && !tap.anyOpen(mirrors: 2))
+        tap.reset(mirrors: 2, comparing: true)
+        #expect(tap.comparing && tap.isOpen(0) && tap.isOpen(1))
     }
 
     @Test("a recording keeps its bound per stream, and dumps only pairs whose replies differ")

@@ -86,6 +86,14 @@ struct ConfigDiffTests {
         #expect(ConfigDiff(from: old, to: old).isEmpty)
     }
 
+    @Test("--compare applies to new sessions (ConfigReloads refuses it where the start reserved no windows)")
+    func compare() {
+        var new = Self.config()
+        new.compare = true
+        let diff = ConfigDiff(from: Self.config(), to: new)
+        #expect(diff.applied == ["compare"] && diff.refused.isEmpty, "\(diff)")
+    }
+
     @Test("the dump writer's bounds apply from the reload on; the dump directory and the bytes per dump need a new process")
     func dumpBounds() {
         var new = Self.config()
@@ -106,7 +114,7 @@ struct ConfigDiffTests {
             ("threads", { $0.threads = 3 }),
             ("max-memory", { $0.maxMemoryBytes = 2 << 30 }),
             ("backend", { $0.backend = .epoll }),
-            ("compare", { $0.compare = true }),
+            ("compare-window", { $0.compareWindowBytes = 1 << 20 }),
             ("mirror-slots", { $0.mirrorSlots = 8 }),
         ]
         for (name, change) in changes {

@@ -68,6 +68,46 @@ struct ReloadFollowsTests {
                 "a connection from this host to the new mirror's address is a suspect, as one to a mirror of the start")
     }
 
+    @Test("a reload switches --compare off and on again for new sessions where the start had it; refused where it did not",
+          arguments: Config.Backend.tested)
+    func compareSwitched(backend: Config.Backend) throws {
+        let main = try startServer(.echo)
+        let mirror = try startServer(.echo)
+        defer { [main, mirror].forEach { $0.stop() } }
+        var config = Self.config(main: main.boundPort, mirrors: [mirror.boundPort])
+        config.backend = backend
+        config.compare = true
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [mirror.boundPort]) { $0 = config }
+        defer { proxy.shutdown() }
+        func matches() -> UInt64 { proxy.snapshot().mirrors.first?.compared(.match) ?? 0 }
+        func session(_ text: String) throws {
+            let connection = try TestConnection(port: proxy.port, timeoutSeconds: 5)
+            #expect(connection.exchange(Array(text.utf8), timeoutSeconds: 5).received == Array(text.utf8))
+        }
+        try session("compared\n")
+        #expect(eventually(timeoutSeconds: 5) { matches() == 1 }, "\(matches())")
+        config.compare = false
+        _ = try proxy.reload(to: config)
+        try session("not compared\n")
+        #expect(eventually(timeoutSeconds: 5) { proxy.snapshot().sessionsActive == 0 && proxy.snapshot().sessionsAccepted >= 2 },
+                "the session after the reload is over (its verdict, if any, counted)")
+        #expect(matches() == 1, "a session after --compare went off gets no verdict")
+        config.compare = true
+        _ = try proxy.reload(to: config)
+        try session("compared again\n")
+        #expect(eventually(timeoutSeconds: 5) { matches() == 2 }, "\(matches())")
+
+        let plain = try startProxy(backend: backend, main: main.boundPort, mirrors: [mirror.boundPort]) {
+            $0 = Self.config(main: main.boundPort, mirrors: [mirror.boundPort])
+            $0.backend = backend
+        }
+        defer { plain.shutdown() }
+        var on = Self.config(main: main.boundPort, mirrors: [mirror.boundPort])
+        on.backend = backend
+        on.compare = true
+        #expect(throws: ConfigError.self) { _ = try plain.reload(to: on) }
+    }
+
     @Test("the dump writer takes a reload's --dump-max-files and --dump-queue")
     func dumpWriterFollows() throws {
         let main = try startServer(.echo)

@@ -16,7 +16,8 @@ struct TurnGateTests {
 
     private static func decide(_ gate: inout TurnGate, nowUs: UInt64 = 1_000, heldBytes: Int = 5, heldChunks: Int = 1,
                                allTurnsBegun: Bool = false) -> TurnGate.Decision {
-        gate.decide(nowUs: nowUs, timeoutUs: 500, heldBytes: heldBytes, heldChunks: heldChunks, allTurnsBegun: allTurnsBegun)
+        gate.decide(nowUs: nowUs, timeoutUs: 500, heldBytes: heldBytes, heldChunks: heldChunks,
+                    heldChunksMax: TurnGate.heldChunksMax, allTurnsBegun: allTurnsBegun)
     }
 
     @Test("a leg is sent up to the next turn, waits for an answer to it, then gets the turn")

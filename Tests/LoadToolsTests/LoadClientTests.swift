@@ -18,12 +18,15 @@ extension LoadToolsTests {
             #expect(result.latencyP999Micros <= result.latencyMaxMicros)
         }
 
-        @Test func echoRoundTrip() throws {
+        @Test(arguments: [LoadClientBackend.ioUring, .epoll])
+        func echoRoundTrip(backend: LoadClientBackend) throws {
             let server = try startedServer(.echo)
             defer { server.stop() }
             var ticks: [LoadProgress] = []
-            let result = try LoadClient(address: address(server), connections: 10, messageSizeBytes: 1024, durationSeconds: 1.2)
+            let result = try LoadClient(address: address(server), connections: 10, messageSizeBytes: 1024, durationSeconds: 1.2,
+                                        backend: backend)
                 .run { ticks.append($0) }
+            #expect(result.backend.hasPrefix(backend == .epoll ? "epoll" : "io_uring (multishot"), "\(result.backend)")
             #expect(result.errors == 0, "\(result.firstErrorDescription ?? "")")
             #expect(result.requests > 0)
             #expect(result.connectionsEstablished == 10)
@@ -41,34 +44,36 @@ extension LoadToolsTests {
             #expect(server.totalBytesReceived == result.bytesSent)
         }
 
-        @Test(arguments: [(65536, 4), (1_000_000, 2), (100_003, 3)])
-        func largeMessages(sizeBytes: Int, connections: Int) throws {
+        @Test(arguments: [(65536, 4), (1_000_000, 2), (100_003, 3)], [LoadClientBackend.ioUring, .epoll])
+        func largeMessages(size: (bytes: Int, connections: Int), backend: LoadClientBackend) throws {
+            let (sizeBytes, connections) = size
             let server = try startedServer(.echo)
             defer { server.stop() }
             let result = try LoadClient(address: address(server), connections: connections, messageSizeBytes: sizeBytes,
-                                        durationSeconds: 0.4).run()
+                                        durationSeconds: 0.4, backend: backend).run()
             #expect(result.errors == 0, "\(result.firstErrorDescription ?? "")")
             #expect(result.requests > 0)
             #expect(result.bytesReceived >= result.requests * UInt64(sizeBytes))
             expectOrdered(result)
         }
 
-        @Test(arguments: [1, 2, 16, 17, 18])
-        func tinyMessages(sizeBytes: Int) throws {
+        @Test(arguments: [1, 2, 16, 17, 18], [LoadClientBackend.ioUring, .epoll])
+        func tinyMessages(sizeBytes: Int, backend: LoadClientBackend) throws {
             let server = try startedServer(.echo)
             defer { server.stop() }
             let result = try LoadClient(address: address(server), connections: 2, messageSizeBytes: sizeBytes,
-                                        durationSeconds: 0.1).run()
+                                        durationSeconds: 0.1, backend: backend).run()
             #expect(result.errors == 0, "\(result.firstErrorDescription ?? "")")
             #expect(result.requests > 0)
             // One '\n' per message, at its end: the server counts exactly the requests sent.
             #expect(eventually { server.totalLinesReceived * UInt64(sizeBytes) == server.totalBytesReceived })
         }
 
-        @Test func twoHundredConnections() throws {
+        @Test(arguments: [LoadClientBackend.ioUring, .epoll])
+        func twoHundredConnections(backend: LoadClientBackend) throws {
             let server = try startedServer(.echo)
             defer { server.stop() }
-            let result = try LoadClient(address: address(server), connections: 200, durationSeconds: 0.5).run()
+            let result = try LoadClient(address: address(server), connections: 200, durationSeconds: 0.5, backend: backend).run()
             #expect(result.errors == 0, "\(result.firstErrorDescription ?? "")")
             #expect(result.connectionsEstablished == 200)
             #expect(result.requests >= 200)
@@ -76,12 +81,13 @@ extension LoadToolsTests {
             expectOrdered(result)
         }
 
-        @Test func refusedConnectionsEndTheRunAtOnce() throws {
+        @Test(arguments: [LoadClientBackend.ioUring, .epoll])
+        func refusedConnectionsEndTheRunAtOnce(backend: LoadClientBackend) throws {
             let server = try startedServer(.echo)
             let port = server.boundPort
             server.stop()
             let result = try LoadClient(address: LoadAddress(host: "127.0.0.1", port: port), connections: 3,
-                                        durationSeconds: 5).run()
+                                        durationSeconds: 5, backend: backend).run()
             #expect(result.connectionsEstablished == 0)
             #expect(result.errors == 3)
             #expect(result.requests == 0)
@@ -89,7 +95,8 @@ extension LoadToolsTests {
             #expect(result.firstErrorDescription?.contains("Connection refused") == true)
         }
 
-        @Test func countsAWrongReplyAsAnError() throws {
+        @Test(arguments: [LoadClientBackend.ioUring, .epoll])
+        func countsAWrongReplyAsAnError(backend: LoadClientBackend) throws {
             // A one-connection server that answers every request with the wrong bytes.
             let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             defer { close(listener) }
@@ -126,7 +133,7 @@ extension LoadToolsTests {
                 close(fd)
             }
             let result = try LoadClient(address: LoadAddress(host: "127.0.0.1", port: port), connections: 1,
-                                        messageSizeBytes: 64, durationSeconds: 3).run()
+                                        messageSizeBytes: 64, durationSeconds: 3, backend: backend).run()
             #expect(liarDone.wait(timeout: .now() + 5) == .success)
             #expect(result.errors == 1)
             #expect(result.requests == 0)
@@ -135,10 +142,11 @@ extension LoadToolsTests {
             #expect(result.firstErrorDescription == "connection 0: response byte 40 of request 1 differs from the request")
         }
 
-        @Test func stopEndsARunEarly() throws {
+        @Test(arguments: [LoadClientBackend.ioUring, .epoll])
+        func stopEndsARunEarly(backend: LoadClientBackend) throws {
             let server = try startedServer(.echo)
             defer { server.stop() }
-            let client = try LoadClient(address: address(server), connections: 2, durationSeconds: 20)
+            let client = try LoadClient(address: address(server), connections: 2, durationSeconds: 20, backend: backend)
             Thread.detachNewThread {
                 usleep(300_000)
                 client.stop()
@@ -149,12 +157,13 @@ extension LoadToolsTests {
             #expect(result.errors == 0)
         }
 
-        @Test("open loop: requests go out at the fixed rate, spread over the connections, all answered")
-        func openLoopKeepsTheRate() throws {
+        @Test("open loop: requests go out at the fixed rate, spread over the connections, all answered",
+              arguments: [LoadClientBackend.ioUring, .epoll])
+        func openLoopKeepsTheRate(backend: LoadClientBackend) throws {
             let server = try startedServer(.echo)
             defer { server.stop() }
             let result = try LoadClient(address: address(server), connections: 4, messageSizeBytes: 1024,
-                                        durationSeconds: 1.0, requestsPerSecond: 2_000).run()
+                                        durationSeconds: 1.0, requestsPerSecond: 2_000, backend: backend).run()
             #expect(result.errors == 0, "\(result.firstErrorDescription ?? "")")
             #expect(result.requestsPerSecondAsked == 2_000)
             // Never ahead of the schedule; behind it only by what a busy machine delays.
@@ -165,14 +174,15 @@ extension LoadToolsTests {
             #expect(result.summary.contains("open loop at 2000 requests/s"))
         }
 
-        @Test("open loop past what the server can do: latency counts from each request's due time, so it grows")
-        func openLoopCorrectsCoordinatedOmission() throws {
+        @Test("open loop past what the server can do: latency counts from each request's due time, so it grows",
+              arguments: [LoadClientBackend.ioUring, .epoll])
+        func openLoopCorrectsCoordinatedOmission(backend: LoadClientBackend) throws {
             let server = try startedServer(.echo)
             defer { server.stop() }
             // One connection cannot do a million round trips a second: each
             // request is sent later than due, and its wait counts.
             let result = try LoadClient(address: address(server), connections: 1, messageSizeBytes: 1024,
-                                        durationSeconds: 1.0, requestsPerSecond: 1_000_000).run()
+                                        durationSeconds: 1.0, requestsPerSecond: 1_000_000, backend: backend).run()
             #expect(result.errors == 0, "\(result.firstErrorDescription ?? "")")
             #expect(result.requests > 100)
             #expect(result.latencyP99Micros > 100_000, "a closed loop would report round trips of microseconds")

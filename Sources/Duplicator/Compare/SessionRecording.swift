@@ -17,6 +17,8 @@ public struct SessionRecording {
         /// Bytes past `bytesMax`, not kept.
         public var droppedBytes: UInt64 = 0
 
+        public init() {}
+
         mutating func reset() {
             bytes.removeAll(keepingCapacity: true)
             pieceEnds.removeAll(keepingCapacity: true)
@@ -81,6 +83,20 @@ public struct DumpRequest: Sendable {
     public var client: SessionRecording.Stream
     public var main: SessionRecording.Stream
     public var mirrorReplies: SessionRecording.Stream
+
+    public init(mirror: Int, verdict: ReplyComparison.Verdict, divergenceOffset: UInt64, clientAddresses: ProxyAddresses?,
+                startUs: UInt64, endUs: UInt64, client: SessionRecording.Stream, main: SessionRecording.Stream,
+                mirrorReplies: SessionRecording.Stream) {
+        self.mirror = mirror
+        self.verdict = verdict
+        self.divergenceOffset = divergenceOffset
+        self.clientAddresses = clientAddresses
+        self.startUs = startUs
+        self.endUs = endUs
+        self.client = client
+        self.main = main
+        self.mirrorReplies = mirrorReplies
+    }
 
     /// What it holds while queued for the writer (`--dump-queue`): its
     /// streams' bytes and piece lists, and the request itself.

@@ -60,6 +60,8 @@ public struct Config: Sendable {
     /// `--dump-dir`: with `compare`, where a pcapng file is written for each
     /// (session, mirror) whose replies differ from main's; nil: nothing recorded.
     public var dumpDirectory: String?
+    /// `--record-dir` and its bounds; nil: no recording.
+    public var recording: RecordingConfig?
     /// What a dump keeps of each direction; the rest is counted, not kept.
     public var dumpBytes = Defaults.dumpBytes
     /// Dumps written at most; later ones are counted (`skipped_limit`).
@@ -221,6 +223,7 @@ public struct Config: Sendable {
         guard (4096...(16 << 20)).contains(compareWindowBytes) else {
             throw ConfigError("--compare-window must be from 4KiB to 16MiB, got \(compareWindowBytes)")
         }
+        try recording?.validate()
         if let dumpDirectory {
             guard compare else { throw ConfigError("--dump-dir \(dumpDirectory): needs --compare (dumps are of replies that differ)") }
             guard !mirrors.isEmpty else { throw ConfigError("--dump-dir \(dumpDirectory): needs a mirror to compare") }
@@ -258,6 +261,12 @@ public struct Config: Sendable {
         }
     }
 
+    /// A mirror batch's wakeup may come this much after its deadline (a
+    /// quarter of `--mirror-batch-delay`), so that the worker's next wake for
+    /// traffic sends it instead; sessions count their deadline that much
+    /// earlier, so no byte waits longer than `--mirror-batch-delay`.
+    public var mirrorBatchWakeSlackUs: Int { mirrorBatchDelayUs / 4 }
+
     var limits: SessionLimits {
         var limits = SessionLimits(mirrorCount: mirrors.count, mainConnectTimeoutMs: mainConnectTimeoutMs,
                       mirrorConnectTimeoutMs: mirrorConnectTimeoutMs, backlogBytesMax: backlogBytesMax,
@@ -266,11 +275,13 @@ public struct Config: Sendable {
                       mirrorFailuresBeforeBackoff: mirrorFailuresBeforeBackoff,
                       mirrorBackoffInitialMs: mirrorBackoffInitialMs, mirrorBackoffMaxMs: mirrorBackoffMaxMs,
                       sendProxy: sendProxy, acceptProxy: acceptProxy, proxyHeaderTimeoutMs: proxyHeaderTimeoutMs,
-                      mirrorBatchBytes: mirrorBatchBytes, mirrorBatchDelayUs: mirrorBatchDelayUs,
+                      mirrorBatchBytes: mirrorBatchBytes,
+                      mirrorBatchDelayUs: mirrorBatchDelayUs - mirrorBatchWakeSlackUs,
                       mirrorTurns: mirrorTurns, mirrorTurnTimeoutUs: mirrorTurnTimeoutUs)
         limits.mirrorSampleThresholds = mirrorSamplePercents.map { MirrorSampling.threshold(percent: $0) }
         limits.compareWindowBytes = compare && !mirrors.isEmpty ? compareWindowBytes : 0
         limits.dumpBytes = limits.compareWindowBytes > 0 && dumpDirectory != nil ? dumpBytes : 0
+        limits.recordBytes = recording?.bytesPerDirection ?? 0
         return limits
     }
 }

@@ -151,10 +151,13 @@ public struct ConfigDiff: Equatable, Sendable {
         check("mirror-slots", { $0.mirrorSlots ?? 0 }, live: false, why: "sized at start")
         check("send-proxy", { $0.sendProxy?.rawValue }, live: false)
         check("accept-proxy", \.acceptProxy, live: false)
-        check("compare", \.compare, live: false, why: "its windows are reserved at start")
         check("compare-window", \.compareWindowBytes, live: false, why: "reserved at start")
         check("dump-dir", \.dumpDirectory, live: false, why: "its writer starts with the process")
         check("dump-bytes", \.dumpBytes, live: false, why: "reserved at start")
+        check("record-dir", { $0.recording?.directory }, live: false, why: "its writer starts with the process")
+        check("record-sample", { $0.recording?.samplePercent }, live: false, why: "its writer starts with the process")
+        check("record-bytes", { $0.recording?.bytesPerDirection }, live: false, why: "reserved at start")
+        check("record-max-bytes", { $0.recording?.directoryBytesMax }, live: false, why: "its writer starts with the process")
         // What a session takes at its start.
         check("mirror", { $0.mirrors.map(\.text) })
         check("mirror sampling", \.mirrorSamplePercents)
@@ -169,6 +172,8 @@ public struct ConfigDiff: Equatable, Sendable {
         check("mirror-batch-delay", \.mirrorBatchDelayUs)
         check("mirror-turn-timeout", \.mirrorTurnTimeoutUs)
         check("mirror-turns", \.mirrorTurns)
+        // Within the windows reserved at start (ConfigReloads refuses it without).
+        check("compare", \.compare)
         // The dump writer's bounds, for the dumps submitted from then on.
         check("dump-max-files", \.dumpMaxFiles)
         check("dump-queue", \.dumpQueueBytes)
@@ -230,6 +235,8 @@ final class ConfigReloads: Sendable {
     private let dumping: Bool
     /// Sessions have room for this many turns per mirror (sized at start).
     private let mirrorTurnsMax: Int
+    /// Sessions have compare windows (the start had `--compare`): a reload may switch it.
+    private let compareReserved: Bool
     let succeeded = Atomic<UInt64>(0)
     let failed = Atomic<UInt64>(0)
     /// Seconds since the epoch of the latest reload that applied (or of the start).
@@ -244,6 +251,7 @@ final class ConfigReloads: Sendable {
         self.metrics = metrics
         self.dumping = dumping
         mirrorTurnsMax = config.mirrorTurns
+        compareReserved = config.slotLimits.compareWindowBytes > 0
         var table = MirrorSlots(count: config.mirrorSlotCount)
         // Distinct addresses were checked at start; a duplicate still gets a slot of its own.
         var assigned: [Int] = []
@@ -290,6 +298,10 @@ final class ConfigReloads: Sendable {
                 + "(a restart, or a handover with --handover-socket)")
         }
         guard diff.isEmpty == false else { return (running, diff) }
+        if config.compare && !compareReserved {
+            throw ConfigError("key 'compare': its windows are reserved per session at start, and this process started without it: "
+                + "that needs a new process (one started with --compare may switch it off and on by reload)")
+        }
         if config.mirrorTurns > mirrorTurnsMax {
             throw ConfigError("key 'mirror-turns': \(config.mirrorTurns) is more than the \(mirrorTurnsMax) the sessions were sized for at start: that needs a new process")
         }

@@ -23,6 +23,10 @@ public enum Defaults {
     public static let compareWindowBytes = 64 << 10
     /// `--dump-bytes`: what a pcapng dump keeps of each direction of a session.
     public static let dumpBytes = 1 << 20
+    /// `--record-bytes`: what a recorded session keeps of each direction.
+    public static let recordBytes = 1 << 20
+    /// `--record-max-bytes`: what recording may write into its directory.
+    public static let recordMaxBytes = 1 << 30
     /// `--dump-max-files`: pcapng dumps written at most, per run.
     public static let dumpMaxFiles = 1000
     /// `--dump-queue`: bytes of dumps waiting for the disk at most; a

@@ -5,6 +5,10 @@
 /// the verdicts.
 struct CompareTap {
     private let comparisons: UnsafeMutablePointer<ReplyComparison>
+    /// Whether this session compares (a reload may switch `--compare` off
+    /// and on for new sessions; the windows stay reserved): beside the
+    /// comparisons, so that the tap itself stays a constant of the session.
+    private let switchedOn: UnsafeMutablePointer<Bool>
     /// The mirror slots it has a comparison for.
     let capacity: Int
 
@@ -12,6 +16,8 @@ struct CompareTap {
     init(windows: UnsafeMutableRawPointer, windowBytes: Int, mirrorCount: Int) {
         capacity = mirrorCount
         comparisons = .allocate(capacity: mirrorCount)
+        switchedOn = .allocate(capacity: 1)
+        switchedOn.initialize(to: true)
         for mirror in 0..<mirrorCount {
             (comparisons + mirror).initialize(to: ReplyComparison(window: windows + mirror * windowBytes,
                                                                   windowBytes: windowBytes))
@@ -22,15 +28,25 @@ struct CompareTap {
     func deallocate() {
         comparisons.deinitialize(count: capacity)
         comparisons.deallocate()
+        switchedOn.deallocate()
     }
 
     /// Mirror `mirror`'s comparison (its verdict once decided).
     subscript(mirror: Int) -> ReplyComparison { comparisons[mirror] }
 
-    /// A new session, comparing the first `mirrors` mirror slots.
-    func reset(mirrors: Int) {
-        for mirror in 0..<mirrors { comparisons[mirror].reset() }
+    /// A new session, comparing the first `mirrors` mirror slots, or none
+    /// (its configuration has `--compare` off): then every pair is decided
+    /// at once, so no byte is kept or compared, and none gets a verdict.
+    func reset(mirrors: Int, comparing: Bool) {
+        switchedOn.pointee = comparing
+        for mirror in 0..<mirrors {
+            comparisons[mirror].reset()
+            if !comparing { comparisons[mirror].abandon() }
+        }
     }
+
+    /// Whether this session's pairs get verdicts.
+    var comparing: Bool { switchedOn.pointee }
 
     func isOpen(_ mirror: Int) -> Bool { comparisons[mirror].isOpen }
 

@@ -312,7 +312,7 @@ public enum ProxyProtocol {
 }
 
 /// An IPv4 or IPv6 address and a port, as the PROXY protocol carries them.
-public struct ProxyAddress: Sendable, Equatable, CustomStringConvertible {
+public struct ProxyAddress: Sendable, Hashable, CustomStringConvertible {
     public enum Family: Sendable, Equatable { case ipv4, ipv6 }
     public var family: Family
     /// The address in network order: IPv4 in the first 4 of the 16 bytes.

@@ -77,6 +77,10 @@ public final class Session {
     /// Whether `recordingTap` is there: fixed at init, so the paths that ask
     /// need no run-time exclusivity check of `recordingTap` when it is not.
     let records: Bool
+    /// `--record-dir`: this session's recording (`SessionRecordTap`), and
+    /// whether there is one (fixed at init, as `records`).
+    var recordTap: SessionRecordTap
+    let recordsSessions: Bool
 
     /// Every leg of the session, the client first, then main, then the mirrors.
     var allLegs: LazyMapSequence<Range<Int>, Leg> {
@@ -124,6 +128,8 @@ public final class Session {
         }
         turnStarts = .allocate(capacity: max(1, legCapacity * limits.mirrorTurns))
         records = limits.dumpBytes > 0 && compareTap != nil
+        recordsSessions = limits.recordBytes > 0
+        recordTap = SessionRecordTap(bytesMax: limits.recordBytes)
         if records {
             recordingTap = RecordingTap(mirrorCount: limits.mirrorCount, bytesMax: limits.dumpBytes)
         }
@@ -167,8 +173,13 @@ public final class Session {
             legs[leg] = LegState(queue: queue,
                                  turns: keepsTurns ? TurnGate(starts: turnStarts + leg.index &* limits.mirrorTurns) : TurnGate())
         }
-        compareTap?.reset(mirrors: limits.mirrorCount)
+        compareTap?.reset(mirrors: limits.mirrorCount, comparing: limits.compareWindowBytes > 0)
         if records { recordingTap!.reset(nowUs: context.nowUs) }
+        if recordsSessions {
+            let sampled = context.recordSampling.draw()
+            if !sampled { context.recordSink?.sampledOut() }
+            recordTap.begin(nowUs: context.nowUs, sampled: sampled)
+        }
         let stats = context.stats
         stats.sessionsAccepted.bump()
         stats.sessionsActive.bump()
@@ -349,6 +360,9 @@ public final class Session {
             turns.mainReplied()
             context.stats.bytesMainToClient.bump(length)
             if let compareTap { compareMain(slot: slot, length: length, compareTap) }
+            if recordsSessions {
+                recordTap.appendMain(UnsafeRawBufferPointer(start: context.pool.pointer(slot), count: length), nowUs: context.nowUs)
+            }
             legs[.client].queue.append(slot: slot, length: length)
             kickSend(.client, io: io)
             if compareTap != nil { resumeMirrorReplies(io: io) }
@@ -402,6 +416,9 @@ public final class Session {
         if records {
             recordingTap!.append(.client, UnsafeRawBufferPointer(start: context.pool.pointer(slot) + offset, count: length),
                                  nowUs: context.nowUs)
+        }
+        if recordsSessions {
+            recordTap.appendClient(UnsafeRawBufferPointer(start: context.pool.pointer(slot) + offset, count: length), nowUs: context.nowUs)
         }
         // Main first: its send goes into the ring ahead of the mirrors',
         // so the client's request never waits behind a mirror's send (each
@@ -615,7 +632,8 @@ public final class Session {
     private func mirrorTurnLimit<IO: SessionIO>(_ leg: Leg, io: IO) -> Int {
         let held = legs[leg].queue
         switch legs[leg].turns.decide(nowUs: context.nowUs, timeoutUs: limits.mirrorTurnTimeoutUs, heldBytes: held.bytes,
-                                      heldChunks: held.count, allTurnsBegun: turns.begun >= limits.mirrorTurns) {
+                                      heldChunks: held.count, heldChunksMax: TurnGate.heldChunksMax(limits),
+                                      allTurnsBegun: turns.begun >= limits.mirrorTurns) {
         case .send(let bytesMax):
             return bytesMax
         case .wait(let deadlineUs):

@@ -45,6 +45,7 @@ extension Session {
     /// Each mirror's verdict, once its session is over (every leg closed):
     /// exactly one per (session, mirror) the mirror was chosen for.
     func recordVerdicts(_ compareTap: CompareTap) {
+        guard compareTap.comparing else { return }
         for mirror in 0..<limits.mirrorCount where !legs[.mirror(mirror)].sampledOut {
             let comparison = compareTap[mirror]
             context.stats.mirrors[mirror].comparisons.record(comparison.verdict,

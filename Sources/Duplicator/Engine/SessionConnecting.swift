@@ -11,6 +11,7 @@ extension Session {
             proxyHeaderOutLength = ProxyProtocol.encode(version, addresses, into: proxyHeaderOut)
         }
         if records { recordingTap!.connected(addresses ?? io.addresses(fd: legs[.client].fd)) }
+        if recordsSessions && recordTap.sampled { recordTap.addresses = addresses ?? io.addresses(fd: legs[.client].fd) }
         let stats = context.stats
         let mainFD = io.openSocket(for: .main)
         guard mainFD >= 0 else {

@@ -43,6 +43,9 @@ public struct SessionLimits: Sendable {
     /// dump of the pairs whose replies differ (`SessionRecording`); 0: off,
     /// nothing recorded or allocated.
     public var dumpBytes = 0
+    /// `--record-dir`: what a recorded session keeps of each direction
+    /// (`SessionRecordTap`); 0: off, nothing recorded or allocated.
+    public var recordBytes = 0
 
     /// A mirror's queued bytes go out in one gathered send once this many
     /// wait, or once the oldest has waited `mirrorBatchDelayUs`. 0: no
@@ -154,6 +157,9 @@ public final class SessionContext {
 
     /// `--dump-dir`: where sessions hand the pairs to dump; nil: none.
     public var dumpSink: DumpSink?
+    /// `--record-dir`: where sessions hand their recordings, and which are drawn; nil: none.
+    public var recordSink: RecordSink?
+    public var recordSampling = RecordSampling(percent: 100)
 
     /// The draws that choose which sessions a sampled mirror gets (SplitMix64).
     private var samplingState: UInt64

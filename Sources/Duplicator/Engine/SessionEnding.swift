@@ -139,6 +139,7 @@ extension Session {
         _isActive = false
         _waitingForBuffers = false
         if let compareTap { recordVerdicts(compareTap) }
+        if recordsSessions, let request = recordTap.finish(nowUs: context.nowUs) { context.recordSink?.submit(request) }
         context.sessionsEnding -= 1
         context.stats.sessionsActive.drop()
     }

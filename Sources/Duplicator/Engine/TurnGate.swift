@@ -40,8 +40,22 @@ struct TurnCounter {
 struct TurnGate {
     /// Bytes and receives that may wait behind a turn a mirror has not
     /// answered; past either, turns are no longer kept for that mirror.
+    /// The receives' bound is what one gathered send takes: a slow mirror
+    /// (a PostgreSQL backend still forking under load) may fall a few of
+    /// the client's small turns behind main before it answers the first,
+    /// and giving up on it after 4 (as before) sent it the startup message
+    /// behind an unanswered SSLRequest, the very thing kept turns are for.
+    /// Memory stays bounded: at most this many slots per mirror leg, for at
+    /// most the turn timeout, within the mirrors' share of the pool.
     static let heldBytesMax = 16 * 1024
-    static let heldChunksMax = 4
+    static let heldChunksMax = Session.gatherChunksMax
+
+    /// The receives' bound for a session's limits: half the mirror's
+    /// backlog at most, so that a small `--backlog-chunks` lets the stream
+    /// go before the backlog would cut the mirror for lag.
+    static func heldChunksMax(_ limits: SessionLimits) -> Int {
+        min(heldChunksMax, max(1, limits.backlogChunksMax / 2))
+    }
 
     /// What the leg may be sent now.
     enum Decision: Equatable {
@@ -109,9 +123,10 @@ struct TurnGate {
 
     /// What the leg may be sent now: up to the start of the first kept turn
     /// it has not been let past, or nothing while it owes an answer.
-    /// `heldBytes` and `heldChunks` are what waits in its queue;
+    /// `heldBytes` and `heldChunks` are what waits in its queue, and
+    /// `heldChunksMax` the most receives it may hold (`heldChunksMax(_:)`);
     /// `allTurnsBegun`: the client began every turn that is kept.
-    mutating func decide(nowUs: UInt64, timeoutUs: Int, heldBytes: Int, heldChunks: Int,
+    mutating func decide(nowUs: UInt64, timeoutUs: Int, heldBytes: Int, heldChunks: Int, heldChunksMax: Int,
                          allTurnsBegun: Bool) -> Decision {
         while next < count, let starts {
             let start = starts[next]
@@ -130,7 +145,7 @@ struct TurnGate {
             // unanswered turn is not one, and must not pin slots (a mirror
             // that never replies would otherwise hold a fast stream for the
             // whole timeout).
-            if nowUs >= deadlineUs || heldBytes > Self.heldBytesMax || heldChunks > Self.heldChunksMax {
+            if nowUs >= deadlineUs || heldBytes > Self.heldBytesMax || heldChunks > heldChunksMax {
                 // No answer in time: this mirror is not waited for again.
                 next = count
                 stop()

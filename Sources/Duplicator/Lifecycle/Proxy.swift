@@ -70,6 +70,8 @@ public final class Proxy: Sendable {
     private let logger: Logger
     /// `--dump-dir`: the thread that writes the pcapng dumps; nil without.
     public let dumpWriter: DumpWriter?
+    /// `--record-dir`: the thread that writes the recorded sessions; nil without.
+    public let recordWriter: RecordWriter?
     /// SIGHUP's configuration generations and mirror slots (`ConfigReload.swift`).
     let reloads: ConfigReloads
 
@@ -117,6 +119,13 @@ public final class Proxy: Sendable {
                                             problems: control.problems)
             } else {
                 dumpWriter = nil
+            }
+            if let recording = config.recording {
+                let mainAddress = targets[0].proxyAddress
+                    ?? ProxyAddress(family: .ipv4, networkBytes: UnsafeRawBufferPointer(start: nil, count: 0), port: targets[0].port)
+                recordWriter = try RecordWriter(config: recording, main: mainAddress, problems: control.problems)
+            } else {
+                recordWriter = nil
             }
         } catch let error as ConfigError {
             throw ProxyError(error.message)
@@ -215,11 +224,13 @@ public final class Proxy: Sendable {
         }
         control.backend.withLock { $0 = ($0?.kind == backend ? $0 : (backend, nil)) }
         try dumpWriter?.start()
+        try recordWriter?.start()
         for (index, listeners) in fds.enumerated() {
             let environment = WorkerEnvironment(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
                                                 listenerFDs: listeners, stats: stats[index], allStats: stats, control: control,
-                                                logger: logger, dumpSink: dumpWriter)
-            let job = WorkerJob(backend: backend, environment: environment, listenLater: listeners.filter(listenLater.contains))
+                                                logger: logger, dumpSink: dumpWriter, recordSink: recordWriter)
+            let job = WorkerJob(backend: backend, environment: environment, listenLater: listeners.filter(listenLater.contains),
+                                reportsSetup: index == 0)
             let thread = try startThread("worker \(index)") { job.run() }
             threads.withLock { $0.append(thread) }
         }
@@ -284,7 +295,10 @@ public final class Proxy: Sendable {
         }
         for thread in all { thread.join() }
         // The workers are gone: the dumps they handed over are written, then the writer ends.
-        if !all.isEmpty { dumpWriter?.stop() }
+        if !all.isEmpty {
+            dumpWriter?.stop()
+            recordWriter?.stop()
+        }
     }
 
     /// How the first worker's ring was set up (the best mode the kernel took; `epoll` on epoll).
@@ -314,6 +328,12 @@ private struct WorkerJob: Sendable {
     let environment: WorkerEnvironment
     /// Of the worker's listeners, those to listen on once it is set up (`Proxy.listenLater`).
     let listenLater: [Int32]
+    /// Whether this worker says what its ring's setup came to (`Proxy.setupMode`,
+    /// `zeroCopyNote`): every worker's is the same, and one writer keeps the
+    /// workers from contending for the lock as they start. (ThreadSanitizer
+    /// cannot see the kernel's hand-over of a contended `Mutex`, a priority-
+    /// inheriting futex, and reported the writes as a race.)
+    let reportsSetup: Bool
 
     func run() {
         let (config, listenerFDs, control, logger) = (environment.config, environment.listenerFDs, environment.control,
@@ -323,13 +343,17 @@ private struct WorkerJob: Sendable {
         do {
             if backend == .epoll {
                 let worker = try EpollWorker(environment)
-                control.setupMode.withLock { $0 = "epoll" }
-                control.zeroCopyNote.withLock { $0 = "no zero-copy sends (the epoll backend has none)" }
+                if reportsSetup {
+                    control.setupMode.withLock { $0 = "epoll" }
+                    control.zeroCopyNote.withLock { $0 = "no zero-copy sends (the epoll backend has none)" }
+                }
                 loop = worker.run
             } else {
                 let worker = try IOUringWorker(environment)
-                control.setupMode.withLock { $0 = worker.ring.setupMode.rawValue }
-                control.zeroCopyNote.withLock { $0 = worker.zeroCopyNote }
+                if reportsSetup {
+                    control.setupMode.withLock { $0 = worker.ring.setupMode.rawValue }
+                    control.zeroCopyNote.withLock { $0 = worker.zeroCopyNote }
+                }
                 loop = worker.run
             }
         } catch let error as RingError {

@@ -8,6 +8,7 @@ extension PrometheusText {
         var snapshot = StatsSnapshot(workers: [WorkerStats(mirrorCount: 1)], mirrorNames: ["mirror"], poolSlotsPerWorker: 1)
         snapshot.backend = "io_uring"
         snapshot.dumping = true
+        snapshot.recordings = RecordWriter.Result.allCases.map { _ in 0 }
         var help: [String: String] = [:]
         var result: [(name: String, type: String, help: String)] = []
         let text = render(snapshot) + ConfigReloads.metricsText(ok: 0, failed: 0, lastSuccessSeconds: 0, generation: 1, digest: "")

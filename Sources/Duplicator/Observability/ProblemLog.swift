@@ -17,7 +17,7 @@ import Synchronization
 public final class ProblemLog: Sendable {
     /// What went wrong; one rate limit each.
     public enum Cause: Int, CaseIterable, Sendable {
-        case mainConnectFailure, mainConnectTimeout, proxyHeaderRefused, dumpWriteFailure, dumpDropped
+        case mainConnectFailure, mainConnectTimeout, proxyHeaderRefused, dumpWriteFailure, dumpDropped, recordWriteFailure, recordDropped
     }
 
     /// Why a client's PROXY protocol header was refused.
@@ -107,6 +107,20 @@ public final class ProblemLog: Sendable {
         state.withLock { $0[Cause.dumpDropped.rawValue].count &+= 1 }
     }
 
+    /// On the record writer's thread: once per run of failures (a full disk).
+    func recordWriteFailed(path: String, errno: Int32) {
+        state.withLock {
+            $0[Cause.recordWriteFailure.rawValue].count &+= 1
+            $0[Cause.recordWriteFailure.rawValue].errno = errno
+            $0[Cause.recordWriteFailure.rawValue].path = path
+        }
+    }
+
+    /// A recording dropped because the writer's queue was full.
+    func recordDropped() {
+        state.withLock { $0[Cause.recordDropped.rawValue].count &+= 1 }
+    }
+
     /// Recorded so far (tests).
     public func count(_ cause: Cause) -> UInt64 { state.withLock { $0[cause.rawValue].count } }
 
@@ -152,6 +166,11 @@ public final class ProblemLog: Sendable {
         case .dumpDropped:
             return "--dump-dir \(names.dumpDirectory): \(Counted.text(count, "dump")) dropped: the writer's queue "
                 + "(--dump-queue \(SizeParser.text(names.dumpQueueBytes))) was full; the disk is slower than the sessions that differ"
+        case .recordWriteFailure:
+            return "--record-dir: a recording not written (\(entry.path): \(RingError.describe(errno: entry.errno))); "
+                + "the proxy keeps serving, later failures are counted (duplicator_recordings_total{result=\"failed\"})"
+        case .recordDropped:
+            return "--record-dir: \(Counted.text(count, "recording")) dropped: the writer's queue was full; the disk is slower than the sessions"
         }
     }
 }

@@ -76,6 +76,7 @@ public enum PrometheusText {
                snapshot.everyMirror.map { (Self.mirrorLabel($0), $0.sessionsRetired) })
         out += renderComparisons(mirrors)
         if snapshot.dumping { out += renderDumps(mirrors) }
+        if let recordings = snapshot.recordings { out += renderRecordings(recordings, truncatedBytes: snapshot.recordingTruncatedBytes) }
         return out
     }
 
@@ -135,6 +136,16 @@ public enum PrometheusText {
             + family("duplicator_mirror_dump_truncated_bytes_total", "counter",
                      "With --dump-dir: bytes past --dump-bytes per direction, left out of the dumps written.",
                      mirrors.map { (mirrorLabel($0), $0.dumpTruncatedBytes) })
+    }
+
+    /// `--record-dir`: what became of each session's recording.
+    static func renderRecordings(_ counts: [UInt64], truncatedBytes: UInt64) -> String {
+        family("duplicator_recordings_total", "counter",
+               "With --record-dir: sessions written as pcapng, left out by --record-sample, skipped once --record-max-bytes was reached (recording stops), dropped because the writer's queue was full, or failed (a full disk).",
+               RecordWriter.Result.allCases.map { ("result=\"\($0.label)\"", counts[$0.rawValue]) })
+            + family("duplicator_recording_truncated_bytes_total", "counter",
+                     "With --record-dir: bytes past --record-bytes per direction, left out of the recordings written.",
+                     [("", truncatedBytes)])
     }
 
     /// Label values escape backslash, double quote and newline.

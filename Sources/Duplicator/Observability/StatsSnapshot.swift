@@ -36,6 +36,9 @@ public struct StatsSnapshot: Sendable, Equatable {
     public var backend = ""
     /// `--dump-dir` is on (the dump metrics are shown).
     public var dumping = false
+    /// `--record-dir`: recorded sessions by `RecordWriter.Result.rawValue`; nil: not recording.
+    public var recordings: [UInt64]?
+    public var recordingTruncatedBytes: UInt64 = 0
     public var sessionsActive: UInt64 = 0
     public var sessionsRejected: UInt64 = 0
     public var sessionsCompleted: UInt64 = 0
@@ -135,6 +138,10 @@ extension Proxy {
                 }
                 snapshot.mirrors[index].dumpTruncatedBytes = dumpWriter.truncated(mirror: index)
             }
+        }
+        if let recordWriter {
+            snapshot.recordings = RecordWriter.Result.allCases.map { recordWriter.count($0) }
+            snapshot.recordingTruncatedBytes = recordWriter.truncated
         }
         snapshot.everyMirror = snapshot.mirrors.filter { !$0.name.isEmpty }
         snapshot.mirrors = generation.mirrorSlots.map { snapshot.mirrors[$0] }

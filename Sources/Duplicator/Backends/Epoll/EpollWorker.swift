@@ -187,7 +187,7 @@ final class EpollWorker: KernelBackend {
         if completionsHead < completionsEnd || (acceptArmed && readableListeners != 0) { return 0 }
         let nowMs = MonotonicClock.coarseMs()
         var nanoseconds = (core.nextTickMs > nowMs ? core.nextTickMs - nowMs : 0) * 1_000_000
-        if let deadlineUs = parts.timers.nextDeadlineUs {
+        if let deadlineUs = parts.timers.nextWakeUs {
             let nowUs = MonotonicClock.nowMicros()
             nanoseconds = min(nanoseconds, deadlineUs > nowUs ? (deadlineUs - nowUs) * 1000 : 0)
         }

@@ -173,7 +173,7 @@ final class IOUringWorker: KernelBackend {
             if count > 0 { return count }
         }
         var timeoutNanoseconds = Int64(WorkerCore<IOUringWorker>.tickMs) * 1_000_000
-        if let deadlineUs = parts.timers.nextDeadlineUs {
+        if let deadlineUs = parts.timers.nextWakeUs {
             // Wake for the next mirror deadline; at least 1 us, since 0 means "no timeout".
             let untilNanoseconds = deadlineUs > context.nowUs ? Int64(deadlineUs &- context.nowUs) * 1000 : 1000
             timeoutNanoseconds = max(1000, min(timeoutNanoseconds, untilNanoseconds))

@@ -40,8 +40,10 @@ extension KernelBackend {
         context.adopt(generation.limits)
         sockets.adopt(generation)
         core.adopt(generation)
+        parts.timers.lowerBatchSlack(toUs: generation.config.mirrorBatchWakeSlackUs)
         parts.follower.adopted(generation, readsMicroseconds: WorkerParts.readsMicroseconds(generation.config,
-                                                                                           dumping: context.dumpSink != nil))
+                                                                                           dumping: context.dumpSink != nil
+                                                                                               || context.recordSink != nil))
     }
 
     func admit(fd: Int32, session: Session) { Sockets.setNoDelay(fd) }

@@ -20,4 +20,6 @@ struct WorkerEnvironment: Sendable {
     let logger: Logger
     /// `--dump-dir`: where sessions hand the pairs to dump.
     var dumpSink: DumpSink? = nil
+    /// `--record-dir`: where sessions hand their recordings.
+    var recordSink: RecordSink? = nil
 }

@@ -23,12 +23,17 @@ struct WorkerParts {
         context = SessionContext(limits: config.slotLimits, pool: pool, stats: environment.stats,
                                  mirrorHealth: environment.mirrorHealth, problems: environment.control.problems)
         context.dumpSink = config.slotLimits.dumpBytes > 0 ? environment.dumpSink : nil
+        if let recording = config.recording, config.slotLimits.recordBytes > 0 {
+            context.recordSink = environment.recordSink
+            context.recordSampling = RecordSampling(percent: recording.samplePercent)
+        }
         // Admission control: the table holds only as many sessions as the
         // pool can serve at once, whatever their peers do.
         table = try SessionTable(capacity: config.sessionsPerWorker, context: context)
         waiters = BufferWaiters(capacity: config.sessionsPerWorker)
-        timers = SessionTimers(capacity: config.sessionsPerWorker)
-        follower = GenerationFollower(readsMicroseconds: Self.readsMicroseconds(config, dumping: context.dumpSink != nil))
+        timers = SessionTimers(capacity: config.sessionsPerWorker, batchSlackUs: config.mirrorBatchWakeSlackUs)
+        follower = GenerationFollower(readsMicroseconds: Self.readsMicroseconds(config, dumping: context.dumpSink != nil
+                                                                                    || context.recordSink != nil))
     }
 
     func core<Backend: WorkerBackend>(_ environment: WorkerEnvironment) -> WorkerCore<Backend> {
