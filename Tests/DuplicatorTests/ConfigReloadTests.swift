@@ -208,7 +208,8 @@ struct ReloadSessionTests {
 
     @Test("a removed mirror's live copies are counted apart as they finish; a configured mirror's are not")
     func retiredCopies() throws {
-        let io = try FakeSessionIO(limits: SessionLimits(mirrorCount: 2, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0), sessions: 3)
+        let io = try FakeSessionIO(limits: SessionLimits(mirrorCount: 2, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0),
+                                   sessions: 3)
         io.context.adopt(SessionLimits(mirrorCount: 2, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 0))
         try #require(io.start() != nil)
         let old = try #require(io.lastKey)

@@ -311,6 +311,38 @@ struct FirstHourCLITests {
         #expect(log.contains("No space left on device (ENOSPC))"), "\(log)")
     }
 
+    /// Recording on a full disk (issue 23): the proxy keeps serving every
+    /// client, and the failure is logged once for the run of failures, not
+    /// once per recording. Both backends.
+    @Test("a full disk under --record-dir: every client served, the failure logged once with ENOSPC",
+          .enabled(if: geteuid() == 0, "needs root to mount a tmpfs"), arguments: Config.Backend.tested)
+    func recordOnFullDisk(backend: Config.Backend) throws {
+        let directory = try RealPeerTests.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let mounted = try runProgram("/usr/bin/env", ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", directory])
+        guard mounted.status == 0 else {
+            print("no tmpfs: \(mounted.standardError)")
+            return
+        }
+        defer { _ = try? runProgram("/usr/bin/env", ["umount", directory]) }
+        _ = try runProgram("/usr/bin/env", ["dd", "if=/dev/zero", "of=\(directory)/fill", "bs=4k"])
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let message = Array(repeating: UInt8(ascii: "r"), count: 20_000) + [UInt8(ascii: "\n")]
+        var echoed = 0
+        let log = try Self.log(backend, ["-f", "127.0.0.1:\(main.boundPort)", "--record-dir", directory]) { port in
+            for _ in 0..<5 {
+                let connection = try TestConnection(port: port)
+                if connection.exchange(message, timeoutSeconds: 5).received == message { echoed += 1 }
+                usleep(150_000)
+            }
+        }
+        #expect(echoed == 5, "every client is served while nothing can be recorded")
+        let failures = log.components(separatedBy: "--record-dir: a recording not written (").count - 1
+        #expect(failures == 1, "logged once for the run of failures: \(log)")
+        #expect(log.contains("No space left on device (ENOSPC)"), "\(log)")
+    }
+
     @Test("one label in the log, and --check's facts one per line, the same at start-up")
     func labelAndCheckLines() throws {
         let binary = try builtBinary("duplicator")

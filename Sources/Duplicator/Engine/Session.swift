@@ -527,7 +527,14 @@ public final class Session {
     /// connect main and the mirrors and forward what followed the header in
     /// the same receive.
     private func receivedProxyHeader<IO: SessionIO>(slot: UInt32, length: Int, io: IO) {
-        switch proxyHeader.read(slot: slot, length: length, pool: context.pool) {
+        // The reader changes in a copy: an access to `proxyHeader` held across
+        // `read`, which calls into the pool, would have Swift check every
+        // access to it at run time, the hot path's `isAwaitingProxyHeader`
+        // included (docs/contributing.md, "Private storage, public reads").
+        var reader = proxyHeader
+        let step = reader.read(slot: slot, length: length, pool: context.pool)
+        proxyHeader = reader
+        switch step {
         case .incomplete(let releasesSlot):
             if releasesSlot { releaseSlot(slot, from: .client, io: io) }
             armReceive(.client, io: io)

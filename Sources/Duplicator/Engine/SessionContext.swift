@@ -237,7 +237,7 @@ public final class SessionContext {
     /// A session's copy to mirror `index` finished: counted as retired when
     /// the configuration new sessions follow no longer has that mirror.
     func mirrorLegClosed(_ index: Int) {
-        if index >= sessionLimits.mirrorCount || sessionLimits.mirrorSlotsAbsent & (1 << UInt64(index)) != 0 {
+        if index >= _sessionLimits.mirrorCount || _sessionLimits.mirrorSlotsAbsent & (1 << UInt64(index)) != 0 {
             stats.mirrors[index].sessionsRetired.bump()
         }
     }
