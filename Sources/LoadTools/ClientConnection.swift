@@ -1,3 +1,5 @@
+import Glibc
+
 /// One LoadClient connection: a request in flight and how far it got.
 final class ClientConnection {
     enum State {
@@ -26,5 +28,13 @@ final class ClientConnection {
 
     init(index: Int) {
         self.index = index
+    }
+
+    /// At a run's end: closes each connection still open.
+    static func closeAll(_ connections: [ClientConnection]) {
+        for connection in connections where connection.state != .closed {
+            close(connection.fd)
+            connection.state = .closed
+        }
     }
 }

@@ -76,16 +76,11 @@ final class LoadClientLoop {
                 }
             }
         }
-        nowNanos = MonotonicClock.nowNanos()
-        let cpuNanos = MonotonicClock.threadCPUNanos() - clock.cpuStartNanos
-        for connection in connections where connection.state != .closed {
-            close(connection.fd)
-            connection.state = .closed
-        }
+        let (elapsedNanos, cpuNanos) = clock.finish()
+        ClientConnection.closeAll(connections)
         return tally.result(
-            elapsedNanos: nowNanos - clock.startNanos, cpuNanos: cpuNanos, connectionsRequested: connections.count,
-            messageSizeBytes: message.sizeBytes,
-            requestsPerSecondAsked: schedule.requestsPerSecondAsked,
+            elapsedNanos: elapsedNanos, cpuNanos: cpuNanos, connectionsRequested: connections.count,
+            messageSizeBytes: message.sizeBytes, requestsPerSecondAsked: schedule.requestsPerSecondAsked,
             backend: backendDescription)
     }
 

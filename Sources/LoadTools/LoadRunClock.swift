@@ -35,4 +35,11 @@ struct LoadRunClock {
         if nowNanos >= deadlineNanos { return nil }
         return min(tickNanos, deadlineNanos) - nowNanos
     }
+
+    /// At the run's end, before its connections close (not the run's work):
+    /// the wall-clock and CPU nanoseconds it took.
+    func finish() -> (elapsedNanos: UInt64, cpuNanos: UInt64) {
+        let nowNanos = MonotonicClock.nowNanos()
+        return (nowNanos - startNanos, MonotonicClock.threadCPUNanos() - cpuStartNanos)
+    }
 }

@@ -138,18 +138,13 @@ final class RingLoadClientLoop {
                 handle(ring.completion(at: index))
             }
         }
-        nowNanos = MonotonicClock.nowNanos()
-        let cpuNanos = MonotonicClock.threadCPUNanos() - clock.cpuStartNanos
+        let (elapsedNanos, cpuNanos) = clock.finish()
         // The ring's teardown (deinit) cancels what is in flight; closing here
         // ends the connections now, as the epoll loop does.
-        for connection in connections where connection.state != .closed {
-            close(connection.fd)
-            connection.state = .closed
-        }
+        ClientConnection.closeAll(connections)
         return tally.result(
-            elapsedNanos: nowNanos - clock.startNanos, cpuNanos: cpuNanos, connectionsRequested: connections.count,
-            messageSizeBytes: message.sizeBytes,
-            requestsPerSecondAsked: schedule.requestsPerSecondAsked,
+            elapsedNanos: elapsedNanos, cpuNanos: cpuNanos, connectionsRequested: connections.count,
+            messageSizeBytes: message.sizeBytes, requestsPerSecondAsked: schedule.requestsPerSecondAsked,
             backend: backendDescription)
     }
 
