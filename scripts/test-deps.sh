@@ -17,6 +17,7 @@
 #   iproute2 nftables  LoopGuardTests (a network namespace and NAT rules)
 #   tshark             DumpIntegrationTests (reads the pcapng dumps back)
 #   tcpdump            ReplayIntegrationTests (a capture of redis-cli sessions on loopback, replayed)
+#   nghttp2-client     TLSPeerTests (h2load over TLS with ALPN h2); redis-tools there too (redis-benchmark --tls)
 #   python3-seccomp    SeccompTests (a filter that denies io_uring, as containers' profiles do)
 set -euo pipefail
 
@@ -32,7 +33,7 @@ dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 for pair in redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools nginx:nginx wrk:wrk curl:curl \
             ip:iproute2 nft:nftables haproxy:haproxy make:make python3:python3 pkg-config:pkg-config \
-            tshark:tshark tcpdump:tcpdump openssl:openssl; do
+            tshark:tshark tcpdump:tcpdump openssl:openssl h2load:nghttp2-client; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [[ -x /usr/sbin/${pair%%:*} ]] || missing+=("${pair#*:}")
 done
 /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || missing+=(python3-seccomp)
