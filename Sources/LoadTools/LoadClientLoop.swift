@@ -61,7 +61,8 @@ final class LoadClientLoop {
             guard var waitNanos = clock.turn(nowNanos: nowNanos, tally: tally, onSecond: onSecond) else { break }
             let count: Int
             if schedule.intervalNanos > 0 {
-                let nextNanos = sendDueRequests(nowNanos: nowNanos)
+                // Open loop: the requests that are due go now.
+                let nextNanos = schedule.startDue(connections, nowNanos: nowNanos) { startRequest($0, nowNanos: $1) }
                 waitNanos = min(waitNanos, nextNanos > nowNanos ? nextNanos - nowNanos : 0)
                 count = poller.wait(timeoutNanos: waitNanos)
             } else {
@@ -142,11 +143,6 @@ final class LoadClientLoop {
     }
 
     // MARK: Requests
-
-    /// Open loop: sends the requests that are due; returns when the next one is (UInt64.max: none waits).
-    private func sendDueRequests(nowNanos: UInt64) -> UInt64 {
-        schedule.startDue(connections, nowNanos: nowNanos) { startRequest($0, nowNanos: $1) }
-    }
 
     private func startRequest(_ connection: ClientConnection, nowNanos: UInt64) {
         schedule.begin(connection, message, nowNanos: nowNanos)

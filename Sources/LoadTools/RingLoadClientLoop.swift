@@ -122,7 +122,8 @@ final class RingLoadClientLoop {
             nowNanos = MonotonicClock.nowNanos()
             guard var waitNanos = clock.turn(nowNanos: nowNanos, tally: tally, onSecond: onSecond) else { break }
             if schedule.intervalNanos > 0 {
-                let nextNanos = sendDueRequests(nowNanos: nowNanos)
+                // Open loop: the requests that are due; their SQEs go out with the wait.
+                let nextNanos = schedule.startDue(connections, nowNanos: nowNanos) { startRequest($0, nowNanos: $1) }
                 waitNanos = min(waitNanos, nextNanos > nowNanos ? nextNanos - nowNanos : 0)
             }
             buffers?.commit()
@@ -225,12 +226,6 @@ final class RingLoadClientLoop {
     }
 
     // MARK: Requests
-
-    /// Open loop: sends the requests that are due (their SQEs go out with the
-    /// next wait); returns when the next one is (UInt64.max: none waits).
-    private func sendDueRequests(nowNanos: UInt64) -> UInt64 {
-        schedule.startDue(connections, nowNanos: nowNanos) { startRequest($0, nowNanos: $1) }
-    }
 
     private func startRequest(_ connection: ClientConnection, nowNanos: UInt64) {
         schedule.begin(connection, message, nowNanos: nowNanos)
