@@ -61,8 +61,10 @@ extension LoadToolsTests {
         func tinyMessages(sizeBytes: Int, backend: LoadClientBackend) throws {
             let server = try startedServer(.echo)
             defer { server.stop() }
+            // Half a second, not a tenth: under other suites' load two connects
+            // alone could take a tenth, and the run then had no request at all.
             let result = try LoadClient(address: address(server), connections: 2, messageSizeBytes: sizeBytes,
-                                        durationSeconds: 0.1, backend: backend).run()
+                                        durationSeconds: 0.5, backend: backend).run()
             #expect(result.errors == 0, "\(result.firstErrorDescription ?? "")")
             #expect(result.requests > 0)
             // One '\n' per message, at its end: the server counts exactly the requests sent.
