@@ -284,20 +284,32 @@ struct FirstHourCLITests {
         #expect(log.contains("No such file or directory (ENOENT))"), "\(log)")
     }
 
+    /// A full disk: a 64 KiB tmpfs mounted on a new directory and filled.
+    /// nil where tmpfs cannot be mounted (a container without
+    /// CAP_SYS_ADMIN: nothing to test there; the ENOENT test covers the line).
+    static func fullDisk() throws -> String? {
+        let directory = try RealPeerTests.temporaryDirectory()
+        let mounted = try runProgram("/usr/bin/env", ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", directory])
+        guard mounted.status == 0 else {
+            print("no tmpfs: \(mounted.standardError)")
+            try? FileManager.default.removeItem(atPath: directory)
+            return nil
+        }
+        _ = try runProgram("/usr/bin/env", ["dd", "if=/dev/zero", "of=\(directory)/fill", "bs=4k"])
+        return directory
+    }
+
+    static func removeFullDisk(_ directory: String) {
+        _ = try? runProgram("/usr/bin/env", ["umount", directory])
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
     /// The case: a full disk (a 64 KiB tmpfs, filled). Needs root
     /// and a mount namespace that allows tmpfs; the ENOENT test above runs everywhere.
     @Test("a full disk: dumps not written are logged with ENOSPC", .enabled(if: geteuid() == 0, "needs root to mount a tmpfs"))
     func dumpOnFullDisk() throws {
-        let directory = try RealPeerTests.temporaryDirectory()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let mounted = try runProgram("/usr/bin/env", ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", directory])
-        guard mounted.status == 0 else {
-            // A container without CAP_SYS_ADMIN: nothing to test here (the ENOENT test covers the line).
-            print("no tmpfs: \(mounted.standardError)")
-            return
-        }
-        defer { _ = try? runProgram("/usr/bin/env", ["umount", directory]) }
-        _ = try runProgram("/usr/bin/env", ["dd", "if=/dev/zero", "of=\(directory)/fill", "bs=4k"])
+        guard let directory = try Self.fullDisk() else { return }
+        defer { Self.removeFullDisk(directory) }
         let main = try startServer(.echo)
         defer { main.stop() }
         let mirror = try startServer(.sink)
@@ -317,15 +329,8 @@ struct FirstHourCLITests {
     @Test("a full disk under --record-dir: every client served, the failure logged once with ENOSPC",
           .enabled(if: geteuid() == 0, "needs root to mount a tmpfs"), arguments: Config.Backend.tested)
     func recordOnFullDisk(backend: Config.Backend) throws {
-        let directory = try RealPeerTests.temporaryDirectory()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let mounted = try runProgram("/usr/bin/env", ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", directory])
-        guard mounted.status == 0 else {
-            print("no tmpfs: \(mounted.standardError)")
-            return
-        }
-        defer { _ = try? runProgram("/usr/bin/env", ["umount", directory]) }
-        _ = try runProgram("/usr/bin/env", ["dd", "if=/dev/zero", "of=\(directory)/fill", "bs=4k"])
+        guard let directory = try Self.fullDisk() else { return }
+        defer { Self.removeFullDisk(directory) }
         let main = try startServer(.echo)
         defer { main.stop() }
         let message = Array(repeating: UInt8(ascii: "r"), count: 20_000) + [UInt8(ascii: "\n")]
