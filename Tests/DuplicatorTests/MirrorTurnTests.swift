@@ -102,6 +102,45 @@ struct MirrorTurnTests {
         io.expectQuiescent()
     }
 
+    /// A mirror that never answers (a sink) holds the client's turns behind
+    /// its first for the turn timeout. Across a thousand sessions that took
+    /// more than the mirrors' share of the pool, and the sessions that then
+    /// let a slot go had their mirror cut (ResilienceTests' 1000 sessions,
+    /// in CI). Past half the share nothing is held for a turn: what waits
+    /// goes, and turns are no longer kept for that mirror.
+    @Test("past half the mirrors' share of the pool, turns held behind an unanswered one go, and no mirror is cut")
+    func tightPoolReleasesHeldTurns() throws {
+        let io = try FakeSessionIO(limits: turnLimits(backlogChunksMax: 256), slotCount: 8)
+        #expect(io.context.mirrorOnlySlotsMax == 4)
+        io.context.nowUs = 1_000_000
+        try #require(io.start() != nil)
+        io.connectAll()
+        clientTurn(io, Self.sslRequest)
+        passBatchDelay(io)
+        var rest: [UInt8] = []
+        for turn in 0..<4 {
+            mainReplies(io, Array("R".utf8))
+            let bytes = TestBytes.random(30 + turn, seed: UInt64(190 + turn))
+            rest += bytes
+            clientTurn(io, bytes)
+            passBatchDelay(io)
+            // Held while the mirrors hold at most 2 slots when it is queued; the fourth finds 3.
+            #expect(io.context.mirrorOnlySlots == (turn < 3 ? turn + 1 : 0), "turn \(turn)")
+        }
+        #expect(io.sent(to: .main) == Self.sslRequest + rest, "main never waits for a mirror")
+        #expect(io.sent(to: .mirror(0)) == Self.sslRequest + rest, "the held turns went")
+        // Turns are no longer kept: the next goes without waiting for an answer.
+        mainReplies(io, Array("R".utf8))
+        let last = TestBytes.random(50, seed: 199)
+        clientTurn(io, last)
+        passBatchDelay(io)
+        #expect(io.sent(to: .mirror(0)) == Self.sslRequest + rest + last)
+        #expect(io.stats.mirrors[0].sessionsCutForPoolShare.value == 0)
+        #expect(io.stats.mirrors[0].bytesMissed.value == 0)
+        finish(io)
+        io.expectQuiescent()
+    }
+
     /// Both turns wait in the mirror's queue before its first send: the
     /// first send stops at the turn's end, not at the queue's.
     @Test("two turns queued before the mirror's first send: the second goes only after the mirror answered the first")

@@ -15,9 +15,9 @@ struct TurnGateTests {
     }
 
     private static func decide(_ gate: inout TurnGate, nowUs: UInt64 = 1_000, heldBytes: Int = 5, heldChunks: Int = 1,
-                               allTurnsBegun: Bool = false) -> TurnGate.Decision {
+                               poolIsTight: Bool = false, allTurnsBegun: Bool = false) -> TurnGate.Decision {
         gate.decide(nowUs: nowUs, timeoutUs: 500, heldBytes: heldBytes, heldChunks: heldChunks,
-                    heldChunksMax: TurnGate.heldChunksMax, allTurnsBegun: allTurnsBegun)
+                    heldChunksMax: TurnGate.heldChunksMax, poolIsTight: poolIsTight, allTurnsBegun: allTurnsBegun)
     }
 
     @Test("a leg is sent up to the next turn, waits for an answer to it, then gets the turn")
@@ -72,7 +72,7 @@ struct TurnGateTests {
         #expect(!gate.isKept && gate.deadlineUs == 0)
     }
 
-    @Test("more than the held bytes or chunks behind an unanswered turn stops the keeping")
+    @Test("more than the held bytes or chunks behind an unanswered turn, or a tight pool, stops the keeping")
     func heldBoundsStopKeeping() {
         let starts = UnsafeMutablePointer<UInt64>.allocate(capacity: 4)
         defer { starts.deallocate() }
@@ -84,6 +84,11 @@ struct TurnGateTests {
         byChunks.sent(10)
         #expect(Self.decide(&byChunks, heldChunks: TurnGate.heldChunksMax) == .wait(untilUs: 1_500))
         #expect(Self.decide(&byChunks, heldChunks: TurnGate.heldChunksMax + 1) == .stopKeeping)
+        var byPool = Self.gateWithTwoTurns(starts)
+        byPool.sent(10)
+        #expect(Self.decide(&byPool) == .wait(untilUs: 1_500))
+        #expect(Self.decide(&byPool, poolIsTight: true) == .stopKeeping, "a tight pool holds nothing for a turn")
+        #expect(!byPool.isKept)
     }
 
     @Test("once every kept turn has begun and been let past, the keeping stops")

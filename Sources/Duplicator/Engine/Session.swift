@@ -633,6 +633,7 @@ public final class Session {
         let held = legs[leg].queue
         switch legs[leg].turns.decide(nowUs: context.nowUs, timeoutUs: limits.mirrorTurnTimeoutUs, heldBytes: held.bytes,
                                       heldChunks: held.count, heldChunksMax: TurnGate.heldChunksMax(limits),
+                                      poolIsTight: context.mirrorOnlySlots > context.mirrorOnlySlotsMax / 2,
                                       allTurnsBegun: turns.begun >= limits.mirrorTurns) {
         case .send(let bytesMax):
             return bytesMax

@@ -7,7 +7,8 @@
 // only once it has answered the one before (a reply after that turn was
 // handed to it), or after `mirrorTurnTimeoutUs`; a mirror that lets a turn
 // time out, or lets more than `TurnGate.heldBytesMax` or `heldChunksMax` pile
-// up behind one, is not waited for again in the session. Then its sends
+// up behind one, or is waited for while the worker's mirrors hold more than
+// half their share of the pool, is not waited for again in the session. Then its sends
 // batch freely. Main never waits for any of it.
 
 /// Where the client's turns begin, for the whole session: bytes the client
@@ -125,9 +126,10 @@ struct TurnGate {
     /// it has not been let past, or nothing while it owes an answer.
     /// `heldBytes` and `heldChunks` are what waits in its queue, and
     /// `heldChunksMax` the most receives it may hold (`heldChunksMax(_:)`);
-    /// `allTurnsBegun`: the client began every turn that is kept.
+    /// `poolIsTight`: the worker's mirrors hold more than half their share
+    /// of the pool, so nothing is held for a turn; `allTurnsBegun`: the client began every turn that is kept.
     mutating func decide(nowUs: UInt64, timeoutUs: Int, heldBytes: Int, heldChunks: Int, heldChunksMax: Int,
-                         allTurnsBegun: Bool) -> Decision {
+                         poolIsTight: Bool, allTurnsBegun: Bool) -> Decision {
         while next < count, let starts {
             let start = starts[next]
             let sent = sentBytesTotal
@@ -144,8 +146,9 @@ struct TurnGate {
             // Negotiation turns are a few bytes; a stream piling up behind an
             // unanswered turn is not one, and must not pin slots (a mirror
             // that never replies would otherwise hold a fast stream for the
-            // whole timeout).
-            if nowUs >= deadlineUs || heldBytes > Self.heldBytesMax || heldChunks > heldChunksMax {
+            // whole timeout). Nor may a thousand sessions' held turns take
+            // the slots that mirrors need to keep up.
+            if nowUs >= deadlineUs || heldBytes > Self.heldBytesMax || heldChunks > heldChunksMax || poolIsTight {
                 // No answer in time: this mirror is not waited for again.
                 next = count
                 stop()
