@@ -30,6 +30,7 @@ extension KernelBackend {
         core.afterCompletions(io: self)
         if context.nowMs >= core.nextTickMs {
             core.tick(stopMode: StopMode(rawValue: control.stopMode.load(ordering: .relaxed)) ?? .running, io: self)
+            parts.acceptGathering?.workerTicked(context.stats, nowMs: context.nowMs, stopping: core.stopping)
         }
         return core.isFinished
     }
