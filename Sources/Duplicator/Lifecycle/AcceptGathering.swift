@@ -53,11 +53,22 @@ final class AcceptGathering: Sendable {
 
     private struct State {
         var policy: AcceptGatheringPolicy
-        /// Each worker's thread CPU time and the clock at its last tick.
-        var samples: [(cpuNanos: UInt64, wallNanos: UInt64)?]
         var programSetMs: UInt64 = 0
         var failed = false
     }
+
+    /// Each worker's thread CPU time and clock at its last tick, written by that worker alone.
+    private final class WorkerSample: Sendable {
+        let cpuNanos = Atomic<UInt64>(0)
+        let wallNanos = Atomic<UInt64>(0)
+    }
+    private let samples: [WorkerSample]
+    /// Taken by the worker that decides this tick; a worker that finds it
+    /// taken only publishes its busy fraction, which the decider reads. So
+    /// `state`'s lock is never contended: the workers' ticks come together,
+    /// and ThreadSanitizer cannot see a contended lock's hand-over by the
+    /// kernel (tsan.supp, MirrorHealth).
+    private let deciding = Atomic<Bool>(false)
 
     /// Sets the gathering program on `listenerFD`'s group; nil (after one
     /// line in the log) where the kernel refuses it.
@@ -74,8 +85,9 @@ final class AcceptGathering: Sendable {
         self.stats = stats
         self.sessionsPerWorker = sessionsPerWorker
         self.logger = logger
+        samples = stats.map { _ in WorkerSample() }
         state = Mutex(State(policy: AcceptGatheringPolicy(workers: stats.count, thresholds: thresholds),
-                            samples: Array(repeating: nil, count: stats.count), programSetMs: MonotonicClock.coarseMs()))
+                            programSetMs: MonotonicClock.coarseMs()))
     }
 
     deinit { _ = close(listenerFD) }
@@ -103,15 +115,26 @@ final class AcceptGathering: Sendable {
         guard !stopping, let index = stats.firstIndex(where: { $0 === worker }) else { return }
         let cpuNanos = MonotonicClock.threadCPUNanos()
         let wallNanos = MonotonicClock.nowNanos()
-        let tableHalfFull = Int(worker.sessionsActive.value) * 2 >= sessionsPerWorker
+        let sample = samples[index]
+        let previousCPUNanos = sample.cpuNanos.load(ordering: .relaxed)
+        let previousWallNanos = sample.wallNanos.load(ordering: .relaxed)
+        sample.cpuNanos.store(cpuNanos, ordering: .relaxed)
+        sample.wallNanos.store(wallNanos, ordering: .relaxed)
+        guard previousWallNanos > 0, wallNanos > previousWallNanos else { return }
+        let busy = Double(cpuNanos &- previousCPUNanos) / Double(wallNanos - previousWallNanos)
+        worker.busyPermille.store(UInt64(max(0, min(busy, 1)) * 1000), ordering: .relaxed)
+        guard deciding.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else { return }
+        defer { deciding.store(false, ordering: .releasing) }
         state.withLock { state in
             guard !state.failed else { return }
-            let previous = state.samples[index]
-            state.samples[index] = (cpuNanos, wallNanos)
-            guard let previous, wallNanos > previous.wallNanos else { return }
-            let busy = Double(cpuNanos &- previous.cpuNanos) / Double(wallNanos - previous.wallNanos)
-            worker.busyPermille.store(UInt64(max(0, min(busy, 1)) * 1000), ordering: .relaxed)
-            let changed = state.policy.observe(worker: index, busy: busy, tableHalfFull: tableHalfFull, nowMs: nowMs)
+            var changed: AcceptGatheringPolicy.Mode?
+            for (other, otherStats) in stats.enumerated() {
+                let tableHalfFull = Int(otherStats.sessionsActive.value) * 2 >= sessionsPerWorker
+                let fraction = other == index ? busy : Double(otherStats.busyPermille.value) / 1000
+                if let mode = state.policy.observe(worker: other, busy: fraction, tableHalfFull: tableHalfFull, nowMs: nowMs) {
+                    changed = mode
+                }
+            }
             guard changed != nil || nowMs &- state.programSetMs >= Self.reassertMs else { return }
             let mode = state.policy.mode
             state.programSetMs = nowMs
@@ -125,7 +148,8 @@ final class AcceptGathering: Sendable {
             }
             publishedMode.store(mode == .gathered ? 0 : 1, ordering: .relaxed)
             if changed != nil {
-                logger.debug("accept gathering: \(mode == .gathered ? "new clients go to one worker" : "new clients spread over every worker") (worker \(index) busy \(Int(busy * 100))% of its tick)")
+                let note = mode == .gathered ? "new clients go to one worker" : "new clients spread over every worker"
+                logger.debug("accept gathering: \(note) (busy per worker, thousandths: \(stats.map { $0.busyPermille.value }))")
             }
         }
     }
