@@ -191,8 +191,9 @@ public final class Proxy: Sendable {
                                         thresholds: config.acceptGatheringThresholds, logger: logger)
         } else {
             gathering = nil
-            if !inheritedListeners.isEmpty { AcceptGathering.clear(listenerFD: fds[0]) }
         }
+        // Without a program of ours, none of the process before a handover either.
+        if gathering == nil && !inheritedListeners.isEmpty { AcceptGathering.clear(listenerFD: fds[0]) }
     }
 
     deinit {
