@@ -32,13 +32,13 @@ struct TLSHandshakeFloodTests {
     func burstWaitsBehindAnEstablishedSession(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
-        let settings = try TLSSettings(certificatePath: certificates.certificatePath, keyPath: certificates.keyPath)
+        let settings = try certificates.serverSettings()
         let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: []) {
             $0.tls = settings
             $0.threads = 1
         }
         defer { proxy.shutdown() }
-        let client = try TLSContext.client(caPath: certificates.certificatePath, serverName: "localhost")
+        let client = try certificates.clientContext()
         let established = try TLSTestClient(port: proxy.port, context: client)
         let request = Array("a request of an established session\n".utf8)
         #expect(try established.echo(request) == request)
