@@ -37,6 +37,21 @@ struct MirrorTurnTests {
         io.flushSends(.mirror(0))
     }
 
+    /// `count` small turns of the client, each after a reply of main and
+    /// past the batch delay; `each` looks after each. Returns their bytes.
+    private func smallTurns(_ io: FakeSessionIO, _ count: Int, seed: UInt64, each: (Int) -> Void = { _ in }) -> [UInt8] {
+        var bytes: [UInt8] = []
+        for turn in 0..<count {
+            mainReplies(io, Array("R".utf8))
+            let turnBytes = TestBytes.random(30 + turn, seed: seed + UInt64(turn))
+            bytes += turnBytes
+            clientTurn(io, turnBytes)
+            passBatchDelay(io)
+            each(turn)
+        }
+        return bytes
+    }
+
     static let sslRequest: [UInt8] = [0, 0, 0, 8, 0x04, 0xD2, 0x16, 0x2F]
     static let startup = TestBytes.random(41, seed: 77)
 
@@ -79,14 +94,7 @@ struct MirrorTurnTests {
         clientTurn(io, Self.sslRequest)
         passBatchDelay(io)
         #expect(io.sent(to: .mirror(0)) == Self.sslRequest)
-        var rest: [UInt8] = []
-        for turn in 0..<8 {
-            mainReplies(io, Array("R".utf8))
-            let bytes = TestBytes.random(30 + turn, seed: UInt64(90 + turn))
-            rest += bytes
-            clientTurn(io, bytes)
-            passBatchDelay(io)
-        }
+        let rest = smallTurns(io, 8, seed: 90)
         #expect(io.sent(to: .main) == Self.sslRequest + rest, "main never waits for a mirror")
         #expect(io.sent(to: .mirror(0)) == Self.sslRequest, "the mirror has not answered the SSLRequest yet")
         io.completeDiscard(.mirror(0), result: 1)
@@ -117,13 +125,7 @@ struct MirrorTurnTests {
         io.connectAll()
         clientTurn(io, Self.sslRequest)
         passBatchDelay(io)
-        var rest: [UInt8] = []
-        for turn in 0..<4 {
-            mainReplies(io, Array("R".utf8))
-            let bytes = TestBytes.random(30 + turn, seed: UInt64(190 + turn))
-            rest += bytes
-            clientTurn(io, bytes)
-            passBatchDelay(io)
+        let rest = smallTurns(io, 4, seed: 190) { turn in
             // Held while the mirrors hold at most 2 slots when it is queued; the fourth finds 3.
             #expect(io.context.mirrorOnlySlots == (turn < 3 ? turn + 1 : 0), "turn \(turn)")
         }
