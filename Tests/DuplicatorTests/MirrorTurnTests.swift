@@ -195,8 +195,9 @@ struct MirrorTurnTests {
         io.expectQuiescent()
     }
 
-    @Test("a stream piling up behind an unanswered turn is not held: past 16 KiB, 32 receives, or half the backlog's it goes at once",
-          arguments: [(9_000, 2, 256), (100, TurnGate.heldChunksMax + 1, 256), (100, 9, 16)])
+    /// 128 slots: the one leg's part of half the mirrors' share is 32 receives.
+    @Test("a stream piling up behind an unanswered turn is not held: past 64 KiB, its part of the pool or half the backlog's receives it goes at once",
+          arguments: [(9_000, 8, 256), (100, 33, 256), (100, 9, 16)])
     func heldStreamIsNotATurn(pieceBytes: Int, pieces: Int, backlogChunksMax: Int) throws {
         let io = try FakeSessionIO(limits: turnLimits(backlogChunksMax: backlogChunksMax), slotCount: 128, slotSize: 16 * 1024)
         try #require(io.start() != nil)

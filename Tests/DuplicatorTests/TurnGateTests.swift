@@ -14,10 +14,13 @@ struct TurnGateTests {
         return gate
     }
 
+    /// The receives a leg may hold here (`TurnGate.heldChunksMax(_:mirrorShareSlots:sessionsActive:)` in a session).
+    private static let heldChunksMax = 32
+
     private static func decide(_ gate: inout TurnGate, nowUs: UInt64 = 1_000, heldBytes: Int = 5, heldChunks: Int = 1,
                                allTurnsBegun: Bool = false) -> TurnGate.Decision {
         gate.decide(nowUs: nowUs, timeoutUs: 500, heldBytes: heldBytes, heldChunks: heldChunks,
-                    heldChunksMax: TurnGate.heldChunksMax, allTurnsBegun: allTurnsBegun)
+                    heldChunksMax: Self.heldChunksMax, allTurnsBegun: allTurnsBegun)
     }
 
     @Test("a leg is sent up to the next turn, waits for an answer to it, then gets the turn")
@@ -82,14 +85,14 @@ struct TurnGateTests {
         #expect(Self.decide(&byBytes, heldBytes: TurnGate.heldBytesMax + 1) == .stopKeeping)
         var byChunks = Self.gateWithTwoTurns(starts)
         byChunks.sent(10)
-        #expect(Self.decide(&byChunks, heldChunks: TurnGate.heldChunksMax) == .wait(untilUs: 1_500))
-        #expect(Self.decide(&byChunks, heldChunks: TurnGate.heldChunksMax + 1) == .stopKeeping)
+        #expect(Self.decide(&byChunks, heldChunks: Self.heldChunksMax) == .wait(untilUs: 1_500))
+        #expect(Self.decide(&byChunks, heldChunks: Self.heldChunksMax + 1) == .stopKeeping)
     }
 
     @Test("a leg holds at most half its backlog, and its even part of half the mirrors' share among the sessions' mirror legs")
     func heldChunksBound() {
         let limits = SessionLimits(mirrorCount: 2, backlogChunksMax: 64, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 4)
-        #expect(TurnGate.heldChunksMax(limits, mirrorShareSlots: 4096, sessionsActive: 1) == TurnGate.heldChunksMax)
+        #expect(TurnGate.heldChunksMax(limits, mirrorShareSlots: 4096, sessionsActive: 1) == 32, "half the backlog")
         #expect(TurnGate.heldChunksMax(limits, mirrorShareSlots: 4096, sessionsActive: 64) == 16, "2048 slots over 128 legs")
         #expect(TurnGate.heldChunksMax(limits, mirrorShareSlots: 4096, sessionsActive: 500) == 2)
         #expect(TurnGate.heldChunksMax(limits, mirrorShareSlots: 4096, sessionsActive: 5_000) == 1, "one turn is always kept")
