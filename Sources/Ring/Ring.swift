@@ -174,6 +174,19 @@ public final class Ring {
         io_uring_submit(ring)
     }
 
+    /// Submits queued SQEs and has the kernel post the completions that are
+    /// ready, without waiting for any: with `DEFER_TASKRUN` they reach the
+    /// CQ only when the task enters the kernel for events. One syscall.
+    public func submitAndGetEvents() throws {
+        let result = io_uring_submit_and_get_events(ring)
+        if result < 0 {
+            switch -result {
+            case EINTR, ETIME, EAGAIN, EBUSY: return
+            default: throw RingError("io_uring_enter", errno: -result)
+            }
+        }
+    }
+
     /// Submits queued SQEs and waits until at least `count` completions are
     /// ready or `timeoutNanoseconds` has passed (when > 0). One syscall.
     /// EINTR, ETIME and EBUSY are normal outcomes and not errors here.

@@ -37,6 +37,21 @@ struct MirrorTurnTests {
         io.flushSends(.mirror(0))
     }
 
+    /// `count` small turns of the client, each after a reply of main and
+    /// past the batch delay; `each` looks after each. Returns their bytes.
+    private func smallTurns(_ io: FakeSessionIO, _ count: Int, seed: UInt64, each: (Int) -> Void = { _ in }) -> [UInt8] {
+        var bytes: [UInt8] = []
+        for turn in 0..<count {
+            mainReplies(io, Array("R".utf8))
+            let turnBytes = TestBytes.random(30 + turn, seed: seed + UInt64(turn))
+            bytes += turnBytes
+            clientTurn(io, turnBytes)
+            passBatchDelay(io)
+            each(turn)
+        }
+        return bytes
+    }
+
     static let sslRequest: [UInt8] = [0, 0, 0, 8, 0x04, 0xD2, 0x16, 0x2F]
     static let startup = TestBytes.random(41, seed: 77)
 
@@ -79,14 +94,7 @@ struct MirrorTurnTests {
         clientTurn(io, Self.sslRequest)
         passBatchDelay(io)
         #expect(io.sent(to: .mirror(0)) == Self.sslRequest)
-        var rest: [UInt8] = []
-        for turn in 0..<8 {
-            mainReplies(io, Array("R".utf8))
-            let bytes = TestBytes.random(30 + turn, seed: UInt64(90 + turn))
-            rest += bytes
-            clientTurn(io, bytes)
-            passBatchDelay(io)
-        }
+        let rest = smallTurns(io, 8, seed: 90)
         #expect(io.sent(to: .main) == Self.sslRequest + rest, "main never waits for a mirror")
         #expect(io.sent(to: .mirror(0)) == Self.sslRequest, "the mirror has not answered the SSLRequest yet")
         io.completeDiscard(.mirror(0), result: 1)
@@ -106,10 +114,10 @@ struct MirrorTurnTests {
     /// its first for the turn timeout. Across a thousand sessions that took
     /// more than the mirrors' share of the pool, and the sessions that then
     /// let a slot go had their mirror cut (ResilienceTests' 1000 sessions,
-    /// in CI). Past half the share nothing is held for a turn: what waits
-    /// goes, and turns are no longer kept for that mirror.
-    @Test("past half the mirrors' share of the pool, turns held behind an unanswered one go, and no mirror is cut")
-    func tightPoolReleasesHeldTurns() throws {
+    /// in CI). A leg holds at most its even part of half the share: here
+    /// the one session's one mirror leg, 2 of the 4 slots' share.
+    @Test("a leg holds no more turns than its part of half the mirrors' share of the pool; then they go, and no mirror is cut")
+    func heldTurnsShareThePool() throws {
         let io = try FakeSessionIO(limits: turnLimits(backlogChunksMax: 256), slotCount: 8)
         #expect(io.context.mirrorOnlySlotsMax == 4)
         io.context.nowUs = 1_000_000
@@ -117,15 +125,8 @@ struct MirrorTurnTests {
         io.connectAll()
         clientTurn(io, Self.sslRequest)
         passBatchDelay(io)
-        var rest: [UInt8] = []
-        for turn in 0..<4 {
-            mainReplies(io, Array("R".utf8))
-            let bytes = TestBytes.random(30 + turn, seed: UInt64(190 + turn))
-            rest += bytes
-            clientTurn(io, bytes)
-            passBatchDelay(io)
-            // Held while the mirrors hold at most 2 slots when it is queued; the fourth finds 3.
-            #expect(io.context.mirrorOnlySlots == (turn < 3 ? turn + 1 : 0), "turn \(turn)")
+        let rest = smallTurns(io, 3, seed: 190) { turn in
+            #expect(io.context.mirrorOnlySlots == (turn < 2 ? turn + 1 : 0), "turn \(turn): two are held, the third lets all go")
         }
         #expect(io.sent(to: .main) == Self.sslRequest + rest, "main never waits for a mirror")
         #expect(io.sent(to: .mirror(0)) == Self.sslRequest + rest, "the held turns went")
@@ -194,8 +195,9 @@ struct MirrorTurnTests {
         io.expectQuiescent()
     }
 
-    @Test("a stream piling up behind an unanswered turn is not held: past 16 KiB, 32 receives, or half the backlog's it goes at once",
-          arguments: [(9_000, 2, 256), (100, TurnGate.heldChunksMax + 1, 256), (100, 9, 16)])
+    /// 128 slots: the one leg's part of half the mirrors' share is 32 receives.
+    @Test("a stream piling up behind an unanswered turn is not held: past 64 KiB, its part of the pool or half the backlog's receives it goes at once",
+          arguments: [(9_000, 8, 256), (100, 33, 256), (100, 9, 16)])
     func heldStreamIsNotATurn(pieceBytes: Int, pieces: Int, backlogChunksMax: Int) throws {
         let io = try FakeSessionIO(limits: turnLimits(backlogChunksMax: backlogChunksMax), slotCount: 128, slotSize: 16 * 1024)
         try #require(io.start() != nil)

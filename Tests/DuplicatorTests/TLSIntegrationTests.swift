@@ -20,14 +20,8 @@ struct TLSIntegrationTests {
     @Test("openssl s_client with TLS 1.2 and 1.3 through the proxy: the echo comes back, main and the mirror got the plaintext exactly",
           .enabled(if: Peers.runnable("openssl"), "needs openssl"), arguments: Config.Backend.tested)
     func sClientEchoAndMirror(backend: Config.Backend) throws {
-        let main = try startServer(.echo)
-        defer { main.stop() }
-        let mirror = try startServer(.echo)
-        defer { mirror.stop() }
-        let metricsPort = freePort()
-        let proxy = try ProxyProcess(backend: backend, ["-f", "127.0.0.1:\(main.boundPort)", "-m", "127.0.0.1:\(mirror.boundPort)",
-                                                         "--metrics", "127.0.0.1:\(metricsPort)"] + tlsArguments,
-                                     port: freePort())
+        let (main, mirror, metricsPort, proxy) = try echoPeersAndProxy(backend: backend)
+        defer { main.stop(); mirror.stop() }
         let payloads = (0..<2).map { index in
             Array((0..<2000).map { "line \($0) of session \(index) \(String(repeating: "x", count: $0 % 40))\n" }.joined().utf8)
         }
@@ -46,19 +40,13 @@ struct TLSIntegrationTests {
     @Test("plaintext, a truncated ClientHello, a client that stalls mid-handshake, garbage after the handshake: each ends alone, counted, nothing leaked",
           arguments: Config.Backend.tested)
     func badClientsEndAlone(backend: Config.Backend) throws {
-        let main = try startServer(.echo)
-        defer { main.stop() }
-        let mirror = try startServer(.echo)
-        defer { mirror.stop() }
-        let metricsPort = freePort()
-        let proxy = try ProxyProcess(backend: backend, ["-f", "127.0.0.1:\(main.boundPort)", "-m", "127.0.0.1:\(mirror.boundPort)",
-                                                         "--metrics", "127.0.0.1:\(metricsPort)", "--tls-handshake-timeout", "1s"]
-                                                        + tlsArguments, port: freePort())
+        let (main, mirror, metricsPort, proxy) = try echoPeersAndProxy(backend: backend, ["--tls-handshake-timeout", "1s"])
+        defer { main.stop(); mirror.stop() }
         // The readiness probe's failed handshake first.
         #expect(eventually { metric(metricsPort, "duplicator_sessions_ended_total{cause=\"tls_handshake\"}") == 1 })
         let failedBefore = 1
         let descriptorsBefore = try #require(proxy.settledDescriptorCount())
-        let client = try TLSContext.client(caPath: certificates.certificatePath, serverName: "localhost")
+        let client = try certificates.clientContext()
 
         // A well-behaved client, live through all of it.
         let good = try TLSTestClient(port: proxy.port, context: client)
@@ -113,8 +101,7 @@ struct TLSIntegrationTests {
             let text = (try? String(contentsOfFile: server.directory + "/access.log", encoding: .utf8)) ?? ""
             return text.split(separator: "\n").filter { $0.contains("/tls-") }
         }
-        let settings = try TLSSettings(certificatePath: certificates.certificatePath, keyPath: certificates.keyPath,
-                                       alpn: ["http/1.1"])
+        let settings = try certificates.serverSettings(alpn: ["http/1.1"])
         let proxy = try startProxy(backend: backend, main: main.port, mirrors: [mirror.port]) { $0.tls = settings }
         defer { proxy.shutdown() }
         let urls = (0..<20).map { "https://localhost:\(proxy.port)/tls-\($0)" }
@@ -233,7 +220,7 @@ struct TLSIntegrationTests {
     func proxyHeaderBeforeTheClientHello(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
-        let settings = try TLSSettings(certificatePath: certificates.certificatePath, keyPath: certificates.keyPath)
+        let settings = try certificates.serverSettings()
         let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: []) {
             $0.tls = settings
             $0.acceptProxy = true
@@ -241,7 +228,7 @@ struct TLSIntegrationTests {
         }
         defer { proxy.shutdown() }
         let header = Array("PROXY TCP4 192.0.2.1 192.0.2.2 40000 443\r\n".utf8)
-        let client = try TLSContext.client(caPath: certificates.certificatePath, serverName: "localhost")
+        let client = try certificates.clientContext()
         let connection = try TLSTestClient(port: proxy.port, context: client, prefix: header)
         let payload = Array("through TLS behind a balancer\n".utf8)
         // The echo main sends back what it got: the header main was sent, then the payload.
@@ -261,13 +248,13 @@ struct TLSIntegrationTests {
         defer { main.stop() }
         let mirror = try startServer(.echo)
         defer { mirror.stop() }
-        let settings = try TLSSettings(certificatePath: certificates.certificatePath, keyPath: certificates.keyPath)
+        let settings = try certificates.serverSettings()
         let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [mirror.boundPort]) {
             $0.tls = settings
             $0.compare = true
         }
         defer { proxy.shutdown() }
-        let client = try TLSContext.client(caPath: certificates.certificatePath, serverName: "localhost")
+        let client = try certificates.clientContext()
         let connection = try TLSTestClient(port: proxy.port, context: client)
         let payload = Array(String(repeating: "compared over TLS\n", count: 500).utf8)
         #expect(try connection.echo(payload) == payload)
@@ -277,6 +264,29 @@ struct TLSIntegrationTests {
     }
 
     // MARK: - Helpers
+
+    /// An echo main, an echo mirror, and the proxy in front of them (a
+    /// process of its own, `--tls-cert`, `--metrics` on its port, and `extra`).
+    func echoPeersAndProxy(backend: Config.Backend, _ extra: [String] = []) throws
+        -> (main: TestServer, mirror: TestServer, metricsPort: UInt16, proxy: ProxyProcess) {
+        let main = try startServer(.echo)
+        let mirror: TestServer
+        do { mirror = try startServer(.echo) } catch {
+            main.stop()
+            throw error
+        }
+        let metricsPort = freePort()
+        do {
+            let proxy = try ProxyProcess(backend: backend, ["-f", "127.0.0.1:\(main.boundPort)", "-m", "127.0.0.1:\(mirror.boundPort)",
+                                                             "--metrics", "127.0.0.1:\(metricsPort)"] + tlsArguments + extra,
+                                         port: freePort())
+            return (main, mirror, metricsPort, proxy)
+        } catch {
+            main.stop()
+            mirror.stop()
+            throw error
+        }
+    }
 
     /// Whether a TLS 1.3 handshake through the proxy verifies against `caPath` (s_client's exit status).
     func verifies(port: UInt16, caPath: String) throws -> Bool {

@@ -25,7 +25,7 @@ struct TLSPeerTests {
         }
         let main = try peers.redis(directory + "/main")
         let mirror = try peers.redis(directory + "/mirror")
-        let settings = try TLSSettings(certificatePath: certificates.certificatePath, keyPath: certificates.keyPath)
+        let settings = try certificates.serverSettings()
         let proxy = try startProxy(backend: backend, main: main.port, mirrors: [mirror.port]) { $0.tls = settings }
         defer { proxy.shutdown() }
 
@@ -59,8 +59,7 @@ struct TLSPeerTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let main = try h2cNginx(directory + "/main")
         let mirror = try h2cNginx(directory + "/mirror")
-        let settings = try TLSSettings(certificatePath: certificates.certificatePath, keyPath: certificates.keyPath,
-                                       alpn: ["h2", "http/1.1"])
+        let settings = try certificates.serverSettings(alpn: ["h2", "http/1.1"])
         let proxy = try startProxy(backend: backend, main: main.port, mirrors: [mirror.port]) { $0.tls = settings }
         defer { proxy.shutdown() }
 

@@ -42,6 +42,18 @@ final class TestCertificates {
     }
 }
 
+extension TestCertificates {
+    /// The proxy's `--tls-cert` and `--tls-key` for this pair.
+    func serverSettings(alpn: [String] = []) throws -> TLSSettings {
+        try TLSSettings(certificatePath: certificatePath, keyPath: keyPath, alpn: alpn)
+    }
+
+    /// A client that trusts this certificate and checks the name localhost.
+    func clientContext() throws -> TLSContext {
+        try TLSContext.client(caPath: certificatePath, serverName: "localhost")
+    }
+}
+
 func makeTemporaryFolder(_ prefix: String) throws -> String {
     var template = Array((NSTemporaryDirectory() + "/duplicator-\(prefix)-XXXXXX").utf8CString)
     guard let made = mkdtemp(&template) else { throw TestFailure("mkdtemp failed") }

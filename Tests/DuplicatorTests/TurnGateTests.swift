@@ -14,10 +14,13 @@ struct TurnGateTests {
         return gate
     }
 
+    /// The receives a leg may hold here (`TurnGate.heldChunksMax(_:mirrorShareSlots:sessionsActive:)` in a session).
+    private static let heldChunksMax = 32
+
     private static func decide(_ gate: inout TurnGate, nowUs: UInt64 = 1_000, heldBytes: Int = 5, heldChunks: Int = 1,
-                               poolIsTight: Bool = false, allTurnsBegun: Bool = false) -> TurnGate.Decision {
+                               allTurnsBegun: Bool = false) -> TurnGate.Decision {
         gate.decide(nowUs: nowUs, timeoutUs: 500, heldBytes: heldBytes, heldChunks: heldChunks,
-                    heldChunksMax: TurnGate.heldChunksMax, poolIsTight: poolIsTight, allTurnsBegun: allTurnsBegun)
+                    heldChunksMax: Self.heldChunksMax, allTurnsBegun: allTurnsBegun)
     }
 
     @Test("a leg is sent up to the next turn, waits for an answer to it, then gets the turn")
@@ -72,7 +75,7 @@ struct TurnGateTests {
         #expect(!gate.isKept && gate.deadlineUs == 0)
     }
 
-    @Test("more than the held bytes or chunks behind an unanswered turn, or a tight pool, stops the keeping")
+    @Test("more than the held bytes or chunks behind an unanswered turn stops the keeping")
     func heldBoundsStopKeeping() {
         let starts = UnsafeMutablePointer<UInt64>.allocate(capacity: 4)
         defer { starts.deallocate() }
@@ -82,13 +85,20 @@ struct TurnGateTests {
         #expect(Self.decide(&byBytes, heldBytes: TurnGate.heldBytesMax + 1) == .stopKeeping)
         var byChunks = Self.gateWithTwoTurns(starts)
         byChunks.sent(10)
-        #expect(Self.decide(&byChunks, heldChunks: TurnGate.heldChunksMax) == .wait(untilUs: 1_500))
-        #expect(Self.decide(&byChunks, heldChunks: TurnGate.heldChunksMax + 1) == .stopKeeping)
-        var byPool = Self.gateWithTwoTurns(starts)
-        byPool.sent(10)
-        #expect(Self.decide(&byPool) == .wait(untilUs: 1_500))
-        #expect(Self.decide(&byPool, poolIsTight: true) == .stopKeeping, "a tight pool holds nothing for a turn")
-        #expect(!byPool.isKept)
+        #expect(Self.decide(&byChunks, heldChunks: Self.heldChunksMax) == .wait(untilUs: 1_500))
+        #expect(Self.decide(&byChunks, heldChunks: Self.heldChunksMax + 1) == .stopKeeping)
+    }
+
+    @Test("a leg holds at most half its backlog, and its even part of half the mirrors' share among the sessions' mirror legs")
+    func heldChunksBound() {
+        let limits = SessionLimits(mirrorCount: 2, backlogChunksMax: 64, mirrorBatchBytes: 0, mirrorBatchDelayUs: 0, mirrorTurns: 4)
+        #expect(TurnGate.heldChunksMax(limits, mirrorShareSlots: 4096, sessionsActive: 1) == 32, "half the backlog")
+        #expect(TurnGate.heldChunksMax(limits, mirrorShareSlots: 4096, sessionsActive: 64) == 16, "2048 slots over 128 legs")
+        #expect(TurnGate.heldChunksMax(limits, mirrorShareSlots: 4096, sessionsActive: 500) == 2)
+        #expect(TurnGate.heldChunksMax(limits, mirrorShareSlots: 4096, sessionsActive: 5_000) == 1, "one turn is always kept")
+        var small = limits
+        small.backlogChunksMax = 6
+        #expect(TurnGate.heldChunksMax(small, mirrorShareSlots: 4096, sessionsActive: 1) == 3)
     }
 
     @Test("once every kept turn has begun and been let past, the keeping stops")

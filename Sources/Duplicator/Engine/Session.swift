@@ -632,8 +632,9 @@ public final class Session {
     private func mirrorTurnLimit<IO: SessionIO>(_ leg: Leg, io: IO) -> Int {
         let held = legs[leg].queue
         switch legs[leg].turns.decide(nowUs: context.nowUs, timeoutUs: limits.mirrorTurnTimeoutUs, heldBytes: held.bytes,
-                                      heldChunks: held.count, heldChunksMax: TurnGate.heldChunksMax(limits),
-                                      poolIsTight: context.mirrorOnlySlots > context.mirrorOnlySlotsMax / 2,
+                                      heldChunks: held.count,
+                                      heldChunksMax: TurnGate.heldChunksMax(limits, mirrorShareSlots: context.mirrorOnlySlotsMax,
+                                                                            sessionsActive: Int(context.stats.sessionsActive.value)),
                                       allTurnsBegun: turns.begun >= limits.mirrorTurns) {
         case .send(let bytesMax):
             return bytesMax

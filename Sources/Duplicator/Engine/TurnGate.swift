@@ -7,8 +7,7 @@
 // only once it has answered the one before (a reply after that turn was
 // handed to it), or after `mirrorTurnTimeoutUs`; a mirror that lets a turn
 // time out, or lets more than `TurnGate.heldBytesMax` or `heldChunksMax` pile
-// up behind one, or is waited for while the worker's mirrors hold more than
-// half their share of the pool, is not waited for again in the session. Then its sends
+// up behind one, is not waited for again in the session. Then its sends
 // batch freely. Main never waits for any of it.
 
 /// Where the client's turns begin, for the whole session: bytes the client
@@ -39,23 +38,34 @@ struct TurnCounter {
 /// sent now. No IO: the session asks `decide` before each send and acts on
 /// the answer.
 struct TurnGate {
-    /// Bytes and receives that may wait behind a turn a mirror has not
-    /// answered; past either, turns are no longer kept for that mirror.
-    /// The receives' bound is what one gathered send takes: a slow mirror
-    /// (a PostgreSQL backend still forking under load) may fall a few of
-    /// the client's small turns behind main before it answers the first,
-    /// and giving up on it after 4 (as before) sent it the startup message
-    /// behind an unanswered SSLRequest, the very thing kept turns are for.
-    /// Memory stays bounded: at most this many slots per mirror leg, for at
-    /// most the turn timeout, within the mirrors' share of the pool.
-    static let heldBytesMax = 16 * 1024
-    static let heldChunksMax = Session.gatherChunksMax
+    /// Bytes that may wait behind a turn a mirror has not answered; past
+    /// them (or past `heldChunksMax(_:mirrorShareSlots:sessionsActive:)`
+    /// receives), turns are no longer kept for that mirror. Negotiation
+    /// turns are a few bytes each, but a slow mirror (a PostgreSQL backend
+    /// still forking under load) may fall many of the client's small turns
+    /// behind main before it answers the first: pgbench's queries are
+    /// about 150 bytes, one receive each, one per round trip of main.
+    /// Giving up on it after 4 receives, then 32, sent it the startup
+    /// message behind an unanswered SSLRequest (in CI, under load), the
+    /// very thing kept turns are for. A bulk stream is not a negotiation:
+    /// past 64 KiB it goes.
+    static let heldBytesMax = 64 * 1024
 
-    /// The receives' bound for a session's limits: half the mirror's
-    /// backlog at most, so that a small `--backlog-chunks` lets the stream
-    /// go before the backlog would cut the mirror for lag.
-    static func heldChunksMax(_ limits: SessionLimits) -> Int {
-        min(heldChunksMax, max(1, limits.backlogChunksMax / 2))
+    /// The receives' bound for a leg: half the mirror's backlog at most, so
+    /// that the backlog never cuts the mirror for lag while it holds turns;
+    /// and its even part of half the mirrors' share of the pool
+    /// (`mirrorShareSlots`) among the worker's `sessionsActive` sessions'
+    /// mirror legs, so that held turns cost the pool a bounded part
+    /// whatever the number of sessions. A sink mirror never answers a turn:
+    /// a thousand sessions each holding 16 turns behind their first took
+    /// the whole share, and the sessions that then let a slot go had their
+    /// mirror cut for it (97 to 181 of 1000 in ResilienceTests, in CI).
+    /// Half the share only, and per leg: a bulk stream lagging in one
+    /// session (a COPY into a PostgreSQL mirror) must not keep a new
+    /// session's mirror from its SSLRequest's answer.
+    static func heldChunksMax(_ limits: SessionLimits, mirrorShareSlots: Int, sessionsActive: Int) -> Int {
+        let legs = max(1, sessionsActive &* limits.mirrorCount)
+        return max(1, min(limits.backlogChunksMax / 2, mirrorShareSlots / 2 / legs))
     }
 
     /// What the leg may be sent now.
@@ -126,10 +136,9 @@ struct TurnGate {
     /// it has not been let past, or nothing while it owes an answer.
     /// `heldBytes` and `heldChunks` are what waits in its queue, and
     /// `heldChunksMax` the most receives it may hold (`heldChunksMax(_:)`);
-    /// `poolIsTight`: the worker's mirrors hold more than half their share
-    /// of the pool, so nothing is held for a turn; `allTurnsBegun`: the client began every turn that is kept.
+    /// `allTurnsBegun`: the client began every turn that is kept.
     mutating func decide(nowUs: UInt64, timeoutUs: Int, heldBytes: Int, heldChunks: Int, heldChunksMax: Int,
-                         poolIsTight: Bool, allTurnsBegun: Bool) -> Decision {
+                         allTurnsBegun: Bool) -> Decision {
         while next < count, let starts {
             let start = starts[next]
             let sent = sentBytesTotal
@@ -146,9 +155,8 @@ struct TurnGate {
             // Negotiation turns are a few bytes; a stream piling up behind an
             // unanswered turn is not one, and must not pin slots (a mirror
             // that never replies would otherwise hold a fast stream for the
-            // whole timeout). Nor may a thousand sessions' held turns take
-            // the slots that mirrors need to keep up.
-            if nowUs >= deadlineUs || heldBytes > Self.heldBytesMax || heldChunks > heldChunksMax || poolIsTight {
+            // whole timeout).
+            if nowUs >= deadlineUs || heldBytes > Self.heldBytesMax || heldChunks > heldChunksMax {
                 // No answer in time: this mirror is not waited for again.
                 next = count
                 stop()

@@ -233,7 +233,8 @@ public final class WorkerCore<Backend: WorkerBackend> {
 
     /// After a batch of completions: the sessions' timers that are due
     /// (`context.nowUs`) fire, and the sessions that waited for buffers
-    /// read again, in the order they asked, while any are lent.
+    /// read again, in the order they asked, while any are lent; then, with
+    /// `--tls-cert`, the handshakes that wait, within the round's budget.
     public func afterCompletions(io: Backend) {
         if let tls { tls.deliverQueued() }
         if !timers.isEmpty { fireDueTimers(io: io) }
@@ -244,8 +245,16 @@ public final class WorkerCore<Backend: WorkerBackend> {
                 table.withSession(at: index) { $0.resumeReceiving(io: io) }
             }
         }
-        if let tls { tls.deliverQueued() }
+        if let tls {
+            // Established sessions first: a handshake step holds the thread.
+            tls.runHandshakes()
+            tls.deliverQueued()
+        }
     }
+
+    /// Work waits for the next round (handshake steps beyond a round's
+    /// budget): the loop polls instead of sleeping.
+    public var hasWorkWaiting: Bool { tls?.hasHandshakeWork ?? false }
 
     /// Tells the sessions whose mirror deadlines have passed.
     public func fireDueTimers(io: Backend) {

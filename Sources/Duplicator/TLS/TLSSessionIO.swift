@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import Platform
 import Ring
 
 /// TLS on a session's legs, between the sessions and the backend (io_uring
@@ -41,6 +42,9 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
     /// their own operations were in flight: closed when those complete.
     private var draining: [TLSLeg] = []
     private var handshakesInProgress = 0
+    /// Handshake steps waiting for their turn after the established
+    /// sessions' work of a round (`runHandshakes`).
+    private var handshakes: HandshakeBudget
     /// `--mirror-tls`: each mirror slot's host, the name its certificate must have.
     private var mirrorHosts: [String] = []
     private var queued: [WorkerCompletion] = []
@@ -59,6 +63,7 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
         legs = (0..<(table.capacity * perSession)).map {
             TLSLeg(session: UInt32($0 / perSession), leg: Leg(rawValue: UInt8($0 % perSession)))
         }
+        handshakes = HandshakeBudget(capacity: table.capacity * perSession)
     }
 
     /// The mirror slots' addresses as written (`host:port`), at start and after a reload.
@@ -99,6 +104,8 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
 
     public var pool: BufferPool { backend.pool }
     public var isIdle: Bool { queuedHead == queued.count }
+    /// Handshake steps wait for the next round: the loop must not sleep.
+    var hasHandshakeWork: Bool { handshakes.hasWork }
 
     // MARK: - The handshake
 
@@ -133,9 +140,8 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
         legs[index].connectTag = tag
         legs[index].proxyHeaderRead = true
         handshakesInProgress += 1
-        legs[index].stream?.handshake()
-        flush(index)
-        armHandshakeReceive(index)
+        // Its first step (the ClientHello, a key share) waits its turn too.
+        handshakes.enqueue(index)
     }
 
     private func armHandshakeReceive(_ index: Int) {
@@ -197,6 +203,25 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
         }
         stream.feed(bytes)
         backend.recycle(slot: slot)
+        // The step waits for the end of the round (`runHandshakes`).
+        handshakes.enqueue(index)
+    }
+
+    /// After a round's completions, the established sessions' work done:
+    /// the handshake steps that wait, as many as the round's budget allows
+    /// (`HandshakeBudget`); the rest wait for the next round.
+    func runHandshakes() {
+        guard handshakes.hasWork else { return }
+        handshakes.startRound()
+        while let index = handshakes.next(nowUs: MonotonicClock.nowMicros()) { step(index) }
+    }
+
+    /// One step of a waiting handshake, with what its stream was fed. A
+    /// place that failed, timed out or took a new client since (its own
+    /// receive in flight) has nothing to step.
+    private func step(_ index: Int) {
+        guard legs[index].phase == .handshaking, !legs[index].receiving, !legs[index].waitsForBuffer,
+              let stream = legs[index].stream else { return }
         let state = stream.handshake()
         flush(index)
         switch state {
@@ -422,25 +447,34 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
             return
         }
         stream.feed(UnsafeRawBufferPointer(start: pool.pointer(slot), count: Int(result)))
-        let outcome = stream.read(into: UnsafeMutableRawBufferPointer(start: pool.pointer(slot), count: pool.slotSize))
-        flush(index)
-        switch outcome {
-        case .bytes(let count):
-            deliverToSession(tag, result: Int32(count), slot: slot)
-        case .needsMore:
-            backend.recycle(slot: slot)
+        guard let answer = readPlaintext(index, stream: stream, into: slot) else {
             if legs[index].cancelled {
                 deliverToSession(tag, result: -ECANCELED, slot: nil)
             } else {
                 backend.recv(fd: legs[index].fd, tag: tag)
             }
+            return
+        }
+        deliverToSession(tag, result: answer.result, slot: answer.slot)
+    }
+
+    /// Decrypts what `stream` holds into `slot`, for the session's receive:
+    /// its result and the slot that holds the bytes (the slot goes back to
+    /// the pool when it holds none); nil when no record is whole yet.
+    private func readPlaintext(_ index: Int, stream: TLSStream, into slot: UInt32) -> (result: Int32, slot: UInt32?)? {
+        let outcome = stream.read(into: UnsafeMutableRawBufferPointer(start: pool.pointer(slot), count: pool.slotSize))
+        // A read may answer the peer (a key update, session tickets' acknowledgement).
+        flush(index)
+        if case .bytes(let count) = outcome { return (Int32(count), slot) }
+        backend.recycle(slot: slot)
+        switch outcome {
+        case .bytes, .needsMore:
+            return nil
         case .closed:
-            backend.recycle(slot: slot)
-            deliverToSession(tag, result: 0, slot: nil)
+            return (0, nil)
         case .failed:
-            backend.recycle(slot: slot)
             context.stats.tlsErrors.bump()
-            deliverToSession(tag, result: -EPROTO, slot: nil)
+            return (-EPROTO, nil)
         }
     }
 
@@ -471,22 +505,11 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
             return
         }
         guard let slot = backend.takeSlot() else { return enqueue(tag, result: -ENOBUFS) }
-        let outcome = stream.read(into: UnsafeMutableRawBufferPointer(start: pool.pointer(slot), count: pool.slotSize))
-        flush(index)
-        switch outcome {
-        case .bytes(let count):
-            enqueue(tag, result: Int32(count), slot: slot)
-        case .needsMore:
-            backend.recycle(slot: slot)
+        guard let answer = readPlaintext(index, stream: stream, into: slot) else {
             backend.recv(fd: fd, tag: tag)
-        case .closed:
-            backend.recycle(slot: slot)
-            enqueue(tag, result: 0)
-        case .failed:
-            backend.recycle(slot: slot)
-            context.stats.tlsErrors.bump()
-            enqueue(tag, result: -EPROTO)
+            return
         }
+        enqueue(tag, result: answer.result, slot: answer.slot)
     }
 
     public func send(fd: Int32, slot: UInt32, offset: Int, length: Int, tag: CompletionTag) {

@@ -181,10 +181,10 @@ final class EpollWorker: KernelBackend {
         return queued
     }
 
-    /// Not at all while completions or clients wait; else until the tick,
+    /// Not at all while completions, clients or handshakes wait; else until the tick,
     /// a mirror deadline or a connect timeout, whichever comes first.
     private func waitNanoseconds() -> UInt64 {
-        if completionsHead < completionsEnd || (acceptArmed && readableListeners != 0) { return 0 }
+        if completionsHead < completionsEnd || (acceptArmed && readableListeners != 0) || core.hasWorkWaiting { return 0 }
         let nowMs = MonotonicClock.coarseMs()
         var nanoseconds = (core.nextTickMs > nowMs ? core.nextTickMs - nowMs : 0) * 1_000_000
         if let deadlineUs = parts.timers.nextWakeUs {

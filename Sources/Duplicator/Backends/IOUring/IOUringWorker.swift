@@ -167,6 +167,11 @@ final class IOUringWorker: KernelBackend {
     /// With `waitBatch` > 1 it first waits briefly for several (fewer
     /// wakeups and context switches under load), then for one, up to the tick.
     private func waitForCompletions() throws -> Int {
+        if core.hasWorkWaiting {
+            // Handshakes wait for their turn: what has come, without sleeping.
+            try ring.submitAndGetEvents()
+            return ring.reap()
+        }
         if config.waitBatch > 1 {
             try ring.submitAndWait(count: UInt32(config.waitBatch), timeoutNanoseconds: Int64(config.waitBatchTimeoutUs) * 1000)
             let count = ring.reap()
