@@ -105,6 +105,31 @@ struct AcceptGatheringTests {
         _ = idle
     }
 
+    @Test("a half-full session table spreads new clients, however idle the worker", .timeLimit(.minutes(1)),
+          arguments: Config.Backend.tested)
+    func halfFullSpreads(backend: Config.Backend) throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: []) {
+            $0.threads = 2
+            $0.sessionsMax = 32
+            // Never busy enough: only the table spreads.
+            $0.acceptGatheringThresholds = AcceptGatheringPolicy.Thresholds(spreadBusyMin: 2, gatherBusyMax: 0, quietMs: 60_000)
+        }
+        defer { proxy.shutdown() }
+        #expect(proxy.config.sessionsPerWorker == 32)
+        let first = try Self.connect(16, port: proxy.port)
+        let gathered = Self.accepted(proxy)
+        #expect(gathered.sorted() == [0, 16], "16 clients, per worker: \(gathered)")
+        #expect(eventually(timeoutSeconds: 5) { proxy.acceptGatheringMode == .spread })
+        // At most 28 on a worker of 32: none refused, and by the hash 12 on one worker 1 time in 2048.
+        let more = try Self.connect(12, port: proxy.port)
+        let newPerWorker = zip(Self.accepted(proxy), gathered).map { $0 - $1 }
+        #expect(newPerWorker.allSatisfy { $0 > 0 }, "12 clients once a table was half full, per worker: \(newPerWorker)")
+        #expect(proxy.total { $0.sessionsRejected.value } == 0)
+        _ = (first, more)
+    }
+
     @Test("--accept-gathering off: the kernel's hash spreads clients from the start", .timeLimit(.minutes(1)))
     func offSpreads() throws {
         let main = try startServer(.echo)

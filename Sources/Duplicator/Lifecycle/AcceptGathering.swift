@@ -127,30 +127,49 @@ final class AcceptGathering: Sendable {
         defer { deciding.store(false, ordering: .releasing) }
         state.withLock { state in
             guard !state.failed else { return }
-            var changed: AcceptGatheringPolicy.Mode?
-            for (other, otherStats) in stats.enumerated() {
-                let tableHalfFull = Int(otherStats.sessionsActive.value) * 2 >= sessionsPerWorker
-                let fraction = other == index ? busy : Double(otherStats.busyPermille.value) / 1000
-                if let mode = state.policy.observe(worker: other, busy: fraction, tableHalfFull: tableHalfFull, nowMs: nowMs) {
-                    changed = mode
-                }
+            decide(&state, nowMs: nowMs, busyOf: { $0 == index ? busy : Double(stats[$0].busyPermille.value) / 1000 })
+        }
+    }
+
+    /// Feeds every worker's latest busy fraction and table to the policy,
+    /// and sets the program if the mode changed (or is due again).
+    private func decide(_ state: inout State, nowMs: UInt64, busyOf: (Int) -> Double) {
+        var changed: AcceptGatheringPolicy.Mode?
+        for (index, worker) in stats.enumerated() {
+            let tableHalfFull = Int(worker.sessionsActive.value) * 2 >= sessionsPerWorker
+            if let mode = state.policy.observe(worker: index, busy: busyOf(index), tableHalfFull: tableHalfFull, nowMs: nowMs) {
+                changed = mode
             }
-            guard changed != nil || nowMs &- state.programSetMs >= Self.reassertMs else { return }
-            let mode = state.policy.mode
-            state.programSetMs = nowMs
-            if let error = ReusePortProgram.set(mode, on: listenerFD) {
-                // Refused now, having been taken at start: the kernel's hash from here on.
-                state.failed = true
-                _ = ReusePortProgram.clear(listenerFD)
-                publishedMode.store(2, ordering: .relaxed)
-                logger.warning("\(Self.refusal(error)); new clients go to the workers by the kernel's hash from now on")
-                return
-            }
-            publishedMode.store(mode == .gathered ? 0 : 1, ordering: .relaxed)
-            if changed != nil {
-                let note = mode == .gathered ? "new clients go to one worker" : "new clients spread over every worker"
-                logger.debug("accept gathering: \(note) (busy per worker, thousandths: \(stats.map { $0.busyPermille.value }))")
-            }
+        }
+        guard changed != nil || nowMs &- state.programSetMs >= Self.reassertMs else { return }
+        let mode = state.policy.mode
+        state.programSetMs = nowMs
+        if let error = ReusePortProgram.set(mode, on: listenerFD) {
+            // Refused now, having been taken at start: the kernel's hash from here on.
+            state.failed = true
+            _ = ReusePortProgram.clear(listenerFD)
+            publishedMode.store(2, ordering: .relaxed)
+            logger.warning("\(Self.refusal(error)); new clients go to the workers by the kernel's hash from now on")
+            return
+        }
+        publishedMode.store(mode == .gathered ? 0 : 1, ordering: .relaxed)
+        if changed != nil {
+            let note = mode == .gathered ? "new clients go to one worker" : "new clients spread over every worker"
+            logger.debug("accept gathering: \(note) (busy per worker, thousandths: \(stats.map { $0.busyPermille.value }))")
+        }
+    }
+
+    /// A worker's session table is half full: spread now, not at the next
+    /// tick, so that a burst of clients does not fill one worker's table
+    /// while the others have room. Called each round while it is half full:
+    /// one atomic load once spread.
+    func tableHalfFull(nowMs: UInt64, stopping: Bool) {
+        guard !stopping, publishedMode.load(ordering: .relaxed) == 0 else { return }
+        guard deciding.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else { return }
+        defer { deciding.store(false, ordering: .releasing) }
+        state.withLock { state in
+            guard !state.failed, state.policy.mode == .gathered else { return }
+            decide(&state, nowMs: nowMs, busyOf: { Double(stats[$0].busyPermille.value) / 1000 })
         }
     }
 
