@@ -50,8 +50,8 @@ struct FirstHourUnitTests {
         peer[0] = 192; peer[1] = 0; peer[2] = 2; peer[3] = 7
         let address = peer.withUnsafeBytes { ProxyAddress(family: .ipv4, networkBytes: $0, port: 4242) }
         log.proxyHeaderRefused(.invalid(.tlvBeyondHeader), peer: address)
-        log.dumpWriteFailed(path: "/var/dumps/dump-1-1-m-longer.pcapng", errno: ENOSPC)
-        log.dumpDropped()
+        log.writeFailed(.dumpWriteFailure, path: "/var/dumps/dump-1-1-m-longer.pcapng", errno: ENOSPC)
+        log.dropped(.dumpDropped)
         lines = log.lines(nowMs: 10_003)
         #expect(lines == [
             "main 127.0.0.1:9: 1 connect timeout (no answer within --main-connect-timeout 2s); its client was closed",

@@ -176,7 +176,10 @@ struct HandoverTests {
             // process with fewer workers keeps all it received.
             let listeners = threadCounts[..<generation].max()!
             #expect(next.log.contains("took over \(listeners) listeners and the metrics listener"), "\(next.log)")
-            #expect(processes.last!.process.isRunning, "the old process drains, it is not gone yet")
+            // Until the long-lived client ends (a slow start under load may outlast it).
+            if clientResult.withLock({ $0 == nil }) {
+                #expect(processes.last!.process.isRunning, "the old process drains, it is not gone yet")
+            }
             #expect(eventually(timeoutSeconds: 10) { processes.last!.log.contains("accepts on the listeners now") })
             #expect(eventually(timeoutSeconds: 10) { short.succeeded > before + 20 }, "clients keep coming in")
             #expect(metricsAnswer(metricsPort))

@@ -9,7 +9,7 @@ import TestSupport
 /// follows a reload (the run-time loop guard, the problem log), and a removed
 /// mirror's live copies are counted apart as they finish. In process, over
 /// real loopback sockets, on both backends.
-@Suite("Reload: what the start set up follows a reload (in process)", .serialized, .timeLimit(.minutes(2)))
+@Suite("Reload: what the start set up follows a reload (in process)", .serialized, .timeLimit(.minutes(6)))
 struct ReloadFollowsTests {
     static func config(main: UInt16, mirrors: [UInt16]) -> Config {
         var config = Config(listen: try! Endpoint(parsing: "127.0.0.1:0", role: .listen), main: endpoint(main),

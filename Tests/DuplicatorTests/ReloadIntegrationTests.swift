@@ -72,7 +72,7 @@ final class ReloadingProxy: @unchecked Sendable {
 }
 
 /// Promise 10: a reload applies to new sessions only, and a bad file changes nothing.
-@Suite("Reload: SIGHUP with --config (the binary)", .serialized, .timeLimit(.minutes(4)))
+@Suite("Reload: SIGHUP with --config (the binary)", .serialized, .timeLimit(.minutes(6)))
 struct ReloadIntegrationTests {
     static func payload(phase: Int, _ index: Int) -> [UInt8] {
         TestBytes.random(2_000 + 97 * index, seed: UInt64(phase * 1000 + index))
@@ -250,7 +250,7 @@ struct ConfigKeysTests {
 
 /// Promise 10 with the peers a user has: wrk against nginx through the proxy
 /// the whole time, while 20 reloads add, remove and resample two nginx mirrors.
-@Suite("Reload: real peers", .serialized, .timeLimit(.minutes(4)))
+@Suite("Reload: real peers", .serialized, .timeLimit(.minutes(6)))
 struct ReloadRealPeerTests {
     @Test("20 reloads under wrk (one request per connection, and long-lived connections): zero client errors",
           .enabled(if: Peers.runnable("nginx", "wrk") || ProcessInfo.processInfo.environment["CI"] == "true", "needs nginx and wrk"))

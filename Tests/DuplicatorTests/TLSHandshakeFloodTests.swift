@@ -15,7 +15,7 @@ import LoadTools
 /// the time the burst's handshakes still take to be all answered. Stepping
 /// each ClientHello as it arrived, the request waited behind all of them
 /// (its echo came with the last ServerHello, on both backends).
-@Suite("TLS handshakes wait behind established sessions", .serialized, .timeLimit(.minutes(2)))
+@Suite("TLS handshakes wait behind established sessions", .serialized, .timeLimit(.minutes(6)))
 struct TLSHandshakeFloodTests {
     /// Enough server first flights (a signature each, ~0.1 to 0.3 ms) that
     /// the burst takes tens of milliseconds: more than a loaded machine's

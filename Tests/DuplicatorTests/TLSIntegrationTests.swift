@@ -9,7 +9,7 @@ import LoadTools
 /// terminates TLS (`--tls-cert`), main and the mirror get the plaintext,
 /// exactly; clients that fail their handshake end alone, counted, and leave
 /// no descriptor or slot behind.
-@Suite("TLS termination: real clients through the proxy", .serialized, .timeLimit(.minutes(4)))
+@Suite("TLS termination: real clients through the proxy", .serialized, .timeLimit(.minutes(6)))
 struct TLSIntegrationTests {
     let certificates: TestCertificates
 

@@ -7,7 +7,7 @@ import Testing
 /// TLS clients, and HTTP/2 negotiated by ALPN. The proxy terminates TLS;
 /// main and the mirror are plaintext servers and must end with the same
 /// state (redis) or the same requests (nginx speaking h2c).
-@Suite("TLS termination: redis-benchmark --tls and h2load over ALPN h2", .serialized, .timeLimit(.minutes(4)))
+@Suite("TLS termination: redis-benchmark --tls and h2load over ALPN h2", .serialized, .timeLimit(.minutes(6)))
 struct TLSPeerTests {
     let certificates: TestCertificates
     let peers = RealPeerTests()

@@ -95,7 +95,7 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
         if !writer.offer(request, bytes: request.memoryBytes, queueBytesMax: queueBytesMax) {
             filesTaken.wrappingSubtract(1, ordering: .relaxed)
             bump(request.mirror, .droppedQueue)
-            problems?.dumpDropped()
+            problems?.dropped(.dumpDropped)
         }
     }
 
@@ -145,7 +145,7 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
             truncatedBytes.withLock { $0[request.mirror] += dropped }
         } else {
             bump(request.mirror, .failed)
-            problems?.dumpWriteFailed(path: path, errno: failure)
+            problems?.writeFailed(.dumpWriteFailure, path: path, errno: failure)
         }
     }
 }

@@ -86,7 +86,7 @@ public final class RecordWriter: RecordSink, @unchecked Sendable {
         }
         if !writer.offer(request, bytes: request.memoryBytes, queueBytesMax: queueBytesMax) {
             bump(.droppedQueue)
-            problems?.recordDropped()
+            problems?.dropped(.recordDropped)
         }
     }
 
@@ -137,7 +137,7 @@ public final class RecordWriter: RecordSink, @unchecked Sendable {
         bump(.failed)
         if !failureLogged {
             failureLogged = true
-            problems?.recordWriteFailed(path: path, errno: errno)
+            problems?.writeFailed(.recordWriteFailure, path: path, errno: errno)
         }
     }
 }

@@ -93,32 +93,21 @@ public final class ProblemLog: Sendable {
         }
     }
 
-    /// On the dump writer's thread.
-    func dumpWriteFailed(path: String, errno: Int32) {
+    /// A dump or a recording not written (`.dumpWriteFailure`,
+    /// `.recordWriteFailure`), on its writer's thread; the recorder calls
+    /// once per run of failures (a full disk).
+    func writeFailed(_ cause: Cause, path: String, errno: Int32) {
         state.withLock {
-            $0[Cause.dumpWriteFailure.rawValue].count &+= 1
-            $0[Cause.dumpWriteFailure.rawValue].errno = errno
-            $0[Cause.dumpWriteFailure.rawValue].path = path
+            $0[cause.rawValue].count &+= 1
+            $0[cause.rawValue].errno = errno
+            $0[cause.rawValue].path = path
         }
     }
 
-    /// A dump dropped because the writer's queue was full.
-    func dumpDropped() {
-        state.withLock { $0[Cause.dumpDropped.rawValue].count &+= 1 }
-    }
-
-    /// On the record writer's thread: once per run of failures (a full disk).
-    func recordWriteFailed(path: String, errno: Int32) {
-        state.withLock {
-            $0[Cause.recordWriteFailure.rawValue].count &+= 1
-            $0[Cause.recordWriteFailure.rawValue].errno = errno
-            $0[Cause.recordWriteFailure.rawValue].path = path
-        }
-    }
-
-    /// A recording dropped because the writer's queue was full.
-    func recordDropped() {
-        state.withLock { $0[Cause.recordDropped.rawValue].count &+= 1 }
+    /// A dump or a recording dropped because its writer's queue was full
+    /// (`.dumpDropped`, `.recordDropped`).
+    func dropped(_ cause: Cause) {
+        state.withLock { $0[cause.rawValue].count &+= 1 }
     }
 
     /// Recorded so far (tests).

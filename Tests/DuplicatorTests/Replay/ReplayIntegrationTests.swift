@@ -12,7 +12,7 @@ import Testing
 /// rewritten with reordering and duplicates; bad inputs get one line or a
 /// counted verdict. Each server on a free port, in a temporary folder,
 /// stopped at the end.
-@Suite("ReplayIntegrationTests", .serialized, .timeLimit(.minutes(4)))
+@Suite("ReplayIntegrationTests", .serialized, .timeLimit(.minutes(6)))
 struct ReplayIntegrationTests {
     static func replay(_ paths: [String], target port: UInt16, backend: Replayer.Backend,
                        speed: ReplayOptions.Speed = .max) throws -> ReplayReport {
