@@ -32,12 +32,13 @@ struct AcceptGatheringTests {
     }
 
     @Test("at low load new clients land on one worker, under load on both, and gather again when it is gone",
-          .timeLimit(.minutes(1)), arguments: Config.Backend.tested)
+          .timeLimit(.minutes(6)), arguments: Config.Backend.tested)
     func gathersAndSpreads(backend: Config.Backend) throws {
         let main = try startServer(.echo)
         defer { main.stop() }
         let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: []) {
             $0.threads = 2
+            $0.acceptGathering = .auto
             $0.acceptGatheringThresholds = Self.thresholds
         }
         defer { proxy.shutdown() }
@@ -105,7 +106,7 @@ struct AcceptGatheringTests {
         _ = idle
     }
 
-    @Test("a half-full session table spreads new clients, however idle the worker", .timeLimit(.minutes(1)),
+    @Test("a half-full session table spreads new clients, however idle the worker", .timeLimit(.minutes(6)),
           arguments: Config.Backend.tested)
     func halfFullSpreads(backend: Config.Backend) throws {
         let main = try startServer(.echo)
@@ -113,6 +114,7 @@ struct AcceptGatheringTests {
         let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: []) {
             $0.threads = 2
             $0.sessionsMax = 32
+            $0.acceptGathering = .auto
             // Never busy enough: only the table spreads.
             $0.acceptGatheringThresholds = AcceptGatheringPolicy.Thresholds(spreadBusyMin: 2, gatherBusyMax: 0, quietMs: 60_000)
         }
@@ -130,7 +132,7 @@ struct AcceptGatheringTests {
         _ = (first, more)
     }
 
-    @Test("--accept-gathering off: the kernel's hash spreads clients from the start", .timeLimit(.minutes(1)))
+    @Test("--accept-gathering off: the kernel's hash spreads clients from the start", .timeLimit(.minutes(6)))
     func offSpreads() throws {
         let main = try startServer(.echo)
         defer { main.stop() }
