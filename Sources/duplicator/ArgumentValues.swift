@@ -196,6 +196,10 @@ extension Config.RingMode: NamedChoice {
     public init?(argument: String) { guard let value = Self.choice(argument) else { return nil }; self = value }
 }
 
+extension AcceptGatheringMode: NamedChoice {
+    public init?(argument: String) { guard let value = Self.choice(argument) else { return nil }; self = value }
+}
+
 extension ZeroCopyMode: NamedChoice {
     public init?(argument: String) { guard let value = Self.choice(argument) else { return nil }; self = value }
 }

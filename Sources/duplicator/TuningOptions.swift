@@ -28,6 +28,9 @@ struct TuningOptions: ParsableArguments {
     @Option(name: .customLong("wait-batch-timeout"), parsing: .unconditional, help: "The longest --wait-batch waits before taking fewer.")
     var waitBatchTimeout = Microseconds(Defaults.waitBatchTimeoutUs)
 
+    @Option(name: .customLong("accept-gathering"), help: "auto: new clients go to one worker while every worker is far from busy, and to all once one is busy; off: always spread by the kernel's hash.")
+    var acceptGathering: AcceptGatheringMode = Defaults.acceptGathering
+
     func apply(to config: inout Config) {
         config.slotSize = slotSize.bytes
         config.mirrorBatchBytes = mirrorBatchBytes.bytes
@@ -36,6 +39,7 @@ struct TuningOptions: ParsableArguments {
         config.zeroCopy = zeroCopy
         config.ringMode = ringMode
         config.waitBatch = waitBatch
+        config.acceptGathering = acceptGathering
         config.waitBatchTimeoutUs = waitBatchTimeout.microseconds
     }
 }

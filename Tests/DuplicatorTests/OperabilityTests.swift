@@ -100,6 +100,8 @@ struct OperabilityTests {
         let refusing = RefusingPort()
         let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [refusing.port]) {
             $0.threads = 4
+            // The kernel's hash, so that the sessions reach several workers.
+            $0.acceptGathering = .off
             $0.mirrorBackoffInitialMs = 60_000
             $0.mirrorBackoffMaxMs = 60_000
         }
@@ -125,7 +127,7 @@ struct OperabilityTests {
         defer { main.stop() }
         let refusing = RefusingPort()
         let proxy = try ProxyProcess(backend: backend, ["-f", "127.0.0.1:\(main.boundPort)", "-m", "127.0.0.1:\(refusing.port)",
-                                      "--threads", "4"], port: freePort())
+                                      "--threads", "4", "--accept-gathering", "off"], port: freePort())
         let start = monotonicSeconds()
         var index = 0
         while monotonicSeconds() - start < 3 {

@@ -9,6 +9,14 @@ public enum ZeroCopyMode: String, Sendable, CaseIterable {
     case off
 }
 
+/// `--accept-gathering`: whether new clients go to as few workers as keep up.
+public enum AcceptGatheringMode: String, Sendable, CaseIterable {
+    /// One worker while every worker is far from busy; all, by the kernel's hash, once one is busy.
+    case auto
+    /// The kernel's hash over every worker's listener, always.
+    case off
+}
+
 /// Everything the proxy runs with, validated. Built by the CLI or by a test.
 public struct Config: Sendable {
     public var listen: Endpoint
@@ -98,6 +106,11 @@ public struct Config: Sendable {
     /// Tuning: wait for this many completions per wakeup, but no longer than
     /// `waitBatchTimeoutUs` before settling for one. 1: wake on every completion.
     public var waitBatch = Defaults.waitBatch
+    /// `--accept-gathering`: new clients to one worker below saturation
+    /// (`AcceptGathering`), or always by the kernel's hash.
+    public var acceptGathering = Defaults.acceptGathering
+    /// When the workers spread and gather again (not a flag: the tests set them).
+    public var acceptGatheringThresholds = AcceptGatheringPolicy.Thresholds()
     public var waitBatchTimeoutUs = Defaults.waitBatchTimeoutUs
     public var mirrorFailuresBeforeBackoff = Defaults.mirrorFailuresBeforeBackoff
     public var mirrorBackoffInitialMs = Defaults.mirrorBackoffInitialMs

@@ -56,6 +56,7 @@ public struct ConfigFile: Equatable, Sendable {
         Key(name: "ring-mode", kind: .value, short: nil),
         Key(name: "zerocopy", kind: .value, short: nil),
         Key(name: "wait-batch", kind: .value, short: nil),
+        Key(name: "accept-gathering", kind: .value, short: nil),
         Key(name: "wait-batch-timeout", kind: .value, short: nil),
         Key(name: "mirror-discard-batch", kind: .value, short: nil),
         Key(name: "send-proxy", kind: .value, short: nil),

@@ -146,6 +146,7 @@ public struct ConfigDiff: Equatable, Sendable {
         check("ring-mode", \.ringMode.rawValue, live: false)
         check("zerocopy", \.zeroCopy.rawValue, live: false)
         check("wait-batch", \.waitBatch, live: false)
+        check("accept-gathering", \.acceptGathering, live: false)
         check("wait-batch-timeout", \.waitBatchTimeoutUs, live: false)
         check("drain-timeout", \.drainTimeoutMs, live: false)
         check("mirror-slots", { $0.mirrorSlots ?? 0 }, live: false, why: "sized at start")

@@ -42,6 +42,12 @@ public enum Defaults {
     public static let mirrorTurns = 4
     public static let mirrorTurnTimeoutUs = 100_000
     public static let waitBatch = 1
+    /// `--accept-gathering`: off, because a client stays on the worker it
+    /// landed on: gathered, a pool of persistent connections opened while the
+    /// proxy is idle would stay on one core however busy it gets. `auto` saves
+    /// CPU per request below saturation for clients that come and go
+    /// (docs/gathering.md, BENCHMARKS.md).
+    public static let acceptGathering = AcceptGatheringMode.off
     public static let waitBatchTimeoutUs = 50
     /// Balancers send the PROXY protocol header with the connection's first
     /// segment: a few seconds is ample, and short enough that idle probes

@@ -66,6 +66,8 @@ public final class Proxy: Sendable {
     /// refuses clients instead of queueing them.
     private let handoverFDs: Mutex<[Int32]>
     let control: WorkerControl
+    /// `--accept-gathering auto` with more than one listener, where the kernel took its program.
+    private let gathering: AcceptGathering?
     private let threads = Mutex<[NativeThread]>([])
     private let logger: Logger
     /// `--dump-dir`: the thread that writes the pcapng dumps; nil without.
@@ -179,7 +181,19 @@ public final class Proxy: Sendable {
             stride(from: worker, to: fds.count, by: threadCount).map { fds[$0] }
         })
         handoverFDs = Mutex(fds.map { fcntl($0, F_DUPFD_CLOEXEC, 0) }.filter { $0 >= 0 })
-        stats = (0..<config.threads).map { _ in WorkerStats(mirrorCount: config.mirrorSlotCount) }
+        let stats = (0..<config.threads).map { _ in WorkerStats(mirrorCount: config.mirrorSlotCount) }
+        self.stats = stats
+        // One listener has no one to gather with. Listeners bound to listen
+        // later (a handover's) are not in the group yet: the program's index
+        // 0 is the first listening one's.
+        if config.acceptGathering == .auto && config.threads > 1 && fds.count > 1 {
+            gathering = AcceptGathering(listenerFD: fds[0], stats: stats, sessionsPerWorker: config.sessionsPerWorker,
+                                        thresholds: config.acceptGatheringThresholds, logger: logger)
+        } else {
+            gathering = nil
+        }
+        // Without a program of ours, none of the process before a handover either.
+        if gathering == nil && !inheritedListeners.isEmpty { AcceptGathering.clear(listenerFD: fds[0]) }
     }
 
     deinit {
@@ -228,7 +242,8 @@ public final class Proxy: Sendable {
         for (index, listeners) in fds.enumerated() {
             let environment = WorkerEnvironment(config: config, targets: targets, loopGuard: loopGuard, mirrorHealth: mirrorHealth,
                                                 listenerFDs: listeners, stats: stats[index], allStats: stats, control: control,
-                                                logger: logger, dumpSink: dumpWriter, recordSink: recordWriter)
+                                                logger: logger, dumpSink: dumpWriter, recordSink: recordWriter,
+                                                acceptGathering: gathering)
             let job = WorkerJob(backend: backend, environment: environment, listenLater: listeners.filter(listenLater.contains),
                                 reportsSetup: index == 0)
             let thread = try startThread("worker \(index)") { job.run() }
@@ -315,6 +330,10 @@ public final class Proxy: Sendable {
     public var hasExited: Bool {
         control.exited.load(ordering: .acquiring) >= config.threads
     }
+
+    /// How new clients are placed (`--accept-gathering`): nil when the
+    /// kernel's hash places them (off, one worker, or the kernel refused the program).
+    public var acceptGatheringMode: AcceptGatheringPolicy.Mode? { gathering?.mode }
 
     /// Sessions live now, over all workers.
     public var activeSessions: Int {

@@ -7,6 +7,7 @@ extension PrometheusText {
     public static func families() -> [(name: String, type: String, help: String)] {
         var snapshot = StatsSnapshot(workers: [WorkerStats(mirrorCount: 1)], mirrorNames: ["mirror"], poolSlotsPerWorker: 1)
         snapshot.backend = "io_uring"
+        snapshot.acceptGathered = 1
         snapshot.dumping = true
         snapshot.recordings = RecordWriter.Result.allCases.map { _ in 0 }
         var help: [String: String] = [:]

@@ -18,6 +18,14 @@ public enum PrometheusText {
         }
         family("duplicator_sessions_accepted_total", "counter", "Client connections accepted.",
                [("", snapshot.sessionsAccepted)])
+        family("duplicator_worker_sessions_accepted_total", "counter", "Client connections accepted, per worker (--accept-gathering puts them on one worker below saturation).",
+               snapshot.workerSessionsAccepted.enumerated().map { ("worker=\"\($0.offset)\"", $0.element) })
+        if let gathered = snapshot.acceptGathered {
+            family("duplicator_accept_gathered", "gauge", "1 while new clients go to one worker (--accept-gathering auto, every worker far from busy), 0 while they spread over all.",
+                   [("", gathered)])
+            family("duplicator_worker_busy_permille", "gauge", "Each worker's busy fraction over its last tick (its thread's CPU time over the tick), in thousandths: what --accept-gathering decides on.",
+                   snapshot.workerBusyPermille.enumerated().map { ("worker=\"\($0.offset)\"", $0.element) })
+        }
         family("duplicator_sessions_active", "gauge", "Sessions open now, including mirrors still flushing.",
                [("", snapshot.sessionsActive)])
         family("duplicator_sessions_rejected_total", "counter", "Clients closed at once because the proxy had admitted all the sessions its memory bound holds.",

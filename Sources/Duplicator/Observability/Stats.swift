@@ -41,6 +41,9 @@ public final class WorkerStats: Sendable {
     /// said the kernel copied after all (every one towards this host).
     public let zeroCopySends = Atomic<UInt64>(0)
     public let zeroCopyCopied = Atomic<UInt64>(0)
+    /// `--accept-gathering auto`: the worker's busy fraction over its last
+    /// tick (its thread's CPU time over the tick), in thousandths.
+    public let busyPermille = Atomic<UInt64>(0)
     public let mirrors: [MirrorStats]
 
     public init(mirrorCount: Int) {

@@ -63,6 +63,13 @@ public struct StatsSnapshot: Sendable, Equatable {
     public var zeroCopySends: UInt64 = 0
     public var zeroCopyCopied: UInt64 = 0
     public var workers = 0
+    /// Clients each worker accepted, in worker order (`--accept-gathering` shows in it).
+    public var workerSessionsAccepted: [UInt64] = []
+    /// Each worker's busy fraction over its last tick, in thousandths (its thread's CPU time).
+    public var workerBusyPermille: [UInt64] = []
+    /// `--accept-gathering auto`: 1 while new clients go to one worker, 0 while
+    /// they spread; nil when the kernel's hash always places them.
+    public var acceptGathered: UInt64?
     public var mirrors: [Mirror]
     /// Every mirror the process has had (removed ones too, which `mirrors`
     /// leaves out), for the copies a removal let finish.
@@ -72,6 +79,8 @@ public struct StatsSnapshot: Sendable, Equatable {
         mirrors = mirrorNames.map { Mirror(name: $0) }
         self.workers = workers.count
         poolSlots = UInt64(poolSlotsPerWorker * workers.count)
+        workerSessionsAccepted = workers.map { $0.sessionsAccepted.value }
+        workerBusyPermille = workers.map { $0.busyPermille.value }
         for worker in workers {
             sessionsAccepted += worker.sessionsAccepted.value
             sessionsActive += worker.sessionsActive.value
@@ -137,6 +146,7 @@ extension Proxy {
         var snapshot = StatsSnapshot(workers: stats, mirrorNames: generation.slotNames,
                                      poolSlotsPerWorker: config.poolSlotsPerWorker)
         if let backend { snapshot.backend = backend.kind.rawValue }
+        if let mode = acceptGatheringMode { snapshot.acceptGathered = mode == .gathered ? 1 : 0 }
         if let dumpWriter {
             snapshot.dumping = true
             for index in generation.mirrorSlots {

@@ -28,8 +28,13 @@ extension KernelBackend {
         // The mirrors' timers fire against the clock after this round's work.
         if !parts.timers.isEmpty { context.nowUs = MonotonicClock.nowMicros() }
         core.afterCompletions(io: self)
+        if let gathering = parts.acceptGathering, parts.table.activeCount &* 2 >= parts.table.capacity {
+            // A burst of clients fills the gathered worker's table faster than a tick.
+            gathering.tableHalfFull(nowMs: context.nowMs, stopping: core.stopping)
+        }
         if context.nowMs >= core.nextTickMs {
             core.tick(stopMode: StopMode(rawValue: control.stopMode.load(ordering: .relaxed)) ?? .running, io: self)
+            parts.acceptGathering?.workerTicked(context.stats, nowMs: context.nowMs, stopping: core.stopping)
         }
         return core.isFinished
     }

@@ -22,4 +22,6 @@ struct WorkerEnvironment: Sendable {
     var dumpSink: DumpSink? = nil
     /// `--record-dir`: where sessions hand their recordings.
     var recordSink: RecordSink? = nil
+    /// `--accept-gathering auto`: what each tick reports its busy fraction to.
+    var acceptGathering: AcceptGathering? = nil
 }

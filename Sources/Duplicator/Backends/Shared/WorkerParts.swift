@@ -13,6 +13,8 @@ struct WorkerParts {
     var readsMicroseconds: Bool { follower.readsMicroseconds }
     /// Which configuration generation new sessions take (`ConfigReload.swift`).
     let follower: GenerationFollower
+    /// `--accept-gathering auto`: told each tick how busy this worker was.
+    let acceptGathering: AcceptGathering?
 
     static func readsMicroseconds(_ config: Config, dumping: Bool) -> Bool {
         (!config.mirrors.isEmpty && (config.mirrorBatchBytes > 0 || config.mirrorTurns > 0)) || dumping
@@ -20,6 +22,7 @@ struct WorkerParts {
 
     init(_ environment: WorkerEnvironment, pool: BufferPool) throws {
         let config = environment.config
+        acceptGathering = environment.acceptGathering
         context = SessionContext(limits: config.slotLimits, pool: pool, stats: environment.stats,
                                  mirrorHealth: environment.mirrorHealth, problems: environment.control.problems)
         context.dumpSink = config.slotLimits.dumpBytes > 0 ? environment.dumpSink : nil
