@@ -28,9 +28,8 @@ import Synchronization
 /// What it cannot do: a client is placed when it connects and stays with its
 /// worker. Long-lived connections opened while the proxy was idle stay
 /// gathered on one worker when their load rises later; only the clients that
-/// connect after the spread go to all. For such traffic (a pool of persistent
-/// connections opened at once and loaded later) `--accept-gathering off`
-/// keeps the kernel's hash from the start (docs/operations.md).
+/// connect after the spread go to all. That is why `off`, the kernel's hash
+/// from the start, is the default (docs/gathering.md).
 ///
 /// Robust: where the kernel refuses the program (no `SO_ATTACH_REUSEPORT_CBPF`,
 /// EPERM under a seccomp profile) the proxy says so in one line and runs as
