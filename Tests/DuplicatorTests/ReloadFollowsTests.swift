@@ -128,6 +128,51 @@ struct ReloadFollowsTests {
         #expect(proxy.dumpWriter?.queueBytesMax == 2 << 20)
     }
 
+    @Test("with --dump-dir, a reload's new mirror is dumped under its own name and address", arguments: Config.Backend.tested)
+    func dumpsFollowTheMirrors(backend: Config.Backend) throws {
+        let tshark = try Peers.require("tshark")
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let identical = try VariantEchoServer(.identical)
+        let flipping = try VariantEchoServer(.flipByte(at: 3))
+        defer { identical.stop(); flipping.stop() }
+        var template = Array("/tmp/dump-follow-XXXXXX".utf8CString)
+        let directory = String(cString: try #require(template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }))
+        defer {
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] { unlink(directory + "/" + name) }
+            rmdir(directory)
+        }
+        var config = Self.config(main: main.boundPort, mirrors: [identical.port])
+        config.backend = backend
+        config.compare = true
+        config.dumpDirectory = directory
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [identical.port]) { $0 = config }
+        var stopped = false
+        defer { if !stopped { proxy.shutdown() } }
+        func session(_ text: String) throws {
+            let connection = try TestConnection(port: proxy.port, timeoutSeconds: 5)
+            #expect(connection.exchange(Array(text.utf8), timeoutSeconds: 5).received == Array(text.utf8))
+        }
+        try session("matches the first mirror\n")
+        // The diverging mirror replaces the identical one: it takes a slot of its own.
+        config.mirrors = [endpoint(flipping.port)]
+        _ = try proxy.reload(to: config)
+        try session("diverges on the second mirror\n")
+        #expect(eventually(timeoutSeconds: 5) { proxy.activeSessions == 0 })
+        proxy.shutdown()  // the writer writes what it was handed, then ends
+        stopped = true
+
+        let name = "127.0.0.1:\(flipping.port)"
+        let page = PrometheusText.render(proxy.snapshot())
+        #expect(page.contains("duplicator_mirror_dumps_total{mirror=\"\(name)\",result=\"written\"} 1\n"), "\(page)")
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".pcapng") }
+        #expect(files.count == 1 && files[0].contains("-127.0.0.1_\(flipping.port)-diverged"), "\(files)")
+        guard let file = files.first else { return }
+        let streams = try DumpIntegrationTests.payloads(tshark, directory + "/" + file)
+        #expect(streams.keys.contains { $0.hasSuffix(">\(flipping.port)") }, "the mirror's conversation is with its address: \(streams.keys)")
+        #expect(!streams.keys.contains { $0.contains("\(identical.port)") })
+    }
+
     @Test("the log's line about main's connect timeouts names the --main-connect-timeout of the latest reload")
     func problemLogFollows() throws {
         let main = try startServer(.echo)

@@ -36,9 +36,13 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
     /// Files written at most (`--dump-max-files`).
     public var maxFiles: Int { maxFilesLimit.load(ordering: .relaxed) }
     private let maxFilesLimit: Atomic<Int>
-    /// Main's address, then each mirror's (the servers' ends of the conversations).
-    private let servers: [ProxyAddress]
-    private let mirrorNames: [String]
+    /// Main's address, then each mirror slot's (the servers' ends of the
+    /// conversations), and each slot's name: a reload that gives a free slot
+    /// its mirror names it here (`follow(slotNames:slotAddresses:)`); a slot keeps
+    /// its address for the life of the process, so a dump of an older
+    /// session finds its own mirror.
+    private let servers: Mutex<[ProxyAddress]>
+    private let mirrorNames: Mutex<[String]>
     /// Per mirror and `Result.rawValue` (mirror * 4 + result); rare events, so a lock.
     private let counts: Mutex<[UInt64]>
     /// Per mirror: bytes past `--dump-bytes` in the dumps written, not kept.
@@ -58,8 +62,8 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
         maxFilesLimit = Atomic(maxFiles)
         queueBytesLimit = Atomic(queueBytesMax)
         self.problems = problems
-        self.servers = servers
-        self.mirrorNames = mirrorNames
+        self.servers = Mutex(servers)
+        self.mirrorNames = Mutex(mirrorNames)
         counts = Mutex([UInt64](repeating: 0, count: mirrorNames.count * Result.allCases.count))
         truncatedBytes = Mutex([UInt64](repeating: 0, count: mirrorNames.count))
         wallOffsetUs = BackgroundWriter<DumpRequest>.wallClockOffsetUs()
@@ -77,6 +81,20 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
     public func follow(maxFiles: Int, queueBytesMax: Int) {
         maxFilesLimit.store(maxFiles, ordering: .relaxed)
         queueBytesLimit.store(queueBytesMax, ordering: .relaxed)
+    }
+
+    /// A reload's mirror slots, per slot its mirror's name ("" while free)
+    /// and address: a slot a reload gave its first mirror is named from then
+    /// on (the counts were sized for every slot at start).
+    func follow(slotNames: [String], slotAddresses: [ProxyAddress?]) {
+        mirrorNames.withLock { names in
+            for (slot, name) in zip(names.indices, slotNames) where !name.isEmpty { names[slot] = name }
+        }
+        servers.withLock { servers in
+            for (slot, address) in zip(servers.indices.dropFirst(), slotAddresses) {
+                if let address { servers[slot] = address }
+            }
+        }
     }
 
     public func count(mirror: Int, _ result: Result) -> UInt64 {
@@ -105,8 +123,9 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
 
     /// The file's bytes for `request` (also what the tests read).
     public func fileBytes(_ request: DumpRequest) -> [UInt8] {
-        Self.fileBytes(request, mainAddress: servers[0], mirrorAddress: servers[request.mirror + 1],
-                       mirrorName: mirrorNames[request.mirror], wallOffsetUs: wallOffsetUs)
+        let (main, mirror) = servers.withLock { ($0[0], $0[request.mirror + 1]) }
+        return Self.fileBytes(request, mainAddress: main, mirrorAddress: mirror,
+                              mirrorName: mirrorNames.withLock { $0[request.mirror] }, wallOffsetUs: wallOffsetUs)
     }
 
     /// Two conversations: the client with main, then the client with the mirror.
@@ -136,7 +155,7 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
     private func write(_ request: DumpRequest) {
         let bytes = fileBytes(request)
         let number = sequence.wrappingAdd(1, ordering: .relaxed).newValue
-        let mirrorPart = mirrorNames[request.mirror].map { $0.isLetter || $0.isNumber || $0 == "." ? $0 : "_" }
+        let mirrorPart = mirrorNames.withLock { $0[request.mirror] }.map { $0.isLetter || $0.isNumber || $0 == "." ? $0 : "_" }
         let path = "\(directory)/dump-\(getpid())-\(number)-\(String(mirrorPart))-\(request.verdict.label).pcapng"
         let failure = BackgroundWriter<DumpRequest>.writeNewFile(path: path, bytes: bytes)
         if failure == 0 {

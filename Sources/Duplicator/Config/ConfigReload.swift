@@ -244,7 +244,6 @@ final class ConfigReloads: Sendable {
     private let listen: Endpoint
     private let listenAddress: SocketAddress
     private let metrics: StartupChecks.Resolved?
-    private let dumping: Bool
     /// Sessions have room for this many turns per mirror (sized at start).
     private let mirrorTurnsMax: Int
     /// Sessions have compare windows (the start had `--compare`): a reload may switch it.
@@ -256,12 +255,11 @@ final class ConfigReloads: Sendable {
 
     /// Publishes generation 1, `config`, whose mirrors take slots 0, 1, ...
     init(config: Config, listenAddress: SocketAddress, mirrors: [SocketAddress], metrics: StartupChecks.Resolved?,
-         dumping: Bool, generations: ConfigGenerations) {
+         generations: ConfigGenerations) {
         self.generations = generations
         listen = config.listen
         self.listenAddress = listenAddress
         self.metrics = metrics
-        self.dumping = dumping
         mirrorTurnsMax = config.mirrorTurns
         compareReserved = config.slotLimits.compareWindowBytes > 0
         var table = MirrorSlots(count: config.mirrorSlotCount)
@@ -289,9 +287,11 @@ final class ConfigReloads: Sendable {
 
     /// Applies `config` to new sessions, or throws one line saying why not
     /// (and then nothing changed). Returns the generation now current.
-    func reload(to config: Config) throws(ConfigError) -> (ConfigGeneration, ConfigDiff) {
+    /// `beforePublish` sees a new generation before any session can start
+    /// with it (what names its mirror slots must know them first).
+    func reload(to config: Config, beforePublish: (ConfigGeneration) -> Void = { _ in }) throws(ConfigError) -> (ConfigGeneration, ConfigDiff) {
         do {
-            let result = try apply(config)
+            let result = try apply(config, beforePublish: beforePublish)
             succeeded.add(1, ordering: .relaxed)
             lastSuccessSeconds.store(UInt64(time(nil)), ordering: .relaxed)
             return result
@@ -301,7 +301,7 @@ final class ConfigReloads: Sendable {
         }
     }
 
-    private func apply(_ config: Config) throws(ConfigError) -> (ConfigGeneration, ConfigDiff) {
+    private func apply(_ config: Config, beforePublish: (ConfigGeneration) -> Void) throws(ConfigError) -> (ConfigGeneration, ConfigDiff) {
         try config.validate()
         let running = current
         let diff = ConfigDiff(from: running.config, to: config)
@@ -316,10 +316,6 @@ final class ConfigReloads: Sendable {
         }
         if config.mirrorTurns > mirrorTurnsMax {
             throw ConfigError("key 'mirror-turns': \(config.mirrorTurns) is more than the \(mirrorTurnsMax) the sessions were sized for at start: that needs a new process")
-        }
-        if dumping && running.config.mirrors.map(\.text) != config.mirrors.map(\.text) {
-            throw ConfigError("key 'mirror': the mirrors cannot change while --dump-dir is on "
-                + "(its writer names them at start): that needs a new process")
         }
         // The checks of the start, against the new mirrors: a loop (a mirror
         // that is the listen address, main, or the metrics server) is refused.
@@ -340,6 +336,7 @@ final class ConfigReloads: Sendable {
                     + "(--mirror-slots) have held other addresses since start; that needs a new process")
             }
         }
+        beforePublish(generation)
         generations.publish(generation)
         return (generation, diff)
     }
@@ -371,7 +368,10 @@ extension Proxy {
     /// throws one line saying why not (then nothing changed). Returns a
     /// one-line summary of what changed.
     public func reload(to config: Config) throws(ConfigError) -> String {
-        let (generation, diff) = try reloads.reload(to: config)
+        // A slot the reload fills is named in the dumps before a session can use it.
+        let (generation, diff) = try reloads.reload(to: config) { generation in
+            dumpWriter?.follow(slotNames: generation.slotNames, slotAddresses: generation.slotAddresses.map { $0?.serverAddress })
+        }
         guard !diff.isEmpty else { return "nothing changed (configuration \(generation.digest))" }
         // What the start set up from the configuration follows it: the
         // run-time loop guard knows the new mirrors' addresses, and the

@@ -108,24 +108,21 @@ public final class Proxy: Sendable {
             targets = ConfigReloads.workerTargets(main: main.addresses[0], mirrors: mirrors.map { $0.addresses[0] },
                                                   slots: config.mirrorSlotCount)
             reloads = ConfigReloads(config: config, listenAddress: listenAddress, mirrors: mirrors.map { $0.addresses[0] },
-                                    metrics: metrics, dumping: config.dumpDirectory != nil && config.compare,
-                                    generations: ConfigGenerations())
+                                    metrics: metrics, generations: ConfigGenerations())
             control = WorkerControl(generations: reloads.generations)
             control.problems.name(main: config.main.text, mainConnectTimeoutMs: config.mainConnectTimeoutMs,
                                   dumpDirectory: config.dumpDirectory, dumpQueueBytes: config.dumpQueueBytes)
             loopGuard = LoopGuard(targets: targets, localAddresses: localAddresses)
-            if let directory = config.dumpDirectory, config.compare, !config.mirrors.isEmpty {
-                let servers = targets.map { $0.proxyAddress ?? ProxyAddress(family: .ipv4, networkBytes: UnsafeRawBufferPointer(start: nil, count: 0), port: $0.port) }
-                dumpWriter = try DumpWriter(directory: directory, maxFiles: config.dumpMaxFiles, servers: servers,
-                                            mirrorNames: config.mirrors.map(\.text), queueBytesMax: config.dumpQueueBytes,
-                                            problems: control.problems)
+            // Sized for every mirror slot: a reload may fill a free one.
+            if let directory = config.dumpDirectory, config.compare, config.mirrorSlotCount > 0 {
+                dumpWriter = try DumpWriter(directory: directory, maxFiles: config.dumpMaxFiles,
+                                            servers: targets.map(\.serverAddress), mirrorNames: reloads.current.slotNames,
+                                            queueBytesMax: config.dumpQueueBytes, problems: control.problems)
             } else {
                 dumpWriter = nil
             }
             if let recording = config.recording {
-                let mainAddress = targets[0].proxyAddress
-                    ?? ProxyAddress(family: .ipv4, networkBytes: UnsafeRawBufferPointer(start: nil, count: 0), port: targets[0].port)
-                recordWriter = try RecordWriter(config: recording, main: mainAddress, problems: control.problems)
+                recordWriter = try RecordWriter(config: recording, main: targets[0].serverAddress, problems: control.problems)
             } else {
                 recordWriter = nil
             }

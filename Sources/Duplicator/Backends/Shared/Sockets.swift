@@ -131,6 +131,12 @@ extension Sockets {
 }
 
 extension SocketAddress {
+    /// A server's end of a conversation in a dump or a recording: this
+    /// address, or its port alone for a family a capture cannot name.
+    var serverAddress: ProxyAddress {
+        proxyAddress ?? ProxyAddress(family: .ipv4, networkBytes: UnsafeRawBufferPointer(start: nil, count: 0), port: port)
+    }
+
     /// This address as the PROXY protocol carries it; nil for a family other than IPv4 and IPv6.
     var proxyAddress: ProxyAddress? {
         withUnsafeBytes(of: storage) { raw in
