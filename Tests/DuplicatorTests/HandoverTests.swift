@@ -176,10 +176,12 @@ struct HandoverTests {
             // process with fewer workers keeps all it received.
             let listeners = threadCounts[..<generation].max()!
             #expect(next.log.contains("took over \(listeners) listeners and the metrics listener"), "\(next.log)")
-            // Until the long-lived client ends (a slow start under load may outlast it).
-            if clientResult.withLock({ $0 == nil }) {
-                #expect(processes.last!.process.isRunning, "the old process drains, it is not gone yet")
-            }
+            // The first process holds the long-lived client's connections and
+            // drains them: it is there until the client ends (the others hold
+            // short connections only, and may be gone as soon as they drained).
+            // Read in this order, a process gone with the client still running fails.
+            #expect(processes[0].process.isRunning || clientResult.withLock({ $0 != nil }),
+                    "the first process drains the long-lived client's connections, it is not gone yet")
             #expect(eventually(timeoutSeconds: 10) { processes.last!.log.contains("accepts on the listeners now") })
             #expect(eventually(timeoutSeconds: 10) { short.succeeded > before + 20 }, "clients keep coming in")
             #expect(metricsAnswer(metricsPort))
