@@ -173,6 +173,79 @@ struct ReloadFollowsTests {
         #expect(!streams.keys.contains { $0.contains("\(identical.port)") })
     }
 
+    @Test("a reload moves --dump-dir, changes --dump-bytes, and switches dumps off and on for new sessions; refused where the start had no --dump-dir",
+          arguments: Config.Backend.tested)
+    func dumpSettingsFollow(backend: Config.Backend) throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let flipping = try VariantEchoServer(.flipByte(at: 3))
+        defer { flipping.stop() }
+        let directories = try (0..<2).map { _ in
+            var template = Array("/tmp/dump-settings-XXXXXX".utf8CString)
+            return String(cString: try #require(template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }))
+        }
+        defer {
+            for directory in directories {
+                for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] { unlink(directory + "/" + name) }
+                rmdir(directory)
+            }
+        }
+        func dumps(_ directory: String) -> Int {
+            ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".pcapng") }.count
+        }
+        var config = Self.config(main: main.boundPort, mirrors: [flipping.port])
+        config.backend = backend
+        config.compare = true
+        config.dumpDirectory = directories[0]
+        let proxy = try startProxy(backend: backend, main: main.boundPort, mirrors: [flipping.port]) { $0 = config }
+        defer { proxy.shutdown() }
+        let payload = Array("forty bytes of a session that diverges.\n".utf8)
+        func session() throws {
+            let connection = try TestConnection(port: proxy.port, timeoutSeconds: 5)
+            #expect(connection.exchange(payload, timeoutSeconds: 5).received == payload)
+            #expect(eventually(timeoutSeconds: 5) { proxy.activeSessions == 0 })
+        }
+        func reload(_ change: (inout Config) -> Void) throws {
+            change(&config)
+            _ = try proxy.reload(to: config)
+        }
+        try session()
+        #expect(eventually(timeoutSeconds: 5) { dumps(directories[0]) == 1 })
+
+        try reload { $0.dumpDirectory = directories[1]; $0.dumpBytes = 8 }
+        try session()
+        #expect(eventually(timeoutSeconds: 5) { dumps(directories[1]) == 1 }, "the new directory")
+        // 8 bytes kept of each direction's 40: client, main, mirror.
+        #expect(eventually(timeoutSeconds: 5) { proxy.snapshot().mirrors[0].dumpTruncatedBytes == UInt64(3 * (payload.count - 8)) },
+                "\(proxy.snapshot().mirrors[0].dumpTruncatedBytes)")
+
+        try reload { $0.dumpDirectory = nil }
+        try session()
+        #expect(eventually(timeoutSeconds: 5) { proxy.snapshot().mirrors[0].compared(.diverged) == 3 }, "compared, not dumped")
+
+        try reload { $0.dumpDirectory = directories[0] }
+        try session()
+        #expect(eventually(timeoutSeconds: 5) { dumps(directories[0]) == 2 })
+        #expect(dumps(directories[0]) + dumps(directories[1]) == 3, "none for the session while dumps were off")
+
+        // A directory that is not there: one line naming the key, nothing changes.
+        var missing = config
+        missing.dumpDirectory = directories[0] + "/absent"
+        #expect { _ = try proxy.reload(to: missing) } throws: { ($0 as? ConfigError)?.message.hasPrefix("key 'dump-dir': --dump-dir ") == true }
+        #expect(proxy.dumpWriter?.directory == directories[0])
+
+        // A process started with --compare but no --dump-dir has no writer.
+        var plain = Self.config(main: main.boundPort, mirrors: [flipping.port])
+        plain.backend = backend
+        plain.compare = true
+        let undumped = try startProxy(backend: backend, main: main.boundPort, mirrors: [flipping.port]) { $0 = plain }
+        defer { undumped.shutdown() }
+        plain.dumpDirectory = directories[1]
+        #expect { _ = try undumped.reload(to: plain) } throws: {
+            ($0 as? ConfigError)?.message.contains("started without --dump-dir") == true
+        }
+    }
+
     @Test("the log's line about main's connect timeouts names the --main-connect-timeout of the latest reload")
     func problemLogFollows() throws {
         let main = try startServer(.echo)

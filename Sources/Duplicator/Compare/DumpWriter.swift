@@ -32,7 +32,9 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
     /// Where failed and dropped dumps are told, for the log; nil: counted only.
     public let problems: ProblemLog?
 
-    public let directory: String
+    /// Where the files go: a reload may change it, for the dumps written from then on.
+    public var directory: String { directoryPath.withLock { $0 } }
+    private let directoryPath: Mutex<String>
     /// Files written at most (`--dump-max-files`).
     public var maxFiles: Int { maxFilesLimit.load(ordering: .relaxed) }
     private let maxFilesLimit: Atomic<Int>
@@ -58,7 +60,7 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
     public init(directory: String, maxFiles: Int, servers: [ProxyAddress], mirrorNames: [String],
                 queueBytesMax: Int = Defaults.dumpQueueBytes, problems: ProblemLog? = nil) throws(ConfigError) {
         try BackgroundWriter<DumpRequest>.checkDirectory(directory, flag: "--dump-dir")
-        self.directory = directory
+        directoryPath = Mutex(directory)
         maxFilesLimit = Atomic(maxFiles)
         queueBytesLimit = Atomic(queueBytesMax)
         self.problems = problems
@@ -82,6 +84,9 @@ public final class DumpWriter: DumpSink, @unchecked Sendable {
         maxFilesLimit.store(maxFiles, ordering: .relaxed)
         queueBytesLimit.store(queueBytesMax, ordering: .relaxed)
     }
+
+    /// A reload's `--dump-dir` (checked by then), for the dumps written from now on.
+    func follow(directory: String) { directoryPath.withLock { $0 = directory } }
 
     /// A reload's mirror slots, per slot its mirror's name ("" while free)
     /// and address: a slot a reload gave its first mirror is named from then

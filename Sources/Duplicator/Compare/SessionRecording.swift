@@ -7,7 +7,8 @@
 /// replies (the session's leg numbers). Each keeps at most `bytesMax`
 /// bytes; what comes later is counted, not kept. Memory is taken lazily,
 /// as bytes arrive, and kept for the slot's next session (bounded by
-/// `bytesMax` per stream). A session without `--dump-dir` has none.
+/// `bytesMax` per stream). A session without `--dump-dir` has none; one
+/// started while a reload turned the dumps off keeps nothing (`bytesMax` 0).
 public struct SessionRecording {
     public struct Stream: Sendable {
         public var bytes: [UInt8] = []
@@ -39,7 +40,7 @@ public struct SessionRecording {
     /// Pieces kept per stream; later bytes join the last piece (its time).
     public static let piecesMax = 4096
 
-    public let bytesMax: Int
+    public private(set) var bytesMax: Int
     public private(set) var streams: [Stream]
     public private(set) var startUs: UInt64 = 0
 
@@ -48,8 +49,11 @@ public struct SessionRecording {
         streams = Array(repeating: Stream(), count: 2 + mirrorCount)
     }
 
-    public mutating func reset(nowUs: UInt64) {
+    /// A new session starts at `nowUs`, kept up to `bytesMax` per stream
+    /// if given (a reload's `--dump-bytes`), else as before.
+    public mutating func reset(nowUs: UInt64, bytesMax: Int? = nil) {
         startUs = nowUs
+        if let bytesMax { self.bytesMax = bytesMax }
         for index in streams.indices { streams[index].reset() }
     }
 

@@ -153,8 +153,6 @@ public struct ConfigDiff: Equatable, Sendable {
         check("send-proxy", { $0.sendProxy?.rawValue }, live: false)
         check("accept-proxy", \.acceptProxy, live: false)
         check("compare-window", \.compareWindowBytes, live: false, why: "reserved at start")
-        check("dump-dir", \.dumpDirectory, live: false, why: "its writer starts with the process")
-        check("dump-bytes", \.dumpBytes, live: false, why: "reserved at start")
         check("record-dir", { $0.recording?.directory }, live: false, why: "its writer starts with the process")
         check("record-sample", { $0.recording?.samplePercent }, live: false, why: "its writer starts with the process")
         check("record-bytes", { $0.recording?.bytesPerDirection }, live: false, why: "reserved at start")
@@ -175,6 +173,10 @@ public struct ConfigDiff: Equatable, Sendable {
         check("mirror-turns", \.mirrorTurns)
         // Within the windows reserved at start (ConfigReloads refuses it without).
         check("compare", \.compare)
+        // Where a process started with --dump-dir writes (ConfigReloads
+        // refuses it without), and what new sessions record.
+        check("dump-dir", \.dumpDirectory)
+        check("dump-bytes", \.dumpBytes)
         // The dump writer's bounds, for the dumps submitted from then on.
         check("dump-max-files", \.dumpMaxFiles)
         check("dump-queue", \.dumpQueueBytes)
@@ -248,6 +250,8 @@ final class ConfigReloads: Sendable {
     private let mirrorTurnsMax: Int
     /// Sessions have compare windows (the start had `--compare`): a reload may switch it.
     private let compareReserved: Bool
+    /// The start had `--dump-dir`: its writer runs, and sessions may record.
+    private let dumpsReserved: Bool
     let succeeded = Atomic<UInt64>(0)
     let failed = Atomic<UInt64>(0)
     /// Seconds since the epoch of the latest reload that applied (or of the start).
@@ -262,6 +266,7 @@ final class ConfigReloads: Sendable {
         self.metrics = metrics
         mirrorTurnsMax = config.mirrorTurns
         compareReserved = config.slotLimits.compareWindowBytes > 0
+        dumpsReserved = config.slotLimits.dumpBytes > 0
         var table = MirrorSlots(count: config.mirrorSlotCount)
         // Distinct addresses were checked at start; a duplicate still gets a slot of its own.
         var assigned: [Int] = []
@@ -313,6 +318,17 @@ final class ConfigReloads: Sendable {
         if config.compare && !compareReserved {
             throw ConfigError("key 'compare': its windows are reserved per session at start, and this process started without it: "
                 + "that needs a new process (one started with --compare may switch it off and on by reload)")
+        }
+        if let directory = config.dumpDirectory, directory != running.config.dumpDirectory {
+            guard dumpsReserved else {
+                throw ConfigError("key 'dump-dir': the dump writer starts with the process, and this one started without --dump-dir: "
+                    + "that needs a new process (one started with --dump-dir may change it, or switch it off and on, by reload)")
+            }
+            do {
+                try BackgroundWriter<DumpRequest>.checkDirectory(directory, flag: "--dump-dir")
+            } catch {
+                throw ConfigError("key 'dump-dir': \(error.message)")
+            }
         }
         if config.mirrorTurns > mirrorTurnsMax {
             throw ConfigError("key 'mirror-turns': \(config.mirrorTurns) is more than the \(mirrorTurnsMax) the sessions were sized for at start: that needs a new process")
@@ -371,6 +387,7 @@ extension Proxy {
         // A slot the reload fills is named in the dumps before a session can use it.
         let (generation, diff) = try reloads.reload(to: config) { generation in
             dumpWriter?.follow(slotNames: generation.slotNames, slotAddresses: generation.slotAddresses.map { $0?.serverAddress })
+            if let directory = generation.config.dumpDirectory { dumpWriter?.follow(directory: directory) }
         }
         guard !diff.isEmpty else { return "nothing changed (configuration \(generation.digest))" }
         // What the start set up from the configuration follows it: the

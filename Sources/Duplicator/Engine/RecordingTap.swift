@@ -12,9 +12,10 @@ struct RecordingTap {
         recording = SessionRecording(mirrorCount: mirrorCount, bytesMax: bytesMax)
     }
 
-    /// A new session starts at `nowUs`.
-    mutating func reset(nowUs: UInt64) {
-        recording.reset(nowUs: nowUs)
+    /// A new session starts at `nowUs`, recorded up to `bytesMax` per
+    /// stream (its generation's `--dump-bytes`; 0: a reload turned dumps off).
+    mutating func reset(nowUs: UInt64, bytesMax: Int? = nil) {
+        recording.reset(nowUs: nowUs, bytesMax: bytesMax)
         addresses = nil
     }
 
@@ -38,7 +39,8 @@ struct RecordingTap {
     /// replies differ), ending at `endUs`. A copy: the recording's memory
     /// stays with the session's next client.
     func dump(mirror: Int, _ comparison: ReplyComparison, endUs: UInt64) -> DumpRequest? {
-        switch comparison.verdict {
+        guard recording.bytesMax > 0 else { return nil }
+        return switch comparison.verdict {
         case .diverged, .shorter, .longer:
             DumpRequest(mirror: mirror, verdict: comparison.verdict, divergenceOffset: comparison.divergenceOffset,
                         clientAddresses: addresses, startUs: recording.startUs, endUs: endUs,

@@ -174,7 +174,7 @@ public final class Session {
                                  turns: keepsTurns ? TurnGate(starts: turnStarts + leg.index &* limits.mirrorTurns) : TurnGate())
         }
         compareTap?.reset(mirrors: limits.mirrorCount, comparing: limits.compareWindowBytes > 0)
-        if records { recordingTap!.reset(nowUs: context.nowUs) }
+        if records { recordingTap!.reset(nowUs: context.nowUs, bytesMax: limits.dumpBytes) }
         if recordsSessions {
             let sampled = context.recordSampling.draw()
             if !sampled { context.recordSink?.sampledOut() }
