@@ -472,6 +472,128 @@ struct HandoverTests {
         return (requests, errors)
     }
 
+    /// wrk on 8 keep-alive connections and wrk with a connection per request
+    /// (4 at once), both to `port` for `seconds`, on threads of their own.
+    final class WrkPair: @unchecked Sendable {
+        private let outputs = Mutex<[Result<ProcessResult, any Error>]>([])
+        private var threads: [NativeThread] = []
+
+        init(port: UInt16, seconds: Int) throws {
+            let wrk = try Peers.require("wrk")
+            // wrk's own timeout (2 s) is a slow reply, not an error: on a loaded machine give it 10 s.
+            let runs = [["-t1", "-c8", "-d\(seconds)s", "--timeout", "10s"],
+                        ["-t1", "-c4", "-d\(seconds)s", "--timeout", "10s", "-H", "Connection: close"]]
+            threads = try runs.map { arguments in
+                try spawnThread { [self] in
+                    let result = Result { try runProgram(wrk, arguments + ["http://127.0.0.1:\(port)/"], timeoutSeconds: Double(seconds) + 50) }
+                    outputs.withLock { $0.append(result) }
+                }
+            }
+        }
+
+        /// Waits for both; expects each to end well with more than 100
+        /// requests and no socket error or non-2xx reply. The requests of both.
+        func requestsWithoutError() throws -> Int {
+            threads.forEach { $0.join() }
+            var total = 0
+            for output in outputs.withLock({ $0 }) {
+                let result = try output.get()
+                #expect(result.status == 0, "wrk: \(result.standardError)")
+                let (requests, errors) = HandoverTests.wrkSummary(result.standardOutput)
+                #expect(errors == nil, "\(result.standardOutput)")
+                #expect(requests > 100, "\(result.standardOutput)")
+                total += requests
+            }
+            return total
+        }
+    }
+
+    /// The issue's run, in one: nginx main and two nginx mirrors, wrk on
+    /// keep-alive connections and wrk with a connection per request; 20
+    /// reloads that add, remove and resample the mirrors, then, with both
+    /// mirrors configured, 3 handovers to new processes started with the same
+    /// file. No client error and no refused connection in either phase; the
+    /// old processes exit 0; and over the handovers each mirror logged exactly
+    /// the requests main did (every session began with both configured).
+    @Test("20 reloads, then 3 handovers, under wrk against nginx main and two nginx mirrors: no error, no refused connection",
+          .enabled(if: Peers.runnable("nginx", "wrk") || ProcessInfo.processInfo.environment["CI"] == "true", "needs nginx and wrk"),
+          arguments: Config.Backend.tested)
+    func reloadsThenHandovers(backend: Config.Backend) throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        for name in ["main", "a", "b"] {
+            try FileManager.default.createDirectory(atPath: directory + "/" + name, withIntermediateDirectories: true)
+        }
+        let peers = RealPeerTests()
+        let main = try peers.nginx(directory + "/main")
+        let a = try peers.nginx(directory + "/a")
+        let b = try peers.nginx(directory + "/b")
+        func logged() -> [Int] {
+            [main, a, b].map { ((try? String(contentsOfFile: $0.directory + "/access.log", encoding: .utf8)) ?? "").split(separator: "\n").count }
+        }
+        let sets: [[String]] = [["A"], ["A", "B"], ["B"], ["A@10%", "B"], [], ["A", "B@50%"], ["B@1%"], ["A", "B"]]
+        func yaml(_ set: [String]) -> String {
+            let mirrors = set.map { $0.replacingOccurrences(of: "A", with: "127.0.0.1:\(a.port)")
+                .replacingOccurrences(of: "B", with: "127.0.0.1:\(b.port)") }
+            // Slow mirrors on a loaded machine flush late, not never.
+            return "forward: 127.0.0.1:\(main.port)\ntimeout: 5s\nmirror-linger: 10s\n"
+                + "mirror: [\(mirrors.map { "\"\($0)\"" }.joined(separator: ", "))]\n"
+        }
+        // Reload r reads set (r + 3) % 8: the 20th leaves both mirrors at 100%.
+        let configPath = directory + "/duplicator.yaml"
+        try yaml(sets[3]).write(toFile: configPath, atomically: true, encoding: .utf8)
+        let port = freePort()
+        func start(_ generation: Int) throws -> DuplicatorProcess {
+            let process = try DuplicatorProcess(["-l", "127.0.0.1:\(port)", "--config", configPath, "--backend", backend.rawValue,
+                                                 "--threads", "2", "--handover-socket", directory + "/handover.sock",
+                                                 "--drain-timeout", "60s"],
+                                                logPath: directory + "/duplicator-\(generation).log")
+            try process.waitUntilServing()
+            return process
+        }
+        var processes = [try start(0)]
+
+        // Phase 1: 20 reloads under load.
+        let loaded = try WrkPair(port: port, seconds: 9)
+        usleep(500_000)
+        for reload in 1...20 {
+            try yaml(sets[(reload + 3) % sets.count]).write(toFile: configPath, atomically: true, encoding: .utf8)
+            kill(processes[0].pid, SIGHUP)
+            #expect(eventually(timeoutSeconds: 10) {
+                processes[0].log.split(separator: "\n").filter { $0.contains("SIGHUP: reloaded") }.count == reload
+            }, "reload \(reload): \(processes[0].log.split(separator: "\n").filter { $0.contains("SIGHUP") }.suffix(2))")
+            usleep(350_000)
+        }
+        _ = try loaded.requestsWithoutError()
+        // Every copy of phase 1 flushed: the mirrors' logs stand still.
+        var previous = logged()
+        #expect(eventually(timeoutSeconds: 20) {
+            usleep(1_000_000)
+            defer { previous = logged() }
+            return logged() == previous
+        })
+
+        // Phase 2: 3 handovers under load, both mirrors configured throughout.
+        let before = logged()
+        let handedOver = try WrkPair(port: port, seconds: 10)
+        for generation in 1...3 {
+            usleep(2_000_000)
+            processes.append(try start(generation))
+            #expect(processes[generation].log.contains("took over 2 listeners"), "\(processes[generation].log)")
+        }
+        let total = try handedOver.requestsWithoutError()
+        for old in processes.dropLast() {
+            #expect(old.exitStatus(timeoutSeconds: 30) == 0, "\(old.log.suffix(600))")
+        }
+        #expect(logged()[0] - before[0] >= total)
+        #expect(eventually(timeoutSeconds: 15) {
+            let now = logged()
+            return now[1] - before[1] == now[0] - before[0] && now[2] - before[2] == now[0] - before[0]
+        }, "requests logged since the handovers began, main, a, b: \(zip(logged(), before).map { $0 - $1 })")
+        kill(processes.last!.pid, SIGTERM)
+        #expect(processes.last!.exitStatus(timeoutSeconds: 20) == 0)
+    }
+
     /// With the peers a user has: nginx as main and two nginx mirrors, wrk on
     /// keep-alive connections and wrk with a connection per request, through
     /// three handovers. wrk sees no socket error and no non-2xx reply, the old
@@ -505,31 +627,13 @@ struct HandoverTests {
             return process
         }
         var processes = [try start(0)]
-        let wrk = try Peers.require("wrk")
-        let outputs = Mutex<[Result<ProcessResult, any Error>]>([])
-        // wrk's own timeout (2 s) is a slow reply, not an error: on a loaded machine give it 10 s.
-        let runs = [["-t1", "-c8", "-d10s", "--timeout", "10s"], ["-t1", "-c4", "-d10s", "--timeout", "10s", "-H", "Connection: close"]]
-        let threads = try runs.map { arguments in
-            try spawnThread {
-                let result = Result { try runProgram(wrk, arguments + ["http://127.0.0.1:\(port)/"], timeoutSeconds: 60) }
-                outputs.withLock { $0.append(result) }
-            }
-        }
+        let wrk = try WrkPair(port: port, seconds: 10)
         for generation in 1...3 {
             usleep(2_000_000)
             processes.append(try start(generation))
             #expect(processes[generation].log.contains("took over 2 listeners"), "\(processes[generation].log)")
         }
-        threads.forEach { $0.join() }
-        var total = 0
-        for output in outputs.withLock({ $0 }) {
-            let result = try output.get()
-            #expect(result.status == 0, "wrk: \(result.standardError)")
-            let (requests, errors) = Self.wrkSummary(result.standardOutput)
-            #expect(errors == nil, "\(result.standardOutput)")
-            #expect(requests > 100, "\(result.standardOutput)")
-            total += requests
-        }
+        let total = try wrk.requestsWithoutError()
         for old in processes.dropLast() {
             #expect(old.exitStatus(timeoutSeconds: 30) == 0, "\(old.log.suffix(600))")
         }
