@@ -138,7 +138,10 @@ public final class WorkerCore<Backend: WorkerBackend> {
     /// `--tls-cert`: the context new clients' handshakes use, and, once
     /// started, the layer the sessions' IO goes through (`TLSSessionIO`).
     private var tlsContexts: TLSSessionIO<Backend>.Contexts
-    public private(set) var tls: TLSSessionIO<Backend>?
+    /// Private, so that its reads (each round, each wait) are proven
+    /// exclusive when the module compiles, not checked at run time
+    /// (docs/contributing.md, "Private storage, public reads").
+    private var tls: TLSSessionIO<Backend>?
     private var rejectLog = RateLimitedLog(intervalMs: 10_000)
     private var acceptErrorLog = RateLimitedLog(intervalMs: 5_000)
     private var unknownCompletionLogged = false
