@@ -222,7 +222,7 @@ public final class Session {
         case .shutdown:
             legs[leg].inFlight &-= 1
             shutDown(leg, Outcome(status: result), io: io)
-        case .accept, .acceptCancel, .connectTimeout, .cancel, .close, .tlsRecv, .tlsSend:
+        case .accept, .acceptCancel, .connectTimeout, .cancel, .close, .tlsRecv, .tlsSend, .tlsStepped:
             return
         }
         settle(leg, io: io)

@@ -17,6 +17,8 @@ public enum OperationKind: UInt8, Sendable {
     /// (ciphertext) on a client's socket (`TLSClientIO`); never a session's.
     case tlsRecv
     case tlsSend
+    /// The TLS handshake thread's wake: steps are done (`HandshakeThread`).
+    case tlsStepped
 }
 
 /// The session's timers: each has one delay, so its deadlines come in order.

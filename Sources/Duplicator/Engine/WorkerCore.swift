@@ -51,6 +51,14 @@ public protocol WorkerBackend: SessionIO {
     var loopCheckNeeded: Bool { get }
     /// Once a tick, for the backend's own gauges and logs.
     func tick(nowMs: UInt64)
+    /// A descriptor opened outside the backend that the worker will receive
+    /// on (the TLS handshake thread's wake socket); false when it cannot be.
+    func watch(fd: Int32) -> Bool
+}
+
+extension WorkerBackend {
+    /// A completion-based backend needs nothing before a receive.
+    public func watch(fd: Int32) -> Bool { true }
 }
 
 /// Sessions waiting for a free slot, in arrival order: shared by a worker's
@@ -191,7 +199,7 @@ public final class WorkerCore<Backend: WorkerBackend> {
             return
         case .acceptCancel:
             return
-        case .tlsRecv, .tlsSend:
+        case .tlsRecv, .tlsSend, .tlsStepped:
             if let slot = completion.selectedBuffer { io.bufferTaken(slot) }
             if let tls {
                 tls.completed(kind, tag: tag, result: completion.result, slot: completion.selectedBuffer)

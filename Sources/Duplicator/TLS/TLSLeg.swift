@@ -40,6 +40,9 @@ struct TLSLeg {
     var sending = false
     /// A handshake receive found no free slot: tried again at the tick.
     var waitsForBuffer = false
+    /// The handshake thread runs a step on `stream`: nothing here touches
+    /// the stream until the step's result is taken (`HandshakeThread`).
+    var stepping = false
     /// The session cancelled the leg's operations: nothing more is asked of the socket.
     var cancelled = false
     /// Ciphertext taken from the stream, `outputStart..<outputEnd` still to send.

@@ -45,6 +45,10 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
     /// Handshake steps waiting for their turn after the established
     /// sessions' work of a round (`runHandshakes`).
     private var handshakes: HandshakeBudget
+    /// Where the steps run: a niced thread of this worker's own, or, when
+    /// none could be had, this thread within the round's budget.
+    private let steps: HandshakeThread?
+    private var stepsDone: [HandshakeThread.Result] = []
     /// `--mirror-tls`: each mirror slot's host, the name its certificate must have.
     private var mirrorHosts: [String] = []
     private var queued: [WorkerCompletion] = []
@@ -63,7 +67,24 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
         legs = (0..<(table.capacity * perSession)).map {
             TLSLeg(session: UInt32($0 / perSession), leg: Leg(rawValue: UInt8($0 % perSession)))
         }
-        handshakes = HandshakeBudget(capacity: table.capacity * perSession)
+        var steps: HandshakeThread?
+        do {
+            let thread = try HandshakeThread(name: "tls handshakes")
+            if backend.watch(fd: thread.wakeFD) {
+                steps = thread
+            } else {
+                thread.stop()
+                logger.warning("TLS handshakes run on the worker's thread: the handshake thread's socket cannot be watched")
+            }
+        } catch {
+            logger.warning("TLS handshakes run on the worker's thread: \(error)")
+        }
+        self.steps = steps
+        // Handed to the thread, every waiting step goes at once; on this
+        // thread, a round's steps are bounded.
+        handshakes = steps == nil ? HandshakeBudget(capacity: table.capacity * perSession)
+            : HandshakeBudget(capacity: table.capacity * perSession, roundMicrosecondsMax: .max, roundStepsMax: .max)
+        armStepsWake()
     }
 
     /// The mirror slots' addresses as written (`host:port`), at start and after a reload.
@@ -89,6 +110,7 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
     }
 
     deinit {
+        steps?.stop()
         for index in legs.indices { legs[index].release() }
         for index in draining.indices { draining[index].release() }
     }
@@ -149,8 +171,13 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
         backend.recv(fd: legs[index].fd, tag: legs[index].tag(.tlsRecv))
     }
 
-    /// A completion of this layer's own operations (`tlsRecv`, `tlsSend`).
+    /// A completion of this layer's own operations (`tlsRecv`, `tlsSend`,
+    /// `tlsStepped`).
     func completed(_ kind: OperationKind, tag: CompletionTag, result: Int32, slot: UInt32?) {
+        if kind == .tlsStepped {
+            if let slot { backend.recycle(slot: slot) }
+            return stepsWoke(result: result)
+        }
         guard let index = place(tag), legs[index].generation == tag.generation, legs[index].phase != .idle,
               legs[index].phase != .connecting else {
             if let slot { backend.recycle(slot: slot) }
@@ -221,8 +248,45 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
     /// receive in flight) has nothing to step.
     private func step(_ index: Int) {
         guard legs[index].phase == .handshaking, !legs[index].receiving, !legs[index].waitsForBuffer,
-              let stream = legs[index].stream else { return }
-        let state = stream.handshake()
+              !legs[index].stepping, let stream = legs[index].stream else { return }
+        guard let steps else { return stepped(index, stream.handshake()) }
+        legs[index].stepping = true
+        steps.submit(HandshakeThread.Step(place: index, generation: legs[index].generation, stream: stream))
+    }
+
+    /// The thread's wake: one receive of its socket at a time.
+    private func armStepsWake() {
+        guard let steps else { return }
+        backend.discard(fd: steps.wakeFD, tag: CompletionTag(kind: .tlsStepped, leg: .client, generation: 0, session: 0))
+    }
+
+    /// The handshake thread said steps are done (or the tick looks): each
+    /// goes on here, unless its leg failed or took another client since.
+    private func stepsWoke(result: Int32) {
+        takeSteps()
+        if result >= 0 || result == -EINTR || result == -EAGAIN {
+            armStepsWake()
+        } else if result != -ECANCELED {
+            // Not woken any more: the tick takes the steps done.
+            logger.warning("TLS handshake thread's wake: \(RingError.describe(errno: -result)); steps are taken once a tick")
+        }
+    }
+
+    private func takeSteps() {
+        guard let steps else { return }
+        steps.takeResults(into: &stepsDone)
+        for done in stepsDone {
+            let index = done.place
+            guard legs[index].generation == done.generation, legs[index].stepping else { continue }
+            legs[index].stepping = false
+            // A leg that failed meanwhile was let go already.
+            if legs[index].phase == .handshaking { stepped(index, done.state) }
+        }
+        stepsDone.removeAll(keepingCapacity: true)
+    }
+
+    /// A step is done: its ciphertext goes out, and the handshake goes on, ends or fails.
+    private func stepped(_ index: Int, _ state: TLSStream.HandshakeState) {
         flush(index)
         switch state {
         case .inProgress:
@@ -293,6 +357,8 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
     /// no slot try again; on an abort, every handshake ends.
     func tick(aborting: Bool) {
         guard handshakesInProgress > 0 else { return }
+        // A wake that did not come (the thread's socket failed) costs a tick at most.
+        takeSteps()
         for index in legs.indices where legs[index].phase == .handshaking {
             if aborting || context.nowMs >= legs[index].handshakeDeadlineMs {
                 failHandshake(index, reason: aborting ? "the proxy stopped" : "not done within --tls-handshake-timeout")
@@ -311,7 +377,8 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
         guard !legs[index].sending, legs[index].phase == .handshaking || legs[index].phase == .established,
               legs[index].sendError == 0,
               let stream = legs[index].stream, let output = legs[index].output else { return }
-        if legs[index].outputStart == legs[index].outputEnd {
+        // While the thread steps the stream, its ciphertext waits for the step's end.
+        if legs[index].outputStart == legs[index].outputEnd && !legs[index].stepping {
             legs[index].outputStart = 0
             legs[index].outputEnd = stream.takeCiphertext(
                 into: UnsafeMutableRawBufferPointer(start: output, count: TLSLeg.outputBytesMax))

@@ -46,7 +46,8 @@ public struct TLSSettings: Sendable {
     public var summary: String {
         let alpnNote = alpn.isEmpty ? "no ALPN" : "ALPN \(alpn.joined(separator: ","))"
         return "TLS from clients: certificate \(certificatePath), TLS 1.2 and 1.3, \(alpnNote), "
-            + "handshake timeout \(DurationParser.text(nanoseconds: Int64(handshakeTimeoutMs) * 1_000_000)); "
+            + "handshake timeout \(DurationParser.text(nanoseconds: Int64(handshakeTimeoutMs) * 1_000_000)), "
+            + "handshakes on a thread of each worker's own at nice +\(HandshakeThread.niceIncrement); "
             + "main and mirrors get the plaintext"
     }
 }

@@ -2,7 +2,7 @@ import COpenSSL
 import Glibc
 
 /// Why a TLS stream failed.
-public enum TLSFailure: Error, Equatable, CustomStringConvertible {
+public enum TLSFailure: Error, Equatable, Sendable, CustomStringConvertible {
     /// The handshake failed: not TLS, a version or cipher in common with
     /// none of ours, a bad certificate (`reason` says which).
     case handshake(reason: String)
@@ -25,7 +25,7 @@ public enum TLSFailure: Error, Equatable, CustomStringConvertible {
 /// epoll backend) does every receive and send and nothing here can block.
 public final class TLSStream {
     /// Where the handshake is.
-    public enum HandshakeState: Equatable {
+    public enum HandshakeState: Equatable, Sendable {
         case inProgress
         case established
         case failed(TLSFailure)

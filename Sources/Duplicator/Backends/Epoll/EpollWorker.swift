@@ -274,6 +274,9 @@ final class EpollWorker: KernelBackend {
         return 0
     }
 
+    /// Readiness is how this backend receives: a descriptor must be in the poll set first.
+    func watch(fd: Int32) -> Bool { register(fd) == 0 }
+
     /// Room for descriptor number `index` at least: twice as many, moved.
     private func growDescriptors(toHold index: Int) {
         let capacity = max(index + 1, descriptorCapacity * 2)

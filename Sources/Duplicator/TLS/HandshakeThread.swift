@@ -1,0 +1,143 @@
+import Glibc
+import Platform
+
+/// Handshake steps off the worker's thread (promise 11), at a lower CPU
+/// priority than the worker.
+///
+/// A server's first flight is a key exchange and a signature: about 250 us
+/// of one core, where a request costs the worker about 15. Ordering the
+/// steps within the worker's loop (`HandshakeBudget`) keeps an established
+/// session's bytes ahead of the handshakes that wait, but each step still
+/// holds the thread that carries every session's bytes, so a flood of new
+/// clients took most of an established client's rate. Here each worker
+/// hands its handshakes' steps to a thread of its own, niced
+/// (`niceIncrement`): the kernel's scheduler then runs the worker first
+/// whenever both want the CPU, and the handshakes take what is left, never
+/// nothing (a niced thread still gets its weight's share, so new clients
+/// are slowed, not starved).
+///
+/// A step's stream belongs to this thread from `submit` until its result
+/// is taken (`takeResults`): the worker neither feeds it nor takes its
+/// ciphertext meanwhile (`TLSLeg.stepping`). A result wakes the worker
+/// through a datagram on a socket pair, which the worker receives like any
+/// other socket (`wakeFD`), on either backend.
+final class HandshakeThread: @unchecked Sendable {
+    /// A step to run: the leg's place and generation say, when it comes
+    /// back, whether the leg is still the one that asked.
+    struct Step: @unchecked Sendable {
+        let place: Int
+        let generation: UInt16
+        /// Owned by the thread until the result is taken.
+        let stream: TLSStream
+    }
+
+    struct Result: Sendable {
+        let place: Int
+        let generation: UInt16
+        let state: TLSStream.HandshakeState
+    }
+
+    /// nice(1)'s increment for the thread: at 10 it weighs about a tenth
+    /// of the worker when both are runnable on one core.
+    static let niceIncrement: Int32 = 10
+
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let condition: UnsafeMutablePointer<pthread_cond_t>
+    private var steps: [Step] = []
+    private var stepsHead = 0
+    private var results: [Result] = []
+    /// A wake datagram was sent and its results are not taken yet.
+    private var wakeSent = false
+    private var stopping = false
+    private var thread: NativeThread?
+    /// The worker's end of the socket pair: receive on it to be woken.
+    let wakeFD: Int32
+    private let signalFD: Int32
+
+    /// Throws when the socket pair or the thread cannot be had: the worker
+    /// then steps its handshakes itself.
+    init(name: String) throws(ProxyError) {
+        var pair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue),
+                         0, &pair) == 0 else {
+            throw ProxyError("cannot open the TLS handshake thread's socket pair: \(SystemCallError.describe(errorNumber: errno))")
+        }
+        wakeFD = pair[0]
+        signalFD = pair[1]
+        mutex = .allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+        condition = .allocate(capacity: 1)
+        pthread_cond_init(condition, nil)
+        do {
+            thread = try startThread(name) { [self] in run() }
+        } catch {
+            close(wakeFD)
+            close(signalFD)
+            throw error
+        }
+    }
+
+    deinit {
+        stop()
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        condition.deallocate()
+        mutex.deallocate()
+        close(wakeFD)
+        close(signalFD)
+    }
+
+    /// Ends the thread once its current step is done; steps not begun are dropped.
+    func stop() {
+        pthread_mutex_lock(mutex)
+        stopping = true
+        pthread_cond_signal(condition)
+        pthread_mutex_unlock(mutex)
+        thread?.join()
+        thread = nil
+    }
+
+    /// On the worker's thread: the step runs as soon as the thread gets to it.
+    func submit(_ step: Step) {
+        pthread_mutex_lock(mutex)
+        steps.append(step)
+        pthread_cond_signal(condition)
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// On the worker's thread: the steps done since the last call, in the order they were done.
+    func takeResults(into done: inout [Result]) {
+        pthread_mutex_lock(mutex)
+        swap(&done, &results)
+        wakeSent = false
+        pthread_mutex_unlock(mutex)
+    }
+
+    private func run() {
+        // This thread only: on Linux a nice value is a thread's, and 0 is the caller.
+        _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, Self.niceIncrement)
+        pthread_mutex_lock(mutex)
+        while true {
+            while stepsHead == steps.count && !stopping { pthread_cond_wait(condition, mutex) }
+            if stopping { break }
+            let step = steps[stepsHead]
+            stepsHead += 1
+            if stepsHead == steps.count {
+                steps.removeAll(keepingCapacity: true)
+                stepsHead = 0
+            }
+            pthread_mutex_unlock(mutex)
+            let state = step.stream.handshake()
+            pthread_mutex_lock(mutex)
+            results.append(Result(place: step.place, generation: step.generation, state: state))
+            if !wakeSent {
+                wakeSent = true
+                // A full socket buffer holds a datagram already: the worker wakes anyway.
+                var byte: UInt8 = 1
+                _ = send(signalFD, &byte, 1, Int32(MSG_DONTWAIT))
+            }
+        }
+        steps.removeAll()
+        pthread_mutex_unlock(mutex)
+    }
+}
