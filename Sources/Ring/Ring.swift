@@ -37,6 +37,8 @@ public final class Ring {
     public let submissionEntries: UInt32
     public let completionEntriesGranted: UInt32
     private let reaped: UnsafeMutablePointer<shim_completion>
+    /// The duration of `prepareTimeout`'s request, read by the kernel at submission.
+    private let timeoutSpec: UnsafeMutablePointer<__kernel_timespec>
     public let reapBatchMax: Int
     private var registeredBufferCount = 0
 
@@ -89,6 +91,8 @@ public final class Ring {
         completionEntriesGranted = ring.pointee.cq.ring_entries
         self.reapBatchMax = reapBatchMax
         reaped = .allocate(capacity: reapBatchMax)
+        timeoutSpec = .allocate(capacity: 1)
+        timeoutSpec.initialize(to: __kernel_timespec())
     }
 
     deinit {
@@ -96,6 +100,7 @@ public final class Ring {
         io_uring_queue_exit(ring)
         ring.deallocate()
         reaped.deallocate()
+        timeoutSpec.deallocate()
     }
 
     /// Registers the ring's own descriptor with this thread's io_uring
@@ -447,6 +452,18 @@ public final class Ring {
     public func prepareCancel(target: CompletionTag, tag: CompletionTag) {
         let sqe = nextSQE()
         io_uring_prep_cancel64(sqe, target.rawValue, 0)
+        finish(sqe, tag)
+    }
+
+    /// A timeout of its own (not linked): completes with -ETIME once
+    /// `nanoseconds` (at least 1) have passed since its submission. The
+    /// kernel reads the duration at submission, from the ring's one copy:
+    /// one such timeout per submit.
+    public func prepareTimeout(nanoseconds: Int64, tag: CompletionTag) {
+        let duration = max(1, nanoseconds)
+        timeoutSpec.pointee = __kernel_timespec(tv_sec: duration / 1_000_000_000, tv_nsec: duration % 1_000_000_000)
+        let sqe = nextSQE()
+        io_uring_prep_timeout(sqe, timeoutSpec, 0, 0)
         finish(sqe, tag)
     }
 

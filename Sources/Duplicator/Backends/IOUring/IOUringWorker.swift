@@ -67,6 +67,16 @@ final class IOUringWorker: KernelBackend {
     private let zeroCopyFixedVectored: Bool
     /// When a finished worker stops waiting for notifications (0: not yet finished).
     private var zeroCopyWaitDeadlineMs: UInt64 = 0
+    /// The sessions' timers' wake (`SessionTimers.nextWakeUs`): one timeout
+    /// request armed for the earliest deadline and kept across waits, rather
+    /// than a short timeout on every wait. At 20 000 requests/s with a mirror
+    /// the wait's own timeout, armed again at each of its sleeps, cost the
+    /// worker 1 to 6 us of CPU per request more (BENCHMARKS.md, "A mirror
+    /// batch's wake: one timeout request"). `timerArmedUs`: the deadline armed (0: none);
+    /// `timerSerial` tells the armed request's completion from a superseded one's.
+    private var timerArmedUs: UInt64 = 0
+    private var timerSerial: UInt32 = 0
+    static let timerKind: UInt8 = 0xE1
     private var growthErrorLogged = false
     /// The context, table, waiters and timers of the worker's logic.
     let parts: WorkerParts
@@ -146,6 +156,11 @@ final class IOUringWorker: KernelBackend {
                         zeroCopyCompleted(completion)
                         continue
                     }
+                    if completion.tag.kind == Self.timerKind {
+                        // The round's end fires what is due (`afterCompletions`).
+                        if completion.tag.session == timerSerial { timerArmedUs = 0 }
+                        continue
+                    }
                     var hasMore = completion.hasMore
                     if !hasMore && completion.tag.kind == OperationKind.accept.rawValue {
                         hasMore = acceptEnded(listener: completion.tag.session)
@@ -177,14 +192,21 @@ final class IOUringWorker: KernelBackend {
             let count = ring.reap()
             if count > 0 { return count }
         }
-        var timeoutNanoseconds = Int64(WorkerCore<IOUringWorker>.tickMs) * 1_000_000
-        if let deadlineUs = parts.timers.nextWakeUs {
-            // Wake for the next mirror deadline; at least 1 us, since 0 means "no timeout".
-            let untilNanoseconds = deadlineUs > context.nowUs ? Int64(deadlineUs &- context.nowUs) * 1000 : 1000
-            timeoutNanoseconds = max(1000, min(timeoutNanoseconds, untilNanoseconds))
+        if let deadlineUs = parts.timers.nextWakeUs, timerArmedUs == 0 || deadlineUs < timerArmedUs {
+            armTimer(atUs: deadlineUs)
         }
-        try ring.submitAndWait(count: 1, timeoutNanoseconds: timeoutNanoseconds)
+        try ring.submitAndWait(count: 1, timeoutNanoseconds: Int64(WorkerCore<IOUringWorker>.tickMs) * 1_000_000)
         return ring.reap()
+    }
+
+    /// Arms the timers' wake for `deadlineUs`; one armed before for a later
+    /// deadline still completes, and is then ignored.
+    private func armTimer(atUs deadlineUs: UInt64) {
+        let untilNanoseconds = deadlineUs > context.nowUs ? Int64(deadlineUs &- context.nowUs) * 1000 : 1
+        timerSerial &+= 1
+        timerArmedUs = deadlineUs
+        ring.prepareTimeout(nanoseconds: untilNanoseconds,
+                            tag: CompletionTag(kind: Self.timerKind, leg: 0, generation: 0, session: timerSerial))
     }
 
     // MARK: - Zero-copy sends
