@@ -8,27 +8,12 @@ import Platform
 /// worker. What a request becomes, which bounds apply besides the queue's,
 /// and what is counted stay with each writer.
 final class BackgroundWriter<Request: Sendable>: @unchecked Sendable {
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private let condition: UnsafeMutablePointer<pthread_cond_t>
+    private let lock = ConditionLock()
     private var queue: [(request: Request, bytes: Int)] = []
     /// Bytes held by the queued requests and the one being written.
     private var queuedBytes = 0
     private var stopping = false
     private var thread: NativeThread?
-
-    init() {
-        mutex = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
-        condition = .allocate(capacity: 1)
-        pthread_cond_init(condition, nil)
-    }
-
-    deinit {
-        pthread_cond_destroy(condition)
-        pthread_mutex_destroy(mutex)
-        condition.deallocate()
-        mutex.deallocate()
-    }
 
     /// Starts the thread `name`, which hands each request to `write` in order.
     func start(_ name: String, write: @escaping @Sendable (Request) -> Void) throws(ProxyError) {
@@ -37,10 +22,10 @@ final class BackgroundWriter<Request: Sendable>: @unchecked Sendable {
 
     /// Writes what is queued, then ends the thread.
     func stop() {
-        pthread_mutex_lock(mutex)
-        stopping = true
-        pthread_cond_signal(condition)
-        pthread_mutex_unlock(mutex)
+        lock.withLock {
+            stopping = true
+            lock.signal()
+        }
         thread?.join()
         thread = nil
     }
@@ -50,32 +35,30 @@ final class BackgroundWriter<Request: Sendable>: @unchecked Sendable {
     /// the caller counts the drop). One request is always taken when the
     /// queue is empty, whatever its size.
     func offer(_ request: Request, bytes: Int, queueBytesMax: Int) -> Bool {
-        pthread_mutex_lock(mutex)
-        let accepted = (queue.isEmpty || queuedBytes + bytes <= queueBytesMax) && !stopping
-        if accepted {
-            queue.append((request, bytes))
-            queuedBytes += bytes
-            pthread_cond_signal(condition)
+        lock.withLock {
+            let accepted = (queue.isEmpty || queuedBytes + bytes <= queueBytesMax) && !stopping
+            if accepted {
+                queue.append((request, bytes))
+                queuedBytes += bytes
+                lock.signal()
+            }
+            return accepted
         }
-        pthread_mutex_unlock(mutex)
-        return accepted
     }
 
     private func run(_ write: (Request) -> Void) {
         while true {
-            pthread_mutex_lock(mutex)
-            while queue.isEmpty && !stopping { pthread_cond_wait(condition, mutex) }
+            lock.lock()
+            while queue.isEmpty && !stopping { lock.wait() }
             if queue.isEmpty {
-                pthread_mutex_unlock(mutex)
+                lock.unlock()
                 return
             }
             let next = queue.removeFirst()
-            pthread_mutex_unlock(mutex)
+            lock.unlock()
             write(next.request)
             // The request's memory is held until it is written.
-            pthread_mutex_lock(mutex)
-            queuedBytes -= next.bytes
-            pthread_mutex_unlock(mutex)
+            lock.withLock { queuedBytes -= next.bytes }
         }
     }
 

@@ -41,8 +41,7 @@ final class HandshakeThread: @unchecked Sendable {
     /// of the worker when both are runnable on one core.
     static let niceIncrement: Int32 = 10
 
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private let condition: UnsafeMutablePointer<pthread_cond_t>
+    private let lock = ConditionLock()
     private var steps: [Step] = []
     private var stepsHead = 0
     private var results: [Result] = []
@@ -64,10 +63,6 @@ final class HandshakeThread: @unchecked Sendable {
         }
         wakeFD = pair[0]
         signalFD = pair[1]
-        mutex = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
-        condition = .allocate(capacity: 1)
-        pthread_cond_init(condition, nil)
         do {
             thread = try startThread(name) { [self] in run() }
         } catch {
@@ -77,48 +72,44 @@ final class HandshakeThread: @unchecked Sendable {
         }
     }
 
+    /// The thread holds this object until `stop`.
     deinit {
-        stop()
-        pthread_cond_destroy(condition)
-        pthread_mutex_destroy(mutex)
-        condition.deallocate()
-        mutex.deallocate()
         close(wakeFD)
         close(signalFD)
     }
 
     /// Ends the thread once its current step is done; steps not begun are dropped.
     func stop() {
-        pthread_mutex_lock(mutex)
-        stopping = true
-        pthread_cond_signal(condition)
-        pthread_mutex_unlock(mutex)
+        lock.withLock {
+            stopping = true
+            lock.signal()
+        }
         thread?.join()
         thread = nil
     }
 
     /// On the worker's thread: the step runs as soon as the thread gets to it.
     func submit(_ step: Step) {
-        pthread_mutex_lock(mutex)
-        steps.append(step)
-        pthread_cond_signal(condition)
-        pthread_mutex_unlock(mutex)
+        lock.withLock {
+            steps.append(step)
+            lock.signal()
+        }
     }
 
     /// On the worker's thread: the steps done since the last call, in the order they were done.
     func takeResults(into done: inout [Result]) {
-        pthread_mutex_lock(mutex)
-        swap(&done, &results)
-        wakeSent = false
-        pthread_mutex_unlock(mutex)
+        lock.withLock {
+            swap(&done, &results)
+            wakeSent = false
+        }
     }
 
     private func run() {
         // This thread only: on Linux a nice value is a thread's, and 0 is the caller.
         _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, Self.niceIncrement)
-        pthread_mutex_lock(mutex)
+        lock.lock()
         while true {
-            while stepsHead == steps.count && !stopping { pthread_cond_wait(condition, mutex) }
+            while stepsHead == steps.count && !stopping { lock.wait() }
             if stopping { break }
             let step = steps[stepsHead]
             stepsHead += 1
@@ -126,9 +117,9 @@ final class HandshakeThread: @unchecked Sendable {
                 steps.removeAll(keepingCapacity: true)
                 stepsHead = 0
             }
-            pthread_mutex_unlock(mutex)
+            lock.unlock()
             let state = step.stream.handshake()
-            pthread_mutex_lock(mutex)
+            lock.lock()
             results.append(Result(place: step.place, generation: step.generation, state: state))
             if !wakeSent {
                 wakeSent = true
@@ -138,6 +129,6 @@ final class HandshakeThread: @unchecked Sendable {
             }
         }
         steps.removeAll()
-        pthread_mutex_unlock(mutex)
+        lock.unlock()
     }
 }
