@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 #include <sys/uio.h>
@@ -79,6 +80,18 @@ static inline int shim_cpus_allowed(void) {
 }
 
 static inline int shim_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
+
+/// A monotonic timer descriptor, and its one expiry `nanoseconds` from now
+/// (at least 1: zero would disarm it).
+static inline int shim_timerfd(void) { return timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC); }
+static inline int shim_timerfd_arm(int fd, long long nanoseconds) {
+    if (nanoseconds < 1) nanoseconds = 1;
+    struct itimerspec spec;
+    memset(&spec, 0, sizeof(spec));
+    spec.it_value.tv_sec = nanoseconds / 1000000000LL;
+    spec.it_value.tv_nsec = nanoseconds % 1000000000LL;
+    return timerfd_settime(fd, 0, &spec, NULL);
+}
 
 /// The handover of listeners between two processes (`--handover-socket`):
 /// descriptors passed over a Unix socket with SCM_RIGHTS, and who the peer

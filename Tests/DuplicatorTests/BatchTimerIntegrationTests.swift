@@ -5,7 +5,8 @@ import Testing
 /// A mirror batch that no traffic sends (a lone request, then silence) goes
 /// out when its delay is up: the worker's timer wakes it (io_uring: one
 /// timeout request armed for the earliest deadline and kept across waits;
-/// epoll: the wait's timeout), not the next 100 ms tick (issue 26). If the
+/// epoll: a timer descriptor armed the same way), not the next 100 ms tick
+/// (issue 26). If the
 /// timer never woke the worker, the copies would go out at the tick, spread
 /// over 0 to 100 ms.
 @Suite(.timeLimit(.minutes(6))) struct BatchTimerIntegrationTests {
