@@ -6,9 +6,8 @@ import Testing
 /// out when its delay is up: the worker's timer wakes it (io_uring: one
 /// timeout request armed for the earliest deadline and kept across waits;
 /// epoll: a timer descriptor armed the same way), not the next 100 ms tick
-/// (issue 26). If the
-/// timer never woke the worker, the copies would go out at the tick, spread
-/// over 0 to 100 ms.
+/// (issue 26). If the timer never woke the worker, the copies would go out
+/// at the tick, 0 to 100 ms later.
 @Suite(.timeLimit(.minutes(6))) struct BatchTimerIntegrationTests {
     @Test("a lone request's mirror copy goes out at --mirror-batch-delay, not at the next tick",
           arguments: [Config.Backend.ioUring, .epoll])
