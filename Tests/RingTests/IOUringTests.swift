@@ -61,6 +61,19 @@ struct IOUringTests {
         #expect(elapsed >= 20 && elapsed < 1_000, "waited \(elapsed) ms")
     }
 
+    @Test("a timeout request completes with -ETIME once its duration has passed, and wakes a wait without one")
+    func timeoutRequest() throws {
+        let ring = try Ring(entries: 8, completionEntries: 16)
+        let started = monotonicMs()
+        ring.prepareTimeout(nanoseconds: 30_000_000, tag: CompletionTag(rawValue: 77))
+        try ring.submitAndWait(count: 1)
+        let elapsed = monotonicMs() - started
+        #expect(ring.reap() == 1)
+        #expect(ring.completion(at: 0).tag.rawValue == 77)
+        #expect(ring.completion(at: 0).result == -ETIME)
+        #expect(elapsed >= 20 && elapsed < 1_000, "waited \(elapsed) ms")
+    }
+
     @Test("send and recv through the ring on a socket pair, into plain buffers")
     func sendRecv() throws {
         let (a, b) = try unixStreamPair()
