@@ -26,24 +26,9 @@ import Testing
         for round in 0..<10 {
             let before = proxy.mirrorTotal(0) { $0.bytesSent.value }
             let start = monotonicSeconds()
-            let sent = request.withUnsafeBytes { Glibc.send(connection.fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
-            try #require(sent == request.count)
-            var echoed = 0
-            var buffer = [UInt8](repeating: 0, count: 256)
-            while echoed < request.count && connection.poll(events: Int16(POLLIN), timeoutSeconds: 5) {
-                let count = buffer.withUnsafeMutableBytes { Glibc.recv(connection.fd, $0.baseAddress!, $0.count, 0) }
-                guard count > 0 else { break }
-                echoed += count
-            }
-            try #require(echoed == request.count, "main's echo of request \(round)")
-            var reached = false
-            while monotonicSeconds() - start < 2 {
-                if proxy.mirrorTotal(0, { $0.bytesSent.value }) >= before + UInt64(request.count) {
-                    reached = true
-                    break
-                }
-                usleep(500)
-            }
+            let echo = connection.exchange(request, shutdownAfterSending: false, timeoutSeconds: 5, expectBytes: request.count)
+            try #require(echo.received == request, "main's echo of request \(round)")
+            let reached = eventually(timeoutSeconds: 2) { proxy.mirrorTotal(0, { $0.bytesSent.value }) >= before + UInt64(request.count) }
             try #require(reached, "request \(round)'s copy never reached the mirror")
             waits.append(monotonicSeconds() - start)
             // The next request at another phase of the worker's tick.

@@ -32,22 +32,13 @@ import Testing
         return results
     }
 
-    /// Moves what `from` has for the peer into `to`.
-    func move(_ from: TLSStream, _ to: TLSStream) {
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while from.ciphertextBytesPending > 0 {
-            let count = buffer.withUnsafeMutableBytes { from.takeCiphertext(into: $0) }
-            buffer.withUnsafeBytes { to.feed(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
-        }
-    }
-
     @Test func serverStepsRunOnTheThreadAndWakeTheCaller() throws {
         let thread = try HandshakeThread(name: "tls handshakes")
         defer { thread.stop() }
         let client = TLSStream(context: try certificates.clientContext())
         let serverStream = TLSStream(context: server)
         #expect(client.handshake() == .inProgress)
-        move(client, serverStream)
+        moveCiphertext(client, serverStream)
         var steps = 0
         // The server's steps only on the thread; the client's here.
         while serverStream.state == .inProgress && steps < 4 {
@@ -57,9 +48,9 @@ import Testing
             #expect(results[0].place == 7 && results[0].generation == 3)
             #expect(results[0].state == serverStream.state)
             steps += 1
-            move(serverStream, client)
+            moveCiphertext(serverStream, client)
             client.handshake()
-            move(client, serverStream)
+            moveCiphertext(client, serverStream)
         }
         #expect(serverStream.state == .established)
         #expect(client.state == .established)
@@ -89,7 +80,7 @@ import Testing
             let client = TLSStream(context: try certificates.clientContext())
             client.handshake()
             let serverStream = TLSStream(context: server)
-            move(client, serverStream)
+            moveCiphertext(client, serverStream)
             streams.append(serverStream)
             thread.submit(HandshakeThread.Step(place: place, generation: UInt16(place), stream: serverStream))
         }
@@ -134,7 +125,7 @@ import Testing
             let client = TLSStream(context: try certificates.clientContext())
             client.handshake()
             let serverStream = TLSStream(context: server)
-            move(client, serverStream)
+            moveCiphertext(client, serverStream)
             thread.submit(HandshakeThread.Step(place: place, generation: 0, stream: serverStream))
         }
         let start = Date()

@@ -62,19 +62,26 @@ func makeTemporaryFolder(_ prefix: String) throws -> String {
 
 /// Two in-memory TLS endpoints: moves ciphertext between them until neither has any to give.
 func shuttle(_ client: TLSStream, _ server: TLSStream, rounds: Int = 20) {
-    var buffer = [UInt8](repeating: 0, count: 65536)
     for _ in 0..<rounds {
         var moved = false
         for (from, to) in [(client, server), (server, client)] {
             if from.state == .inProgress { from.handshake() }
-            while from.ciphertextBytesPending > 0 {
-                let count = buffer.withUnsafeMutableBytes { from.takeCiphertext(into: $0) }
-                buffer.withUnsafeBytes { to.feed(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+            if from.ciphertextBytesPending > 0 {
+                moveCiphertext(from, to)
                 moved = true
             }
             if to.state == .inProgress { to.handshake() }
         }
         if !moved { return }
+    }
+}
+
+/// All the ciphertext `from` has for its peer, fed to `to`.
+func moveCiphertext(_ from: TLSStream, _ to: TLSStream) {
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while from.ciphertextBytesPending > 0 {
+        let count = buffer.withUnsafeMutableBytes { from.takeCiphertext(into: $0) }
+        buffer.withUnsafeBytes { to.feed(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
     }
 }
 
