@@ -103,6 +103,16 @@ mutant turn-not-kept Sources/Duplicator/Engine/TurnGate.swift \
 mutant admission-ignores-pool Sources/Duplicator/Config/Config.swift \
     'max(1, min(sessionsMax, (poolSlotsPerWorker - mirrorShareSlots) / Self.sessionSlotsMax))' \
     'max(1, sessionsMax)' 'ParserTests|WorkerCoreTests'
+# A mirror batch no traffic sends: the io_uring worker's timer is never armed (the tick sends it).
+mutant batch-timer-never-armed Sources/Duplicator/Backends/IOUring/IOUringWorker.swift \
+    'if let deadlineUs = parts.timers.nextWakeUs, timerArmedUs == 0 || deadlineUs < timerArmedUs {' \
+    'if false, let deadlineUs = parts.timers.nextWakeUs, timerArmedUs == 0 || deadlineUs < timerArmedUs {' \
+    'BatchTimerIntegrationTests'
+# The same on epoll: its timer descriptor is never armed.
+mutant epoll-batch-timer-never-armed Sources/Duplicator/Backends/Epoll/EpollWorker.swift \
+    'guard let deadlineUs = parts.timers.nextWakeUs, timerArmedUs == 0 || deadlineUs < timerArmedUs else { return }' \
+    'guard false, let deadlineUs = parts.timers.nextWakeUs, timerArmedUs == 0 || deadlineUs < timerArmedUs else { return }' \
+    'BatchTimerIntegrationTests'
 
 if [[ ${1:-} == --list ]]; then
     printf '%s\n' "${names[@]}"
