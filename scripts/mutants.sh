@@ -113,6 +113,11 @@ mutant epoll-batch-timer-never-armed Sources/Duplicator/Backends/Epoll/EpollWork
     'guard let deadlineUs = parts.timers.nextWakeUs, timerArmedUs == 0 || deadlineUs < timerArmedUs else { return }' \
     'guard false, let deadlineUs = parts.timers.nextWakeUs, timerArmedUs == 0 || deadlineUs < timerArmedUs else { return }' \
     'BatchTimerIntegrationTests'
+# The io_uring worker's FINs go through the ring's shutdown again: an io-wq thread each.
+mutant fin-through-io-wq Sources/Duplicator/Backends/IOUring/IOUringWorker.swift \
+    'if Glibc.shutdown(fd, Int32(SHUT_WR)) == 0 {' \
+    'if false, Glibc.shutdown(fd, Int32(SHUT_WR)) == 0 {' \
+    'IntegrationTests/finsFromTheWorkersThread'
 
 if [[ ${1:-} == --list ]]; then
     printf '%s\n' "${names[@]}"

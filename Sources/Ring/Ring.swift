@@ -427,6 +427,7 @@ public final class Ring {
         }
     }
 
+    /// The kernel runs it on an io-wq thread, never inline.
     public func prepareShutdown(fd: Int32, how: Int32, tag: CompletionTag) {
         let sqe = nextSQE()
         io_uring_prep_shutdown(sqe, fd, how)

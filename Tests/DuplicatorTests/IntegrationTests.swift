@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import Synchronization
 import Testing
@@ -399,6 +400,29 @@ struct IntegrationTests {
         let (received, end) = connection.exchange(Array("ping".utf8), shutdownAfterSending: false, timeoutSeconds: 20)
         #expect(end == .eof)
         #expect(received == reply)
+    }
+
+    /// The FINs of half-closes go from the worker's own thread. The kernel
+    /// runs a ring's shutdown request on an io-wq thread, which it starts in
+    /// the process that asked and names iou-wrk-<tid>: a wakeup and a switch
+    /// per FIN, two per session that closes (about 0.9 context switches per
+    /// request of a connection-per-request load). The proxy runs as a process
+    /// of its own so that no other ring of the tests starts one.
+    @Test("half-close: the FINs go from the worker's thread, no io_uring worker thread is started")
+    func finsFromTheWorkersThread() throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let proxy = try ProxyProcess(backend: .ioUring, ["-f", "127.0.0.1:\(main.boundPort)", "--threads", "1"],
+                                     port: freePort())
+        let failures = try echoSessions(20, port: proxy.port) { Array("session \($0)\n".utf8) }
+        #expect(failures.isEmpty, "\(failures)")
+        // Idle io-wq threads exit after 5 s; these sessions ended just now.
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(proxy.process.processIdentifier)/task")) ?? []
+        let names = tasks.compactMap {
+            try? String(contentsOfFile: "/proc/\(proxy.process.processIdentifier)/task/\($0)/comm", encoding: .utf8)
+        }
+        #expect(names.contains { $0.hasPrefix("worker") }, "\(names)")
+        #expect(!names.contains { $0.hasPrefix("iou-wrk") }, "\(names)")
     }
 
     /// A mirror's replies wake the worker once per `mirrorDiscardBatchBytes`

@@ -423,9 +423,21 @@ final class IOUringWorker: KernelBackend {
         ring.prepareSendMessage(fd: fd, message: message, tag: tag)
     }
 
+    /// The FIN goes now, from this thread: the kernel runs a ring's shutdown
+    /// on an io-wq thread, always (`REQ_F_FORCE_ASYNC`), so each one cost a
+    /// wakeup of that thread and a switch to it, for a call that does not
+    /// block on a TCP socket. A no-op carries its success back as a
+    /// completion, as the ring's own would have. Nothing of the leg is in
+    /// flight when the session asks for its FIN, so no send prepared before
+    /// can follow it. A failure (the peer reset the connection) goes through
+    /// the ring's shutdown, which reports it.
     func shutdownWrite(fd: Int32, tag: CompletionTag) {
         sockets.shuttingDown(fd: fd, tag: tag)
-        ring.prepareShutdown(fd: fd, how: Int32(SHUT_WR), tag: tag)
+        if Glibc.shutdown(fd, Int32(SHUT_WR)) == 0 {
+            ring.prepareNop(tag: tag)
+        } else {
+            ring.prepareShutdown(fd: fd, how: Int32(SHUT_WR), tag: tag)
+        }
     }
 
     func cancel(fd: Int32, tag: CompletionTag) {
