@@ -118,6 +118,14 @@ mutant fin-through-io-wq Sources/Duplicator/Backends/IOUring/IOUringWorker.swift
     'if Glibc.shutdown(fd, Int32(SHUT_WR)) == 0 {' \
     'if false, Glibc.shutdown(fd, Int32(SHUT_WR)) == 0 {' \
     'IntegrationTests/finsFromTheWorkersThread'
+# Promise 11: handshakes always go to the niced thread (two wakeups each for nothing to protect) ...
+mutant handshakes-always-on-the-thread Sources/Duplicator/TLS/TLSSessionIO.swift \
+    'let thread = protectsSessions() ? steps : nil' 'let thread = steps' \
+    'TLSHandshakeFloodTests/stepsGoToTheThreadToProtectASession'
+# ... or never, beside a session that has run for a while.
+mutant handshakes-never-on-the-thread Sources/Duplicator/TLS/TLSSessionIO.swift \
+    'let thread = protectsSessions() ? steps : nil' 'let thread: HandshakeThread? = nil' \
+    'TLSHandshakeFloodTests/stepsGoToTheThreadToProtectASession'
 
 if [[ ${1:-} == --list ]]; then
     printf '%s\n' "${names[@]}"

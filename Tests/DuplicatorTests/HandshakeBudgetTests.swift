@@ -7,8 +7,9 @@ import Testing
 @Suite("HandshakeBudget")
 struct HandshakeBudgetTests {
     /// Steps the round allows, a step taking `stepUs` each from `startUs`.
-    private func round(_ budget: inout HandshakeBudget, startUs: UInt64 = 1_000, stepUs: UInt64) -> [Int] {
-        budget.startRound()
+    private func round(_ budget: inout HandshakeBudget, startUs: UInt64 = 1_000, stepUs: UInt64,
+                       bounded: Bool = true) -> [Int] {
+        budget.startRound(bounded: bounded)
         var stepped: [Int] = []
         var nowUs = startUs
         while let index = budget.next(nowUs: nowUs) {
@@ -40,6 +41,16 @@ struct HandshakeBudgetTests {
             #expect(round(&budget, stepUs: 150) == [expected])
         }
         #expect(!budget.hasWork)
+    }
+
+    @Test("a round not bounded (the steps go to the handshake thread) takes every place waiting, in order; the next is bounded again")
+    func unboundedRound() {
+        var budget = HandshakeBudget(capacity: 64, roundMicrosecondsMax: 50, roundStepsMax: 8)
+        for index in 0..<20 { budget.enqueue(index) }
+        #expect(round(&budget, stepUs: 150, bounded: false) == Array(0..<20))
+        #expect(!budget.hasWork)
+        for index in 0..<3 { budget.enqueue(index) }
+        #expect(round(&budget, stepUs: 150) == [0])
     }
 
     @Test("cheap steps go several to a round, within the time and the count")

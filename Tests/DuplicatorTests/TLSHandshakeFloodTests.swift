@@ -75,4 +75,61 @@ struct TLSHandshakeFloodTests {
         #expect(try established.echo(request) == request)
         established.close()
     }
+
+    /// Where the steps run: the niced handshake thread keeps a session that
+    /// has run for a while from waiting behind handshakes; while none is
+    /// open, handing a step to the thread and back costs two wakeups and
+    /// protects nothing, so the worker steps the handshakes itself (within
+    /// its round's budget). Seen from outside: the thread's CPU time
+    /// (schedstat) over 20 handshakes, without and then beside a session
+    /// kept open for more than a tick. The proxy runs as a process of its own.
+    @Test("handshakes step on the worker while no session has run for a tick, on the handshake thread beside one that has",
+          arguments: Config.Backend.tested)
+    func stepsGoToTheThreadToProtectASession(backend: Config.Backend) throws {
+        let main = try startServer(.echo)
+        defer { main.stop() }
+        let proxy = try ProxyProcess(backend: backend, ["-f", "127.0.0.1:\(main.boundPort)", "--threads", "1",
+                                                        "--tls-cert", certificates.certificatePath,
+                                                        "--tls-key", certificates.keyPath], port: freePort())
+        // The worker starts its thread once the listener is up.
+        try #require(eventually { Self.runNanos(ofThread: "tls handshakes", in: proxy) != nil })
+        let client = try certificates.clientContext()
+        let request = Array("a request\n".utf8)
+        // The thread's time while `body` runs, in nanoseconds.
+        func threadTime(_ body: () throws -> Void) throws -> UInt64 {
+            let before = try #require(Self.runNanos(ofThread: "tls handshakes", in: proxy))
+            try body()
+            return try #require(Self.runNanos(ofThread: "tls handshakes", in: proxy)) - before
+        }
+        func handshakes() throws {
+            for _ in 0..<20 {
+                let session = try TLSTestClient(port: proxy.port, context: client)
+                #expect(try session.echo(request) == request)
+                session.close()
+            }
+        }
+        let alone = try threadTime(handshakes)
+        let kept = try TLSTestClient(port: proxy.port, context: client)
+        #expect(try kept.echo(request) == request)
+        usleep(300_000)
+        let beside = try threadTime(handshakes)
+        #expect(try kept.echo(request) == request)
+        kept.close()
+        // 20 server first flights (a signature and a key exchange each) take
+        // milliseconds; the thread idle takes none.
+        #expect(alone < 1_000_000, "the thread ran \(alone) ns with no session to protect")
+        #expect(beside > 1_000_000, "the thread ran \(beside) ns beside a session open for 300 ms")
+    }
+
+    /// The time on a CPU of `proxy`'s thread named `name` (/proc's schedstat), nil if it has none.
+    private static func runNanos(ofThread name: String, in proxy: ProxyProcess) -> UInt64? {
+        let tasks = "/proc/\(proxy.process.processIdentifier)/task"
+        for task in (try? FileManager.default.contentsOfDirectory(atPath: tasks)) ?? [] {
+            guard let comm = try? String(contentsOfFile: "\(tasks)/\(task)/comm", encoding: .utf8),
+                  comm.trimmingCharacters(in: .whitespacesAndNewlines) == name,
+                  let stat = try? String(contentsOfFile: "\(tasks)/\(task)/schedstat", encoding: .utf8) else { continue }
+            return stat.split(separator: " ").first.flatMap { UInt64($0) }
+        }
+        return nil
+    }
 }

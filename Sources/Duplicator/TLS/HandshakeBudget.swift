@@ -32,6 +32,7 @@ struct HandshakeBudget {
     private var head = 0
     private(set) var count = 0
     private var stepsThisRound = 0
+    private var roundIsBounded = true
     private var firstStepUs: UInt64 = 0
 
     /// - Parameter capacity: the places (legs) that may wait.
@@ -55,8 +56,12 @@ struct HandshakeBudget {
         count += 1
     }
 
-    /// A new round: the budget is whole again.
-    mutating func startRound() { stepsThisRound = 0 }
+    /// A new round: the budget is whole again. Not `bounded`: every place
+    /// waiting goes this round (the steps run elsewhere: the handshake thread).
+    mutating func startRound(bounded: Bool = true) {
+        stepsThisRound = 0
+        roundIsBounded = bounded
+    }
 
     /// The next place to step, if this round's budget allows one more step
     /// now (`nowUs`); nil once it is spent or nothing waits.
@@ -64,7 +69,7 @@ struct HandshakeBudget {
         guard count > 0 else { return nil }
         if stepsThisRound == 0 {
             firstStepUs = nowUs
-        } else if stepsThisRound >= roundStepsMax || nowUs &- firstStepUs >= roundMicrosecondsMax {
+        } else if roundIsBounded && (stepsThisRound >= roundStepsMax || nowUs &- firstStepUs >= roundMicrosecondsMax) {
             return nil
         }
         stepsThisRound += 1

@@ -14,7 +14,9 @@ import Platform
 /// (`niceIncrement`): the kernel's scheduler then runs the worker first
 /// whenever both want the CPU, and the handshakes take what is left, never
 /// nothing (a niced thread still gets its weight's share, so new clients
-/// are slowed, not starved).
+/// are slowed, not starved). It does so while a session that has run for a
+/// while is open (`TLSSessionIO.protectsSessions`): otherwise the hand-off's
+/// two wakeups protect nothing, and the worker steps the handshakes itself.
 ///
 /// A step's stream belongs to this thread from `submit` until its result
 /// is taken (`takeResults`): the worker neither feeds it nor takes its

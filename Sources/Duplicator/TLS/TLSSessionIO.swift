@@ -45,9 +45,20 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
     /// Handshake steps waiting for their turn after the established
     /// sessions' work of a round (`runHandshakes`).
     private var handshakes: HandshakeBudget
-    /// Where the steps run: a niced thread of this worker's own, or, when
-    /// none could be had, this thread within the round's budget.
+    /// Where the steps run: a niced thread of this worker's own while a
+    /// session that has run for a while is open (`protectsSessions()`), or
+    /// this thread within the round's budget.
     private let steps: HandshakeThread?
+    /// A session established `protectedAgeMs` ago or more is still open: its
+    /// traffic is what the handshake thread keeps from waiting behind
+    /// handshakes (promise 11). With none, a step runs on this thread
+    /// within the round's budget: handing it to the thread and taking it
+    /// back costs a wakeup of each, about a fifth of a handshake's CPU here
+    /// (BENCHMARKS.md, "Handshakes on the worker while nothing is to
+    /// protect"), and protects nothing. Looked at once a tick at most.
+    private var sessionsToProtect = false
+    private var protectionCheckedMs: UInt64 = 0
+    static var protectedAgeMs: UInt64 { 100 }
     private var stepsDone: [HandshakeThread.Result] = []
     /// `--mirror-tls`: each mirror slot's host, the name its certificate must have.
     private var mirrorHosts: [String] = []
@@ -80,10 +91,7 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
             logger.warning("TLS handshakes run on the worker's thread: \(error)")
         }
         self.steps = steps
-        // Handed to the thread, every waiting step goes at once; on this
-        // thread, a round's steps are bounded.
-        handshakes = steps == nil ? HandshakeBudget(capacity: table.capacity * perSession)
-            : HandshakeBudget(capacity: table.capacity * perSession, roundMicrosecondsMax: .max, roundStepsMax: .max)
+        handshakes = HandshakeBudget(capacity: table.capacity * perSession)
         armStepsWake()
     }
 
@@ -235,23 +243,38 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
     }
 
     /// After a round's completions, the established sessions' work done:
-    /// the handshake steps that wait, as many as the round's budget allows
-    /// (`HandshakeBudget`); the rest wait for the next round.
+    /// the handshake steps that wait. Handed to the thread, all of them; on
+    /// this thread, as many as the round's budget allows (`HandshakeBudget`),
+    /// the rest waiting for the next round.
     func runHandshakes() {
         guard handshakes.hasWork else { return }
-        handshakes.startRound()
-        while let index = handshakes.next(nowUs: MonotonicClock.nowMicros()) { step(index) }
+        let thread = protectsSessions() ? steps : nil
+        handshakes.startRound(bounded: thread == nil)
+        while let index = handshakes.next(nowUs: MonotonicClock.nowMicros()) { step(index, on: thread) }
     }
 
-    /// One step of a waiting handshake, with what its stream was fed. A
-    /// place that failed, timed out or took a new client since (its own
-    /// receive in flight) has nothing to step.
-    private func step(_ index: Int) {
+    /// Whether a session established `protectedAgeMs` ago or more is open,
+    /// as a look at every leg found it, at most a tick ago.
+    private func protectsSessions() -> Bool {
+        guard steps != nil else { return false }
+        let nowMs = context.nowMs
+        if nowMs &- protectionCheckedMs >= Self.protectedAgeMs {
+            protectionCheckedMs = nowMs
+            let establishedBy = nowMs &- Self.protectedAgeMs
+            sessionsToProtect = legs.contains { $0.phase == .established && $0.establishedMs <= establishedBy }
+        }
+        return sessionsToProtect
+    }
+
+    /// One step of a waiting handshake, with what its stream was fed, on
+    /// `thread` or here. A place that failed, timed out or took a new client
+    /// since (its own receive in flight) has nothing to step.
+    private func step(_ index: Int, on thread: HandshakeThread?) {
         guard legs[index].phase == .handshaking, !legs[index].receiving, !legs[index].waitsForBuffer,
               !legs[index].stepping, let stream = legs[index].stream else { return }
-        guard let steps else { return stepped(index, stream.handshake()) }
+        guard let thread else { return stepped(index, stream.handshake()) }
         legs[index].stepping = true
-        steps.submit(HandshakeThread.Step(place: index, generation: legs[index].generation, stream: stream))
+        thread.submit(HandshakeThread.Step(place: index, generation: legs[index].generation, stream: stream))
     }
 
     /// The thread's wake: one receive of its socket at a time.
@@ -302,6 +325,7 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
     /// main's or a mirror's connect completes, to the session.
     private func established(_ index: Int) {
         legs[index].phase = .established
+        legs[index].establishedMs = context.nowMs
         handshakesInProgress -= 1
         if let connectTag = legs[index].connectTag {
             legs[index].connectTag = nil
