@@ -161,8 +161,9 @@ PY
 # The tests that failed, from swift-testing's output: "Suite/test (File.swift)".
 killers() {
     local log=$1 found
-    found=$(grep -E '✘ Test .* recorded an issue at [A-Za-z]+\.swift' "$log" \
-        | sed -E 's/.*✘ Test (.*) recorded an issue at ([A-Za-z]+)\.swift.*/\2 \1/' | sort -u | head -n 3 \
+    # A parameterized test's line names its arguments before the file.
+    found=$(grep -E '✘ Test .* recorded an issue (with .* )?at [A-Za-z]+\.swift' "$log" \
+        | sed -E 's/.*✘ Test (.*) recorded an issue (with .* )?at ([A-Za-z]+)\.swift.*/\3 \1/' | sort -u | head -n 3 \
         | awk '{ file = $1; $1 = ""; sub(/^ /, ""); printf "%s%s/%s", sep, file, $0; sep = ", " }')
     if [[ -z $found ]]; then
         # A trap ends the test process: name the last test that started.
