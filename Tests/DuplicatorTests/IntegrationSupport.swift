@@ -572,6 +572,18 @@ final class ProxyProcess {
         return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
+    /// The process's threads now: each one's name and its time on a CPU in
+    /// nanoseconds (/proc's comm and schedstat). Empty when the process is gone.
+    var threads: [(name: String, runNanos: UInt64)] {
+        let tasks = "/proc/\(process.processIdentifier)/task"
+        return ((try? FileManager.default.contentsOfDirectory(atPath: tasks)) ?? []).compactMap { task in
+            guard let name = try? String(contentsOfFile: "\(tasks)/\(task)/comm", encoding: .utf8),
+                  let stat = try? String(contentsOfFile: "\(tasks)/\(task)/schedstat", encoding: .utf8),
+                  let runNanos = stat.split(separator: " ").first.flatMap({ UInt64($0) }) else { return nil }
+            return (name.trimmingCharacters(in: .whitespacesAndNewlines), runNanos)
+        }
+    }
+
     /// Resident set size in bytes (nil when /proc cannot tell).
     var residentBytes: Int? {
         guard let status = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8),

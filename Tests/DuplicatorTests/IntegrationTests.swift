@@ -1,4 +1,3 @@
-import Foundation
 import Glibc
 import Synchronization
 import Testing
@@ -417,10 +416,7 @@ struct IntegrationTests {
         let failures = try echoSessions(20, port: proxy.port) { Array("session \($0)\n".utf8) }
         #expect(failures.isEmpty, "\(failures)")
         // Idle io-wq threads exit after 5 s; these sessions ended just now.
-        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(proxy.process.processIdentifier)/task")) ?? []
-        let names = tasks.compactMap {
-            try? String(contentsOfFile: "/proc/\(proxy.process.processIdentifier)/task/\($0)/comm", encoding: .utf8)
-        }
+        let names = proxy.threads.map(\.name)
         #expect(names.contains { $0.hasPrefix("worker") }, "\(names)")
         #expect(!names.contains { $0.hasPrefix("iou-wrk") }, "\(names)")
     }

@@ -92,14 +92,15 @@ struct TLSHandshakeFloodTests {
                                                         "--tls-cert", certificates.certificatePath,
                                                         "--tls-key", certificates.keyPath], port: freePort())
         // The worker starts its thread once the listener is up.
-        try #require(eventually { Self.runNanos(ofThread: "tls handshakes", in: proxy) != nil })
+        let thread = { proxy.threads.first { $0.name == "tls handshakes" }?.runNanos }
+        try #require(eventually { thread() != nil })
         let client = try certificates.clientContext()
         let request = Array("a request\n".utf8)
         // The thread's time while `body` runs, in nanoseconds.
         func threadTime(_ body: () throws -> Void) throws -> UInt64 {
-            let before = try #require(Self.runNanos(ofThread: "tls handshakes", in: proxy))
+            let before = try #require(thread())
             try body()
-            return try #require(Self.runNanos(ofThread: "tls handshakes", in: proxy)) - before
+            return try #require(thread()) - before
         }
         func handshakes() throws {
             for _ in 0..<20 {
@@ -119,17 +120,5 @@ struct TLSHandshakeFloodTests {
         // milliseconds; the thread idle takes none.
         #expect(alone < 1_000_000, "the thread ran \(alone) ns with no session to protect")
         #expect(beside > 1_000_000, "the thread ran \(beside) ns beside a session open for 300 ms")
-    }
-
-    /// The time on a CPU of `proxy`'s thread named `name` (/proc's schedstat), nil if it has none.
-    private static func runNanos(ofThread name: String, in proxy: ProxyProcess) -> UInt64? {
-        let tasks = "/proc/\(proxy.process.processIdentifier)/task"
-        for task in (try? FileManager.default.contentsOfDirectory(atPath: tasks)) ?? [] {
-            guard let comm = try? String(contentsOfFile: "\(tasks)/\(task)/comm", encoding: .utf8),
-                  comm.trimmingCharacters(in: .whitespacesAndNewlines) == name,
-                  let stat = try? String(contentsOfFile: "\(tasks)/\(task)/schedstat", encoding: .utf8) else { continue }
-            return stat.split(separator: " ").first.flatMap { UInt64($0) }
-        }
-        return nil
     }
 }

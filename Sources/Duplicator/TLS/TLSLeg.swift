@@ -26,8 +26,6 @@ struct TLSLeg {
     static let outputBytesMax = 17 * 1024
 
     var phase = Phase.idle
-    /// When the handshake ended (`context.nowMs`): how long the session has run.
-    var establishedMs: UInt64 = 0
     var session: UInt32
     let leg: Leg
     /// Main's or a mirror's: the session's connect, completed once the handshake is done.

@@ -59,6 +59,10 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
     private var sessionsToProtect = false
     private var protectionCheckedMs: UInt64 = 0
     static var protectedAgeMs: UInt64 { 100 }
+    /// Per place, when its leg's handshake ended (`context.nowMs`), while it
+    /// is established; 0 otherwise. Apart from `legs`, so that the look goes
+    /// through 8 bytes a place.
+    private var establishedMs: [UInt64]
     private var stepsDone: [HandshakeThread.Result] = []
     /// `--mirror-tls`: each mirror slot's host, the name its certificate must have.
     private var mirrorHosts: [String] = []
@@ -78,6 +82,7 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
         legs = (0..<(table.capacity * perSession)).map {
             TLSLeg(session: UInt32($0 / perSession), leg: Leg(rawValue: UInt8($0 % perSession)))
         }
+        establishedMs = Array(repeating: 0, count: legs.count)
         var steps: HandshakeThread?
         do {
             let thread = try HandshakeThread(name: "tls handshakes")
@@ -254,14 +259,14 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
     }
 
     /// Whether a session established `protectedAgeMs` ago or more is open,
-    /// as a look at every leg found it, at most a tick ago.
+    /// as a look through `establishedMs` found it, at most a tick ago.
     private func protectsSessions() -> Bool {
         guard steps != nil else { return false }
         let nowMs = context.nowMs
         if nowMs &- protectionCheckedMs >= Self.protectedAgeMs {
             protectionCheckedMs = nowMs
             let establishedBy = nowMs &- Self.protectedAgeMs
-            sessionsToProtect = legs.contains { $0.phase == .established && $0.establishedMs <= establishedBy }
+            sessionsToProtect = establishedMs.contains { $0 != 0 && $0 <= establishedBy }
         }
         return sessionsToProtect
     }
@@ -325,7 +330,7 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
     /// main's or a mirror's connect completes, to the session.
     private func established(_ index: Int) {
         legs[index].phase = .established
-        legs[index].establishedMs = context.nowMs
+        establishedMs[index] = max(1, context.nowMs)
         handshakesInProgress -= 1
         if let connectTag = legs[index].connectTag {
             legs[index].connectTag = nil
@@ -462,6 +467,7 @@ public final class TLSSessionIO<Backend: WorkerBackend>: SessionIO {
     /// (its place may take a new client meanwhile).
     private func letGo(_ index: Int, closeTag: CompletionTag) {
         legs[index].phase = .closing
+        establishedMs[index] = 0
         legs[index].closeTag = closeTag
         guard legs[index].hasOperationsInFlight else {
             backend.close(fd: legs[index].fd, tag: closeTag)
