@@ -49,14 +49,7 @@ $common
 error_log $work/stream.log; pid $work/stream.pid;
 stream { server { listen 127.0.0.1:$nginx; proxy_pass 127.0.0.1:$main; } }
 EOF
-cat > "$work/haproxy.cfg" <<EOF
-global
-    nbthread 1
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
+{ cat "$here/Benchmarks/Support/haproxy-one-thread.cfg"; cat <<EOF; } > "$work/haproxy.cfg"
 listen plain
     bind 127.0.0.1:$haproxy
     server main 127.0.0.1:$main

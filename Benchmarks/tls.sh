@@ -74,14 +74,7 @@ stream {
     }
 }
 EOF
-cat > "$work/haproxy.cfg" <<EOF
-global
-    nbthread 1
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
+{ cat "$here/Benchmarks/Support/haproxy-one-thread.cfg"; cat <<EOF; } > "$work/haproxy.cfg"
 frontend tls
     bind 127.0.0.1:$haproxy ssl crt $work/both.pem ssl-min-ver TLSv1.3
     default_backend main
